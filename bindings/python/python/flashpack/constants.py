@@ -1,0 +1,17 @@
+"""File-format constants and default tunables (same names and values as the original package)."""
+
+import struct
+
+MAGIC = b"FLASHPK\0"
+U64LE = struct.Struct("<Q")
+
+FILE_FORMAT_V3 = "flashpack_v3"
+FILE_FORMAT_V4 = "flashpack_v4"
+
+DEFAULT_ALIGN_BYTES = 128
+DEFAULT_NUM_WRITE_WORKERS = 32
+DEFAULT_NUM_STREAMS = 4
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+
+# Eager CPU loads: reader chunk size (FLASHPACK_READ_CHUNK_BYTES overrides).
+DEFAULT_READ_CHUNK_BYTES = 16 * 1024 * 1024

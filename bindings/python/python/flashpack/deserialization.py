@@ -1,0 +1,276 @@
+"""Loading FlashPack files into torch tensors and modules.
+
+The engine opens and validates the file, then either maps it copy-on-write (lazy, the CPU
+default) or fills owned memory with parallel reads (eager), with the GIL released. Here the
+blocks become typed tensors (zero-copy views of that memory) and records become views of blocks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import _core
+from .constants import DEFAULT_CHUNK_BYTES, DEFAULT_NUM_STREAMS, DEFAULT_READ_CHUNK_BYTES
+from .utils import (
+    env_flag,
+    env_int,
+    get_module_and_attribute,
+    human_num_elements,
+    is_ignored_tensor_name,
+    print_phases,
+    string_to_dtype,
+    timer,
+)
+
+
+@dataclass
+class FlashTensorStorage:
+    """The macroblocks of a loaded file, one 1-D tensor per dtype."""
+
+    blocks: list[torch.Tensor]
+    backing: Any = field(default=None, repr=False)
+
+    def block(self, idx: int) -> torch.Tensor:
+        return self.blocks[idx]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return self.blocks[0].device if self.blocks else torch.device("cpu")
+
+
+def get_flashpack_file_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The footer of a FlashPack file, validated, as a dict."""
+    return json.loads(_core.read_footer(os.fspath(path)))
+
+
+def is_flashpack_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` is a readable, valid FlashPack file."""
+    try:
+        _core.read_footer(os.fspath(path))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    device = torch.device("cpu") if device is None else torch.device(device)
+    return torch.device("cpu") if device.type == "meta" else device
+
+
+def _block_tensors(payload: Any, device: torch.device) -> list[torch.Tensor]:
+    blocks = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for dtype_name, offset, length_bytes, _ in payload.blocks:
+            dtype = string_to_dtype(dtype_name)
+            if length_bytes == 0:
+                blocks.append(torch.empty(0, dtype=dtype, device=device))
+                continue
+            raw = torch.frombuffer(payload, dtype=torch.uint8, count=length_bytes, offset=offset)
+            block = raw.view(dtype)
+            blocks.append(block if device.type == "cpu" else block.to(device))
+    return blocks
+
+
+def read_flashpack_file(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    num_streams: int = DEFAULT_NUM_STREAMS,
+    silent: bool = True,
+    metadata: dict[str, Any] | None = None,
+    eager: bool | None = None,
+) -> tuple[FlashTensorStorage, dict[str, Any]]:
+    """Load a file's blocks and footer.
+
+    On CPU the default is lazy: a private copy-on-write mapping (instant; in-place writes to the
+    tensors work and never reach the file). ``eager=True`` (or ``FLASHPACK_CPU_PARALLEL_READ=1``)
+    reads every byte into owned memory with parallel reads before returning. ``metadata`` is
+    accepted for compatibility; the footer is always re-read and validated from the file.
+    """
+    del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
+    device = _resolve_device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"Unsupported device: {device}")
+    if eager is None:
+        eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
+    # Until the streaming CUDA engine lands, a GPU load reads eagerly into host memory and copies.
+    eager = eager or device.type == "cuda"
+    io = "auto" if env_flag("FLASHPACK_DIRECT_IO", default=True) else "buffered"
+    payload = _core.load(
+        os.fspath(path),
+        eager=eager,
+        io=io,
+        threads=env_int("FLASHPACK_READ_THREADS", 0),
+        chunk_bytes=env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES),
+        progress=not silent,
+    )
+    print_phases(payload.phases, silent)
+    with timer("make_blocks", silent):
+        blocks = _block_tensors(payload, device)
+    meta = json.loads(payload.footer_json)
+    return FlashTensorStorage(blocks=blocks, backing=payload), meta
+
+
+def iterate_from_flash_tensor(
+    flash_tensor: FlashTensorStorage | torch.Tensor,
+    metadata: dict[str, Any],
+    ignore_names: list[str] | None = None,
+    ignore_prefixes: list[str] | None = None,
+    ignore_suffixes: list[str] | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, tensor)`` for every record, each a view of its block (0-dim stays 0-dim)."""
+    storage = flash_tensor if isinstance(flash_tensor, FlashTensorStorage) else FlashTensorStorage([flash_tensor])
+    for rec in metadata["index"]:
+        name = rec["name"]
+        if is_ignored_tensor_name(name, ignore_names, ignore_prefixes, ignore_suffixes):
+            continue
+        block_idx = int(rec.get("macroblock", 0))
+        if not 0 <= block_idx < len(storage):
+            raise ValueError(f"tensor '{name}': macroblock {block_idx} does not exist ({len(storage)} blocks)")
+        try:
+            view = storage.block(block_idx).narrow(0, int(rec["offset"]), int(rec["length"])).view(tuple(rec["shape"]))
+        except RuntimeError as e:
+            raise ValueError(f"tensor '{name}': record {rec} does not fit its block: {e}") from e
+        yield name, view
+
+
+def revert_from_file(path: str | os.PathLike[str], silent: bool = True) -> dict[str, torch.Tensor]:
+    """Load a FlashPack file as a CPU state dict (views of a private copy-on-write mapping)."""
+    storage, meta = read_flashpack_file(path, silent=silent)
+    return {name: view.detach() for name, view in iterate_from_flash_tensor(storage, meta)}
+
+
+def _default_device(model: torch.nn.Module) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for tensor in model.parameters():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def assign_from_file(
+    model: torch.nn.Module,
+    path: str | os.PathLike[str],
+    device: str | torch.device | None = None,
+    strict: bool | None = None,
+    strict_params: bool = True,
+    strict_buffers: bool = False,
+    keep_flash_ref_on_model: bool = False,
+    silent: bool = True,
+    num_streams: int = DEFAULT_NUM_STREAMS,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ignore_names: list[str] | None = None,
+    ignore_prefixes: list[str] | None = None,
+    ignore_suffixes: list[str] | None = None,
+    use_distributed_loading: bool = False,
+    rank: int | None = None,
+    local_rank: int | None = None,
+    world_size: int | None = None,
+    coerce_dtype: bool = False,
+    eager: bool | None = None,
+) -> None:
+    """Replace a module's parameters and buffers with tensors loaded from ``path``.
+
+    Parameters become ``nn.Parameter`` views of the loaded blocks (tied weights come back as one
+    shared Parameter); buffers must match in dtype unless ``coerce_dtype``; shapes must match.
+    ``strict`` overrides both ``strict_params`` and ``strict_buffers``: with strictness on, a
+    record naming nothing in the model, or a model tensor missing from the file, is an error.
+    """
+    if use_distributed_loading:
+        raise NotImplementedError("use_distributed_loading is not supported by this build yet")
+    del rank, local_rank, world_size
+    path_str = os.fspath(path)
+    device = _resolve_device(device if device is not None else _default_device(model))
+    storage, meta = read_flashpack_file(
+        path_str, device=device, silent=silent, num_streams=num_streams, chunk_bytes=chunk_bytes, eager=eager
+    )
+    if keep_flash_ref_on_model:
+        model._flash_shared_storage = storage
+        model._flash_shared_storage_meta = meta
+
+    with timer("build_lookups", silent):
+        params = dict(model.named_parameters(remove_duplicate=False))
+        buffers = dict(model.named_buffers(remove_duplicate=False))
+
+    assigned_params: set[str] = set()
+    assigned_buffers: set[str] = set()
+    discarded: list[str] = []
+    total_elements = 0
+    shared: dict[tuple[int, int, int], torch.nn.Parameter] = {}
+    with timer("assign", silent):
+        try:
+            records = {rec["name"]: rec for rec in meta["index"]}
+            for name, view in iterate_from_flash_tensor(storage, meta, ignore_names, ignore_prefixes, ignore_suffixes):
+                total_elements += view.numel()
+                if name in params:
+                    old = params[name]
+                    if tuple(old.shape) != tuple(view.shape):
+                        raise ValueError(f"shape mismatch for parameter '{name}': model {tuple(old.shape)} vs file {tuple(view.shape)}")
+                    rec = records[name]
+                    key = (int(rec.get("macroblock", 0)), int(rec["offset"]), int(rec["length"]))
+                    new = shared.get(key) if view.numel() else None
+                    if new is None or new.shape != view.shape:
+                        new = torch.nn.Parameter(view, requires_grad=old.requires_grad)
+                        shared[key] = new
+                    module, attr = get_module_and_attribute(model, name)
+                    setattr(module, attr, new)
+                    assigned_params.add(name)
+                elif name in buffers:
+                    old_buf = buffers[name]
+                    if old_buf is not None and tuple(old_buf.shape) != tuple(view.shape):
+                        raise ValueError(f"shape mismatch for buffer '{name}': model {tuple(old_buf.shape)} vs file {tuple(view.shape)}")
+                    if old_buf is not None and old_buf.dtype != view.dtype:
+                        if not coerce_dtype:
+                            raise TypeError(
+                                f"dtype mismatch for buffer '{name}': model {old_buf.dtype} vs file {view.dtype} "
+                                "(pass coerce_dtype=True to convert)"
+                            )
+                        view = view.to(old_buf.dtype)
+                    module, attr = get_module_and_attribute(model, name)
+                    module._buffers[attr] = view
+                    assigned_buffers.add(name)
+                else:
+                    discarded.append(name)
+        except (TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ValueError(f"{path_str}: error while assigning to {type(model).__name__}: {e}") from e
+
+    def ignored(name: str) -> bool:
+        return is_ignored_tensor_name(name, ignore_names, ignore_prefixes, ignore_suffixes)
+
+    missing_params = [n for n in params if n not in assigned_params and not ignored(n)]
+    missing_buffers = [n for n in buffers if n not in assigned_buffers and not ignored(n)]
+    check_params = strict_params if strict is None else strict
+    check_buffers = strict_buffers if strict is None else strict
+    if check_params or check_buffers:
+        problems = []
+        if discarded:
+            problems.append(f"{len(discarded)} tensors in the file match nothing in the model: {discarded}")
+        if check_params and missing_params:
+            problems.append(f"missing {len(missing_params)} parameters: {missing_params}")
+        if check_buffers and missing_buffers:
+            problems.append(f"missing {len(missing_buffers)} buffers: {missing_buffers}")
+        if problems:
+            raise ValueError(f"{path_str}: cannot load into {type(model).__name__}: " + "; ".join(problems))
+    if not silent:
+        if missing_params:
+            print(f"Ignoring {len(missing_params)} parameters: {missing_params}")
+        if missing_buffers:
+            print(f"Ignoring {len(missing_buffers)} buffers: {missing_buffers}")
+        if discarded:
+            print(f"Discarded {len(discarded)} names: {discarded}")
+        print(
+            f"Assigned {human_num_elements(total_elements)} total parameters to "
+            f"{len(assigned_params)} parameters and {len(assigned_buffers)} buffers"
+        )

@@ -1,0 +1,115 @@
+"""Small torch-side helpers: dtype names, name filters, timing output."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from . import _core
+
+# Every stored dtype the engine knows, mapped to this torch build's dtype (older torch builds
+# lack a few fp8 / unsigned types; those names simply cannot be loaded there).
+NAME_TO_DTYPE: dict[str, torch.dtype] = {
+    name: dt for name in _core.dtype_names() if isinstance(dt := getattr(torch, name, None), torch.dtype)
+}
+DTYPE_TO_NAME: dict[torch.dtype, str] = {dt: name for name, dt in NAME_TO_DTYPE.items()}
+
+
+def string_to_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a footer dtype name."""
+    try:
+        return NAME_TO_DTYPE[name]
+    except KeyError:
+        raise ValueError(f"Unsupported dtype string in metadata: {name!r}") from None
+
+
+def dtype_to_string(dtype: torch.dtype) -> str:
+    """The footer name of a torch dtype."""
+    try:
+        return DTYPE_TO_NAME[dtype]
+    except KeyError:
+        raise ValueError(f"Unsupported dtype for packing: {dtype}") from None
+
+
+def human_duration(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.2f}µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    return f"{int(seconds // 60)}m{seconds % 60:.0f}s"
+
+
+def human_num_elements(n: int) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n > scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)
+
+
+def print_phases(phases: list[tuple[str, float]], silent: bool) -> None:
+    """Prints engine phase timings as `name: duration` lines."""
+    if not silent:
+        for name, seconds in phases:
+            print(f"{name}: {human_duration(seconds)}")
+
+
+@contextmanager
+def timer(name: str, silent: bool = False) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    print_phases([(name, time.perf_counter() - start)], silent)
+
+
+def is_ignored_tensor_name(
+    name: str,
+    ignore_names: list[str] | None = None,
+    ignore_prefixes: list[str] | None = None,
+    ignore_suffixes: list[str] | None = None,
+) -> bool:
+    return (
+        (ignore_names is not None and name in ignore_names)
+        or (ignore_prefixes is not None and name.startswith(tuple(ignore_prefixes)))
+        or (ignore_suffixes is not None and name.endswith(tuple(ignore_suffixes)))
+    )
+
+
+def filter_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    ignore_names: list[str] | None = None,
+    ignore_prefixes: list[str] | None = None,
+    ignore_suffixes: list[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    return {
+        k: v
+        for k, v in state_dict.items()
+        if not is_ignored_tensor_name(k, ignore_names, ignore_prefixes, ignore_suffixes)
+    }
+
+
+def get_module_and_attribute(model: torch.nn.Module, name: str) -> tuple[torch.nn.Module, str]:
+    module_path, _, attr = name.rpartition(".")
+    return model.get_submodule(module_path), attr
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """An environment switch: unset gives `default`, "0"/"false"/"no"/"off"/"" are off."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "no", "off", "")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or not value.strip():
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not an integer") from None

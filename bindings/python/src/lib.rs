@@ -1,0 +1,187 @@
+//! `flashpack._core`: the engine's Python face. It speaks bytes, paths and plain Python values;
+//! everything torch-specific lives in the `flashpack` Python package. Every call that touches the
+//! disk releases the GIL.
+use std::os::raw::{c_int, c_void};
+
+use flashpack::format::{Order, TensorSpec};
+use flashpack::read::{self, IoMode, LoadOptions, Loaded};
+use flashpack::write::{self, PackEntry, PackOptions};
+use flashpack::{Dtype, Error};
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+fn to_py(e: Error) -> PyErr {
+    match e {
+        Error::Io { .. } => PyOSError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+fn phases(list: &[(&'static str, std::time::Duration)]) -> Vec<(String, f64)> {
+    list.iter().map(|(n, d)| (n.to_string(), d.as_secs_f64())).collect()
+}
+
+/// A loaded payload. Exposes its bytes through the (writable) buffer protocol so that
+/// `torch.frombuffer` can view them without a copy; the memory lives as long as any view does.
+#[pyclass(module = "flashpack._core", frozen)]
+struct Payload {
+    loaded: Loaded,
+    /// Start of the payload, taken from a `&mut` borrow when the load finished (see `__getbuffer__`).
+    ptr: usize,
+}
+
+#[pymethods]
+impl Payload {
+    /// The footer JSON exactly as stored in the file.
+    #[getter]
+    fn footer_json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.loaded.footer_json)
+    }
+
+    #[getter]
+    fn payload_len(&self) -> u64 {
+        self.loaded.payload_len
+    }
+
+    #[getter]
+    fn eager(&self) -> bool {
+        self.loaded.is_eager()
+    }
+
+    /// The validated macroblocks: `[(dtype, offset_bytes, length_bytes, length_elems), ...]`.
+    #[getter]
+    fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        self.loaded.footer.blocks.iter().map(|b| (b.dtype.name(), b.offset_bytes, b.length_bytes, b.length_elems)).collect()
+    }
+
+    /// Phase timings in seconds: `[(name, seconds), ...]`.
+    #[getter]
+    fn phases(&self) -> Vec<(String, f64)> {
+        phases(&self.loaded.report.phases)
+    }
+
+    /// Reader threads used, and bytes read with O_DIRECT / through the page cache.
+    #[getter]
+    fn io<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("threads", self.loaded.report.threads)?;
+        d.set_item("direct_bytes", self.loaded.report.io.direct_bytes)?;
+        d.set_item("buffered_bytes", self.loaded.report.io.buffered_bytes)?;
+        Ok(d)
+    }
+
+    fn __len__(&self) -> usize {
+        self.loaded.payload_len as usize
+    }
+
+    /// # Safety
+    /// Called by CPython with a valid `view` to fill. The exported pointer stays valid while the
+    /// exporter (this object) is alive, which the buffer's `obj` reference guarantees; the memory
+    /// is a private mapping or owned buffer that never moves.
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+        let this = slf.get();
+        let (ptr, len) = (this.ptr as *mut c_void, this.loaded.payload_len as ffi::Py_ssize_t);
+        // SAFETY: see above; writes through the view are allowed because the memory is either a
+        // copy-on-write mapping (writes never reach the file) or memory we own. Rust never reads
+        // or writes the payload again after `load` returns, so there is no aliasing on our side.
+        if unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr, len, 0, flags) } != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+}
+
+fn io_mode(io: &str) -> PyResult<IoMode> {
+    match io {
+        "auto" => Ok(IoMode::Auto),
+        "direct" => Ok(IoMode::Direct),
+        "buffered" => Ok(IoMode::Buffered),
+        other => Err(PyValueError::new_err(format!("io must be 'auto', 'direct' or 'buffered', not {other:?}"))),
+    }
+}
+
+/// Loads a FlashPack file: a private copy-on-write mapping (`eager=False`) or owned memory filled
+/// by `threads` reader threads (`eager=True`).
+#[pyfunction]
+#[pyo3(signature = (path, eager=false, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false))]
+fn load(py: Python<'_>, path: std::path::PathBuf, eager: bool, io: &str, threads: usize, chunk_bytes: usize, progress: bool) -> PyResult<Payload> {
+    let opts = LoadOptions { eager, io: io_mode(io)?, threads, chunk_bytes, progress };
+    let mut loaded = py.detach(|| read::load(&path, &opts)).map_err(to_py)?;
+    let ptr = loaded.payload_mut().as_mut_ptr() as usize;
+    Ok(Payload { loaded, ptr })
+}
+
+/// Reads and validates a file's footer; returns its JSON text as stored.
+#[pyfunction]
+fn read_footer<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyBytes>> {
+    let f = py.detach(|| read::FlashFile::open(&path)).map_err(to_py)?;
+    Ok(PyBytes::new(py, &f.footer_json))
+}
+
+/// The names of every dtype the format stores.
+#[pyfunction]
+fn dtype_names() -> Vec<&'static str> {
+    Dtype::ALL.iter().map(|d| d.name()).collect()
+}
+
+/// Packs tensors into `path`. Each entry is `(name, dtype, shape, data, tied_to)` where `data` is a
+/// C-contiguous byte buffer (or None when `tied_to` names the index of the entry it shares bytes with).
+#[pyfunction]
+#[pyo3(signature = (path, entries, align_bytes=128, largest_first=true, threads=0, progress=false))]
+#[allow(clippy::type_complexity)]
+fn pack(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    entries: Vec<(String, String, Vec<u64>, Option<PyBuffer<u8>>, Option<usize>)>,
+    align_bytes: u64,
+    largest_first: bool,
+    threads: usize,
+    progress: bool,
+) -> PyResult<Vec<(String, f64)>> {
+    let mut specs = Vec::with_capacity(entries.len());
+    for (name, dtype, shape, data, tied_to) in &entries {
+        let dtype: Dtype = dtype
+            .parse()
+            .map_err(|e| PyValueError::new_err(format!("{}: tensor '{name}': {e}", path.display())))?;
+        let bytes: &[u8] = match data {
+            Some(buf) => {
+                if !buf.is_c_contiguous() {
+                    return Err(PyValueError::new_err(format!("tensor '{name}': data buffer is not contiguous")));
+                }
+                // SAFETY: `buf` holds a Py_buffer on a live, C-contiguous exporter for the whole
+                // call (`entries` outlives the slice), so `buf_ptr()..+len_bytes()` is readable.
+                // The caller keeps the tensor alive and does not resize it while we run.
+                unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) }
+            }
+            None => &[],
+        };
+        let mut spec = TensorSpec::new(name.clone(), dtype, shape.clone());
+        spec.tied_to = *tied_to;
+        specs.push(PackEntry { spec, data: bytes });
+    }
+    let opts = PackOptions {
+        align_bytes,
+        order: if largest_first { Order::LargestFirst } else { Order::AsGiven },
+        threads,
+        progress,
+        ..Default::default()
+    };
+    let report = py.detach(|| write::pack(&path, &specs, &opts)).map_err(to_py)?;
+    Ok(phases(&report.phases))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Payload>()?;
+    m.add_function(wrap_pyfunction!(load, m)?)?;
+    m.add_function(wrap_pyfunction!(read_footer, m)?)?;
+    m.add_function(wrap_pyfunction!(pack, m)?)?;
+    m.add_function(wrap_pyfunction!(dtype_names, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! The footer: the JSON index at the end of a file, its encoder (v3 / v4, byte-compatible with the
+//! original writer) and its decoder, which checks every rule of the format before anything trusts it.
+//!
+//! ```
+//! use flashpack::format::Footer;
+//! let json = br#"{"format":"flashpack_v3","target_dtype":"float32","align_bytes":128,"total_elems":4,"index":[{"name":"w","shape":[2,2],"offset":0,"length":4}]}"#;
+//! let footer = Footer::decode(json, 16).unwrap();
+//! assert_eq!(footer.records[0].name, "w");
+//! assert!(Footer::decode(json, 8).is_err()); // the block would not fit in an 8-byte payload
+//! ```
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{block_alignment, element_alignment, numel, Dtype, FormatError};
+
+pub const FILE_FORMAT_V3: &str = "flashpack_v3";
+pub const FILE_FORMAT_V4: &str = "flashpack_v4";
+
+/// Which footer layout a file uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FormatVersion {
+    /// One dtype, one block at byte 0.
+    V3,
+    /// Several macroblocks.
+    V4,
+}
+
+/// One contiguous run of tensors of a single dtype.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Macroblock {
+    pub dtype: Dtype,
+    pub offset_bytes: u64,
+    pub length_bytes: u64,
+    pub length_elems: u64,
+}
+
+impl Macroblock {
+    /// One past the block's last byte.
+    pub fn end_bytes(&self) -> u64 {
+        self.offset_bytes + self.length_bytes
+    }
+}
+
+/// One tensor: where its elements sit inside its block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub name: String,
+    pub shape: Vec<u64>,
+    /// Offset in elements from the start of the block.
+    pub offset: u64,
+    /// Number of elements.
+    pub length: u64,
+    /// Index into [`Footer::blocks`].
+    pub block: usize,
+}
+
+/// A decoded and validated footer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Footer {
+    pub version: FormatVersion,
+    pub align_bytes: u64,
+    pub blocks: Vec<Macroblock>,
+    pub records: Vec<Record>,
+    /// Keys this version does not interpret, kept so a rewrite does not lose them.
+    pub extra: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct RecordV3<'a> {
+    name: &'a str,
+    shape: &'a [u64],
+    offset: u64,
+    length: u64,
+}
+
+#[derive(Serialize)]
+struct RecordV4<'a> {
+    name: &'a str,
+    shape: &'a [u64],
+    offset: u64,
+    length: u64,
+    macroblock: usize,
+}
+
+#[derive(Serialize)]
+struct BlockV4 {
+    dtype: &'static str,
+    offset_bytes: u64,
+    length_bytes: u64,
+    length_elems: u64,
+}
+
+#[derive(Serialize)]
+struct JsonV3<'a> {
+    format: &'static str,
+    target_dtype: &'static str,
+    align_bytes: u64,
+    total_elems: u64,
+    index: Vec<RecordV3<'a>>,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct JsonV4<'a> {
+    format: &'static str,
+    align_bytes: u64,
+    total_payload_bytes: u64,
+    total_elems: u64,
+    macroblocks: Vec<BlockV4>,
+    index: Vec<RecordV4<'a>>,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
+}
+
+impl Footer {
+    /// Bytes of payload the blocks span (where the JSON starts in a file we write).
+    pub fn payload_end(&self) -> u64 {
+        self.blocks.iter().map(Macroblock::end_bytes).max().unwrap_or(0)
+    }
+
+    /// Total elements over all blocks.
+    pub fn total_elems(&self) -> u64 {
+        self.blocks.iter().map(|b| b.length_elems).sum()
+    }
+
+    /// The record called `name`.
+    pub fn record(&self, name: &str) -> Option<&Record> {
+        self.records.iter().find(|r| r.name == name)
+    }
+
+    /// Byte range `[start, end)` of a record in the file.
+    pub fn byte_range(&self, rec: &Record) -> (u64, u64) {
+        let b = &self.blocks[rec.block];
+        let size = b.dtype.size() as u64;
+        let start = b.offset_bytes + rec.offset * size;
+        (start, start + rec.length * size)
+    }
+
+    fn is_v3(&self) -> bool {
+        self.version == FormatVersion::V3 && self.blocks.len() == 1 && self.blocks[0].offset_bytes == 0
+    }
+
+    /// Compact UTF-8 JSON, keys in the original writer's order, non-ASCII kept raw.
+    pub fn encode(&self) -> Vec<u8> {
+        let result = if self.is_v3() {
+            let block = &self.blocks[0];
+            serde_json::to_vec(&JsonV3 {
+                format: FILE_FORMAT_V3,
+                target_dtype: block.dtype.name(),
+                align_bytes: self.align_bytes,
+                total_elems: block.length_elems,
+                index: self
+                    .records
+                    .iter()
+                    .map(|r| RecordV3 { name: &r.name, shape: &r.shape, offset: r.offset, length: r.length })
+                    .collect(),
+                extra: &self.extra,
+            })
+        } else {
+            serde_json::to_vec(&JsonV4 {
+                format: FILE_FORMAT_V4,
+                align_bytes: self.align_bytes,
+                total_payload_bytes: self.payload_end(),
+                total_elems: self.total_elems(),
+                macroblocks: self
+                    .blocks
+                    .iter()
+                    .map(|b| BlockV4 {
+                        dtype: b.dtype.name(),
+                        offset_bytes: b.offset_bytes,
+                        length_bytes: b.length_bytes,
+                        length_elems: b.length_elems,
+                    })
+                    .collect(),
+                index: self
+                    .records
+                    .iter()
+                    .map(|r| RecordV4 {
+                        name: &r.name,
+                        shape: &r.shape,
+                        offset: r.offset,
+                        length: r.length,
+                        macroblock: r.block,
+                    })
+                    .collect(),
+                extra: &self.extra,
+            })
+        };
+        // Serializing plain structs of strings and integers into a Vec cannot fail.
+        result.unwrap_or_default()
+    }
+
+    /// Parses footer JSON and validates it against a payload of `payload_len` bytes.
+    pub fn decode(json: &[u8], payload_len: u64) -> Result<Footer, FormatError> {
+        let value: Value = serde_json::from_slice(json).map_err(|e| FormatError::Json(e.to_string()))?;
+        let Value::Object(mut map) = value else {
+            return Err(FormatError::Json("the footer is not a JSON object".into()));
+        };
+        let format = match map.remove("format") {
+            Some(Value::String(s)) => s,
+            Some(other) => return Err(FormatError::UnknownFormat(other.to_string())),
+            None => return Err(FormatError::MissingKey("format")),
+        };
+        let align_bytes = take_u64(&mut map, "align_bytes")?.unwrap_or(0);
+        let total_elems = take_u64(&mut map, "total_elems")?;
+        let (version, blocks) = match format.as_str() {
+            FILE_FORMAT_V3 => {
+                let dtype = match map.remove("target_dtype") {
+                    Some(Value::String(s)) => s.parse::<Dtype>()?,
+                    Some(other) => return Err(FormatError::UnknownDtype(other.to_string())),
+                    None => return Err(FormatError::MissingKey("target_dtype")),
+                };
+                let elems = total_elems.ok_or(FormatError::MissingKey("total_elems"))?;
+                let bytes = elems
+                    .checked_mul(dtype.size() as u64)
+                    .ok_or_else(|| FormatError::block(0, "total_elems overflows"))?;
+                (FormatVersion::V3, vec![Macroblock { dtype, offset_bytes: 0, length_bytes: bytes, length_elems: elems }])
+            }
+            FILE_FORMAT_V4 => {
+                let raw = map.remove("macroblocks").ok_or(FormatError::MissingKey("macroblocks"))?;
+                let Value::Array(items) = raw else {
+                    return Err(FormatError::Json("\"macroblocks\" is not a list".into()));
+                };
+                if items.is_empty() {
+                    return Err(FormatError::Json("\"macroblocks\" is empty".into()));
+                }
+                let blocks = items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| parse_block(i, item))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (FormatVersion::V4, blocks)
+            }
+            other => return Err(FormatError::UnknownFormat(other.to_string())),
+        };
+        let total_payload_bytes = take_u64(&mut map, "total_payload_bytes")?;
+        let index = match map.remove("index") {
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(FormatError::Json("\"index\" is not a list".into())),
+            None => return Err(FormatError::MissingKey("index")),
+        };
+        let records = index
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| parse_record(i, item))
+            .collect::<Result<Vec<_>, _>>()?;
+        let footer = Footer { version, align_bytes, blocks, records, extra: map };
+        footer.validate(payload_len, total_elems, total_payload_bytes)?;
+        Ok(footer)
+    }
+
+    /// Checks every rule of the format against a payload of `payload_len` bytes.
+    pub fn validate(
+        &self,
+        payload_len: u64,
+        total_elems: Option<u64>,
+        total_payload_bytes: Option<u64>,
+    ) -> Result<(), FormatError> {
+        for (i, b) in self.blocks.iter().enumerate() {
+            let size = b.dtype.size() as u64;
+            if b.length_elems.checked_mul(size) != Some(b.length_bytes) {
+                return Err(FormatError::block(
+                    i,
+                    format!("length_bytes {} is not length_elems {} x {} bytes ({})", b.length_bytes, b.length_elems, size, b.dtype),
+                ));
+            }
+            match b.offset_bytes.checked_add(b.length_bytes) {
+                Some(end) if end <= payload_len => {}
+                _ => {
+                    return Err(FormatError::block(
+                        i,
+                        format!(
+                            "bytes {}..{} lie past the end of the {payload_len}-byte payload (truncated or corrupt file)",
+                            b.offset_bytes,
+                            b.offset_bytes.saturating_add(b.length_bytes)
+                        ),
+                    ))
+                }
+            }
+            let align = block_alignment(self.align_bytes, size);
+            if b.offset_bytes % align != 0 {
+                return Err(FormatError::block(i, format!("offset {} is not a multiple of its alignment {align}", b.offset_bytes)));
+            }
+        }
+        let mut order: Vec<usize> = (0..self.blocks.len()).filter(|&i| self.blocks[i].length_bytes > 0).collect();
+        order.sort_by_key(|&i| self.blocks[i].offset_bytes);
+        for pair in order.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if self.blocks[a].end_bytes() > self.blocks[b].offset_bytes {
+                return Err(FormatError::BlocksOverlap { a: a.min(b), b: a.max(b) });
+            }
+        }
+        if let Some(total) = total_elems {
+            if total != self.total_elems() {
+                return Err(FormatError::Inconsistent(format!(
+                    "total_elems {total} does not match the blocks' {} elements",
+                    self.total_elems()
+                )));
+            }
+        }
+        if let Some(total) = total_payload_bytes {
+            if total > payload_len || total < self.payload_end() {
+                return Err(FormatError::Inconsistent(format!(
+                    "total_payload_bytes {total} does not match a {payload_len}-byte payload whose blocks end at {}",
+                    self.payload_end()
+                )));
+            }
+        }
+        let mut names = HashSet::with_capacity(self.records.len());
+        for r in &self.records {
+            if !names.insert(r.name.as_str()) {
+                return Err(FormatError::DuplicateName(r.name.clone()));
+            }
+            let Some(block) = self.blocks.get(r.block) else {
+                return Err(FormatError::tensor(
+                    &r.name,
+                    format!("macroblock {} does not exist (the file has {})", r.block, self.blocks.len()),
+                ));
+            };
+            match numel(&r.shape) {
+                Some(n) if n == r.length => {}
+                _ => {
+                    return Err(FormatError::tensor(
+                        &r.name,
+                        format!("shape {:?} does not hold length {} elements", r.shape, r.length),
+                    ))
+                }
+            }
+            match r.offset.checked_add(r.length) {
+                Some(end) if end <= block.length_elems => {}
+                _ => {
+                    return Err(FormatError::tensor(
+                        &r.name,
+                        format!(
+                            "elements {}..{} lie outside macroblock {} of {} elements",
+                            r.offset,
+                            r.offset.saturating_add(r.length),
+                            r.block,
+                            block.length_elems
+                        ),
+                    ))
+                }
+            }
+            let align = element_alignment(self.align_bytes, block.dtype.size() as u64);
+            if align != 0 && r.offset % align != 0 {
+                return Err(FormatError::tensor(
+                    &r.name,
+                    format!("offset {} is not aligned to {align} elements (align_bytes {})", r.offset, self.align_bytes),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn take_u64(map: &mut Map<String, Value>, key: &'static str) -> Result<Option<u64>, FormatError> {
+    match map.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| FormatError::Json(format!("{key:?} is not a non-negative integer: {v}"))),
+    }
+}
+
+fn field<'a>(obj: &'a Map<String, Value>, key: &'static str, what: &dyn Fn(String) -> FormatError) -> Result<&'a Value, FormatError> {
+    obj.get(key).ok_or_else(|| what(format!("missing key {key:?}")))
+}
+
+fn u64_field(obj: &Map<String, Value>, key: &'static str, what: &dyn Fn(String) -> FormatError) -> Result<u64, FormatError> {
+    let v = field(obj, key, what)?;
+    v.as_u64().ok_or_else(|| what(format!("{key:?} is not a non-negative integer: {v}")))
+}
+
+fn parse_block(i: usize, item: Value) -> Result<Macroblock, FormatError> {
+    let what = |p: String| FormatError::block(i, p);
+    let Value::Object(obj) = item else {
+        return Err(what("is not a JSON object".into()));
+    };
+    let dtype = match field(&obj, "dtype", &what)? {
+        Value::String(s) => s.parse::<Dtype>()?,
+        other => return Err(FormatError::UnknownDtype(other.to_string())),
+    };
+    Ok(Macroblock {
+        dtype,
+        offset_bytes: u64_field(&obj, "offset_bytes", &what)?,
+        length_bytes: u64_field(&obj, "length_bytes", &what)?,
+        length_elems: u64_field(&obj, "length_elems", &what)?,
+    })
+}
+
+fn parse_record(i: usize, item: Value) -> Result<Record, FormatError> {
+    let Value::Object(obj) = item else {
+        return Err(FormatError::Json(format!("index entry {i} is not a JSON object")));
+    };
+    let name = match obj.get("name") {
+        Some(Value::String(s)) => s.clone(),
+        _ => return Err(FormatError::Json(format!("index entry {i} has no string \"name\""))),
+    };
+    let what = |p: String| FormatError::tensor(&name, p);
+    let shape = match field(&obj, "shape", &what)? {
+        Value::Array(dims) => dims
+            .iter()
+            .map(|d| d.as_u64().ok_or_else(|| what(format!("shape entry {d} is not a non-negative integer"))))
+            .collect::<Result<Vec<_>, _>>()?,
+        other => return Err(what(format!("shape {other} is not a list"))),
+    };
+    let block = match obj.get("macroblock") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v.as_u64()
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| what(format!("macroblock {v} is not a valid index")))?,
+    };
+    Ok(Record { offset: u64_field(&obj, "offset", &what)?, length: u64_field(&obj, "length", &what)?, name, shape, block })
+}

@@ -1,0 +1,105 @@
+//! The FlashPack file format, as pure functions: dtypes, the layout planner and the footer codec.
+//!
+//! Nothing here does I/O. A file is `[payload][footer JSON][u64 LE JSON length]["FLASHPK\0"]`;
+//! see `FORMAT.md` in the shared docs for the contract.
+//!
+//! ```
+//! use flashpack::format::{plan, Order, TensorSpec, Footer};
+//! use flashpack::Dtype;
+//! let specs = vec![
+//!     TensorSpec::new("w", Dtype::F32, vec![4, 4]),
+//!     TensorSpec::new("step", Dtype::I64, vec![]),
+//! ];
+//! let layout = plan(&specs, 128, Order::LargestFirst).unwrap();
+//! let json = layout.footer.encode();
+//! let back = Footer::decode(&json, layout.payload_len).unwrap();
+//! assert_eq!(back, layout.footer);
+//! ```
+mod dtype;
+mod footer;
+mod layout;
+
+pub use dtype::Dtype;
+pub use footer::{Footer, FormatVersion, Macroblock, Record, FILE_FORMAT_V3, FILE_FORMAT_V4};
+pub use layout::{plan, Layout, Order, Placement, TensorSpec};
+
+/// The 8 bytes that end every FlashPack file.
+pub const MAGIC: &[u8; 8] = b"FLASHPK\0";
+/// Bytes after the footer JSON: its u64 length and the magic.
+pub const TRAILER_LEN: u64 = 16;
+/// The writer's default alignment in bytes.
+pub const DEFAULT_ALIGN_BYTES: u64 = 128;
+
+/// A broken format contract: in a footer being read, or in tensors being packed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("file is too small ({size} bytes) to hold a FlashPack footer")]
+    TooSmall { size: u64 },
+    #[error("bad magic: the file does not end with \"FLASHPK\\0\" (not a FlashPack file)")]
+    BadMagic,
+    #[error("footer JSON length {json_len} is larger than the {room} bytes before the trailer (truncated or corrupt file)")]
+    JsonLengthTooLarge { json_len: u64, room: u64 },
+    #[error("footer is not valid UTF-8 JSON: {0}")]
+    Json(String),
+    #[error("unknown format {0:?} (expected \"flashpack_v3\" or \"flashpack_v4\")")]
+    UnknownFormat(String),
+    #[error("footer is missing the key {0:?}")]
+    MissingKey(&'static str),
+    #[error("unknown dtype {0:?}")]
+    UnknownDtype(String),
+    #[error("macroblock {block}: {problem}")]
+    Block { block: usize, problem: String },
+    #[error("macroblocks {a} and {b} overlap")]
+    BlocksOverlap { a: usize, b: usize },
+    #[error("tensor '{name}': {problem}")]
+    Tensor { name: String, problem: String },
+    #[error("tensor name '{0}' appears more than once")]
+    DuplicateName(String),
+    #[error("{0}")]
+    Inconsistent(String),
+    #[error("no tensors to pack")]
+    Empty,
+}
+
+impl FormatError {
+    pub(crate) fn tensor(name: &str, problem: impl Into<String>) -> Self {
+        FormatError::Tensor { name: name.to_string(), problem: problem.into() }
+    }
+    pub(crate) fn block(block: usize, problem: impl Into<String>) -> Self {
+        FormatError::Block { block, problem: problem.into() }
+    }
+}
+
+pub(crate) fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Byte alignment of a block's start: `lcm(align_bytes, elem_size)`, or `elem_size` when unaligned.
+pub fn block_alignment(align_bytes: u64, elem_size: u64) -> u64 {
+    if align_bytes == 0 {
+        elem_size
+    } else {
+        align_bytes / gcd(align_bytes, elem_size) * elem_size
+    }
+}
+
+/// Element alignment of a tensor inside its block (0 = none).
+pub fn element_alignment(align_bytes: u64, elem_size: u64) -> u64 {
+    if align_bytes == 0 {
+        0
+    } else {
+        align_bytes / gcd(align_bytes, elem_size)
+    }
+}
+
+/// Number of elements of a shape (`[]` is a scalar: 1), or `None` on overflow.
+pub fn numel(shape: &[u64]) -> Option<u64> {
+    shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
+}
+
+pub(crate) fn round_up(x: u64, to: u64) -> Option<u64> {
+    if to <= 1 {
+        return Some(x);
+    }
+    x.checked_add((to - x % to) % to)
+}

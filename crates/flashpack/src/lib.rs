@@ -1,0 +1,25 @@
+//! FlashPack: model weights from a file into memory at the speed of the disk.
+//!
+//! A FlashPack file keeps a model's tensors as a few contiguous blocks (one per dtype) followed
+//! by a JSON footer. This crate plans and writes such files ([`write`]), validates their footers
+//! ([`format`]) and loads them ([`read`]): lazily through a private copy-on-write mapping, or
+//! eagerly with a pool of reader threads that use `O_DIRECT` when the file is not cached.
+//!
+//! ```
+//! use flashpack::{write::{pack, PackEntry, PackOptions}, read::{load, LoadOptions}, Dtype};
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("m.flashpack");
+//! let w: Vec<u8> = (0..64u8).collect();
+//! pack(&path, &[PackEntry::new("w", Dtype::F32, vec![4, 4], &w)], &PackOptions::default()).unwrap();
+//! let loaded = load(&path, &LoadOptions::default()).unwrap();
+//! assert_eq!(loaded.tensor_bytes("w").unwrap(), &w[..]);
+//! ```
+pub mod error;
+pub mod format;
+mod progress;
+pub mod read;
+pub mod sink;
+pub mod write;
+
+pub use error::{Error, Result};
+pub use format::{Dtype, Footer, FormatError};

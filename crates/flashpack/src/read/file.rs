@@ -1,0 +1,67 @@
+//! Opening a FlashPack file: the footer is read from the tail with two positioned reads and
+//! validated before any of its numbers are used.
+//!
+//! ```
+//! use flashpack::{read::FlashFile, write::{pack, PackEntry, PackOptions}, Dtype};
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("m.flashpack");
+//! pack(&path, &[PackEntry::new("b", Dtype::U8, vec![3], &[1, 2, 3])], &PackOptions::default()).unwrap();
+//! let f = FlashFile::open(&path).unwrap();
+//! assert_eq!(f.payload_len, 3);
+//! assert_eq!(f.footer.records[0].shape, vec![3]);
+//! ```
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::format::{FormatError, MAGIC, TRAILER_LEN};
+use crate::{Error, Footer, Result};
+
+/// An open FlashPack file with its validated footer.
+#[derive(Debug)]
+pub struct FlashFile {
+    pub path: PathBuf,
+    pub file: File,
+    pub file_len: u64,
+    /// Bytes before the footer JSON; every block lies inside them.
+    pub payload_len: u64,
+    pub footer: Footer,
+    /// The footer exactly as stored.
+    pub footer_json: Vec<u8>,
+}
+
+impl FlashFile {
+    /// Opens `path` and reads and validates its footer.
+    pub fn open(path: impl AsRef<Path>) -> Result<FlashFile> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let file_len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+        let fmt = |e| Error::format(path, e);
+        if file_len < TRAILER_LEN {
+            return Err(fmt(FormatError::TooSmall { size: file_len }));
+        }
+        let mut trailer = [0u8; TRAILER_LEN as usize];
+        file.read_exact_at(&mut trailer, file_len - TRAILER_LEN).map_err(|e| Error::io(path, "read footer", e))?;
+        if &trailer[8..] != MAGIC {
+            return Err(fmt(FormatError::BadMagic));
+        }
+        let mut len_bytes = [0u8; 8];
+        len_bytes.copy_from_slice(&trailer[..8]);
+        let json_len = u64::from_le_bytes(len_bytes);
+        let room = file_len - TRAILER_LEN;
+        if json_len > room {
+            return Err(fmt(FormatError::JsonLengthTooLarge { json_len, room }));
+        }
+        let payload_len = room - json_len;
+        // json_len <= file length, so this allocation is bounded by the file's real size.
+        let mut footer_json = vec![0u8; json_len as usize];
+        file.read_exact_at(&mut footer_json, payload_len).map_err(|e| Error::io(path, "read footer", e))?;
+        let footer = Footer::decode(&footer_json, payload_len).map_err(fmt)?;
+        Ok(FlashFile { path: path.to_path_buf(), file, file_len, payload_len, footer, footer_json })
+    }
+}
+
+/// True when `path` opens as a valid FlashPack file.
+pub fn is_flashpack_file(path: impl AsRef<Path>) -> bool {
+    FlashFile::open(path).is_ok()
+}

@@ -1,0 +1,184 @@
+//! Loading: open and validate, then either map the file copy-on-write (lazy) or fill owned memory
+//! with a pool of reader threads (eager).
+//!
+//! Lazy loads are private mappings: tensors read straight from the page cache, writes to them
+//! make private copies of the touched pages and never reach the file. Eager loads return with every
+//! byte resident; they use `O_DIRECT` when the file is not in the page cache and buffered reads
+//! when it is (or when the filesystem refuses `O_DIRECT`), with identical bytes either way.
+//!
+//! ```
+//! use flashpack::{read::{load, IoMode, LoadOptions}, write::{pack, PackEntry, PackOptions}, Dtype};
+//! let dir = tempfile::tempdir().unwrap();
+//! let path = dir.path().join("m.flashpack");
+//! let bytes = [1u8, 0, 0, 0, 2, 0, 0, 0];
+//! pack(&path, &[PackEntry::new("w", Dtype::I32, vec![2], &bytes)], &PackOptions::default()).unwrap();
+//! let mut lazy = load(&path, &LoadOptions::default()).unwrap();
+//! lazy.payload_mut()[0] = 9; // private copy: the file keeps its bytes
+//! let eager = load(&path, &LoadOptions { eager: true, io: IoMode::Buffered, ..Default::default() }).unwrap();
+//! assert_eq!(eager.tensor_bytes("w").unwrap(), &bytes[..]);
+//! ```
+mod file;
+mod pool;
+mod residency;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use memmap2::{MmapMut, MmapOptions};
+
+pub use file::{is_flashpack_file, FlashFile};
+pub use pool::{plan_chunks, Chunk, IoCounts, DIRECT_ALIGN};
+pub use residency::resident_fraction;
+
+use crate::progress::progress_bar;
+use crate::sink::{HostBuffer, HostSink};
+use crate::{Error, Footer, Result};
+
+/// Share of the payload that must be in the page cache for buffered reads to win over `O_DIRECT`.
+pub const HOT_FRACTION: f64 = 0.9;
+/// Default eager chunk size.
+pub const DEFAULT_READ_CHUNK_BYTES: usize = 16 << 20;
+
+/// How the eager reader talks to the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// `O_DIRECT` unless the payload is mostly in the page cache.
+    #[default]
+    Auto,
+    /// `O_DIRECT` wherever the filesystem allows it.
+    Direct,
+    /// Always through the page cache.
+    Buffered,
+}
+
+/// How to load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Fill owned memory now (true) or map the file copy-on-write (false).
+    pub eager: bool,
+    pub io: IoMode,
+    /// Reader threads (0 = chosen from the core count and the I/O mode).
+    pub threads: usize,
+    pub chunk_bytes: usize,
+    /// Show a progress bar on stderr for large loads.
+    pub progress: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { eager: false, io: IoMode::Auto, threads: 0, chunk_bytes: DEFAULT_READ_CHUNK_BYTES, progress: false }
+    }
+}
+
+/// What a load did.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub phases: Vec<(&'static str, Duration)>,
+    pub threads: usize,
+    pub io: IoCounts,
+}
+
+#[derive(Debug)]
+enum Memory {
+    /// Private copy-on-write mapping of the whole file.
+    Mapped(MmapMut),
+    /// Owned memory holding the payload.
+    Owned(HostBuffer),
+}
+
+/// A loaded file: its footer and its payload in memory.
+#[derive(Debug)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub footer: Footer,
+    pub footer_json: Vec<u8>,
+    pub payload_len: u64,
+    pub report: LoadReport,
+    memory: Memory,
+}
+
+impl Loaded {
+    /// The payload bytes (every block lies inside).
+    pub fn payload(&self) -> &[u8] {
+        let n = self.payload_len as usize;
+        match &self.memory {
+            Memory::Mapped(m) => &m[..n],
+            Memory::Owned(b) => &b.as_slice()[..n],
+        }
+    }
+
+    /// The payload, writable (a lazy load copies the touched pages privately).
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        let n = self.payload_len as usize;
+        match &mut self.memory {
+            Memory::Mapped(m) => &mut m[..n],
+            Memory::Owned(b) => &mut b.as_mut_slice()[..n],
+        }
+    }
+
+    /// True when the payload is owned memory rather than a mapping.
+    pub fn is_eager(&self) -> bool {
+        matches!(self.memory, Memory::Owned(_))
+    }
+
+    /// The stored bytes of tensor `name`.
+    pub fn tensor_bytes(&self, name: &str) -> Option<&[u8]> {
+        let rec = self.footer.record(name)?;
+        let (start, end) = self.footer.byte_range(rec);
+        self.payload().get(start as usize..end as usize)
+    }
+}
+
+/// Loads `path` as `opts` says.
+pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
+    let path = path.as_ref();
+    let t = Instant::now();
+    let f = FlashFile::open(path)?;
+    let mut report = LoadReport { phases: vec![("read_metadata", t.elapsed())], ..Default::default() };
+    let payload_len = usize::try_from(f.payload_len)
+        .map_err(|_| Error::Invalid(format!("{}: payload too large for this platform", path.display())))?;
+
+    let memory = if !opts.eager {
+        let t = Instant::now();
+        // SAFETY: a private (copy-on-write) mapping: writes through it never reach the file. As with
+        // any mapping, another process truncating the file while it is mapped would fault; the
+        // file is only read here, and that risk is the documented contract of lazy loading.
+        let map = unsafe { MmapOptions::new().map_copy(&f.file) }.map_err(|e| Error::io(path, "mmap", e))?;
+        report.phases.push(("mmap_payload", t.elapsed()));
+        Memory::Mapped(map)
+    } else {
+        let t = Instant::now();
+        let mut buf = HostBuffer::new(payload_len)?;
+        report.phases.push(("alloc_cpu", t.elapsed()));
+
+        let t = Instant::now();
+        let use_direct = match opts.io {
+            IoMode::Buffered => false,
+            IoMode::Direct => true,
+            IoMode::Auto => resident_fraction(&f.file, f.payload_len).map_or(true, |r| r < HOT_FRACTION),
+        };
+        // Filesystems such as tmpfs refuse O_DIRECT at open: fall back to buffered reads.
+        let direct = use_direct
+            .then(|| OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok())
+            .flatten();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        report.threads = match opts.threads {
+            0 if direct.is_some() => cores.clamp(4, 16),
+            0 => cores.min(16),
+            n => n,
+        };
+        let chunks = plan_chunks(0, f.payload_len, opts.chunk_bytes);
+        let bar = progress_bar(opts.progress, f.payload_len, "loading");
+        let src = pool::Source { path, buffered: &f.file, direct };
+        let sink = HostSink::new(buf.as_mut_slice());
+        report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref())?;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        report.phases.push(("read_payload", t.elapsed()));
+        Memory::Owned(buf)
+    };
+    Ok(Loaded { path: path.to_path_buf(), footer: f.footer, footer_json: f.footer_json, payload_len: f.payload_len, report, memory })
+}

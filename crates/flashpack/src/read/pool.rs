@@ -1,0 +1,165 @@
+//! The reader pool: threads that pull chunks of the payload off a shared counter and read each
+//! into its sink, with `O_DIRECT` for the aligned part of a chunk when a direct handle is given and
+//! buffered reads for everything else (unaligned tails, filesystems that refuse `O_DIRECT`).
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use indicatif::ProgressBar;
+
+use crate::sink::Sink;
+use crate::{Error, Result};
+
+/// Alignment `O_DIRECT` needs for file offset, length and memory address.
+pub const DIRECT_ALIGN: u64 = 4096;
+
+/// One chunk of payload to read: `[offset, offset + len)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    pub offset: u64,
+    pub len: usize,
+}
+
+/// Splits `[start, end)` into chunks of `chunk_bytes` (rounded up to [`DIRECT_ALIGN`]), cut at
+/// multiples of `chunk_bytes` from offset 0 so that every chunk but the edges is aligned.
+pub fn plan_chunks(start: u64, end: u64, chunk_bytes: usize) -> Vec<Chunk> {
+    let step = (chunk_bytes as u64).max(DIRECT_ALIGN).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    let mut out = Vec::new();
+    let mut off = start;
+    while off < end {
+        let next = ((off / step) + 1) * step;
+        let stop = next.min(end);
+        out.push(Chunk { offset: off, len: (stop - off) as usize });
+        off = stop;
+    }
+    out
+}
+
+/// Where the reads come from.
+pub(crate) struct Source<'a> {
+    pub path: &'a Path,
+    pub buffered: &'a File,
+    pub direct: Option<File>,
+}
+
+/// Bytes moved each way, for reports and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCounts {
+    pub direct_bytes: u64,
+    pub buffered_bytes: u64,
+}
+
+/// Reads every chunk into `sink` with `threads` threads.
+pub(crate) fn read_chunks(
+    src: &Source<'_>,
+    chunks: &[Chunk],
+    sink: &dyn Sink,
+    threads: usize,
+    bar: Option<&ProgressBar>,
+) -> Result<IoCounts> {
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let direct_ok = AtomicBool::new(src.direct.is_some());
+    let direct_bytes = AtomicU64::new(0);
+    let buffered_bytes = AtomicU64::new(0);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let threads = threads.clamp(1, chunks.len().max(1));
+
+    std::thread::scope(|s| {
+        for worker in 0..threads {
+            let (next, stop, direct_ok, first_error) = (&next, &stop, &direct_ok, &first_error);
+            let (direct_bytes, buffered_bytes) = (&direct_bytes, &buffered_bytes);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= chunks.len() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let c = chunks[i];
+                let mut io_error = None;
+                let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
+                    let r = read_one(src, direct_ok, c.offset, dst, direct_bytes, buffered_bytes);
+                    if let Err(e) = &r {
+                        io_error = Some(std::io::Error::new(e.kind(), e.to_string()));
+                    }
+                    r
+                };
+                let result = sink.write_chunk(worker, c.offset, c.len, &mut fill);
+                if let Err(e) = result {
+                    let e = match io_error {
+                        Some(io) => Error::io(src.path, "read", io),
+                        None => e,
+                    };
+                    stop.store(true, Ordering::Relaxed);
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(e);
+                    }
+                    return;
+                }
+                if let Some(b) = bar {
+                    b.inc(c.len as u64);
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    Ok(IoCounts { direct_bytes: direct_bytes.into_inner(), buffered_bytes: buffered_bytes.into_inner() })
+}
+
+fn read_one(
+    src: &Source<'_>,
+    direct_ok: &AtomicBool,
+    offset: u64,
+    dst: &mut [u8],
+    direct_bytes: &AtomicU64,
+    buffered_bytes: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut done = 0usize;
+    if let Some(direct) = &src.direct {
+        let aligned = offset % DIRECT_ALIGN == 0 && (dst.as_ptr() as u64) % DIRECT_ALIGN == 0;
+        let n = (dst.len() as u64 / DIRECT_ALIGN * DIRECT_ALIGN) as usize;
+        if aligned && n > 0 && direct_ok.load(Ordering::Relaxed) {
+            match direct.read_exact_at(&mut dst[..n], offset) {
+                Ok(()) => {
+                    done = n;
+                    direct_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                // The filesystem (or this range) refuses O_DIRECT: read the same bytes buffered.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => direct_ok.store(false, Ordering::Relaxed),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if done < dst.len() {
+        src.buffered.read_exact_at(&mut dst[done..], offset + done as u64)?;
+        buffered_bytes.fetch_add((dst.len() - done) as u64, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_range_exactly_and_inner_edges_are_aligned() {
+        for &(start, end, cb) in &[(0u64, 1u64, 4096usize), (0, 10_000_000, 1 << 20), (100, 9000, 4096), (0, 8192, 5000)] {
+            let chunks = plan_chunks(start, end, cb);
+            assert_eq!(chunks.first().map(|c| c.offset), Some(start));
+            let mut at = start;
+            for c in &chunks {
+                assert_eq!(c.offset, at);
+                assert!(c.len > 0);
+                at += c.len as u64;
+            }
+            assert_eq!(at, end);
+            for c in chunks.iter().skip(1) {
+                assert_eq!(c.offset % DIRECT_ALIGN, 0);
+            }
+        }
+        assert!(plan_chunks(5, 5, 4096).is_empty());
+    }
+}
