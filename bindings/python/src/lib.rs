@@ -21,7 +21,9 @@ fn to_py(e: Error) -> PyErr {
 }
 
 fn phases(list: &[(&'static str, std::time::Duration)]) -> Vec<(String, f64)> {
-    list.iter().map(|(n, d)| (n.to_string(), d.as_secs_f64())).collect()
+    list.iter()
+        .map(|(n, d)| (n.to_string(), d.as_secs_f64()))
+        .collect()
 }
 
 /// A loaded payload. Exposes its bytes through the (writable) buffer protocol so that
@@ -54,7 +56,19 @@ impl Payload {
     /// The validated macroblocks: `[(dtype, offset_bytes, length_bytes, length_elems), ...]`.
     #[getter]
     fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        self.loaded.footer.blocks.iter().map(|b| (b.dtype.name(), b.offset_bytes, b.length_bytes, b.length_elems)).collect()
+        self.loaded
+            .footer
+            .blocks
+            .iter()
+            .map(|b| {
+                (
+                    b.dtype.name(),
+                    b.offset_bytes,
+                    b.length_bytes,
+                    b.length_elems,
+                )
+            })
+            .collect()
     }
 
     /// Phase timings in seconds: `[(name, seconds), ...]`.
@@ -81,9 +95,16 @@ impl Payload {
     /// Called by CPython with a valid `view` to fill. The exported pointer stays valid while the
     /// exporter (this object) is alive, which the buffer's `obj` reference guarantees; the memory
     /// is a private mapping or owned buffer that never moves.
-    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
         let this = slf.get();
-        let (ptr, len) = (this.ptr as *mut c_void, this.loaded.payload_len as ffi::Py_ssize_t);
+        let (ptr, len) = (
+            this.ptr as *mut c_void,
+            this.loaded.payload_len as ffi::Py_ssize_t,
+        );
         // SAFETY: see above; writes through the view are allowed because the memory is either a
         // copy-on-write mapping (writes never reach the file) or memory we own. Rust never reads
         // or writes the payload again after `load` returns, so there is no aliasing on our side.
@@ -101,7 +122,9 @@ fn io_mode(io: &str) -> PyResult<IoMode> {
         "auto" => Ok(IoMode::Auto),
         "direct" => Ok(IoMode::Direct),
         "buffered" => Ok(IoMode::Buffered),
-        other => Err(PyValueError::new_err(format!("io must be 'auto', 'direct' or 'buffered', not {other:?}"))),
+        other => Err(PyValueError::new_err(format!(
+            "io must be 'auto', 'direct' or 'buffered', not {other:?}"
+        ))),
     }
 }
 
@@ -109,8 +132,22 @@ fn io_mode(io: &str) -> PyResult<IoMode> {
 /// by `threads` reader threads (`eager=True`).
 #[pyfunction]
 #[pyo3(signature = (path, eager=false, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false))]
-fn load(py: Python<'_>, path: std::path::PathBuf, eager: bool, io: &str, threads: usize, chunk_bytes: usize, progress: bool) -> PyResult<Payload> {
-    let opts = LoadOptions { eager, io: io_mode(io)?, threads, chunk_bytes, progress };
+fn load(
+    py: Python<'_>,
+    path: std::path::PathBuf,
+    eager: bool,
+    io: &str,
+    threads: usize,
+    chunk_bytes: usize,
+    progress: bool,
+) -> PyResult<Payload> {
+    let opts = LoadOptions {
+        eager,
+        io: io_mode(io)?,
+        threads,
+        chunk_bytes,
+        progress,
+    };
     let mut loaded = py.detach(|| read::load(&path, &opts)).map_err(to_py)?;
     let ptr = loaded.payload_mut().as_mut_ptr() as usize;
     Ok(Payload { loaded, ptr })
@@ -137,7 +174,13 @@ fn dtype_names() -> Vec<&'static str> {
 fn pack(
     py: Python<'_>,
     path: std::path::PathBuf,
-    entries: Vec<(String, String, Vec<u64>, Option<PyBuffer<u8>>, Option<usize>)>,
+    entries: Vec<(
+        String,
+        String,
+        Vec<u64>,
+        Option<PyBuffer<u8>>,
+        Option<usize>,
+    )>,
     align_bytes: u64,
     largest_first: bool,
     threads: usize,
@@ -145,13 +188,15 @@ fn pack(
 ) -> PyResult<Vec<(String, f64)>> {
     let mut specs = Vec::with_capacity(entries.len());
     for (name, dtype, shape, data, tied_to) in &entries {
-        let dtype: Dtype = dtype
-            .parse()
-            .map_err(|e| PyValueError::new_err(format!("{}: tensor '{name}': {e}", path.display())))?;
+        let dtype: Dtype = dtype.parse().map_err(|e| {
+            PyValueError::new_err(format!("{}: tensor '{name}': {e}", path.display()))
+        })?;
         let bytes: &[u8] = match data {
             Some(buf) => {
                 if !buf.is_c_contiguous() {
-                    return Err(PyValueError::new_err(format!("tensor '{name}': data buffer is not contiguous")));
+                    return Err(PyValueError::new_err(format!(
+                        "tensor '{name}': data buffer is not contiguous"
+                    )));
                 }
                 // SAFETY: `buf` holds a Py_buffer on a live, C-contiguous exporter for the whole
                 // call (`entries` outlives the slice), so `buf_ptr()..+len_bytes()` is readable.
@@ -166,12 +211,18 @@ fn pack(
     }
     let opts = PackOptions {
         align_bytes,
-        order: if largest_first { Order::LargestFirst } else { Order::AsGiven },
+        order: if largest_first {
+            Order::LargestFirst
+        } else {
+            Order::AsGiven
+        },
         threads,
         progress,
         ..Default::default()
     };
-    let report = py.detach(|| write::pack(&path, &specs, &opts)).map_err(to_py)?;
+    let report = py
+        .detach(|| write::pack(&path, &specs, &opts))
+        .map_err(to_py)?;
     Ok(phases(&report.phases))
 }
 

@@ -40,12 +40,19 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl AsRef<Path>, op: &'static str, source: std::io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), op, source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            op,
+            source,
+        }
     }
 
     /// Wraps a format problem with the file it was found in.
     pub fn format(path: impl AsRef<Path>, source: FormatError) -> Self {
-        Error::Format { path: path.as_ref().to_path_buf(), source }
+        Error::Format {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 
     /// True for errors caused by the file's or caller's data, not by the OS.

@@ -10,7 +10,9 @@ pub(crate) fn progress_bar(enabled: bool, total: u64, what: &str) -> Option<Prog
         return None;
     }
     let bar = ProgressBar::new(total);
-    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}") {
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(what.to_string());

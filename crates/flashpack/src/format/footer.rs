@@ -118,7 +118,11 @@ struct JsonV4<'a> {
 impl Footer {
     /// Bytes of payload the blocks span (where the JSON starts in a file we write).
     pub fn payload_end(&self) -> u64 {
-        self.blocks.iter().map(Macroblock::end_bytes).max().unwrap_or(0)
+        self.blocks
+            .iter()
+            .map(Macroblock::end_bytes)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Total elements over all blocks.
@@ -140,7 +144,9 @@ impl Footer {
     }
 
     fn is_v3(&self) -> bool {
-        self.version == FormatVersion::V3 && self.blocks.len() == 1 && self.blocks[0].offset_bytes == 0
+        self.version == FormatVersion::V3
+            && self.blocks.len() == 1
+            && self.blocks[0].offset_bytes == 0
     }
 
     /// Compact UTF-8 JSON, keys in the original writer's order, non-ASCII kept raw.
@@ -155,7 +161,12 @@ impl Footer {
                 index: self
                     .records
                     .iter()
-                    .map(|r| RecordV3 { name: &r.name, shape: &r.shape, offset: r.offset, length: r.length })
+                    .map(|r| RecordV3 {
+                        name: &r.name,
+                        shape: &r.shape,
+                        offset: r.offset,
+                        length: r.length,
+                    })
                     .collect(),
                 extra: &self.extra,
             })
@@ -195,7 +206,8 @@ impl Footer {
 
     /// Parses footer JSON and validates it against a payload of `payload_len` bytes.
     pub fn decode(json: &[u8], payload_len: u64) -> Result<Footer, FormatError> {
-        let value: Value = serde_json::from_slice(json).map_err(|e| FormatError::Json(e.to_string()))?;
+        let value: Value =
+            serde_json::from_slice(json).map_err(|e| FormatError::Json(e.to_string()))?;
         let Value::Object(mut map) = value else {
             return Err(FormatError::Json("the footer is not a JSON object".into()));
         };
@@ -217,10 +229,20 @@ impl Footer {
                 let bytes = elems
                     .checked_mul(dtype.size() as u64)
                     .ok_or_else(|| FormatError::block(0, "total_elems overflows"))?;
-                (FormatVersion::V3, vec![Macroblock { dtype, offset_bytes: 0, length_bytes: bytes, length_elems: elems }])
+                (
+                    FormatVersion::V3,
+                    vec![Macroblock {
+                        dtype,
+                        offset_bytes: 0,
+                        length_bytes: bytes,
+                        length_elems: elems,
+                    }],
+                )
             }
             FILE_FORMAT_V4 => {
-                let raw = map.remove("macroblocks").ok_or(FormatError::MissingKey("macroblocks"))?;
+                let raw = map
+                    .remove("macroblocks")
+                    .ok_or(FormatError::MissingKey("macroblocks"))?;
                 let Value::Array(items) = raw else {
                     return Err(FormatError::Json("\"macroblocks\" is not a list".into()));
                 };
@@ -247,7 +269,13 @@ impl Footer {
             .enumerate()
             .map(|(i, item)| parse_record(i, item))
             .collect::<Result<Vec<_>, _>>()?;
-        let footer = Footer { version, align_bytes, blocks, records, extra: map };
+        let footer = Footer {
+            version,
+            align_bytes,
+            blocks,
+            records,
+            extra: map,
+        };
         footer.validate(payload_len, total_elems, total_payload_bytes)?;
         Ok(footer)
     }
@@ -264,7 +292,10 @@ impl Footer {
             if b.length_elems.checked_mul(size) != Some(b.length_bytes) {
                 return Err(FormatError::block(
                     i,
-                    format!("length_bytes {} is not length_elems {} x {} bytes ({})", b.length_bytes, b.length_elems, size, b.dtype),
+                    format!(
+                        "length_bytes {} is not length_elems {} x {} bytes ({})",
+                        b.length_bytes, b.length_elems, size, b.dtype
+                    ),
                 ));
             }
             match b.offset_bytes.checked_add(b.length_bytes) {
@@ -282,15 +313,26 @@ impl Footer {
             }
             let align = block_alignment(self.align_bytes, size);
             if b.offset_bytes % align != 0 {
-                return Err(FormatError::block(i, format!("offset {} is not a multiple of its alignment {align}", b.offset_bytes)));
+                return Err(FormatError::block(
+                    i,
+                    format!(
+                        "offset {} is not a multiple of its alignment {align}",
+                        b.offset_bytes
+                    ),
+                ));
             }
         }
-        let mut order: Vec<usize> = (0..self.blocks.len()).filter(|&i| self.blocks[i].length_bytes > 0).collect();
+        let mut order: Vec<usize> = (0..self.blocks.len())
+            .filter(|&i| self.blocks[i].length_bytes > 0)
+            .collect();
         order.sort_by_key(|&i| self.blocks[i].offset_bytes);
         for pair in order.windows(2) {
             let (a, b) = (pair[0], pair[1]);
             if self.blocks[a].end_bytes() > self.blocks[b].offset_bytes {
-                return Err(FormatError::BlocksOverlap { a: a.min(b), b: a.max(b) });
+                return Err(FormatError::BlocksOverlap {
+                    a: a.min(b),
+                    b: a.max(b),
+                });
             }
         }
         if let Some(total) = total_elems {
@@ -317,7 +359,11 @@ impl Footer {
             let Some(block) = self.blocks.get(r.block) else {
                 return Err(FormatError::tensor(
                     &r.name,
-                    format!("macroblock {} does not exist (the file has {})", r.block, self.blocks.len()),
+                    format!(
+                        "macroblock {} does not exist (the file has {})",
+                        r.block,
+                        self.blocks.len()
+                    ),
                 ));
             };
             match numel(&r.shape) {
@@ -325,7 +371,10 @@ impl Footer {
                 _ => {
                     return Err(FormatError::tensor(
                         &r.name,
-                        format!("shape {:?} does not hold length {} elements", r.shape, r.length),
+                        format!(
+                            "shape {:?} does not hold length {} elements",
+                            r.shape, r.length
+                        ),
                     ))
                 }
             }
@@ -348,7 +397,10 @@ impl Footer {
             if align != 0 && r.offset % align != 0 {
                 return Err(FormatError::tensor(
                     &r.name,
-                    format!("offset {} is not aligned to {align} elements (align_bytes {})", r.offset, self.align_bytes),
+                    format!(
+                        "offset {} is not aligned to {align} elements (align_bytes {})",
+                        r.offset, self.align_bytes
+                    ),
                 ));
             }
         }
@@ -359,17 +411,29 @@ impl Footer {
 fn take_u64(map: &mut Map<String, Value>, key: &'static str) -> Result<Option<u64>, FormatError> {
     match map.remove(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| FormatError::Json(format!("{key:?} is not a non-negative integer: {v}"))),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            FormatError::Json(format!("{key:?} is not a non-negative integer: {v}"))
+        }),
     }
 }
 
-fn field<'a>(obj: &'a Map<String, Value>, key: &'static str, what: &dyn Fn(String) -> FormatError) -> Result<&'a Value, FormatError> {
-    obj.get(key).ok_or_else(|| what(format!("missing key {key:?}")))
+fn field<'a>(
+    obj: &'a Map<String, Value>,
+    key: &'static str,
+    what: &dyn Fn(String) -> FormatError,
+) -> Result<&'a Value, FormatError> {
+    obj.get(key)
+        .ok_or_else(|| what(format!("missing key {key:?}")))
 }
 
-fn u64_field(obj: &Map<String, Value>, key: &'static str, what: &dyn Fn(String) -> FormatError) -> Result<u64, FormatError> {
+fn u64_field(
+    obj: &Map<String, Value>,
+    key: &'static str,
+    what: &dyn Fn(String) -> FormatError,
+) -> Result<u64, FormatError> {
     let v = field(obj, key, what)?;
-    v.as_u64().ok_or_else(|| what(format!("{key:?} is not a non-negative integer: {v}")))
+    v.as_u64()
+        .ok_or_else(|| what(format!("{key:?} is not a non-negative integer: {v}")))
 }
 
 fn parse_block(i: usize, item: Value) -> Result<Macroblock, FormatError> {
@@ -391,25 +455,41 @@ fn parse_block(i: usize, item: Value) -> Result<Macroblock, FormatError> {
 
 fn parse_record(i: usize, item: Value) -> Result<Record, FormatError> {
     let Value::Object(obj) = item else {
-        return Err(FormatError::Json(format!("index entry {i} is not a JSON object")));
+        return Err(FormatError::Json(format!(
+            "index entry {i} is not a JSON object"
+        )));
     };
     let name = match obj.get("name") {
         Some(Value::String(s)) => s.clone(),
-        _ => return Err(FormatError::Json(format!("index entry {i} has no string \"name\""))),
+        _ => {
+            return Err(FormatError::Json(format!(
+                "index entry {i} has no string \"name\""
+            )))
+        }
     };
     let what = |p: String| FormatError::tensor(&name, p);
     let shape = match field(&obj, "shape", &what)? {
         Value::Array(dims) => dims
             .iter()
-            .map(|d| d.as_u64().ok_or_else(|| what(format!("shape entry {d} is not a non-negative integer"))))
+            .map(|d| {
+                d.as_u64()
+                    .ok_or_else(|| what(format!("shape entry {d} is not a non-negative integer")))
+            })
             .collect::<Result<Vec<_>, _>>()?,
         other => return Err(what(format!("shape {other} is not a list"))),
     };
     let block = match obj.get("macroblock") {
         None | Some(Value::Null) => 0,
-        Some(v) => v.as_u64()
+        Some(v) => v
+            .as_u64()
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| what(format!("macroblock {v} is not a valid index")))?,
     };
-    Ok(Record { offset: u64_field(&obj, "offset", &what)?, length: u64_field(&obj, "length", &what)?, name, shape, block })
+    Ok(Record {
+        offset: u64_field(&obj, "offset", &what)?,
+        length: u64_field(&obj, "length", &what)?,
+        name,
+        shape,
+        block,
+    })
 }

@@ -19,7 +19,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Map;
 
-use super::{block_alignment, element_alignment, numel, round_up, Dtype, Footer, FormatError, FormatVersion, Macroblock, Record};
+use super::{
+    block_alignment, element_alignment, numel, round_up, Dtype, Footer, FormatError, FormatVersion,
+    Macroblock, Record,
+};
 
 /// A tensor to be packed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,7 +36,12 @@ pub struct TensorSpec {
 
 impl TensorSpec {
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<u64>) -> Self {
-        TensorSpec { name: name.into(), dtype, shape, tied_to: None }
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape,
+            tied_to: None,
+        }
     }
 }
 
@@ -75,15 +83,20 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
         if !seen.insert(s.name.as_str()) {
             return Err(FormatError::DuplicateName(s.name.clone()));
         }
-        let n = numel(&s.shape).ok_or_else(|| FormatError::tensor(&s.name, "element count overflows"))?;
-        n.checked_mul(s.dtype.size() as u64).ok_or_else(|| FormatError::tensor(&s.name, "byte size overflows"))?;
+        let n = numel(&s.shape)
+            .ok_or_else(|| FormatError::tensor(&s.name, "element count overflows"))?;
+        n.checked_mul(s.dtype.size() as u64)
+            .ok_or_else(|| FormatError::tensor(&s.name, "byte size overflows"))?;
         counts.push(n);
     }
     for s in specs {
         if let Some(t) = s.tied_to {
-            let target = specs
-                .get(t)
-                .ok_or_else(|| FormatError::tensor(&s.name, format!("is tied to tensor #{t}, which does not exist")))?;
+            let target = specs.get(t).ok_or_else(|| {
+                FormatError::tensor(
+                    &s.name,
+                    format!("is tied to tensor #{t}, which does not exist"),
+                )
+            })?;
             if target.tied_to.is_some() || target.dtype != s.dtype || target.shape != s.shape {
                 return Err(FormatError::tensor(
                     &s.name,
@@ -118,7 +131,8 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
     let mut cursor = 0u64;
     for (block_id, dtype) in dtype_order.iter().enumerate() {
         let size = dtype.size() as u64;
-        let offset_bytes = round_up(cursor, block_alignment(align_bytes, size)).ok_or_else(overflow)?;
+        let offset_bytes =
+            round_up(cursor, block_alignment(align_bytes, size)).ok_or_else(overflow)?;
         let align_elems = element_alignment(align_bytes, size);
         let mut elems = 0u64;
         for &i in members.get(dtype).map(Vec::as_slice).unwrap_or_default() {
@@ -126,17 +140,28 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
             slot[i] = Some((block_id, elems));
             placements.push(Placement {
                 spec: i,
-                byte_offset: offset_bytes.checked_add(elems.checked_mul(size).ok_or_else(overflow)?).ok_or_else(overflow)?,
+                byte_offset: offset_bytes
+                    .checked_add(elems.checked_mul(size).ok_or_else(overflow)?)
+                    .ok_or_else(overflow)?,
                 nbytes: counts[i] * size,
             });
             elems = elems.checked_add(counts[i]).ok_or_else(overflow)?;
         }
         let length_bytes = elems.checked_mul(size).ok_or_else(overflow)?;
-        blocks.push(Macroblock { dtype: *dtype, offset_bytes, length_bytes, length_elems: elems });
-        cursor = offset_bytes.checked_add(length_bytes).ok_or_else(overflow)?;
+        blocks.push(Macroblock {
+            dtype: *dtype,
+            offset_bytes,
+            length_bytes,
+            length_elems: elems,
+        });
+        cursor = offset_bytes
+            .checked_add(length_bytes)
+            .ok_or_else(overflow)?;
     }
     if cursor == 0 {
-        return Err(FormatError::Inconsistent("nothing to pack: every tensor is empty".into()));
+        return Err(FormatError::Inconsistent(
+            "nothing to pack: every tensor is empty".into(),
+        ));
     }
 
     let records = ordered
@@ -146,10 +171,30 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
             let owner = s.tied_to.unwrap_or(i);
             // Every untied spec was given a slot above, and tied specs point at untied ones.
             let (block, offset) = slot[owner].unwrap_or((0, 0));
-            Record { name: s.name.clone(), shape: s.shape.clone(), offset, length: counts[i], block }
+            Record {
+                name: s.name.clone(),
+                shape: s.shape.clone(),
+                offset,
+                length: counts[i],
+                block,
+            }
         })
         .collect();
-    let version = if blocks.len() == 1 { FormatVersion::V3 } else { FormatVersion::V4 };
-    let footer = Footer { version, align_bytes, blocks, records, extra: Map::new() };
-    Ok(Layout { footer, payload_len: cursor, placements })
+    let version = if blocks.len() == 1 {
+        FormatVersion::V3
+    } else {
+        FormatVersion::V4
+    };
+    let footer = Footer {
+        version,
+        align_bytes,
+        blocks,
+        records,
+        extra: Map::new(),
+    };
+    Ok(Layout {
+        footer,
+        payload_len: cursor,
+        placements,
+    })
 }

@@ -63,15 +63,25 @@ pub enum FormatError {
 
 impl FormatError {
     pub(crate) fn tensor(name: &str, problem: impl Into<String>) -> Self {
-        FormatError::Tensor { name: name.to_string(), problem: problem.into() }
+        FormatError::Tensor {
+            name: name.to_string(),
+            problem: problem.into(),
+        }
     }
     pub(crate) fn block(block: usize, problem: impl Into<String>) -> Self {
-        FormatError::Block { block, problem: problem.into() }
+        FormatError::Block {
+            block,
+            problem: problem.into(),
+        }
     }
 }
 
 pub(crate) fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 { a } else { gcd(b, a % b) }
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// Byte alignment of a block's start: `lcm(align_bytes, elem_size)`, or `elem_size` when unaligned.

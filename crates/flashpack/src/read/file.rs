@@ -35,13 +35,17 @@ impl FlashFile {
     pub fn open(path: impl AsRef<Path>) -> Result<FlashFile> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?
+            .len();
         let fmt = |e| Error::format(path, e);
         if file_len < TRAILER_LEN {
             return Err(fmt(FormatError::TooSmall { size: file_len }));
         }
         let mut trailer = [0u8; TRAILER_LEN as usize];
-        file.read_exact_at(&mut trailer, file_len - TRAILER_LEN).map_err(|e| Error::io(path, "read footer", e))?;
+        file.read_exact_at(&mut trailer, file_len - TRAILER_LEN)
+            .map_err(|e| Error::io(path, "read footer", e))?;
         if &trailer[8..] != MAGIC {
             return Err(fmt(FormatError::BadMagic));
         }
@@ -55,9 +59,17 @@ impl FlashFile {
         let payload_len = room - json_len;
         // json_len <= file length, so this allocation is bounded by the file's real size.
         let mut footer_json = vec![0u8; json_len as usize];
-        file.read_exact_at(&mut footer_json, payload_len).map_err(|e| Error::io(path, "read footer", e))?;
+        file.read_exact_at(&mut footer_json, payload_len)
+            .map_err(|e| Error::io(path, "read footer", e))?;
         let footer = Footer::decode(&footer_json, payload_len).map_err(fmt)?;
-        Ok(FlashFile { path: path.to_path_buf(), file, file_len, payload_len, footer, footer_json })
+        Ok(FlashFile {
+            path: path.to_path_buf(),
+            file,
+            file_len,
+            payload_len,
+            footer,
+            footer_json,
+        })
     }
 }
 

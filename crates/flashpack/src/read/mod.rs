@@ -68,7 +68,13 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { eager: false, io: IoMode::Auto, threads: 0, chunk_bytes: DEFAULT_READ_CHUNK_BYTES, progress: false }
+        LoadOptions {
+            eager: false,
+            io: IoMode::Auto,
+            threads: 0,
+            chunk_bytes: DEFAULT_READ_CHUNK_BYTES,
+            progress: false,
+        }
     }
 }
 
@@ -136,16 +142,24 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
     let path = path.as_ref();
     let t = Instant::now();
     let f = FlashFile::open(path)?;
-    let mut report = LoadReport { phases: vec![("read_metadata", t.elapsed())], ..Default::default() };
-    let payload_len = usize::try_from(f.payload_len)
-        .map_err(|_| Error::Invalid(format!("{}: payload too large for this platform", path.display())))?;
+    let mut report = LoadReport {
+        phases: vec![("read_metadata", t.elapsed())],
+        ..Default::default()
+    };
+    let payload_len = usize::try_from(f.payload_len).map_err(|_| {
+        Error::Invalid(format!(
+            "{}: payload too large for this platform",
+            path.display()
+        ))
+    })?;
 
     let memory = if !opts.eager {
         let t = Instant::now();
         // SAFETY: a private (copy-on-write) mapping: writes through it never reach the file. As with
         // any mapping, another process truncating the file while it is mapped would fault; the
         // file is only read here, and that risk is the documented contract of lazy loading.
-        let map = unsafe { MmapOptions::new().map_copy(&f.file) }.map_err(|e| Error::io(path, "mmap", e))?;
+        let map = unsafe { MmapOptions::new().map_copy(&f.file) }
+            .map_err(|e| Error::io(path, "mmap", e))?;
         report.phases.push(("mmap_payload", t.elapsed()));
         Memory::Mapped(map)
     } else {
@@ -157,11 +171,19 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
         let use_direct = match opts.io {
             IoMode::Buffered => false,
             IoMode::Direct => true,
-            IoMode::Auto => resident_fraction(&f.file, f.payload_len).map_or(true, |r| r < HOT_FRACTION),
+            IoMode::Auto => {
+                resident_fraction(&f.file, f.payload_len).map_or(true, |r| r < HOT_FRACTION)
+            }
         };
         // Filesystems such as tmpfs refuse O_DIRECT at open: fall back to buffered reads.
         let direct = use_direct
-            .then(|| OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path).ok())
+            .then(|| {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(path)
+                    .ok()
+            })
             .flatten();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         report.threads = match opts.threads {
@@ -171,7 +193,11 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
         };
         let chunks = plan_chunks(0, f.payload_len, opts.chunk_bytes);
         let bar = progress_bar(opts.progress, f.payload_len, "loading");
-        let src = pool::Source { path, buffered: &f.file, direct };
+        let src = pool::Source {
+            path,
+            buffered: &f.file,
+            direct,
+        };
         let sink = HostSink::new(buf.as_mut_slice());
         report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref())?;
         if let Some(b) = bar {
@@ -180,5 +206,12 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
         report.phases.push(("read_payload", t.elapsed()));
         Memory::Owned(buf)
     };
-    Ok(Loaded { path: path.to_path_buf(), footer: f.footer, footer_json: f.footer_json, payload_len: f.payload_len, report, memory })
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        footer: f.footer,
+        footer_json: f.footer_json,
+        payload_len: f.payload_len,
+        report,
+        memory,
+    })
 }

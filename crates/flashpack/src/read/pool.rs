@@ -25,13 +25,19 @@ pub struct Chunk {
 /// Splits `[start, end)` into chunks of `chunk_bytes` (rounded up to [`DIRECT_ALIGN`]), cut at
 /// multiples of `chunk_bytes` from offset 0 so that every chunk but the edges is aligned.
 pub fn plan_chunks(start: u64, end: u64, chunk_bytes: usize) -> Vec<Chunk> {
-    let step = (chunk_bytes as u64).max(DIRECT_ALIGN).div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+    let step = (chunk_bytes as u64)
+        .max(DIRECT_ALIGN)
+        .div_ceil(DIRECT_ALIGN)
+        * DIRECT_ALIGN;
     let mut out = Vec::new();
     let mut off = start;
     while off < end {
         let next = ((off / step) + 1) * step;
         let stop = next.min(end);
-        out.push(Chunk { offset: off, len: (stop - off) as usize });
+        out.push(Chunk {
+            offset: off,
+            len: (stop - off) as usize,
+        });
         off = stop;
     }
     out
@@ -106,7 +112,10 @@ pub(crate) fn read_chunks(
     if let Some(e) = first_error.into_inner().ok().flatten() {
         return Err(e);
     }
-    Ok(IoCounts { direct_bytes: direct_bytes.into_inner(), buffered_bytes: buffered_bytes.into_inner() })
+    Ok(IoCounts {
+        direct_bytes: direct_bytes.into_inner(),
+        buffered_bytes: buffered_bytes.into_inner(),
+    })
 }
 
 fn read_one(
@@ -128,13 +137,16 @@ fn read_one(
                     direct_bytes.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 // The filesystem (or this range) refuses O_DIRECT: read the same bytes buffered.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => direct_ok.store(false, Ordering::Relaxed),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    direct_ok.store(false, Ordering::Relaxed)
+                }
                 Err(e) => return Err(e),
             }
         }
     }
     if done < dst.len() {
-        src.buffered.read_exact_at(&mut dst[done..], offset + done as u64)?;
+        src.buffered
+            .read_exact_at(&mut dst[done..], offset + done as u64)?;
         buffered_bytes.fetch_add((dst.len() - done) as u64, Ordering::Relaxed);
     }
     Ok(())
@@ -146,7 +158,12 @@ mod tests {
 
     #[test]
     fn chunks_cover_the_range_exactly_and_inner_edges_are_aligned() {
-        for &(start, end, cb) in &[(0u64, 1u64, 4096usize), (0, 10_000_000, 1 << 20), (100, 9000, 4096), (0, 8192, 5000)] {
+        for &(start, end, cb) in &[
+            (0u64, 1u64, 4096usize),
+            (0, 10_000_000, 1 << 20),
+            (100, 9000, 4096),
+            (0, 8192, 5000),
+        ] {
             let chunks = plan_chunks(start, end, cb);
             assert_eq!(chunks.first().map(|c| c.offset), Some(start));
             let mut at = start;

@@ -39,5 +39,9 @@ pub fn resident_fraction(file: &File, len: u64) -> std::io::Result<f64> {
 pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 { n as usize } else { 4096 }
+    if n > 0 {
+        n as usize
+    } else {
+        4096
+    }
 }

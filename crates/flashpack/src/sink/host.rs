@@ -17,8 +17,9 @@ pub struct HostBuffer {
 impl HostBuffer {
     /// Allocates `len` bytes.
     pub fn new(len: usize) -> Result<HostBuffer> {
-        let map = MmapMut::map_anon(len.max(1))
-            .map_err(|e| Error::Invalid(format!("cannot allocate {len} bytes of host memory: {e}")))?;
+        let map = MmapMut::map_anon(len.max(1)).map_err(|e| {
+            Error::Invalid(format!("cannot allocate {len} bytes of host memory: {e}"))
+        })?;
         #[cfg(target_os = "linux")]
         if len >= 2 << 20 {
             // Huge pages cut page-fault and TLB cost when filling large buffers; a kernel that
@@ -58,15 +59,23 @@ unsafe impl Sync for HostSink<'_> {}
 
 impl<'a> HostSink<'a> {
     pub fn new(dest: &'a mut [u8]) -> Self {
-        HostSink { ptr: dest.as_mut_ptr(), len: dest.len(), _dest: PhantomData }
+        HostSink {
+            ptr: dest.as_mut_ptr(),
+            len: dest.len(),
+            _dest: PhantomData,
+        }
     }
 }
 
 impl Sink for HostSink<'_> {
     fn write_chunk(&self, _worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> Result<()> {
-        let start = usize::try_from(offset).map_err(|_| Error::Invalid(format!("chunk offset {offset} is out of range")))?;
+        let start = usize::try_from(offset)
+            .map_err(|_| Error::Invalid(format!("chunk offset {offset} is out of range")))?;
         if start.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(Error::Invalid(format!("chunk {start}+{len} is outside the {}-byte destination", self.len)));
+            return Err(Error::Invalid(format!(
+                "chunk {start}+{len} is outside the {}-byte destination",
+                self.len
+            )));
         }
         // SAFETY: the range was bounds-checked above, the pointer comes from a live `&'a mut [u8]`,
         // and concurrent callers get disjoint ranges (see the Sync impl).

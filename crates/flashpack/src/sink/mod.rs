@@ -24,5 +24,11 @@ pub type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> std::io::Result<()>;
 pub trait Sink: Sync {
     /// Lands payload bytes `[offset, offset + len)`; `worker` is the calling reader thread's index
     /// (for per-thread staging resources). Chunks given to concurrent calls never overlap.
-    fn write_chunk(&self, worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> crate::Result<()>;
+    fn write_chunk(
+        &self,
+        worker: usize,
+        offset: u64,
+        len: usize,
+        fill: Fill<'_>,
+    ) -> crate::Result<()>;
 }

@@ -38,7 +38,10 @@ pub struct PackEntry<'a> {
 
 impl<'a> PackEntry<'a> {
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<u64>, data: &'a [u8]) -> Self {
-        PackEntry { spec: TensorSpec::new(name, dtype, shape), data }
+        PackEntry {
+            spec: TensorSpec::new(name, dtype, shape),
+            data,
+        }
     }
 }
 
@@ -81,7 +84,8 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
     let mut phases = Vec::new();
     let t = Instant::now();
     let specs: Vec<TensorSpec> = entries.iter().map(|e| e.spec.clone()).collect();
-    let mut layout = plan(&specs, opts.align_bytes, opts.order).map_err(|e| Error::format(dest, e))?;
+    let mut layout =
+        plan(&specs, opts.align_bytes, opts.order).map_err(|e| Error::format(dest, e))?;
     for p in &layout.placements {
         let e = &entries[p.spec];
         if e.data.len() as u64 != p.nbytes {
@@ -89,7 +93,13 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
                 dest,
                 FormatError::tensor(
                     &e.spec.name,
-                    format!("has {} bytes of data but shape {:?} of {} needs {}", e.data.len(), e.spec.shape, e.spec.dtype, p.nbytes),
+                    format!(
+                        "has {} bytes of data but shape {:?} of {} needs {}",
+                        e.data.len(),
+                        e.spec.shape,
+                        e.spec.dtype,
+                        p.nbytes
+                    ),
                 ),
             ));
         }
@@ -110,11 +120,19 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
         .tempfile_in(&dir)
         .map_err(|e| Error::io(&dir, "create temporary file", e))?;
     let file = tmp.as_file();
-    file.set_len(layout.payload_len).map_err(|e| Error::io(tmp.path(), "set length", e))?;
+    file.set_len(layout.payload_len)
+        .map_err(|e| Error::io(tmp.path(), "set length", e))?;
     phases.push(("create_file", t.elapsed()));
 
     let t = Instant::now();
-    write_payload(file, tmp.path(), entries, &layout.placements, layout.payload_len, opts)?;
+    write_payload(
+        file,
+        tmp.path(),
+        entries,
+        &layout.placements,
+        layout.payload_len,
+        opts,
+    )?;
     phases.push(("write_payload", t.elapsed()));
 
     let t = Instant::now();
@@ -123,20 +141,28 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
     trailer.extend_from_slice(&json_len.to_le_bytes());
     trailer.extend_from_slice(MAGIC);
     let mut f: &File = file;
-    f.write_all_at(&trailer, layout.payload_len).map_err(|e| Error::io(tmp.path(), "write footer", e))?;
+    f.write_all_at(&trailer, layout.payload_len)
+        .map_err(|e| Error::io(tmp.path(), "write footer", e))?;
     f.flush().map_err(|e| Error::io(tmp.path(), "flush", e))?;
-    file.sync_all().map_err(|e| Error::io(tmp.path(), "fsync", e))?;
+    file.sync_all()
+        .map_err(|e| Error::io(tmp.path(), "fsync", e))?;
     phases.push(("append_footer", t.elapsed()));
 
     let t = Instant::now();
-    tmp.persist(dest).map_err(|e| Error::io(dest, "rename into place", e.error))?;
+    tmp.persist(dest)
+        .map_err(|e| Error::io(dest, "rename into place", e.error))?;
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all(); // best effort: makes the rename durable where the filesystem allows
     }
     phases.push(("atomic_rename", t.elapsed()));
 
     let file_len = layout.payload_len + trailer.len() as u64;
-    Ok(PackReport { footer: layout.footer, payload_len: layout.payload_len, file_len, phases })
+    Ok(PackReport {
+        footer: layout.footer,
+        payload_len: layout.payload_len,
+        file_len,
+        phases,
+    })
 }
 
 fn write_payload(
@@ -156,7 +182,9 @@ fn write_payload(
         }
     }
     let threads = match opts.threads {
-        0 => std::thread::available_parallelism().map_or(2, |n| n.get()).min(8),
+        0 => std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(8),
         n => n,
     }
     .min(pieces.len().max(1));
@@ -186,7 +214,10 @@ fn write_payload(
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Some(std::io::Error::other("writer thread panicked"))))
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Some(std::io::Error::other("writer thread panicked")))
+            })
             .collect()
     });
     if let Some(b) = bar {

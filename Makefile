@@ -1,0 +1,44 @@
+# FlashPack: `make demo` and `make test` do all set-up themselves (venv, dependencies, build).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+export CARGO_TERM_COLOR := never
+
+.PHONY: all venv build demo test test-rust test-python lint interop clean
+
+all: build
+
+$(DEPS): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(DEPS)
+
+# Builds the Rust extension (release) and installs the package into the venv, editable.
+build: $(DEPS)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet -m bindings/python/Cargo.toml
+
+demo: build
+	$(PY) scripts/demo.py
+
+lint:
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo fmt --all --check
+
+test-rust:
+	cargo test -p flashpack --quiet
+
+interop: build
+	bash scripts/oracle-venv.sh
+
+test-python: build interop
+	$(PY) -m pytest bindings/python/tests -q -rs
+
+test: lint test-rust test-python
+
+clean:
+	cargo clean
+	rm -rf $(VENV) .venv-oracle
