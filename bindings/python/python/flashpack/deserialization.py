@@ -175,6 +175,8 @@ def assign_from_file(
     ignore_prefixes: list[str] | None = None,
     ignore_suffixes: list[str] | None = None,
     use_distributed_loading: bool = False,
+    distributed_sharded: bool = False,
+    distributed_shard_strategy: str | None = None,
     rank: int | None = None,
     local_rank: int | None = None,
     world_size: int | None = None,
@@ -190,7 +192,7 @@ def assign_from_file(
     """
     if use_distributed_loading:
         raise NotImplementedError("use_distributed_loading is not supported by this build yet")
-    del rank, local_rank, world_size
+    del distributed_sharded, distributed_shard_strategy, rank, local_rank, world_size
     path_str = os.fspath(path)
     device = _resolve_device(device if device is not None else _default_device(model))
     storage, meta = read_flashpack_file(
