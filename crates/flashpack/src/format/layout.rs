@@ -164,20 +164,17 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
         ));
     }
 
-    let records = ordered
+    // The index lists blocks in order and, inside each, tensors in the planned order (as the
+    // original writer does; tied records sit where their own name sorts).
+    let records = dtype_order
         .iter()
+        .flat_map(|dtype| ordered.iter().filter(move |&&i| specs[i].dtype == *dtype))
         .map(|&i| {
             let s = &specs[i];
             let owner = s.tied_to.unwrap_or(i);
             // Every untied spec was given a slot above, and tied specs point at untied ones.
             let (block, offset) = slot[owner].unwrap_or((0, 0));
-            Record {
-                name: s.name.clone(),
-                shape: s.shape.clone(),
-                offset,
-                length: counts[i],
-                block,
-            }
+            Record { name: s.name.clone(), shape: s.shape.clone(), offset, length: counts[i], block }
         })
         .collect();
     let version = if blocks.len() == 1 {
