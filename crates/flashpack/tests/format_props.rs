@@ -236,14 +236,6 @@ fn check_layout(specs: &[TensorSpec], align: u64, ord: Order, layout: &Layout) -
     if ord == Order::LargestFirst {
         expected_order.sort_by(|&a, &b| counts[b].cmp(&counts[a]));
     }
-    let names: Vec<&str> = f.records.iter().map(|r| r.name.as_str()).collect();
-    let expected_names: Vec<&str> = expected_order.iter().map(|&i| specs[i].name.as_str()).collect();
-    prop_assert_eq!(&names, &expected_names, "record order");
-    if ord == Order::LargestFirst {
-        for w in f.records.windows(2) {
-            prop_assert!(w[0].length >= w[1].length, "records not largest first");
-        }
-    }
 
     // One block per dtype, in order of first appearance in the tensor order.
     let mut expected_dtypes: Vec<Dtype> = Vec::new();
@@ -256,6 +248,22 @@ fn check_layout(specs: &[TensorSpec], align: u64, ord: Order, layout: &Layout) -
     prop_assert_eq!(&dtypes, &expected_dtypes, "block dtypes");
     prop_assert_eq!(f.align_bytes, align);
     prop_assert_eq!(f.version, if f.blocks.len() == 1 { FormatVersion::V3 } else { FormatVersion::V4 });
+
+    // The index lists the blocks' tensors block after block, each block's in tensor order (as
+    // the original writer does; tied records sit at their own place in that order).
+    let names: Vec<&str> = f.records.iter().map(|r| r.name.as_str()).collect();
+    let expected_names: Vec<&str> = expected_dtypes
+        .iter()
+        .flat_map(|d| expected_order.iter().filter(move |&&i| specs[i].dtype == *d))
+        .map(|&i| specs[i].name.as_str())
+        .collect();
+    prop_assert_eq!(&names, &expected_names, "record order");
+    for w in f.records.windows(2) {
+        prop_assert!(w[0].block <= w[1].block, "records not grouped by block");
+        if ord == Order::LargestFirst && w[0].block == w[1].block {
+            prop_assert!(w[0].length >= w[1].length, "records not largest first");
+        }
+    }
 
     // Records: name, shape (0-dim stays 0-dim), length, block of the right dtype.
     let rec_of = |i: usize| f.record(&specs[i].name).expect("record for every spec");
@@ -470,7 +478,7 @@ fn plan_matches_a_hand_computed_layout() {
     ];
     let l = plan(&specs, 128, Order::LargestFirst).unwrap();
     let names: Vec<_> = l.footer.records.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["weight", "mask", "bias", "ids", "step"]);
+    assert_eq!(names, ["weight", "bias", "mask", "ids", "step"]); // grouped by block
     let b = &l.footer.blocks;
     assert_eq!(b.iter().map(|b| b.dtype).collect::<Vec<_>>(), [Dtype::F32, Dtype::Bool, Dtype::I64]);
     // f32: weight at 0 (35 elems), bias at round_up(35, 32) = 64, ends at 67.
