@@ -311,7 +311,12 @@ impl Footer {
                     ))
                 }
             }
-            let align = block_alignment(self.align_bytes, size);
+            let align = block_alignment(self.align_bytes, size).ok_or_else(|| {
+                FormatError::block(
+                    i,
+                    format!("align_bytes {} overflows its alignment", self.align_bytes),
+                )
+            })?;
             if b.offset_bytes % align != 0 {
                 return Err(FormatError::block(
                     i,

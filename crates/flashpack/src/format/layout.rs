@@ -131,8 +131,11 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
     let mut cursor = 0u64;
     for (block_id, dtype) in dtype_order.iter().enumerate() {
         let size = dtype.size() as u64;
-        let offset_bytes =
-            round_up(cursor, block_alignment(align_bytes, size)).ok_or_else(overflow)?;
+        let offset_bytes = round_up(
+            cursor,
+            block_alignment(align_bytes, size).ok_or_else(overflow)?,
+        )
+        .ok_or_else(overflow)?;
         let align_elems = element_alignment(align_bytes, size);
         let mut elems = 0u64;
         for &i in members.get(dtype).map(Vec::as_slice).unwrap_or_default() {
@@ -174,7 +177,13 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
             let owner = s.tied_to.unwrap_or(i);
             // Every untied spec was given a slot above, and tied specs point at untied ones.
             let (block, offset) = slot[owner].unwrap_or((0, 0));
-            Record { name: s.name.clone(), shape: s.shape.clone(), offset, length: counts[i], block }
+            Record {
+                name: s.name.clone(),
+                shape: s.shape.clone(),
+                offset,
+                length: counts[i],
+                block,
+            }
         })
         .collect();
     let version = if blocks.len() == 1 {

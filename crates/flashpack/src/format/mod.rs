@@ -84,12 +84,13 @@ pub(crate) fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// Byte alignment of a block's start: `lcm(align_bytes, elem_size)`, or `elem_size` when unaligned.
-pub fn block_alignment(align_bytes: u64, elem_size: u64) -> u64 {
+/// Byte alignment of a block's start: `lcm(align_bytes, elem_size)`, or `elem_size` when
+/// unaligned; `None` when it overflows (only a crafted `align_bytes` can do that).
+pub fn block_alignment(align_bytes: u64, elem_size: u64) -> Option<u64> {
     if align_bytes == 0 {
-        elem_size
+        Some(elem_size)
     } else {
-        align_bytes / gcd(align_bytes, elem_size) * elem_size
+        (align_bytes / gcd(align_bytes, elem_size)).checked_mul(elem_size)
     }
 }
 

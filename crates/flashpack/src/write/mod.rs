@@ -25,6 +25,17 @@ use crate::{Dtype, Error, Result};
 
 use crate::progress::progress_bar;
 
+/// Footer keys the format itself writes; extra keys may not reuse them.
+const RESERVED_KEYS: &[&str] = &[
+    "format",
+    "target_dtype",
+    "align_bytes",
+    "total_elems",
+    "total_payload_bytes",
+    "macroblocks",
+    "index",
+];
+
 /// Largest single positioned write; keeps threads balanced on big tensors.
 const WRITE_PIECE: usize = 16 << 20;
 
@@ -103,6 +114,16 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
                 ),
             ));
         }
+    }
+    if let Some(key) = opts
+        .extra
+        .keys()
+        .find(|k| RESERVED_KEYS.contains(&k.as_str()))
+    {
+        return Err(Error::Invalid(format!(
+            "{}: extra footer key {key:?} is one of the format's own keys",
+            dest.display()
+        )));
     }
     layout.footer.extra = opts.extra.clone();
     let json = layout.footer.encode();
