@@ -18,3 +18,19 @@ pub(crate) fn progress_bar(enabled: bool, total: u64, what: &str) -> Option<Prog
     bar.set_message(what.to_string());
     Some(bar)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_only_for_large_work_when_enabled() {
+        assert!(progress_bar(true, MIN_BYTES, "loading").is_some());
+        assert!(progress_bar(true, MIN_BYTES - 1, "loading").is_none());
+        assert!(progress_bar(false, 1 << 40, "loading").is_none());
+        let bar = progress_bar(true, 1 << 30, "packing").unwrap();
+        bar.inc(1 << 20);
+        assert_eq!(bar.position(), 1 << 20);
+        assert_eq!(bar.length(), Some(1 << 30));
+    }
+}
