@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust test-python lint interop clean
+.PHONY: all venv build demo test test-rust test-python lint interop bench gpu-check wheel clean
 
 all: build
 
@@ -39,6 +39,18 @@ test-python: build
 	$(PY) -m pytest bindings/python/tests -q -rs
 
 test: lint test-rust test-python
+
+# Side-by-side load/pack benchmark against the peers and the machine's ceilings (BENCHMARKS.md).
+bench: build
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+# A wheel to carry to a machine without a Rust toolchain (the GPU machine): dist/*.whl.
+wheel: $(DEPS)
+	$(VENV)/bin/maturin build --release --quiet -m bindings/python/Cargo.toml -o dist
+
+# One prepared run for a GPU machine: CUDA tests, then the bench; logs and chart under $$OUT.
+gpu-check:
+	bash scripts/gpu-check.sh
 
 clean:
 	cargo clean

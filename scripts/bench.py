@@ -1,0 +1,634 @@
+#!/usr/bin/env python3
+"""FlashPack benchmark: this project vs its peers, side by side on the same weights.
+
+    .venv/bin/python scripts/bench.py                 # 2 GiB file, 2 repeats
+    .venv/bin/python scripts/bench.py --quick         # ~256 MiB smoke run
+    .venv/bin/python scripts/bench.py --size-gib 4 --repeats 3 --out /scratch/bench
+
+What it does, in one run:
+
+* builds a seeded synthetic bf16 + fp32 state dict of the requested size and writes the same
+  weights as: this project's flashpack file, a PyPI flashpack 0.4.5 file (the "oracle" venv,
+  created by scripts/oracle-venv.sh), safetensors (save_file) and torch.save -- each pack is
+  timed in its own fresh subprocess;
+* measures the ceilings on the same file: page-cache -> user copy rate (``dd bs=16M`` of the hot
+  file), O_DIRECT sequential disk rate (``dd iflag=direct bs=16M``) and, with CUDA, the pinned
+  host -> device peak (one big copy from pinned memory);
+* loads each file with each loader, cold (the file's pages evicted with fsync +
+  posix_fadvise(DONTNEED), checked with fincore when present) and hot (file read once first),
+  each measurement in a FRESH subprocess that loads, then touches every byte (a sum over int64
+  views, the same for all loaders) and reports its peak RSS (VmHWM; getrusage's ru_maxrss is
+  inherited across execve on Linux, so it would report the parent's peak);
+* prints a table with the ratio to the relevant ceiling and to flashpack 0.4.5 in the same mode,
+  and writes results.json, table.txt and bench.png into the results folder ($OUT if set, else
+  --out). The big weight files are removed at the end.
+
+Timing: "call" is the loader call; "touch" the first pass over every byte (page faults for
+lazy loaders), "sum-only" a second pass over the now-resident memory (the summation cost alone,
+shown for reference: it is part of every row's total, ~1-2% of an eager load). The reported
+time is call + touch; GB/s = payload / that, with GB = 1e9 bytes, the unit dd prints. The best
+of --repeats runs (by that total) is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve()
+MiB = 1 << 20
+GiB = 1 << 30
+
+# --------------------------------------------------------------------------------------------
+# Synthetic weights (shared by the parent and the pack children)
+# --------------------------------------------------------------------------------------------
+
+
+def make_state_dict(size_bytes: int, seed: int = 1234):
+    """A transformer-ish state dict: bf16 matrices, fp32 norms/biases and an fp32 matrix per layer."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    hidden, inter = 2048, 2816
+    sd: dict[str, torch.Tensor] = {}
+    total = 0
+    layer = 0
+
+    def add(name, shape, dtype):
+        nonlocal total
+        t = torch.rand(shape, generator=g, dtype=torch.float32).sub_(0.5).to(dtype)
+        sd[name] = t
+        total += t.numel() * t.element_size()
+
+    while total < size_bytes:
+        p = f"layers.{layer}."
+        for w in ("q", "k", "v", "o"):
+            add(p + f"attn.{w}.weight", (hidden // 2, hidden), torch.bfloat16)
+        add(p + "attn.o.bias", (hidden,), torch.float32)
+        add(p + "mlp.up.weight", (inter, hidden), torch.bfloat16)
+        add(p + "mlp.down.weight", (hidden, inter), torch.bfloat16)
+        add(p + "router.weight", (512, hidden), torch.float32)
+        add(p + "norm1.weight", (hidden,), torch.float32)
+        add(p + "norm2.weight", (hidden,), torch.float32)
+        layer += 1
+    return sd
+
+
+def payload_bytes(sd) -> int:
+    return sum(t.numel() * t.element_size() for t in sd.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Child side: one measurement per process
+# --------------------------------------------------------------------------------------------
+
+
+def _maxrss_bytes() -> int:
+    """Peak RSS of this process image.
+
+    VmHWM from /proc (reset by execve) rather than getrusage's ru_maxrss: on Linux ru_maxrss
+    survives execve, so a child would start with its parent's peak."""
+    try:
+        for ln in open("/proc/self/status"):
+            if ln.startswith("VmHWM:"):
+                return int(ln.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def _touch(tensors, cuda: bool) -> int:
+    """Sum every byte of every tensor through int64 views (uint8 for the odd tail)."""
+    import torch
+
+    acc = 0
+    for t in tensors:
+        if t.numel() == 0:
+            continue
+        b = t.reshape(-1).view(torch.uint8)
+        n8 = b.numel() // 8 * 8
+        if n8:
+            acc += int(b[:n8].view(torch.int64).sum())
+        if n8 != b.numel():
+            acc += int(b[n8:].sum())
+    if cuda:
+        torch.cuda.synchronize()
+    return acc
+
+
+def child_load(loader: str, path: str) -> dict:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    cuda = loader.endswith("cuda")
+    if cuda:
+        torch.cuda.init()
+        torch.empty(1, device="cuda")  # context creation is not part of the load
+    # Import the loader's module before the clock starts (import cost is not load cost).
+    if loader.startswith("flashpack") or loader.startswith("ours"):
+        import flashpack  # noqa: F401
+        from flashpack.deserialization import iterate_from_flash_tensor, read_flashpack_file, revert_from_file
+    elif loader.startswith("safetensors"):
+        from safetensors.torch import load_file
+    base_rss = _maxrss_bytes()
+
+    t0 = time.perf_counter()
+    if loader in ("ours-lazy", "flashpack045", "flashpack045-parallel"):
+        sd = revert_from_file(path)
+    elif loader == "ours-eager":
+        storage, meta = read_flashpack_file(path, eager=True)
+        sd = dict(iterate_from_flash_tensor(storage, meta))
+    elif loader == "ours-cuda":
+        storage, meta = read_flashpack_file(path, device="cuda")
+        sd = dict(iterate_from_flash_tensor(storage, meta))
+        torch.cuda.synchronize()
+    elif loader == "safetensors":
+        sd = load_file(path)
+    elif loader == "safetensors-cuda":
+        sd = load_file(path, device="cuda")
+        torch.cuda.synchronize()
+    elif loader == "torch-mmap":
+        sd = torch.load(path, mmap=True, weights_only=True)
+    else:
+        raise SystemExit(f"unknown loader {loader}")
+    t1 = time.perf_counter()
+    tensors = list(sd.values())
+    s1 = _touch(tensors, cuda)
+    t2 = time.perf_counter()
+    s2 = _touch(tensors, cuda)
+    t3 = time.perf_counter()
+    assert s1 == s2
+    return {
+        "load_s": t1 - t0,
+        "touch1_s": t2 - t1,
+        "touch2_s": t3 - t2,
+        "bytes": sum(t.numel() * t.element_size() for t in tensors),
+        "tensors": len(tensors),
+        "checksum": s1,
+        "base_rss": base_rss,
+        "peak_rss": _maxrss_bytes(),
+        "flashpack_file": getattr(sys.modules.get("flashpack"), "__file__", None),
+    }
+
+
+def child_pack(fmt: str, path: str, size_bytes: int) -> dict:
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    sd = make_state_dict(size_bytes)
+    if fmt.startswith("flashpack") or fmt == "ours":
+        from flashpack import pack_to_file
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+    t0 = time.perf_counter()
+    if fmt in ("ours", "flashpack045"):
+        pack_to_file(sd, path, None)
+    elif fmt == "safetensors":
+        save_file(sd, path)
+    elif fmt == "torch":
+        torch.save(sd, path)
+    # Timed to durability for every format: flashpack (both) fsync inside the call, the others
+    # would leave up to the whole file in dirty pages, so their fsync is part of their time too.
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    t1 = time.perf_counter()
+    return {"pack_s": t1 - t0, "bytes": payload_bytes(sd), "file_bytes": os.path.getsize(path)}
+
+
+# --------------------------------------------------------------------------------------------
+# Parent side
+# --------------------------------------------------------------------------------------------
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def warm(path: Path) -> None:
+    buf = bytearray(16 * MiB)
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+
+
+def resident_fraction(path: Path) -> float | None:
+    """Fraction of the file in the page cache (fincore from util-linux), None if unknown."""
+    if not shutil.which("fincore"):
+        return None
+    try:
+        out = subprocess.run(
+            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+            capture_output=True, text=True, timeout=30,
+        ).stdout.strip()
+        return int(out) / max(1, path.stat().st_size)
+    except Exception:
+        return None
+
+
+def dd_rate(path: Path, direct: bool) -> dict:
+    cmd = ["dd", f"if={path}", "of=/dev/null", "bs=16M"]
+    if direct:
+        cmd.append("iflag=direct")
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    m = re.search(r"^(\d+) bytes.*copied, ([\d.,]+) s", p.stderr, re.M)
+    if p.returncode != 0 or not m:
+        return {"error": p.stderr.strip()[-300:]}
+    nbytes, secs = int(m.group(1)), float(m.group(2).replace(",", "."))
+    return {"bytes": nbytes, "s": secs, "wall_s": wall, "gbps": nbytes / secs / 1e9}
+
+
+def run_child(python: str, args: list[str], env_extra: dict | None = None, timeout=1800) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHPACK_")}
+    env.update(env_extra or {})
+    p = subprocess.run(
+        [python, str(HERE), *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
+    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("BENCHJSON ")]
+    if p.returncode != 0 or not lines:
+        return {"error": (p.stderr.strip() or p.stdout.strip())[-800:]}
+    return json.loads(lines[-1][len("BENCHJSON "):])
+
+
+def fresh_read_rate(path: Path) -> dict:
+    """Hot file -> freshly allocated (never touched) buffer, one read() call, one thread.
+
+    Unlike dd (which reuses one 16 MiB buffer) this pays the first-touch page faults of the
+    destination memory, as every eager loader must."""
+    import numpy as np
+
+    n = path.stat().st_size
+    t0 = time.perf_counter()
+    buf = np.empty(n, dtype=np.uint8)
+    with open(path, "rb", buffering=0) as f:
+        got = f.readinto(memoryview(buf))
+    s = time.perf_counter() - t0
+    del buf
+    return {"bytes": got, "s": s, "gbps": got / s / 1e9}
+
+
+def h2d_peak(nbytes: int) -> dict:
+    import torch
+
+    n = min(nbytes, 4 * GiB)
+    src = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    src.fill_(1)
+    dst = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst.copy_(src, non_blocking=True)  # warm-up
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        dst.copy_(src, non_blocking=True)
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    del src, dst
+    torch.cuda.empty_cache()
+    return {"bytes": n, "s": best, "gbps": n / best / 1e9}
+
+
+def machine_info(out_dir: Path) -> dict:
+    info = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+    try:
+        for ln in open("/proc/cpuinfo"):
+            if ln.startswith("model name"):
+                info["cpu"] = ln.split(":", 1)[1].strip()
+                break
+        for ln in open("/proc/meminfo"):
+            if ln.startswith("MemTotal"):
+                info["ram_gib"] = round(int(ln.split()[1]) / (1 << 20), 1)
+    except OSError:
+        pass
+    try:
+        df = subprocess.run(["df", "-T", str(out_dir)], capture_output=True, text=True).stdout
+        row = df.strip().splitlines()[-1].split()
+        info["filesystem"] = f"{row[1]} on {row[0]}"
+    except Exception:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except Exception:
+        pass
+    return info
+
+
+LOADERS = [
+    # name, format file, which python, env, label
+    ("ours-lazy", "ours", "project", {}, "ours revert_from_file (lazy)"),
+    ("ours-eager", "ours", "project", {}, "ours read_flashpack_file(eager=True)"),
+    ("flashpack045", "flashpack045", "oracle", {}, "flashpack 0.4.5 revert_from_file"),
+    ("flashpack045-parallel", "flashpack045", "oracle", {"FLASHPACK_CPU_PARALLEL_READ": "1"},
+     "flashpack 0.4.5 + CPU_PARALLEL_READ=1"),
+    ("safetensors", "safetensors", "project", {}, "safetensors load_file"),
+    ("torch-mmap", "torch", "project", {}, "torch.load(mmap=True)"),
+]
+CUDA_LOADERS = [
+    ("ours-cuda", "ours", "project", {}, "ours read_flashpack_file(cuda)"),
+    ("safetensors-cuda", "safetensors", "project", {}, "safetensors load_file(cuda)"),
+]
+# The flashpack 0.4.5 row each loader is compared to.
+PEER_OF = {"ours-eager": "flashpack045-parallel", "flashpack045-parallel": "flashpack045-parallel"}
+EXT = {"ours": "ours.flashpack", "flashpack045": "v045.flashpack", "safetensors": "safetensors",
+       "torch": "pt"}
+
+
+def fmt_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                               for i, (c, w) in enumerate(zip(r, widths)))
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), sep] + [line(r) for r in rows])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-gib", type=float, default=2.0)
+    ap.add_argument("--quick", action="store_true", help="~256 MiB smoke run, 1 repeat")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / ".bench"), help="work folder for the weight files")
+    ap.add_argument("--keep-files", action="store_true", help="do not delete the weight files")
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+
+    if a.child:
+        kind = a.child[0]
+        res = child_load(a.child[1], a.child[2]) if kind == "load" else child_pack(
+            a.child[1], a.child[2], int(a.child[3]))
+        print("BENCHJSON " + json.dumps(res), flush=True)
+        return 0
+
+    size = 256 * MiB if a.quick else int(a.size_gib * GiB)
+    repeats = 1 if a.quick else max(1, a.repeats)
+    work = Path(a.out).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    res_dir = Path(os.environ["OUT"]).resolve() if os.environ.get("OUT") else work
+    res_dir.mkdir(parents=True, exist_ok=True)
+    proj_py = sys.executable
+    log_lines: list[str] = []
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        log_lines.append(msg)
+
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    info = machine_info(work)
+    log(f"bench: {info}")
+
+    oracle_py = None
+    p = subprocess.run(["bash", str(REPO / "scripts/oracle-venv.sh")], capture_output=True, text=True)
+    if p.returncode == 0:
+        oracle_py = str(Path(p.stdout.strip().splitlines()[-1]) / "bin/python")
+    else:
+        log(f"bench: flashpack 0.4.5 unavailable (oracle-venv.sh rc={p.returncode}); its rows are skipped")
+    pythons = {"project": proj_py, "oracle": oracle_py}
+
+    results: dict = {"machine": info, "size_request_bytes": size, "repeats": repeats,
+                     "pack": {}, "load": {}, "ceilings": {}, "checks": {}}
+    files = {fmt: work / f"bench-{size // MiB}MiB.{ext}" for fmt, ext in EXT.items()}
+
+    # ---- pack ---------------------------------------------------------------------------
+    for fmt, path in files.items():
+        py = oracle_py if fmt == "flashpack045" else proj_py
+        if py is None:
+            results["pack"][fmt] = {"error": "flashpack 0.4.5 unavailable"}
+            continue
+        best = None
+        for _ in range(repeats):
+            r = run_child(py, ["--child", "pack", fmt, str(path), str(size)])
+            if "error" in r:
+                best = r
+                break
+            if best is None or r["pack_s"] < best["pack_s"]:
+                best = r
+        results["pack"][fmt] = best
+        log(f"pack {fmt:14s} {best}")
+    payload = next((r["bytes"] for r in results["pack"].values() if "bytes" in r), size)
+    results["payload_bytes"] = payload
+
+    # ---- ceilings ----------------------------------------------------------------------------
+    ref = files["ours"]
+    evict(ref)
+    results["checks"]["resident_after_evict"] = resident_fraction(ref)
+    cold_buffered = dd_rate(ref, direct=False)  # eviction check: buffered read of the evicted file
+    results["checks"]["dd_buffered_after_evict"] = cold_buffered
+    results["checks"]["resident_after_read"] = resident_fraction(ref)
+    hot = [dd_rate(ref, direct=False) for _ in range(max(2, repeats))]
+    best_rate = lambda xs: max((x for x in xs if "gbps" in x), key=lambda x: x["gbps"], default={"error": xs})  # noqa: E731
+    results["ceilings"]["fresh_buffer_read"] = best_rate([fresh_read_rate(ref) for _ in range(max(2, repeats))])
+    evict(ref)
+    direct = [dd_rate(ref, direct=True) for _ in range(max(1, repeats))]
+    results["ceilings"]["page_cache_copy"] = best_rate(hot)
+    results["ceilings"]["odirect_disk"] = best_rate(direct)
+    if has_cuda:
+        try:
+            results["ceilings"]["pinned_h2d"] = h2d_peak(payload)
+        except Exception as e:  # noqa: BLE001
+            results["ceilings"]["pinned_h2d"] = {"error": repr(e)}
+    else:
+        results["ceilings"]["pinned_h2d"] = {"skipped": "no CUDA device"}
+    log(f"ceilings {json.dumps(results['ceilings'])}")
+    log(f"eviction check: resident after evict={results['checks']['resident_after_evict']}, "
+        f"buffered dd of evicted file {cold_buffered.get('gbps', 0):.2f} GB/s vs hot "
+        f"{results['ceilings']['page_cache_copy'].get('gbps', 0):.2f} GB/s")
+
+    # ---- loads --------------------------------------------------------------------------------
+    loaders = LOADERS + CUDA_LOADERS
+    for name, fmt, which, env, label in loaders:
+        for mode in ("cold", "hot"):
+            key = f"{name}/{mode}"
+            if name.endswith("cuda") and not has_cuda:
+                results["load"][key] = {"skipped": "no CUDA device", "label": label}
+                continue
+            py = pythons[which]
+            if py is None:
+                results["load"][key] = {"skipped": "flashpack 0.4.5 unavailable", "label": label}
+                continue
+            path = files[fmt]
+            best = None
+            for _ in range(repeats):
+                if mode == "cold":
+                    evict(path)
+                    resid = resident_fraction(path)
+                else:
+                    warm(path)
+                    resid = resident_fraction(path)
+                r = run_child(py, ["--child", "load", name, str(path)], env)
+                if "error" in r:
+                    best = r
+                    break
+                r["resident_before"] = resid
+                r["eff_s"] = r["load_s"] + r["touch1_s"]
+                if best is None or r["eff_s"] < best["eff_s"]:
+                    best = r
+            best["label"] = label
+            results["load"][key] = best
+            log(f"load {key:28s} " + (f"total {best['eff_s']:.3f}s load {best['load_s']:.3f}s "
+                f"touch {best['touch1_s']:.3f}/{best['touch2_s']:.3f}s "
+                f"peakRSS-base {(best['peak_rss'] - best['base_rss']) / MiB:.0f} MiB "
+                f"resident_before={best['resident_before']}" if "eff_s" in best else str(best)))
+
+    # Same bytes everywhere?
+    sums = {k: v["checksum"] for k, v in results["load"].items() if "checksum" in v}
+    results["checks"]["checksums_agree"] = len(set(sums.values())) <= 1
+    if not results["checks"]["checksums_agree"]:
+        log(f"WARNING: loaders disagree on the bytes: {sums}")
+
+    # ---- table ----------------------------------------------------------------------------
+    ceil = results["ceilings"]
+    pc = ceil["page_cache_copy"].get("gbps")
+    od = ceil["odirect_disk"].get("gbps")
+    h2d = ceil["pinned_h2d"].get("gbps")
+    rows = []
+    for key, r in results["load"].items():
+        name, mode = key.split("/")
+        if "eff_s" not in r:
+            rows.append([f"{r.get('label', name)} [{mode}]", "-", "-", "-", "-", "-", "-", "-",
+                         "skipped: " + str(r.get("skipped") or r.get("error", "?"))[:60]])
+            continue
+        gbps = payload / r["eff_s"] / 1e9
+        r["gbps"] = gbps
+        c = (h2d if name.endswith("cuda") else (od if mode == "cold" else pc))
+        cname = "h2d" if name.endswith("cuda") else ("O_DIRECT" if mode == "cold" else "dd hot")
+        peer = results["load"].get(f"{PEER_OF.get(name, 'flashpack045')}/{mode}", {})
+        vs = f"{peer['eff_s'] / r['eff_s']:.2f}x" if "eff_s" in peer and not name.endswith("cuda") else "-"
+        rows.append([
+            f"{r['label']} [{mode}]", f"{r['eff_s']:.3f}", f"{r['load_s']:.3f}",
+            f"{r['touch2_s']:.3f}", f"{gbps:.2f}",
+            f"{r['peak_rss'] / MiB:.0f}", f"{(r['peak_rss'] - r['base_rss']) / MiB:.0f}",
+            f"{gbps / c:.2f}x {cname}" if c else "-", vs,
+        ])
+    header = ["loader [mode]", "total s", "call s", "sum-only s", "GB/s", "peak RSS MiB", "RSS-base MiB",
+              "vs ceiling", "vs 0.4.5"]
+    load_table = fmt_table(rows, header)
+
+    prow = []
+    p045 = results["pack"].get("flashpack045", {}).get("pack_s")
+    pst = results["pack"].get("safetensors", {}).get("pack_s")
+    for fmt, r in results["pack"].items():
+        if "pack_s" not in r:
+            prow.append([fmt, "-", "-", "-", "-", str(r.get("error", ""))[:60]])
+            continue
+        prow.append([fmt, f"{r['pack_s']:.3f}", f"{r['bytes'] / r['pack_s'] / 1e9:.2f}",
+                     f"{r['file_bytes'] / MiB:.1f}",
+                     f"{p045 / r['pack_s']:.2f}x" if p045 else "-",
+                     f"{pst / r['pack_s']:.2f}x" if pst else "-"])
+    pack_table = fmt_table(prow, ["pack", "s", "GB/s", "file MiB", "vs 0.4.5", "vs safetensors"])
+
+    ceil_lines = [
+        f"page-cache -> user copy (dd bs=16M, hot): {pc and f'{pc:.2f} GB/s'}",
+        f"hot file -> fresh buffer, one read(), 1 thread (pays first-touch faults; reference only): "
+        f"{ceil['fresh_buffer_read'].get('gbps', 0):.2f} GB/s",
+        f"O_DIRECT sequential disk (dd iflag=direct bs=16M): {od and f'{od:.2f} GB/s'}",
+        f"pinned host -> device peak: {f'{h2d:.2f} GB/s' if h2d else ceil['pinned_h2d']}",
+        f"eviction check: buffered dd right after fadvise(DONTNEED): "
+        f"{cold_buffered.get('gbps', 0):.2f} GB/s; fincore resident after evict: "
+        f"{results['checks']['resident_after_evict']}",
+    ]
+    targets = []
+    g = lambda k: results["load"].get(k, {}).get("gbps")  # noqa: E731
+    if g("ours-eager/hot") and pc:
+        targets.append(f"CPU eager hot vs dd page-cache copy: {g('ours-eager/hot') / pc:.2f}x (target >= 1.0x)")
+    if g("ours-eager/hot") and g("flashpack045-parallel/hot"):
+        targets.append(f"CPU eager hot vs 0.4.5 eager: {g('ours-eager/hot') / g('flashpack045-parallel/hot'):.2f}x (target >= 3x)")
+    if g("ours-eager/cold") and od:
+        targets.append(f"CPU eager cold vs O_DIRECT disk: {g('ours-eager/cold') / od:.2f}x (target >= 0.9x)")
+    e = results["load"].get("ours-eager/hot", {})
+    if "peak_rss" in e:
+        targets.append(f"ours eager peak RSS over baseline: {(e['peak_rss'] - e['base_rss']) / MiB:.0f} MiB "
+                       f"(target <= payload {payload / MiB:.0f} + 64 MiB)")
+    ours_pack = results["pack"].get("ours", {}).get("pack_s")
+    if ours_pack and p045:
+        targets.append(f"pack vs 0.4.5: {p045 / ours_pack:.2f}x faster (target >= 2x)")
+    if ours_pack and pst:
+        targets.append(f"pack vs safetensors save_file: {pst / ours_pack:.2f}x (target >= 1.0x)")
+
+    text = "\n".join([
+        f"FlashPack bench  {info.get('date')}  payload {payload / MiB:.1f} MiB "
+        f"({payload / 1e9:.2f} GB), best of {repeats}",
+        f"machine: {info.get('cpu')}, {info.get('nproc')} cpus, {info.get('ram_gib')} GiB RAM, "
+        f"{info.get('filesystem')}, gpu: {info.get('gpu', 'none')}",
+        "", "Ceilings", *("  " + x for x in ceil_lines),
+        "", "Loads (every byte touched; total s = loader call + first pass summing every byte)", load_table,
+        "", "Pack", pack_table,
+        "", "Targets (reported, not asserted)", *("  " + x for x in targets),
+    ])
+    print("\n" + text, flush=True)
+    (res_dir / "table.txt").write_text(text + "\n")
+    (res_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (res_dir / "bench.log").write_text("\n".join(log_lines) + "\n")
+
+    # ---- chart --------------------------------------------------------------------------------
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [k for k in dict.fromkeys(k.split("/")[0] for k, r in results["load"].items() if "eff_s" in r)]
+        labels = [next(l for n, _, _, _, l in loaders if n == k) for k in names]  # noqa: E741
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6), gridspec_kw={"width_ratios": [3, 1]})
+        xs = range(len(names))
+        for i, mode in enumerate(("cold", "hot")):
+            vals = [results["load"].get(f"{n}/{mode}", {}).get("gbps", 0) for n in names]
+            ax1.bar([x + (i - 0.5) * 0.4 for x in xs], vals, width=0.4, label=mode)
+        for val, lab, st in ((pc, "dd page-cache copy", "--"), (od, "O_DIRECT disk", ":"), (h2d, "pinned H2D", "-.")):
+            if val:
+                ax1.axhline(val, linestyle=st, color="k", linewidth=1)
+                ax1.text(len(names) - 0.5, val, f" {lab} {val:.1f}", va="bottom", ha="right", fontsize=8)
+        ax1.set_xticks(list(xs))
+        ax1.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
+        ax1.set_yscale("log")
+        ax1.set_ylabel("GB/s, log scale (every byte touched)")
+        ax1.set_title(f"load, {payload / GiB:.2f} GiB payload")
+        ax1.legend()
+        pk = [k for k, r in results["pack"].items() if "pack_s" in r]
+        ax2.bar(pk, [results["pack"][k]["pack_s"] for k in pk], color="tab:green")
+        ax2.set_ylabel("seconds")
+        ax2.set_title("pack (lower is better)")
+        ax2.tick_params(axis="x", rotation=25)
+        fig.tight_layout()
+        fig.savefig(res_dir / "bench.png", dpi=110)
+        log(f"bench: chart {res_dir / 'bench.png'}")
+    except ImportError:
+        log("bench: matplotlib not installed; no chart (add matplotlib to requirements.txt)")
+
+    if not a.keep_files:
+        for path in files.values():
+            path.unlink(missing_ok=True)
+    log(f"bench: results in {res_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

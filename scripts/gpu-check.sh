@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# `make gpu-check`: the one prepared run for a machine with a GPU. Builds (or installs the carried
+# wheel), runs the CUDA correctness tests, then the bench on a large file; logs, results and the
+# chart go to $OUT (default .bench/gpu-check). On a machine without a GPU it runs to the end with
+# the CUDA parts skipped and says so.
+#
+# On the lent GPU machine there is no Rust toolchain and no registry: build the wheel here first
+# (`make wheel`, optionally put flashpack-0.4.5's wheel into dist/ too) and carry `dist`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export OUT=${OUT:-.bench/gpu-check}
+mkdir -p "$OUT"
+
+if command -v nvidia-smi >/dev/null && nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1; then
+    size=${GPU_CHECK_GIB:-8}
+else
+    echo "no GPU here: CUDA tests and GPU bench rows will be skipped" | tee "$OUT/nvidia-smi.txt"
+    size=${GPU_CHECK_GIB:-1}
+fi
+
+if command -v cargo >/dev/null; then
+    make build 2>&1 | tail -3
+    PY=.venv/bin/python
+else
+    export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/dist"
+    python3 -m pip install -q --no-deps --no-compile --target /tmp/flashpack-site dist/flashpack_rs-*.whl || exit 1
+    export PYTHONPATH=/tmp/flashpack-site
+    PY=python3
+fi
+export PYTHONUNBUFFERED=1
+"$PY" -c 'import torch, flashpack; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "flashpack", flashpack.__version__)' | tee "$OUT/versions.txt"
+
+status=0
+"$PY" -m pytest bindings/python/tests/test_cuda.py bindings/python/tests/test_roundtrip.py -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" || status=1
+"$PY" scripts/bench.py --size-gib "$size" --out "${BENCH_DIR:-.bench/gpu-bench}" 2>&1 | tee "$OUT/bench-run.log" || status=1
+exit $status
