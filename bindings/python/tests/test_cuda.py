@@ -10,18 +10,11 @@ import torch
 from flashpack import assign_from_file, pack_to_file, read_flashpack_file
 from flashpack.deserialization import iterate_from_flash_tensor
 from flashpack.utils import NAME_TO_DTYPE
+from test_roundtrip import random_tensor
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 ALL_DTYPES = sorted(NAME_TO_DTYPE.values(), key=str)
-
-
-def random_bytes_tensor(dtype: torch.dtype, numel: int, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    if dtype == torch.bool:
-        return torch.randint(0, 2, (numel,), generator=g, dtype=torch.uint8).view(torch.bool)
-    size = torch.empty(0, dtype=dtype).element_size()
-    return torch.randint(0, 256, (numel * size,), generator=g, dtype=torch.uint8).view(dtype)
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -32,8 +25,8 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def test_every_dtype_several_blocks_odd_sizes(tmp_path: Path) -> None:
     # Sizes that are not multiples of 4 KiB or of any chunk size; one block per dtype.
-    sd = {f"t{i}": random_bytes_tensor(d, 4097 * (i + 1) + 13, i) for i, d in enumerate(ALL_DTYPES)}
-    sd["big"] = random_bytes_tensor(torch.float32, (48 << 20) // 4 + 1, 99)
+    sd = {f"t{i}": random_tensor(d, (4097 * (i + 1) + 13,), i) for i, d in enumerate(ALL_DTYPES)}
+    sd["big"] = random_tensor(torch.float32, ((48 << 20) // 4 + 1,), 99)
     path = tmp_path / "m.flashpack"
     pack_to_file(sd, path, None)
     for _ in range(2):  # two loads in a row reuse whatever the engine keeps between loads
