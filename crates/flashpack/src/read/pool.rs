@@ -84,12 +84,16 @@ pub(crate) fn read_chunks(
                 }
                 let c = chunks[i];
                 let mut io_error = None;
+                // Keep the original I/O error (with its OS code) for the report; the sink only
+                // needs to know that the fill failed.
                 let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
-                    let r = read_one(src, direct_ok, c.offset, dst, direct_bytes, buffered_bytes);
-                    if let Err(e) = &r {
-                        io_error = Some(std::io::Error::new(e.kind(), e.to_string()));
-                    }
-                    r
+                    read_one(src, direct_ok, c.offset, dst, direct_bytes, buffered_bytes).map_err(
+                        |e| {
+                            let marker = std::io::Error::new(e.kind(), "read failed");
+                            io_error = Some(e);
+                            marker
+                        },
+                    )
                 };
                 let result = sink.write_chunk(worker, c.offset, c.len, &mut fill);
                 if let Err(e) = result {
