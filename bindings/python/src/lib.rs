@@ -131,7 +131,8 @@ fn io_mode(io: &str) -> PyResult<IoMode> {
 /// Loads a FlashPack file: a private copy-on-write mapping (`eager=False`) or owned memory filled
 /// by `threads` reader threads (`eager=True`).
 #[pyfunction]
-#[pyo3(signature = (path, eager=false, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false))]
+#[pyo3(signature = (path, eager=false, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, huge_pages=false))]
+#[allow(clippy::too_many_arguments)]
 fn load(
     py: Python<'_>,
     path: std::path::PathBuf,
@@ -140,6 +141,7 @@ fn load(
     threads: usize,
     chunk_bytes: usize,
     progress: bool,
+    huge_pages: bool,
 ) -> PyResult<Payload> {
     let opts = LoadOptions {
         eager,
@@ -147,6 +149,7 @@ fn load(
         threads,
         chunk_bytes,
         progress,
+        huge_pages,
     };
     let mut loaded = py.detach(|| read::load(&path, &opts)).map_err(to_py)?;
     let ptr = loaded.payload_mut().as_mut_ptr() as usize;

@@ -114,6 +114,7 @@ def read_flashpack_file(
         threads=env_int("FLASHPACK_READ_THREADS", 0),
         chunk_bytes=env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES),
         progress=not silent,
+        huge_pages=env_flag("FLASHPACK_HUGE_PAGES"),
     )
     print_phases(payload.phases, silent)
     with timer("make_blocks", silent):

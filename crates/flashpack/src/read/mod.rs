@@ -64,6 +64,8 @@ pub struct LoadOptions {
     pub chunk_bytes: usize,
     /// Show a progress bar on stderr for large loads.
     pub progress: bool,
+    /// Ask for transparent huge pages on eager host memory (see [`HostBuffer::with_pages`]).
+    pub huge_pages: bool,
 }
 
 impl Default for LoadOptions {
@@ -74,6 +76,7 @@ impl Default for LoadOptions {
             threads: 0,
             chunk_bytes: DEFAULT_READ_CHUNK_BYTES,
             progress: false,
+            huge_pages: false,
         }
     }
 }
@@ -164,7 +167,7 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
         Memory::Mapped(map)
     } else {
         let t = Instant::now();
-        let mut buf = HostBuffer::new(payload_len)?;
+        let mut buf = HostBuffer::with_pages(payload_len, opts.huge_pages)?;
         report.phases.push(("alloc_cpu", t.elapsed()));
 
         let t = Instant::now();
