@@ -5,10 +5,12 @@ use std::os::raw::{c_int, c_void};
 
 use flashpack::format::{Order, TensorSpec};
 use flashpack::read::{self, IoMode, LoadOptions, Loaded};
+use flashpack::sink::cuda::{self, CudaDevice};
+use flashpack::sink::DeviceRegion;
 use flashpack::write::{self, PackEntry, PackOptions};
 use flashpack::{Dtype, Error};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -16,8 +18,32 @@ use pyo3::types::{PyBytes, PyDict};
 fn to_py(e: Error) -> PyErr {
     match e {
         Error::Io { .. } => PyOSError::new_err(e.to_string()),
+        Error::Device(_) => PyRuntimeError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
     }
+}
+
+fn blocks_of(footer: &flashpack::Footer) -> Vec<(&'static str, u64, u64, u64)> {
+    footer
+        .blocks
+        .iter()
+        .map(|b| {
+            (
+                b.dtype.name(),
+                b.offset_bytes,
+                b.length_bytes,
+                b.length_elems,
+            )
+        })
+        .collect()
+}
+
+fn io_dict<'py>(py: Python<'py>, report: &read::LoadReport) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("threads", report.threads)?;
+    d.set_item("direct_bytes", report.io.direct_bytes)?;
+    d.set_item("buffered_bytes", report.io.buffered_bytes)?;
+    Ok(d)
 }
 
 fn phases(list: &[(&'static str, std::time::Duration)]) -> Vec<(String, f64)> {
@@ -56,19 +82,7 @@ impl Payload {
     /// The validated macroblocks: `[(dtype, offset_bytes, length_bytes, length_elems), ...]`.
     #[getter]
     fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        self.loaded
-            .footer
-            .blocks
-            .iter()
-            .map(|b| {
-                (
-                    b.dtype.name(),
-                    b.offset_bytes,
-                    b.length_bytes,
-                    b.length_elems,
-                )
-            })
-            .collect()
+        blocks_of(&self.loaded.footer)
     }
 
     /// Phase timings in seconds: `[(name, seconds), ...]`.
@@ -80,11 +94,7 @@ impl Payload {
     /// Reader threads used, and bytes read with O_DIRECT / through the page cache.
     #[getter]
     fn io<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("threads", self.loaded.report.threads)?;
-        d.set_item("direct_bytes", self.loaded.report.io.direct_bytes)?;
-        d.set_item("buffered_bytes", self.loaded.report.io.buffered_bytes)?;
-        Ok(d)
+        io_dict(py, &self.loaded.report)
     }
 
     fn __len__(&self) -> usize {
@@ -154,6 +164,106 @@ fn load(
     let mut loaded = py.detach(|| read::load(&path, &opts)).map_err(to_py)?;
     let ptr = loaded.payload_mut().as_mut_ptr() as usize;
     Ok(Payload { loaded, ptr })
+}
+
+/// An open FlashPack file with its validated footer, for loads into device memory: the footer
+/// the caller sized its allocations from is the one the load streams by (same open file).
+#[pyclass(module = "flashpack._core", frozen)]
+struct File {
+    f: read::FlashFile,
+}
+
+#[pymethods]
+impl File {
+    #[getter]
+    fn footer_json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.f.footer_json)
+    }
+
+    #[getter]
+    fn payload_len(&self) -> u64 {
+        self.f.payload_len
+    }
+
+    /// `[(dtype, offset_bytes, length_bytes, length_elems), ...]`, as `Payload.blocks`.
+    #[getter]
+    fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        blocks_of(&self.f.footer)
+    }
+
+    /// Streams payload ranges into CUDA memory on device `device`: `regions` is
+    /// `[(payload_offset, length, device_address), ...]` (addresses of memory the caller owns,
+    /// e.g. torch tensors' `data_ptr()`). Returns `(phases, io)` once every copy has completed.
+    /// The GIL is released throughout.
+    #[pyo3(signature = (device, regions, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false))]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn to_cuda<'py>(
+        &self,
+        py: Python<'py>,
+        device: usize,
+        regions: Vec<(u64, u64, u64)>,
+        io: &str,
+        threads: usize,
+        chunk_bytes: usize,
+        progress: bool,
+    ) -> PyResult<(Vec<(String, f64)>, Bound<'py, PyDict>)> {
+        let opts = LoadOptions {
+            eager: true,
+            io: io_mode(io)?,
+            threads,
+            chunk_bytes,
+            progress,
+            huge_pages: false,
+        };
+        let regions = regions
+            .into_iter()
+            .map(|(offset, len, dst)| DeviceRegion { offset, len, dst })
+            .collect();
+        let report = py
+            .detach(|| -> flashpack::Result<read::LoadReport> {
+                let dev = CudaDevice::new(device)?;
+                read::load_to_device(&self.f, &dev, regions, &opts)
+            })
+            .map_err(to_py)?;
+        Ok((phases(&report.phases), io_dict(py, &report)?))
+    }
+}
+
+/// Opens a FlashPack file and validates its footer.
+#[pyfunction]
+fn open(py: Python<'_>, path: std::path::PathBuf) -> PyResult<File> {
+    let f = py.detach(|| read::FlashFile::open(&path)).map_err(to_py)?;
+    Ok(File { f })
+}
+
+/// True when the CUDA driver loads and initialises (no GPU work is done).
+#[pyfunction]
+fn cuda_available(py: Python<'_>) -> bool {
+    py.detach(cuda::driver_available)
+}
+
+/// Byte counts of the pinned staging pool: allocated, idle, peak, limit.
+#[pyfunction]
+fn pinned_pool_stats<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    let s = cuda::pinned_pool().stats();
+    let d = PyDict::new(py);
+    d.set_item("allocated", s.allocated)?;
+    d.set_item("idle", s.idle)?;
+    d.set_item("peak", s.peak)?;
+    d.set_item("limit", s.limit)?;
+    Ok(d)
+}
+
+/// Sets the bound on pinned staging memory (bytes); idle buffers over it are freed now.
+#[pyfunction]
+fn set_pinned_pool_limit(py: Python<'_>, limit: usize) {
+    py.detach(|| cuda::pinned_pool().set_limit(limit));
+}
+
+/// Frees the idle pinned staging buffers; returns the bytes freed.
+#[pyfunction]
+fn release_pinned_pool(py: Python<'_>) -> usize {
+    py.detach(cuda::release_pinned_pool)
 }
 
 /// Reads and validates a file's footer; returns its JSON text as stored.
@@ -232,6 +342,12 @@ fn pack(
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Payload>()?;
+    m.add_class::<File>()?;
+    m.add_function(wrap_pyfunction!(open, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
+    m.add_function(wrap_pyfunction!(pinned_pool_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(set_pinned_pool_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(release_pinned_pool, m)?)?;
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(read_footer, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;

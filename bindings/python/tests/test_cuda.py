@@ -1,4 +1,5 @@
-"""CUDA loads: bit-exact for every dtype. Skipped, with the reason, on machines without a GPU."""
+"""CUDA loads: bit-exact for every dtype, pinned staging within its bound. The GPU tests skip,
+with the reason, on machines without a GPU; the driver-missing behaviour is tested there instead."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from flashpack import assign_from_file, pack_to_file, read_flashpack_file
-from flashpack.deserialization import iterate_from_flash_tensor
+from flashpack import _core, assign_from_file, pack_to_file, read_flashpack_file
+from flashpack.deserialization import iterate_from_flash_tensor, pinned_pool_stats, release_pinned_pool
 from flashpack.utils import NAME_TO_DTYPE
 from test_roundtrip import random_tensor
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 ALL_DTYPES = sorted(NAME_TO_DTYPE.values(), key=str)
 
@@ -23,6 +24,7 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     )
 
 
+@needs_gpu
 def test_every_dtype_several_blocks_odd_sizes(tmp_path: Path) -> None:
     # Sizes that are not multiples of 4 KiB or of any chunk size; one block per dtype.
     sd = {f"t{i}": random_tensor(d, (4097 * (i + 1) + 13,), i) for i, d in enumerate(ALL_DTYPES)}
@@ -35,8 +37,17 @@ def test_every_dtype_several_blocks_odd_sizes(tmp_path: Path) -> None:
         assert all(t.is_cuda for t in loaded.values())
         for name, t in sd.items():
             assert same_bits(loaded[name], t), name
+        stats = pinned_pool_stats()
+        assert 0 < stats["peak"] <= stats["limit"], stats
+        assert stats["allocated"] == stats["idle"], stats  # nothing held after the load
+    before = pinned_pool_stats()
+    storage, meta = read_flashpack_file(path, device="cuda")
+    assert pinned_pool_stats()["peak"] == before["peak"], "a third load reuses the pool"
+    assert release_pinned_pool() == before["allocated"]
+    assert pinned_pool_stats()["allocated"] == 0
 
 
+@needs_gpu
 def test_load_after_torch_freed_memory(tmp_path: Path) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(1024, 1024), torch.nn.Linear(1024, 7))
     path = tmp_path / "m.flashpack"
@@ -48,3 +59,34 @@ def test_load_after_torch_freed_memory(tmp_path: Path) -> None:
     torch.cuda.synchronize()
     for (name, a), b in zip(fresh.state_dict().items(), model.state_dict().values()):
         assert a.is_cuda and same_bits(a, b), name
+
+
+@needs_gpu
+def test_pinned_memory_stays_within_a_small_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sd = {"w": random_tensor(torch.bfloat16, ((40 << 20) // 2 + 3,), 1), "i": random_tensor(torch.int32, (1001,), 2)}
+    path = tmp_path / "m.flashpack"
+    pack_to_file(sd, path, None)
+    release_pinned_pool()
+    monkeypatch.setenv("FLASHPACK_PINNED_POOL_BYTES", str(6 << 20))
+    try:
+        storage, meta = read_flashpack_file(path, device="cuda:0")
+        loaded = dict(iterate_from_flash_tensor(storage, meta))
+        assert all(same_bits(loaded[k], v) for k, v in sd.items())
+        assert pinned_pool_stats()["peak"] <= 6 << 20
+    finally:
+        _core.set_pinned_pool_limit(1 << 30)
+        release_pinned_pool()
+
+
+@pytest.mark.skipif(_core.cuda_available(), reason="the CUDA driver is present here")
+def test_without_a_driver_cuda_loads_fail_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "m.flashpack"
+    pack_to_file({"w": torch.arange(10.0)}, path, None)
+    handle = _core.open(str(path))
+    with pytest.raises(RuntimeError, match="CUDA driver not found"):
+        handle.to_cuda(0, [(0, 40, 4096)])
+    assert release_pinned_pool() == 0
+    assert pinned_pool_stats()["allocated"] == 0
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            read_flashpack_file(path, device="cuda")

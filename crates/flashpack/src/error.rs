@@ -36,6 +36,9 @@ pub enum Error {
     /// The caller asked for something that cannot be done (bad option, unsupported device).
     #[error("{0}")]
     Invalid(String),
+    /// A device (GPU) call failed, or no usable device driver was found.
+    #[error("{0}")]
+    Device(String),
 }
 
 impl Error {
@@ -57,6 +60,6 @@ impl Error {
 
     /// True for errors caused by the file's or caller's data, not by the OS.
     pub fn is_data_error(&self) -> bool {
-        !matches!(self, Error::Io { .. })
+        !matches!(self, Error::Io { .. } | Error::Device(_))
     }
 }

@@ -67,18 +67,18 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu") if device.type == "meta" else device
 
 
-def _block_tensors(payload: Any, device: torch.device) -> list[torch.Tensor]:
+def _block_tensors(payload: Any) -> list[torch.Tensor]:
     blocks = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for dtype_name, offset, length_bytes, _ in payload.blocks:
             dtype = string_to_dtype(dtype_name)
             if length_bytes == 0:
-                blocks.append(torch.empty(0, dtype=dtype, device=device))
+                blocks.append(torch.empty(0, dtype=dtype))
                 continue
             raw = torch.frombuffer(payload, dtype=torch.uint8, count=length_bytes, offset=offset)
             block = raw.view(dtype)
-            blocks.append(block if device.type == "cpu" else block.to(device))
+            blocks.append(block)
     return blocks
 
 
@@ -95,32 +95,74 @@ def read_flashpack_file(
 
     On CPU the default is lazy: a private copy-on-write mapping (instant; in-place writes to the
     tensors work and never reach the file). ``eager=True`` (or ``FLASHPACK_CPU_PARALLEL_READ=1``)
-    reads every byte into owned memory with parallel reads before returning. ``metadata`` is
+    reads every byte into owned memory with parallel reads before returning. On CUDA each block
+    becomes one device tensor, streamed through a bounded pool of pinned buffers by several
+    reader threads, each with its own stream (``eager`` does not apply). ``metadata`` is
     accepted for compatibility; the footer is always re-read and validated from the file.
     """
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
     device = _resolve_device(device)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"Unsupported device: {device}")
+    io = "auto" if env_flag("FLASHPACK_DIRECT_IO", default=True) else "buffered"
+    threads = env_int("FLASHPACK_READ_THREADS", 0)
+    read_chunk = env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES)
+    if device.type == "cuda":
+        return _read_to_cuda(os.fspath(path), device, io, threads, read_chunk, silent)
     if eager is None:
         eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
-    # Until the streaming CUDA engine lands, a GPU load reads eagerly into host memory and copies.
-    eager = eager or device.type == "cuda"
-    io = "auto" if env_flag("FLASHPACK_DIRECT_IO", default=True) else "buffered"
     payload = _core.load(
         os.fspath(path),
         eager=eager,
         io=io,
-        threads=env_int("FLASHPACK_READ_THREADS", 0),
-        chunk_bytes=env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES),
+        threads=threads,
+        chunk_bytes=read_chunk,
         progress=not silent,
         huge_pages=env_flag("FLASHPACK_HUGE_PAGES"),
     )
     print_phases(payload.phases, silent)
     with timer("make_blocks", silent):
-        blocks = _block_tensors(payload, device)
+        blocks = _block_tensors(payload)
     meta = json.loads(payload.footer_json)
     return FlashTensorStorage(blocks=blocks, backing=payload), meta
+
+
+def _read_to_cuda(
+    path: str, device: torch.device, io: str, threads: int, read_chunk: int, silent: bool
+) -> tuple[FlashTensorStorage, dict[str, Any]]:
+    """Stream the file's blocks into one new CUDA tensor per block, through the engine's pinned
+    staging buffers (host memory never holds the whole payload)."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{path}: cannot load to {device}: torch sees no CUDA device")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    device = torch.device("cuda", index)
+    with timer("read_metadata", silent):
+        handle = _core.open(path)
+        meta = json.loads(handle.footer_json)
+    limit = env_int("FLASHPACK_PINNED_POOL_BYTES", 0)
+    if limit > 0:
+        _core.set_pinned_pool_limit(limit)
+    with timer("alloc_device", silent):
+        raw = [torch.empty(length, dtype=torch.uint8, device=device) for _, _, length, _ in handle.blocks]
+        # The caching allocator may hand out memory that kernels queued on torch's stream still
+        # use; the engine copies on its own streams, so that work must be finished first.
+        torch.cuda.current_stream(device).synchronize()
+    regions = [(offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(handle.blocks, raw) if length]
+    phases, _io = handle.to_cuda(index, regions, io=io, threads=threads, chunk_bytes=read_chunk, progress=not silent)
+    print_phases(phases, silent)
+    blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(handle.blocks, raw)]
+    return FlashTensorStorage(blocks=blocks), meta
+
+
+def release_pinned_pool() -> int:
+    """Free the pinned host staging buffers that CUDA loads keep for reuse; returns bytes freed."""
+    return int(_core.release_pinned_pool())
+
+
+def pinned_pool_stats() -> dict[str, int]:
+    """Pinned staging memory in bytes: allocated, idle, peak and the limit (default 1 GiB,
+    ``FLASHPACK_PINNED_POOL_BYTES`` to change)."""
+    return dict(_core.pinned_pool_stats())
 
 
 def iterate_from_flash_tensor(

@@ -21,7 +21,7 @@ mod file;
 mod pool;
 mod residency;
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,7 +33,9 @@ pub use pool::{plan_chunks, Chunk, IoCounts, DIRECT_ALIGN};
 pub use residency::resident_fraction;
 
 use crate::progress::progress_bar;
-use crate::sink::{HostBuffer, HostSink};
+use crate::sink::{
+    check_regions, Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, SLOTS_PER_WORKER,
+};
 use crate::{Error, Footer, Result};
 
 /// Share of the payload that must be in the page cache for buffered reads to win over `O_DIRECT`.
@@ -171,29 +173,8 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
         report.phases.push(("alloc_cpu", t.elapsed()));
 
         let t = Instant::now();
-        let use_direct = match opts.io {
-            IoMode::Buffered => false,
-            IoMode::Direct => true,
-            IoMode::Auto => {
-                resident_fraction(&f.file, f.payload_len).map_or(true, |r| r < HOT_FRACTION)
-            }
-        };
-        // Filesystems such as tmpfs refuse O_DIRECT at open: fall back to buffered reads.
-        let direct = use_direct
-            .then(|| {
-                OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(path)
-                    .ok()
-            })
-            .flatten();
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        report.threads = match opts.threads {
-            0 if direct.is_some() => cores.clamp(4, 16),
-            0 => cores.min(16),
-            n => n,
-        };
+        let (direct, threads) = reader_setup(&f, opts);
+        report.threads = threads;
         let chunks = plan_chunks(0, f.payload_len, opts.chunk_bytes);
         let bar = progress_bar(opts.progress, f.payload_len, "loading");
         let src = pool::Source {
@@ -217,4 +198,136 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
         report,
         memory,
     })
+}
+
+/// Chooses buffered or `O_DIRECT` reads for `f` and the reader thread count.
+///
+/// `O_DIRECT` is used unless the payload is mostly in the page cache (or `opts.io` says
+/// otherwise); filesystems such as tmpfs refuse it at open, and then reads stay buffered. The
+/// direct handle is opened by path, so it is only used if it is the same file (same device and
+/// inode) as the one whose footer was validated.
+fn reader_setup(f: &FlashFile, opts: &LoadOptions) -> (Option<File>, usize) {
+    use std::os::unix::fs::MetadataExt;
+    let use_direct = match opts.io {
+        IoMode::Buffered => false,
+        IoMode::Direct => true,
+        IoMode::Auto => {
+            resident_fraction(&f.file, f.payload_len).map_or(true, |r| r < HOT_FRACTION)
+        }
+    };
+    let same_file = |d: &File| match (d.metadata(), f.file.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let direct = use_direct
+        .then(|| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&f.path)
+                .ok()
+        })
+        .flatten()
+        .filter(same_file);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = match opts.threads {
+        // Direct reads wait on the device, so a few more threads than cores keep it busy.
+        0 if direct.is_some() => cores.clamp(4, 16),
+        0 => cores.min(16),
+        n => n,
+    };
+    (direct, threads)
+}
+
+/// Streams the payload bytes that `regions` name from an open file into device memory, through
+/// pinned staging buffers (see [`DeviceSink`]); returns when every copy has completed.
+///
+/// Regions may cover any part of the payload (typically one per macroblock); the bytes between
+/// regions that lie within one chunk are read and skipped. The staging memory is bounded by the
+/// device's pool: when `threads x 2 x chunk_bytes` would exceed its limit the chunk size (down
+/// to 1 MiB) and then the thread count are reduced.
+pub fn load_to_device<D: Device>(
+    f: &FlashFile,
+    device: &D,
+    regions: Vec<DeviceRegion>,
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    let t = Instant::now();
+    let path = f.path.as_path();
+    let regions = check_regions(regions, f.payload_len)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let (direct, threads) = reader_setup(f, opts);
+    let (threads, chunk) = fit_staging(threads, opts.chunk_bytes, device.pool().limit())
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let chunks = device_chunks(&regions, chunk);
+    let threads = threads.min(chunks.len()).max(1);
+    let mut report = LoadReport {
+        threads,
+        ..Default::default()
+    };
+    report.phases.push(("plan", t.elapsed()));
+
+    let t = Instant::now();
+    let total: u64 = chunks.iter().map(|c| c.len as u64).sum();
+    let bar = progress_bar(opts.progress, total, "loading");
+    let sink = DeviceSink::new(device, regions, threads, chunk)?;
+    let src = pool::Source {
+        path,
+        buffered: &f.file,
+        direct,
+    };
+    report.io = pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref())?;
+    sink.finish()?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    report.phases.push(("stream_to_device", t.elapsed()));
+    Ok(report)
+}
+
+/// Fits `threads x SLOTS_PER_WORKER` staging buffers of `chunk_bytes` under `limit` bytes:
+/// shrinks the chunk (not below 1 MiB), then the thread count. Returns (threads, chunk).
+fn fit_staging(threads: usize, chunk_bytes: usize, limit: usize) -> Result<(usize, usize)> {
+    const MIN_CHUNK: usize = 1 << 20;
+    let align = DIRECT_ALIGN as usize;
+    let round = |n: usize| n.max(align).div_ceil(align) * align;
+    let threads = threads.max(1);
+    let mut chunk = round(chunk_bytes);
+    let per_thread = |c: usize| c.saturating_mul(SLOTS_PER_WORKER);
+    if threads.saturating_mul(per_thread(chunk)) <= limit {
+        return Ok((threads, chunk));
+    }
+    chunk = (limit / (threads * SLOTS_PER_WORKER) / align * align).max(MIN_CHUNK.min(chunk));
+    if threads.saturating_mul(per_thread(chunk)) <= limit {
+        return Ok((threads, chunk));
+    }
+    let fitted = limit / per_thread(chunk);
+    if fitted >= 1 {
+        return Ok((fitted, chunk));
+    }
+    chunk = limit / SLOTS_PER_WORKER / align * align;
+    if chunk == 0 {
+        return Err(Error::Invalid(format!(
+            "the pinned pool limit of {limit} bytes cannot hold {SLOTS_PER_WORKER} staging \
+             buffers of {align} bytes"
+        )));
+    }
+    Ok((1, chunk))
+}
+
+/// Chunks covering `regions` (sorted, non-overlapping): regions closer than a chunk are read as
+/// one span; each span starts on a [`DIRECT_ALIGN`] boundary so its reads can use `O_DIRECT`.
+fn device_chunks(regions: &[DeviceRegion], chunk: usize) -> Vec<Chunk> {
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for r in regions {
+        let (start, end) = (r.offset / DIRECT_ALIGN * DIRECT_ALIGN, r.offset + r.len);
+        match spans.last_mut() {
+            Some(last) if start <= last.1.saturating_add(chunk as u64) => last.1 = last.1.max(end),
+            _ => spans.push((start, end)),
+        }
+    }
+    spans
+        .into_iter()
+        .flat_map(|(s, e)| plan_chunks(s, e, chunk))
+        .collect()
 }

@@ -13,8 +13,15 @@
 //! drop(sink);
 //! assert_eq!(&buf.as_slice()[..8], &[0, 0, 0, 0, 1, 2, 3, 4]);
 //! ```
+#[cfg(feature = "cuda")]
+pub mod cuda;
+mod device;
 mod host;
 
+pub use device::{
+    check_regions, Device, DeviceRegion, DeviceSink, HostAllocator, PinnedBuf, PinnedPool,
+    PoolStats, DEFAULT_PINNED_LIMIT, SLOTS_PER_WORKER,
+};
 pub use host::{HostBuffer, HostSink};
 
 /// Reads a chunk's file bytes into the slice it is given.

@@ -1,0 +1,267 @@
+//! The CUDA backend of [`DeviceSink`](super::DeviceSink): driver API calls through cudarc's
+//! `result`/`sys` layers, with `libcuda` loaded at run time.
+//!
+//! Copies go into memory someone else allocated (torch, or the caller) by raw device address; this
+//! module never allocates or frees device memory. It works in the device's *primary* context,
+//! the one the CUDA runtime (and so torch) uses, retained once per device for the life of the
+//! process so that pinned staging memory allocated in it stays valid.
+//!
+//! cudarc panics when `libcuda` cannot be loaded, so every entry point first checks
+//! [`driver_available`] and returns [`Error::Device`] instead.
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::{Mutex, OnceLock};
+
+use cudarc::driver::result::{self as cu, DriverError};
+use cudarc::driver::sys;
+
+use super::device::{Device, HostAllocator, PinnedPool, DEFAULT_PINNED_LIMIT};
+use crate::{Error, Result};
+
+fn driver_error(what: &str, op: &str, e: DriverError) -> Error {
+    let name = e.error_name().map(|c| c.to_string_lossy().into_owned());
+    let text = e.error_string().map(|c| c.to_string_lossy().into_owned());
+    Error::Device(format!(
+        "{what}: {op} failed: {} ({})",
+        name.unwrap_or_else(|_| format!("{:?}", e.0)),
+        text.unwrap_or_default()
+    ))
+}
+
+/// Loads the driver library and initialises it once; the outcome is remembered.
+fn driver() -> Result<()> {
+    static STATE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    STATE
+        .get_or_init(|| {
+            // SAFETY: only tries to dlopen the driver library by its usual names.
+            if !unsafe { sys::is_culib_present() } {
+                return Err("CUDA driver not found (libcuda could not be loaded)".into());
+            }
+            // cudarc resolves each symbol on first use and panics if one is missing; a driver too
+            // old to have cuInit's expected entry points is reported instead of aborting.
+            match std::panic::catch_unwind(cu::init) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(driver_error("CUDA", "cuInit", e).to_string()),
+                Err(_) => Err("CUDA driver not usable: missing driver entry points".into()),
+            }
+        })
+        .clone()
+        .map_err(Error::Device)
+}
+
+/// True when the CUDA driver loads and initialises.
+pub fn driver_available() -> bool {
+    driver().is_ok()
+}
+
+/// Number of CUDA devices visible to this process.
+pub fn device_count() -> Result<usize> {
+    driver()?;
+    let n = cu::device::get_count().map_err(|e| driver_error("CUDA", "cuDeviceGetCount", e))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// A retained primary context. Contexts are plain handles that any thread may make current.
+#[derive(Clone, Copy)]
+struct Ctx(sys::CUcontext);
+// SAFETY: a CUcontext is an opaque driver handle, valid from any thread of the process.
+unsafe impl Send for Ctx {}
+// SAFETY: as above; the driver serialises what needs serialising.
+unsafe impl Sync for Ctx {}
+
+fn primary_context(ordinal: usize) -> Result<Ctx> {
+    static CONTEXTS: OnceLock<Mutex<HashMap<usize, Ctx>>> = OnceLock::new();
+    let map = CONTEXTS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = map.get(&ordinal) {
+        return Ok(*c);
+    }
+    let what = format!("cuda:{ordinal}");
+    let count = device_count()?;
+    if ordinal >= count {
+        return Err(Error::Device(format!(
+            "{what}: no such device ({count} CUDA devices visible)"
+        )));
+    }
+    let ord = i32::try_from(ordinal).map_err(|_| Error::Device(format!("{what}: bad ordinal")))?;
+    let dev = cu::device::get(ord).map_err(|e| driver_error(&what, "cuDeviceGet", e))?;
+    // SAFETY: `dev` is a valid device handle; the retained context is never released, so it (and
+    // pinned memory allocated in it) lives as long as the process.
+    let ctx = unsafe { cu::primary_ctx::retain(dev) }
+        .map_err(|e| driver_error(&what, "cuDevicePrimaryCtxRetain", e))?;
+    map.insert(ordinal, Ctx(ctx));
+    Ok(Ctx(ctx))
+}
+
+fn set_current(ctx: Ctx, what: &str) -> Result<()> {
+    // SAFETY: `ctx` is a retained primary context that is never destroyed.
+    unsafe { cu::ctx::set_current(ctx.0) }.map_err(|e| driver_error(what, "cuCtxSetCurrent", e))
+}
+
+/// Page-locked host memory from `cuMemHostAlloc` (portable: usable with every context),
+/// allocated in the calling thread's current context (a device sink binds its device first),
+/// and freed with that same context current.
+#[derive(Default)]
+pub struct CudaHostAlloc {
+    owners: Mutex<HashMap<usize, Ctx>>,
+}
+
+impl HostAllocator for CudaHostAlloc {
+    fn alloc(&self, len: usize) -> Result<NonNull<u8>> {
+        driver()?;
+        let ctx = match cu::ctx::get_current() {
+            Ok(Some(c)) => Ctx(c),
+            _ => primary_context(0)?,
+        };
+        set_current(ctx, "pinned pool")?;
+        // SAFETY: a plain allocation call with a current context; the memory is only used
+        // through raw pointers by the staging code.
+        let p = unsafe { cu::malloc_host(len.max(1), sys::CU_MEMHOSTALLOC_PORTABLE) }
+            .map_err(|e| driver_error("pinned pool", "cuMemHostAlloc", e))?;
+        let p = NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| Error::Device("pinned pool: cuMemHostAlloc returned null".into()))?;
+        self.owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(p.as_ptr() as usize, ctx);
+        Ok(p)
+    }
+
+    unsafe fn free(&self, ptr: NonNull<u8>, _len: usize) {
+        let owner = self
+            .owners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(ptr.as_ptr() as usize));
+        if let Some(ctx) = owner {
+            let _ = set_current(ctx, "pinned pool");
+        }
+        // SAFETY: per the trait contract `ptr` came from cuMemHostAlloc and is freed once, with
+        // the context it was allocated in current.
+        let _ = unsafe { cu::free_host(ptr.as_ptr().cast::<c_void>()) };
+    }
+}
+
+/// The process-wide pool of pinned staging buffers for CUDA loads.
+pub fn pinned_pool() -> &'static PinnedPool<CudaHostAlloc> {
+    static POOL: OnceLock<PinnedPool<CudaHostAlloc>> = OnceLock::new();
+    POOL.get_or_init(|| PinnedPool::new(CudaHostAlloc::default(), DEFAULT_PINNED_LIMIT))
+}
+
+/// Frees the idle pinned staging buffers; returns the bytes freed.
+pub fn release_pinned_pool() -> usize {
+    if driver().is_err() {
+        return 0;
+    }
+    pinned_pool().release()
+}
+
+/// An owned CUDA stream (non-blocking with respect to the legacy default stream).
+pub struct CudaStream(sys::CUstream);
+// SAFETY: streams are driver handles usable from any thread with the context current.
+unsafe impl Send for CudaStream {}
+impl Drop for CudaStream {
+    fn drop(&mut self) {
+        // SAFETY: the stream was created by us and is destroyed once; pending work (none after
+        // the sink's synchronize) would still complete.
+        let _ = unsafe { cu::stream::destroy(self.0) };
+    }
+}
+
+/// An owned CUDA event (timing disabled: used only to know when a staging buffer is free).
+pub struct CudaEvent(sys::CUevent);
+// SAFETY: events are driver handles usable from any thread with the context current.
+unsafe impl Send for CudaEvent {}
+impl Drop for CudaEvent {
+    fn drop(&mut self) {
+        // SAFETY: created by us, destroyed once.
+        let _ = unsafe { cu::event::destroy(self.0) };
+    }
+}
+
+/// One CUDA device, in its primary context.
+pub struct CudaDevice {
+    ordinal: usize,
+    ctx: Ctx,
+    name: String,
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal` (as numbered under `CUDA_VISIBLE_DEVICES`, like torch's `cuda:N`).
+    pub fn new(ordinal: usize) -> Result<CudaDevice> {
+        driver()?;
+        let ctx = primary_context(ordinal)?;
+        Ok(CudaDevice {
+            ordinal,
+            ctx,
+            name: format!("cuda:{ordinal}"),
+        })
+    }
+
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+}
+
+impl Device for CudaDevice {
+    type Stream = CudaStream;
+    type Event = CudaEvent;
+    type Alloc = CudaHostAlloc;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn bind_thread(&self) -> Result<()> {
+        set_current(self.ctx, &self.name)
+    }
+
+    fn create_stream(&self) -> Result<CudaStream> {
+        cu::stream::create(cu::stream::StreamKind::NonBlocking)
+            .map(CudaStream)
+            .map_err(|e| driver_error(&self.name, "cuStreamCreate", e))
+    }
+
+    fn create_event(&self) -> Result<CudaEvent> {
+        cu::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map(CudaEvent)
+            .map_err(|e| driver_error(&self.name, "cuEventCreate", e))
+    }
+
+    unsafe fn copy_async(
+        &self,
+        dst: u64,
+        src: *const u8,
+        len: usize,
+        stream: &CudaStream,
+    ) -> Result<()> {
+        // SAFETY: the caller guarantees `src` stays valid until the copy completes and `dst` is
+        // writable device memory of at least `len` bytes.
+        unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.cast::<c_void>(), len, stream.0) }
+            .result()
+            .map_err(|e| driver_error(&self.name, "cuMemcpyHtoDAsync", e))
+    }
+
+    fn record(&self, event: &CudaEvent, stream: &CudaStream) -> Result<()> {
+        // SAFETY: both handles are live and belong to this device's context.
+        unsafe { cu::event::record(event.0, stream.0) }
+            .map_err(|e| driver_error(&self.name, "cuEventRecord", e))
+    }
+
+    fn wait_event(&self, event: &CudaEvent) -> Result<()> {
+        // SAFETY: a live event handle.
+        unsafe { cu::event::synchronize(event.0) }
+            .map_err(|e| driver_error(&self.name, "cuEventSynchronize", e))
+    }
+
+    fn synchronize(&self, stream: &CudaStream) -> Result<()> {
+        // SAFETY: a live stream handle.
+        unsafe { cu::stream::synchronize(stream.0) }
+            .map_err(|e| driver_error(&self.name, "cuStreamSynchronize", e))
+    }
+
+    fn pool(&self) -> &PinnedPool<CudaHostAlloc> {
+        pinned_pool()
+    }
+}
