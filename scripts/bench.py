@@ -151,7 +151,7 @@ def child_load(loader: str, path: str) -> dict:
     elif loader == "ours-eager":
         storage, meta = read_flashpack_file(path, eager=True)
         sd = dict(iterate_from_flash_tensor(storage, meta))
-    elif loader == "ours-cuda":
+    elif loader in ("ours-cuda", "flashpack045-cuda"):
         storage, meta = read_flashpack_file(path, device="cuda")
         sd = dict(iterate_from_flash_tensor(storage, meta))
         torch.cuda.synchronize()
@@ -181,7 +181,16 @@ def child_load(loader: str, path: str) -> dict:
         "base_rss": base_rss,
         "peak_rss": _maxrss_bytes(),
         "flashpack_file": getattr(sys.modules.get("flashpack"), "__file__", None),
+        **_pool_stats(loader),
     }
+
+
+def _pool_stats(loader: str) -> dict:
+    if loader != "ours-cuda":
+        return {}
+    from flashpack.deserialization import pinned_pool_stats
+
+    return {"pinned_pool": pinned_pool_stats()}
 
 
 def child_pack(fmt: str, path: str, size_bytes: int) -> dict:
@@ -379,10 +388,15 @@ LOADERS = [
 ]
 CUDA_LOADERS = [
     ("ours-cuda", "ours", "project", {}, "ours read_flashpack_file(cuda)"),
+    ("flashpack045-cuda", "flashpack045", "oracle", {}, "flashpack 0.4.5 read_flashpack_file(cuda)"),
     ("safetensors-cuda", "safetensors", "project", {}, "safetensors load_file(cuda)"),
 ]
+# Extra environment for a format's pack child (the oracle's PYTHONPATH on the GPU machine).
+PACK_ENV: dict[str, dict] = {}
 # The flashpack 0.4.5 row each loader is compared to.
-PEER_OF = {"ours-eager": "flashpack045-parallel", "flashpack045-parallel": "flashpack045-parallel"}
+PEER_OF = {"ours-eager": "flashpack045-parallel", "flashpack045-parallel": "flashpack045-parallel",
+           "ours-cuda": "flashpack045-cuda", "flashpack045-cuda": "flashpack045-cuda",
+           "safetensors-cuda": "flashpack045-cuda"}
 EXT = {"ours": "ours.flashpack", "flashpack045": "v045.flashpack", "safetensors": "safetensors",
        "torch": "pt"}
 
@@ -436,8 +450,15 @@ def main() -> int:
     log(f"bench: {info}")
 
     oracle_py = None
+    oracle_site = os.environ.get("BENCH_ORACLE_PYTHONPATH")  # set by gpu-check.sh on a machine without a venv
     p = subprocess.run(["bash", str(REPO / "scripts/oracle-venv.sh")], capture_output=True, text=True)
-    if p.returncode == 0:
+    if oracle_site:
+        oracle_py = proj_py
+        for _, _, which, env, _ in LOADERS + CUDA_LOADERS:
+            if which == "oracle":
+                env["PYTHONPATH"] = oracle_site
+        PACK_ENV["flashpack045"] = {"PYTHONPATH": oracle_site}
+    elif p.returncode == 0:
         oracle_py = str(Path(p.stdout.strip().splitlines()[-1]) / "bin/python")
     else:
         log(f"bench: flashpack 0.4.5 unavailable (oracle-venv.sh rc={p.returncode}); its rows are skipped")
@@ -460,7 +481,7 @@ def main() -> int:
                 continue
             path.unlink(missing_ok=True)
             os.sync()
-            r = run_child(py, ["--child", "pack", fmt, str(path), str(size)])
+            r = run_child(py, ["--child", "pack", fmt, str(path), str(size)], PACK_ENV.get(fmt))
             best = results["pack"].get(fmt)
             if "error" in r or best is None or r["pack_s"] < best["pack_s"]:
                 results["pack"][fmt] = r
@@ -553,10 +574,11 @@ def main() -> int:
             continue
         gbps = payload / r["eff_s"] / 1e9
         r["gbps"] = gbps
-        c = (h2d if name.endswith("cuda") else (od if mode == "cold" else pc))
-        cname = "h2d" if name.endswith("cuda") else ("O_DIRECT" if mode == "cold" else "dd hot")
+        # Cold loads are bound by the disk, hot CUDA loads by host->device copies.
+        c = od if mode == "cold" else (h2d if name.endswith("cuda") else pc)
+        cname = "O_DIRECT" if mode == "cold" else ("h2d" if name.endswith("cuda") else "dd hot")
         peer = results["load"].get(f"{PEER_OF.get(name, 'flashpack045')}/{mode}", {})
-        vs = f"{peer['eff_s'] / r['eff_s']:.2f}x" if "eff_s" in peer and not name.endswith("cuda") else "-"
+        vs = f"{peer['eff_s'] / r['eff_s']:.2f}x" if "eff_s" in peer else "-"
         rows.append([
             f"{r['label']} [{mode}]", f"{r['eff_s']:.3f}", f"{r['load_s']:.3f}",
             f"{r['touch2_s']:.3f}", f"{gbps:.2f}",
@@ -604,6 +626,15 @@ def main() -> int:
     if "peak_rss" in e:
         targets.append(f"ours eager peak RSS over baseline: {(e['peak_rss'] - e['base_rss']) / MiB:.0f} MiB "
                        f"(target <= payload {payload / MiB:.0f} + 64 MiB)")
+    if g("ours-cuda/hot") and h2d:
+        targets.append(f"GPU hot vs pinned host->device peak: {g('ours-cuda/hot') / h2d:.2f}x (target >= 0.9x)")
+    if g("ours-cuda/hot") and g("flashpack045-cuda/hot"):
+        targets.append(f"GPU hot vs 0.4.5: {g('ours-cuda/hot') / g('flashpack045-cuda/hot'):.2f}x (target >= 2x)")
+    if g("ours-cuda/cold") and od:
+        targets.append(f"GPU cold vs O_DIRECT disk: {g('ours-cuda/cold') / od:.2f}x (target >= 0.9x)")
+    pool = results["load"].get("ours-cuda/hot", {}).get("pinned_pool")
+    if pool:
+        targets.append(f"GPU pinned staging peak: {pool['peak'] / MiB:.0f} MiB (limit {pool['limit'] / MiB:.0f} MiB)")
     ours_pack = results["pack"].get("ours", {}).get("pack_s")
     if ours_pack and p045:
         targets.append(f"pack vs 0.4.5: {p045 / ours_pack:.2f}x faster (target >= 2x)")

@@ -25,6 +25,12 @@ else
     export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/dist"
     python3 -m pip install -q --no-deps --no-compile --target /tmp/flashpack-site dist/flashpack_rs-*.whl || exit 1
     export PYTHONPATH=/tmp/flashpack-site
+    # flashpack 0.4.5 and its pure-Python needs, when carried (`make wheel` downloads them into
+    # dist/oracle), become the bench's peer through their own PYTHONPATH.
+    if ls dist/oracle/*.whl >/dev/null 2>&1 &&
+        python3 -m pip install -q --no-deps --no-compile --target /tmp/oracle-site dist/oracle/*.whl; then
+        export BENCH_ORACLE_PYTHONPATH=/tmp/oracle-site
+    fi
     PY=python3
 fi
 export PYTHONUNBUFFERED=1
