@@ -141,7 +141,7 @@ fn io_mode(io: &str) -> PyResult<IoMode> {
 /// Loads a FlashPack file: a private copy-on-write mapping (`eager=False`) or owned memory filled
 /// by `threads` reader threads (`eager=True`).
 #[pyfunction]
-#[pyo3(signature = (path, eager=false, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, huge_pages=false))]
+#[pyo3(signature = (path, eager=false, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, huge_pages=false, verify=false))]
 #[allow(clippy::too_many_arguments)]
 fn load(
     py: Python<'_>,
@@ -152,6 +152,7 @@ fn load(
     chunk_bytes: usize,
     progress: bool,
     huge_pages: bool,
+    verify: bool,
 ) -> PyResult<Payload> {
     let opts = LoadOptions {
         eager,
@@ -160,6 +161,7 @@ fn load(
         chunk_bytes,
         progress,
         huge_pages,
+        verify,
     };
     let mut loaded = py.detach(|| read::load(&path, &opts)).map_err(to_py)?;
     let ptr = loaded.payload_mut().as_mut_ptr() as usize;
@@ -195,7 +197,7 @@ impl File {
     /// `[(payload_offset, length, device_address), ...]` (addresses of memory the caller owns,
     /// e.g. torch tensors' `data_ptr()`). Returns `(phases, io)` once every copy has completed.
     /// The GIL is released throughout.
-    #[pyo3(signature = (device, regions, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false))]
+    #[pyo3(signature = (device, regions, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, verify=false))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn to_cuda<'py>(
         &self,
@@ -206,6 +208,7 @@ impl File {
         threads: usize,
         chunk_bytes: usize,
         progress: bool,
+        verify: bool,
     ) -> PyResult<(Vec<(String, f64)>, Bound<'py, PyDict>)> {
         let opts = LoadOptions {
             eager: true,
@@ -214,6 +217,7 @@ impl File {
             chunk_bytes,
             progress,
             huge_pages: false,
+            verify,
         };
         let regions = regions
             .into_iter()
@@ -266,6 +270,33 @@ fn release_pinned_pool(py: Python<'_>) -> usize {
     py.detach(cuda::release_pinned_pool)
 }
 
+/// Checks a file: footer, layout and (when it has them) every payload checksum. Returns
+/// `{"tensors", "payload_len", "chunks_checked", "algorithm"}`; a corrupt file raises ValueError
+/// naming the first tensor in the bad chunk.
+#[pyfunction]
+#[pyo3(signature = (path, io="auto", threads=0, progress=false))]
+fn verify<'py>(
+    py: Python<'py>,
+    path: std::path::PathBuf,
+    io: &str,
+    threads: usize,
+    progress: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let opts = LoadOptions {
+        io: io_mode(io)?,
+        threads,
+        progress,
+        ..Default::default()
+    };
+    let r = py.detach(|| read::verify(&path, &opts)).map_err(to_py)?;
+    let d = PyDict::new(py);
+    d.set_item("tensors", r.tensors)?;
+    d.set_item("payload_len", r.payload_len)?;
+    d.set_item("chunks_checked", r.chunks_checked)?;
+    d.set_item("algorithm", r.algorithm)?;
+    Ok(d)
+}
+
 /// Reads and validates a file's footer; returns its JSON text as stored.
 #[pyfunction]
 fn read_footer<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyBytes>> {
@@ -282,8 +313,8 @@ fn dtype_names() -> Vec<&'static str> {
 /// Packs tensors into `path`. Each entry is `(name, dtype, shape, data, tied_to)` where `data` is a
 /// C-contiguous byte buffer (or None when `tied_to` names the index of the entry it shares bytes with).
 #[pyfunction]
-#[pyo3(signature = (path, entries, align_bytes=128, largest_first=true, threads=0, progress=false))]
-#[allow(clippy::type_complexity)]
+#[pyo3(signature = (path, entries, align_bytes=128, largest_first=true, threads=0, progress=false, checksums=true))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn pack(
     py: Python<'_>,
     path: std::path::PathBuf,
@@ -298,6 +329,7 @@ fn pack(
     largest_first: bool,
     threads: usize,
     progress: bool,
+    checksums: bool,
 ) -> PyResult<Vec<(String, f64)>> {
     let mut specs = Vec::with_capacity(entries.len());
     for (name, dtype, shape, data, tied_to) in &entries {
@@ -331,6 +363,7 @@ fn pack(
         },
         threads,
         progress,
+        checksums,
         ..Default::default()
     };
     let report = py
@@ -344,6 +377,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Payload>()?;
     m.add_class::<File>()?;
     m.add_function(wrap_pyfunction!(open, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;
     m.add_function(wrap_pyfunction!(pinned_pool_stats, m)?)?;
     m.add_function(wrap_pyfunction!(set_pinned_pool_limit, m)?)?;

@@ -136,18 +136,28 @@ def _oracle_file(oracle_dir: tuple[Path, dict], spec: data.FileSpec) -> Path:
     return out / spec.filename
 
 
-@pytest.fixture(scope="session")
-def ours_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """Our package's files for every spec (errors recorded per spec, not raised)."""
-    out = tmp_path_factory.mktemp("ours_written")
+def _write_ours(out: Path, **extra: object) -> tuple[Path, dict[str, str]]:
     results: dict[str, str] = {}
     for spec in data.SPECS.values():
         try:
-            flashpack.pack_to_file(spec.state_dict(), str(out / spec.filename), None, **spec.pack_kwargs())
+            flashpack.pack_to_file(spec.state_dict(), str(out / spec.filename), None, **spec.pack_kwargs(), **extra)
             results[spec.name] = "ok"
         except Exception as e:  # reported by the spec's own test
             results[spec.name] = f"{type(e).__name__}: {e}"
     return out, results
+
+
+@pytest.fixture(scope="session")
+def ours_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """Our package's files for every spec, as written by default (with payload checksums);
+    errors are recorded per spec, not raised."""
+    return _write_ours(tmp_path_factory.mktemp("ours_written"))
+
+
+@pytest.fixture(scope="session")
+def ours_plain_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The same, written with ``checksums=False``."""
+    return _write_ours(tmp_path_factory.mktemp("ours_plain"), checksums=False)
 
 
 def _our_file(ours_dir: tuple[Path, dict[str, str]], spec: data.FileSpec) -> Path:
@@ -449,10 +459,20 @@ def test_original_reads_ours(spec_name: str, ours_dir, oracle_read_ours: dict) -
 
 
 @spec_param
-def test_ours_byte_identical_to_original(spec_name: str, oracle_dir, ours_dir) -> None:
+def test_ours_byte_identical_to_original(spec_name: str, oracle_dir, ours_dir, ours_plain_dir) -> None:
+    """Without checksums our file is the original's, byte for byte; with them (the default) the
+    only difference is the "checksums" key appended at the end of the footer."""
     spec = data.SPECS[spec_name]
     theirs = _oracle_file(oracle_dir, spec).read_bytes()
-    ours = _our_file(ours_dir, spec).read_bytes()
+    default = _our_file(ours_dir, spec).read_bytes()
+    n, footer = _footer(default)
+    meta = json.loads(footer)
+    cs = json.dumps({"checksums": meta["checksums"]}, separators=(",", ":"))
+    stripped_footer = footer[: -len(cs)] + b"}"
+    assert footer.endswith(cs[1:].encode()) and footer[-len(cs)] == ord(","), footer[-200:]
+    stripped = default[:n] + stripped_footer + struct.pack("<Q", len(stripped_footer)) + MAGIC
+    assert stripped == theirs, f"[{spec.name}] our default file differs from the original's beyond the checksums key"
+    ours = _our_file(ours_plain_dir, spec).read_bytes()
     if ours != theirs:
         pytest.fail(
             f"[{spec.name}, {spec.version}] our file differs from the ORIGINAL's "

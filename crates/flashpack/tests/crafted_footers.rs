@@ -211,7 +211,7 @@ fn original_package_files_with_extra_keys_and_no_optional_keys_load() {
             m.remove("total_payload_bytes");
             m.remove("total_elems");
             m.insert(
-                "checksums".into(),
+                "x_integrity".into(),
                 json!({"algorithm": "xxh64", "values": []}),
             );
             v["index"][0]["requires_grad"] = json!(true);
@@ -220,7 +220,8 @@ fn original_package_files_with_extra_keys_and_no_optional_keys_load() {
     );
     let l = load(&p, &LoadOptions::default()).unwrap();
     assert_eq!(l.tensor_bytes("ids").unwrap(), &v4_payload()[128..152]);
-    assert!(l.footer.extra.contains_key("checksums"));
+    assert!(l.footer.extra.contains_key("x_integrity"));
+    assert!(l.footer.checksums.is_none());
 }
 
 #[test]

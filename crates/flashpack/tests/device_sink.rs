@@ -243,7 +243,12 @@ fn make_file(dir: &Path) -> (std::path::PathBuf, FlashFile) {
         .map(|((n, dt, shape), d)| PackEntry::new(*n, *dt, shape.clone(), d))
         .collect();
     let path = dir.join("m.flashpack");
-    pack(&path, &entries, &PackOptions::default()).unwrap();
+    // Small checksum chunks, so that a verified load's error can name one tensor.
+    let opts = PackOptions {
+        chunk_bytes: 64 << 10,
+        ..Default::default()
+    };
+    pack(&path, &entries, &opts).unwrap();
     let f = FlashFile::open(&path).unwrap();
     (path, f)
 }
@@ -494,4 +499,63 @@ impl AllocLive for PinnedPool<FakeAlloc> {
     fn alloc_live(&self) -> usize {
         self.allocator().live.load(Ordering::SeqCst)
     }
+}
+
+#[test]
+fn verified_device_loads_check_every_chunk_before_copying() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, f) = make_file(dir.path());
+    let raw = file_bytes(&path);
+    let dev = FakeDevice::new(64 << 20);
+    for chunk_bytes in [4096usize, 1 << 20] {
+        let (bufs, regions) = destinations(&f);
+        let opts = LoadOptions {
+            threads: 2,
+            chunk_bytes,
+            verify: true,
+            ..Default::default()
+        };
+        load_to_device(&f, &dev, regions, &opts).unwrap();
+        for (b, buf) in f.footer.blocks.iter().zip(&bufs) {
+            assert_eq!(
+                buf[..],
+                raw[b.offset_bytes as usize..(b.offset_bytes + b.length_bytes) as usize]
+            );
+        }
+    }
+    // Corrupt one byte of block "e" (f64) on disk: the verified load fails and names it.
+    let e = f.footer.record("e").unwrap();
+    let (start, end) = f.footer.byte_range(e);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(
+            &[raw[((start + end) / 2) as usize] ^ 0xFF],
+            (start + end) / 2,
+        )
+        .unwrap();
+    }
+    let f = FlashFile::open(&path).unwrap();
+    let (_bufs, regions) = destinations(&f);
+    let opts = LoadOptions {
+        threads: 3,
+        verify: true,
+        ..Default::default()
+    };
+    let err = load_to_device(&f, &dev, regions, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("checksum mismatch") && err.contains("'e'"),
+        "{err}"
+    );
+    let st = dev.pool.stats();
+    assert_eq!(st.allocated, st.idle, "{st:?}");
+    // A pool too small for two checksum chunks cannot verify: a clear error.
+    let tiny = FakeDevice::new(64 << 10);
+    let (_bufs, regions) = destinations(&f);
+    let err = load_to_device(&f, &tiny, regions, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("checksum chunks"), "{err}");
 }

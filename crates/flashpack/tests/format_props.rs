@@ -640,15 +640,24 @@ proptest! {
     fn footer_extra_keys_round_trip(layout in layout_case(), n in 0u64..1000) {
         let mut f = layout.footer.clone();
         let mut extra = Map::new();
-        extra.insert("checksums".into(), json!({"algorithm": "xxh64", "chunk_bytes": 1 << 20, "values": [n, n + 1]}));
+        extra.insert("x_checksums".into(), json!({"algorithm": "xxh64", "chunk_bytes": 1 << 20, "values": [n, n + 1]}));
         extra.insert("zz_note".into(), json!("héllo"));
         f.extra = extra;
+        // The checksums key (ours) round-trips too, and is written last.
+        let chunk = (layout.payload_len / 8).div_ceil(4096).max(1) * 4096;
+        let count = layout.payload_len.div_ceil(chunk);
+        f.checksums = Some(flashpack::format::Checksums {
+            algorithm: "xxh3-64".into(),
+            chunk_bytes: chunk,
+            digests: (0..count).map(|i| i.wrapping_mul(n).wrapping_add(u64::MAX - n)).collect(),
+        });
         let json = f.encode();
         let text = String::from_utf8(json.clone()).unwrap();
         let base = expected_json(&layout.footer, layout.payload_len);
         // Same prefix as without extras, extras appended after "index".
         prop_assert!(text.starts_with(&base[..base.len() - 1]), "{text}");
         prop_assert!(text.contains(r#""zz_note":"héllo""#));
+        prop_assert!(text.find(r#""checksums":"#) > text.find(r#""zz_note":"#));
         let back = Footer::decode(&json, layout.payload_len).unwrap();
         prop_assert_eq!(back, f);
     }

@@ -257,6 +257,8 @@ fn every_dtype_round_trips_through_every_load_path() {
                     progress: false,
                     // Both kinds of host memory give the same bytes.
                     huge_pages: threads == 3,
+                    // Verified loads read whole checksum chunks and must give the same bytes.
+                    verify: threads == 0,
                 };
                 let l = load(&path, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert!(l.is_eager(), "{what}");
@@ -398,6 +400,7 @@ fn tiny_and_page_multiple_payloads_load_in_every_mode() {
                         chunk_bytes,
                         progress: false,
                         huge_pages: false,
+                        verify: false,
                     };
                     let l = load(&path, &opts).unwrap();
                     check_loaded(
@@ -483,7 +486,7 @@ fn extra_footer_keys_are_written_and_read_back() {
     let ts = vec![T::new(&mut rng, "w", Dtype::F32, vec![4])];
     let mut extra = serde_json::Map::new();
     extra.insert(
-        "checksums".into(),
+        "x_provenance".into(),
         json!({"algorithm": "crc32c", "chunk_bytes": 1048576, "values": [1, 2]}),
     );
     pack_ts(

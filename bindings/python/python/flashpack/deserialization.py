@@ -90,6 +90,7 @@ def read_flashpack_file(
     silent: bool = True,
     metadata: dict[str, Any] | None = None,
     eager: bool | None = None,
+    verify: bool = False,
 ) -> tuple[FlashTensorStorage, dict[str, Any]]:
     """Load a file's blocks and footer.
 
@@ -97,7 +98,9 @@ def read_flashpack_file(
     tensors work and never reach the file). ``eager=True`` (or ``FLASHPACK_CPU_PARALLEL_READ=1``)
     reads every byte into owned memory with parallel reads before returning. On CUDA each block
     becomes one device tensor, streamed through a bounded pool of pinned buffers by several
-    reader threads, each with its own stream (``eager`` does not apply). ``metadata`` is
+    reader threads, each with its own stream (``eager`` does not apply). ``verify=True`` checks
+    every chunk against the file's checksums as it is read (ValueError naming the tensor on a
+    mismatch, or when the file has no checksums). ``metadata`` is
     accepted for compatibility; the footer is always re-read and validated from the file.
     """
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
@@ -108,7 +111,7 @@ def read_flashpack_file(
     threads = env_int("FLASHPACK_READ_THREADS", 0)
     read_chunk = env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES)
     if device.type == "cuda":
-        return _read_to_cuda(os.fspath(path), device, io, threads, read_chunk, silent)
+        return _read_to_cuda(os.fspath(path), device, io, threads, read_chunk, silent, verify)
     if eager is None:
         eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
     payload = _core.load(
@@ -119,6 +122,7 @@ def read_flashpack_file(
         chunk_bytes=read_chunk,
         progress=not silent,
         huge_pages=env_flag("FLASHPACK_HUGE_PAGES"),
+        verify=verify,
     )
     print_phases(payload.phases, silent)
     with timer("make_blocks", silent):
@@ -128,7 +132,7 @@ def read_flashpack_file(
 
 
 def _read_to_cuda(
-    path: str, device: torch.device, io: str, threads: int, read_chunk: int, silent: bool
+    path: str, device: torch.device, io: str, threads: int, read_chunk: int, silent: bool, verify: bool
 ) -> tuple[FlashTensorStorage, dict[str, Any]]:
     """Stream the file's blocks into one new CUDA tensor per block, through the engine's pinned
     staging buffers (host memory never holds the whole payload)."""
@@ -148,10 +152,22 @@ def _read_to_cuda(
         # use; the engine copies on its own streams, so that work must be finished first.
         torch.cuda.current_stream(device).synchronize()
     regions = [(offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(handle.blocks, raw) if length]
-    phases, _io = handle.to_cuda(index, regions, io=io, threads=threads, chunk_bytes=read_chunk, progress=not silent)
+    phases, _io = handle.to_cuda(
+        index, regions, io=io, threads=threads, chunk_bytes=read_chunk, progress=not silent, verify=verify
+    )
     print_phases(phases, silent)
     blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(handle.blocks, raw)]
     return FlashTensorStorage(blocks=blocks), meta
+
+
+def verify_flashpack_file(path: str | os.PathLike[str], silent: bool = True) -> dict[str, Any]:
+    """Check a file without loading it: footer, layout and every payload checksum.
+
+    Returns ``{"tensors", "payload_len", "chunks_checked", "algorithm"}`` (``chunks_checked`` is 0
+    for a file written without checksums). A corrupt file raises ValueError naming the first
+    tensor in the bad chunk; an unreadable one raises OSError.
+    """
+    return dict(_core.verify(os.fspath(path), progress=not silent))
 
 
 def release_pinned_pool() -> int:
@@ -225,6 +241,7 @@ def assign_from_file(
     world_size: int | None = None,
     coerce_dtype: bool = False,
     eager: bool | None = None,
+    verify: bool = False,
 ) -> None:
     """Replace a module's parameters and buffers with tensors loaded from ``path``.
 
@@ -239,7 +256,13 @@ def assign_from_file(
     path_str = os.fspath(path)
     device = _resolve_device(device if device is not None else _default_device(model))
     storage, meta = read_flashpack_file(
-        path_str, device=device, silent=silent, num_streams=num_streams, chunk_bytes=chunk_bytes, eager=eager
+        path_str,
+        device=device,
+        silent=silent,
+        num_streams=num_streams,
+        chunk_bytes=chunk_bytes,
+        eager=eager,
+        verify=verify,
     )
     if keep_flash_ref_on_model:
         model._flash_shared_storage = storage

@@ -71,6 +71,7 @@ class FlashPackMixin:
         coerce_dtype: bool = False,
         init_fn: Callable[..., Any] | None = None,
         eager: bool | None = None,
+        verify: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Build the module (parameters on the meta device) and load its weights from ``path``.
@@ -112,6 +113,7 @@ class FlashPackMixin:
             world_size=world_size,
             coerce_dtype=coerce_dtype or cls.flashpack_coerce_dtype,
             eager=eager,
+            verify=verify,
         )
         if isinstance(model, torch.nn.Module):
             model.eval()
@@ -132,6 +134,7 @@ class FlashPackMixin:
         align_bytes: int = DEFAULT_ALIGN_BYTES,
         silent: bool = False,
         num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
+        checksums: bool = True,
     ) -> None:
         """Write this module's state dict to ``destination_path``."""
         if not isinstance(self, torch.nn.Module):
@@ -144,4 +147,5 @@ class FlashPackMixin:
             align_bytes=align_bytes,
             silent=silent,
             num_workers=num_workers,
+            checksums=checksums,
         )

@@ -45,12 +45,15 @@ def pack_to_file(
     align_bytes: int = DEFAULT_ALIGN_BYTES,
     silent: bool = True,
     num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
+    checksums: bool = True,
 ) -> None:
     """Write a state dict (or a module's) to a FlashPack file.
 
     ``target_dtype`` casts floating-point tensors only; integer, bool and complex tensors keep
     their dtype (the file then has one block per dtype). Tensors sharing storage (tied weights)
-    are stored once. ``name_order`` packs only the listed names, in that order.
+    are stored once. ``name_order`` packs only the listed names, in that order. ``checksums``
+    stores a digest per 16 MiB of payload in the footer (ignored by readers that do not know
+    it), checked by ``verify`` and by loads with ``verify=True``.
     """
     start = time.perf_counter()
     if isinstance(state_dict_or_model, torch.nn.Module):
@@ -103,6 +106,7 @@ def pack_to_file(
         largest_first=name_order is None,
         threads=threads,
         progress=not silent,
+        checksums=checksums,
     )
     print_phases([("prepare_tensors", prepare), *phases], silent)
     del keep_alive

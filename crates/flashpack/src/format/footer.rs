@@ -13,7 +13,9 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{block_alignment, element_alignment, numel, Dtype, FormatError};
+use super::{
+    block_alignment, element_alignment, numel, Checksums, ChunkMismatch, Dtype, FormatError,
+};
 
 pub const FILE_FORMAT_V3: &str = "flashpack_v3";
 pub const FILE_FORMAT_V4: &str = "flashpack_v4";
@@ -65,6 +67,8 @@ pub struct Footer {
     pub records: Vec<Record>,
     /// Keys this version does not interpret, kept so a rewrite does not lose them.
     pub extra: Map<String, Value>,
+    /// Per-chunk payload digests (the `"checksums"` key), when the file has them.
+    pub checksums: Option<Checksums>,
 }
 
 #[derive(Serialize)]
@@ -101,6 +105,8 @@ struct JsonV3<'a> {
     index: Vec<RecordV3<'a>>,
     #[serde(flatten)]
     extra: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checksums: Option<Value>,
 }
 
 #[derive(Serialize)]
@@ -113,6 +119,8 @@ struct JsonV4<'a> {
     index: Vec<RecordV4<'a>>,
     #[serde(flatten)]
     extra: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checksums: Option<Value>,
 }
 
 impl Footer {
@@ -143,6 +151,33 @@ impl Footer {
         (start, start + rec.length * size)
     }
 
+    /// Names the tensors stored in payload bytes `[start, end)`, for messages.
+    pub fn describe_range(&self, start: u64, end: u64) -> String {
+        let mut hit = self.records.iter().filter(|r| {
+            let (s, e) = self.byte_range(r);
+            s < end && start < e
+        });
+        match (hit.next(), hit.count()) {
+            (None, _) => "no tensor (padding only)".into(),
+            (Some(r), 0) => format!("tensor '{}'", r.name),
+            (Some(r), 1) => format!("tensor '{}' and 1 other", r.name),
+            (Some(r), n) => format!("tensor '{}' and {n} others", r.name),
+        }
+    }
+
+    /// The error for a chunk whose digest does not match, naming the tensors it holds.
+    pub fn checksum_error(&self, m: &ChunkMismatch, payload_len: u64) -> FormatError {
+        let (start, end) = self
+            .checksums
+            .as_ref()
+            .map_or((0, 0), |c| c.chunk_range(m.chunk, payload_len));
+        FormatError::ChecksumMismatch {
+            start,
+            end,
+            tensors: self.describe_range(start, end),
+        }
+    }
+
     fn is_v3(&self) -> bool {
         self.version == FormatVersion::V3
             && self.blocks.len() == 1
@@ -169,6 +204,7 @@ impl Footer {
                     })
                     .collect(),
                 extra: &self.extra,
+                checksums: self.checksums.as_ref().map(Checksums::to_json),
             })
         } else {
             serde_json::to_vec(&JsonV4 {
@@ -198,6 +234,7 @@ impl Footer {
                     })
                     .collect(),
                 extra: &self.extra,
+                checksums: self.checksums.as_ref().map(Checksums::to_json),
             })
         };
         // Serializing plain structs of strings and integers into a Vec cannot fail.
@@ -269,12 +306,14 @@ impl Footer {
             .enumerate()
             .map(|(i, item)| parse_record(i, item))
             .collect::<Result<Vec<_>, _>>()?;
+        let checksums = Checksums::take_from(&mut map, payload_len)?;
         let footer = Footer {
             version,
             align_bytes,
             blocks,
             records,
             extra: map,
+            checksums,
         };
         footer.validate(payload_len, total_elems, total_payload_bytes)?;
         Ok(footer)

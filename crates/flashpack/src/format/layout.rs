@@ -197,6 +197,7 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
         blocks,
         records,
         extra: Map::new(),
+        checksums: None,
     };
     Ok(Layout {
         footer,

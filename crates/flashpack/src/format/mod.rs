@@ -15,10 +15,15 @@
 //! let back = Footer::decode(&json, layout.payload_len).unwrap();
 //! assert_eq!(back, layout.footer);
 //! ```
+mod checksum;
 mod dtype;
 mod footer;
 mod layout;
 
+pub use checksum::{
+    digest, Checksums, ChunkMismatch, Hasher, CHECKSUMS_KEY, CHECKSUM_CHUNK_ALIGN,
+    DEFAULT_CHECKSUM_CHUNK, XXH3_64,
+};
 pub use dtype::Dtype;
 pub use footer::{Footer, FormatVersion, Macroblock, Record, FILE_FORMAT_V3, FILE_FORMAT_V4};
 pub use layout::{plan, Layout, Order, Placement, TensorSpec};
@@ -59,6 +64,13 @@ pub enum FormatError {
     Inconsistent(String),
     #[error("no tensors to pack")]
     Empty,
+    #[error("checksum mismatch in payload bytes {start}..{end}, which hold {tensors}: the file is corrupt")]
+    ChecksumMismatch {
+        start: u64,
+        end: u64,
+        /// The tensors stored in that range, first one first (e.g. "tensor 'w' and 2 others").
+        tensors: String,
+    },
 }
 
 impl FormatError {

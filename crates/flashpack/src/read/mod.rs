@@ -68,6 +68,9 @@ pub struct LoadOptions {
     pub progress: bool,
     /// Ask for transparent huge pages on eager host memory (see [`HostBuffer::with_pages`]).
     pub huge_pages: bool,
+    /// Check every payload chunk against the footer's checksums as it is loaded (an error if
+    /// the file has none). Reads then go in the checksum chunks' size.
+    pub verify: bool,
 }
 
 impl Default for LoadOptions {
@@ -79,6 +82,7 @@ impl Default for LoadOptions {
             chunk_bytes: DEFAULT_READ_CHUNK_BYTES,
             progress: false,
             huge_pages: false,
+            verify: false,
         }
     }
 }
@@ -158,6 +162,7 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
         ))
     })?;
 
+    let verifier = opts.verify.then(|| verifier(&f)).transpose()?;
     let memory = if !opts.eager {
         let t = Instant::now();
         // SAFETY: a private (copy-on-write) mapping: writes through it never reach the file. As with
@@ -166,6 +171,12 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
         let map = unsafe { MmapOptions::new().map_copy(&f.file) }
             .map_err(|e| Error::io(path, "mmap", e))?;
         report.phases.push(("mmap_payload", t.elapsed()));
+        if let Some(v) = &verifier {
+            let t = Instant::now();
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            verify_in_memory(path, &map[..payload_len], v, threads)?;
+            report.phases.push(("verify_checksums", t.elapsed()));
+        }
         Memory::Mapped(map)
     } else {
         let t = Instant::now();
@@ -175,7 +186,10 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
         let t = Instant::now();
         let (direct, threads) = reader_setup(&f, opts);
         report.threads = threads;
-        let chunks = plan_chunks(0, f.payload_len, opts.chunk_bytes);
+        let chunk_bytes = verifier
+            .as_ref()
+            .map_or(opts.chunk_bytes, |v| v.read_chunk(opts.chunk_bytes));
+        let chunks = plan_chunks(0, f.payload_len, chunk_bytes);
         let bar = progress_bar(opts.progress, f.payload_len, "loading");
         let src = pool::Source {
             path,
@@ -183,7 +197,14 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
             direct,
         };
         let sink = HostSink::new(buf.as_mut_slice());
-        report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref())?;
+        report.io = pool::read_chunks(
+            &src,
+            &chunks,
+            &sink,
+            report.threads,
+            bar.as_ref(),
+            verifier.as_ref(),
+        )?;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -256,10 +277,35 @@ pub fn load_to_device<D: Device>(
     let path = f.path.as_path();
     let regions = check_regions(regions, f.payload_len)
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let verifier = opts.verify.then(|| verifier(f)).transpose()?;
     let (direct, threads) = reader_setup(f, opts);
-    let (threads, chunk) = fit_staging(threads, opts.chunk_bytes, device.pool().limit())
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    let chunks = device_chunks(&regions, chunk);
+    let limit = device.pool().limit();
+    let (threads, chunk) = match &verifier {
+        // Verified reads must be whole checksum chunks: shrink the read chunk down to one
+        // checksum chunk, then the thread count.
+        Some(v) => {
+            let min = v.read_chunk(1);
+            let (threads, chunk) = fit_staging(threads, v.read_chunk(opts.chunk_bytes), limit)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            let chunk = v.read_chunk(chunk.max(min));
+            if chunk.saturating_mul(SLOTS_PER_WORKER) > limit {
+                return Err(Error::Invalid(format!(
+                    "{}: verifying needs {SLOTS_PER_WORKER} staging buffers of the file's \
+                     {min}-byte checksum chunks, over the pinned pool limit of {limit} bytes",
+                    path.display()
+                )));
+            }
+            (
+                threads
+                    .min(limit / chunk.saturating_mul(SLOTS_PER_WORKER))
+                    .max(1),
+                chunk,
+            )
+        }
+        None => fit_staging(threads, opts.chunk_bytes, limit)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?,
+    };
+    let chunks = device_chunks(&regions, chunk, verifier.is_some(), f.payload_len);
     let threads = threads.min(chunks.len()).max(1);
     let mut report = LoadReport {
         threads,
@@ -276,7 +322,14 @@ pub fn load_to_device<D: Device>(
         buffered: &f.file,
         direct,
     };
-    report.io = pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref())?;
+    report.io = pool::read_chunks(
+        &src,
+        &chunks,
+        &sink,
+        threads,
+        bar.as_ref(),
+        verifier.as_ref(),
+    )?;
     sink.finish()?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -316,11 +369,26 @@ fn fit_staging(threads: usize, chunk_bytes: usize, limit: usize) -> Result<(usiz
 }
 
 /// Chunks covering `regions` (sorted, non-overlapping): regions closer than a chunk are read as
-/// one span; each span starts on a [`DIRECT_ALIGN`] boundary so its reads can use `O_DIRECT`.
-fn device_chunks(regions: &[DeviceRegion], chunk: usize) -> Vec<Chunk> {
+/// one span; each span starts on a [`DIRECT_ALIGN`] boundary so its reads can use `O_DIRECT`, or,
+/// with `whole` (verification), on the chunk grid and ends on it (or at the payload's end).
+fn device_chunks(
+    regions: &[DeviceRegion],
+    chunk: usize,
+    whole: bool,
+    payload_len: u64,
+) -> Vec<Chunk> {
+    let grain = if whole { chunk as u64 } else { DIRECT_ALIGN };
     let mut spans: Vec<(u64, u64)> = Vec::new();
     for r in regions {
-        let (start, end) = (r.offset / DIRECT_ALIGN * DIRECT_ALIGN, r.offset + r.len);
+        let start = r.offset / grain * grain;
+        let end = if whole {
+            (r.offset + r.len)
+                .div_ceil(grain)
+                .saturating_mul(grain)
+                .min(payload_len)
+        } else {
+            r.offset + r.len
+        };
         match spans.last_mut() {
             Some(last) if start <= last.1.saturating_add(chunk as u64) => last.1 = last.1.max(end),
             _ => spans.push((start, end)),
@@ -330,4 +398,109 @@ fn device_chunks(regions: &[DeviceRegion], chunk: usize) -> Vec<Chunk> {
         .into_iter()
         .flat_map(|(s, e)| plan_chunks(s, e, chunk))
         .collect()
+}
+
+fn verifier(f: &FlashFile) -> Result<pool::Verifier<'_>> {
+    let path = f.path.display();
+    let Some(cs) = &f.footer.checksums else {
+        return Err(Error::Invalid(format!(
+            "{path}: the file has no checksums to verify (it was written without them)"
+        )));
+    };
+    if !cs.is_supported() {
+        return Err(Error::Invalid(format!(
+            "{path}: checksum algorithm {:?} is not supported by this version",
+            cs.algorithm
+        )));
+    }
+    Ok(pool::Verifier {
+        footer: &f.footer,
+        checksums: cs,
+        payload_len: f.payload_len,
+    })
+}
+
+/// Checks a payload held in memory (e.g. a mapping) chunk by chunk with `threads` threads;
+/// the first bad chunk (lowest offset among those found) is the error.
+fn verify_in_memory(
+    path: &Path,
+    payload: &[u8],
+    v: &pool::Verifier<'_>,
+    threads: usize,
+) -> Result<()> {
+    let cs = v.checksums;
+    let n = cs.digests.len();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let worst = std::sync::Mutex::new(None::<crate::format::ChunkMismatch>);
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, n.max(1)) {
+            s.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if k >= n {
+                    return;
+                }
+                let (a, b) = cs.chunk_range(k as u64, v.payload_len);
+                let bytes = payload.get(a as usize..b as usize).unwrap_or(&[]);
+                if let Err(m) = cs.check_chunk(k as u64, bytes) {
+                    let mut w = worst.lock().unwrap_or_else(|p| p.into_inner());
+                    if w.is_none_or(|old| m.chunk < old.chunk) {
+                        *w = Some(m);
+                    }
+                }
+            });
+        }
+    });
+    match worst.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(m) => Err(Error::format(
+            path,
+            v.footer.checksum_error(&m, v.payload_len),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// What [`verify`] checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub tensors: usize,
+    pub payload_len: u64,
+    /// Chunks whose digest was checked (0 when the file has no checksums).
+    pub chunks_checked: usize,
+    /// The checksum algorithm, when the file has checksums.
+    pub algorithm: Option<String>,
+}
+
+/// Checks a file without loading it anywhere: the footer and layout (as every open does), then
+/// every payload chunk against its checksum, reading with the eager reader's threads and I/O
+/// mode into small per-thread buffers. A file without checksums passes with
+/// `chunks_checked == 0`; a bad chunk is an error naming the first tensor it holds.
+pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport> {
+    let f = FlashFile::open(path.as_ref())?;
+    let mut report = VerifyReport {
+        tensors: f.footer.records.len(),
+        payload_len: f.payload_len,
+        chunks_checked: 0,
+        algorithm: f.footer.checksums.as_ref().map(|c| c.algorithm.clone()),
+    };
+    if f.footer.checksums.is_none() {
+        return Ok(report);
+    }
+    let v = verifier(&f)?;
+    let chunk = v.read_chunk(opts.chunk_bytes);
+    let (direct, threads) = reader_setup(&f, opts);
+    let chunks = plan_chunks(0, f.payload_len, chunk);
+    let threads = threads.clamp(1, chunks.len().max(1));
+    let sink = crate::sink::ScratchSink::new(threads, chunk)?;
+    let bar = progress_bar(opts.progress, f.payload_len, "verifying");
+    let src = pool::Source {
+        path: &f.path,
+        buffered: &f.file,
+        direct,
+    };
+    pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref(), Some(&v))?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    report.chunks_checked = v.checksums.digests.len();
+    Ok(report)
 }

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use indicatif::ProgressBar;
 
+use crate::format::{Checksums, Footer};
 use crate::sink::Sink;
 use crate::{Error, Result};
 
@@ -50,6 +51,47 @@ pub(crate) struct Source<'a> {
     pub direct: Option<File>,
 }
 
+/// Checks each chunk against the footer's checksums right after it is read (before a device
+/// sink copies it onward). Chunks must be exactly the checksum chunks.
+pub(crate) struct Verifier<'a> {
+    pub footer: &'a Footer,
+    pub checksums: &'a Checksums,
+    pub payload_len: u64,
+}
+
+impl Verifier<'_> {
+    /// Read chunks must start on the checksum grid and end on it (or at the payload's end);
+    /// `chunk_bytes` rounded up to a multiple of the checksum chunk gives such chunks.
+    pub fn read_chunk(&self, chunk_bytes: usize) -> usize {
+        let c = usize::try_from(self.checksums.chunk_bytes).unwrap_or(usize::MAX);
+        chunk_bytes.max(1).div_ceil(c).saturating_mul(c)
+    }
+
+    /// Checks every checksum chunk inside `bytes` (payload bytes from `offset`).
+    fn check(&self, path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
+        let cs = self.checksums;
+        let end = offset + bytes.len() as u64;
+        let on_grid = offset % cs.chunk_bytes == 0
+            && (end % cs.chunk_bytes == 0 || end == self.payload_len)
+            && end <= self.payload_len;
+        if !on_grid {
+            return Err(Error::Invalid(format!(
+                "{}: chunk {offset}+{} does not cover whole {}-byte checksum chunks",
+                path.display(),
+                bytes.len(),
+                cs.chunk_bytes
+            )));
+        }
+        match cs.first_mismatch(offset / cs.chunk_bytes, bytes) {
+            None => Ok(()),
+            Some(m) => Err(Error::format(
+                path,
+                self.footer.checksum_error(&m, self.payload_len),
+            )),
+        }
+    }
+}
+
 /// Bytes moved each way, for reports and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoCounts {
@@ -64,6 +106,7 @@ pub(crate) fn read_chunks(
     sink: &dyn Sink,
     threads: usize,
     bar: Option<&ProgressBar>,
+    verify: Option<&Verifier<'_>>,
 ) -> Result<IoCounts> {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
@@ -84,8 +127,9 @@ pub(crate) fn read_chunks(
                 }
                 let c = chunks[i];
                 let mut io_error = None;
-                // Keep the original I/O error (with its OS code) for the report; the sink only
-                // needs to know that the fill failed.
+                let mut bad_data = None;
+                // Keep the original I/O error (with its OS code) or checksum error for the
+                // report; the sink only needs to know that the fill failed.
                 let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
                     read_one(src, direct_ok, c.offset, dst, direct_bytes, buffered_bytes).map_err(
                         |e| {
@@ -93,13 +137,21 @@ pub(crate) fn read_chunks(
                             io_error = Some(e);
                             marker
                         },
-                    )
+                    )?;
+                    if let Some(v) = verify {
+                        v.check(src.path, c.offset, dst).map_err(|e| {
+                            bad_data = Some(e);
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk")
+                        })?;
+                    }
+                    Ok(())
                 };
                 let result = sink.write_chunk(worker, c.offset, c.len, &mut fill);
                 if let Err(e) = result {
-                    let e = match io_error {
-                        Some(io) => Error::io(src.path, "read", io),
-                        None => e,
+                    let e = match (io_error, bad_data) {
+                        (Some(io), _) => Error::io(src.path, "read", io),
+                        (None, Some(bad)) => bad,
+                        (None, None) => e,
                     };
                     stop.store(true, Ordering::Relaxed);
                     if let Ok(mut slot) = first_error.lock() {

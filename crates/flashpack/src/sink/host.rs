@@ -119,3 +119,32 @@ fn populate(dst: &mut [u8]) {
 
 #[cfg(not(target_os = "linux"))]
 fn populate(_dst: &mut [u8]) {}
+
+/// A [`Sink`] that only looks at the bytes: each reader thread fills its own page-aligned scratch
+/// buffer (reused chunk after chunk), e.g. for verifying a file without loading it.
+pub struct ScratchSink {
+    bufs: Vec<std::sync::Mutex<HostBuffer>>,
+}
+
+impl ScratchSink {
+    /// Scratch for `workers` threads, `chunk` bytes each.
+    pub fn new(workers: usize, chunk: usize) -> Result<Self> {
+        let bufs = (0..workers.max(1))
+            .map(|_| HostBuffer::new(chunk).map(std::sync::Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ScratchSink { bufs })
+    }
+}
+
+impl Sink for ScratchSink {
+    fn write_chunk(&self, worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> Result<()> {
+        let slot = self.bufs.get(worker).ok_or_else(|| {
+            Error::Invalid(format!("reader thread {worker} has no scratch buffer"))
+        })?;
+        let mut buf = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let dst = buf.as_mut_slice().get_mut(..len).ok_or_else(|| {
+            Error::Invalid(format!("chunk of {len} bytes exceeds the scratch buffer"))
+        })?;
+        fill(dst).map_err(|e| Error::Invalid(format!("reading chunk at {offset}: {e}")))
+    }
+}

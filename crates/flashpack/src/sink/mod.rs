@@ -22,7 +22,7 @@ pub use device::{
     check_regions, Device, DeviceRegion, DeviceSink, HostAllocator, PinnedBuf, PinnedPool,
     PoolStats, DEFAULT_PINNED_LIMIT, SLOTS_PER_WORKER,
 };
-pub use host::{HostBuffer, HostSink};
+pub use host::{HostBuffer, HostSink, ScratchSink};
 
 /// Reads a chunk's file bytes into the slice it is given.
 pub type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> std::io::Result<()>;

@@ -17,10 +17,13 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::format::{plan, Footer, FormatError, Order, TensorSpec, DEFAULT_ALIGN_BYTES, MAGIC};
+use crate::format::{
+    plan, Checksums, Footer, FormatError, Hasher, Order, Placement, TensorSpec, CHECKSUMS_KEY,
+    CHECKSUM_CHUNK_ALIGN, DEFAULT_ALIGN_BYTES, DEFAULT_CHECKSUM_CHUNK, MAGIC, XXH3_64,
+};
 use crate::{Dtype, Error, Result};
 
 use crate::progress::progress_bar;
@@ -34,10 +37,8 @@ const RESERVED_KEYS: &[&str] = &[
     "total_payload_bytes",
     "macroblocks",
     "index",
+    CHECKSUMS_KEY,
 ];
-
-/// Largest single positioned write; keeps threads balanced on big tensors.
-const WRITE_PIECE: usize = 16 << 20;
 
 /// One tensor to pack: its spec and its bytes (contiguous, little-endian, in the stored dtype).
 #[derive(Clone, Debug)]
@@ -67,6 +68,10 @@ pub struct PackOptions {
     pub progress: bool,
     /// Extra footer keys to write (e.g. for extensions); must not collide with the format's keys.
     pub extra: serde_json::Map<String, serde_json::Value>,
+    /// Write per-chunk payload checksums (the `"checksums"` footer key), computed while writing.
+    pub checksums: bool,
+    /// Payload bytes per checksum (a multiple of 4096); also the unit each writer thread takes.
+    pub chunk_bytes: u64,
 }
 
 impl Default for PackOptions {
@@ -77,6 +82,8 @@ impl Default for PackOptions {
             threads: 0,
             progress: false,
             extra: serde_json::Map::new(),
+            checksums: true,
+            chunk_bytes: DEFAULT_CHECKSUM_CHUNK,
         }
     }
 }
@@ -125,8 +132,14 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
             dest.display()
         )));
     }
+    if opts.chunk_bytes == 0 || opts.chunk_bytes % CHECKSUM_CHUNK_ALIGN != 0 {
+        return Err(Error::Invalid(format!(
+            "{}: chunk_bytes {} is not a positive multiple of {CHECKSUM_CHUNK_ALIGN}",
+            dest.display(),
+            opts.chunk_bytes
+        )));
+    }
     layout.footer.extra = opts.extra.clone();
-    let json = layout.footer.encode();
     phases.push(("build_index", t.elapsed()));
 
     let t = Instant::now();
@@ -146,7 +159,7 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
     phases.push(("create_file", t.elapsed()));
 
     let t = Instant::now();
-    write_payload(
+    let digests = write_payload(
         file,
         tmp.path(),
         entries,
@@ -154,10 +167,15 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
         layout.payload_len,
         opts,
     )?;
+    layout.footer.checksums = digests.map(|digests| Checksums {
+        algorithm: XXH3_64.into(),
+        chunk_bytes: opts.chunk_bytes,
+        digests,
+    });
     phases.push(("write_payload", t.elapsed()));
 
     let t = Instant::now();
-    let mut trailer = json;
+    let mut trailer = layout.footer.encode();
     let json_len = trailer.len() as u64;
     trailer.extend_from_slice(&json_len.to_le_bytes());
     trailer.extend_from_slice(MAGIC);
@@ -207,49 +225,78 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
 #[cfg(not(target_os = "linux"))]
 fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
 
+/// Writes every tensor's bytes at its placement, one payload chunk per job (so threads share
+/// big tensors evenly), and returns each chunk's digest when checksums are on. A chunk's digest
+/// covers its bytes in order, zero padding included, hashed from the same memory that is written.
 fn write_payload(
     file: &File,
     tmp_path: &Path,
     entries: &[PackEntry<'_>],
-    placements: &[crate::format::Placement],
+    placements: &[Placement],
     payload_len: u64,
     opts: &PackOptions,
-) -> Result<()> {
-    // Split every tensor into pieces so threads share big tensors evenly.
-    let mut pieces: Vec<(u64, &[u8])> = Vec::new();
-    for p in placements {
-        let data = entries[p.spec].data;
-        for (k, piece) in data.chunks(WRITE_PIECE).enumerate() {
-            pieces.push((p.byte_offset + (k * WRITE_PIECE) as u64, piece));
-        }
-    }
+) -> Result<Option<Vec<u64>>> {
+    // Non-empty, non-tied tensors by payload offset: tied records share another's bytes.
+    let mut segments: Vec<(u64, &[u8])> = placements
+        .iter()
+        .filter(|p| p.nbytes > 0 && entries[p.spec].spec.tied_to.is_none())
+        .map(|p| (p.byte_offset, entries[p.spec].data))
+        .collect();
+    segments.sort_by_key(|s| s.0);
+    let step = opts.chunk_bytes;
+    let jobs = usize::try_from(Checksums::chunk_count(payload_len, step))
+        .map_err(|_| Error::Invalid(format!("{}: payload too large", tmp_path.display())))?;
     let threads = match opts.threads {
         0 => std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .min(8),
         n => n,
     }
-    .min(pieces.len().max(1));
+    .clamp(1, jobs.max(1));
+    let digests: Vec<AtomicU64> = (0..if opts.checksums { jobs } else { 0 })
+        .map(|_| AtomicU64::new(0))
+        .collect();
     let bar = progress_bar(opts.progress, payload_len, "packing");
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
+    let write_job = |k: usize| -> std::io::Result<()> {
+        let start = k as u64 * step;
+        let end = (start + step).min(payload_len);
+        let mut hasher = opts.checksums.then(Hasher::default);
+        let mut pos = start;
+        let first = segments.partition_point(|(off, d)| off + d.len() as u64 <= start);
+        for &(off, data) in segments[first..].iter().take_while(|(off, _)| *off < end) {
+            let (s, e) = (off.max(start), (off + data.len() as u64).min(end));
+            let piece = &data[(s - off) as usize..(e - off) as usize];
+            file.write_all_at(piece, s)?;
+            if let Some(h) = hasher.as_mut() {
+                h.update_zeros(s.saturating_sub(pos));
+                h.update(piece);
+            }
+            pos = e;
+        }
+        if let Some(h) = hasher.as_mut() {
+            h.update_zeros(end.saturating_sub(pos));
+            digests[k].store(h.finish(), Ordering::Relaxed);
+        }
+        start_writeback(file, start, (end - start) as usize);
+        if let Some(b) = &bar {
+            b.inc(end - start);
+        }
+        Ok(())
+    };
     let errors: Vec<Option<std::io::Error>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| -> Option<std::io::Error> {
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= pieces.len() || failed.load(Ordering::Relaxed) {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        if k >= jobs || failed.load(Ordering::Relaxed) {
                             return None;
                         }
-                        let (off, bytes) = pieces[i];
-                        if let Err(e) = file.write_all_at(bytes, off) {
+                        if let Err(e) = write_job(k) {
                             failed.store(true, Ordering::Relaxed);
                             return Some(e);
-                        }
-                        start_writeback(file, off, bytes.len());
-                        if let Some(b) = &bar {
-                            b.inc(bytes.len() as u64);
                         }
                     }
                 })
@@ -268,6 +315,8 @@ fn write_payload(
     }
     match errors.into_iter().flatten().next() {
         Some(e) => Err(Error::io(tmp_path, "write payload", e)),
-        None => Ok(()),
+        None => Ok(opts
+            .checksums
+            .then(|| digests.into_iter().map(AtomicU64::into_inner).collect())),
     }
 }
