@@ -151,6 +151,14 @@ def child_load(loader: str, path: str) -> dict:
     elif loader == "ours-eager":
         storage, meta = read_flashpack_file(path, eager=True)
         sd = dict(iterate_from_flash_tensor(storage, meta))
+    elif loader == "ours-eager-verify":
+        storage, meta = read_flashpack_file(path, eager=True, verify=True)
+        sd = dict(iterate_from_flash_tensor(storage, meta))
+    elif loader == "ours-verify":
+        from flashpack.deserialization import verify_flashpack_file
+
+        verify_flashpack_file(path)
+        sd = {}
     elif loader in ("ours-cuda", "flashpack045-cuda"):
         storage, meta = read_flashpack_file(path, device="cuda")
         sd = dict(iterate_from_flash_tensor(storage, meta))
@@ -198,13 +206,15 @@ def child_pack(fmt: str, path: str, size_bytes: int) -> dict:
 
     torch.set_num_threads(os.cpu_count() or 1)
     sd = make_state_dict(size_bytes)
-    if fmt.startswith("flashpack") or fmt == "ours":
+    if fmt.startswith("flashpack") or fmt.startswith("ours"):
         from flashpack import pack_to_file
     elif fmt == "safetensors":
         from safetensors.torch import save_file
     t0 = time.perf_counter()
     if fmt in ("ours", "flashpack045"):
         pack_to_file(sd, path, None)
+    elif fmt == "ours-nocs":
+        pack_to_file(sd, path, None, checksums=False)
     elif fmt == "safetensors":
         save_file(sd, path)
     elif fmt == "torch":
@@ -380,6 +390,8 @@ LOADERS = [
     # name, format file, which python, env, label
     ("ours-lazy", "ours", "project", {}, "ours revert_from_file (lazy)"),
     ("ours-eager", "ours", "project", {}, "ours read_flashpack_file(eager=True)"),
+    ("ours-eager-verify", "ours", "project", {}, "ours eager + verify=True"),
+    ("ours-verify", "ours", "project", {}, "ours verify_flashpack_file (no load)"),
     ("flashpack045", "flashpack045", "oracle", {}, "flashpack 0.4.5 revert_from_file"),
     ("flashpack045-parallel", "flashpack045", "oracle", {"FLASHPACK_CPU_PARALLEL_READ": "1"},
      "flashpack 0.4.5 + CPU_PARALLEL_READ=1"),
@@ -394,10 +406,11 @@ CUDA_LOADERS = [
 # Extra environment for a format's pack child (the oracle's PYTHONPATH on the GPU machine).
 PACK_ENV: dict[str, dict] = {}
 # The flashpack 0.4.5 row each loader is compared to.
-PEER_OF = {"ours-eager": "flashpack045-parallel", "flashpack045-parallel": "flashpack045-parallel",
+PEER_OF = {"ours-eager": "flashpack045-parallel", "ours-eager-verify": "flashpack045-parallel", "flashpack045-parallel": "flashpack045-parallel",
            "ours-cuda": "flashpack045-cuda", "flashpack045-cuda": "flashpack045-cuda",
            "safetensors-cuda": "flashpack045-cuda"}
-EXT = {"ours": "ours.flashpack", "flashpack045": "v045.flashpack", "safetensors": "safetensors",
+EXT = {"ours": "ours.flashpack", "ours-nocs": "nocs.flashpack", "flashpack045": "v045.flashpack",
+       "safetensors": "safetensors",
        "torch": "pt"}
 
 
@@ -554,7 +567,8 @@ def main() -> int:
                 f"resident_before={best['resident_before']}" if "eff_s" in best else str(best)))
 
     # Same bytes everywhere?
-    sums = {k: v["checksum"] for k, v in results["load"].items() if "checksum" in v}
+    sums = {k: v["checksum"] for k, v in results["load"].items()
+            if "checksum" in v and not k.startswith("ours-verify/")}
     results["checks"]["checksums_agree"] = len(set(sums.values())) <= 1
     if not results["checks"]["checksums_agree"]:
         log(f"WARNING: loaders disagree on the bytes: {sums}")
@@ -636,6 +650,14 @@ def main() -> int:
     if pool:
         targets.append(f"GPU pinned staging peak: {pool['peak'] / MiB:.0f} MiB (limit {pool['limit'] / MiB:.0f} MiB)")
     ours_pack = results["pack"].get("ours", {}).get("pack_s")
+    nocs = results["pack"].get("ours-nocs", {}).get("pack_s")
+    if ours_pack and nocs:
+        targets.append(f"pack cost of checksums: {ours_pack / nocs:.2f}x the time without (target: no measurable cost)")
+    if g("ours-eager-verify/hot") and g("ours-eager/hot"):
+        targets.append(f"verify=True eager hot: {g('ours-eager-verify/hot'):.2f} GB/s, "
+                       f"{g('ours-eager/hot') / g('ours-eager-verify/hot'):.2f}x the time of a plain eager load")
+    if g("ours-verify/hot") and g("ours-verify/cold"):
+        targets.append(f"verify_flashpack_file: {g('ours-verify/hot'):.2f} GB/s hot, {g('ours-verify/cold'):.2f} GB/s cold")
     if ours_pack and p045:
         targets.append(f"pack vs 0.4.5: {p045 / ours_pack:.2f}x faster (target >= 2x)")
     if ours_pack and pst:
