@@ -43,6 +43,7 @@ test: lint test-rust test-python
 # Side-by-side load/pack benchmark against the peers and the machine's ceilings (BENCHMARKS.md).
 bench: build
 	$(PY) scripts/bench.py $(BENCH_ARGS)
+	$(PY) scripts/bench_hf.py --out $${OUT:-.bench}/hf --work .bench/hf-models $(BENCH_HF_ARGS)
 
 # A wheel to carry to a machine without a Rust toolchain (the GPU machine): dist/*.whl.
 wheel: $(DEPS)

@@ -10,9 +10,12 @@ from .deserialization import (
     get_flashpack_file_metadata,
     is_flashpack_file,
     iterate_from_flash_tensor,
+    pinned_pool_stats,
     read_flashpack_file,
+    release_pinned_pool,
     revert_from_file,
 )
+from .integrations import patch_integrations
 from .mixin import FlashPackMixin
 from .serialization import pack_to_file
 
@@ -24,8 +27,11 @@ __all__ = [
     "get_flashpack_file_metadata",
     "is_flashpack_file",
     "iterate_from_flash_tensor",
+    "patch_integrations",
     "pack_to_file",
+    "pinned_pool_stats",
     "read_flashpack_file",
+    "release_pinned_pool",
     "revert_from_file",
     "__version__",
     "version",

@@ -1,0 +1,112 @@
+"""``AutoFlashPackModel``: load any diffusers or transformers model folder, picking the class from
+its config, and give back that class with the matching FlashPack mixin added."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import diffusers
+from diffusers import ModelMixin
+
+from .._common import HUB_KWARGS, OBSOLETE_HUB_KWARGS, flashpack_subclass, resolve_model_dir, split_kwargs
+from .model import FlashPackDiffusersModelMixin
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise OSError(f"{path}: cannot read the model config: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def _transformers_class(config: dict[str, Any], where: Path) -> type:
+    import transformers
+
+    from ..transformers import FlashPackTransformersModelMixin
+
+    for name in config.get("architectures") or []:
+        cls = getattr(transformers, name.removeprefix("FlashPack"), None)
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return flashpack_subclass(cls, FlashPackTransformersModelMixin)
+    auto_config = transformers.AutoConfig.for_model(**config)
+    try:
+        cls = transformers.MODEL_MAPPING[type(auto_config)]
+    except KeyError:
+        raise ValueError(f"{where}: transformers has no model class for model_type {config['model_type']!r}") from None
+    return flashpack_subclass(cls, FlashPackTransformersModelMixin)
+
+
+def _library_class(library: str, class_name: str, where: Path) -> type:
+    if library == "transformers":
+        import transformers
+
+        from ..transformers import FlashPackTransformersModelMixin
+
+        cls = getattr(transformers, class_name.removeprefix("FlashPack"), None)
+        if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
+            return flashpack_subclass(cls, FlashPackTransformersModelMixin)
+    else:
+        module = diffusers if library == "diffusers" else importlib.import_module(library)
+        cls = getattr(module, class_name, None) or getattr(module, class_name.removeprefix("FlashPack"), None)
+        if isinstance(cls, type) and issubclass(cls, ModelMixin):
+            return flashpack_subclass(cls, FlashPackDiffusersModelMixin)
+    raise ValueError(f"{where}: {library}.{class_name} is not a diffusers or transformers model class")
+
+
+def model_class_for(folder: Path, subfolder: str | None) -> type:
+    """The FlashPack model class for a model folder: from ``model_index.json`` (for a pipeline
+    component) or from the component's ``config.json`` (``_class_name`` or ``model_type``)."""
+    index = folder / "model_index.json"
+    if subfolder and index.is_file():
+        entry = _read_json(index).get(subfolder)
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] is not None:
+            return _library_class(entry[0], entry[1], index)
+    config_path = folder / subfolder / "config.json" if subfolder else folder / "config.json"
+    config = _read_json(config_path)
+    if "_class_name" in config:
+        return _library_class("diffusers", config["_class_name"], config_path)
+    if "model_type" in config:
+        return _transformers_class(config, config_path)
+    raise ValueError(f"{config_path}: names neither a diffusers class (_class_name) nor a transformers model_type")
+
+
+class AutoFlashPackModel:
+    """``AutoFlashPackModel.from_pretrained_flashpack(folder_or_repo_id, subfolder=...)`` loads a
+    folder written by ``save_pretrained_flashpack``; ``from_pretrained`` loads ordinary weights
+    with the library's own loader. Either way the model's class has the FlashPack mixin, so it
+    can be saved with ``save_pretrained_flashpack``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise OSError(
+            "AutoFlashPackModel is not instantiated: use AutoFlashPackModel.from_pretrained(...) "
+            "or AutoFlashPackModel.from_pretrained_flashpack(...)"
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_or_path: str | os.PathLike[str],
+        *,
+        subfolder: str | None = None,
+        use_flashpack: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        hub = split_kwargs(kwargs, HUB_KWARGS + OBSOLETE_HUB_KWARGS)
+        folder = resolve_model_dir(pretrained_model_or_path, subfolder=subfolder, **hub)
+        model_cls = model_class_for(folder, subfolder)
+        if use_flashpack:
+            return model_cls.from_pretrained_flashpack(folder, subfolder=subfolder, **kwargs)
+        if subfolder:
+            kwargs["subfolder"] = subfolder
+        return model_cls.from_pretrained(os.fspath(folder), **kwargs)
+
+    @classmethod
+    def from_pretrained_flashpack(cls, pretrained_model_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        return cls.from_pretrained(pretrained_model_or_path, use_flashpack=True, **kwargs)

@@ -1,0 +1,174 @@
+"""``FlashPackDiffusersModelMixin``: ``save_pretrained_flashpack`` / ``from_pretrained_flashpack``
+for diffusers models, behaving like the library's ``save_pretrained`` / ``from_pretrained``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import ModelMixin
+
+from ...constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
+from ...mixin import FlashPackMixin
+from ...serialization import pack_to_file
+from ...utils import filter_state_dict
+from .._common import (
+    ASSIGN_KWARGS,
+    FLASHPACK_WEIGHTS_NAME,
+    HUB_KWARGS,
+    OBSOLETE_HUB_KWARGS,
+    build_dtype,
+    build_on_meta,
+    flashpack_path,
+    library_class,
+    load_into_model,
+    push_folder,
+    requested_dtype,
+    resolve_model_dir,
+    rewrite_json,
+    split_kwargs,
+)
+
+
+def save_diffusers_model(
+    model: ModelMixin,
+    save_directory: str | os.PathLike[str],
+    *,
+    is_main_process: bool = True,
+    push_to_hub: bool = False,
+    target_dtype: torch.dtype | None = None,
+    align_bytes: int = DEFAULT_ALIGN_BYTES,
+    silent: bool = True,
+    num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | bool | None = None,
+    repo_id: str | None = None,
+    private: bool | None = None,
+    ignore_names: list[str] | None = None,
+    ignore_prefixes: list[str] | None = None,
+    ignore_suffixes: list[str] | None = None,
+) -> None:
+    """Write ``config.json`` plus ``model.flashpack`` into ``save_directory``, for any diffusers
+    model. The config names the diffusers class (``UNet2DModel``, not a ``FlashPack`` subclass),
+    so diffusers itself can read the folder (``from_pretrained(..., use_flashpack=True)``)."""
+    folder = Path(save_directory)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: cannot save a model there, it is a file")
+    if not is_main_process:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_config(folder)
+    base = library_class(type(model), diffusers, ModelMixin)
+    if base is not None and base is not type(model):
+        rewrite_json(folder / model.config_name, lambda cfg: cfg.update(_class_name=base.__name__))
+    state_dict = filter_state_dict(model.state_dict(), ignore_names, ignore_prefixes, ignore_suffixes)
+    pack_to_file(
+        state_dict,
+        folder / FLASHPACK_WEIGHTS_NAME,
+        target_dtype,
+        align_bytes=align_bytes,
+        silent=silent,
+        num_workers=num_workers,
+    )
+    if push_to_hub:
+        push_folder(
+            folder,
+            repo_id,
+            token=token,
+            private=private,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            library_name="diffusers",
+        )
+
+
+def load_diffusers_model(
+    cls: type[ModelMixin],
+    pretrained_model_name_or_path: str | os.PathLike[str],
+    device: str | torch.device | None,
+    subfolder: str | None,
+    kwargs: dict[str, Any],
+) -> Any:
+    """Build ``cls`` from the folder's config (parameters on meta) and fill it from ``model.flashpack``."""
+    hub = split_kwargs(kwargs, HUB_KWARGS + OBSOLETE_HUB_KWARGS)
+    assign = split_kwargs(kwargs, ASSIGN_KWARGS)
+    assign.setdefault("silent", True)
+    dtype = kwargs.pop("torch_dtype", None)
+    dtype = kwargs.pop("dtype", None) or dtype
+    folder = resolve_model_dir(pretrained_model_name_or_path, subfolder=subfolder, **hub)
+    path = flashpack_path(folder, subfolder)
+    config = cls.load_config(path.parent)
+    model = build_on_meta(lambda: cls.from_config(config, **kwargs), build_dtype(path))
+    return load_into_model(model, path, device=device, dtype=requested_dtype(dtype), **assign)
+
+
+class FlashPackDiffusersModelMixin(ModelMixin, FlashPackMixin):
+    """Mix into a diffusers model class: ``class FlashPackUNet2DModel(UNet2DModel,
+    FlashPackDiffusersModelMixin)``."""
+
+    flashpack_init_method: str | None = "from_config"
+
+    def save_pretrained_flashpack(
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        is_main_process: bool = True,
+        push_to_hub: bool = False,
+        target_dtype: torch.dtype | None = None,
+        align_bytes: int = DEFAULT_ALIGN_BYTES,
+        silent: bool = True,
+        num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        token: str | bool | None = None,
+        repo_id: str | None = None,
+        private: bool | None = None,
+        ignore_names: list[str] | None = None,
+        ignore_prefixes: list[str] | None = None,
+        ignore_suffixes: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Save the config and the weights (``model.flashpack``) to ``save_directory``;
+        ``target_dtype`` casts floating-point weights; ``push_to_hub`` uploads the folder."""
+        del kwargs  # accepted for signature compatibility with save_pretrained
+        save_diffusers_model(
+            self,
+            save_directory,
+            is_main_process=is_main_process,
+            push_to_hub=push_to_hub,
+            target_dtype=target_dtype,
+            align_bytes=align_bytes,
+            silent=silent,
+            num_workers=num_workers,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            token=token,
+            repo_id=repo_id,
+            private=private,
+            ignore_names=ignore_names,
+            ignore_prefixes=ignore_prefixes,
+            ignore_suffixes=ignore_suffixes,
+        )
+
+    @classmethod
+    def from_pretrained_flashpack(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        *,
+        subfolder: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Load a model saved with ``save_pretrained_flashpack`` from a directory or a Hub id.
+
+        Builds the model from its config with parameters on the meta device and assigns the
+        file's tensors (on ``device``: CPU by default, CUDA when asked); returns it in eval mode.
+        ``torch_dtype`` casts after loading; hub arguments (``revision``, ``cache_dir``,
+        ``token``, ``local_files_only``, ...) and those of ``assign_from_file`` (``strict``,
+        ``ignore_*``, ``eager``, ...) are accepted; the rest override config values.
+        """
+        return load_diffusers_model(cls, pretrained_model_name_or_path, device, subfolder, kwargs)

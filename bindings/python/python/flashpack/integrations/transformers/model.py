@@ -1,0 +1,208 @@
+"""``FlashPackTransformersModelMixin``: ``save_pretrained_flashpack`` / ``from_pretrained_flashpack``
+for transformers models, behaving like the library's ``save_pretrained`` / ``from_pretrained``."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import transformers
+from transformers import AutoConfig, GenerationConfig, PreTrainedConfig, PreTrainedModel
+
+from ...constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
+from ...mixin import FlashPackMixin
+from ...serialization import pack_to_file
+from ...utils import filter_state_dict
+from .._common import (
+    ASSIGN_KWARGS,
+    FLASHPACK_WEIGHTS_NAME,
+    HUB_KWARGS,
+    OBSOLETE_HUB_KWARGS,
+    build_dtype,
+    build_on_meta,
+    flashpack_path,
+    library_class,
+    load_into_model,
+    push_folder,
+    requested_dtype,
+    resolve_model_dir,
+    split_kwargs,
+)
+
+ModelT = TypeVar("ModelT", bound=PreTrainedModel)
+
+
+def save_transformers_model(
+    model: PreTrainedModel,
+    save_directory: str | os.PathLike[str],
+    *,
+    is_main_process: bool = True,
+    push_to_hub: bool = False,
+    target_dtype: torch.dtype | None = None,
+    align_bytes: int = DEFAULT_ALIGN_BYTES,
+    silent: bool = True,
+    num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | bool | None = None,
+    repo_id: str | None = None,
+    private: bool | None = None,
+    ignore_names: list[str] | None = None,
+    ignore_prefixes: list[str] | None = None,
+    ignore_suffixes: list[str] | None = None,
+) -> None:
+    """Write ``config.json`` (and ``generation_config.json`` for generative models) plus
+    ``model.flashpack`` into ``save_directory``, for any transformers model."""
+    folder = Path(save_directory)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: cannot save a model there, it is a file")
+    if not is_main_process:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(model.config)
+    base = library_class(type(model), transformers, PreTrainedModel) or type(model)
+    config.architectures = [base.__name__]
+    config.dtype = target_dtype if target_dtype is not None else model.dtype
+    config.save_pretrained(folder)
+    generation_config = getattr(model, "generation_config", None)
+    if model.can_generate() and generation_config is not None:
+        generation_config.save_pretrained(folder)
+    state_dict = filter_state_dict(model.state_dict(), ignore_names, ignore_prefixes, ignore_suffixes)
+    pack_to_file(
+        state_dict,
+        folder / FLASHPACK_WEIGHTS_NAME,
+        target_dtype,
+        align_bytes=align_bytes,
+        silent=silent,
+        num_workers=num_workers,
+    )
+    if push_to_hub:
+        push_folder(
+            folder,
+            repo_id,
+            token=token,
+            private=private,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            library_name="transformers",
+        )
+
+
+def load_transformers_model(
+    build: Callable[[], ModelT],
+    config: PreTrainedConfig,
+    path: Path,
+    *,
+    device: str | torch.device | None,
+    dtype: torch.dtype | str | None,
+    assign_kwargs: dict[str, Any],
+) -> ModelT:
+    """Construct with ``build`` (parameters on meta, floats in the file's dtype), fill from
+    ``path``, load the generation config beside it, cast to ``dtype`` if one was asked for."""
+    cast_to = requested_dtype(dtype)
+    config.dtype = build_dtype(path)
+    model = build_on_meta(build, config.dtype)
+    load_into_model(model, path, device=device, dtype=cast_to, **assign_kwargs)
+    if cast_to is not None:
+        model.config.dtype = cast_to
+    if model.can_generate() and (path.parent / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(path.parent)
+    return model
+
+
+def pop_loading_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Split ``from_pretrained_flashpack`` kwargs into (hub, assign, dtype); the rest stays."""
+    hub = split_kwargs(kwargs, HUB_KWARGS + OBSOLETE_HUB_KWARGS)
+    assign = split_kwargs(kwargs, ASSIGN_KWARGS)
+    assign.setdefault("silent", True)
+    dtype = kwargs.pop("dtype", None)
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    return hub, assign, dtype if dtype is not None else torch_dtype
+
+
+class FlashPackTransformersModelMixin(PreTrainedModel, FlashPackMixin):
+    """Mix into a transformers model class: ``class FlashPackBertModel(BertModel,
+    FlashPackTransformersModelMixin)``."""
+
+    flashpack_init_method: str | None = "from_config"
+
+    def save_pretrained_flashpack(
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        is_main_process: bool = True,
+        push_to_hub: bool = False,
+        target_dtype: torch.dtype | None = None,
+        align_bytes: int = DEFAULT_ALIGN_BYTES,
+        silent: bool = True,
+        num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        token: str | bool | None = None,
+        repo_id: str | None = None,
+        private: bool | None = None,
+        ignore_names: list[str] | None = None,
+        ignore_prefixes: list[str] | None = None,
+        ignore_suffixes: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Save the config and the weights (``model.flashpack``) to ``save_directory``;
+        ``target_dtype`` casts floating-point weights; ``push_to_hub`` uploads the folder."""
+        del kwargs  # accepted for signature compatibility with save_pretrained
+        save_transformers_model(
+            self,
+            save_directory,
+            is_main_process=is_main_process,
+            push_to_hub=push_to_hub,
+            target_dtype=target_dtype,
+            align_bytes=align_bytes,
+            silent=silent,
+            num_workers=num_workers,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            token=token,
+            repo_id=repo_id,
+            private=private,
+            ignore_names=ignore_names,
+            ignore_prefixes=ignore_prefixes,
+            ignore_suffixes=ignore_suffixes,
+        )
+
+    @classmethod
+    def from_pretrained_flashpack(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        device: str | torch.device | None = None,
+        *model_args: Any,
+        config: PreTrainedConfig | None = None,
+        subfolder: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Load a model saved with ``save_pretrained_flashpack`` from a directory or a Hub id.
+
+        Builds the model from its config with parameters on the meta device, assigns the file's
+        tensors (on ``device``: CPU by default, CUDA when asked), keeps tied weights tied,
+        initialises non-persistent buffers as the model's ``__init__`` does, returns it in eval mode.
+        ``dtype``/``torch_dtype`` casts after loading; other keyword arguments of
+        ``assign_from_file`` (``strict``, ``ignore_*``, ``eager``, ...) are passed on, the rest
+        go to the config (as with ``from_pretrained``).
+        """
+        hub, assign, dtype = pop_loading_kwargs(kwargs)
+        folder = resolve_model_dir(pretrained_model_name_or_path, subfolder=subfolder, **hub)
+        path = flashpack_path(folder, subfolder)
+        if config is None:
+            config_class = cls.config_class if cls.config_class is not PreTrainedConfig else None
+            loader = config_class or AutoConfig
+            config, kwargs = loader.from_pretrained(path.parent, return_unused_kwargs=True, **kwargs)
+        return load_transformers_model(
+            lambda: cls(config, *model_args, **kwargs),
+            config,
+            path,
+            device=device,
+            dtype=dtype,
+            assign_kwargs=assign,
+        )

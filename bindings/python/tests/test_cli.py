@@ -1,0 +1,244 @@
+"""The ``flashpack`` command: convert / revert / metadata, exit codes and one-line errors, and
+that neither the CLI nor ``import flashpack`` needs diffusers or transformers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from hf_testing import offline_hub, populate_hub_cache, run_cli, same_bits
+from safetensors.torch import load_file, save_file
+
+from flashpack import get_flashpack_file_metadata, pack_to_file, revert_from_file
+from flashpack.cli import main
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def mixed_state_dict() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(48, 40, generator=g)
+    special = torch.tensor([float("nan"), -0.0, float("inf"), 1e-40])  # NaN, signed zero, subnormal
+    return {
+        "layer.weight": weight,
+        "layer.bias": torch.randn(40, generator=g).to(torch.bfloat16),
+        "half": torch.randn(7, 3, generator=g).to(torch.float16),
+        "special": special,
+        "position_ids": torch.arange(33),
+        "mask": torch.rand(5, generator=g) > 0.5,
+        "scale": torch.tensor(0.5),  # 0-dim
+        "bytes": torch.randint(0, 255, (9,), generator=g, dtype=torch.uint8),
+    }
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "weights.safetensors"
+    save_file(mixed_state_dict(), path)
+    return path
+
+
+def test_convert_then_revert_is_bit_exact(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["convert", str(source)]) == 0  # default destination: beside the source
+    packed = source.with_suffix(".flashpack")
+    assert capsys.readouterr().out.strip() == f"Saved to {packed.resolve()}"
+    assert main(["revert", str(packed), str(tmp_path / "back.safetensors")]) == 0
+    original, back = load_file(source), load_file(tmp_path / "back.safetensors")
+    assert list(back) and set(back) == set(original)
+    assert all(same_bits(back[name], tensor) for name, tensor in original.items())
+
+    assert main(["revert", str(packed), str(tmp_path / "back.pt")]) == 0
+    loaded = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert all(same_bits(loaded[name], tensor) for name, tensor in original.items())
+
+
+def test_revert_defaults_to_safetensors_and_unties_shared_records(tmp_path: Path) -> None:
+    shared = torch.randn(6, 4)
+    pack_to_file({"embed.weight": shared, "head.weight": shared, "bias": torch.ones(4)}, tmp_path / "tied.flashpack")
+    index = get_flashpack_file_metadata(tmp_path / "tied.flashpack")["index"]
+    offsets = {r["name"]: r["offset"] for r in index}
+    assert offsets["embed.weight"] == offsets["head.weight"]  # stored once
+    assert main(["revert", str(tmp_path / "tied.flashpack")]) == 0
+    back = load_file(tmp_path / "tied.safetensors")  # safetensors refuses tensors sharing memory
+    assert same_bits(back["embed.weight"], shared) and same_bits(back["head.weight"], shared)
+
+
+def test_convert_options_dtype_and_ignore(source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.flashpack"
+    args = ["convert", str(source), str(out), "--dtype", "bf16", "--ignore-names", "mask",
+            "--ignore-prefixes", "layer.", "--ignore-suffixes", "_ids"]  # fmt: skip
+    assert main(args) == 0
+    back = revert_from_file(out)
+    assert set(back) == {"half", "special", "scale", "bytes"}
+    original = load_file(source)
+    assert back["half"].dtype == torch.bfloat16 and torch.equal(back["half"], original["half"].to(torch.bfloat16))
+    assert same_bits(back["bytes"], original["bytes"])  # only floating-point tensors are cast
+    assert back["scale"].shape == ()
+
+
+def test_convert_a_sharded_folder_and_a_torch_file(tmp_path: Path) -> None:
+    sd = mixed_state_dict()
+    names = list(sd)
+    folder = tmp_path / "sharded"
+    folder.mkdir()
+    shards = {"model-00001-of-00002.safetensors": names[:4], "model-00002-of-00002.safetensors": names[4:]}
+    for file, keys in shards.items():
+        save_file({k: sd[k] for k in keys}, folder / file)
+    weight_map = {k: file for file, keys in shards.items() for k in keys}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    assert main(["convert", str(folder)]) == 0
+    back = revert_from_file(folder / "model.flashpack")
+    assert set(back) == set(sd) and all(same_bits(back[k], t) for k, t in sd.items())
+
+    torch.save(sd, tmp_path / "weights.pt")
+    assert main(["convert", str(tmp_path / "weights.pt"), str(tmp_path)]) == 0  # a folder as destination
+    back = revert_from_file(tmp_path / "weights.flashpack")
+    assert all(same_bits(back[k], t) for k, t in sd.items())
+
+    torch.save(sd, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)  # cannot be memory-mapped
+    assert main(["convert", str(tmp_path / "legacy.bin")]) == 0
+    back = revert_from_file(tmp_path / "legacy.flashpack")
+    assert all(same_bits(back[k], t) for k, t in sd.items())
+
+
+def test_convert_a_hub_id_from_the_offline_cache(source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "model.fp16.safetensors").write_bytes(source.read_bytes())
+    cache = offline_hub(monkeypatch, tmp_path / "cache")
+    populate_hub_cache(cache, "someone/weights", repo)
+    assert main(["convert", "someone/weights", str(tmp_path / "out"), "--variant", "fp16"]) == 0
+    back = revert_from_file(tmp_path / "out" / "model.flashpack")
+    assert all(same_bits(back[k], t) for k, t in load_file(source).items())
+
+
+def test_metadata_text_and_json(source: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    packed = source.with_suffix(".flashpack")
+    pack_to_file(load_file(source), packed)
+    footer = get_flashpack_file_metadata(packed)
+
+    assert main(["metadata", str(packed)]) == 0
+    text = capsys.readouterr().out
+    assert f"format: {footer['format']}" in text and f"tensors: {len(footer['index'])}" in text
+    assert "layer.weight" not in text
+    assert main(["metadata", str(packed), "-i"]) == 0
+    text = capsys.readouterr().out
+    assert all(rec["name"] in text for rec in footer["index"]) and "48x40" in text and "scalar" in text
+
+    assert main(["metadata", str(packed), "-j"]) == 0
+    assert json.loads(capsys.readouterr().out) == {k: v for k, v in footer.items() if k != "index"}
+    assert main(["metadata", str(packed), "--json", "--show-index"]) == 0
+    assert json.loads(capsys.readouterr().out) == footer
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["convert", "missing.safetensors"], "missing.safetensors: no such file"),
+        (["convert", "{src}", "--dtype", "int8"], "not a floating-point dtype"),
+        (["convert", "{src}", "--ignore-prefixes", ""], "every tensor was filtered out"),
+        (["revert", "{bad}"], "bad.flashpack"),
+        (["revert", "{packed}", "out.txt"], "out.txt: write .safetensors or a torch file"),
+        (["metadata", "{bad}"], "bad.flashpack"),
+        (["convert", "{bad_st}"], "bad.safetensors: cannot read safetensors file"),
+    ],
+)
+def test_failures_exit_1_with_one_line(
+    args: list[str], message: str, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    packed = source.with_suffix(".flashpack")
+    pack_to_file(load_file(source), packed)
+    (tmp_path / "bad.flashpack").write_bytes(packed.read_bytes()[:-20])  # footer cut off
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    paths = {"src": str(source), "packed": str(packed), "bad": "bad.flashpack", "bad_st": "bad.safetensors"}
+    assert main([a.format(**paths) for a in args]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"flashpack {args[0]}: error: ") and message in lines[0], lines
+    assert captured.out == ""
+
+
+def test_verbose_failure_adds_the_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["revert", str(tmp_path / "none.flashpack"), "-v"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("flashpack revert: error: ")
+
+
+def test_console_script_and_module_entry_point(source: Path) -> None:
+    scripts = tomllib.loads((ROOT / "bindings/python/pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["flashpack"] == "flashpack.cli:main"
+    done = run_cli("convert", str(source), "-v")
+    assert done.returncode == 0, done.stderr
+    assert "Saved to" in done.stdout and "atomic_rename" in done.stdout  # -v prints the phases
+    done = run_cli("--version")
+    assert done.returncode == 0 and done.stdout.startswith("flashpack ")
+    done = run_cli("frobnicate")
+    assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+BLOCK_HF = textwrap.dedent(
+    """
+    import sys
+
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("diffusers", "transformers"):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+            return None
+
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+def test_flashpack_and_its_cli_work_without_diffusers_and_transformers(source: Path, tmp_path: Path) -> None:
+    model_dir = tmp_path / "unet"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"_class_name": "UNet2DModel", "_diffusers_version": "0.42.1"}')
+    script = BLOCK_HF + textwrap.dedent(
+        f"""
+        import flashpack, flashpack.integrations
+        from flashpack.cli import main
+        flashpack.patch_integrations()  # nothing to patch: a no-op
+        assert main(["convert", {str(source)!r}, {str(tmp_path / "x.flashpack")!r}]) == 0
+        assert main(["metadata", {str(tmp_path / "x.flashpack")!r}, "-i"]) == 0
+        assert main(["revert", {str(tmp_path / "x.flashpack")!r}, {str(tmp_path / "x.safetensors")!r}]) == 0
+        # a diffusers model folder: the one command that needs diffusers fails cleanly
+        assert main(["convert", {str(model_dir)!r}, {str(tmp_path / "o")!r}]) == 1
+        try:
+            import flashpack.integrations.diffusers
+        except ImportError as e:
+            assert "diffusers" in str(e)
+        else:
+            raise AssertionError("flashpack.integrations.diffusers imported without diffusers")
+        loaded = [m for m in sys.modules if m.split(".")[0] in ("diffusers", "transformers")]
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr
+    assert "flashpack convert: error: this needs diffusers, which is not installed" in done.stderr
+
+
+def test_readme_commands_parse() -> None:
+    import re
+    import shlex
+
+    from flashpack.cli import build_parser
+
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    commands = [line.split("#")[0] for block in blocks for line in block.splitlines() if line.startswith("flashpack ")]
+    assert len(commands) >= 5
+    for command in commands:
+        args = build_parser().parse_args(shlex.split(command)[1:])
+        assert args.command in ("convert", "revert", "metadata"), command
