@@ -241,4 +241,29 @@ def test_readme_commands_parse() -> None:
     assert len(commands) >= 5
     for command in commands:
         args = build_parser().parse_args(shlex.split(command)[1:])
-        assert args.command in ("convert", "revert", "metadata"), command
+        assert args.command in ("convert", "revert", "metadata", "verify"), command
+
+
+def test_verify_ok_corrupt_and_without_checksums(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["convert", str(source), str(tmp_path / "ok.flashpack")]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "ok.flashpack")]) == 0
+    out = capsys.readouterr().out
+    assert "OK: 8 tensors" in out and "xxh3-64 checksums match" in out, out
+
+    meta = get_flashpack_file_metadata(tmp_path / "ok.flashpack")
+    rec = next(r for r in meta["index"] if r["name"] == "layer.weight")
+    block = meta["macroblocks"][rec["macroblock"]]
+    bad = tmp_path / "bad.flashpack"
+    raw = bytearray((tmp_path / "ok.flashpack").read_bytes())
+    raw[block["offset_bytes"] + rec["offset"] * 4 + 5] ^= 0x40
+    bad.write_bytes(bytes(raw))
+    assert main(["verify", str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("flashpack verify: error:") and "checksum mismatch" in err and "bad.flashpack" in err, err
+    assert len(err.splitlines()) == 1
+
+    plain = tmp_path / "plain.flashpack"
+    pack_to_file(mixed_state_dict(), plain, checksums=False)
+    assert main(["verify", str(plain)]) == 0
+    assert "has no checksums" in capsys.readouterr().out

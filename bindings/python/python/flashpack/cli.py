@@ -1,10 +1,11 @@
-"""The ``flashpack`` command: ``convert``, ``revert`` and ``metadata``.
+"""The ``flashpack`` command: ``convert``, ``revert``, ``metadata`` and ``verify``.
 
     flashpack convert model.safetensors                       # -> model.flashpack
     flashpack convert ./bert-dir ./bert-fp --use-transformers  # -> ./bert-fp/{config.json,model.flashpack}
     flashpack convert org/repo ./out --subfolder unet          # a Hub id (or its cached snapshot)
     flashpack revert model.flashpack model.safetensors
     flashpack metadata model.flashpack -i
+    flashpack verify model.flashpack                           # footer, layout and checksums
 
 diffusers / transformers are imported only by the commands that load a model through them.
 Failures exit with status 1 and one line on stderr (``-v`` adds the traceback).
@@ -353,6 +354,19 @@ def metadata(args: argparse.Namespace) -> None:
                   f"block {block} elements {rec['offset']}..{rec['offset'] + rec['length']}")  # fmt: skip
 
 
+def verify(args: argparse.Namespace) -> None:
+    from .deserialization import verify_flashpack_file
+
+    report = verify_flashpack_file(args.path, silent=not args.verbose)
+    size = f"{report['payload_len']:,} payload bytes"
+    if report["chunks_checked"]:
+        print(f"{args.path}: OK: {report['tensors']} tensors, {size}, "
+              f"{report['chunks_checked']} {report['algorithm']} checksums match")  # fmt: skip
+    else:
+        print(f"{args.path}: footer and layout OK ({report['tensors']} tensors, {size}); "
+              "the file has no checksums, so its bytes were not checked")  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # entry point
 
@@ -360,9 +374,9 @@ def metadata(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="flashpack", description="Convert, revert and inspect FlashPack files.")
+    parser = argparse.ArgumentParser(prog="flashpack", description="Convert, revert, inspect and verify FlashPack files.")
     parser.add_argument("--version", action="version", version=f"flashpack {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{convert,revert,metadata}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{convert,revert,metadata,verify}")
 
     p = commands.add_parser("convert", help="convert weights (file, model folder or Hub id) to FlashPack")
     p.add_argument("path_or_repo_id", help=".safetensors/.bin file, model folder, or Hugging Face Hub repository id")
@@ -389,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--show-index", action="store_true", help="list every tensor")
     p.add_argument("-j", "--json", action="store_true", help="print the footer as JSON")
     p.set_defaults(run=metadata, verbose=False)
+
+    p = commands.add_parser("verify", help="check a FlashPack file's footer, layout and checksums")
+    p.add_argument("path", help="the .flashpack file")
+    p.add_argument("-v", "--verbose", action="store_true", help="show progress, and tracebacks on errors")
+    p.set_defaults(run=verify)
     return parser
 
 
