@@ -231,6 +231,47 @@ impl File {
             .map_err(to_py)?;
         Ok((phases(&report.phases), io_dict(py, &report)?))
     }
+
+    /// Reads payload bytes `[offset, offset + len(buffer))` into `buffer` (a writable,
+    /// C-contiguous buffer such as `tensor.numpy()` of a uint8 CPU tensor) with the eager
+    /// reader, the GIL released. Returns `{"threads", "direct_bytes", "buffered_bytes"}`.
+    #[pyo3(signature = (offset, buffer, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, verify=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn read_into<'py>(
+        &self,
+        py: Python<'py>,
+        offset: u64,
+        buffer: PyBuffer<u8>,
+        io: &str,
+        threads: usize,
+        chunk_bytes: usize,
+        verify: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        if buffer.readonly() || !buffer.is_c_contiguous() {
+            return Err(PyValueError::new_err(
+                "read_into needs a writable, C-contiguous buffer",
+            ));
+        }
+        let opts = LoadOptions {
+            eager: true,
+            io: io_mode(io)?,
+            threads,
+            chunk_bytes,
+            verify,
+            ..Default::default()
+        };
+        let (ptr, len) = (buffer.buf_ptr() as usize, buffer.len_bytes());
+        let report = py
+            .detach(|| {
+                // SAFETY: `buffer` holds a Py_buffer on a live, writable, C-contiguous exporter
+                // for the whole call, so `ptr..ptr + len` is valid for writes; the caller owns the
+                // tensor behind it and does not touch it until this call returns.
+                let dst = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) };
+                read::read_range(&self.f, offset, dst, &opts)
+            })
+            .map_err(to_py)?;
+        io_dict(py, &report)
+    }
 }
 
 /// Opens a FlashPack file and validates its footer.

@@ -140,8 +140,12 @@ def test_missing_tensor_non_strict_warns_about_meta(tmp_path: Path) -> None:
     assert any("meta" in str(w.message) and "proj.bias" in str(w.message) for w in caught)
 
 
-def test_distributed_loading_is_refused_clearly(tmp_path: Path) -> None:
+def test_distributed_loading_without_a_process_group_says_how_to_get_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "m.flashpack"
     pack_to_file({"w": torch.ones(1)}, path, None)
-    with pytest.raises(NotImplementedError, match="use_distributed_loading"):
+    for var in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(RuntimeError, match="needs a process group: run under torchrun"):
         flashpack.assign_from_file(torch.nn.Module(), path, use_distributed_loading=True)

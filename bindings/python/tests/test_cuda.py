@@ -90,3 +90,34 @@ def test_without_a_driver_cuda_loads_fail_cleanly(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             read_flashpack_file(path, device="cuda")
+
+
+@needs_gpu
+def test_nccl_one_gpu_smoke(tmp_path: Path) -> None:
+    """Distributed loading over NCCL on one GPU, both strategies (a subprocess keeps the process
+    group out of this test process)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "m.flashpack"
+    sd = {"w": random_tensor(torch.bfloat16, ((9 << 20) // 2 + 5,), 3), "i": random_tensor(torch.int64, (77,), 4)}
+    pack_to_file(sd, path, None)
+    script = textwrap.dedent(f"""
+        import os, torch, torch.distributed as dist
+        from flashpack.deserialization import iterate_from_flash_tensor, read_flashpack_file_distributed, maybe_init_distributed
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29577", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        maybe_init_distributed(device=torch.device("cuda"))
+        assert dist.get_backend() == "nccl", dist.get_backend()
+        for sharded in (False, True):
+            storage, meta = read_flashpack_file_distributed({str(path)!r}, device="cuda", sharded=sharded, verify=True)
+            got = dict(iterate_from_flash_tensor(storage, meta))
+            print(sharded, {{k: v.is_cuda for k, v in got.items()}}, storage.io)
+            torch.save({{k: v.cpu() for k, v in got.items()}}, {str(tmp_path)!r} + f"/out{{int(sharded)}}.pt")
+        dist.destroy_process_group()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for k in (0, 1):
+        got = torch.load(tmp_path / f"out{k}.pt")
+        assert all(same_bits(got[n], t) for n, t in sd.items())

@@ -338,3 +338,61 @@ fn extra_keys_cannot_shadow_the_checksums() {
     assert!(err.contains("multiple of 4096"), "{err}");
     assert!(!dir.path().join("y.flashpack").exists());
 }
+
+#[test]
+fn read_range_reads_any_part_and_verifies_grid_aligned_parts() {
+    use flashpack::read::read_range;
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = make(dir.path(), &small_chunks());
+    let raw = std::fs::read(&path).unwrap();
+    let f = FlashFile::open(&path).unwrap();
+    let n = f.payload_len;
+    for (start, len) in [
+        (0u64, n),
+        (1, 5000),
+        (4096, 65536 * 2 + 3),
+        (n - 7, 7),
+        (n, 0),
+    ] {
+        for io in [IoMode::Buffered, IoMode::Direct] {
+            let mut dst = vec![0u8; len as usize];
+            let opts = LoadOptions {
+                io,
+                threads: 2,
+                chunk_bytes: 8192,
+                ..Default::default()
+            };
+            let r = read_range(&f, start, &mut dst, &opts).unwrap();
+            assert_eq!(
+                dst,
+                raw[start as usize..(start + len) as usize],
+                "{start}+{len} {io:?}"
+            );
+            assert_eq!(
+                r.io.direct_bytes + r.io.buffered_bytes,
+                len,
+                "exactly the range is read"
+            );
+        }
+    }
+    let mut dst = vec![0u8; 16];
+    let err = read_range(&f, n - 8, &mut dst, &LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("outside") && err.contains("m.flashpack"),
+        "{err}"
+    );
+    // Verified: whole checksum chunks (the last one ends at the payload's end).
+    let verified = LoadOptions {
+        verify: true,
+        ..Default::default()
+    };
+    let mut dst = vec![0u8; (n - 65536) as usize];
+    read_range(&f, 65536, &mut dst, &verified).unwrap();
+    let mut dst = vec![0u8; 1000];
+    let err = read_range(&f, 65536, &mut dst, &verified)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("whole 65536-byte checksum chunks"), "{err}");
+}

@@ -36,6 +36,8 @@ class FlashTensorStorage:
 
     blocks: list[torch.Tensor]
     backing: Any = field(default=None, repr=False)
+    # What a distributed load did on this rank (strategy, bytes read), else None.
+    io: dict[str, Any] | None = None
 
     def block(self, idx: int) -> torch.Tensor:
         return self.blocks[idx]
@@ -250,20 +252,30 @@ def assign_from_file(
     ``strict`` overrides both ``strict_params`` and ``strict_buffers``: with strictness on, a
     record naming nothing in the model, or a model tensor missing from the file, is an error.
     """
-    if use_distributed_loading:
-        raise NotImplementedError("use_distributed_loading is not supported by this build yet")
-    del distributed_sharded, distributed_shard_strategy, rank, local_rank, world_size
     path_str = os.fspath(path)
     device = _resolve_device(device if device is not None else _default_device(model))
-    storage, meta = read_flashpack_file(
-        path_str,
-        device=device,
-        silent=silent,
-        num_streams=num_streams,
-        chunk_bytes=chunk_bytes,
-        eager=eager,
-        verify=verify,
-    )
+    if use_distributed_loading:
+        from .distributed import maybe_init_distributed, read_flashpack_file_distributed
+
+        maybe_init_distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+        storage, meta = read_flashpack_file_distributed(
+            path_str,
+            device=device,
+            silent=silent,
+            sharded=distributed_sharded,
+            shard_strategy=distributed_shard_strategy,
+            verify=verify,
+        )
+    else:
+        storage, meta = read_flashpack_file(
+            path_str,
+            device=device,
+            silent=silent,
+            num_streams=num_streams,
+            chunk_bytes=chunk_bytes,
+            eager=eager,
+            verify=verify,
+        )
     if keep_flash_ref_on_model:
         model._flash_shared_storage = storage
         model._flash_shared_storage_meta = meta
@@ -342,3 +354,6 @@ def assign_from_file(
             f"Assigned {human_num_elements(total_elements)} total parameters to "
             f"{len(assigned_params)} parameters and {len(assigned_buffers)} buffers"
         )
+
+
+from .distributed import maybe_init_distributed, read_flashpack_file_distributed  # noqa: E402, F401  (original's module path)

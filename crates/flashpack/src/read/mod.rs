@@ -504,3 +504,58 @@ pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport
     report.chunks_checked = v.checksums.digests.len();
     Ok(report)
 }
+
+/// Reads payload bytes `[offset, offset + dst.len())` of an open file into `dst` with the eager
+/// reader (threads, `O_DIRECT` when the file is not cached), e.g. one rank's shard of a
+/// distributed load. With `opts.verify` the range must start on the checksum grid and end on it
+/// (or at the payload's end), and every checksum chunk in it is checked.
+pub fn read_range(
+    f: &FlashFile,
+    offset: u64,
+    dst: &mut [u8],
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    let t = Instant::now();
+    let path = f.path.as_path();
+    let end = offset
+        .checked_add(dst.len() as u64)
+        .filter(|&e| e <= f.payload_len)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: range {offset}+{} lies outside the {}-byte payload",
+                path.display(),
+                dst.len(),
+                f.payload_len
+            ))
+        })?;
+    let verifier = opts.verify.then(|| verifier(f)).transpose()?;
+    let chunk = verifier
+        .as_ref()
+        .map_or(opts.chunk_bytes, |v| v.read_chunk(opts.chunk_bytes));
+    let (direct, threads) = reader_setup(f, opts);
+    let chunks = plan_chunks(offset, end, chunk);
+    let mut report = LoadReport {
+        threads: threads.clamp(1, chunks.len().max(1)),
+        ..Default::default()
+    };
+    let bar = progress_bar(opts.progress, end - offset, "loading");
+    let src = pool::Source {
+        path,
+        buffered: &f.file,
+        direct,
+    };
+    let sink = HostSink::with_base(dst, offset);
+    report.io = pool::read_chunks(
+        &src,
+        &chunks,
+        &sink,
+        report.threads,
+        bar.as_ref(),
+        verifier.as_ref(),
+    )?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    report.phases.push(("read_range", t.elapsed()));
+    Ok(report)
+}

@@ -57,10 +57,11 @@ impl HostBuffer {
     }
 }
 
-/// A [`Sink`] writing straight into a host slice.
+/// A [`Sink`] writing straight into a host slice that holds payload bytes from `base` on.
 pub struct HostSink<'a> {
     ptr: *mut u8,
     len: usize,
+    base: u64,
     _dest: PhantomData<&'a mut [u8]>,
 }
 
@@ -69,10 +70,17 @@ pub struct HostSink<'a> {
 unsafe impl Sync for HostSink<'_> {}
 
 impl<'a> HostSink<'a> {
+    /// A sink for the whole payload: `dest[i]` is payload byte `i`.
     pub fn new(dest: &'a mut [u8]) -> Self {
+        Self::with_base(dest, 0)
+    }
+
+    /// A sink for part of the payload: `dest[i]` is payload byte `base + i`.
+    pub fn with_base(dest: &'a mut [u8], base: u64) -> Self {
         HostSink {
             ptr: dest.as_mut_ptr(),
             len: dest.len(),
+            base,
             _dest: PhantomData,
         }
     }
@@ -80,8 +88,10 @@ impl<'a> HostSink<'a> {
 
 impl Sink for HostSink<'_> {
     fn write_chunk(&self, _worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> Result<()> {
-        let start = usize::try_from(offset)
-            .map_err(|_| Error::Invalid(format!("chunk offset {offset} is out of range")))?;
+        let start = offset
+            .checked_sub(self.base)
+            .and_then(|o| usize::try_from(o).ok())
+            .ok_or_else(|| Error::Invalid(format!("chunk offset {offset} is out of range")))?;
         if start.checked_add(len).is_none_or(|end| end > self.len) {
             return Err(Error::Invalid(format!(
                 "chunk {start}+{len} is outside the {}-byte destination",

@@ -1,0 +1,288 @@
+"""Distributed loading: the file is read once per job and replicated with torch.distributed.
+
+Two strategies, decided by the source rank and broadcast so every rank runs the same plan:
+
+* ``broadcast``: the source rank reads the whole payload with the engine, then broadcasts it.
+  Only the source rank needs the file.
+* ``sharded``: every rank reads its own slice of the payload with the engine, and the slices are
+  all-gathered. Each payload byte is read once in total and the disk reads run in parallel.
+  ``contiguous`` takes one slice per rank (one round); ``windows`` goes in rounds of
+  ``FLASHPACK_SHARD_BYTES`` per rank (default 256 MiB), which bounds each collective.
+
+Blocks travel as raw bytes, so every dtype works. NCCL carries the data for CUDA loads, gloo
+for CPU loads; control messages (configuration, per-rank status) always go over gloo with a
+timeout, so a failure on one rank becomes an error on every rank instead of a hang.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import _core
+from .constants import DEFAULT_READ_CHUNK_BYTES
+from .utils import env_flag, env_int, string_to_dtype, timer
+
+STRATEGIES = ("broadcast", "sharded")
+SHARD_STRATEGIES = ("contiguous", "windows")
+DEFAULT_TIMEOUT_S = 300
+DEFAULT_WINDOW_BYTES = 256 << 20
+# Shard boundaries fall on this grid: whole checksum chunks (so shards can be verified) and
+# O_DIRECT-aligned reads.
+SHARD_GRID = 4 << 20
+# Largest single broadcast message.
+BROADCAST_PIECE = 256 << 20
+
+_control_groups: dict[int, Any] = {}
+
+
+def _timeout() -> datetime.timedelta:
+    return datetime.timedelta(seconds=env_int("FLASHPACK_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+
+
+def maybe_init_distributed(
+    rank: int | None = None,
+    local_rank: int | None = None,
+    world_size: int | None = None,
+    device: torch.device | None = None,
+) -> tuple[int, int, int]:
+    """Join the default process group, initialising it from torchrun's variables (``RANK``,
+    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or the arguments when it
+    does not exist yet. Returns ``(rank, local_rank, world_size)``.
+
+    A ``world_size`` (or ``rank``) that disagrees with an existing group is reported on every
+    rank by the load's status exchange; a group that cannot form (e.g. a world size larger than
+    the number of processes) fails after ``FLASHPACK_DIST_TIMEOUT`` seconds (default 300).
+    """
+    if local_rank is None:
+        local_rank = env_int("LOCAL_RANK", 0)
+    asked = (rank, world_size)
+    if not dist.is_initialized():
+        rank = rank if rank is not None else env_int("RANK", -1)
+        world_size = world_size if world_size is not None else env_int("WORLD_SIZE", -1)
+        if rank < 0 or world_size < 1:
+            raise RuntimeError(
+                "distributed loading needs a process group: run under torchrun, call "
+                "torch.distributed.init_process_group, or pass rank= and world_size= (with MASTER_ADDR "
+                "and MASTER_PORT set)"
+            )
+        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        try:
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=_timeout())
+        except Exception as e:  # a store timeout, a refused connection...
+            raise RuntimeError(
+                f"rank {rank}: could not form the process group of {world_size} ranks "
+                f"(timeout {_timeout().total_seconds():.0f} s): {e}"
+            ) from e
+    actual = (dist.get_rank(), dist.get_world_size())
+    problem = None
+    if asked[1] is not None and asked[1] != actual[1]:
+        problem = f"asked for world_size={asked[1]} but the process group has {actual[1]} ranks"
+    elif asked[0] is not None and asked[0] != actual[0]:
+        problem = f"asked for rank={asked[0]} but is rank {actual[0]} of the process group"
+    _agree(problem, "checking the process group", _control_group())
+    return actual[0], local_rank, actual[1]
+
+
+def _control_group() -> Any:
+    """A gloo group for small control messages (works beside NCCL, honours the timeout)."""
+    key = id(dist.distributed_c10d._get_default_group())
+    group = _control_groups.get(key)
+    if group is None:
+        group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=_timeout())
+        _control_groups[key] = group
+    return group
+
+
+def _agree(ok: str | None, what: str, group: Any) -> None:
+    """Every rank says whether its part went well; every rank raises if any did not."""
+    statuses: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(statuses, ok, group=group)
+    failed = [f"rank {r}: {s}" for r, s in enumerate(statuses) if s is not None]
+    if failed:
+        raise RuntimeError(f"distributed load failed while {what}: " + "; ".join(failed))
+
+
+@dataclass
+class _Plan:
+    strategy: str
+    shard_bytes: int
+    rounds: int
+    verify: bool
+
+
+def _resolve_strategy(sharded: bool, shard_strategy: str | None) -> tuple[str, str]:
+    if env_flag("FLASHPACK_DISTRIBUTED_SHARDED"):
+        sharded = True
+    name = (shard_strategy or os.environ.get("FLASHPACK_SHARD_STRATEGY") or "contiguous").strip().lower()
+    if name not in SHARD_STRATEGIES:
+        raise ValueError(f"unknown shard strategy {name!r}; expected one of {', '.join(SHARD_STRATEGIES)}")
+    return ("sharded" if sharded else "broadcast"), name
+
+
+def read_flashpack_file_distributed(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cuda",
+    src: int = 0,
+    chunk_bytes: int = 0,
+    num_streams: int = 0,
+    silent: bool = True,
+    metadata: dict[str, Any] | None = None,
+    sharded: bool = False,
+    shard_strategy: str | None = None,
+    verify: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Load a file on every rank of the default process group, reading it once in total.
+
+    Rank ``src`` decides the strategy (``sharded``/``shard_strategy``, or
+    ``FLASHPACK_DISTRIBUTED_SHARDED=1`` / ``FLASHPACK_SHARD_STRATEGY`` in its environment) and
+    every other rank follows, so per-rank settings cannot make the collectives disagree. The
+    returned storage records what this rank read in ``storage.io`` (``bytes_read``).
+    """
+    from .deserialization import FlashTensorStorage
+
+    del chunk_bytes, num_streams, metadata  # the engine sizes its reads; the footer comes from src
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    rank, world = dist.get_rank(), dist.get_world_size()
+    group = _control_group()
+    path = os.fspath(path)
+
+    # 1. Rank src decides the plan; everyone learns it.
+    box: list[Any] = [None]
+    if rank == src:
+        try:
+            strategy, shard_name = _resolve_strategy(sharded, shard_strategy)
+            window = env_int("FLASHPACK_SHARD_BYTES", DEFAULT_WINDOW_BYTES) if shard_name == "windows" else 0
+            box[0] = {"strategy": strategy, "shard_name": shard_name, "window": window, "verify": bool(verify)}
+        except Exception as e:  # noqa: BLE001 - reported on every rank below
+            box[0] = {"error": f"{type(e).__name__}: {e}"}
+    dist.broadcast_object_list(box, src=src, group=group)
+    config = box[0]
+    if "error" in config:
+        raise RuntimeError(f"distributed load: rank {src} could not plan it: {config['error']}")
+
+    # 2. Open and validate; everyone must agree on the file (sharded) or src must have it.
+    handle = None
+    status: str | None = None
+    digest = None
+    need_file = config["strategy"] == "sharded" or rank == src
+    if need_file:
+        try:
+            with timer("read_metadata", silent):
+                handle = _core.open(path)
+            digest = hashlib.sha256(handle.footer_json).hexdigest()
+        except (OSError, ValueError) as e:
+            status = str(e)
+    info: list[Any] = [None] * world
+    dist.all_gather_object(info, (status, digest), group=group)
+    failed = [f"rank {r}: {s}" for r, (s, _) in enumerate(info) if s is not None]
+    if failed:
+        raise RuntimeError("distributed load failed while opening the file: " + "; ".join(failed))
+    if need_file and info[src][1] != digest:
+        status = f"{path} differs from rank {src}'s file (footer checksum {digest} vs {info[src][1]})"
+    _agree(status, "comparing the file across ranks", group)
+
+    box = [(handle.footer_json, handle.payload_len) if rank == src and handle is not None else None]
+    dist.broadcast_object_list(box, src=src, group=group)
+    footer_json, payload_len = box[0]
+    meta = json.loads(footer_json)
+    blocks = _blocks_of(meta)
+
+    plan = _plan(config, payload_len, world, meta)
+    padded = max(payload_len, plan.rounds * world * plan.shard_bytes)
+    with timer("alloc", silent):
+        buffer = torch.empty(padded, dtype=torch.uint8, device=device)
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+    io_kw = {
+        "io": "auto" if env_flag("FLASHPACK_DIRECT_IO", default=True) else "buffered",
+        "threads": env_int("FLASHPACK_READ_THREADS", 0),
+        "chunk_bytes": env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES),
+    }
+    bytes_read = 0
+
+    def read(offset: int, length: int, into: torch.Tensor) -> int:
+        """Read payload bytes [offset, offset+length) into `into` (a uint8 tensor of that length)."""
+        if length <= 0:
+            return 0
+        assert handle is not None
+        if into.device.type == "cuda":
+            _, io = handle.to_cuda(into.device.index, [(offset, length, into.data_ptr())], verify=plan.verify, **io_kw)
+        else:
+            io = handle.read_into(offset, into.numpy(), verify=plan.verify, **io_kw)
+        return int(io["direct_bytes"]) + int(io["buffered_bytes"])
+
+    if plan.strategy == "broadcast":
+        status = None
+        if rank == src:
+            try:
+                with timer("read_payload", silent):
+                    bytes_read += read(0, payload_len, buffer[:payload_len])
+            except (OSError, ValueError, RuntimeError) as e:
+                status = str(e)
+        _agree(status, f"rank {src} read the payload", group)
+        with timer("broadcast", silent):
+            for start in range(0, payload_len, BROADCAST_PIECE):
+                dist.broadcast(buffer[start : min(payload_len, start + BROADCAST_PIECE)], src=src)
+    else:
+        s = plan.shard_bytes
+        gloo = dist.get_backend() == "gloo"
+        mine = torch.empty(s, dtype=torch.uint8, device=device) if gloo else None
+        for r in range(plan.rounds):
+            base = r * world * s
+            lo = min(payload_len, base + rank * s)
+            hi = min(payload_len, base + (rank + 1) * s)
+            status = None
+            target = mine if mine is not None else buffer[base + rank * s : base + (rank + 1) * s]
+            try:
+                with timer(f"read_shard_{r}", silent):
+                    bytes_read += read(lo, hi - lo, target[: hi - lo])
+            except (OSError, ValueError, RuntimeError) as e:
+                status = str(e)
+            _agree(status, f"reading shards (round {r})", group)
+            with timer(f"all_gather_{r}", silent):
+                dist.all_gather_into_tensor(buffer[base : base + world * s], target)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensors = [buffer[off : off + n].view(string_to_dtype(dt)) for dt, off, n in blocks]
+    io = {"bytes_read": bytes_read, "strategy": plan.strategy, "rounds": plan.rounds, "rank": rank}
+    return FlashTensorStorage(blocks=tensors, backing=buffer, io=io), meta
+
+
+def _plan(config: dict[str, Any], payload_len: int, world: int, meta: dict[str, Any]) -> _Plan:
+    strategy = config["strategy"]
+    if strategy == "broadcast":
+        return _Plan("broadcast", 0, 0, config["verify"])
+    # Shards are whole checksum chunks (so each rank can verify its own) and O_DIRECT-aligned.
+    grid = math.lcm(SHARD_GRID, int(meta.get("checksums", {}).get("chunk_bytes", SHARD_GRID)))
+    per_rank = -(-payload_len // world) if payload_len else grid
+    if config["window"]:
+        per_rank = min(per_rank, config["window"])
+    shard = max(grid, -(-per_rank // grid) * grid)
+    rounds = max(1, -(-payload_len // (world * shard)))
+    return _Plan("sharded", shard, rounds, config["verify"])
+
+
+def _blocks_of(meta: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """(dtype, offset_bytes, length_bytes) per block of a validated footer."""
+    if "macroblocks" in meta:
+        return [(b["dtype"], int(b["offset_bytes"]), int(b["length_bytes"])) for b in meta["macroblocks"]]
+    dtype = meta["target_dtype"]
+    size = torch.empty(0, dtype=string_to_dtype(dtype)).element_size()
+    return [(dtype, 0, int(meta["total_elems"]) * size)]
