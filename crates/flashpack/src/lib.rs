@@ -14,11 +14,14 @@
 //! let loaded = load(&path, &LoadOptions::default()).unwrap();
 //! assert_eq!(loaded.tensor_bytes("w").unwrap(), &w[..]);
 //! ```
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod error;
 pub mod format;
 mod progress;
 pub mod read;
 pub mod sink;
+pub mod weights;
 pub mod write;
 
 pub use error::{Error, Result};

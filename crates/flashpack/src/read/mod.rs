@@ -148,11 +148,21 @@ impl Loaded {
 
 /// Loads `path` as `opts` says.
 pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
-    let path = path.as_ref();
     let t = Instant::now();
-    let f = FlashFile::open(path)?;
+    let f = FlashFile::open(path.as_ref())?;
+    load_file(f, opts, t.elapsed())
+}
+
+/// [`load`] for a file already opened (and validated) with [`FlashFile::open`].
+pub fn load_open(f: FlashFile, opts: &LoadOptions) -> Result<Loaded> {
+    load_file(f, opts, Duration::ZERO)
+}
+
+fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Loaded> {
+    let path = f.path.clone();
+    let path = path.as_path();
     let mut report = LoadReport {
-        phases: vec![("read_metadata", t.elapsed())],
+        phases: vec![("read_metadata", open_time)],
         ..Default::default()
     };
     let payload_len = usize::try_from(f.payload_len).map_err(|_| {
@@ -228,15 +238,17 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
 /// direct handle is opened by path, so it is only used if it is the same file (same device and
 /// inode) as the one whose footer was validated.
 fn reader_setup(f: &FlashFile, opts: &LoadOptions) -> (Option<File>, usize) {
+    data_reader_setup(&f.data(), opts)
+}
+
+fn data_reader_setup(d: &DataFile<'_>, opts: &LoadOptions) -> (Option<File>, usize) {
     use std::os::unix::fs::MetadataExt;
     let use_direct = match opts.io {
         IoMode::Buffered => false,
         IoMode::Direct => true,
-        IoMode::Auto => {
-            resident_fraction(&f.file, f.payload_len).map_or(true, |r| r < HOT_FRACTION)
-        }
+        IoMode::Auto => resident_fraction(d.file, d.end).map_or(true, |r| r < HOT_FRACTION),
     };
-    let same_file = |d: &File| match (d.metadata(), f.file.metadata()) {
+    let same_file = |x: &File| match (x.metadata(), d.file.metadata()) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     };
@@ -245,7 +257,7 @@ fn reader_setup(f: &FlashFile, opts: &LoadOptions) -> (Option<File>, usize) {
             OpenOptions::new()
                 .read(true)
                 .custom_flags(libc::O_DIRECT)
-                .open(&f.path)
+                .open(d.path)
                 .ok()
         })
         .flatten()
@@ -258,6 +270,24 @@ fn reader_setup(f: &FlashFile, opts: &LoadOptions) -> (Option<File>, usize) {
         n => n,
     };
     (direct, threads)
+}
+
+/// An open file whose bytes `[0, end)` hold tensor data (a FlashPack payload, or a whole
+/// safetensors file), for the shared readers.
+pub(crate) struct DataFile<'a> {
+    pub path: &'a Path,
+    pub file: &'a File,
+    pub end: u64,
+}
+
+impl FlashFile {
+    pub(crate) fn data(&self) -> DataFile<'_> {
+        DataFile {
+            path: &self.path,
+            file: &self.file,
+            end: self.payload_len,
+        }
+    }
 }
 
 /// Streams the payload bytes that `regions` name from an open file into device memory, through
@@ -273,14 +303,25 @@ pub fn load_to_device<D: Device>(
     regions: Vec<DeviceRegion>,
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
-    let t = Instant::now();
-    let path = f.path.as_path();
-    let regions = check_regions(regions, f.payload_len)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let verifier = opts.verify.then(|| verifier(f)).transpose()?;
-    let (direct, threads) = reader_setup(f, opts);
+    stream_to_device(&f.data(), verifier.as_ref(), device, regions, opts)
+}
+
+/// [`load_to_device`] for any [`DataFile`]: region offsets are offsets in `d`'s data.
+pub(crate) fn stream_to_device<D: Device>(
+    d: &DataFile<'_>,
+    verifier: Option<&pool::Verifier<'_>>,
+    device: &D,
+    regions: Vec<DeviceRegion>,
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    let t = Instant::now();
+    let path = d.path;
+    let regions = check_regions(regions, d.end)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let (direct, threads) = data_reader_setup(d, opts);
     let limit = device.pool().limit();
-    let (threads, chunk) = match &verifier {
+    let (threads, chunk) = match verifier {
         // Verified reads must be whole checksum chunks: shrink the read chunk down to one
         // checksum chunk, then the thread count.
         Some(v) => {
@@ -305,7 +346,7 @@ pub fn load_to_device<D: Device>(
         None => fit_staging(threads, opts.chunk_bytes, limit)
             .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?,
     };
-    let chunks = device_chunks(&regions, chunk, verifier.is_some(), f.payload_len);
+    let chunks = device_chunks(&regions, chunk, verifier.is_some(), d.end);
     let threads = threads.min(chunks.len()).max(1);
     let mut report = LoadReport {
         threads,
@@ -319,23 +360,48 @@ pub fn load_to_device<D: Device>(
     let sink = DeviceSink::new(device, regions, threads, chunk)?;
     let src = pool::Source {
         path,
-        buffered: &f.file,
+        buffered: d.file,
         direct,
     };
-    report.io = pool::read_chunks(
-        &src,
-        &chunks,
-        &sink,
-        threads,
-        bar.as_ref(),
-        verifier.as_ref(),
-    )?;
+    report.io = pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref(), verifier)?;
     sink.finish()?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     report.phases.push(("stream_to_device", t.elapsed()));
     Ok(report)
+}
+
+/// Reads data bytes `[start, end)` of `d` into new owned host memory with the eager reader.
+pub(crate) fn read_owned(
+    d: &DataFile<'_>,
+    start: u64,
+    end: u64,
+    opts: &LoadOptions,
+) -> Result<(HostBuffer, LoadReport)> {
+    let t = Instant::now();
+    let len = usize::try_from(end.saturating_sub(start))
+        .map_err(|_| Error::Invalid(format!("{}: data too large", d.path.display())))?;
+    let mut buf = HostBuffer::with_pages(len, opts.huge_pages)?;
+    let (direct, threads) = data_reader_setup(d, opts);
+    let chunks = plan_chunks(start, end, opts.chunk_bytes);
+    let mut report = LoadReport {
+        threads: threads.clamp(1, chunks.len().max(1)),
+        ..Default::default()
+    };
+    let bar = progress_bar(opts.progress, end - start, "loading");
+    let src = pool::Source {
+        path: d.path,
+        buffered: d.file,
+        direct,
+    };
+    let sink = HostSink::with_base(buf.as_mut_slice(), start);
+    report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref(), None)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    report.phases.push(("read_payload", t.elapsed()));
+    Ok((buf, report))
 }
 
 /// Fits `threads x SLOTS_PER_WORKER` staging buffers of `chunk_bytes` under `limit` bytes:

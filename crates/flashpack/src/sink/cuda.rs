@@ -265,3 +265,69 @@ impl Device for CudaDevice {
         pinned_pool()
     }
 }
+
+/// Device memory owned by this crate (for Rust callers without a framework allocator): freed on
+/// drop, in the context it was allocated in.
+pub struct DeviceBuffer {
+    ptr: sys::CUdeviceptr,
+    len: usize,
+    ctx: Ctx,
+    name: String,
+}
+
+impl DeviceBuffer {
+    /// Allocates `len` bytes on `device`.
+    pub fn alloc(device: &CudaDevice, len: usize) -> Result<DeviceBuffer> {
+        device.bind_thread()?;
+        // SAFETY: a plain allocation with the device's context current; freed once in Drop.
+        let ptr = unsafe { cu::malloc_sync(len.max(1)) }
+            .map_err(|e| driver_error(&device.name, &format!("cuMemAlloc of {len} bytes"), e))?;
+        Ok(DeviceBuffer {
+            ptr,
+            len,
+            ctx: device.ctx,
+            name: device.name.clone(),
+        })
+    }
+
+    /// The device address of the first byte.
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies bytes `[offset, offset + out.len())` back to host memory (synchronously).
+    pub fn copy_to_host(&self, offset: usize, out: &mut [u8]) -> Result<()> {
+        if offset
+            .checked_add(out.len())
+            .is_none_or(|end| end > self.len)
+        {
+            return Err(Error::Invalid(format!(
+                "{}: range {offset}+{} is outside a {}-byte buffer",
+                self.name,
+                out.len(),
+                self.len
+            )));
+        }
+        set_current(self.ctx, &self.name)?;
+        // SAFETY: the range was checked against the allocation, which lives as long as self.
+        unsafe { cu::memcpy_dtoh_sync(out, self.ptr + offset as u64) }
+            .map_err(|e| driver_error(&self.name, "cuMemcpyDtoH", e))
+    }
+}
+
+impl Drop for DeviceBuffer {
+    fn drop(&mut self) {
+        if set_current(self.ctx, &self.name).is_ok() {
+            // SAFETY: allocated by cuMemAlloc in this context, freed once.
+            let _ = unsafe { cu::free_sync(self.ptr) };
+        }
+    }
+}

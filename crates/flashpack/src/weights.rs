@@ -1,0 +1,578 @@
+//! One API over FlashPack and safetensors files: list tensors, load them lazily (a private
+//! mapping) or eagerly (the parallel reader, `O_DIRECT` when cold), stream them to a device, and
+//! convert either way, bit-exact.
+//!
+//! A safetensors file goes through the same engine as a FlashPack file: its header (parsed and
+//! validated by the `safetensors` crate) becomes the same list of byte ranges, so an eager or
+//! device load reads it at FlashPack speed without converting it first.
+//!
+//! ```
+//! use flashpack::weights::{Format, WeightFile};
+//! use flashpack::{read::LoadOptions, write::{pack, PackEntry, PackOptions}, Dtype};
+//! let dir = tempfile::tempdir().unwrap();
+//! let fp = dir.path().join("m.flashpack");
+//! let w: Vec<u8> = (0..24u8).collect();
+//! pack(&fp, &[PackEntry::new("w", Dtype::F32, vec![2, 3], &w)], &PackOptions::default()).unwrap();
+//!
+//! // FlashPack -> safetensors -> FlashPack, and both load the same bytes.
+//! let st = dir.path().join("m.safetensors");
+//! WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+//! let file = WeightFile::open(&st).unwrap();
+//! assert_eq!(file.format(), Format::Safetensors);
+//! assert_eq!(file.tensor("w").unwrap().shape, vec![2, 3]);
+//! let eager = file.load(&LoadOptions { eager: true, ..Default::default() }).unwrap();
+//! assert_eq!(eager.get("w").unwrap().data, &w[..]);
+//! ```
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+use crate::format::MAGIC;
+use crate::read::{self, DataFile, FlashFile, LoadOptions, LoadReport, Loaded};
+use crate::sink::{Device, DeviceRegion, HostBuffer};
+use crate::write::{pack, PackEntry, PackOptions, PackReport};
+use crate::{Dtype, Error, Result};
+
+/// A weight file's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    FlashPack,
+    Safetensors,
+}
+
+/// One tensor of a file: where its bytes are (file offsets `[start, end)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A tensor's bytes in memory.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorView<'a> {
+    pub name: &'a str,
+    pub dtype: Dtype,
+    pub shape: &'a [u64],
+    pub data: &'a [u8],
+}
+
+enum Inner {
+    Flash(FlashFile),
+    Safetensors {
+        file: File,
+        file_len: u64,
+        data_start: u64,
+        metadata: Option<HashMap<String, String>>,
+    },
+}
+
+/// An open, validated weight file (FlashPack or safetensors).
+pub struct WeightFile {
+    path: PathBuf,
+    inner: Inner,
+    tensors: Vec<TensorInfo>,
+    index: HashMap<String, usize>,
+}
+
+/// safetensors' dtype for ours, where safetensors has one.
+pub fn to_safetensors_dtype(d: Dtype) -> Option<safetensors::Dtype> {
+    use safetensors::Dtype as S;
+    Some(match d {
+        Dtype::F64 => S::F64,
+        Dtype::F32 => S::F32,
+        Dtype::F16 => S::F16,
+        Dtype::BF16 => S::BF16,
+        Dtype::F8E4M3 => S::F8_E4M3,
+        Dtype::F8E4M3Fnuz => S::F8_E4M3FNUZ,
+        Dtype::F8E5M2 => S::F8_E5M2,
+        Dtype::F8E5M2Fnuz => S::F8_E5M2FNUZ,
+        Dtype::F8E8M0 => S::F8_E8M0,
+        Dtype::C64 => S::C64,
+        Dtype::I64 => S::I64,
+        Dtype::U64 => S::U64,
+        Dtype::I32 => S::I32,
+        Dtype::U32 => S::U32,
+        Dtype::I16 => S::I16,
+        Dtype::U16 => S::U16,
+        Dtype::I8 => S::I8,
+        Dtype::U8 => S::U8,
+        Dtype::Bool => S::BOOL,
+        Dtype::C128 | Dtype::C32 => return None,
+    })
+}
+
+/// Our dtype for safetensors', where the format stores it (sub-byte types are not stored).
+pub fn from_safetensors_dtype(d: safetensors::Dtype) -> Option<Dtype> {
+    Dtype::ALL
+        .iter()
+        .copied()
+        .find(|&ours| to_safetensors_dtype(ours) == Some(d))
+}
+
+impl WeightFile {
+    /// Opens a FlashPack file (recognised by its trailing magic) or a safetensors file, and
+    /// validates its index against the file's size before anything trusts it.
+    pub fn open(path: impl AsRef<Path>) -> Result<WeightFile> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?
+            .len();
+        let mut tail = [0u8; 8];
+        let is_flash = file_len >= 16 && {
+            use std::os::unix::fs::FileExt;
+            file.read_exact_at(&mut tail, file_len - 8).is_ok() && &tail == MAGIC
+        };
+        if is_flash {
+            drop(file);
+            let f = FlashFile::open(path)?;
+            let tensors = f
+                .footer
+                .records
+                .iter()
+                .map(|r| {
+                    let (start, end) = f.footer.byte_range(r);
+                    TensorInfo {
+                        name: r.name.clone(),
+                        dtype: f.footer.blocks[r.block].dtype,
+                        shape: r.shape.clone(),
+                        start,
+                        end,
+                    }
+                })
+                .collect();
+            return Ok(Self::new(path, Inner::Flash(f), tensors));
+        }
+        Self::open_safetensors(path, file, file_len)
+    }
+
+    fn open_safetensors(path: &Path, file: File, file_len: u64) -> Result<WeightFile> {
+        let bad = |why: String| {
+            Error::Invalid(format!(
+                "{}: not a FlashPack file (no magic) nor a valid safetensors file: {why}",
+                path.display()
+            ))
+        };
+        if file_len < 8 {
+            return Err(bad(format!("{file_len} bytes is too small")));
+        }
+        // SAFETY: a read-only private mapping used only to hand the safetensors parser a slice of
+        // the whole file (it checks the header and every offset against the file's length); only
+        // the header's pages are read here.
+        let map: Mmap =
+            unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
+        let (n, meta) =
+            safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
+        let data_start = 8 + n as u64;
+        let mut tensors = Vec::new();
+        for (name, info) in meta.tensors() {
+            let dtype = from_safetensors_dtype(info.dtype).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: tensor '{name}': dtype {:?} is not supported",
+                    path.display(),
+                    info.dtype
+                ))
+            })?;
+            tensors.push(TensorInfo {
+                name,
+                dtype,
+                shape: info.shape.iter().map(|&d| d as u64).collect(),
+                start: data_start + info.data_offsets.0 as u64,
+                end: data_start + info.data_offsets.1 as u64,
+            });
+        }
+        tensors.sort_by(|a, b| (a.start, &a.name).cmp(&(b.start, &b.name)));
+        let inner = Inner::Safetensors {
+            file,
+            file_len,
+            data_start,
+            metadata: meta.metadata().clone(),
+        };
+        Ok(Self::new(path, inner, tensors))
+    }
+
+    fn new(path: &Path, inner: Inner, tensors: Vec<TensorInfo>) -> WeightFile {
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        WeightFile {
+            path: path.to_path_buf(),
+            inner,
+            tensors,
+            index,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn format(&self) -> Format {
+        match self.inner {
+            Inner::Flash(_) => Format::FlashPack,
+            Inner::Safetensors { .. } => Format::Safetensors,
+        }
+    }
+
+    /// Every tensor, in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The FlashPack file (footer, checksums), when this is one.
+    pub fn flashpack(&self) -> Option<&FlashFile> {
+        match &self.inner {
+            Inner::Flash(f) => Some(f),
+            Inner::Safetensors { .. } => None,
+        }
+    }
+
+    /// The safetensors `__metadata__` strings, when this is a safetensors file that has them.
+    pub fn safetensors_metadata(&self) -> Option<&HashMap<String, String>> {
+        match &self.inner {
+            Inner::Safetensors { metadata, .. } => metadata.as_ref(),
+            Inner::Flash(_) => None,
+        }
+    }
+
+    /// File bytes `[start, end)` that hold every tensor.
+    pub fn data_range(&self) -> (u64, u64) {
+        match &self.inner {
+            Inner::Flash(f) => (0, f.payload_len),
+            Inner::Safetensors {
+                file_len,
+                data_start,
+                ..
+            } => (*data_start, *file_len),
+        }
+    }
+
+    fn data(&self) -> DataFile<'_> {
+        match &self.inner {
+            Inner::Flash(f) => f.data(),
+            Inner::Safetensors { file, file_len, .. } => DataFile {
+                path: &self.path,
+                file,
+                end: *file_len,
+            },
+        }
+    }
+
+    /// Loads every tensor: lazily (a private copy-on-write mapping) or, with `opts.eager`, into
+    /// owned memory with the parallel reader. `opts.verify` needs a FlashPack file with checksums.
+    pub fn load(self, opts: &LoadOptions) -> Result<Weights> {
+        let (path, tensors, index) = (self.path, self.tensors, self.index);
+        let (memory, base, report) = match self.inner {
+            Inner::Flash(f) => {
+                let loaded = read::load_open(f, opts)?;
+                let report = loaded.report.clone();
+                (Memory::Flash(loaded), 0, report)
+            }
+            Inner::Safetensors {
+                file,
+                file_len,
+                data_start,
+                ..
+            } => {
+                if opts.verify {
+                    return Err(Error::Invalid(format!(
+                        "{}: safetensors files carry no checksums to verify",
+                        path.display()
+                    )));
+                }
+                if opts.eager {
+                    let d = DataFile {
+                        path: &path,
+                        file: &file,
+                        end: file_len,
+                    };
+                    let (buf, report) = read::read_owned(&d, data_start, file_len, opts)?;
+                    (Memory::Owned(buf), data_start, report)
+                } else {
+                    let t = Instant::now();
+                    // SAFETY: a private (copy-on-write) mapping, as for lazy FlashPack loads:
+                    // writes never reach the file; truncating the file while mapped would fault.
+                    let map = unsafe { MmapOptions::new().map_copy(&file) }
+                        .map_err(|e| Error::io(&path, "mmap", e))?;
+                    let report = LoadReport {
+                        phases: vec![("mmap_payload", t.elapsed())],
+                        ..Default::default()
+                    };
+                    (Memory::Mapped(map), 0, report)
+                }
+            }
+        };
+        Ok(Weights {
+            path,
+            tensors,
+            index,
+            memory,
+            base,
+            report,
+        })
+    }
+
+    /// Streams file bytes to device memory: region offsets are file offsets (see
+    /// [`TensorInfo::start`]); `opts.verify` checks FlashPack checksums on the way.
+    pub fn load_to_device<D: Device>(
+        &self,
+        device: &D,
+        regions: Vec<DeviceRegion>,
+        opts: &LoadOptions,
+    ) -> Result<LoadReport> {
+        match &self.inner {
+            Inner::Flash(f) => read::load_to_device(f, device, regions, opts),
+            Inner::Safetensors { .. } if opts.verify => Err(Error::Invalid(format!(
+                "{}: safetensors files carry no checksums to verify",
+                self.path.display()
+            ))),
+            Inner::Safetensors { .. } => {
+                read::stream_to_device(&self.data(), None, device, regions, opts)
+            }
+        }
+    }
+
+    /// Writes these tensors as a FlashPack file (bytes unchanged; `opts` as for [`pack`]).
+    pub fn to_flashpack(&self, dest: impl AsRef<Path>, opts: &PackOptions) -> Result<PackReport> {
+        let map = self.map_readonly()?;
+        let entries: Vec<PackEntry<'_>> = self
+            .tensors
+            .iter()
+            .map(|t| {
+                PackEntry::new(
+                    t.name.clone(),
+                    t.dtype,
+                    t.shape.clone(),
+                    &map[t.start as usize..t.end as usize],
+                )
+            })
+            .collect();
+        pack(dest.as_ref(), &entries, opts)
+    }
+
+    /// Writes these tensors as a safetensors file (bytes unchanged), atomically: a temporary
+    /// file beside `dest` is renamed over it once complete.
+    pub fn to_safetensors(&self, dest: impl AsRef<Path>) -> Result<()> {
+        let dest = dest.as_ref();
+        let map = self.map_readonly()?;
+        let mut views = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            let dtype = to_safetensors_dtype(t.dtype).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: tensor '{}': {} cannot be stored in safetensors",
+                    self.path.display(),
+                    t.name,
+                    t.dtype
+                ))
+            })?;
+            let shape = t
+                .shape
+                .iter()
+                .map(|&d| usize::try_from(d))
+                .collect::<std::result::Result<Vec<usize>, _>>()
+                .map_err(|_| Error::Invalid(format!("tensor '{}': shape too large", t.name)))?;
+            views.push((
+                t.name.clone(),
+                StView {
+                    dtype,
+                    shape,
+                    data: &map[t.start as usize..t.end as usize],
+                },
+            ));
+        }
+        let dir = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = tempfile::Builder::new()
+            .prefix(".sttmp_")
+            .tempfile_in(&dir)
+            .map_err(|e| Error::io(&dir, "create temporary file", e))?;
+        let metadata = self.safetensors_metadata().cloned();
+        safetensors::serialize_to_file(views, metadata, tmp.path())
+            .map_err(|e| Error::Invalid(format!("{}: {e}", dest.display())))?;
+        let f = File::open(tmp.path()).map_err(|e| Error::io(tmp.path(), "open", e))?;
+        f.sync_all()
+            .map_err(|e| Error::io(tmp.path(), "fsync", e))?;
+        tmp.persist(dest)
+            .map_err(|e| Error::io(dest, "rename into place", e.error))?;
+        Ok(())
+    }
+
+    fn map_readonly(&self) -> Result<Mmap> {
+        let file = match &self.inner {
+            Inner::Flash(f) => &f.file,
+            Inner::Safetensors { file, .. } => file,
+        };
+        // SAFETY: a read-only mapping of a file we only read; every tensor range was checked
+        // against the file's size when it was opened.
+        unsafe { MmapOptions::new().map(file) }.map_err(|e| Error::io(&self.path, "mmap", e))
+    }
+}
+
+struct StView<'a> {
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    data: &'a [u8],
+}
+
+impl safetensors::View for StView<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        self.dtype
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        std::borrow::Cow::Borrowed(self.data)
+    }
+    fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+enum Memory {
+    Flash(Loaded),
+    Mapped(MmapMut),
+    Owned(HostBuffer),
+}
+
+/// Loaded tensors (a FlashPack or safetensors file), by name.
+pub struct Weights {
+    path: PathBuf,
+    tensors: Vec<TensorInfo>,
+    index: HashMap<String, usize>,
+    memory: Memory,
+    /// File offset of the memory's first byte.
+    base: u64,
+    pub report: LoadReport,
+}
+
+impl Weights {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True when the bytes are owned memory rather than a mapping of the file.
+    pub fn is_eager(&self) -> bool {
+        match &self.memory {
+            Memory::Flash(l) => l.is_eager(),
+            Memory::Mapped(_) => false,
+            Memory::Owned(_) => true,
+        }
+    }
+
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.memory {
+            Memory::Flash(l) => l.payload(),
+            Memory::Mapped(m) => m,
+            Memory::Owned(b) => b.as_slice(),
+        }
+    }
+
+    fn view<'a>(&'a self, t: &'a TensorInfo) -> Option<TensorView<'a>> {
+        let start = usize::try_from(t.start.checked_sub(self.base)?).ok()?;
+        let end = usize::try_from(t.end.checked_sub(self.base)?).ok()?;
+        Some(TensorView {
+            name: &t.name,
+            dtype: t.dtype,
+            shape: &t.shape,
+            data: self.bytes().get(start..end)?,
+        })
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> Option<TensorView<'_>> {
+        self.index
+            .get(name)
+            .and_then(|&i| self.view(&self.tensors[i]))
+    }
+
+    /// Every tensor, in file order.
+    pub fn iter(&self) -> impl Iterator<Item = TensorView<'_>> {
+        self.tensors.iter().filter_map(|t| self.view(t))
+    }
+}
+
+/// Tensors loaded into one CUDA allocation (feature `cuda`), see [`WeightFile::load_cuda`].
+#[cfg(feature = "cuda")]
+pub struct CudaWeights {
+    pub buffer: crate::sink::cuda::DeviceBuffer,
+    /// File offset of the buffer's first byte.
+    base: u64,
+    tensors: Vec<TensorInfo>,
+    index: HashMap<String, usize>,
+    pub report: LoadReport,
+}
+
+#[cfg(feature = "cuda")]
+impl CudaWeights {
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// A tensor's info and device address.
+    pub fn get(&self, name: &str) -> Option<(&TensorInfo, u64)> {
+        let t = &self.tensors[*self.index.get(name)?];
+        Some((t, self.buffer.ptr() + (t.start - self.base)))
+    }
+
+    /// A tensor's bytes, copied back to the host.
+    pub fn to_host(&self, name: &str) -> Result<Vec<u8>> {
+        let t = self
+            .tensor_info(name)
+            .ok_or_else(|| Error::Invalid(format!("no tensor '{name}'")))?;
+        let mut out = vec![0u8; (t.end - t.start) as usize];
+        self.buffer
+            .copy_to_host((t.start - self.base) as usize, &mut out)?;
+        Ok(out)
+    }
+
+    fn tensor_info(&self, name: &str) -> Option<&TensorInfo> {
+        self.index.get(name).map(|&i| &self.tensors[i])
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl WeightFile {
+    /// Loads every tensor into one new allocation on CUDA device `ordinal`, streamed through the
+    /// pinned staging pool (host memory never holds the whole file).
+    pub fn load_cuda(&self, ordinal: usize, opts: &LoadOptions) -> Result<CudaWeights> {
+        use crate::sink::cuda::{CudaDevice, DeviceBuffer};
+        let device = CudaDevice::new(ordinal)?;
+        let (start, end) = self.data_range();
+        let len = usize::try_from(end - start)
+            .map_err(|_| Error::Invalid(format!("{}: data too large", self.path.display())))?;
+        let buffer = DeviceBuffer::alloc(&device, len)?;
+        let region = DeviceRegion {
+            offset: start,
+            len: end - start,
+            dst: buffer.ptr(),
+        };
+        let report = self.load_to_device(&device, vec![region], opts)?;
+        Ok(CudaWeights {
+            buffer,
+            base: start,
+            tensors: self.tensors.clone(),
+            index: self.index.clone(),
+            report,
+        })
+    }
+}

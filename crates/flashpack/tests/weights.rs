@@ -1,0 +1,276 @@
+//! The format-neutral API: safetensors files through the engine (lazy, eager in every I/O mode,
+//! device streaming) and conversions both ways, bit-exact, checked against the safetensors crate.
+mod common;
+
+use std::path::Path;
+
+use common::FakeDevice;
+use flashpack::read::{IoMode, LoadOptions};
+use flashpack::sink::DeviceRegion;
+use flashpack::weights::{to_safetensors_dtype, Format, WeightFile};
+use flashpack::write::{pack, PackEntry, PackOptions};
+use flashpack::Dtype;
+use safetensors::SafeTensors;
+
+/// Every dtype both formats store, odd sizes, a 0-dim and an empty tensor.
+fn tensors() -> Vec<(String, Dtype, Vec<u64>, Vec<u8>)> {
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as u8
+    };
+    let mut out: Vec<(String, Dtype, Vec<u64>, Vec<u8>)> = Dtype::ALL
+        .iter()
+        .filter(|d| to_safetensors_dtype(**d).is_some())
+        .enumerate()
+        .map(|(i, &d)| {
+            let shape = vec![3 + i as u64, 1001];
+            let n = shape.iter().product::<u64>() as usize * d.size();
+            (
+                format!("t.{}", d.name()),
+                d,
+                shape,
+                (0..n).map(|_| next()).collect(),
+            )
+        })
+        .collect();
+    out.push((
+        "scalar".into(),
+        Dtype::F32,
+        vec![],
+        1.5f32.to_le_bytes().to_vec(),
+    ));
+    out.push(("empty".into(), Dtype::I64, vec![0, 4], vec![]));
+    out.push((
+        "big".into(),
+        Dtype::BF16,
+        vec![3_000_001],
+        (0..6_000_002).map(|_| next()).collect(),
+    ));
+    out
+}
+
+fn write_flashpack(path: &Path, ts: &[(String, Dtype, Vec<u64>, Vec<u8>)]) {
+    let entries: Vec<PackEntry<'_>> = ts
+        .iter()
+        .map(|(n, d, s, b)| PackEntry::new(n.clone(), *d, s.clone(), b))
+        .collect();
+    pack(path, &entries, &PackOptions::default()).unwrap();
+}
+
+fn check_st(path: &Path, ts: &[(String, Dtype, Vec<u64>, Vec<u8>)]) {
+    let raw = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&raw).unwrap();
+    assert_eq!(st.len(), ts.len());
+    for (name, dtype, shape, bytes) in ts {
+        let v = st.tensor(name).unwrap();
+        assert_eq!(v.dtype(), to_safetensors_dtype(*dtype).unwrap(), "{name}");
+        assert_eq!(
+            v.shape().iter().map(|&d| d as u64).collect::<Vec<_>>(),
+            *shape,
+            "{name}"
+        );
+        assert!(v.data() == &bytes[..], "{name}: bytes differ");
+    }
+}
+
+#[test]
+fn flashpack_to_safetensors_and_back_is_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = tensors();
+    let fp = dir.path().join("a.flashpack");
+    write_flashpack(&fp, &ts);
+    let st = dir.path().join("b.safetensors");
+    let f = WeightFile::open(&fp).unwrap();
+    assert_eq!(f.format(), Format::FlashPack);
+    f.to_safetensors(&st).unwrap();
+    check_st(&st, &ts);
+
+    let g = WeightFile::open(&st).unwrap();
+    assert_eq!(g.format(), Format::Safetensors);
+    assert_eq!(g.tensors().len(), ts.len());
+    let fp2 = dir.path().join("c.flashpack");
+    g.to_flashpack(&fp2, &PackOptions::default()).unwrap();
+    let back = WeightFile::open(&fp2)
+        .unwrap()
+        .load(&LoadOptions::default())
+        .unwrap();
+    for (name, dtype, shape, bytes) in &ts {
+        let v = back.get(name).unwrap();
+        assert_eq!((v.dtype, v.shape), (*dtype, &shape[..]), "{name}");
+        assert!(v.data == &bytes[..], "{name}");
+    }
+    // The same tensors packed directly and through safetensors give the same file.
+    assert_eq!(std::fs::read(&fp).unwrap(), std::fs::read(&fp2).unwrap());
+}
+
+#[test]
+fn safetensors_load_through_the_engine_in_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = tensors();
+    let fp = dir.path().join("a.flashpack");
+    write_flashpack(&fp, &ts);
+    let st = dir.path().join("m.safetensors");
+    WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+    let modes = [
+        ("lazy", LoadOptions::default()),
+        (
+            "eager buffered",
+            LoadOptions {
+                eager: true,
+                io: IoMode::Buffered,
+                threads: 3,
+                chunk_bytes: 5000,
+                ..Default::default()
+            },
+        ),
+        (
+            "eager direct",
+            LoadOptions {
+                eager: true,
+                io: IoMode::Direct,
+                threads: 2,
+                chunk_bytes: 1 << 20,
+                ..Default::default()
+            },
+        ),
+        (
+            "eager auto",
+            LoadOptions {
+                eager: true,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (what, opts) in modes {
+        let w = WeightFile::open(&st).unwrap().load(&opts).unwrap();
+        assert_eq!(w.is_eager(), opts.eager, "{what}");
+        assert_eq!(w.iter().count(), ts.len(), "{what}");
+        for (name, dtype, shape, bytes) in &ts {
+            let v = w
+                .get(name)
+                .unwrap_or_else(|| panic!("{what}: {name} missing"));
+            assert_eq!((v.dtype, v.shape), (*dtype, &shape[..]), "{what} {name}");
+            assert!(v.data == &bytes[..], "{what} {name}");
+        }
+        if opts.eager {
+            let (start, end) = (w.tensors()[0].start, std::fs::metadata(&st).unwrap().len());
+            let io = w.report.io;
+            assert_eq!(
+                io.direct_bytes + io.buffered_bytes,
+                end - start,
+                "{what}: only the data is read"
+            );
+        }
+    }
+    let err = WeightFile::open(&st)
+        .unwrap()
+        .load(&LoadOptions {
+            verify: true,
+            ..Default::default()
+        })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no checksums"), "{err}");
+}
+
+#[test]
+fn safetensors_stream_to_a_device_by_file_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = tensors();
+    let fp = dir.path().join("a.flashpack");
+    write_flashpack(&fp, &ts);
+    let st = dir.path().join("m.safetensors");
+    WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+    let f = WeightFile::open(&st).unwrap();
+    let dev = FakeDevice::new(8 << 20);
+    let mut bufs: Vec<Vec<u8>> = f
+        .tensors()
+        .iter()
+        .map(|t| vec![0xA5; (t.end - t.start) as usize])
+        .collect();
+    let regions = f
+        .tensors()
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|(t, b)| DeviceRegion {
+            offset: t.start,
+            len: t.end - t.start,
+            dst: b.as_mut_ptr() as u64,
+        })
+        .collect();
+    let opts = LoadOptions {
+        threads: 3,
+        chunk_bytes: 1 << 20,
+        ..Default::default()
+    };
+    f.load_to_device(&dev, regions, &opts).unwrap();
+    for (t, b) in f.tensors().iter().zip(&bufs) {
+        let want = &ts.iter().find(|x| x.0 == t.name).unwrap().3;
+        assert!(b == want, "{}", t.name);
+    }
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = tensors();
+    let fp = dir.path().join("a.flashpack");
+    write_flashpack(&fp, &ts);
+    let st = dir.path().join("m.safetensors");
+    WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+    let raw = std::fs::read(&st).unwrap();
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage",
+            b"hello, this is not a weight file at all".to_vec(),
+        ),
+        ("tiny", vec![1, 2, 3]),
+        ("truncated", raw[..raw.len() - 100].to_vec()),
+        ("header cut", raw[..40].to_vec()),
+        ("huge header length", {
+            let mut r = raw.clone();
+            r[..8].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+            r
+        }),
+    ];
+    for (what, bytes) in cases {
+        let p = dir
+            .path()
+            .join(format!("{}.safetensors", what.replace(' ', "_")));
+        std::fs::write(&p, bytes).unwrap();
+        let err = WeightFile::open(&p)
+            .err()
+            .unwrap_or_else(|| panic!("{what} opened"))
+            .to_string();
+        assert!(err.contains(&*p.to_string_lossy()), "{what}: {err}");
+        assert!(
+            err.contains("not a FlashPack file") || err.contains("safetensors"),
+            "{what}: {err}"
+        );
+    }
+    // A dtype safetensors cannot hold is refused by name, and no destination is written.
+    let c = dir.path().join("c.flashpack");
+    let z = [0u8; 32];
+    pack(
+        &c,
+        &[PackEntry::new("z", Dtype::C128, vec![2], &z)],
+        &PackOptions::default(),
+    )
+    .unwrap();
+    let dest = dir.path().join("c.safetensors");
+    let err = WeightFile::open(&c)
+        .unwrap()
+        .to_safetensors(&dest)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tensor 'z'") && err.contains("complex128"),
+        "{err}"
+    );
+    assert!(!dest.exists());
+}
