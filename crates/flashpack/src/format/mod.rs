@@ -32,6 +32,10 @@ pub use layout::{plan, Layout, Order, Placement, TensorSpec};
 pub const MAGIC: &[u8; 8] = b"FLASHPK\0";
 /// Bytes after the footer JSON: its u64 length and the magic.
 pub const TRAILER_LEN: u64 = 16;
+/// Largest footer JSON a reader accepts (256 MiB: over a million tensors with checksums for
+/// 100 TB). A longer claimed length is refused before anything is allocated for it, so a sparse
+/// or crafted file cannot make the reader allocate its apparent size.
+pub const MAX_FOOTER_BYTES: u64 = 256 << 20;
 /// The writer's default alignment in bytes.
 pub const DEFAULT_ALIGN_BYTES: u64 = 128;
 
@@ -44,6 +48,10 @@ pub enum FormatError {
     BadMagic,
     #[error("footer JSON length {json_len} is larger than the {room} bytes before the trailer (truncated or corrupt file)")]
     JsonLengthTooLarge { json_len: u64, room: u64 },
+    #[error(
+        "footer JSON length {json_len} is over the {max}-byte limit (corrupt or crafted file)"
+    )]
+    FooterTooLarge { json_len: u64, max: u64 },
     #[error("footer is not valid UTF-8 JSON: {0}")]
     Json(String),
     #[error("unknown format {0:?} (expected \"flashpack_v3\" or \"flashpack_v4\")")]

@@ -14,7 +14,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::format::{FormatError, MAGIC, TRAILER_LEN};
+use crate::format::{FormatError, MAGIC, MAX_FOOTER_BYTES, TRAILER_LEN};
 use crate::{Error, Footer, Result};
 
 /// An open FlashPack file with its validated footer.
@@ -56,9 +56,24 @@ impl FlashFile {
         if json_len > room {
             return Err(fmt(FormatError::JsonLengthTooLarge { json_len, room }));
         }
+        if json_len > MAX_FOOTER_BYTES {
+            return Err(fmt(FormatError::FooterTooLarge {
+                json_len,
+                max: MAX_FOOTER_BYTES,
+            }));
+        }
         let payload_len = room - json_len;
-        // json_len <= file length, so this allocation is bounded by the file's real size.
-        let mut footer_json = vec![0u8; json_len as usize];
+        // Bounded by MAX_FOOTER_BYTES (and by the file's length) just above.
+        let mut footer_json = Vec::new();
+        footer_json
+            .try_reserve_exact(json_len as usize)
+            .map_err(|e| {
+                Error::Invalid(format!(
+                    "{}: footer of {json_len} bytes: {e}",
+                    path.display()
+                ))
+            })?;
+        footer_json.resize(json_len as usize, 0);
         file.read_exact_at(&mut footer_json, payload_len)
             .map_err(|e| Error::io(path, "read footer", e))?;
         let footer = Footer::decode(&footer_json, payload_len).map_err(fmt)?;
