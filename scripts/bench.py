@@ -19,6 +19,8 @@ What it does, in one run:
   each measurement in a FRESH subprocess that loads, then touches every byte (a sum over int64
   views, the same for all loaders) and reports its peak RSS (VmHWM; getrusage's ru_maxrss is
   inherited across execve on Linux, so it would report the parent's peak);
+* with cargo available, builds the Rust CLI (release) and adds its ``flashpack bench`` of the
+  safetensors file: ours (Rust API) vs the safetensors crate and candle, in one process, hot;
 * prints a table with the ratio to the relevant ceiling and to flashpack 0.4.5 in the same mode,
   and writes results.json, table.txt and bench.png into the results folder ($OUT if set, else
   --out). The big weight files are removed at the end.
@@ -422,6 +424,53 @@ def fmt_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
+def rust_cli_bench(path: Path, repeats: int) -> dict:
+    """The Rust CLI's ``flashpack bench --json`` on the bench's safetensors file: ours eager (and
+    lazy, and CUDA where there is a device) vs the safetensors crate and candle, in one process,
+    hot page cache, every byte touched. Built here with cargo (release); skipped without cargo
+    (the GPU machine carries only the wheel)."""
+    if shutil.which("cargo") is None:
+        return {"skipped": "cargo not found (no Rust toolchain here): Rust CLI rows skipped"}
+    if not path.is_file():
+        return {"skipped": f"{path.name} was not written"}
+    p = subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "flashpack-cli"],
+                       cwd=REPO, capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"error": "cargo build --release -p flashpack-cli failed: " + p.stderr.strip()[-600:]}
+    exe = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target") / "release" / "flashpack"
+    p = subprocess.run([str(exe), "--quiet", "bench", str(path), "--repeats", str(repeats), "--json"],
+                       capture_output=True, text=True, timeout=3600)
+    if p.returncode != 0:
+        return {"error": p.stderr.strip()[-600:]}
+    return json.loads(p.stdout)
+
+
+def rust_cli_lines(r: dict) -> tuple[list[str], list[str]]:
+    """The Rust CLI's rows as a table (lines) and the headline ratios (targets)."""
+    if "rows" not in r:
+        return [f"  {r.get('skipped') or r.get('error')}"], []
+    rows = []
+    for row in r["rows"]:
+        if "gbps" not in row:
+            rows.append([row["label"], "-", "-", "-", "-", "-", f"{row.get('skipped') or row.get('error')}"[:70]])
+            continue
+        vs = row.get("vs", {})
+        rows.append([row["label"], f"{row['total_s']:.3f}", f"{row['call_s']:.3f}", f"{row['gbps']:.2f}",
+                     f"{vs['safetensors']:.2f}x" if "safetensors" in vs else "-",
+                     f"{vs['candle']:.2f}x" if "candle" in vs else "-", ""])
+    table = fmt_table(rows, ["row", "total s", "call s", "GB/s", "vs safetensors crate", "vs candle", ""])
+    lines = [*table.splitlines(), f"checksums agree: {r.get('checksums_agree')}; what each row touches:"]
+    lines += [f"  {row['label']}: {row['touched']}" for row in r["rows"]]
+    eager = next((row for row in r["rows"] if row["key"] == "ours-eager" and "vs" in row), None)
+    targets = []
+    if eager:
+        vs = eager["vs"]
+        targets.append("Rust eager on the .safetensors file: "
+                       + ", ".join(f"{vs[k]:.2f}x vs {k}" for k in ("safetensors", "candle") if k in vs)
+                       + " (peer time / ours)")
+    return lines, targets
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gib", type=float, default=2.0)
@@ -573,6 +622,12 @@ def main() -> int:
     if not results["checks"]["checksums_agree"]:
         log(f"WARNING: loaders disagree on the bytes: {sums}")
 
+    # ---- Rust CLI: ours vs the safetensors crate and candle, in-process, on the safetensors file
+    log("bench: Rust CLI (cargo build --release -p flashpack-cli; flashpack bench --json)")
+    results["rust_cli"] = rust_cli_bench(files["safetensors"], repeats)
+    if "rows" not in results["rust_cli"]:
+        log(f"bench: Rust CLI rows skipped: {results['rust_cli']}")
+
     # ---- table ----------------------------------------------------------------------------
     ceil = results["ceilings"]
     pc = ceil["page_cache_copy"].get("gbps")
@@ -663,6 +718,9 @@ def main() -> int:
     if ours_pack and pst:
         targets.append(f"pack vs safetensors save_file: {pst / ours_pack:.2f}x (target >= 1.0x)")
 
+    rust_lines, rust_targets = rust_cli_lines(results["rust_cli"])
+    targets += rust_targets
+
     text = "\n".join([
         f"FlashPack bench  {info.get('date')}  payload {payload / MiB:.1f} MiB "
         f"({payload / 1e9:.2f} GB), best of {repeats}",
@@ -671,6 +729,8 @@ def main() -> int:
         "", "Ceilings", *("  " + x for x in ceil_lines),
         "", "Loads (every byte touched; total s = loader call + first pass summing every byte)", load_table,
         "", "Pack", pack_table,
+        "", "Rust CLI: flashpack bench on the .safetensors file (hot, one process, best of "
+        f"{repeats}; GB/s over call + a pass summing every byte)", *rust_lines,
         "", "Targets (reported, not asserted)", *("  " + x for x in targets),
     ])
     print("\n" + text, flush=True)

@@ -36,6 +36,9 @@ use crate::sink::{Device, DeviceRegion, HostBuffer};
 use crate::write::{pack, PackEntry, PackOptions, PackReport};
 use crate::{Dtype, Error, Result};
 
+/// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
+pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";
+
 /// A weight file's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -240,11 +243,16 @@ impl WeightFile {
         }
     }
 
-    /// The safetensors `__metadata__` strings, when this is a safetensors file that has them.
-    pub fn safetensors_metadata(&self) -> Option<&HashMap<String, String>> {
+    /// The safetensors `__metadata__` strings: a safetensors file's own, or those a FlashPack
+    /// file kept from the safetensors file it was converted from.
+    pub fn safetensors_metadata(&self) -> Option<HashMap<String, String>> {
         match &self.inner {
-            Inner::Safetensors { metadata, .. } => metadata.as_ref(),
-            Inner::Flash(_) => None,
+            Inner::Safetensors { metadata, .. } => metadata.clone(),
+            Inner::Flash(f) => f
+                .footer
+                .extra
+                .get(SAFETENSORS_METADATA_KEY)
+                .and_then(|v| serde_json::from_value(v.clone()).ok()),
         }
     }
 
@@ -279,7 +287,7 @@ impl WeightFile {
             Inner::Flash(f) => {
                 let loaded = read::load_open(f, opts)?;
                 let report = loaded.report.clone();
-                (Memory::Flash(loaded), 0, report)
+                (Memory::Flash(Box::new(loaded)), 0, report)
             }
             Inner::Safetensors {
                 file,
@@ -345,9 +353,18 @@ impl WeightFile {
         }
     }
 
-    /// Writes these tensors as a FlashPack file (bytes unchanged; `opts` as for [`pack`]).
+    /// Writes these tensors as a FlashPack file (bytes unchanged; `opts` as for [`pack`]). A
+    /// safetensors file's `__metadata__` goes into the footer key [`SAFETENSORS_METADATA_KEY`],
+    /// so converting back restores it.
     pub fn to_flashpack(&self, dest: impl AsRef<Path>, opts: &PackOptions) -> Result<PackReport> {
         let map = self.map_readonly()?;
+        let mut opts = opts.clone();
+        if let Some(meta) = self.safetensors_metadata() {
+            let value = serde_json::to_value(meta).map_err(|e| {
+                Error::Invalid(format!("{}: __metadata__: {e}", self.path.display()))
+            })?;
+            opts.extra.insert(SAFETENSORS_METADATA_KEY.into(), value);
+        }
         let entries: Vec<PackEntry<'_>> = self
             .tensors
             .iter()
@@ -360,7 +377,7 @@ impl WeightFile {
                 )
             })
             .collect();
-        pack(dest.as_ref(), &entries, opts)
+        pack(dest.as_ref(), &entries, &opts)
     }
 
     /// Writes these tensors as a safetensors file (bytes unchanged), atomically: a temporary
@@ -401,7 +418,7 @@ impl WeightFile {
             .prefix(".sttmp_")
             .tempfile_in(&dir)
             .map_err(|e| Error::io(&dir, "create temporary file", e))?;
-        let metadata = self.safetensors_metadata().cloned();
+        let metadata = self.safetensors_metadata();
         safetensors::serialize_to_file(views, metadata, tmp.path())
             .map_err(|e| Error::Invalid(format!("{}: {e}", dest.display())))?;
         let f = File::open(tmp.path()).map_err(|e| Error::io(tmp.path(), "open", e))?;
@@ -445,7 +462,7 @@ impl safetensors::View for StView<'_> {
 }
 
 enum Memory {
-    Flash(Loaded),
+    Flash(Box<Loaded>),
     Mapped(MmapMut),
     Owned(HostBuffer),
 }

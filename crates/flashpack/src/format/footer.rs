@@ -151,17 +151,25 @@ impl Footer {
         (start, start + rec.length * size)
     }
 
-    /// Names the tensors stored in payload bytes `[start, end)`, for messages.
+    /// Names the tensors stored in payload bytes `[start, end)` in payload order (up to three),
+    /// for messages.
     pub fn describe_range(&self, start: u64, end: u64) -> String {
-        let mut hit = self.records.iter().filter(|r| {
-            let (s, e) = self.byte_range(r);
-            s < end && start < e
-        });
-        match (hit.next(), hit.count()) {
-            (None, _) => "no tensor (padding only)".into(),
-            (Some(r), 0) => format!("tensor '{}'", r.name),
-            (Some(r), 1) => format!("tensor '{}' and 1 other", r.name),
-            (Some(r), n) => format!("tensor '{}' and {n} others", r.name),
+        let mut hit: Vec<(u64, &str)> = self
+            .records
+            .iter()
+            .filter_map(|r| {
+                let (s, e) = self.byte_range(r);
+                (s < end && start < e).then_some((s, r.name.as_str()))
+            })
+            .collect();
+        hit.sort();
+        hit.dedup();
+        let names: Vec<String> = hit.iter().take(3).map(|(_, n)| format!("'{n}'")).collect();
+        match hit.len() {
+            0 => "no tensor (padding only)".into(),
+            1 => format!("tensor {}", names[0]),
+            n if n <= 3 => format!("tensors {}", names.join(", ")),
+            n => format!("tensors {} and {} others", names.join(", "), n - 3),
         }
     }
 
