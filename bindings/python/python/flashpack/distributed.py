@@ -42,9 +42,6 @@ SHARD_GRID = 4 << 20
 # Largest single broadcast message.
 BROADCAST_PIECE = 256 << 20
 
-_control_groups: dict[int, Any] = {}
-
-
 def _timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=env_int("FLASHPACK_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
 
@@ -96,13 +93,12 @@ def maybe_init_distributed(
 
 
 def _control_group() -> Any:
-    """A gloo group for small control messages (works beside NCCL, honours the timeout)."""
-    key = id(dist.distributed_c10d._get_default_group())
-    group = _control_groups.get(key)
-    if group is None:
-        group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=_timeout())
-        _control_groups[key] = group
-    return group
+    """A gloo group for small control messages (works beside NCCL, honours the timeout).
+
+    Not cached: a process group object kept alive in a module global past
+    ``destroy_process_group`` is torn down at interpreter exit after the C++ runtime it needs,
+    which aborted about one process exit in five in the tests."""
+    return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=_timeout())
 
 
 def _agree(ok: str | None, what: str, group: Any) -> None:

@@ -193,32 +193,10 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
         let mut buf = HostBuffer::with_pages(payload_len, opts.huge_pages)?;
         report.phases.push(("alloc_cpu", t.elapsed()));
 
-        let t = Instant::now();
-        let (direct, threads) = reader_setup(&f, opts);
-        report.threads = threads;
-        let chunk_bytes = verifier
-            .as_ref()
-            .map_or(opts.chunk_bytes, |v| v.read_chunk(opts.chunk_bytes));
-        let chunks = plan_chunks(0, f.payload_len, chunk_bytes);
-        let bar = progress_bar(opts.progress, f.payload_len, "loading");
-        let src = pool::Source {
-            path,
-            buffered: &f.file,
-            direct,
-        };
-        let sink = HostSink::new(buf.as_mut_slice());
-        report.io = pool::read_chunks(
-            &src,
-            &chunks,
-            &sink,
-            report.threads,
-            bar.as_ref(),
-            verifier.as_ref(),
-        )?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        report.phases.push(("read_payload", t.elapsed()));
+        let r = read_into(&f.data(), 0, buf.as_mut_slice(), opts, verifier.as_ref())?;
+        report.threads = r.threads;
+        report.io = r.io;
+        report.phases.extend(r.phases);
         Memory::Owned(buf)
     };
     Ok(Loaded {
@@ -379,12 +357,28 @@ pub(crate) fn read_owned(
     end: u64,
     opts: &LoadOptions,
 ) -> Result<(HostBuffer, LoadReport)> {
-    let t = Instant::now();
     let len = usize::try_from(end.saturating_sub(start))
         .map_err(|_| Error::Invalid(format!("{}: data too large", d.path.display())))?;
     let mut buf = HostBuffer::with_pages(len, opts.huge_pages)?;
+    let report = read_into(d, start, buf.as_mut_slice(), opts, None)?;
+    Ok((buf, report))
+}
+
+/// The eager reader: data bytes `[start, start + dst.len())` of `d` into `dst` with the reader
+/// pool (checked against the checksums when a verifier is given; reads then go in multiples of
+/// the checksum chunk).
+fn read_into(
+    d: &DataFile<'_>,
+    start: u64,
+    dst: &mut [u8],
+    opts: &LoadOptions,
+    verifier: Option<&pool::Verifier<'_>>,
+) -> Result<LoadReport> {
+    let t = Instant::now();
+    let end = start + dst.len() as u64;
+    let chunk = verifier.map_or(opts.chunk_bytes, |v| v.read_chunk(opts.chunk_bytes));
     let (direct, threads) = data_reader_setup(d, opts);
-    let chunks = plan_chunks(start, end, opts.chunk_bytes);
+    let chunks = plan_chunks(start, end, chunk);
     let mut report = LoadReport {
         threads: threads.clamp(1, chunks.len().max(1)),
         ..Default::default()
@@ -395,13 +389,13 @@ pub(crate) fn read_owned(
         buffered: d.file,
         direct,
     };
-    let sink = HostSink::with_base(buf.as_mut_slice(), start);
-    report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref(), None)?;
+    let sink = HostSink::with_base(dst, start);
+    report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref(), verifier)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     report.phases.push(("read_payload", t.elapsed()));
-    Ok((buf, report))
+    Ok(report)
 }
 
 /// Fits `threads x SLOTS_PER_WORKER` staging buffers of `chunk_bytes` under `limit` bytes:
@@ -581,47 +575,17 @@ pub fn read_range(
     dst: &mut [u8],
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
-    let t = Instant::now();
-    let path = f.path.as_path();
-    let end = offset
+    offset
         .checked_add(dst.len() as u64)
         .filter(|&e| e <= f.payload_len)
         .ok_or_else(|| {
             Error::Invalid(format!(
                 "{}: range {offset}+{} lies outside the {}-byte payload",
-                path.display(),
+                f.path.display(),
                 dst.len(),
                 f.payload_len
             ))
         })?;
     let verifier = opts.verify.then(|| verifier(f)).transpose()?;
-    let chunk = verifier
-        .as_ref()
-        .map_or(opts.chunk_bytes, |v| v.read_chunk(opts.chunk_bytes));
-    let (direct, threads) = reader_setup(f, opts);
-    let chunks = plan_chunks(offset, end, chunk);
-    let mut report = LoadReport {
-        threads: threads.clamp(1, chunks.len().max(1)),
-        ..Default::default()
-    };
-    let bar = progress_bar(opts.progress, end - offset, "loading");
-    let src = pool::Source {
-        path,
-        buffered: &f.file,
-        direct,
-    };
-    let sink = HostSink::with_base(dst, offset);
-    report.io = pool::read_chunks(
-        &src,
-        &chunks,
-        &sink,
-        report.threads,
-        bar.as_ref(),
-        verifier.as_ref(),
-    )?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    report.phases.push(("read_range", t.elapsed()));
-    Ok(report)
+    read_into(&f.data(), offset, dst, opts, verifier.as_ref())
 }

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
 from ..deserialization import assign_from_file, get_flashpack_file_metadata
 from ..mixin import parameters_on_meta
 from ..utils import get_module_and_attribute, string_to_dtype
@@ -279,3 +280,52 @@ def push_folder(
         create_pr=create_pr,
     )
     return repo_id
+
+
+class SavePretrainedFlashPack:
+    """``save_pretrained_flashpack`` for the library mixins: one signature (the original's),
+    forwarded to the library's own save function named by ``_flashpack_save``."""
+
+    _flashpack_save: Callable[..., None]
+
+    def save_pretrained_flashpack(
+        self,
+        save_directory: str | os.PathLike[str],
+        *,
+        is_main_process: bool = True,
+        push_to_hub: bool = False,
+        target_dtype: torch.dtype | None = None,
+        align_bytes: int = DEFAULT_ALIGN_BYTES,
+        silent: bool = True,
+        num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
+        commit_message: str | None = None,
+        create_pr: bool = False,
+        token: str | bool | None = None,
+        repo_id: str | None = None,
+        private: bool | None = None,
+        ignore_names: list[str] | None = None,
+        ignore_prefixes: list[str] | None = None,
+        ignore_suffixes: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Save the config and the weights (``model.flashpack``) to ``save_directory``;
+        ``target_dtype`` casts floating-point weights; ``push_to_hub`` uploads the folder."""
+        del kwargs  # accepted for signature compatibility with save_pretrained
+        type(self)._flashpack_save(
+            self,
+            save_directory,
+            is_main_process=is_main_process,
+            push_to_hub=push_to_hub,
+            target_dtype=target_dtype,
+            align_bytes=align_bytes,
+            silent=silent,
+            num_workers=num_workers,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            token=token,
+            repo_id=repo_id,
+            private=private,
+            ignore_names=ignore_names,
+            ignore_prefixes=ignore_prefixes,
+            ignore_suffixes=ignore_suffixes,
+        )

@@ -16,6 +16,7 @@ from ...mixin import FlashPackMixin
 from ...serialization import pack_to_file
 from ...utils import filter_state_dict
 from .._common import (
+    SavePretrainedFlashPack,
     ASSIGN_KWARGS,
     FLASHPACK_WEIGHTS_NAME,
     HUB_KWARGS,
@@ -106,53 +107,13 @@ def load_diffusers_model(
     return load_into_model(model, path, device=device, dtype=requested_dtype(dtype), **assign)
 
 
-class FlashPackDiffusersModelMixin(ModelMixin, FlashPackMixin):
+class FlashPackDiffusersModelMixin(ModelMixin, SavePretrainedFlashPack, FlashPackMixin):
     """Mix into a diffusers model class: ``class FlashPackUNet2DModel(UNet2DModel,
     FlashPackDiffusersModelMixin)``."""
 
     flashpack_init_method: str | None = "from_config"
 
-    def save_pretrained_flashpack(
-        self,
-        save_directory: str | os.PathLike[str],
-        *,
-        is_main_process: bool = True,
-        push_to_hub: bool = False,
-        target_dtype: torch.dtype | None = None,
-        align_bytes: int = DEFAULT_ALIGN_BYTES,
-        silent: bool = True,
-        num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
-        commit_message: str | None = None,
-        create_pr: bool = False,
-        token: str | bool | None = None,
-        repo_id: str | None = None,
-        private: bool | None = None,
-        ignore_names: list[str] | None = None,
-        ignore_prefixes: list[str] | None = None,
-        ignore_suffixes: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Save the config and the weights (``model.flashpack``) to ``save_directory``;
-        ``target_dtype`` casts floating-point weights; ``push_to_hub`` uploads the folder."""
-        del kwargs  # accepted for signature compatibility with save_pretrained
-        save_diffusers_model(
-            self,
-            save_directory,
-            is_main_process=is_main_process,
-            push_to_hub=push_to_hub,
-            target_dtype=target_dtype,
-            align_bytes=align_bytes,
-            silent=silent,
-            num_workers=num_workers,
-            commit_message=commit_message,
-            create_pr=create_pr,
-            token=token,
-            repo_id=repo_id,
-            private=private,
-            ignore_names=ignore_names,
-            ignore_prefixes=ignore_prefixes,
-            ignore_suffixes=ignore_suffixes,
-        )
+    _flashpack_save = staticmethod(save_diffusers_model)
 
     @classmethod
     def from_pretrained_flashpack(

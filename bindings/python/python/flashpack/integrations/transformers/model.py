@@ -18,6 +18,7 @@ from ...mixin import FlashPackMixin
 from ...serialization import pack_to_file
 from ...utils import filter_state_dict
 from .._common import (
+    SavePretrainedFlashPack,
     ASSIGN_KWARGS,
     FLASHPACK_WEIGHTS_NAME,
     HUB_KWARGS,
@@ -124,53 +125,13 @@ def pop_loading_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str
     return hub, assign, dtype if dtype is not None else torch_dtype
 
 
-class FlashPackTransformersModelMixin(PreTrainedModel, FlashPackMixin):
+class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, FlashPackMixin):
     """Mix into a transformers model class: ``class FlashPackBertModel(BertModel,
     FlashPackTransformersModelMixin)``."""
 
     flashpack_init_method: str | None = "from_config"
 
-    def save_pretrained_flashpack(
-        self,
-        save_directory: str | os.PathLike[str],
-        *,
-        is_main_process: bool = True,
-        push_to_hub: bool = False,
-        target_dtype: torch.dtype | None = None,
-        align_bytes: int = DEFAULT_ALIGN_BYTES,
-        silent: bool = True,
-        num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
-        commit_message: str | None = None,
-        create_pr: bool = False,
-        token: str | bool | None = None,
-        repo_id: str | None = None,
-        private: bool | None = None,
-        ignore_names: list[str] | None = None,
-        ignore_prefixes: list[str] | None = None,
-        ignore_suffixes: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Save the config and the weights (``model.flashpack``) to ``save_directory``;
-        ``target_dtype`` casts floating-point weights; ``push_to_hub`` uploads the folder."""
-        del kwargs  # accepted for signature compatibility with save_pretrained
-        save_transformers_model(
-            self,
-            save_directory,
-            is_main_process=is_main_process,
-            push_to_hub=push_to_hub,
-            target_dtype=target_dtype,
-            align_bytes=align_bytes,
-            silent=silent,
-            num_workers=num_workers,
-            commit_message=commit_message,
-            create_pr=create_pr,
-            token=token,
-            repo_id=repo_id,
-            private=private,
-            ignore_names=ignore_names,
-            ignore_prefixes=ignore_prefixes,
-            ignore_suffixes=ignore_suffixes,
-        )
+    _flashpack_save = staticmethod(save_transformers_model)
 
     @classmethod
     def from_pretrained_flashpack(
