@@ -83,6 +83,34 @@ def temp_files(directory: Path) -> list[Path]:
     return sorted(directory.glob(".packtmp_*"))
 
 
+def packing_file(pid: int, directory: Path) -> Path | None:
+    """The file a packer is writing: its unnamed O_TMPFILE in `directory` (seen through the
+    packer's /proc/<pid>/fd link), or a named .packtmp_* file where O_TMPFILE is not used."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        fds = []
+    for fd in fds:
+        link = Path(f"/proc/{pid}/fd/{fd}")
+        try:
+            target = os.readlink(link)
+        except OSError:
+            continue
+        if target.startswith(f"{directory}/#") or target.startswith(f"{directory}/.packtmp_"):
+            return link
+    tmps = temp_files(directory)
+    return tmps[0] if tmps else None
+
+
+def unnamed_temp_files_supported(directory: Path) -> bool:
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+    except (OSError, AttributeError):
+        return False
+    os.close(fd)
+    return os.path.isdir("/proc/self/fd")
+
+
 def allocated(path: Path) -> int:
     try:
         return os.stat(path).st_blocks * 512
@@ -115,8 +143,8 @@ def test_kill_9_while_packing_over_a_file_leaves_the_old_file_intact(tmp_path: P
     if when != "right after start":
         share = {"temp file created": 0.0, "40% written": 0.40, "95% written": 0.95}[when]
         while True:
-            tmps = temp_files(tmp_path)
-            if tmps and allocated(tmps[0]) >= share * new_payload:
+            staged = packing_file(proc.pid, tmp_path)
+            if staged is not None and allocated(staged) >= share * new_payload:
                 break
             if proc.poll() is not None:
                 # Only the last kill point may lose the race with the end of the pack.
@@ -147,7 +175,11 @@ def test_kill_9_while_packing_over_a_file_leaves_the_old_file_intact(tmp_path: P
         assert killed, f"{when}: the packer was not killed (exit {proc.returncode})"
         assert sha256(dest) == old_hash, f"{when}: the old file's bytes changed"
         assert_loads_as(dest, old, f"{when}: old file")
-    # Temp files never shadow the destination: hidden names that no '*.flashpack' lookup finds.
+    # Nothing is left behind: the packer writes an unnamed O_TMPFILE that gets a name only when
+    # complete (a named temp file only where the filesystem lacks O_TMPFILE; that one never
+    # shadows the destination either: a hidden name no '*.flashpack' lookup finds).
+    if unnamed_temp_files_supported(tmp_path):
+        assert not leftovers, f"{when}: a killed pack left {report}"
     assert sorted(tmp_path.glob("*.flashpack")) == [dest]
     for p in leftovers:
         assert p.name.startswith(".packtmp_") and not p.name.endswith(".flashpack"), p.name

@@ -15,7 +15,7 @@
 //! ```
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +27,9 @@ use crate::format::{
 use crate::{Dtype, Error, Result};
 
 use crate::progress::progress_bar;
+
+mod staged;
+use staged::Staged;
 
 /// Footer keys the format itself writes; extra keys may not reuse them.
 const RESERVED_KEYS: &[&str] = &[
@@ -148,12 +151,8 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
         _ => std::path::PathBuf::from("."),
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".packtmp_")
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(&dir)
-        .map_err(|e| Error::io(&dir, "create temporary file", e))?;
-    let file = tmp.as_file();
+    let tmp = Staged::create(&dir)?;
+    let file = tmp.file();
     file.set_len(layout.payload_len)
         .map_err(|e| Error::io(tmp.path(), "set length", e))?;
     phases.push(("create_file", t.elapsed()));
@@ -188,8 +187,7 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
     phases.push(("append_footer", t.elapsed()));
 
     let t = Instant::now();
-    tmp.persist(dest)
-        .map_err(|e| Error::io(dest, "rename into place", e.error))?;
+    tmp.commit(dest)?;
     if let Ok(d) = File::open(&dir) {
         let _ = d.sync_all(); // best effort: makes the rename durable where the filesystem allows
     }
