@@ -157,6 +157,11 @@ pub(crate) fn read_chunks(
                 let result = sink.write_chunk(worker, c.offset, c.len, &mut fill);
                 if let Err(e) = result {
                     let e = match (io_error, bad_data) {
+                        // The footer was checked against the file's length at open, so running
+                        // out of bytes means the file shrank during the load.
+                        (Some(io), _) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            Error::io(src.path, "read (the file got shorter while loading)", io)
+                        }
                         (Some(io), _) => Error::io(src.path, "read", io),
                         (None, Some(bad)) => bad,
                         (None, None) => e,
