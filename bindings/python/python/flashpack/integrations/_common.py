@@ -19,7 +19,8 @@ import torch
 from ..constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
 from ..deserialization import assign_from_file, get_flashpack_file_metadata
 from ..mixin import parameters_on_meta
-from ..utils import get_module_and_attribute, string_to_dtype
+from ..serialization import pack_to_file
+from ..utils import filter_state_dict, get_module_and_attribute, string_to_dtype
 
 FLASHPACK_WEIGHTS_NAME = "model.flashpack"
 
@@ -282,9 +283,62 @@ def push_folder(
     return repo_id
 
 
+def save_model_folder(
+    model: torch.nn.Module,
+    save_directory: str | os.PathLike[str],
+    write_config: Callable[[Path], None],
+    library_name: str,
+    *,
+    is_main_process: bool = True,
+    push_to_hub: bool = False,
+    target_dtype: torch.dtype | None = None,
+    align_bytes: int = DEFAULT_ALIGN_BYTES,
+    silent: bool = True,
+    num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    token: str | bool | None = None,
+    repo_id: str | None = None,
+    private: bool | None = None,
+    ignore_names: list[str] | None = None,
+    ignore_prefixes: list[str] | None = None,
+    ignore_suffixes: list[str] | None = None,
+) -> None:
+    """The steps every library's ``save_pretrained_flashpack`` shares: check the folder, let
+    ``write_config`` write the library's config files into it (main process only), pack the
+    (filtered) state dict as ``model.flashpack`` and optionally push the folder to the Hub."""
+    folder = Path(save_directory)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder}: cannot save a model there, it is a file")
+    if not is_main_process:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_config(folder)
+    state_dict = filter_state_dict(model.state_dict(), ignore_names, ignore_prefixes, ignore_suffixes)
+    pack_to_file(
+        state_dict,
+        folder / FLASHPACK_WEIGHTS_NAME,
+        target_dtype,
+        align_bytes=align_bytes,
+        silent=silent,
+        num_workers=num_workers,
+    )
+    if push_to_hub:
+        push_folder(
+            folder,
+            repo_id,
+            token=token,
+            private=private,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            library_name=library_name,
+        )
+
+
 class SavePretrainedFlashPack:
     """``save_pretrained_flashpack`` for the library mixins: one signature (the original's),
-    forwarded to the library's own save function named by ``_flashpack_save``."""
+    forwarded to the library's own save function named by ``_flashpack_save``
+    (which takes the same keyword arguments, see :func:`save_model_folder`)."""
 
     _flashpack_save: Callable[..., None]
 

@@ -11,14 +11,10 @@ import diffusers
 import torch
 from diffusers import ModelMixin
 
-from ...constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
 from ...mixin import FlashPackMixin
-from ...serialization import pack_to_file
-from ...utils import filter_state_dict
 from .._common import (
     SavePretrainedFlashPack,
     ASSIGN_KWARGS,
-    FLASHPACK_WEIGHTS_NAME,
     HUB_KWARGS,
     OBSOLETE_HUB_KWARGS,
     build_dtype,
@@ -26,65 +22,27 @@ from .._common import (
     flashpack_path,
     library_class,
     load_into_model,
-    push_folder,
     requested_dtype,
     resolve_model_dir,
     rewrite_json,
+    save_model_folder,
     split_kwargs,
 )
 
 
-def save_diffusers_model(
-    model: ModelMixin,
-    save_directory: str | os.PathLike[str],
-    *,
-    is_main_process: bool = True,
-    push_to_hub: bool = False,
-    target_dtype: torch.dtype | None = None,
-    align_bytes: int = DEFAULT_ALIGN_BYTES,
-    silent: bool = True,
-    num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
-    commit_message: str | None = None,
-    create_pr: bool = False,
-    token: str | bool | None = None,
-    repo_id: str | None = None,
-    private: bool | None = None,
-    ignore_names: list[str] | None = None,
-    ignore_prefixes: list[str] | None = None,
-    ignore_suffixes: list[str] | None = None,
-) -> None:
+def save_diffusers_model(model: ModelMixin, save_directory: str | os.PathLike[str], **options: Any) -> None:
     """Write ``config.json`` plus ``model.flashpack`` into ``save_directory``, for any diffusers
-    model. The config names the diffusers class (``UNet2DModel``, not a ``FlashPack`` subclass),
-    so diffusers itself can read the folder (``from_pretrained(..., use_flashpack=True)``)."""
-    folder = Path(save_directory)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: cannot save a model there, it is a file")
-    if not is_main_process:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_config(folder)
-    base = library_class(type(model), diffusers, ModelMixin)
-    if base is not None and base is not type(model):
-        rewrite_json(folder / model.config_name, lambda cfg: cfg.update(_class_name=base.__name__))
-    state_dict = filter_state_dict(model.state_dict(), ignore_names, ignore_prefixes, ignore_suffixes)
-    pack_to_file(
-        state_dict,
-        folder / FLASHPACK_WEIGHTS_NAME,
-        target_dtype,
-        align_bytes=align_bytes,
-        silent=silent,
-        num_workers=num_workers,
-    )
-    if push_to_hub:
-        push_folder(
-            folder,
-            repo_id,
-            token=token,
-            private=private,
-            commit_message=commit_message,
-            create_pr=create_pr,
-            library_name="diffusers",
-        )
+    model (options: those of :func:`save_model_folder`). The config names the diffusers class
+    (``UNet2DModel``, not a ``FlashPack`` subclass), so diffusers itself can read the folder
+    (``from_pretrained(..., use_flashpack=True)``)."""
+
+    def write_config(folder: Path) -> None:
+        model.save_config(folder)
+        base = library_class(type(model), diffusers, ModelMixin)
+        if base is not None and base is not type(model):
+            rewrite_json(folder / model.config_name, lambda cfg: cfg.update(_class_name=base.__name__))
+
+    save_model_folder(model, save_directory, write_config, "diffusers", **options)
 
 
 def load_diffusers_model(

@@ -13,14 +13,10 @@ import torch
 import transformers
 from transformers import AutoConfig, GenerationConfig, PreTrainedConfig, PreTrainedModel
 
-from ...constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
 from ...mixin import FlashPackMixin
-from ...serialization import pack_to_file
-from ...utils import filter_state_dict
 from .._common import (
     SavePretrainedFlashPack,
     ASSIGN_KWARGS,
-    FLASHPACK_WEIGHTS_NAME,
     HUB_KWARGS,
     OBSOLETE_HUB_KWARGS,
     build_dtype,
@@ -28,9 +24,9 @@ from .._common import (
     flashpack_path,
     library_class,
     load_into_model,
-    push_folder,
     requested_dtype,
     resolve_model_dir,
+    save_model_folder,
     split_kwargs,
 )
 
@@ -38,59 +34,24 @@ ModelT = TypeVar("ModelT", bound=PreTrainedModel)
 
 
 def save_transformers_model(
-    model: PreTrainedModel,
-    save_directory: str | os.PathLike[str],
-    *,
-    is_main_process: bool = True,
-    push_to_hub: bool = False,
-    target_dtype: torch.dtype | None = None,
-    align_bytes: int = DEFAULT_ALIGN_BYTES,
-    silent: bool = True,
-    num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
-    commit_message: str | None = None,
-    create_pr: bool = False,
-    token: str | bool | None = None,
-    repo_id: str | None = None,
-    private: bool | None = None,
-    ignore_names: list[str] | None = None,
-    ignore_prefixes: list[str] | None = None,
-    ignore_suffixes: list[str] | None = None,
+    model: PreTrainedModel, save_directory: str | os.PathLike[str], **options: Any
 ) -> None:
     """Write ``config.json`` (and ``generation_config.json`` for generative models) plus
-    ``model.flashpack`` into ``save_directory``, for any transformers model."""
-    folder = Path(save_directory)
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder}: cannot save a model there, it is a file")
-    if not is_main_process:
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    config = copy.deepcopy(model.config)
-    base = library_class(type(model), transformers, PreTrainedModel) or type(model)
-    config.architectures = [base.__name__]
-    config.dtype = target_dtype if target_dtype is not None else model.dtype
-    config.save_pretrained(folder)
-    generation_config = getattr(model, "generation_config", None)
-    if model.can_generate() and generation_config is not None:
-        generation_config.save_pretrained(folder)
-    state_dict = filter_state_dict(model.state_dict(), ignore_names, ignore_prefixes, ignore_suffixes)
-    pack_to_file(
-        state_dict,
-        folder / FLASHPACK_WEIGHTS_NAME,
-        target_dtype,
-        align_bytes=align_bytes,
-        silent=silent,
-        num_workers=num_workers,
-    )
-    if push_to_hub:
-        push_folder(
-            folder,
-            repo_id,
-            token=token,
-            private=private,
-            commit_message=commit_message,
-            create_pr=create_pr,
-            library_name="transformers",
-        )
+    ``model.flashpack`` into ``save_directory``, for any transformers model (options: those of
+    :func:`save_model_folder`)."""
+    target_dtype = options.get("target_dtype")
+
+    def write_config(folder: Path) -> None:
+        config = copy.deepcopy(model.config)
+        base = library_class(type(model), transformers, PreTrainedModel) or type(model)
+        config.architectures = [base.__name__]
+        config.dtype = target_dtype if target_dtype is not None else model.dtype
+        config.save_pretrained(folder)
+        generation_config = getattr(model, "generation_config", None)
+        if model.can_generate() and generation_config is not None:
+            generation_config.save_pretrained(folder)
+
+    save_model_folder(model, save_directory, write_config, "transformers", **options)
 
 
 def load_transformers_model(
