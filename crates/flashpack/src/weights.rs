@@ -134,8 +134,7 @@ impl WeightFile {
             file.read_exact_at(&mut tail, file_len - 8).is_ok() && &tail == MAGIC
         };
         if is_flash {
-            drop(file);
-            let f = FlashFile::open(path)?;
+            let f = FlashFile::from_file(path, file)?;
             let tensors = f
                 .footer
                 .records

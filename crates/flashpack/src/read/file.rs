@@ -35,6 +35,12 @@ impl FlashFile {
     pub fn open(path: impl AsRef<Path>) -> Result<FlashFile> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        Self::from_file(path, file)
+    }
+
+    /// Reads and validates the footer of `file`, already opened from `path` (named in errors).
+    pub fn from_file(path: impl AsRef<Path>, file: File) -> Result<FlashFile> {
+        let path = path.as_ref();
         let file_len = file
             .metadata()
             .map_err(|e| Error::io(path, "stat", e))?
