@@ -64,6 +64,16 @@ def is_flashpack_file(path: str | os.PathLike[str]) -> bool:
     return True
 
 
+def reader_options() -> dict[str, Any]:
+    """The engine's reader settings from the environment: ``FLASHPACK_DIRECT_IO=0`` (never
+    O_DIRECT), ``FLASHPACK_READ_THREADS``, ``FLASHPACK_READ_CHUNK_BYTES``."""
+    return {
+        "io": "auto" if env_flag("FLASHPACK_DIRECT_IO", default=True) else "buffered",
+        "threads": env_int("FLASHPACK_READ_THREADS", 0),
+        "chunk_bytes": env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES),
+    }
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     device = torch.device("cpu") if device is None else torch.device(device)
     return torch.device("cpu") if device.type == "meta" else device
@@ -109,19 +119,14 @@ def read_flashpack_file(
     device = _resolve_device(device)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"Unsupported device: {device}")
-    io = "auto" if env_flag("FLASHPACK_DIRECT_IO", default=True) else "buffered"
-    threads = env_int("FLASHPACK_READ_THREADS", 0)
-    read_chunk = env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES)
     if device.type == "cuda":
-        return _read_to_cuda(os.fspath(path), device, io, threads, read_chunk, silent, verify)
+        return _read_to_cuda(os.fspath(path), device, silent, verify)
     if eager is None:
         eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
     payload = _core.load(
         os.fspath(path),
         eager=eager,
-        io=io,
-        threads=threads,
-        chunk_bytes=read_chunk,
+        **reader_options(),
         progress=not silent,
         huge_pages=env_flag("FLASHPACK_HUGE_PAGES"),
         verify=verify,
@@ -134,7 +139,7 @@ def read_flashpack_file(
 
 
 def _read_to_cuda(
-    path: str, device: torch.device, io: str, threads: int, read_chunk: int, silent: bool, verify: bool
+    path: str, device: torch.device, silent: bool, verify: bool
 ) -> tuple[FlashTensorStorage, dict[str, Any]]:
     """Stream the file's blocks into one new CUDA tensor per block, through the engine's pinned
     staging buffers (host memory never holds the whole payload)."""
@@ -154,9 +159,7 @@ def _read_to_cuda(
         # use; the engine copies on its own streams, so that work must be finished first.
         torch.cuda.current_stream(device).synchronize()
     regions = [(offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(handle.blocks, raw) if length]
-    phases, _io = handle.to_cuda(
-        index, regions, io=io, threads=threads, chunk_bytes=read_chunk, progress=not silent, verify=verify
-    )
+    phases, _io = handle.to_cuda(index, regions, progress=not silent, verify=verify, **reader_options())
     print_phases(phases, silent)
     blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(handle.blocks, raw)]
     return FlashTensorStorage(blocks=blocks), meta

@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 
 from . import _core
-from .constants import DEFAULT_READ_CHUNK_BYTES
 from .utils import env_flag, env_int, string_to_dtype, timer
 
 STRATEGIES = ("broadcast", "sharded")
@@ -146,7 +145,7 @@ def read_flashpack_file_distributed(
     every other rank follows, so per-rank settings cannot make the collectives disagree. The
     returned storage records what this rank read in ``storage.io`` (``bytes_read``).
     """
-    from .deserialization import FlashTensorStorage
+    from .deserialization import FlashTensorStorage, reader_options
 
     del chunk_bytes, num_streams, metadata  # the engine sizes its reads; the footer comes from src
     device = torch.device(device)
@@ -203,11 +202,7 @@ def read_flashpack_file_distributed(
         buffer = torch.empty(padded, dtype=torch.uint8, device=device)
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()
-    io_kw = {
-        "io": "auto" if env_flag("FLASHPACK_DIRECT_IO", default=True) else "buffered",
-        "threads": env_int("FLASHPACK_READ_THREADS", 0),
-        "chunk_bytes": env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES),
-    }
+    io_kw = reader_options()
     bytes_read = 0
 
     def read(offset: int, length: int, into: torch.Tensor) -> int:

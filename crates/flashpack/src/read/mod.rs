@@ -209,17 +209,13 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
     })
 }
 
-/// Chooses buffered or `O_DIRECT` reads for `f` and the reader thread count.
+/// Chooses buffered or `O_DIRECT` reads for `d` and the reader thread count.
 ///
-/// `O_DIRECT` is used unless the payload is mostly in the page cache (or `opts.io` says
+/// `O_DIRECT` is used unless the data is mostly in the page cache (or `opts.io` says
 /// otherwise); filesystems such as tmpfs refuse it at open, and then reads stay buffered. The
 /// direct handle is opened by path, so it is only used if it is the same file (same device and
 /// inode) as the one whose footer was validated.
-fn reader_setup(f: &FlashFile, opts: &LoadOptions) -> (Option<File>, usize) {
-    data_reader_setup(&f.data(), opts)
-}
-
-fn data_reader_setup(d: &DataFile<'_>, opts: &LoadOptions) -> (Option<File>, usize) {
+fn reader_setup(d: &DataFile<'_>, opts: &LoadOptions) -> (Option<File>, usize) {
     use std::os::unix::fs::MetadataExt;
     let use_direct = match opts.io {
         IoMode::Buffered => false,
@@ -297,7 +293,7 @@ pub(crate) fn stream_to_device<D: Device>(
     let path = d.path;
     let regions = check_regions(regions, d.end)
         .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-    let (direct, threads) = data_reader_setup(d, opts);
+    let (direct, threads) = reader_setup(d, opts);
     let limit = device.pool().limit();
     let (threads, chunk) = match verifier {
         // Verified reads must be whole checksum chunks: shrink the read chunk down to one
@@ -377,7 +373,7 @@ fn read_into(
     let t = Instant::now();
     let end = start + dst.len() as u64;
     let chunk = verifier.map_or(opts.chunk_bytes, |v| v.read_chunk(opts.chunk_bytes));
-    let (direct, threads) = data_reader_setup(d, opts);
+    let (direct, threads) = reader_setup(d, opts);
     let chunks = plan_chunks(start, end, chunk);
     let mut report = LoadReport {
         threads: threads.clamp(1, chunks.len().max(1)),
@@ -547,7 +543,7 @@ pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport
     }
     let v = verifier(&f)?;
     let chunk = v.read_chunk(opts.chunk_bytes);
-    let (direct, threads) = reader_setup(&f, opts);
+    let (direct, threads) = reader_setup(&f.data(), opts);
     let chunks = plan_chunks(0, f.payload_len, chunk);
     let threads = threads.clamp(1, chunks.len().max(1));
     let sink = crate::sink::ScratchSink::new(threads, chunk)?;
