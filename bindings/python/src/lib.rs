@@ -71,7 +71,7 @@ impl Payload {
 
     #[getter]
     fn payload_len(&self) -> u64 {
-        self.loaded.payload_len
+        self.loaded.payload_len()
     }
 
     #[getter]
@@ -98,7 +98,7 @@ impl Payload {
     }
 
     fn __len__(&self) -> usize {
-        self.loaded.payload_len as usize
+        self.loaded.payload().len()
     }
 
     /// # Safety
@@ -113,7 +113,7 @@ impl Payload {
         let this = slf.get();
         let (ptr, len) = (
             this.ptr as *mut c_void,
-            this.loaded.payload_len as ffi::Py_ssize_t,
+            this.loaded.payload().len() as ffi::Py_ssize_t,
         );
         // SAFETY: see above; writes through the view are allowed because the memory is either a
         // copy-on-write mapping (writes never reach the file) or memory we own. Rust never reads
@@ -194,9 +194,13 @@ impl File {
     }
 
     /// Streams payload ranges into CUDA memory on device `device`: `regions` is
-    /// `[(payload_offset, length, device_address), ...]` (addresses of memory the caller owns,
-    /// e.g. torch tensors' `data_ptr()`). Returns `(phases, io)` once every copy has completed.
-    /// The GIL is released throughout.
+    /// `[(payload_offset, length, device_address), ...]`. Returns `(phases, io)` once every copy
+    /// has completed. The GIL is released throughout; the calling thread's current CUDA context
+    /// (torch's current device) is unchanged afterwards.
+    ///
+    /// Private API: the caller (flashpack's Python code) passes addresses of device memory it
+    /// owns and nothing else uses during the call (tensors it just allocated, after torch's
+    /// stream was synchronized). Other addresses corrupt device memory.
     #[pyo3(signature = (device, regions, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, verify=false))]
     #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn to_cuda<'py>(
@@ -226,7 +230,9 @@ impl File {
         let report = py
             .detach(|| -> flashpack::Result<read::LoadReport> {
                 let dev = CudaDevice::new(device)?;
-                read::load_to_device(&self.f, &dev, regions, &opts)
+                // SAFETY: the contract of this private method (its docs): the regions are device
+                // memory the caller owns and nothing else touches until this returns.
+                unsafe { read::load_to_device(&self.f, &dev, regions, &opts) }
             })
             .map_err(to_py)?;
         Ok((phases(&report.phases), io_dict(py, &report)?))
@@ -287,13 +293,14 @@ fn cuda_available(py: Python<'_>) -> bool {
     py.detach(cuda::driver_available)
 }
 
-/// Byte counts of the pinned staging pool: allocated, idle, peak, limit.
+/// Byte counts of the pinned staging pool: allocated, idle, leaked, peak, limit.
 #[pyfunction]
 fn pinned_pool_stats<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-    let s = cuda::pinned_pool().stats();
+    let s = cuda::pinned_pool().map_err(to_py)?.stats();
     let d = PyDict::new(py);
     d.set_item("allocated", s.allocated)?;
     d.set_item("idle", s.idle)?;
+    d.set_item("leaked", s.leaked)?;
     d.set_item("peak", s.peak)?;
     d.set_item("limit", s.limit)?;
     Ok(d)
@@ -301,8 +308,10 @@ fn pinned_pool_stats<'py>(py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
 
 /// Sets the bound on pinned staging memory (bytes); idle buffers over it are freed now.
 #[pyfunction]
-fn set_pinned_pool_limit(py: Python<'_>, limit: usize) {
-    py.detach(|| cuda::pinned_pool().set_limit(limit));
+fn set_pinned_pool_limit(py: Python<'_>, limit: usize) -> PyResult<()> {
+    let pool = cuda::pinned_pool().map_err(to_py)?;
+    py.detach(|| pool.set_limit(limit));
+    Ok(())
 }
 
 /// Frees the idle pinned staging buffers; returns the bytes freed.

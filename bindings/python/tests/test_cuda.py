@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from flashpack import _core, assign_from_file, pack_to_file, read_flashpack_file
-from flashpack.deserialization import iterate_from_flash_tensor, pinned_pool_stats, release_pinned_pool
+from flashpack.deserialization import (
+    iterate_from_flash_tensor,
+    pinned_pool_stats,
+    release_pinned_pool,
+    set_pinned_pool_limit,
+)
 from flashpack.utils import NAME_TO_DTYPE
 from test_roundtrip import random_tensor
 
@@ -62,20 +67,33 @@ def test_load_after_torch_freed_memory(tmp_path: Path) -> None:
 
 
 @needs_gpu
-def test_pinned_memory_stays_within_a_small_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pinned_memory_stays_within_a_small_limit(tmp_path: Path) -> None:
     sd = {"w": random_tensor(torch.bfloat16, ((40 << 20) // 2 + 3,), 1), "i": random_tensor(torch.int32, (1001,), 2)}
     path = tmp_path / "m.flashpack"
     pack_to_file(sd, path, None)
     release_pinned_pool()
-    monkeypatch.setenv("FLASHPACK_PINNED_POOL_BYTES", str(6 << 20))
+    set_pinned_pool_limit(6 << 20)
     try:
         storage, meta = read_flashpack_file(path, device="cuda:0")
         loaded = dict(iterate_from_flash_tensor(storage, meta))
         assert all(same_bits(loaded[k], v) for k, v in sd.items())
-        assert pinned_pool_stats()["peak"] <= 6 << 20
+        # Everything the load allocated is idle again, all of it within the limit.
+        stats = pinned_pool_stats()
+        assert 0 < stats["allocated"] == stats["idle"] <= 6 << 20, stats
     finally:
-        _core.set_pinned_pool_limit(1 << 30)
+        set_pinned_pool_limit(1 << 30)
         release_pinned_pool()
+
+
+@needs_gpu
+def test_a_load_to_another_device_leaves_torchs_current_device(tmp_path: Path) -> None:
+    path = tmp_path / "m.flashpack"
+    pack_to_file({"w": torch.randn(1000)}, path, None)
+    last = torch.cuda.device_count() - 1
+    torch.cuda.set_device(0)
+    storage, meta = read_flashpack_file(path, device=f"cuda:{last}")
+    assert storage.device == torch.device("cuda", last)
+    assert torch.cuda.current_device() == 0
 
 
 @pytest.mark.skipif(_core.cuda_available(), reason="the CUDA driver is present here")

@@ -722,3 +722,53 @@ fn repack_keeps_extra_footer_keys_and_folder_outputs_keep_dotted_stems() {
     let back = read_safetensors(&out.join("model.fp16.safetensors"));
     assert_eq!(back["w"], (safetensors::Dtype::F16, vec![4, 8], w));
 }
+
+/// The `ours cuda` row with real driver calls, against the CUDA stand-in (`make
+/// test-cuda-standin` puts it on `LD_LIBRARY_PATH`; the binary inherits it).
+#[test]
+#[ignore = "runs against the CUDA stand-in: make test-cuda-standin"]
+fn bench_cuda_row_streams_through_the_driver_and_a_failed_copy_names_the_file() {
+    let dir = tmp();
+    let st = dir.path().join("m.safetensors");
+    let mut t = Tensors::new();
+    t.insert(
+        "a".into(),
+        (safetensors::Dtype::BF16, vec![512, 1024], bytes(1 << 20, 1)),
+    );
+    t.insert("b".into(), (safetensors::Dtype::I64, vec![], bytes(8, 3)));
+    write_safetensors(&st, &t);
+    let fp = dir.path().join("m.flashpack");
+    ok(flashpack([
+        "convert".as_ref(),
+        st.as_os_str(),
+        fp.as_os_str(),
+    ]));
+    for file in [&st, &fp] {
+        let j: Value = serde_json::from_str(&ok(flashpack([
+            "bench".as_ref(),
+            file.as_os_str(),
+            "-r".as_ref(),
+            "2".as_ref(),
+            "-j".as_ref(),
+        ])))
+        .unwrap();
+        let cuda = j["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "ours-cuda")
+            .unwrap();
+        assert!(cuda.get("skipped").is_none(), "{cuda}");
+        assert!(cuda["gbps"].as_f64().unwrap() > 0.0, "{cuda}");
+        assert_eq!(j["checksums_agree"], true, "the bytes read back agree: {j}");
+    }
+    // An injected copy failure: status 1, one line naming the file and the failed call.
+    let o = Command::new(env!("CARGO_BIN_EXE_flashpack"))
+        .args(["--quiet", "bench", "-r", "1"])
+        .arg(&st)
+        .env("CUDA_STANDIN_FAIL", "copy:1")
+        .output()
+        .unwrap();
+    let line = fails(o, &st);
+    assert!(line.contains("cuMemcpyHtoDAsync"), "{line}");
+}

@@ -20,6 +20,7 @@ pub mod error;
 pub mod format;
 mod progress;
 pub mod read;
+mod settings;
 pub mod sink;
 pub mod weights;
 pub mod write;

@@ -31,8 +31,10 @@ use std::time::Instant;
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use crate::format::MAGIC;
-use crate::read::{self, DataFile, FlashFile, LoadOptions, LoadReport, Loaded};
-use crate::sink::{Device, DeviceRegion, HostBuffer};
+use crate::read::{self, DataFile, FlashFile, LoadOptions, LoadReport, Loaded, TensorNames};
+#[cfg(feature = "cuda")]
+use crate::sink::cuda::CudaDevice;
+use crate::sink::{DeviceRegion, HostBuffer};
 use crate::write::{pack, PackEntry, PackOptions, PackReport};
 use crate::{Dtype, Error, Result};
 
@@ -274,6 +276,7 @@ impl WeightFile {
                 path: &self.path,
                 file,
                 end: *file_len,
+                names: TensorNames::Tensors(&self.tensors),
             },
         }
     }
@@ -305,6 +308,7 @@ impl WeightFile {
                         path: &path,
                         file: &file,
                         end: file_len,
+                        names: TensorNames::Tensors(&tensors),
                     };
                     let (buf, report) = read::read_owned(&d, data_start, file_len, opts)?;
                     (Memory::Owned(buf), data_start, report)
@@ -332,16 +336,23 @@ impl WeightFile {
         })
     }
 
-    /// Streams file bytes to device memory: region offsets are file offsets (see
+    /// Streams file bytes to CUDA memory: region offsets are file offsets (see
     /// [`TensorInfo::start`]); `opts.verify` checks FlashPack checksums on the way.
-    pub fn load_to_device<D: Device>(
+    ///
+    /// # Safety
+    /// As for [`read::load_to_device`]: every region's destination is device memory the caller
+    /// owns and nothing else touches until this returns. [`WeightFile::load_cuda`] is the safe
+    /// form, into memory this crate allocates.
+    #[cfg(feature = "cuda")]
+    pub unsafe fn load_to_device(
         &self,
-        device: &D,
+        device: &CudaDevice,
         regions: Vec<DeviceRegion>,
         opts: &LoadOptions,
     ) -> Result<LoadReport> {
         match &self.inner {
-            Inner::Flash(f) => read::load_to_device(f, device, regions, opts),
+            // SAFETY: the caller upholds this function's contract, which is load_to_device's.
+            Inner::Flash(f) => unsafe { read::load_to_device(f, device, regions, opts) },
             Inner::Safetensors { .. } if opts.verify => Err(Error::Invalid(format!(
                 "{}: safetensors files carry no checksums to verify",
                 self.path.display()
@@ -428,14 +439,27 @@ impl WeightFile {
         Ok(())
     }
 
+    /// A read-only mapping of the whole file, at least as long as the data it had when opened
+    /// (every tensor range was checked against that), so tensor slices of it cannot fail.
     fn map_readonly(&self) -> Result<Mmap> {
         let file = match &self.inner {
             Inner::Flash(f) => &f.file,
             Inner::Safetensors { file, .. } => file,
         };
-        // SAFETY: a read-only mapping of a file we only read; every tensor range was checked
-        // against the file's size when it was opened.
-        unsafe { MmapOptions::new().map(file) }.map_err(|e| Error::io(&self.path, "mmap", e))
+        // SAFETY: a read-only mapping of a file we only read; as for every mapping, truncating
+        // the file while it is mapped would fault on access (checked against just below, for
+        // truncation before this point).
+        let map = unsafe { MmapOptions::new().map(file) }
+            .map_err(|e| Error::io(&self.path, "mmap", e))?;
+        let (_, end) = self.data_range();
+        if (map.len() as u64) < end {
+            return Err(Error::Invalid(format!(
+                "{}: the file got shorter since it was opened ({} bytes, its tensors need {end})",
+                self.path.display(),
+                map.len()
+            )));
+        }
+        Ok(map)
     }
 }
 
@@ -571,7 +595,7 @@ impl WeightFile {
     /// Loads every tensor into one new allocation on CUDA device `ordinal`, streamed through the
     /// pinned staging pool (host memory never holds the whole file).
     pub fn load_cuda(&self, ordinal: usize, opts: &LoadOptions) -> Result<CudaWeights> {
-        use crate::sink::cuda::{CudaDevice, DeviceBuffer};
+        use crate::sink::cuda::DeviceBuffer;
         let device = CudaDevice::new(ordinal)?;
         let (start, end) = self.data_range();
         let len = usize::try_from(end - start)
@@ -582,7 +606,9 @@ impl WeightFile {
             len: end - start,
             dst: buffer.ptr(),
         };
-        let report = self.load_to_device(&device, vec![region], opts)?;
+        // SAFETY: the region is exactly `buffer`, allocated just above on `device` and owned
+        // here; nothing else can reach it until this returns.
+        let report = unsafe { self.load_to_device(&device, vec![region], opts)? };
         Ok(CudaWeights {
             buffer,
             base: start,

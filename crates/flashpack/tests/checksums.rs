@@ -113,7 +113,7 @@ fn verified_loads_and_verify_pass_on_a_good_file_in_every_mode() {
             // Reads went in whole checksum chunks.
             assert_eq!(
                 l.report.io.direct_bytes + l.report.io.buffered_bytes,
-                l.payload_len,
+                l.payload_len(),
                 "{what}"
             );
         }

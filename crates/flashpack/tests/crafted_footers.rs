@@ -234,7 +234,7 @@ fn a_file_with_an_empty_payload_loads() {
     let p = s.json_file(&[], &footer);
     for (what, opts) in load_modes() {
         let l = load(&p, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert_eq!(l.payload_len, 0);
+        assert_eq!(l.payload_len(), 0);
         assert_eq!(l.tensor_bytes("empty").unwrap(), &[] as &[u8], "{what}");
     }
 }

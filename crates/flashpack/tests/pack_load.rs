@@ -178,7 +178,7 @@ fn check_loaded(what: &str, l: &flashpack::read::Loaded, ts: &[T], file: &[u8]) 
         );
     }
     assert!(
-        l.payload() == &file[..l.payload_len as usize],
+        l.payload() == &file[..l.payload_len() as usize],
         "{what}: payload differs from the file"
     );
 }
@@ -566,7 +566,7 @@ fn writes_to_a_lazy_load_never_reach_the_file() {
 
     let mut lazy = load(&path, &LoadOptions::default()).unwrap();
     assert!(!lazy.is_eager());
-    let payload_len = lazy.payload_len as usize;
+    let payload_len = lazy.payload_len() as usize;
     lazy.payload_mut().fill(0xa5);
     assert!(lazy.payload().iter().all(|&b| b == 0xa5));
     let w = &ts[0];

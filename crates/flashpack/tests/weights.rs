@@ -1,12 +1,8 @@
 //! The format-neutral API: safetensors files through the engine (lazy, eager in every I/O mode,
 //! device streaming) and conversions both ways, bit-exact, checked against the safetensors crate.
-mod common;
-
 use std::path::Path;
 
-use common::FakeDevice;
 use flashpack::read::{IoMode, LoadOptions};
-use flashpack::sink::DeviceRegion;
 use flashpack::weights::{to_safetensors_dtype, Format, WeightFile};
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::Dtype;
@@ -175,43 +171,6 @@ fn safetensors_load_through_the_engine_in_every_mode() {
         .unwrap()
         .to_string();
     assert!(err.contains("no checksums"), "{err}");
-}
-
-#[test]
-fn safetensors_stream_to_a_device_by_file_offsets() {
-    let dir = tempfile::tempdir().unwrap();
-    let ts = tensors();
-    let fp = dir.path().join("a.flashpack");
-    write_flashpack(&fp, &ts);
-    let st = dir.path().join("m.safetensors");
-    WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
-    let f = WeightFile::open(&st).unwrap();
-    let dev = FakeDevice::new(8 << 20);
-    let mut bufs: Vec<Vec<u8>> = f
-        .tensors()
-        .iter()
-        .map(|t| vec![0xA5; (t.end - t.start) as usize])
-        .collect();
-    let regions = f
-        .tensors()
-        .iter()
-        .zip(bufs.iter_mut())
-        .map(|(t, b)| DeviceRegion {
-            offset: t.start,
-            len: t.end - t.start,
-            dst: b.as_mut_ptr() as u64,
-        })
-        .collect();
-    let opts = LoadOptions {
-        threads: 3,
-        chunk_bytes: 1 << 20,
-        ..Default::default()
-    };
-    f.load_to_device(&dev, regions, &opts).unwrap();
-    for (t, b) in f.tensors().iter().zip(&bufs) {
-        let want = &ts.iter().find(|x| x.0 == t.name).unwrap().3;
-        assert!(b == want, "{}", t.name);
-    }
 }
 
 #[test]

@@ -14,6 +14,7 @@ from .deserialization import (
     read_flashpack_file,
     release_pinned_pool,
     revert_from_file,
+    set_pinned_pool_limit,
 )
 from .integrations import patch_integrations
 from .mixin import FlashPackMixin
@@ -33,6 +34,7 @@ __all__ = [
     "read_flashpack_file",
     "release_pinned_pool",
     "revert_from_file",
+    "set_pinned_pool_limit",
     "__version__",
     "version",
 ]

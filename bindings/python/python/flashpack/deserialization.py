@@ -150,9 +150,6 @@ def _read_to_cuda(
     with timer("read_metadata", silent):
         handle = _core.open(path)
         meta = json.loads(handle.footer_json)
-    limit = env_int("FLASHPACK_PINNED_POOL_BYTES", 0)
-    if limit > 0:
-        _core.set_pinned_pool_limit(limit)
     with timer("alloc_device", silent):
         raw = [torch.empty(length, dtype=torch.uint8, device=device) for _, _, length, _ in handle.blocks]
         # The caching allocator may hand out memory that kernels queued on torch's stream still
@@ -181,9 +178,16 @@ def release_pinned_pool() -> int:
 
 
 def pinned_pool_stats() -> dict[str, int]:
-    """Pinned staging memory in bytes: allocated, idle, peak and the limit (default 1 GiB,
-    ``FLASHPACK_PINNED_POOL_BYTES`` to change)."""
+    """Pinned staging memory in bytes: allocated (in use plus idle), idle, leaked (given up after
+    a failed CUDA operation: never reused, still counted against the limit), peak and the limit."""
     return dict(_core.pinned_pool_stats())
+
+
+def set_pinned_pool_limit(limit_bytes: int) -> None:
+    """Bound the pinned staging memory of CUDA loads (default 1 GiB, or
+    ``FLASHPACK_PINNED_POOL_BYTES`` as set when the pool was first used; the variable is read
+    once). Idle buffers over the new bound are freed now, busy ones when their load ends."""
+    _core.set_pinned_pool_limit(int(limit_bytes))
 
 
 def iterate_from_flash_tensor(

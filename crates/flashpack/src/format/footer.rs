@@ -154,23 +154,10 @@ impl Footer {
     /// Names the tensors stored in payload bytes `[start, end)` in payload order (up to three),
     /// for messages.
     pub fn describe_range(&self, start: u64, end: u64) -> String {
-        let mut hit: Vec<(u64, &str)> = self
-            .records
-            .iter()
-            .filter_map(|r| {
-                let (s, e) = self.byte_range(r);
-                (s < end && start < e).then_some((s, r.name.as_str()))
-            })
-            .collect();
-        hit.sort();
-        hit.dedup();
-        let names: Vec<String> = hit.iter().take(3).map(|(_, n)| format!("'{n}'")).collect();
-        match hit.len() {
-            0 => "no tensor (padding only)".into(),
-            1 => format!("tensor {}", names[0]),
-            n if n <= 3 => format!("tensors {}", names.join(", ")),
-            n => format!("tensors {} and {} others", names.join(", "), n - 3),
-        }
+        describe_tensors(self.records.iter().filter_map(|r| {
+            let (s, e) = self.byte_range(r);
+            (s < end && start < e).then_some((s, r.name.as_str()))
+        }))
     }
 
     /// The error for a chunk whose digest does not match, naming the tensors it holds.
@@ -544,4 +531,18 @@ fn parse_record(i: usize, item: Value) -> Result<Record, FormatError> {
         shape,
         block,
     })
+}
+
+/// Names tensors, given as `(first byte, name)`, in byte order (up to three), for messages.
+pub(crate) fn describe_tensors<'a>(hits: impl Iterator<Item = (u64, &'a str)>) -> String {
+    let mut hit: Vec<(u64, &str)> = hits.collect();
+    hit.sort();
+    hit.dedup();
+    let names: Vec<String> = hit.iter().take(3).map(|(_, n)| format!("'{n}'")).collect();
+    match hit.len() {
+        0 => "no tensor (padding only)".into(),
+        1 => format!("tensor {}", names[0]),
+        n if n <= 3 => format!("tensors {}", names.join(", ")),
+        n => format!("tensors {} and {} others", names.join(", "), n - 3),
+    }
 }

@@ -25,6 +25,7 @@ pub use checksum::{
     DEFAULT_CHECKSUM_CHUNK, XXH3_64,
 };
 pub use dtype::Dtype;
+pub(crate) use footer::describe_tensors;
 pub use footer::{Footer, FormatVersion, Macroblock, Record, FILE_FORMAT_V3, FILE_FORMAT_V4};
 pub use layout::{plan, Layout, Order, Placement, TensorSpec};
 

@@ -33,8 +33,10 @@ pub use pool::{chunk_step, plan_chunks, Chunk, IoCounts, DIRECT_ALIGN};
 pub use residency::resident_fraction;
 
 use crate::progress::progress_bar;
+#[cfg(feature = "cuda")]
+use crate::sink::cuda::CudaDevice;
 use crate::sink::{
-    check_regions, Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, SLOTS_PER_WORKER,
+    Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, Regions, SLOTS_PER_WORKER,
 };
 use crate::{Error, Footer, Result};
 
@@ -109,15 +111,21 @@ pub struct Loaded {
     pub path: PathBuf,
     pub footer: Footer,
     pub footer_json: Vec<u8>,
-    pub payload_len: u64,
     pub report: LoadReport,
+    /// Never more than the memory holds (checked when the memory was made).
+    payload_len: usize,
     memory: Memory,
 }
 
 impl Loaded {
+    /// Length of the payload in bytes.
+    pub fn payload_len(&self) -> u64 {
+        self.payload_len as u64
+    }
+
     /// The payload bytes (every block lies inside).
     pub fn payload(&self) -> &[u8] {
-        let n = self.payload_len as usize;
+        let n = self.payload_len;
         match &self.memory {
             Memory::Mapped(m) => &m[..n],
             Memory::Owned(b) => &b.as_slice()[..n],
@@ -126,7 +134,7 @@ impl Loaded {
 
     /// The payload, writable (a lazy load copies the touched pages privately).
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let n = self.payload_len as usize;
+        let n = self.payload_len;
         match &mut self.memory {
             Memory::Mapped(m) => &mut m[..n],
             Memory::Owned(b) => &mut b.as_mut_slice()[..n],
@@ -180,6 +188,15 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
         // file is only read here, and that risk is the documented contract of lazy loading.
         let map = unsafe { MmapOptions::new().map_copy(&f.file) }
             .map_err(|e| Error::io(path, "mmap", e))?;
+        // The footer was checked against the file's size at open; a file that shrank since then
+        // maps shorter than its payload.
+        if map.len() < payload_len {
+            return Err(Error::Invalid(format!(
+                "{}: the file got shorter while loading ({} bytes mapped, the payload needs {payload_len})",
+                path.display(),
+                map.len()
+            )));
+        }
         report.phases.push(("mmap_payload", t.elapsed()));
         if let Some(v) = &verifier {
             let t = Instant::now();
@@ -203,8 +220,8 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
         path: path.to_path_buf(),
         footer: f.footer,
         footer_json: f.footer_json,
-        payload_len: f.payload_len,
         report,
+        payload_len,
         memory,
     })
 }
@@ -252,6 +269,47 @@ pub(crate) struct DataFile<'a> {
     pub path: &'a Path,
     pub file: &'a File,
     pub end: u64,
+    /// The tensors in the data, to name in errors.
+    pub names: TensorNames<'a>,
+}
+
+/// Where a [`DataFile`]'s tensors are, to name them in errors.
+#[derive(Clone, Copy)]
+pub(crate) enum TensorNames<'a> {
+    Footer(&'a Footer),
+    Tensors(&'a [crate::weights::TensorInfo]),
+}
+
+impl TensorNames<'_> {
+    /// The tensors stored in data bytes `[start, end)`, e.g. "tensor 'w'".
+    pub fn describe(&self, start: u64, end: u64) -> String {
+        match self {
+            TensorNames::Footer(f) => f.describe_range(start, end),
+            TensorNames::Tensors(ts) => crate::format::describe_tensors(
+                ts.iter()
+                    .filter(|t| t.start < end && start < t.end)
+                    .map(|t| (t.start, t.name.as_str())),
+            ),
+        }
+    }
+}
+
+impl DataFile<'_> {
+    /// A device error with the file it happened in, and the tensors of the bytes being copied
+    /// when that is known.
+    fn device_error(&self, e: Error, copying: Option<(u64, u64)>) -> Error {
+        match e {
+            Error::Device(msg) => Error::Device(match copying {
+                Some((a, b)) => format!(
+                    "{}: {msg} (copying bytes {a}..{b}: {})",
+                    self.path.display(),
+                    self.names.describe(a, b)
+                ),
+                None => format!("{}: {msg}", self.path.display()),
+            }),
+            e => e,
+        }
+    }
 }
 
 impl FlashFile {
@@ -260,20 +318,42 @@ impl FlashFile {
             path: &self.path,
             file: &self.file,
             end: self.payload_len,
+            names: TensorNames::Footer(&self.footer),
         }
     }
 }
 
-/// Streams the payload bytes that `regions` name from an open file into device memory, through
-/// pinned staging buffers (see [`DeviceSink`]); returns when every copy has completed.
+/// Streams the payload bytes that `regions` name from an open file into CUDA memory, through
+/// pinned staging buffers; returns when every copy has completed. The calling thread's current
+/// CUDA context is the same afterwards, whether the load succeeded or failed.
 ///
 /// Regions may cover any part of the payload (typically one per macroblock); the bytes between
-/// regions that lie within one chunk are read and skipped. The staging memory is bounded by the
-/// device's pool: when `threads x 2 x chunk_bytes` would exceed its limit the chunk size (down
-/// to 1 MiB) and then the thread count are reduced.
-pub fn load_to_device<D: Device>(
+/// regions that lie within one chunk are read and skipped. Regions are checked (inside the
+/// payload, no overlap) before anything is read. The staging memory is bounded by the pinned
+/// pool: when `threads x 2 x chunk_bytes` would exceed what it can give, the chunk size (down to
+/// 1 MiB) and then the thread count are reduced.
+///
+/// # Safety
+/// For every region, `dst..dst + len` must be memory on `device` that the caller owns and that
+/// nothing else reads or writes until this call returns (e.g. freshly allocated tensors after
+/// the framework's stream was synchronized). Use [`WeightFile::load_cuda`] for a safe load into
+/// memory this crate allocates.
+///
+/// [`WeightFile::load_cuda`]: crate::weights::WeightFile::load_cuda
+///
+/// Raw device addresses cannot reach a load from safe code:
+/// ```compile_fail,E0133
+/// use flashpack::read::{load_to_device, FlashFile, LoadOptions};
+/// use flashpack::sink::{cuda::CudaDevice, DeviceRegion};
+/// fn load(file: &FlashFile, dev: &CudaDevice) {
+///     let region = DeviceRegion { offset: 0, len: 4, dst: 0x1000 };
+///     let _ = load_to_device(file, dev, vec![region], &LoadOptions::default());
+/// }
+/// ```
+#[cfg(feature = "cuda")]
+pub unsafe fn load_to_device(
     f: &FlashFile,
-    device: &D,
+    device: &CudaDevice,
     regions: Vec<DeviceRegion>,
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
@@ -281,7 +361,9 @@ pub fn load_to_device<D: Device>(
     stream_to_device(&f.data(), verifier.as_ref(), device, regions, opts)
 }
 
-/// [`load_to_device`] for any [`DataFile`]: region offsets are offsets in `d`'s data.
+/// The device load behind [`load_to_device`], for any [`Device`] and [`DataFile`]: region
+/// offsets are offsets in `d`'s data, and the caller upholds `load_to_device`'s contract on
+/// the destinations (the copies are enqueued through [`Device::copy_async`]).
 pub(crate) fn stream_to_device<D: Device>(
     d: &DataFile<'_>,
     verifier: Option<&pool::Verifier<'_>>,
@@ -291,54 +373,36 @@ pub(crate) fn stream_to_device<D: Device>(
 ) -> Result<LoadReport> {
     let t = Instant::now();
     let path = d.path;
-    let regions = check_regions(regions, d.end)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    let in_file = |e: Error| Error::Invalid(format!("{}: {e}", path.display()));
+    let regions = Regions::new(regions, d.end).map_err(in_file)?;
     let (direct, threads) = reader_setup(d, opts);
-    let limit = device.pool().limit();
-    let (threads, chunk) = match verifier {
-        // Verified reads must be whole checksum chunks: shrink the read chunk down to one
-        // checksum chunk, then the thread count.
-        Some(v) => {
-            let min = v.read_chunk(1);
-            let (threads, chunk) = fit_staging(threads, v.read_chunk(opts.chunk_bytes), limit)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
-            let chunk = v.read_chunk(chunk.max(min));
-            if chunk.saturating_mul(SLOTS_PER_WORKER) > limit {
-                return Err(Error::Invalid(format!(
-                    "{}: verifying needs {SLOTS_PER_WORKER} staging buffers of the file's \
-                     {min}-byte checksum chunks, over the pinned pool limit of {limit} bytes",
-                    path.display()
-                )));
-            }
-            (
-                threads
-                    .min(limit / chunk.saturating_mul(SLOTS_PER_WORKER))
-                    .max(1),
-                chunk,
-            )
-        }
-        None => fit_staging(threads, opts.chunk_bytes, limit)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?,
-    };
-    let chunks = device_chunks(&regions, chunk, verifier.is_some(), d.end);
+    // Verified reads must be whole checksum chunks.
+    let grain = verifier.map_or(DIRECT_ALIGN as usize, |v| v.read_chunk(1));
+    let (threads, chunk) =
+        fit_staging(threads, opts.chunk_bytes, grain, device.pool().budget()).map_err(in_file)?;
+    let chunks = device_chunks(regions.as_slice(), chunk, verifier.is_some(), d.end);
     let threads = threads.min(chunks.len()).max(1);
-    let mut report = LoadReport {
-        threads,
-        ..Default::default()
-    };
+    let mut report = LoadReport::default();
     report.phases.push(("plan", t.elapsed()));
 
     let t = Instant::now();
     let total: u64 = chunks.iter().map(|c| c.len as u64).sum();
     let bar = progress_bar(opts.progress, total, "loading");
-    let sink = DeviceSink::new(device, regions, threads, chunk)?;
+    // The sink may get staging buffers for fewer threads when other loads hold part of the pool.
+    let sink = DeviceSink::new(device, regions, threads, chunk).map_err(|e| match e {
+        Error::Invalid(_) => in_file(e),
+        e => d.device_error(e, None),
+    })?;
+    report.threads = sink.workers();
     let src = pool::Source {
         path,
         buffered: d.file,
         direct,
     };
-    report.io = pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref(), verifier)?;
-    sink.finish()?;
+    let read = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref(), verifier);
+    let copying = sink.failed_chunk();
+    report.io = read.map_err(|e| d.device_error(e, copying))?;
+    sink.finish().map_err(|e| d.device_error(e, None))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -394,31 +458,48 @@ fn read_into(
     Ok(report)
 }
 
-/// Fits `threads x SLOTS_PER_WORKER` staging buffers of `chunk_bytes` under `limit` bytes:
-/// shrinks the chunk (not below 1 MiB), then the thread count. Returns (threads, chunk).
-fn fit_staging(threads: usize, chunk_bytes: usize, limit: usize) -> Result<(usize, usize)> {
+/// Fits `threads x SLOTS_PER_WORKER` staging buffers of `chunk_bytes` (rounded up to a multiple
+/// of `grain`) into `budget` bytes: shrinks the chunk (not below 1 MiB or one grain), then the
+/// thread count, then the chunk again. Returns (threads, chunk).
+fn fit_staging(
+    threads: usize,
+    chunk_bytes: usize,
+    grain: usize,
+    budget: usize,
+) -> Result<(usize, usize)> {
     const MIN_CHUNK: usize = 1 << 20;
-    let align = DIRECT_ALIGN as usize;
-    let round = |n: usize| n.max(align).div_ceil(align) * align;
+    let grain = grain.max(1);
+    let round = |n: usize| n.max(grain).div_ceil(grain).saturating_mul(grain);
+    let fits = |threads: usize, chunk: usize| {
+        threads
+            .saturating_mul(SLOTS_PER_WORKER)
+            .saturating_mul(chunk)
+            <= budget
+    };
     let threads = threads.max(1);
     let mut chunk = round(chunk_bytes);
-    let per_thread = |c: usize| c.saturating_mul(SLOTS_PER_WORKER);
-    if threads.saturating_mul(per_thread(chunk)) <= limit {
+    if fits(threads, chunk) {
         return Ok((threads, chunk));
     }
-    chunk = (limit / (threads * SLOTS_PER_WORKER) / align * align).max(MIN_CHUNK.min(chunk));
-    if threads.saturating_mul(per_thread(chunk)) <= limit {
+    let floor = round(MIN_CHUNK.min(chunk));
+    chunk = (budget / (threads * SLOTS_PER_WORKER) / grain * grain).max(floor);
+    if fits(threads, chunk) {
         return Ok((threads, chunk));
     }
-    let fitted = limit / per_thread(chunk);
+    let fitted = budget / chunk.saturating_mul(SLOTS_PER_WORKER);
     if fitted >= 1 {
         return Ok((fitted, chunk));
     }
-    chunk = limit / SLOTS_PER_WORKER / align * align;
+    chunk = budget / SLOTS_PER_WORKER / grain * grain;
     if chunk == 0 {
         return Err(Error::Invalid(format!(
-            "the pinned pool limit of {limit} bytes cannot hold {SLOTS_PER_WORKER} staging \
-             buffers of {align} bytes"
+            "the pinned pool limit leaves {budget} bytes, too few for {SLOTS_PER_WORKER} \
+             staging buffers of {grain} bytes{}",
+            if grain > DIRECT_ALIGN as usize {
+                " (the file's checksum chunks, which verified reads need whole)"
+            } else {
+                ""
+            }
         )));
     }
     Ok((1, chunk))

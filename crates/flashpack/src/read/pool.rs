@@ -154,7 +154,9 @@ pub(crate) fn read_chunks(
                     }
                     Ok(())
                 };
-                let result = sink.write_chunk(worker, c.offset, c.len, &mut fill);
+                // SAFETY: each chunk index is taken once (fetch_add above) and the planners
+                // return non-overlapping chunks, so concurrent calls get disjoint ranges.
+                let result = unsafe { sink.write_chunk(worker, c.offset, c.len, &mut fill) };
                 if let Err(e) = result {
                     let e = match (io_error, bad_data) {
                         // The footer was checked against the file's length at open, so running

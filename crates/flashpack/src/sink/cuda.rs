@@ -1,22 +1,38 @@
-//! The CUDA backend of [`DeviceSink`](super::DeviceSink): driver API calls through cudarc's
-//! `result`/`sys` layers, with `libcuda` loaded at run time.
+//! The CUDA backend of the device sink: driver API calls through cudarc's `result`/`sys` layers,
+//! with `libcuda` loaded at run time.
 //!
-//! Copies go into memory someone else allocated (torch, or the caller) by raw device address; this
-//! module never allocates or frees device memory. It works in the device's *primary* context,
-//! the one the CUDA runtime (and so torch) uses, retained once per device for the life of the
-//! process so that pinned staging memory allocated in it stays valid.
+//! Copies go into memory someone else allocated (torch, or a [`DeviceBuffer`]) by raw device
+//! address. This module works in each device's *primary* context, the one the CUDA runtime (and
+//! so torch) uses, retained once per device for the life of the process so that pinned staging
+//! memory allocated in it stays valid. A context is only ever pushed for the duration of one
+//! call and popped before it returns, so the calling thread's current context (torch's current
+//! device) is unchanged after every call, failed ones included.
 //!
-//! cudarc panics when `libcuda` cannot be loaded, so every entry point first checks
-//! [`driver_available`] and returns [`Error::Device`] instead.
+//! cudarc panics when `libcuda` cannot be loaded, so every entry point first checks the driver
+//! and returns [`Error::Device`] instead.
+//!
+//! ```
+//! use flashpack::sink::cuda::{driver_available, CudaDevice, DeviceBuffer};
+//! if driver_available() {
+//!     let dev = CudaDevice::new(0).unwrap();
+//!     let buf = DeviceBuffer::alloc(&dev, 4096).unwrap();
+//!     let mut back = vec![1u8; 16];
+//!     buf.copy_to_host(0, &mut back).unwrap();
+//! } else {
+//!     assert!(CudaDevice::new(0).unwrap_err().to_string().contains("CUDA driver not found"));
+//! }
+//! ```
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::{Mutex, OnceLock};
 
 use cudarc::driver::result::{self as cu, DriverError};
 use cudarc::driver::sys;
 
-use super::device::{Device, HostAllocator, PinnedPool, DEFAULT_PINNED_LIMIT};
+use super::device::Device;
+use super::pool::{HostAllocator, PinnedPool};
 use crate::{Error, Result};
 
 fn driver_error(what: &str, op: &str, e: DriverError) -> Error {
@@ -63,7 +79,7 @@ pub fn device_count() -> Result<usize> {
 }
 
 /// A retained primary context. Contexts are plain handles that any thread may make current.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Ctx(sys::CUcontext);
 // SAFETY: a CUcontext is an opaque driver handle, valid from any thread of the process.
 unsafe impl Send for Ctx {}
@@ -94,16 +110,34 @@ fn primary_context(ordinal: usize) -> Result<Ctx> {
     Ok(Ctx(ctx))
 }
 
-fn set_current(ctx: Ctx, what: &str) -> Result<()> {
-    // SAFETY: `ctx` is a retained primary context that is never destroyed.
-    unsafe { cu::ctx::set_current(ctx.0) }.map_err(|e| driver_error(what, "cuCtxSetCurrent", e))
+/// A context pushed onto the calling thread's context stack, popped when dropped: whatever was
+/// current before (or nothing) is current again. Not `Send`: it must be popped where pushed.
+pub(crate) struct CtxGuard(PhantomData<*const ()>);
+
+impl CtxGuard {
+    fn push(ctx: Ctx, what: &str) -> Result<CtxGuard> {
+        // SAFETY: `ctx` is a retained primary context that is never destroyed.
+        unsafe { sys::cuCtxPushCurrent_v2(ctx.0) }
+            .result()
+            .map_err(|e| driver_error(what, "cuCtxPushCurrent", e))?;
+        Ok(CtxGuard(PhantomData))
+    }
+}
+
+impl Drop for CtxGuard {
+    fn drop(&mut self) {
+        let mut popped: sys::CUcontext = std::ptr::null_mut();
+        // SAFETY: pops the context this guard pushed on this thread (guards are not Send, and
+        // every push in this module is paired with its guard's drop, innermost first).
+        let _ = unsafe { sys::cuCtxPopCurrent_v2(&mut popped) };
+    }
 }
 
 /// Page-locked host memory from `cuMemHostAlloc` (portable: usable with every context),
 /// allocated in the calling thread's current context (a device sink binds its device first),
 /// and freed with that same context current.
 #[derive(Default)]
-pub struct CudaHostAlloc {
+struct CudaHostAlloc {
     owners: Mutex<HashMap<usize, Ctx>>,
 }
 
@@ -114,7 +148,7 @@ impl HostAllocator for CudaHostAlloc {
             Ok(Some(c)) => Ctx(c),
             _ => primary_context(0)?,
         };
-        set_current(ctx, "pinned pool")?;
+        let _bound = CtxGuard::push(ctx, "pinned pool")?;
         // SAFETY: a plain allocation call with a current context; the memory is only used
         // through raw pointers by the staging code.
         let p = unsafe { cu::malloc_host(len.max(1), sys::CU_MEMHOSTALLOC_PORTABLE) }
@@ -134,43 +168,50 @@ impl HostAllocator for CudaHostAlloc {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&(ptr.as_ptr() as usize));
-        if let Some(ctx) = owner {
-            let _ = set_current(ctx, "pinned pool");
-        }
+        let _bound = owner.map(|ctx| CtxGuard::push(ctx, "pinned pool"));
         // SAFETY: per the trait contract `ptr` came from cuMemHostAlloc and is freed once, with
         // the context it was allocated in current.
         let _ = unsafe { cu::free_host(ptr.as_ptr().cast::<c_void>()) };
     }
 }
 
-/// The process-wide pool of pinned staging buffers for CUDA loads.
-pub fn pinned_pool() -> &'static PinnedPool<CudaHostAlloc> {
-    static POOL: OnceLock<PinnedPool<CudaHostAlloc>> = OnceLock::new();
-    POOL.get_or_init(|| PinnedPool::new(CudaHostAlloc::default(), DEFAULT_PINNED_LIMIT))
+/// The process-wide pool of pinned staging buffers for CUDA loads. Its limit is
+/// `FLASHPACK_PINNED_POOL_BYTES` when the pool is first used (read once; an invalid value is an
+/// error here), else 1 GiB; change it with [`PinnedPool::set_limit`].
+pub fn pinned_pool() -> Result<&'static PinnedPool> {
+    static POOL: OnceLock<std::result::Result<PinnedPool, String>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        crate::settings::pinned_pool_bytes()
+            .map(|limit| PinnedPool::new(Box::new(CudaHostAlloc::default()), limit))
+            .map_err(|e| e.to_string())
+    })
+    .as_ref()
+    .map_err(|e| Error::Invalid(e.clone()))
 }
 
 /// Frees the idle pinned staging buffers; returns the bytes freed.
 pub fn release_pinned_pool() -> usize {
-    if driver().is_err() {
-        return 0;
+    match (driver(), pinned_pool()) {
+        (Ok(()), Ok(pool)) => pool.release(),
+        _ => 0,
     }
-    pinned_pool().release()
 }
 
-/// An owned CUDA stream (non-blocking with respect to the legacy default stream).
-pub struct CudaStream(sys::CUstream);
+/// An owned CUDA stream (non-blocking with respect to the legacy default stream). Created and
+/// destroyed with its device bound.
+pub(crate) struct CudaStream(sys::CUstream);
 // SAFETY: streams are driver handles usable from any thread with the context current.
 unsafe impl Send for CudaStream {}
 impl Drop for CudaStream {
     fn drop(&mut self) {
-        // SAFETY: the stream was created by us and is destroyed once; pending work (none after
-        // the sink's synchronize) would still complete.
+        // SAFETY: the stream was created by us and is destroyed once; work still pending (none
+        // after the sink's synchronize) would still complete.
         let _ = unsafe { cu::stream::destroy(self.0) };
     }
 }
 
 /// An owned CUDA event (timing disabled: used only to know when a staging buffer is free).
-pub struct CudaEvent(sys::CUevent);
+pub(crate) struct CudaEvent(sys::CUevent);
 // SAFETY: events are driver handles usable from any thread with the context current.
 unsafe impl Send for CudaEvent {}
 impl Drop for CudaEvent {
@@ -185,36 +226,54 @@ pub struct CudaDevice {
     ordinal: usize,
     ctx: Ctx,
     name: String,
+    pool: &'static PinnedPool,
 }
 
 impl CudaDevice {
     /// Opens device `ordinal` (as numbered under `CUDA_VISIBLE_DEVICES`, like torch's `cuda:N`).
+    /// The calling thread's current context is left as it was.
     pub fn new(ordinal: usize) -> Result<CudaDevice> {
         driver()?;
+        let pool = pinned_pool()?;
         let ctx = primary_context(ordinal)?;
         Ok(CudaDevice {
             ordinal,
             ctx,
             name: format!("cuda:{ordinal}"),
+            pool,
         })
     }
 
+    /// The device's ordinal.
     pub fn ordinal(&self) -> usize {
         self.ordinal
+    }
+
+    /// `cuda:N`, as in messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("ordinal", &self.ordinal)
+            .finish()
     }
 }
 
 impl Device for CudaDevice {
     type Stream = CudaStream;
     type Event = CudaEvent;
-    type Alloc = CudaHostAlloc;
+    type Binding = CtxGuard;
 
     fn name(&self) -> String {
         self.name.clone()
     }
 
-    fn bind_thread(&self) -> Result<()> {
-        set_current(self.ctx, &self.name)
+    fn bind(&self) -> Result<CtxGuard> {
+        CtxGuard::push(self.ctx, &self.name)
     }
 
     fn create_stream(&self) -> Result<CudaStream> {
@@ -261,8 +320,8 @@ impl Device for CudaDevice {
             .map_err(|e| driver_error(&self.name, "cuStreamSynchronize", e))
     }
 
-    fn pool(&self) -> &PinnedPool<CudaHostAlloc> {
-        pinned_pool()
+    fn pool(&self) -> &PinnedPool {
+        self.pool
     }
 }
 
@@ -278,7 +337,7 @@ pub struct DeviceBuffer {
 impl DeviceBuffer {
     /// Allocates `len` bytes on `device`.
     pub fn alloc(device: &CudaDevice, len: usize) -> Result<DeviceBuffer> {
-        device.bind_thread()?;
+        let _bound = device.bind()?;
         // SAFETY: a plain allocation with the device's context current; freed once in Drop.
         let ptr = unsafe { cu::malloc_sync(len.max(1)) }
             .map_err(|e| driver_error(&device.name, &format!("cuMemAlloc of {len} bytes"), e))?;
@@ -295,10 +354,12 @@ impl DeviceBuffer {
         self.ptr
     }
 
+    /// Size in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// True for a zero-byte buffer.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -316,16 +377,25 @@ impl DeviceBuffer {
                 self.len
             )));
         }
-        set_current(self.ctx, &self.name)?;
+        if out.is_empty() {
+            return Ok(());
+        }
+        let _bound = CtxGuard::push(self.ctx, &self.name)?;
         // SAFETY: the range was checked against the allocation, which lives as long as self.
         unsafe { cu::memcpy_dtoh_sync(out, self.ptr + offset as u64) }
             .map_err(|e| driver_error(&self.name, "cuMemcpyDtoH", e))
     }
 }
 
+impl std::fmt::Debug for DeviceBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeviceBuffer({}, {:#x}, {} bytes)", self.name, self.ptr, self.len)
+    }
+}
+
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        if set_current(self.ctx, &self.name).is_ok() {
+        if let Ok(_bound) = CtxGuard::push(self.ctx, &self.name) {
             // SAFETY: allocated by cuMemAlloc in this context, freed once.
             let _ = unsafe { cu::free_sync(self.ptr) };
         }

@@ -6,20 +6,28 @@
 //! buffer it waits for the event recorded after that buffer's last copy. Host memory therefore
 //! never holds more than `threads x 2` chunks, however large the model.
 //!
-//! Staging buffers come from a [`PinnedPool`]: bounded, reused across loads, and freeable.
-//! The device itself is abstract ([`Device`]), so the staging logic is tested on any machine
-//! (see `tests/device_sink.rs`) and the CUDA backend stays a thin layer of driver calls.
-use std::ptr::NonNull;
-use std::sync::{Condvar, Mutex, MutexGuard};
+//! Every call that works with the device binds it to the calling thread only for its own
+//! duration ([`Device::bind`]), so the caller's current device (torch's, say) is the same after a
+//! load as before, whether the load succeeded or not. Staging buffers come from the device's
+//! [`PinnedPool`]; one whose copy may still be running when a load fails is leaked, never reused.
+//!
+//! The device is abstract, so the staging logic is the same for every backend; the CUDA backend
+//! (`sink::cuda`) is a thin layer of driver calls, exercised in `make test` against a strict
+//! stand-in for the driver (`crates/cuda-standin`).
+use std::sync::Mutex;
 
+use super::pool::{PinnedBuf, PinnedPool};
 use super::{Fill, Sink};
 use crate::{Error, Result};
 
 /// Payload bytes `[offset, offset + len)` go to device address `dst`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceRegion {
+    /// Offset of the first byte in the payload (or file, for a safetensors file).
     pub offset: u64,
+    /// Number of bytes.
     pub len: u64,
+    /// Device address the first byte goes to.
     pub dst: u64,
 }
 
@@ -29,28 +37,59 @@ impl DeviceRegion {
     }
 }
 
-/// Allocates and frees page-locked host memory (for example `cuMemHostAlloc`).
-pub trait HostAllocator: Send + Sync {
-    /// Allocates `len` bytes, aligned to at least 4 KiB (staging buffers take `O_DIRECT` reads).
-    fn alloc(&self, len: usize) -> Result<NonNull<u8>>;
-    /// Frees memory from [`HostAllocator::alloc`].
-    ///
-    /// # Safety
-    /// `ptr` came from `alloc(len)` on this allocator, is freed once, and no copy still reads it.
-    unsafe fn free(&self, ptr: NonNull<u8>, len: usize);
+/// Regions checked by [`Regions::new`]: non-empty, sorted by offset, not overlapping, inside
+/// the data, destination ranges that do not wrap. Only checked regions reach a sink.
+#[derive(Debug)]
+pub(crate) struct Regions(Vec<DeviceRegion>);
+
+impl Regions {
+    /// Checks `regions` against data of `data_len` bytes; empty regions are dropped.
+    pub fn new(mut regions: Vec<DeviceRegion>, data_len: u64) -> Result<Regions> {
+        regions.retain(|r| r.len > 0);
+        regions.sort_by_key(|r| r.offset);
+        let mut prev_end = 0u64;
+        for r in &regions {
+            let end = r.offset.checked_add(r.len).filter(|&e| e <= data_len);
+            let Some(end) = end else {
+                return Err(Error::Invalid(format!(
+                    "destination region {}+{} lies outside the {data_len}-byte payload",
+                    r.offset, r.len
+                )));
+            };
+            if r.offset < prev_end {
+                return Err(Error::Invalid(format!(
+                    "destination regions overlap at payload offset {}",
+                    r.offset
+                )));
+            }
+            if r.dst.checked_add(r.len).is_none() {
+                return Err(Error::Invalid(format!(
+                    "destination address {:#x}+{} overflows",
+                    r.dst, r.len
+                )));
+            }
+            prev_end = end;
+        }
+        Ok(Regions(regions))
+    }
+
+    pub fn as_slice(&self) -> &[DeviceRegion] {
+        &self.0
+    }
 }
 
 /// A device that copies host memory into its own memory asynchronously, in order per stream.
-pub trait Device: Sync {
+pub(crate) trait Device: Sync {
     type Stream: Send;
     type Event: Send;
-    type Alloc: HostAllocator;
+    /// The device bound to a thread; dropping it restores what was bound before.
+    type Binding;
 
     /// Name for messages, e.g. `cuda:0`.
     fn name(&self) -> String;
-    /// Prepares the calling thread (e.g. makes the device's context current). Called by every
-    /// thread before it creates streams or events or issues copies.
-    fn bind_thread(&self) -> Result<()>;
+    /// Binds the device to the calling thread (e.g. pushes its context) until the returned
+    /// value is dropped. Every call below needs the device bound on the calling thread.
+    fn bind(&self) -> Result<Self::Binding>;
     fn create_stream(&self) -> Result<Self::Stream>;
     fn create_event(&self) -> Result<Self::Event>;
     /// Enqueues a copy of `len` bytes from host `src` to device address `dst` on `stream`.
@@ -72,279 +111,91 @@ pub trait Device: Sync {
     /// Blocks the calling thread until all work on `stream` has completed.
     fn synchronize(&self, stream: &Self::Stream) -> Result<()>;
     /// The pool staging buffers come from.
-    fn pool(&self) -> &PinnedPool<Self::Alloc>;
+    fn pool(&self) -> &PinnedPool;
 }
 
-/// One page-locked staging buffer.
-#[derive(Debug)]
-pub struct PinnedBuf {
-    ptr: NonNull<u8>,
-    cap: usize,
-}
-
-// SAFETY: a PinnedBuf is the unique owner of its allocation (like a Box<[u8]>); page-locked
-// memory may be used and freed from any thread.
-unsafe impl Send for PinnedBuf {}
-
-impl PinnedBuf {
-    pub fn capacity(&self) -> usize {
-        self.cap
-    }
-}
-
-/// Byte counts of a [`PinnedPool`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PoolStats {
-    /// Pinned bytes allocated now (in use plus idle).
-    pub allocated: usize,
-    /// Idle bytes, kept for the next load.
-    pub idle: usize,
-    /// Most bytes ever allocated at once.
-    pub peak: usize,
-    /// Upper bound on `allocated`.
-    pub limit: usize,
-}
-
-struct PoolState {
-    idle: Vec<PinnedBuf>,
-    allocated: usize,
-    peak: usize,
-    limit: usize,
-}
-
-/// A bounded pool of pinned staging buffers, reused across loads.
-///
-/// `take` hands out buffers (allocating while under the limit, else waiting for other loads to
-/// give theirs back); `give_back` keeps them for the next load; `release` frees the idle ones.
-pub struct PinnedPool<A: HostAllocator> {
-    alloc: A,
-    state: Mutex<PoolState>,
-    returned: Condvar,
-}
-
-/// Default bound on pinned staging memory: 1 GiB.
-pub const DEFAULT_PINNED_LIMIT: usize = 1 << 30;
-
-impl<A: HostAllocator> PinnedPool<A> {
-    pub fn new(alloc: A, limit: usize) -> Self {
-        PinnedPool {
-            alloc,
-            state: Mutex::new(PoolState {
-                idle: Vec::new(),
-                allocated: 0,
-                peak: 0,
-                limit,
-            }),
-            returned: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, PoolState> {
-        // A panic while holding the lock cannot leave the counts inconsistent (every update is
-        // a single assignment after the fallible call), so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The allocator the pool draws from.
-    pub fn allocator(&self) -> &A {
-        &self.alloc
-    }
-
-    pub fn stats(&self) -> PoolStats {
-        let s = self.lock();
-        PoolStats {
-            allocated: s.allocated,
-            idle: s.idle.iter().map(|b| b.cap).sum(),
-            peak: s.peak,
-            limit: s.limit,
-        }
-    }
-
-    pub fn limit(&self) -> usize {
-        self.lock().limit
-    }
-
-    /// Sets the bound; idle buffers beyond it are freed now, buffers in use when they return.
-    pub fn set_limit(&self, limit: usize) {
-        let mut s = self.lock();
-        s.limit = limit;
-        while s.allocated > s.limit {
-            let Some(b) = s.idle.pop() else { break };
-            s.allocated -= b.cap;
-            // SAFETY: idle buffers are owned by the pool and no copy reads them.
-            unsafe { self.alloc.free(b.ptr, b.cap) };
-        }
-    }
-
-    /// Takes `n` buffers of at least `cap` bytes each. Fails when `n * cap` exceeds the limit;
-    /// waits while other loads hold the memory it needs.
-    pub fn take(&self, n: usize, cap: usize) -> Result<Vec<PinnedBuf>> {
-        let need = n.checked_mul(cap).ok_or_else(|| {
-            Error::Invalid(format!("{n} staging buffers of {cap} bytes overflow"))
-        })?;
-        let mut s = self.lock();
-        if need > s.limit {
-            return Err(Error::Invalid(format!(
-                "{n} staging buffers of {cap} bytes need {need} bytes of pinned memory, over the \
-                 pool's limit of {} bytes",
-                s.limit
-            )));
-        }
-        let mut out = Vec::with_capacity(n);
-        loop {
-            // Reuse idle buffers that are big enough.
-            while out.len() < n {
-                match s.idle.iter().position(|b| b.cap >= cap) {
-                    Some(i) => out.push(s.idle.swap_remove(i)),
-                    None => break,
-                }
-            }
-            // Allocate the rest while under the limit, freeing idle buffers too small to use.
-            while out.len() < n {
-                if s.allocated + cap > s.limit {
-                    match s.idle.pop() {
-                        Some(b) => {
-                            s.allocated -= b.cap;
-                            // SAFETY: idle buffers are owned by the pool and no copy reads them.
-                            unsafe { self.alloc.free(b.ptr, b.cap) };
-                            continue;
-                        }
-                        None => break,
-                    }
-                }
-                match self.alloc.alloc(cap) {
-                    Ok(ptr) => {
-                        s.allocated += cap;
-                        s.peak = s.peak.max(s.allocated);
-                        out.push(PinnedBuf { ptr, cap });
-                    }
-                    Err(e) => {
-                        s.idle.extend(out);
-                        self.returned.notify_all();
-                        return Err(e);
-                    }
-                }
-            }
-            if out.len() == n {
-                return Ok(out);
-            }
-            // Other loads hold the rest. Holding part while waiting could deadlock two loads, so
-            // put it back and wait for buffers to come back.
-            s.idle.append(&mut out);
-            s = self.returned.wait(s).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    /// Returns buffers for reuse (freeing any that no longer fit under the limit).
-    ///
-    /// The caller guarantees no copy still reads them.
-    pub fn give_back(&self, bufs: Vec<PinnedBuf>) {
-        let mut s = self.lock();
-        for b in bufs {
-            if s.allocated > s.limit {
-                s.allocated -= b.cap;
-                // SAFETY: the caller hands back buffers no copy reads any more.
-                unsafe { self.alloc.free(b.ptr, b.cap) };
-            } else {
-                s.idle.push(b);
-            }
-        }
-        self.returned.notify_all();
-    }
-
-    /// Frees every idle buffer; returns the bytes freed. Buffers in use are unaffected.
-    pub fn release(&self) -> usize {
-        let mut s = self.lock();
-        let mut freed = 0;
-        for b in std::mem::take(&mut s.idle) {
-            s.allocated -= b.cap;
-            freed += b.cap;
-            // SAFETY: idle buffers are owned by the pool and no copy reads them.
-            unsafe { self.alloc.free(b.ptr, b.cap) };
-        }
-        freed
-    }
-}
-
-impl<A: HostAllocator> Drop for PinnedPool<A> {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-struct Slot<E> {
-    buf: PinnedBuf,
+struct Slot<'p, E> {
+    buf: PinnedBuf<'p>,
     event: Option<E>,
     /// A copy from `buf` may still be running (an event was recorded after it).
     pending: bool,
 }
 
-struct Worker<S, E> {
+struct Worker<'p, S, E> {
     stream: Option<S>,
-    slots: Vec<Slot<E>>,
+    slots: Vec<Slot<'p, E>>,
     next: usize,
 }
 
 /// Staging buffers per reader thread: one being filled while the other's copy runs.
-pub const SLOTS_PER_WORKER: usize = 2;
+pub(crate) const SLOTS_PER_WORKER: usize = 2;
 
 /// A [`Sink`] that stages chunks in pinned memory and copies them to device regions.
 ///
 /// Call [`DeviceSink::finish`] after the reads: it waits for every copy. Dropping the sink
 /// without `finish` (on an error path) also waits, so staging buffers are never reused or freed
-/// while a copy reads them.
-pub struct DeviceSink<'a, D: Device> {
+/// while a copy reads them; those the device cannot confirm are leaked.
+pub(crate) struct DeviceSink<'a, D: Device> {
     device: &'a D,
-    regions: Vec<DeviceRegion>,
-    workers: Vec<Mutex<Worker<D::Stream, D::Event>>>,
+    regions: Regions,
+    workers: Vec<Mutex<Worker<'a, D::Stream, D::Event>>>,
     chunk_cap: usize,
+    /// Payload bytes of the first chunk whose device work failed.
+    failed: Mutex<Option<(u64, u64)>>,
 }
 
 impl<'a, D: Device> DeviceSink<'a, D> {
-    /// A sink for `workers` reader threads with chunks of at most `chunk_cap` bytes. `regions`
-    /// must be sorted by offset and must not overlap (see [`check_regions`]).
-    pub fn new(
-        device: &'a D,
-        regions: Vec<DeviceRegion>,
-        workers: usize,
-        chunk_cap: usize,
-    ) -> Result<Self> {
-        device.bind_thread()?;
-        let workers = workers.max(1);
-        let mut bufs = device
-            .pool()
-            .take(workers * SLOTS_PER_WORKER, chunk_cap)?
-            .into_iter();
-        let workers = (0..workers)
-            .map(|_| {
-                Mutex::new(Worker {
-                    stream: None,
-                    slots: bufs
-                        .by_ref()
-                        .take(SLOTS_PER_WORKER)
-                        .map(|buf| Slot {
-                            buf,
-                            event: None,
-                            pending: false,
-                        })
-                        .collect(),
-                    next: 0,
+    /// A sink for up to `workers` reader threads with chunks of at most `chunk_cap` bytes; it
+    /// gets fewer when other loads hold part of the pool (see [`DeviceSink::workers`]).
+    pub fn new(device: &'a D, regions: Regions, workers: usize, chunk_cap: usize) -> Result<Self> {
+        let _bound = device.bind()?;
+        let max = workers.max(1) * SLOTS_PER_WORKER;
+        let bufs = device.pool().take(SLOTS_PER_WORKER, max, chunk_cap)?;
+        let mut bufs = bufs.into_iter();
+        let mut workers = Vec::new();
+        while bufs.len() >= SLOTS_PER_WORKER {
+            let slots = bufs
+                .by_ref()
+                .take(SLOTS_PER_WORKER)
+                .map(|buf| Slot {
+                    buf,
+                    event: None,
+                    pending: false,
                 })
-            })
-            .collect();
+                .collect();
+            workers.push(Mutex::new(Worker {
+                stream: None,
+                slots,
+                next: 0,
+            }));
+        }
         Ok(DeviceSink {
             device,
             regions,
             workers,
             chunk_cap,
+            failed: Mutex::new(None),
         })
+    }
+
+    /// The reader threads this sink has staging buffers for.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Payload bytes `[start, end)` of the first chunk whose device work failed, if any.
+    pub fn failed_chunk(&self) -> Option<(u64, u64)> {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits for every copy; returns the first error a stream reports.
     pub fn finish(mut self) -> Result<()> {
+        let _bound = self.device.bind()?;
         self.drain()
     }
 
+    /// Synchronizes every stream (the device must be bound); a stream that synchronized has no
+    /// copy left that reads its buffers.
     fn drain(&mut self) -> Result<()> {
         let mut first = Ok(());
         for w in &self.workers {
@@ -365,28 +216,47 @@ impl<'a, D: Device> DeviceSink<'a, D> {
 
 impl<D: Device> Drop for DeviceSink<'_, D> {
     fn drop(&mut self) {
-        let _ = self.device.bind_thread();
+        // Streams and events are destroyed below, while the device is bound.
+        let _bound = self.device.bind();
         let _ = self.drain();
-        let mut bufs = Vec::new();
         for w in self.workers.drain(..) {
             let w = w.into_inner().unwrap_or_else(|p| p.into_inner());
             for s in w.slots {
-                // A buffer whose copy the device never confirmed finished is not handed back
-                // (another load could overwrite memory a copy still reads): it is leaked, and
-                // stays counted against the pool's limit. PinnedBuf has no Drop, so dropping it
-                // here frees nothing.
-                if !s.pending {
-                    bufs.push(s.buf);
+                // A buffer whose copy the device never confirmed finished must not be reused
+                // (another load could overwrite memory a copy still reads): it is leaked.
+                // The others go back to the pool as they drop.
+                if s.pending {
+                    s.buf.leak();
                 }
             }
-            // Events and streams are dropped here, after the synchronize above.
         }
-        self.device.pool().give_back(bufs);
     }
 }
 
 impl<D: Device> Sink for DeviceSink<'_, D> {
-    fn write_chunk(&self, worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> Result<()> {
+    unsafe fn write_chunk(
+        &self,
+        worker: usize,
+        offset: u64,
+        len: usize,
+        fill: Fill<'_>,
+    ) -> Result<()> {
+        // SAFETY: forwarded from this function's own contract.
+        let r = unsafe { self.stage(worker, offset, len, fill) };
+        if let Err(Error::Device(_)) = &r {
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            failed.get_or_insert((offset, offset + len as u64));
+        }
+        r
+    }
+}
+
+impl<D: Device> DeviceSink<'_, D> {
+    /// Fills this worker's next staging buffer with the chunk and enqueues its copies.
+    ///
+    /// # Safety
+    /// As [`Sink::write_chunk`].
+    unsafe fn stage(&self, worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> Result<()> {
         let dev = self.device;
         let Some(w) = self.workers.get(worker) else {
             return Err(Error::Invalid(format!(
@@ -400,6 +270,7 @@ impl<D: Device> Sink for DeviceSink<'_, D> {
                 self.chunk_cap
             )));
         }
+        let _bound = dev.bind()?;
         let mut guard = w.lock().unwrap_or_else(|p| p.into_inner());
         let Worker {
             stream,
@@ -409,7 +280,6 @@ impl<D: Device> Sink for DeviceSink<'_, D> {
         let stream = match stream {
             Some(s) => s,
             None => {
-                dev.bind_thread()?;
                 for slot in slots.iter_mut() {
                     slot.event = Some(dev.create_event()?);
                 }
@@ -426,22 +296,27 @@ impl<D: Device> Sink for DeviceSink<'_, D> {
             dev.wait_event(event)?;
             slot.pending = false;
         }
-        // SAFETY: the buffer holds `cap >= len` bytes, is owned by this slot, and no copy reads it
-        // any more (its last copy's event completed above).
-        let host = unsafe { std::slice::from_raw_parts_mut(slot.buf.ptr.as_ptr(), len) };
+        // SAFETY: the buffer holds `capacity() >= len` bytes, is owned by this slot (whose
+        // worker lock we hold), and no copy reads it any more (its last copy's event completed
+        // above).
+        let host = unsafe { std::slice::from_raw_parts_mut(slot.buf.as_ptr(), len) };
         fill(host).map_err(|e| {
             Error::Invalid(format!("reading chunk at {offset} for {}: {e}", dev.name()))
         })?;
         let end = offset + len as u64;
-        let first = self.regions.partition_point(|r| r.end() <= offset);
+        let regions = self.regions.as_slice();
+        let first = regions.partition_point(|r| r.end() <= offset);
         let mut copied = false;
-        for r in self.regions[first..].iter().take_while(|r| r.offset < end) {
+        for r in regions[first..].iter().take_while(|r| r.offset < end) {
             let s = r.offset.max(offset);
             let e = r.end().min(end);
+            // Marked before the copy is enqueued: if enqueueing fails part-way, the sink still
+            // treats the buffer as read by a copy (waited for, or leaked), never as free.
+            slot.pending = true;
             // SAFETY: `host[s - offset..e - offset]` lies inside the staging buffer, which stays
             // untouched until the event recorded below completes (checked before its next reuse,
             // and in finish/drop); the destination lies inside a region the caller handed over
-            // as writable device memory.
+            // as writable device memory (the contract of the public load functions).
             unsafe {
                 dev.copy_async(
                     r.dst + (s - r.offset),
@@ -454,42 +329,7 @@ impl<D: Device> Sink for DeviceSink<'_, D> {
         }
         if copied {
             dev.record(event, stream)?;
-            slot.pending = true;
         }
         Ok(())
     }
-}
-
-/// Checks that regions are sorted, do not overlap and lie inside a payload of `payload_len`
-/// bytes; empty regions are dropped.
-pub fn check_regions(
-    mut regions: Vec<DeviceRegion>,
-    payload_len: u64,
-) -> Result<Vec<DeviceRegion>> {
-    regions.retain(|r| r.len > 0);
-    regions.sort_by_key(|r| r.offset);
-    let mut prev_end = 0u64;
-    for r in &regions {
-        let end = r.offset.checked_add(r.len).filter(|&e| e <= payload_len);
-        let Some(end) = end else {
-            return Err(Error::Invalid(format!(
-                "destination region {}+{} lies outside the {payload_len}-byte payload",
-                r.offset, r.len
-            )));
-        };
-        if r.offset < prev_end {
-            return Err(Error::Invalid(format!(
-                "destination regions overlap at payload offset {}",
-                r.offset
-            )));
-        }
-        if r.dst.checked_add(r.len).is_none() {
-            return Err(Error::Invalid(format!(
-                "destination address {:#x}+{} overflows",
-                r.dst, r.len
-            )));
-        }
-        prev_end = end;
-    }
-    Ok(regions)
 }

@@ -1,4 +1,5 @@
-//! Host memory as a load destination: page-aligned owned buffers, filled in place.
+//! Host memory as a load destination: page-aligned owned buffers, filled in place by the reader
+//! pool ([`HostSink`]), or per-thread scratch buffers that only look at the bytes ([`ScratchSink`]).
 use std::marker::PhantomData;
 
 use memmap2::MmapMut;
@@ -9,7 +10,7 @@ use crate::{Error, Result};
 /// Owned, page-aligned, zero-initialised host memory (an anonymous mapping, so `O_DIRECT` reads
 /// can land in it directly and large buffers can use transparent huge pages).
 #[derive(Debug)]
-pub struct HostBuffer {
+pub(crate) struct HostBuffer {
     map: MmapMut,
     len: usize,
 }
@@ -40,14 +41,6 @@ impl HostBuffer {
         Ok(HostBuffer { map, len })
     }
 
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub fn as_slice(&self) -> &[u8] {
         &self.map[..self.len]
     }
@@ -58,23 +51,19 @@ impl HostBuffer {
 }
 
 /// A [`Sink`] writing straight into a host slice that holds payload bytes from `base` on.
-pub struct HostSink<'a> {
+pub(crate) struct HostSink<'a> {
     ptr: *mut u8,
     len: usize,
     base: u64,
     _dest: PhantomData<&'a mut [u8]>,
 }
 
-// SAFETY: the sink holds the only (mutable) borrow of its slice for 'a, and `write_chunk` only
-// creates sub-slices for the disjoint ranges the reader pool hands to concurrent callers.
+// SAFETY: the sink holds the only (mutable) borrow of its slice for 'a, and `write_chunk` (an
+// unsafe fn) only creates sub-slices for the disjoint ranges its contract requires of concurrent
+// callers.
 unsafe impl Sync for HostSink<'_> {}
 
 impl<'a> HostSink<'a> {
-    /// A sink for the whole payload: `dest[i]` is payload byte `i`.
-    pub fn new(dest: &'a mut [u8]) -> Self {
-        Self::with_base(dest, 0)
-    }
-
     /// A sink for part of the payload: `dest[i]` is payload byte `base + i`.
     pub fn with_base(dest: &'a mut [u8], base: u64) -> Self {
         HostSink {
@@ -87,7 +76,13 @@ impl<'a> HostSink<'a> {
 }
 
 impl Sink for HostSink<'_> {
-    fn write_chunk(&self, _worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> Result<()> {
+    unsafe fn write_chunk(
+        &self,
+        _worker: usize,
+        offset: u64,
+        len: usize,
+        fill: Fill<'_>,
+    ) -> Result<()> {
         let start = offset
             .checked_sub(self.base)
             .and_then(|o| usize::try_from(o).ok())
@@ -99,7 +94,7 @@ impl Sink for HostSink<'_> {
             )));
         }
         // SAFETY: the range was bounds-checked above, the pointer comes from a live `&'a mut [u8]`,
-        // and concurrent callers get disjoint ranges (see the Sync impl).
+        // and concurrent callers get disjoint ranges (this function's contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) };
         populate(dst);
         fill(dst).map_err(|e| Error::Invalid(format!("reading chunk at {offset}: {e}")))
@@ -132,7 +127,7 @@ fn populate(_dst: &mut [u8]) {}
 
 /// A [`Sink`] that only looks at the bytes: each reader thread fills its own page-aligned scratch
 /// buffer (reused chunk after chunk), e.g. for verifying a file without loading it.
-pub struct ScratchSink {
+pub(crate) struct ScratchSink {
     bufs: Vec<std::sync::Mutex<HostBuffer>>,
 }
 
@@ -147,7 +142,13 @@ impl ScratchSink {
 }
 
 impl Sink for ScratchSink {
-    fn write_chunk(&self, worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> Result<()> {
+    unsafe fn write_chunk(
+        &self,
+        worker: usize,
+        offset: u64,
+        len: usize,
+        fill: Fill<'_>,
+    ) -> Result<()> {
         let slot = self.bufs.get(worker).ok_or_else(|| {
             Error::Invalid(format!("reader thread {worker} has no scratch buffer"))
         })?;

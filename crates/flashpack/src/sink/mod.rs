@@ -1,37 +1,51 @@
 //! Sinks: where the bytes of a load land.
 //!
-//! The reader pool splits the payload into chunks and hands each to [`Sink::write_chunk`] together
-//! with a `fill` callback that reads that chunk's file bytes into whatever slice the sink provides.
-//! [`HostSink`] hands out the destination memory itself, so file bytes land in place with no staging
-//! copy; a device sink hands out a pinned staging buffer and copies it onward.
+//! The reader pool splits the payload into chunks and hands each to a sink together with a
+//! `fill` callback that reads that chunk's file bytes into whatever slice the sink provides.
+//! The host sink hands out the destination memory itself, so file bytes land in place with no
+//! staging copy; the device sink hands out a pinned staging buffer and copies it onward
+//! ([`DeviceRegion`]s name where each payload range goes).
+//!
+//! Public here: the CUDA backend ([`cuda`], feature `cuda`), the pinned staging pool it draws
+//! from ([`PinnedPool`]) and the [`DeviceRegion`]s a device load is given. The sinks themselves
+//! hand out memory by raw pointer and are internal to the reader:
+//! ```compile_fail,E0603
+//! use flashpack::sink::HostSink;
+//! ```
 //!
 //! ```
-//! use flashpack::sink::{HostBuffer, HostSink, Sink};
-//! let mut buf = HostBuffer::new(8).unwrap();
-//! let sink = HostSink::new(buf.as_mut_slice());
-//! sink.write_chunk(0, 4, 4, &mut |dst: &mut [u8]| { dst.copy_from_slice(&[1, 2, 3, 4]); Ok(()) }).unwrap();
-//! drop(sink);
-//! assert_eq!(&buf.as_slice()[..8], &[0, 0, 0, 0, 1, 2, 3, 4]);
+//! # #[cfg(feature = "cuda")] {
+//! use flashpack::sink::{cuda, PoolStats};
+//! // Without a CUDA driver every entry point is a typed error, never a panic.
+//! if !cuda::driver_available() {
+//!     assert!(cuda::CudaDevice::new(0).is_err());
+//! }
+//! let _: Option<PoolStats> = cuda::pinned_pool().ok().map(|p| p.stats());
+//! # }
 //! ```
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod device;
 mod host;
+mod pool;
 
-pub use device::{
-    check_regions, Device, DeviceRegion, DeviceSink, HostAllocator, PinnedBuf, PinnedPool,
-    PoolStats, DEFAULT_PINNED_LIMIT, SLOTS_PER_WORKER,
-};
-pub use host::{HostBuffer, HostSink, ScratchSink};
+pub use device::DeviceRegion;
+pub(crate) use device::{Device, DeviceSink, Regions, SLOTS_PER_WORKER};
+pub(crate) use host::{HostBuffer, HostSink, ScratchSink};
+pub use pool::{PinnedPool, PoolStats, DEFAULT_PINNED_LIMIT};
 
 /// Reads a chunk's file bytes into the slice it is given.
-pub type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> std::io::Result<()>;
+pub(crate) type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> std::io::Result<()>;
 
 /// A destination for payload bytes, shared by all reader threads.
-pub trait Sink: Sync {
+pub(crate) trait Sink: Sync {
     /// Lands payload bytes `[offset, offset + len)`; `worker` is the calling reader thread's index
-    /// (for per-thread staging resources). Chunks given to concurrent calls never overlap.
-    fn write_chunk(
+    /// (for per-thread staging resources).
+    ///
+    /// # Safety
+    /// Ranges given to concurrent calls do not overlap (a host sink hands out the destination
+    /// memory of the range itself, as a `&mut [u8]`).
+    unsafe fn write_chunk(
         &self,
         worker: usize,
         offset: u64,
