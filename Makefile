@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust test-python lint interop bench gpu-check wheel fuzz clean
+.PHONY: all venv build demo test test-rust test-python test-cuda-standin cuda-standin lint interop bench gpu-check wheel fuzz clean
 
 all: build
 
@@ -43,7 +43,25 @@ interop: build
 test-python: build
 	$(PY) -m pytest bindings/python/tests -q -rs
 
-test: lint test-rust test-python
+# A strict stand-in for the CUDA driver (test-only, never shipped): with
+# LD_LIBRARY_PATH=target/cuda-standin every program of ours loads it in place of libcuda.
+STANDIN := $(abspath target/cuda-standin)
+cuda-standin:
+	cargo build -p cuda-standin --release --quiet
+	mkdir -p $(STANDIN)
+	cp target/release/libcuda_standin.so $(STANDIN)/libcuda.so.1.new
+	mv -f $(STANDIN)/libcuda.so.1.new $(STANDIN)/libcuda.so.1
+	ln -sf libcuda.so.1 $(STANDIN)/libcuda.so
+
+# The CUDA path with real driver calls on any machine: the engine's CUDA tests, the CLI's
+# `bench` cuda row and the extension's CUDA entry points, against the stand-in. (They are
+# #[ignore]d / skipped in the plain runs, which have no driver.)
+test-cuda-standin: cuda-standin build
+	LD_LIBRARY_PATH=$(STANDIN) cargo test -p flashpack --features candle --quiet --test cuda_standin -- --include-ignored
+	LD_LIBRARY_PATH=$(STANDIN) cargo test -p flashpack-cli --quiet --test cli -- --include-ignored cuda
+	LD_LIBRARY_PATH=$(STANDIN) FLASHPACK_REQUIRE_STANDIN=1 $(PY) -m pytest bindings/python/tests/test_cuda_standin.py -q -rs -p no:cacheprovider
+
+test: lint test-rust test-cuda-standin test-python
 
 # Side-by-side load/pack benchmark against the peers and the machine's ceilings (BENCHMARKS.md).
 bench: build
