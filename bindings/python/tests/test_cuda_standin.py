@@ -158,6 +158,7 @@ def within(seconds: float, f: Callable[[], Any]) -> Any:
 
 
 def test_every_dtype_lands_bit_exact_and_the_pool_is_reused(drv: Driver, tmp_path: Path) -> None:
+    assert _core.cuda_available()
     path, raw = make_file(tmp_path)
     flashpack.release_pinned_pool()
     allocs = []

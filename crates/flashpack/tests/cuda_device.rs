@@ -26,14 +26,12 @@ fn a_missing_driver_is_a_typed_error_everywhere_and_a_present_one_counts_devices
     if driver_available() {
         let n = device_count().unwrap();
         assert!(n == 0 || CudaDevice::new(0).is_ok());
-        let err = CudaDevice::new(n).err().expect("one past the last device");
+        let err = CudaDevice::new(n).expect_err("one past the last device");
         assert!(err.to_string().contains("no such device"), "{err}");
         return;
     }
     for err in [
-        CudaDevice::new(0)
-            .err()
-            .expect("no device without a driver"),
+        CudaDevice::new(0).expect_err("no device without a driver"),
         device_count().unwrap_err(),
         file.load_cuda(0, &LoadOptions::default()).err().unwrap(),
     ] {

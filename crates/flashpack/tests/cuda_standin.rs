@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use cudarc::driver::sys;
-use flashpack::read::{load_to_device, FlashFile, IoMode, LoadOptions};
+use flashpack::read::{load_to_device, FlashFile, IoMode, LoadOptions, LoadReport};
 use flashpack::sink::cuda::{
     device_count, driver_available, pinned_pool, release_pinned_pool, CudaDevice, DeviceBuffer,
 };
@@ -233,6 +233,26 @@ fn block_buffers(dev: &CudaDevice, f: &FlashFile) -> (Vec<DeviceBuffer>, Vec<Dev
     (bufs, regions)
 }
 
+fn opts(threads: usize, chunk_bytes: usize) -> LoadOptions {
+    LoadOptions {
+        threads,
+        chunk_bytes,
+        ..Default::default()
+    }
+}
+
+/// Streams every block of `f` into new device buffers on `dev`, one per block.
+fn load_blocks(
+    dev: &CudaDevice,
+    f: &FlashFile,
+    opts: &LoadOptions,
+) -> flashpack::Result<(Vec<DeviceBuffer>, LoadReport)> {
+    let (bufs, regions) = block_buffers(dev, f);
+    // SAFETY: the regions are exactly the buffers just allocated, which nothing else uses.
+    let report = unsafe { load_to_device(f, dev, regions, opts) }?;
+    Ok((bufs, report))
+}
+
 fn to_host(d: &DeviceBuffer) -> Vec<u8> {
     let mut out = vec![0u8; d.len()];
     d.copy_to_host(0, &mut out).unwrap();
@@ -289,16 +309,14 @@ fn every_dtype_lands_bit_exact_in_every_io_mode_chunk_size_and_thread_count() {
         for chunk_bytes in [4096usize, 5000, 65536, 1 << 20] {
             for threads in [1usize, 3] {
                 let what = format!("{io:?} chunk {chunk_bytes} threads {threads}");
-                let (bufs, regions) = block_buffers(&dev, &f);
                 let opts = LoadOptions {
                     io,
                     threads,
                     chunk_bytes,
                     ..Default::default()
                 };
-                // SAFETY: the regions are the buffers just allocated, used by nothing else.
-                let report = unsafe { load_to_device(&f, &dev, regions, &opts) }
-                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let (bufs, report) =
+                    load_blocks(&dev, &f, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert_blocks_land(&f, &bufs, &raw, &what);
                 assert!(report.threads >= 1 && report.threads <= threads, "{what}");
                 assert_pool_at_rest(&what);
@@ -380,9 +398,7 @@ fn repeated_loads_reuse_the_pool_and_a_tiny_limit_still_loads() {
     };
     let mut allocs = 0;
     for round in 0..3 {
-        let (bufs, regions) = block_buffers(&dev, &f);
-        // SAFETY: the buffers just allocated.
-        unsafe { load_to_device(&f, &dev, regions, &opts) }.unwrap();
+        let (bufs, _) = load_blocks(&dev, &f, &opts).unwrap();
         assert_blocks_land(&f, &bufs, &raw, &format!("round {round}"));
         let st = pool.stats();
         assert!(
@@ -411,11 +427,7 @@ fn repeated_loads_reuse_the_pool_and_a_tiny_limit_still_loads() {
     );
     // A pool that leaves less than two 4 KiB staging buffers cannot work: a clear error.
     set_budget(4096);
-    let (_bufs, regions) = block_buffers(&dev, &f);
-    // SAFETY: the buffers just allocated.
-    let err = unsafe { load_to_device(&f, &dev, regions, &opts) }
-        .unwrap_err()
-        .to_string();
+    let err = load_blocks(&dev, &f, &opts).unwrap_err().to_string();
     assert!(
         err.contains("pinned pool limit") && err.contains("m.flashpack"),
         "{err}"
@@ -430,15 +442,13 @@ fn verify_passes_a_good_file_and_names_the_tensor_of_a_flipped_byte() {
     let (path, f, raw) = make_file(dir.path());
     let dev = CudaDevice::new(0).unwrap();
     for chunk_bytes in [4096usize, 1 << 20] {
-        let (bufs, regions) = block_buffers(&dev, &f);
         let opts = LoadOptions {
             threads: 2,
             chunk_bytes,
             verify: true,
             ..Default::default()
         };
-        // SAFETY: the buffers just allocated.
-        unsafe { load_to_device(&f, &dev, regions, &opts) }.unwrap();
+        let (bufs, _) = load_blocks(&dev, &f, &opts).unwrap();
         assert_blocks_land(&f, &bufs, &raw, &format!("verified, chunk {chunk_bytes}"));
     }
     let rec = f.footer.record("big").unwrap();
@@ -450,16 +460,12 @@ fn verify_passes_a_good_file_and_names_the_tensor_of_a_flipped_byte() {
         file.write_all_at(&[raw[at as usize] ^ 0x40], at).unwrap();
     }
     let f = FlashFile::open(&path).unwrap();
-    let (_bufs, regions) = block_buffers(&dev, &f);
     let opts = LoadOptions {
         threads: 3,
         verify: true,
         ..Default::default()
     };
-    // SAFETY: the buffers just allocated.
-    let err = unsafe { load_to_device(&f, &dev, regions, &opts) }
-        .unwrap_err()
-        .to_string();
+    let err = load_blocks(&dev, &f, &opts).unwrap_err().to_string();
     assert!(
         err.contains("checksum mismatch") && err.contains("'big'"),
         "{err}"
@@ -468,11 +474,7 @@ fn verify_passes_a_good_file_and_names_the_tensor_of_a_flipped_byte() {
     assert_pool_at_rest("after a checksum error");
     // A pool too small for two checksum chunks cannot verify: a clear error.
     set_budget(64 << 10);
-    let (_bufs, regions) = block_buffers(&dev, &f);
-    // SAFETY: the buffers just allocated.
-    let err = unsafe { load_to_device(&f, &dev, regions, &opts) }
-        .unwrap_err()
-        .to_string();
+    let err = load_blocks(&dev, &f, &opts).unwrap_err().to_string();
     assert!(err.contains("checksum chunks"), "{err}");
 }
 
@@ -623,15 +625,7 @@ fn each_injected_failure_is_a_prompt_error_naming_the_file_and_the_next_load_wor
         let ff = f.clone();
         let started = Instant::now();
         let err = within(30, move || {
-            let dev = CudaDevice::new(0).unwrap();
-            let (_bufs, regions) = block_buffers(&dev, &ff);
-            let opts = LoadOptions {
-                threads: 3,
-                chunk_bytes: 65536,
-                ..Default::default()
-            };
-            // SAFETY: the buffers just allocated.
-            unsafe { load_to_device(&ff, &dev, regions, &opts) }.unwrap_err()
+            load_blocks(&CudaDevice::new(0).unwrap(), &ff, &opts(3, 65536)).unwrap_err()
         });
         t.s.fail(kind, 0);
         let msg = err.to_string();
@@ -651,15 +645,7 @@ fn each_injected_failure_is_a_prompt_error_naming_the_file_and_the_next_load_wor
         // The next load in the same process works, bit-exact, with what the pool has left.
         let (ff, rr) = (f.clone(), raw.clone());
         within(30, move || {
-            let dev = CudaDevice::new(0).unwrap();
-            let (bufs, regions) = block_buffers(&dev, &ff);
-            let opts = LoadOptions {
-                threads: 3,
-                chunk_bytes: 65536,
-                ..Default::default()
-            };
-            // SAFETY: the buffers just allocated.
-            unsafe { load_to_device(&ff, &dev, regions, &opts) }
+            let (bufs, _) = load_blocks(&CudaDevice::new(0).unwrap(), &ff, &opts(3, 65536))
                 .unwrap_or_else(|e| panic!("after {kind}: {e}"));
             assert_blocks_land(&ff, &bufs, &rr, &format!("after {kind}"));
         });
@@ -690,29 +676,13 @@ fn leaked_staging_never_starves_later_loads() {
         t.s.fail("sync", 1);
         let ff = f.clone();
         let _ = within(30, move || {
-            let dev = CudaDevice::new(0).unwrap();
-            let (_bufs, regions) = block_buffers(&dev, &ff);
-            let opts = LoadOptions {
-                threads: 2,
-                chunk_bytes: 65536,
-                ..Default::default()
-            };
-            // SAFETY: the buffers just allocated.
-            unsafe { load_to_device(&ff, &dev, regions, &opts) }.err()
+            load_blocks(&CudaDevice::new(0).unwrap(), &ff, &opts(2, 65536)).err()
         });
         t.s.fail("sync", 0);
         let (ff, rr) = (f.clone(), raw.clone());
         let next = within(30, move || {
-            let dev = CudaDevice::new(0).unwrap();
-            let (bufs, regions) = block_buffers(&dev, &ff);
-            let opts = LoadOptions {
-                threads: 2,
-                chunk_bytes: 65536,
-                ..Default::default()
-            };
-            // SAFETY: the buffers just allocated.
-            unsafe { load_to_device(&ff, &dev, regions, &opts) }
-                .map(|_| assert_blocks_land(&ff, &bufs, &rr, "after a leak"))
+            load_blocks(&CudaDevice::new(0).unwrap(), &ff, &opts(2, 65536))
+                .map(|(bufs, _)| assert_blocks_land(&ff, &bufs, &rr, "after a leak"))
         });
         if let Err(e) = next {
             refused = Some((i, e.to_string()));
@@ -728,9 +698,7 @@ fn leaked_staging_never_starves_later_loads() {
     // Raising the limit gives loads room again.
     pool.set_limit(DEFAULT_PINNED_LIMIT);
     let dev = CudaDevice::new(0).unwrap();
-    let (bufs, regions) = block_buffers(&dev, &f);
-    // SAFETY: the buffers just allocated.
-    unsafe { load_to_device(&f, &dev, regions, &LoadOptions::default()) }.unwrap();
+    let (bufs, _) = load_blocks(&dev, &f, &LoadOptions::default()).unwrap();
     assert_blocks_land(&f, &bufs, &raw, "after raising the limit");
 }
 

@@ -389,7 +389,11 @@ impl DeviceBuffer {
 
 impl std::fmt::Debug for DeviceBuffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceBuffer({}, {:#x}, {} bytes)", self.name, self.ptr, self.len)
+        write!(
+            f,
+            "DeviceBuffer({}, {:#x}, {} bytes)",
+            self.name, self.ptr, self.len
+        )
     }
 }
 
