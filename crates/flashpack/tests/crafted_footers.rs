@@ -573,7 +573,15 @@ fn inconsistent_block_sizes_and_totals_are_rejected() {
         &v4_payload(),
         &v4_with(|v| v["total_payload_bytes"] = json!(153)),
     );
-    assert_rejected(&p, &["total_payload_bytes 153"]);
+    // More than the payload: the payload must be exactly what the footer declares.
+    assert_rejected(
+        &p,
+        &[
+            "total_payload_bytes",
+            "declares 153",
+            "payload is 152 bytes",
+        ],
+    );
     let p = s.json_file(
         &v4_payload(),
         &v4_with(|v| v["total_payload_bytes"] = json!(100)),

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::{
     block_alignment, element_alignment, numel, Checksums, ChunkMismatch, Dtype, FormatError,
+    CHECKSUMS_KEY,
 };
 
 pub const FILE_FORMAT_V3: &str = "flashpack_v3";
@@ -314,20 +315,27 @@ impl Footer {
             .enumerate()
             .map(|(i, item)| parse_record(i, item))
             .collect::<Result<Vec<_>, _>>()?;
-        let checksums = Checksums::take_from(&mut map, payload_len)?;
-        let footer = Footer {
+        // Checked after the layout, so that a payload of the wrong size is reported as such.
+        let checksums = map.remove(CHECKSUMS_KEY);
+        let mut footer = Footer {
             version,
             align_bytes,
             blocks,
             records,
             extra: map,
-            checksums,
+            checksums: None,
         };
         footer.validate(payload_len, total_elems, total_payload_bytes)?;
+        footer.checksums = checksums
+            .map(|v| Checksums::from_json(&v, payload_len))
+            .transpose()?;
         Ok(footer)
     }
 
-    /// Checks every rule of the format against a payload of `payload_len` bytes.
+    /// Checks every rule of the format against a payload of `payload_len` bytes, which must be
+    /// exactly what the footer declares: `total_payload_bytes` (v4), else where the blocks end (the
+    /// original writer puts the JSON right after the last block; extra bytes anywhere would shift
+    /// the tensors).
     pub fn validate(
         &self,
         payload_len: u64,
@@ -396,9 +404,9 @@ impl Footer {
             }
         }
         if let Some(total) = total_payload_bytes {
-            if total > payload_len || total < self.payload_end() {
+            if total < self.payload_end() {
                 return Err(FormatError::Inconsistent(format!(
-                    "total_payload_bytes {total} does not match a {payload_len}-byte payload whose blocks end at {}",
+                    "total_payload_bytes {total} is less than the {} bytes where the blocks end",
                     self.payload_end()
                 )));
             }
@@ -455,6 +463,17 @@ impl Footer {
                     ),
                 ));
             }
+        }
+        let (declared, by) = match total_payload_bytes {
+            Some(total) => (total, "total_payload_bytes"),
+            None => (self.payload_end(), "where its blocks end"),
+        };
+        if declared != payload_len {
+            return Err(FormatError::PayloadSize {
+                declared,
+                actual: payload_len,
+                by,
+            });
         }
         Ok(())
     }
