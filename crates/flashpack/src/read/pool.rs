@@ -1,6 +1,8 @@
 //! The reader pool: threads that pull chunks of the payload off a shared counter and read each
 //! into its sink, with `O_DIRECT` for the aligned part of a chunk when a direct handle is given and
 //! buffered reads for everything else (unaligned tails, filesystems that refuse `O_DIRECT`).
+//! Each thread checks the source's [`Cancel`] before each chunk, so a cancelled load stops
+//! within one chunk per thread.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -9,6 +11,7 @@ use std::sync::Mutex;
 
 use indicatif::ProgressBar;
 
+use crate::cancel::Cancel;
 use crate::format::{Checksums, Footer};
 use crate::sink::Sink;
 use crate::{Error, Result};
@@ -57,6 +60,7 @@ pub(crate) struct Source<'a> {
     pub path: &'a Path,
     pub buffered: &'a File,
     pub direct: Option<File>,
+    pub cancel: Option<&'a Cancel>,
 }
 
 /// Checks each chunk against the footer's checksums right after it is read (before a device
@@ -131,6 +135,13 @@ pub(crate) fn read_chunks(
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= chunks.len() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Err(e) = crate::cancel::check(src.cancel, src.path) {
+                    stop.store(true, Ordering::Relaxed);
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(e);
+                    }
                     return;
                 }
                 let c = chunks[i];
