@@ -23,7 +23,7 @@ pub fn prepare_destination(dest: &Path) -> Result<PathBuf> {
     match std::fs::symlink_metadata(dest) {
         Ok(m) if m.is_dir() => Err(Error::io(
             dest,
-            "replace it",
+            "check the destination",
             std::io::Error::from_raw_os_error(libc::EISDIR),
         )),
         Ok(_) => Ok(dir),
