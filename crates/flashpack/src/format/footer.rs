@@ -333,9 +333,9 @@ impl Footer {
     }
 
     /// Checks every rule of the format against a payload of `payload_len` bytes, which must be
-    /// exactly what the footer declares: `total_payload_bytes` (v4), else where the blocks end (the
-    /// original writer puts the JSON right after the last block; extra bytes anywhere would shift
-    /// the tensors).
+    /// exactly what the footer declares: the blocks end where the payload ends (as does
+    /// `total_payload_bytes`, when present). The original writer puts the JSON right after the
+    /// last block; bytes added anywhere would shift the tensors.
     pub fn validate(
         &self,
         payload_len: u64,
@@ -404,9 +404,9 @@ impl Footer {
             }
         }
         if let Some(total) = total_payload_bytes {
-            if total < self.payload_end() {
+            if total != self.payload_end() {
                 return Err(FormatError::Inconsistent(format!(
-                    "total_payload_bytes {total} is less than the {} bytes where the blocks end",
+                    "total_payload_bytes {total} does not match the {} bytes where the blocks end",
                     self.payload_end()
                 )));
             }
@@ -464,15 +464,10 @@ impl Footer {
                 ));
             }
         }
-        let (declared, by) = match total_payload_bytes {
-            Some(total) => (total, "total_payload_bytes"),
-            None => (self.payload_end(), "where its blocks end"),
-        };
-        if declared != payload_len {
+        if self.payload_end() != payload_len {
             return Err(FormatError::PayloadSize {
-                declared,
+                declared: self.payload_end(),
                 actual: payload_len,
-                by,
             });
         }
         Ok(())
