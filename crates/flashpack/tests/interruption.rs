@@ -192,3 +192,80 @@ fn a_pack_is_cancelled_exactly_when_its_result_is_not_in_place() {
     }
     println!("{cancelled_runs} packs cancelled, {completed_runs} completed");
 }
+
+/// Bytes this process has read through read calls so far (`/proc/self/io`).
+fn bytes_read() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// One chunk of 64 MiB read by one thread: cancelled once the read is under way, the load stops
+/// between the reads the chunk is made of instead of finishing it. Run in a child (this test with
+/// `INTERRUPTION_CHILD` set) so that the read counter is this load's alone.
+#[test]
+fn a_load_stops_inside_a_large_chunk() {
+    const CHILD: &str = "INTERRUPTION_CHILD";
+    const SIZE: usize = 64 << 20;
+    if let Ok(path) = std::env::var(CHILD) {
+        let cancel = Cancel::new();
+        let before = bytes_read();
+        let watcher = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                while bytes_read() - before < (4 << 20) {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+                cancel.cancel();
+            })
+        };
+        let opts = LoadOptions {
+            eager: true,
+            io: IoMode::Buffered,
+            threads: 1,
+            chunk_bytes: SIZE * 2,
+            cancel: Some(cancel),
+            ..Default::default()
+        };
+        let result = read::load(Path::new(&path), &opts);
+        let read = bytes_read() - before;
+        watcher.join().unwrap();
+        match result {
+            Err(Error::Cancelled { .. }) => println!("RESULT cancelled {read}"),
+            Err(e) => println!("RESULT error {e}"),
+            Ok(_) => println!("RESULT loaded {read}"),
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.flashpack");
+    let w = data(SIZE, 3);
+    pack(
+        &path,
+        &[PackEntry::new("w", Dtype::U8, vec![w.len() as u64], &w)],
+        &PackOptions::default(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_load_stops_inside_a_large_chunk",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, &path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result = stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no result: {stdout}"));
+    let (what, read) = result.split_once(' ').unwrap();
+    assert_eq!(what, "cancelled", "{result}");
+    assert!(read.parse::<u64>().unwrap() < SIZE as u64, "{result}");
+}

@@ -1,8 +1,8 @@
 //! The reader pool: threads that pull chunks of the payload off a shared counter and read each
 //! into its sink, with `O_DIRECT` for the aligned part of a chunk when a direct handle is given and
 //! buffered reads for everything else (unaligned tails, filesystems that refuse `O_DIRECT`).
-//! Each thread checks the source's [`Cancel`] before each chunk, so a cancelled load stops
-//! within one chunk per thread.
+//! Each thread checks the source's [`Cancel`] before each chunk and between the [`READ_PIECE`]
+//! reads a chunk is made of, so a cancelled load stops after at most one piece per thread.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -18,6 +18,9 @@ use crate::{Error, Result};
 
 /// Alignment `O_DIRECT` needs for file offset, length and memory address.
 pub const DIRECT_ALIGN: u64 = 4096;
+/// The most one read call asks for (a multiple of [`DIRECT_ALIGN`]): cancellation is checked
+/// between such reads, so a load stops soon even with large chunks on a slow disk.
+pub const READ_PIECE: usize = 4 << 20;
 
 /// One chunk of payload to read: `[offset, offset + len)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,13 +153,12 @@ pub(crate) fn read_chunks(
                 // Keep the original I/O error (with its OS code) or checksum error for the
                 // report; the sink only needs to know that the fill failed.
                 let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
-                    read_one(src, direct_ok, c.offset, dst, direct_bytes, buffered_bytes).map_err(
-                        |e| {
+                    read_pieces(src, direct_ok, c.offset, dst, direct_bytes, buffered_bytes)
+                        .map_err(|e| {
                             let marker = std::io::Error::new(e.kind(), "read failed");
                             io_error = Some(e);
                             marker
-                        },
-                    )?;
+                        })?;
                     if let Some(v) = verify {
                         v.check(src.path, c.offset, dst).map_err(|e| {
                             bad_data = Some(e);
@@ -167,7 +169,11 @@ pub(crate) fn read_chunks(
                 };
                 let result = sink.write_chunk(worker, c.offset, c.len, &mut fill);
                 if let Err(e) = result {
+                    let cancelled = crate::cancel::check(src.cancel, src.path);
                     let e = match (io_error, bad_data) {
+                        (Some(io), _) if io.kind() == std::io::ErrorKind::Interrupted => cancelled
+                            .err()
+                            .unwrap_or_else(|| Error::io(src.path, "read", io)),
                         // The footer was checked against the file's length at open, so running
                         // out of bytes means the file shrank during the load.
                         (Some(io), _) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -196,6 +202,30 @@ pub(crate) fn read_chunks(
         direct_bytes: direct_bytes.into_inner(),
         buffered_bytes: buffered_bytes.into_inner(),
     })
+}
+
+/// Reads `dst` from `offset` in [`READ_PIECE`]s, stopping with `ErrorKind::Interrupted` between
+/// two pieces once the source's [`Cancel`] is cancelled.
+fn read_pieces(
+    src: &Source<'_>,
+    direct_ok: &AtomicBool,
+    offset: u64,
+    dst: &mut [u8],
+    direct_bytes: &AtomicU64,
+    buffered_bytes: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut at = offset;
+    for (k, piece) in dst.chunks_mut(READ_PIECE).enumerate() {
+        if k > 0 && src.cancel.is_some_and(Cancel::is_cancelled) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "cancelled",
+            ));
+        }
+        read_one(src, direct_ok, at, piece, direct_bytes, buffered_bytes)?;
+        at += piece.len() as u64;
+    }
+    Ok(())
 }
 
 fn read_one(
