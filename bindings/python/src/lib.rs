@@ -1,8 +1,14 @@
 //! `flashpack._core`: the engine's Python face. It speaks bytes, paths and plain Python values;
 //! everything torch-specific lives in the `flashpack` Python package. Every call that touches the
-//! disk releases the GIL.
+//! disk releases the GIL; long ones (eager loads, verification, packs) run on a worker thread while
+//! the calling thread keeps running Python's signal handlers, so Ctrl-C stops them (see
+//! [`interruptible`]). OS errors become the matching `OSError` subclass with `errno`, `strerror`
+//! and `filename` set (see [`to_py`]).
 use std::os::raw::{c_int, c_void};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::time::Duration;
 
+use flashpack::cancel::{Cancel, Poll};
 use flashpack::format::{Order, TensorSpec};
 use flashpack::read::{self, IoMode, LoadOptions, Loaded};
 use flashpack::sink::cuda::{self, CudaDevice};
@@ -10,16 +16,91 @@ use flashpack::sink::DeviceRegion;
 use flashpack::write::{self, PackEntry, PackOptions};
 use flashpack::{Dtype, Error};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+/// The Python exception for an engine error. An OS error with a code becomes
+/// `OSError(errno, strerror, filename)`, which Python turns into its subclass for that code
+/// (`FileNotFoundError`, `IsADirectoryError`, `PermissionError`, ...): `strerror` is the OS's text
+/// with the step that failed, `filename` the file the call was about (a pack's destination).
+/// Format and caller problems are `ValueError`, device problems `RuntimeError`.
 fn to_py(e: Error) -> PyErr {
     match e {
-        Error::Io { .. } => PyOSError::new_err(e.to_string()),
+        Error::Io {
+            ref path,
+            ref op,
+            ref source,
+        } => match source.raw_os_error() {
+            Some(code) => {
+                let text = source.to_string();
+                let text = text
+                    .strip_suffix(&format!(" (os error {code})"))
+                    .unwrap_or(&text);
+                PyOSError::new_err((
+                    code,
+                    format!("{text} ({op})"),
+                    path.as_os_str().to_os_string(),
+                ))
+            }
+            None => PyOSError::new_err(e.to_string()),
+        },
+        Error::NotAFile { .. } => PyOSError::new_err(e.to_string()),
+        Error::Cancelled { .. } => PyKeyboardInterrupt::new_err(e.to_string()),
         Error::Device(_) => PyRuntimeError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// How often the calling thread runs Python's signal handlers while engine work runs.
+const SIGNAL_POLL: Duration = Duration::from_millis(20);
+
+/// Runs `work` on a worker thread with the GIL released, while the calling thread wakes every
+/// [`SIGNAL_POLL`] to run Python's signal handlers (`PyErr_CheckSignals`, which only acts on the
+/// main thread). When a handler raises (Ctrl-C's `KeyboardInterrupt`, a SIGALRM handler's
+/// exception), `cancel` is cancelled: the work stops at its next chunk, cleans up, and that
+/// exception is raised. A handler that returns normally just runs, during the call. Once the work
+/// has committed its result (a pack's rename), handlers are no longer run here: the call
+/// reports its success and Python runs them after it returns, as for any call that completed.
+fn interruptible<T: Send>(
+    py: Python<'_>,
+    cancel: &Cancel,
+    work: impl FnOnce() -> flashpack::Result<T> + Send,
+) -> PyResult<T> {
+    let mut raised: Option<PyErr> = None;
+    let result = py.detach(|| {
+        std::thread::scope(|s| {
+            let (tx, rx) = channel();
+            s.spawn(move || {
+                let _ = tx.send(work());
+            });
+            let mut polling = true;
+            loop {
+                match rx.recv_timeout(SIGNAL_POLL) {
+                    Ok(result) => return Some(result),
+                    // The worker panicked; the scope re-raises its panic.
+                    Err(RecvTimeoutError::Disconnected) => return None,
+                    Err(RecvTimeoutError::Timeout) if !polling => {}
+                    Err(RecvTimeoutError::Timeout) => {
+                        let polled = cancel.poll(|| {
+                            Python::attach(|py| py.check_signals())
+                                .map_err(|e| raised = Some(e))
+                                .is_err()
+                        });
+                        polling = polled == Poll::Running;
+                    }
+                }
+            }
+        })
+    });
+    match (raised, result) {
+        // A cancelled load may still have finished; its result is dropped.
+        (Some(e), _) => Err(e),
+        (None, Some(r)) => r.map_err(to_py),
+        (None, None) => Err(PyRuntimeError::new_err(
+            "flashpack: engine worker thread failed",
+        )),
     }
 }
 
@@ -154,6 +235,7 @@ fn load(
     huge_pages: bool,
     verify: bool,
 ) -> PyResult<Payload> {
+    let cancel = Cancel::new();
     let opts = LoadOptions {
         eager,
         io: io_mode(io)?,
@@ -162,8 +244,14 @@ fn load(
         progress,
         huge_pages,
         verify,
+        cancel: Some(cancel.clone()),
     };
-    let mut loaded = py.detach(|| read::load(&path, &opts)).map_err(to_py)?;
+    let mut loaded = if eager || verify {
+        interruptible(py, &cancel, || read::load(&path, &opts))?
+    } else {
+        // A lazy load only maps the file: nothing long to interrupt.
+        py.detach(|| read::load(&path, &opts)).map_err(to_py)?
+    };
     let ptr = loaded.payload_mut().as_mut_ptr() as usize;
     Ok(Payload { loaded, ptr })
 }
@@ -214,6 +302,7 @@ impl File {
         progress: bool,
         verify: bool,
     ) -> PyResult<(Vec<(String, f64)>, Bound<'py, PyDict>)> {
+        let cancel = Cancel::new();
         let opts = LoadOptions {
             eager: true,
             io: io_mode(io)?,
@@ -222,19 +311,20 @@ impl File {
             progress,
             huge_pages: false,
             verify,
+            cancel: Some(cancel.clone()),
         };
         let regions = regions
             .into_iter()
             .map(|(offset, len, dst)| DeviceRegion { offset, len, dst })
             .collect();
-        let report = py
-            .detach(|| -> flashpack::Result<read::LoadReport> {
-                let dev = CudaDevice::new(device)?;
-                // SAFETY: the contract of this private method (its docs): the regions are device
-                // memory the caller owns and nothing else touches until this returns.
-                unsafe { read::load_to_device(&self.f, &dev, regions, &opts) }
-            })
-            .map_err(to_py)?;
+        // Interrupted, the load stops between chunks and waits for the copies in flight before
+        // it returns, so the destinations are not written after this call ends.
+        let report = interruptible(py, &cancel, || {
+            let dev = CudaDevice::new(device)?;
+            // SAFETY: the contract of this private method (its docs): the regions are device
+            // memory the caller owns and nothing else touches until this returns.
+            unsafe { read::load_to_device(&self.f, &dev, regions, &opts) }
+        })?;
         Ok((phases(&report.phases), io_dict(py, &report)?))
     }
 
@@ -258,24 +348,25 @@ impl File {
                 "read_into needs a writable, C-contiguous buffer",
             ));
         }
+        let cancel = Cancel::new();
         let opts = LoadOptions {
             eager: true,
             io: io_mode(io)?,
             threads,
             chunk_bytes,
             verify,
+            cancel: Some(cancel.clone()),
             ..Default::default()
         };
         let (ptr, len) = (buffer.buf_ptr() as usize, buffer.len_bytes());
-        let report = py
-            .detach(|| {
-                // SAFETY: `buffer` holds a Py_buffer on a live, writable, C-contiguous exporter
-                // for the whole call, so `ptr..ptr + len` is valid for writes; the caller owns the
-                // tensor behind it and does not touch it until this call returns.
-                let dst = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) };
-                read::read_range(&self.f, offset, dst, &opts)
-            })
-            .map_err(to_py)?;
+        let report = interruptible(py, &cancel, || {
+            // SAFETY: `buffer` holds a Py_buffer on a live, writable, C-contiguous exporter for
+            // the whole call, so `ptr..ptr + len` is valid for writes; the caller owns the tensor
+            // behind it and does not touch it until this call returns (which waits for the
+            // worker, interrupted or not).
+            let dst = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) };
+            read::read_range(&self.f, offset, dst, &opts)
+        })?;
         io_dict(py, &report)
     }
 }
@@ -332,13 +423,15 @@ fn verify<'py>(
     threads: usize,
     progress: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
+    let cancel = Cancel::new();
     let opts = LoadOptions {
         io: io_mode(io)?,
         threads,
         progress,
+        cancel: Some(cancel.clone()),
         ..Default::default()
     };
-    let r = py.detach(|| read::verify(&path, &opts)).map_err(to_py)?;
+    let r = interruptible(py, &cancel, || read::verify(&path, &opts))?;
     let d = PyDict::new(py);
     d.set_item("tensors", r.tensors)?;
     d.set_item("payload_len", r.payload_len)?;
@@ -404,6 +497,7 @@ fn pack(
         spec.tied_to = *tied_to;
         specs.push(PackEntry { spec, data: bytes });
     }
+    let cancel = Cancel::new();
     let opts = PackOptions {
         align_bytes,
         order: if largest_first {
@@ -414,12 +508,21 @@ fn pack(
         threads,
         progress,
         checksums,
+        cancel: Some(cancel.clone()),
         ..Default::default()
     };
-    let report = py
-        .detach(|| write::pack(&path, &specs, &opts))
-        .map_err(to_py)?;
+    let report = interruptible(py, &cancel, || write::pack(&path, &specs, &opts))?;
     Ok(phases(&report.phases))
+}
+
+/// Checks that a pack could put a file at `path` (creating its folder, as a pack does) before
+/// the caller spends time preparing tensors: an existing directory, a name the OS refuses or a
+/// parent that is a file is the OSError the pack would end with.
+#[pyfunction]
+fn prepare_pack_destination(py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+    py.detach(|| write::prepare_destination(&path))
+        .map(drop)
+        .map_err(to_py)
 }
 
 #[pymodule]
@@ -435,6 +538,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load, m)?)?;
     m.add_function(wrap_pyfunction!(read_footer, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
+    m.add_function(wrap_pyfunction!(prepare_pack_destination, m)?)?;
     m.add_function(wrap_pyfunction!(dtype_names, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -161,3 +161,181 @@ def test_wrong_dtype_and_shape(tmp_path: Path) -> None:
     pack_to_file(sd, path, None)
     with pytest.raises(ValueError, match=r"shape mismatch for parameter 'lin.weight'"):
         assign_from_file(Net(), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Odd paths and files
+
+
+def test_bytes_paths_load_like_str_paths(tmp_path: Path) -> None:
+    path = packed(tmp_path)
+    raw = bytes(path)
+    expected = revert_from_file(path)
+    assert flashpack.is_flashpack_file(raw)
+    assert flashpack.get_flashpack_file_metadata(raw) == flashpack.get_flashpack_file_metadata(path)
+    for eager in (False, True):
+        storage, meta = read_flashpack_file(raw, eager=eager)
+        got = dict(flashpack.iterate_from_flash_tensor(storage, meta))
+        assert all(torch.equal(got[n], t) for n, t in expected.items())
+    assert all(torch.equal(revert_from_file(raw)[n], t) for n, t in expected.items())
+    model = torch.nn.Linear(300, 300)
+    pack_to_file(model, bytes(tmp_path / "linear.flashpack"))
+    fresh = torch.nn.Linear(300, 300)
+    assign_from_file(fresh, bytes(tmp_path / "linear.flashpack"))
+    assert torch.equal(fresh.weight, model.weight)
+    assert flashpack.deserialization.verify_flashpack_file(raw)["chunks_checked"] > 0
+
+
+def test_a_non_utf8_bytes_path_works(tmp_path: Path) -> None:
+    raw = bytes(tmp_path) + b"/caf\xe9.flashpack"  # Latin-1 bytes: not valid UTF-8
+    pack_to_file({"w": torch.arange(6.0)}, raw)
+    assert torch.equal(revert_from_file(raw)["w"], torch.arange(6.0))
+
+
+@pytest.mark.parametrize(
+    ("key", "error", "named"),
+    [
+        ("lone\ud800surrogate", ValueError, "lone\\ud800surrogate"),
+        (5, TypeError, "5"),
+        (("a", "b"), TypeError, "('a', 'b')"),
+    ],
+)
+def test_a_bad_key_gets_an_error_naming_it(tmp_path: Path, key: Any, error: type, named: str) -> None:
+    dest = tmp_path / "m.flashpack"
+    with pytest.raises(error) as info:
+        pack_to_file({"ok": torch.ones(2), key: torch.ones(3)}, dest)
+    assert named in str(info.value)
+    assert str(dest) in str(info.value)
+    assert not dest.exists()
+
+
+def _split(path: Path) -> tuple[bytes, bytes]:
+    """(payload, everything after it) of a file we wrote."""
+    data = path.read_bytes()
+    (json_len,) = struct.unpack("<Q", data[-16:-8])
+    cut = len(data) - 16 - json_len
+    return data[:cut], data[cut:]
+
+
+@pytest.mark.parametrize("version", ["v3", "v4"])
+@pytest.mark.parametrize("how", ["prepended", "inserted", "appended"])
+def test_a_payload_longer_than_the_footer_declares_is_refused(tmp_path: Path, version: str, how: str) -> None:
+    sd: dict[str, torch.Tensor] = {"w": torch.randn(64, 64)}
+    if version == "v4":
+        sd["ids"] = torch.arange(10)
+    path = tmp_path / "m.flashpack"
+    pack_to_file(sd, path, None)
+    payload, tail = _split(path)
+    extra = b"\x01" * 256
+    n = len(payload)
+    damaged = {
+        "prepended": extra + payload,
+        "inserted": payload[: n // 2] + extra + payload[n // 2 :],
+        "appended": payload + extra,
+    }[how]
+    path.write_bytes(damaged + tail)
+    for load in (
+        lambda: read_flashpack_file(path),
+        lambda: read_flashpack_file(path, eager=True),
+        lambda: flashpack.get_flashpack_file_metadata(path),
+    ):
+        with pytest.raises(ValueError) as info:
+            load()
+        text = str(info.value)
+        assert str(path) in text and str(n) in text and str(n + len(extra)) in text, text
+    assert not flashpack.is_flashpack_file(path)
+
+
+FIFO_CALLS = {
+    "is_flashpack_file": "flashpack.is_flashpack_file(path)",
+    "get_flashpack_file_metadata": "flashpack.get_flashpack_file_metadata(path)",
+    "read_flashpack_file": "flashpack.read_flashpack_file(path)",
+    "read_flashpack_file(eager)": "flashpack.read_flashpack_file(path, eager=True)",
+    "revert_from_file": "flashpack.revert_from_file(path)",
+    "assign_from_file": "flashpack.assign_from_file(torch.nn.Linear(2, 2), path)",
+    "verify_flashpack_file": "flashpack.deserialization.verify_flashpack_file(path)",
+    "from_flashpack": "Net.from_flashpack(path)",
+}
+
+FIFO_SCRIPT = """
+import json, sys, torch, flashpack
+class Net(torch.nn.Module, flashpack.FlashPackMixin):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+path = sys.argv[1]
+out = {}
+for name, call in json.loads(sys.argv[2]).items():
+    try:
+        out[name] = {"returned": repr(eval(call))[:80]}
+    except Exception as e:
+        out[name] = {"class": type(e).__name__, "message": str(e)}
+    print(name, flush=True, file=sys.stderr)
+print(json.dumps(out))
+"""
+
+
+def test_a_fifo_is_refused_at_once_by_every_load_api_and_the_cli(tmp_path: Path) -> None:
+    """Each call runs in a child with a deadline: a FIFO that blocks open() would hang it."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "weights.flashpack"
+    os.mkfifo(fifo)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", FIFO_SCRIPT, str(fifo), json.dumps(FIFO_CALLS)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired as e:
+        done = (e.stderr or b"").decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"blocked on a FIFO; calls that returned first: {done.split()}")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results.pop("is_flashpack_file") == {"returned": "False"}
+    for name, got in results.items():
+        assert got.get("class") in ("OSError", "ValueError"), f"{name}: {got}"
+        assert str(fifo) in got["message"] and "not a regular file" in got["message"], f"{name}: {got}"
+    try:
+        cli = subprocess.run(
+            [sys.executable, "-m", "flashpack", "verify", str(fifo)], capture_output=True, text=True, timeout=60
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("`flashpack verify` blocked on a FIFO")
+    assert cli.returncode == 1 and "not a regular file" in cli.stderr, cli.stderr
+
+
+WRITE_COUNT_SCRIPT = """
+import sys, torch, flashpack
+sd = {"w": torch.ones(64 << 20, dtype=torch.uint8)}
+def written():
+    with open("/proc/self/io") as f:
+        return int(next(l for l in f if l.startswith("wchar:")).split()[1])
+before = written()
+try:
+    flashpack.pack_to_file(sd, sys.argv[1])
+    print("PACKED")
+except OSError as e:
+    print(type(e).__name__, e.errno, written() - before)
+"""
+
+
+@pytest.mark.parametrize("what", ["a directory", "a name too long"])
+def test_a_bad_pack_destination_is_refused_before_the_payload_is_written(tmp_path: Path, what: str) -> None:
+    """The child counts the bytes it passed to write calls (/proc/self/io) while packing 64 MiB."""
+    import subprocess
+    import sys
+
+    dest = tmp_path / "a-directory" if what == "a directory" else tmp_path / ("x" * 300)
+    if what == "a directory":
+        dest.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", WRITE_COUNT_SCRIPT, str(dest)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    kind, _errno, written = proc.stdout.split()[-3:]
+    assert kind in ("IsADirectoryError", "OSError"), proc.stdout
+    assert int(written) < 16 << 20, f"{what}: {written} bytes written before the destination was refused"

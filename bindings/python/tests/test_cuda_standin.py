@@ -279,3 +279,31 @@ def test_an_invalid_pool_limit_in_the_environment_is_a_clear_error(tmp_path: Pat
     p = _run_pool_script(tmp_path, "lots")
     assert p.returncode != 0
     assert "ValueError" in p.stderr and "FLASHPACK_PINNED_POOL_BYTES" in p.stderr, p.stderr
+
+
+def test_an_interrupted_cuda_load_stops_and_leaves_no_copy_running(drv: Driver, tmp_path: Path) -> None:
+    import signal
+
+    class Alarm(Exception):
+        pass
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise Alarm
+
+    path, raw = make_file(tmp_path)
+    drv.lib.standin_set_delay_us(ctypes.c_uint64(20_000))  # every copy completes 20 ms late
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, 0.3)
+    try:
+        with pytest.raises(Alarm):
+            load(drv, path, threads=1, chunk_bytes=4096)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        drv.lib.standin_set_delay_us(ctypes.c_uint64(300))
+    calls = drv.record()["calls"]
+    assert 0 < calls["cuMemcpyHtoDAsync"] < 200, "stopped part-way through the ~600 chunks"
+    stats = flashpack.pinned_pool_stats()
+    assert stats["allocated"] == stats["idle"], stats
+    _, regions = load(drv, path)
+    assert_landed(drv, raw, regions)

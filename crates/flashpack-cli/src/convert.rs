@@ -1,7 +1,9 @@
 //! `flashpack convert SRC DST`: safetensors -> FlashPack, FlashPack -> safetensors, or a
 //! FlashPack repack (e.g. to add or drop checksums, or change the alignment). Tensor bytes,
-//! names, dtypes and shapes are copied unchanged; the output is written to a temporary file
-//! beside DST and renamed over it once complete, so DST is either the old file or the new one.
+//! names, dtypes and shapes are copied unchanged; the output is written to an unnamed temporary
+//! file beside DST and linked over it only once complete and synced, so DST is either the old
+//! file or the new one and nothing else is left behind, whenever the command is killed.
+//! SIGINT/SIGTERM stop it between chunks with DST as it was.
 //!
 //! The output format is `--to`, else DST's extension (`.flashpack` / `.safetensors`), else the
 //! other format than SRC's. A folder as DST receives `SRC-stem.<ext>`. A FlashPack repack keeps
@@ -15,12 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use flashpack::format::{FormatVersion, DEFAULT_ALIGN_BYTES};
-use flashpack::weights::{Format, WeightFile};
+use flashpack::weights::{Format, SafetensorsOptions, WeightFile};
 use flashpack::write::PackOptions;
-use indicatif::{ProgressBar, ProgressDrawTarget};
 
 use crate::error::{print_line, CliError, Result};
 use crate::format::grouped;
+use crate::interrupt;
 
 /// An output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -68,6 +70,7 @@ fn format_name(f: Format) -> &'static str {
 /// Converts; returns the line to print.
 pub fn convert(req: &Request) -> Result<String> {
     let t = Instant::now();
+    let cancel = interrupt::watch()?;
     let src = WeightFile::open(&req.src)?;
     let mut dst = req.dst.clone();
     let by_ext = Target::by_extension(&dst);
@@ -112,6 +115,7 @@ pub fn convert(req: &Request) -> Result<String> {
                     .flashpack()
                     .map(|f| f.footer.extra.clone())
                     .unwrap_or_default(),
+                cancel: Some(cancel),
                 ..PackOptions::default()
             };
             let report = src.to_flashpack(&dst, &opts)?;
@@ -134,17 +138,11 @@ pub fn convert(req: &Request) -> Result<String> {
             )
         }
         Target::Safetensors => {
-            let spinner = req.progress.then(|| {
-                let s = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-                s.set_message(format!("writing {}", dst.display()));
-                s.enable_steady_tick(std::time::Duration::from_millis(200));
-                s
-            });
-            let result = src.to_safetensors(&dst);
-            if let Some(s) = spinner {
-                s.finish_and_clear();
-            }
-            result?;
+            let opts = SafetensorsOptions {
+                progress: req.progress,
+                cancel: Some(cancel),
+            };
+            src.to_safetensors_with(&dst, &opts)?;
             let len = std::fs::metadata(&dst)
                 .map_err(|e| CliError::io(&dst, "stat", e))?
                 .len();

@@ -11,12 +11,14 @@
 //!
 //! Failures print one line on stderr (`flashpack: error: <file>: <what>`) and exit with status 1;
 //! usage errors are clap's (status 2). Long packs, loads and verifications draw progress bars on
-//! a terminal unless `--quiet`.
+//! a terminal unless `--quiet`. SIGINT or SIGTERM stops `convert` and `verify` cleanly (exit
+//! status 128 + the signal's number; see `interrupt.rs`).
 mod bench;
 mod convert;
 mod error;
 mod format;
 mod inspect;
+mod interrupt;
 mod touch;
 mod verify;
 
@@ -124,9 +126,9 @@ fn run(cli: Cli) -> Result<()> {
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(e) => interrupt::exit_for(&e).unwrap_or_else(|| {
             eprintln!("flashpack: error: {}", e.one_line());
             ExitCode::FAILURE
-        }
+        }),
     }
 }

@@ -1,6 +1,7 @@
 //! `flashpack verify FILE`: checks a FlashPack file's footer, layout and payload checksums (the
 //! first bad chunk is an error naming the tensor it holds), or a safetensors file's header and
-//! offsets (validated on open; safetensors files carry no checksums).
+//! offsets (validated on open; safetensors files carry no checksums). Only regular files are
+//! opened (a FIFO is refused, never waited on); SIGINT/SIGTERM stop it between chunks.
 //!
 //! ```text
 //! $ flashpack verify model.flashpack
@@ -13,6 +14,7 @@ use flashpack::weights::{Format, WeightFile};
 
 use crate::error::{print_line, Result};
 use crate::format::grouped;
+use crate::interrupt;
 
 /// Checks `path`; returns the line to print on success.
 pub fn check(path: &Path, progress: bool) -> Result<String> {
@@ -30,6 +32,7 @@ pub fn check(path: &Path, progress: bool) -> Result<String> {
     drop(wf);
     let opts = LoadOptions {
         progress,
+        cancel: Some(interrupt::watch()?),
         ..LoadOptions::default()
     };
     let r = verify(path, &opts)?;

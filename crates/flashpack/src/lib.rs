@@ -14,6 +14,7 @@
 //! let loaded = load(&path, &LoadOptions::default()).unwrap();
 //! assert_eq!(loaded.tensor_bytes("w").unwrap(), &w[..]);
 //! ```
+pub mod cancel;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod error;

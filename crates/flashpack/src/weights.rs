@@ -30,12 +30,16 @@ use std::time::Instant;
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
+use crate::cancel::{self, Cancel};
 use crate::format::MAGIC;
-use crate::read::{self, DataFile, FlashFile, LoadOptions, LoadReport, Loaded, TensorNames};
+use crate::progress::progress_bar;
+use crate::read::{
+    self, open_regular, DataFile, FlashFile, LoadOptions, LoadReport, Loaded, TensorNames,
+};
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
 use crate::sink::{DeviceRegion, HostBuffer};
-use crate::write::{pack, PackEntry, PackOptions, PackReport};
+use crate::write::{pack, prepare_destination, PackEntry, PackOptions, PackReport, Staged};
 use crate::{Dtype, Error, Result};
 
 /// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
@@ -125,7 +129,7 @@ impl WeightFile {
     /// validates its index against the file's size before anything trusts it.
     pub fn open(path: impl AsRef<Path>) -> Result<WeightFile> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
+        let file = open_regular(path)?;
         let file_len = file
             .metadata()
             .map_err(|e| Error::io(path, "stat", e))?
@@ -390,12 +394,24 @@ impl WeightFile {
         pack(dest.as_ref(), &entries, &opts)
     }
 
-    /// Writes these tensors as a safetensors file (bytes unchanged), atomically: a temporary
-    /// file beside `dest` is renamed over it once complete.
+    /// Writes these tensors as a safetensors file (bytes unchanged), atomically: see
+    /// [`to_safetensors_with`](Self::to_safetensors_with).
     pub fn to_safetensors(&self, dest: impl AsRef<Path>) -> Result<()> {
+        self.to_safetensors_with(dest, &SafetensorsOptions::default())
+    }
+
+    /// Writes these tensors as a safetensors file, laid out as the `safetensors` crate lays it
+    /// out (tensors by dtype alignment, then name). Atomic like a pack: the file is written
+    /// unnamed beside `dest` and linked over it only when complete and synced, so a process
+    /// killed at any point leaves nothing behind; `opts.cancel` stops it between 4 MiB pieces,
+    /// leaving `dest` as it was.
+    pub fn to_safetensors_with(
+        &self,
+        dest: impl AsRef<Path>,
+        opts: &SafetensorsOptions,
+    ) -> Result<()> {
         let dest = dest.as_ref();
-        let map = self.map_readonly()?;
-        let mut views = Vec::with_capacity(self.tensors.len());
+        let mut order = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             let dtype = to_safetensors_dtype(t.dtype).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -411,32 +427,49 @@ impl WeightFile {
                 .map(|&d| usize::try_from(d))
                 .collect::<std::result::Result<Vec<usize>, _>>()
                 .map_err(|_| Error::Invalid(format!("tensor '{}': shape too large", t.name)))?;
-            views.push((
-                t.name.clone(),
-                StView {
-                    dtype,
-                    shape,
-                    data: &map[t.start as usize..t.end as usize],
-                },
-            ));
+            order.push((t, dtype, shape));
         }
-        let dir = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = tempfile::Builder::new()
-            .prefix(".sttmp_")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(&dir, "create temporary file", e))?;
-        let metadata = self.safetensors_metadata();
-        safetensors::serialize_to_file(views, metadata, tmp.path())
+        order.sort_by(|(a, da, _), (b, db, _)| db.cmp(da).then_with(|| a.name.cmp(&b.name)));
+        let (header, data_len) = safetensors_header(&order, self.safetensors_metadata())
             .map_err(|e| Error::Invalid(format!("{}: {e}", dest.display())))?;
-        let f = File::open(tmp.path()).map_err(|e| Error::io(tmp.path(), "open", e))?;
-        f.sync_all()
-            .map_err(|e| Error::io(tmp.path(), "fsync", e))?;
-        tmp.persist(dest)
-            .map_err(|e| Error::io(dest, "rename into place", e.error))?;
-        Ok(())
+
+        let dir = prepare_destination(dest)?;
+        let cancel = opts.cancel.as_ref();
+        cancel::check(cancel, dest)?;
+        let map = self.map_readonly()?;
+        let tmp = Staged::create(&dir, dest)?;
+        let file = tmp.file();
+        let total = header.len() as u64 + data_len;
+        file.set_len(total)
+            .map_err(|e| Error::io(dest, "set the new file's length", e))?;
+        let write = |bytes: &[u8], at: u64| {
+            use std::os::unix::fs::FileExt;
+            file.write_all_at(bytes, at)
+                .map_err(|e| Error::io(dest, "write", e))
+        };
+        write(&header, 0)?;
+        let bar = progress_bar(opts.progress, total, "writing");
+        let mut at = header.len() as u64;
+        for (t, _, _) in &order {
+            for piece in map[t.start as usize..t.end as usize].chunks(SAFETENSORS_PIECE) {
+                cancel::check(cancel, dest)?;
+                write(piece, at)?;
+                crate::write::start_writeback(file, at, piece.len());
+                at += piece.len() as u64;
+                if let Some(b) = &bar {
+                    b.inc(piece.len() as u64);
+                }
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        cancel::check(cancel, dest)?;
+        file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
+        match cancel {
+            Some(c) => c.commit(dest, || tmp.commit(dest)),
+            None => tmp.commit(dest),
+        }
     }
 
     /// A read-only mapping of the whole file, at least as long as the data it had when opened
@@ -463,25 +496,52 @@ impl WeightFile {
     }
 }
 
-struct StView<'a> {
-    dtype: safetensors::Dtype,
-    shape: Vec<usize>,
-    data: &'a [u8],
+/// How [`WeightFile::to_safetensors_with`] writes.
+#[derive(Clone, Debug, Default)]
+pub struct SafetensorsOptions {
+    /// Show a progress bar on stderr for large files.
+    pub progress: bool,
+    /// Checked between pieces and before the new file replaces the destination.
+    pub cancel: Option<Cancel>,
 }
 
-impl safetensors::View for StView<'_> {
-    fn dtype(&self) -> safetensors::Dtype {
-        self.dtype
+/// Tensor bytes written per call (and per cancellation check).
+const SAFETENSORS_PIECE: usize = 4 << 20;
+/// The largest header the `safetensors` crate writes or reads.
+const SAFETENSORS_MAX_HEADER: usize = 100_000_000;
+
+/// A safetensors file's first bytes (u64 header length, JSON header padded with spaces to a
+/// multiple of 8) for tensors in `order`, and the length of the data after it. The JSON comes
+/// from the `safetensors` crate's own `Metadata`, so the file is the one it would write.
+fn safetensors_header(
+    order: &[(&TensorInfo, safetensors::Dtype, Vec<usize>)],
+    metadata: Option<HashMap<String, String>>,
+) -> std::result::Result<(Vec<u8>, u64), String> {
+    use safetensors::tensor::{Metadata, TensorInfo as StInfo};
+    let mut offset = 0usize;
+    let mut infos = Vec::with_capacity(order.len());
+    for (t, dtype, shape) in order {
+        let len = usize::try_from(t.end - t.start).map_err(|e| e.to_string())?;
+        let info = StInfo {
+            dtype: *dtype,
+            shape: shape.clone(),
+            data_offsets: (offset, offset + len),
+        };
+        offset += len;
+        infos.push((t.name.clone(), info));
     }
-    fn shape(&self) -> &[usize] {
-        &self.shape
+    let metadata = Metadata::new(metadata, infos).map_err(|e| e.to_string())?;
+    let mut json = serde_json::to_vec(&metadata).map_err(|e| e.to_string())?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    if json.len() > SAFETENSORS_MAX_HEADER {
+        return Err(format!(
+            "the safetensors header would be {} bytes, over the format's limit of {SAFETENSORS_MAX_HEADER}",
+            json.len()
+        ));
     }
-    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
-        std::borrow::Cow::Borrowed(self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
+    let mut header = (json.len() as u64).to_le_bytes().to_vec();
+    header.extend_from_slice(&json);
+    Ok((header, offset as u64))
 }
 
 enum Memory {

@@ -606,10 +606,11 @@ fn overlapping_blocks_are_rejected() {
         }),
     );
     assert_rejected(&p, &["overlap"]);
-    // A block that ends exactly where the next begins is fine.
-    let p = s.json_file(&payload, &v4_with(|v| {
+    // A block that ends exactly where the next begins is fine (and the payload ends with it).
+    let p = s.json_file(&payload[..88], &v4_with(|v| {
         v["macroblocks"][1] = json!({"dtype": "int64", "offset_bytes": 64, "length_bytes": 24, "length_elems": 3});
         v["align_bytes"] = json!(64);
+        v["total_payload_bytes"] = json!(88);
     }));
     FlashFile::open(&p).unwrap();
 }

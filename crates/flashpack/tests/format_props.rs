@@ -629,8 +629,10 @@ proptest! {
         prop_assert_eq!(&back, &layout.footer);
         // Re-encoding the decoded footer gives the same bytes.
         prop_assert_eq!(back.encode(), json.clone());
-        // Trailing payload bytes (e.g. a writer that pads) do not break decoding.
-        prop_assert_eq!(&Footer::decode(&json, layout.payload_len + 4096).unwrap(), &layout.footer);
+        // The payload must be exactly what the footer declares: bytes added anywhere would shift
+        // the tensors (the original writer puts the footer right after the last block).
+        let longer = Footer::decode(&json, layout.payload_len + 4096).unwrap_err();
+        prop_assert!(matches!(longer, flashpack::FormatError::PayloadSize { .. }), "{longer}");
         // One byte less payload than the blocks need is refused.
         prop_assert!(Footer::decode(&json, layout.payload_len - 1).is_err());
     }

@@ -259,6 +259,7 @@ fn every_dtype_round_trips_through_every_load_path() {
                     huge_pages: threads == 3,
                     // Verified loads read whole checksum chunks and must give the same bytes.
                     verify: threads == 0,
+                    cancel: None,
                 };
                 let l = load(&path, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert!(l.is_eager(), "{what}");
@@ -403,6 +404,7 @@ fn tiny_and_page_multiple_payloads_load_in_every_mode() {
                         progress: false,
                         huge_pages: false,
                         verify: false,
+                        cancel: None,
                     };
                     let l = load(&path, &opts).unwrap();
                     check_loaded(

@@ -233,3 +233,34 @@ fn bad_files_are_clear_errors() {
     );
     assert!(!dest.exists());
 }
+
+/// Our safetensors writer lays the file out byte for byte as the `safetensors` crate does.
+#[test]
+fn safetensors_output_is_the_file_the_safetensors_crate_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ts = tensors();
+    let fp = dir.path().join("a.flashpack");
+    write_flashpack(&fp, &ts);
+    let ours = dir.path().join("ours.safetensors");
+    WeightFile::open(&fp)
+        .unwrap()
+        .to_safetensors(&ours)
+        .unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = ts
+        .iter()
+        .map(|(name, dtype, shape, bytes)| {
+            let shape = shape.iter().map(|&d| d as usize).collect();
+            let view = safetensors::tensor::TensorView::new(
+                to_safetensors_dtype(*dtype).unwrap(),
+                shape,
+                bytes,
+            )
+            .unwrap();
+            (name.clone(), view)
+        })
+        .collect();
+    let theirs = safetensors::serialize(views, None).unwrap();
+    assert!(std::fs::read(&ours).unwrap() == theirs);
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(left.len(), 2, "temporary files left behind");
+}

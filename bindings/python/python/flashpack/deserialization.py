@@ -50,15 +50,19 @@ class FlashTensorStorage:
         return self.blocks[0].device if self.blocks else torch.device("cpu")
 
 
-def get_flashpack_file_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+
+def get_flashpack_file_metadata(path: PathArg) -> dict[str, Any]:
     """The footer of a FlashPack file, validated, as a dict."""
-    return json.loads(_core.read_footer(os.fspath(path)))
+    return json.loads(_core.read_footer(os.fsdecode(path)))
 
 
-def is_flashpack_file(path: str | os.PathLike[str]) -> bool:
-    """True when ``path`` is a readable, valid FlashPack file."""
+def is_flashpack_file(path: PathArg) -> bool:
+    """True when ``path`` is a readable, valid FlashPack file (a regular file: a FIFO or device is
+    never opened for reading)."""
     try:
-        _core.read_footer(os.fspath(path))
+        _core.read_footer(os.fsdecode(path))
     except (OSError, ValueError):
         return False
     return True
@@ -95,7 +99,7 @@ def _block_tensors(payload: Any) -> list[torch.Tensor]:
 
 
 def read_flashpack_file(
-    path: str | os.PathLike[str],
+    path: PathArg,
     device: str | torch.device = "cpu",
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     num_streams: int = DEFAULT_NUM_STREAMS,
@@ -114,17 +118,19 @@ def read_flashpack_file(
     every chunk against the file's checksums as it is read (ValueError naming the tensor on a
     mismatch, or when the file has no checksums). ``metadata`` is
     accepted for compatibility; the footer is always re-read and validated from the file.
+    Ctrl-C stops an eager load between chunks (``KeyboardInterrupt``). ``path`` may be bytes.
     """
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
+    path = os.fsdecode(path)
     device = _resolve_device(device)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"Unsupported device: {device}")
     if device.type == "cuda":
-        return _read_to_cuda(os.fspath(path), device, silent, verify)
+        return _read_to_cuda(path, device, silent, verify)
     if eager is None:
         eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
     payload = _core.load(
-        os.fspath(path),
+        path,
         eager=eager,
         **reader_options(),
         progress=not silent,
@@ -162,14 +168,14 @@ def _read_to_cuda(
     return FlashTensorStorage(blocks=blocks), meta
 
 
-def verify_flashpack_file(path: str | os.PathLike[str], silent: bool = True) -> dict[str, Any]:
+def verify_flashpack_file(path: PathArg, silent: bool = True) -> dict[str, Any]:
     """Check a file without loading it: footer, layout and every payload checksum.
 
     Returns ``{"tensors", "payload_len", "chunks_checked", "algorithm"}`` (``chunks_checked`` is 0
     for a file written without checksums). A corrupt file raises ValueError naming the first
     tensor in the bad chunk; an unreadable one raises OSError.
     """
-    return dict(_core.verify(os.fspath(path), progress=not silent))
+    return dict(_core.verify(os.fsdecode(path), progress=not silent))
 
 
 def release_pinned_pool() -> int:
@@ -213,7 +219,7 @@ def iterate_from_flash_tensor(
         yield name, view
 
 
-def revert_from_file(path: str | os.PathLike[str], silent: bool = True) -> dict[str, torch.Tensor]:
+def revert_from_file(path: PathArg, silent: bool = True) -> dict[str, torch.Tensor]:
     """Load a FlashPack file as a CPU state dict (views of a private copy-on-write mapping)."""
     storage, meta = read_flashpack_file(path, silent=silent)
     return {name: view.detach() for name, view in iterate_from_flash_tensor(storage, meta)}
@@ -230,7 +236,7 @@ def _default_device(model: torch.nn.Module) -> torch.device:
 
 def assign_from_file(
     model: torch.nn.Module,
-    path: str | os.PathLike[str],
+    path: PathArg,
     device: str | torch.device | None = None,
     strict: bool | None = None,
     strict_params: bool = True,
@@ -259,7 +265,7 @@ def assign_from_file(
     ``strict`` overrides both ``strict_params`` and ``strict_buffers``: with strictness on, a
     record naming nothing in the model, or a model tensor missing from the file, is an error.
     """
-    path_str = os.fspath(path)
+    path_str = os.fsdecode(path)
     device = _resolve_device(device if device is not None else _default_device(model))
     if use_distributed_loading:
         from .distributed import maybe_init_distributed, read_flashpack_file_distributed

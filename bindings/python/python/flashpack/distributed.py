@@ -153,7 +153,7 @@ def read_flashpack_file_distributed(
         device = torch.device("cuda", torch.cuda.current_device())
     rank, world = dist.get_rank(), dist.get_world_size()
     group = _control_group()
-    path = os.fspath(path)
+    path = os.fsdecode(path)
 
     # 1. Rank src decides the plan; everyone learns it.
     box: list[Any] = [None]

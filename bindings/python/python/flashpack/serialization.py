@@ -37,9 +37,22 @@ def _stored_bytes(name: str, t: torch.Tensor, target_dtype: torch.dtype | None) 
     return t.reshape(-1).view(torch.uint8)
 
 
+def _check_name(name: object, destination: str) -> str:
+    """A state dict key as a tensor name: a str that UTF-8 can encode (the footer is UTF-8 JSON)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{destination}: state dict key {name!r} is a {type(name).__name__}, not a str")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"{destination}: tensor name {name!r} is not valid Unicode text ({e.reason} at position {e.start})"
+        ) from None
+    return name
+
+
 def pack_to_file(
     state_dict_or_model: dict[str, torch.Tensor] | torch.nn.Module,
-    destination_path: str | os.PathLike[str],
+    destination_path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
     target_dtype: torch.dtype | None = None,
     name_order: list[str] | None = None,
     align_bytes: int = DEFAULT_ALIGN_BYTES,
@@ -52,10 +65,15 @@ def pack_to_file(
     ``target_dtype`` casts floating-point tensors only; integer, bool and complex tensors keep
     their dtype (the file then has one block per dtype). Tensors sharing storage (tied weights)
     are stored once. ``name_order`` packs only the listed names, in that order. ``checksums``
-    stores a digest per 16 MiB of payload in the footer (ignored by readers that do not know
+    stores a digest per 4 MiB of payload in the footer (ignored by readers that do not know
     it), checked by ``verify`` and by loads with ``verify=True``.
+
+    The destination is checked before any tensor is prepared, and replaced atomically once the
+    new file is complete; Ctrl-C (or any signal handler that raises) stops the pack and leaves
+    the destination as it was. OS errors name the destination.
     """
     start = time.perf_counter()
+    destination = os.fsdecode(destination_path)
     if isinstance(state_dict_or_model, torch.nn.Module):
         state_dict = state_dict_or_model.state_dict()
     else:
@@ -73,7 +91,9 @@ def pack_to_file(
         present = set(state_dict)
         names = [n for n in name_order if n in present]
     if not names:
-        raise ValueError(f"{os.fspath(destination_path)}: no tensors to pack")
+        raise ValueError(f"{destination}: no tensors to pack")
+    names = [_check_name(name, destination) for name in names]
+    _core.prepare_pack_destination(destination)
 
     entries: list[_Entry] = []
     first_by_key: dict[tuple[object, ...], int] = {}
@@ -100,7 +120,7 @@ def pack_to_file(
 
     threads = max(1, min(num_workers, os.cpu_count() or 1))
     phases = _core.pack(
-        os.fspath(destination_path),
+        destination,
         entries,
         align_bytes=align_bytes,
         largest_first=name_order is None,

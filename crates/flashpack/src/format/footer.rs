@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::{
     block_alignment, element_alignment, numel, Checksums, ChunkMismatch, Dtype, FormatError,
+    CHECKSUMS_KEY,
 };
 
 pub const FILE_FORMAT_V3: &str = "flashpack_v3";
@@ -301,20 +302,27 @@ impl Footer {
             .enumerate()
             .map(|(i, item)| parse_record(i, item))
             .collect::<Result<Vec<_>, _>>()?;
-        let checksums = Checksums::take_from(&mut map, payload_len)?;
-        let footer = Footer {
+        // Checked after the layout, so that a payload of the wrong size is reported as such.
+        let checksums = map.remove(CHECKSUMS_KEY);
+        let mut footer = Footer {
             version,
             align_bytes,
             blocks,
             records,
             extra: map,
-            checksums,
+            checksums: None,
         };
         footer.validate(payload_len, total_elems, total_payload_bytes)?;
+        footer.checksums = checksums
+            .map(|v| Checksums::from_json(&v, payload_len))
+            .transpose()?;
         Ok(footer)
     }
 
-    /// Checks every rule of the format against a payload of `payload_len` bytes.
+    /// Checks every rule of the format against a payload of `payload_len` bytes, which must be
+    /// exactly what the footer declares: the blocks end where the payload ends (as does
+    /// `total_payload_bytes`, when present). The original writer puts the JSON right after the
+    /// last block; bytes added anywhere would shift the tensors.
     pub fn validate(
         &self,
         payload_len: u64,
@@ -383,9 +391,9 @@ impl Footer {
             }
         }
         if let Some(total) = total_payload_bytes {
-            if total > payload_len || total < self.payload_end() {
+            if total != self.payload_end() {
                 return Err(FormatError::Inconsistent(format!(
-                    "total_payload_bytes {total} does not match a {payload_len}-byte payload whose blocks end at {}",
+                    "total_payload_bytes {total} does not match the {} bytes where the blocks end",
                     self.payload_end()
                 )));
             }
@@ -442,6 +450,12 @@ impl Footer {
                     ),
                 ));
             }
+        }
+        if self.payload_end() != payload_len {
+            return Err(FormatError::PayloadSize {
+                declared: self.payload_end(),
+                actual: payload_len,
+            });
         }
         Ok(())
     }

@@ -71,6 +71,8 @@ pub enum FormatError {
     DuplicateName(String),
     #[error("{0}")]
     Inconsistent(String),
+    #[error("the payload is {actual} bytes but the footer declares {declared}: bytes were added to or removed from the file, which would shift every tensor (corrupt file)")]
+    PayloadSize { declared: u64, actual: u64 },
     #[error("no tensors to pack")]
     Empty,
     #[error("checksum mismatch in payload bytes {start}..{end}, which hold {tensors}: the file is corrupt")]

@@ -1,5 +1,6 @@
 //! Opening a FlashPack file: the footer is read from the tail with two positioned reads and
-//! validated before any of its numbers are used.
+//! validated before any of its numbers are used. Only regular files are opened: a FIFO, socket or
+//! device is refused without blocking on it (see [`open_regular`]).
 //!
 //! ```
 //! use flashpack::{read::FlashFile, write::{pack, PackEntry, PackOptions}, Dtype};
@@ -10,8 +11,8 @@
 //! assert_eq!(f.payload_len, 3);
 //! assert_eq!(f.footer.records[0].shape, vec![3]);
 //! ```
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::format::{FormatError, MAGIC, MAX_FOOTER_BYTES, TRAILER_LEN};
@@ -34,8 +35,7 @@ impl FlashFile {
     /// Opens `path` and reads and validates its footer.
     pub fn open(path: impl AsRef<Path>) -> Result<FlashFile> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, "open", e))?;
-        Self::from_file(path, file)
+        Self::from_file(path, open_regular(path)?)
     }
 
     /// Reads and validates the footer of `file`, already opened from `path` (named in errors).
@@ -92,6 +92,64 @@ impl FlashFile {
             footer_json,
         })
     }
+}
+
+/// Opens `path` for reading if it is a regular file. Anything else is refused before it could
+/// block a read: a FIFO (whose `open` would wait for a writer), a socket or a device is
+/// [`Error::NotAFile`], a directory the OS error `EISDIR`. The file is opened non-blocking, checked
+/// with `fstat` (the same file that was opened, whatever the path points to meanwhile), and set
+/// back to blocking.
+pub fn open_regular(path: impl AsRef<Path>) -> Result<File> {
+    let path = path.as_ref();
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| Error::io(path, "open", e))?;
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat", e))?
+        .file_type();
+    if kind.is_dir() {
+        let eisdir = std::io::Error::from_raw_os_error(libc::EISDIR);
+        return Err(Error::io(path, "open", eisdir));
+    }
+    if !kind.is_file() {
+        let kind = if kind.is_fifo() {
+            "FIFO (named pipe)"
+        } else if kind.is_socket() {
+            "socket"
+        } else if kind.is_block_device() {
+            "block device"
+        } else if kind.is_char_device() {
+            "character device"
+        } else {
+            "special file"
+        };
+        return Err(Error::NotAFile {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    set_blocking(&file).map_err(|e| Error::io(path, "open", e))?;
+    Ok(file)
+}
+
+/// Clears `O_NONBLOCK` (no effect on a regular file's reads; restored so the handle is ordinary).
+fn set_blocking(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `file` keeps open for the whole call; F_GETFL/F_SETFL read
+    // and set its status flags only and touch no memory of ours.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// True when `path` opens as a valid FlashPack file.

@@ -28,10 +28,11 @@ use std::time::{Duration, Instant};
 
 use memmap2::{MmapMut, MmapOptions};
 
-pub use file::{is_flashpack_file, FlashFile};
+pub use file::{is_flashpack_file, open_regular, FlashFile};
 pub use pool::{chunk_step, plan_chunks, Chunk, IoCounts, DIRECT_ALIGN};
 pub use residency::resident_fraction;
 
+use crate::cancel::Cancel;
 use crate::progress::progress_bar;
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
@@ -73,6 +74,9 @@ pub struct LoadOptions {
     /// Check every payload chunk against the footer's checksums as it is loaded (an error if
     /// the file has none). Reads then go in the checksum chunks' size.
     pub verify: bool,
+    /// Checked between chunks: once cancelled, the load stops its threads and returns
+    /// [`Error::Cancelled`].
+    pub cancel: Option<Cancel>,
 }
 
 impl Default for LoadOptions {
@@ -85,6 +89,7 @@ impl Default for LoadOptions {
             progress: false,
             huge_pages: false,
             verify: false,
+            cancel: None,
         }
     }
 }
@@ -201,7 +206,7 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
         if let Some(v) = &verifier {
             let t = Instant::now();
             let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            verify_in_memory(path, &map[..payload_len], v, threads)?;
+            verify_in_memory(path, &map[..payload_len], v, threads, opts.cancel.as_ref())?;
             report.phases.push(("verify_checksums", t.elapsed()));
         }
         Memory::Mapped(map)
@@ -247,7 +252,7 @@ fn reader_setup(d: &DataFile<'_>, opts: &LoadOptions) -> (Option<File>, usize) {
         .then(|| {
             OpenOptions::new()
                 .read(true)
-                .custom_flags(libc::O_DIRECT)
+                .custom_flags(libc::O_DIRECT | libc::O_NONBLOCK)
                 .open(d.path)
                 .ok()
         })
@@ -398,6 +403,7 @@ pub(crate) fn stream_to_device<D: Device>(
         path,
         buffered: d.file,
         direct,
+        cancel: opts.cancel.as_ref(),
     };
     let read = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref(), verifier);
     let copying = sink.failed_chunk();
@@ -448,6 +454,7 @@ fn read_into(
         path: d.path,
         buffered: d.file,
         direct,
+        cancel: opts.cancel.as_ref(),
     };
     let sink = HostSink::with_base(dst, start);
     report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref(), verifier)?;
@@ -564,6 +571,7 @@ fn verify_in_memory(
     payload: &[u8],
     v: &pool::Verifier<'_>,
     threads: usize,
+    cancel: Option<&Cancel>,
 ) -> Result<()> {
     let cs = v.checksums;
     let n = cs.digests.len();
@@ -573,7 +581,7 @@ fn verify_in_memory(
         for _ in 0..threads.clamp(1, n.max(1)) {
             s.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if k >= n {
+                if k >= n || cancel.is_some_and(Cancel::is_cancelled) {
                     return;
                 }
                 let (a, b) = cs.chunk_range(k as u64, v.payload_len);
@@ -587,6 +595,7 @@ fn verify_in_memory(
             });
         }
     });
+    crate::cancel::check(cancel, path)?;
     match worst.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some(m) => Err(Error::format(
             path,
@@ -633,6 +642,7 @@ pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport
         path: &f.path,
         buffered: &f.file,
         direct,
+        cancel: opts.cancel.as_ref(),
     };
     pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref(), Some(&v))?;
     if let Some(b) = bar {

@@ -1,6 +1,8 @@
 //! The reader pool: threads that pull chunks of the payload off a shared counter and read each
 //! into its sink, with `O_DIRECT` for the aligned part of a chunk when a direct handle is given and
 //! buffered reads for everything else (unaligned tails, filesystems that refuse `O_DIRECT`).
+//! Each thread checks the source's [`Cancel`] before each chunk and between the [`READ_PIECE`]
+//! reads a chunk is made of, so a cancelled load stops after at most one piece per thread.
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -9,12 +11,16 @@ use std::sync::Mutex;
 
 use indicatif::ProgressBar;
 
+use crate::cancel::Cancel;
 use crate::format::{Checksums, Footer};
 use crate::sink::Sink;
 use crate::{Error, Result};
 
 /// Alignment `O_DIRECT` needs for file offset, length and memory address.
 pub const DIRECT_ALIGN: u64 = 4096;
+/// The most one read call asks for (a multiple of [`DIRECT_ALIGN`]): cancellation is checked
+/// between such reads, so a load stops soon even with large chunks on a slow disk.
+pub const READ_PIECE: usize = 4 << 20;
 
 /// One chunk of payload to read: `[offset, offset + len)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +63,7 @@ pub(crate) struct Source<'a> {
     pub path: &'a Path,
     pub buffered: &'a File,
     pub direct: Option<File>,
+    pub cancel: Option<&'a Cancel>,
 }
 
 /// Checks each chunk against the footer's checksums right after it is read (before a device
@@ -133,19 +140,25 @@ pub(crate) fn read_chunks(
                 if i >= chunks.len() || stop.load(Ordering::Relaxed) {
                     return;
                 }
+                if let Err(e) = crate::cancel::check(src.cancel, src.path) {
+                    stop.store(true, Ordering::Relaxed);
+                    if let Ok(mut slot) = first_error.lock() {
+                        slot.get_or_insert(e);
+                    }
+                    return;
+                }
                 let c = chunks[i];
                 let mut io_error = None;
                 let mut bad_data = None;
                 // Keep the original I/O error (with its OS code) or checksum error for the
                 // report; the sink only needs to know that the fill failed.
                 let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
-                    read_one(src, direct_ok, c.offset, dst, direct_bytes, buffered_bytes).map_err(
-                        |e| {
+                    read_pieces(src, direct_ok, c.offset, dst, direct_bytes, buffered_bytes)
+                        .map_err(|e| {
                             let marker = std::io::Error::new(e.kind(), "read failed");
                             io_error = Some(e);
                             marker
-                        },
-                    )?;
+                        })?;
                     if let Some(v) = verify {
                         v.check(src.path, c.offset, dst).map_err(|e| {
                             bad_data = Some(e);
@@ -158,7 +171,11 @@ pub(crate) fn read_chunks(
                 // return non-overlapping chunks, so concurrent calls get disjoint ranges.
                 let result = unsafe { sink.write_chunk(worker, c.offset, c.len, &mut fill) };
                 if let Err(e) = result {
+                    let cancelled = crate::cancel::check(src.cancel, src.path);
                     let e = match (io_error, bad_data) {
+                        (Some(io), _) if io.kind() == std::io::ErrorKind::Interrupted => cancelled
+                            .err()
+                            .unwrap_or_else(|| Error::io(src.path, "read", io)),
                         // The footer was checked against the file's length at open, so running
                         // out of bytes means the file shrank during the load.
                         (Some(io), _) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -187,6 +204,30 @@ pub(crate) fn read_chunks(
         direct_bytes: direct_bytes.into_inner(),
         buffered_bytes: buffered_bytes.into_inner(),
     })
+}
+
+/// Reads `dst` from `offset` in [`READ_PIECE`]s, stopping with `ErrorKind::Interrupted` between
+/// two pieces once the source's [`Cancel`] is cancelled.
+fn read_pieces(
+    src: &Source<'_>,
+    direct_ok: &AtomicBool,
+    offset: u64,
+    dst: &mut [u8],
+    direct_bytes: &AtomicU64,
+    buffered_bytes: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut at = offset;
+    for (k, piece) in dst.chunks_mut(READ_PIECE).enumerate() {
+        if k > 0 && src.cancel.is_some_and(Cancel::is_cancelled) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "cancelled",
+            ));
+        }
+        read_one(src, direct_ok, at, piece, direct_bytes, buffered_bytes)?;
+        at += piece.len() as u64;
+    }
+    Ok(())
 }
 
 fn read_one(

@@ -1,9 +1,10 @@
 //! The packer: tensors in, a FlashPack file out, atomically.
 //!
-//! The payload is written by several threads with positioned writes into a temporary file beside
-//! the destination; then the footer is appended, the file is fsynced and renamed over the
-//! destination. On any error the temporary file is removed and an existing destination is
-//! left untouched.
+//! The destination is checked first (see [`prepare_destination`]); then the payload is written by
+//! several threads with positioned writes into a temporary file beside the destination, the
+//! footer is appended, the file is fsynced and renamed over the destination. On any error, or
+//! when [`PackOptions::cancel`] is cancelled before the rename, the temporary file is removed and
+//! an existing destination is left untouched. Errors name the destination.
 //!
 //! ```
 //! use flashpack::{write::{pack, PackEntry, PackOptions}, Dtype};
@@ -18,7 +19,10 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::cancel::Cancel;
 
 use crate::format::{
     plan, Checksums, Footer, FormatError, Hasher, Order, Placement, TensorSpec, CHECKSUMS_KEY,
@@ -29,7 +33,8 @@ use crate::{Dtype, Error, Result};
 use crate::progress::progress_bar;
 
 mod staged;
-use staged::Staged;
+pub use staged::prepare_destination;
+pub(crate) use staged::Staged;
 
 /// Footer keys the format itself writes; extra keys may not reuse them.
 const RESERVED_KEYS: &[&str] = &[
@@ -75,6 +80,10 @@ pub struct PackOptions {
     pub checksums: bool,
     /// Payload bytes per checksum (a multiple of 4096); also the unit each writer thread takes.
     pub chunk_bytes: u64,
+    /// Checked before each chunk and before the new file replaces the destination: once
+    /// cancelled, the pack stops with [`Error::Cancelled`] and leaves the destination as it was.
+    /// A pack that has replaced the destination has succeeded, whatever comes after.
+    pub cancel: Option<Cancel>,
 }
 
 impl Default for PackOptions {
@@ -87,6 +96,7 @@ impl Default for PackOptions {
             extra: serde_json::Map::new(),
             checksums: true,
             chunk_bytes: DEFAULT_CHECKSUM_CHUNK,
+            cancel: None,
         }
     }
 }
@@ -146,21 +156,19 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
     phases.push(("build_index", t.elapsed()));
 
     let t = Instant::now();
-    let dir = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, "create directory", e))?;
-    let tmp = Staged::create(&dir)?;
+    let dir = prepare_destination(dest)?;
+    let cancel = opts.cancel.as_ref();
+    crate::cancel::check(cancel, dest)?;
+    let tmp = Staged::create(&dir, dest)?;
     let file = tmp.file();
     file.set_len(layout.payload_len)
-        .map_err(|e| Error::io(tmp.path(), "set length", e))?;
+        .map_err(|e| Error::io(dest, "set the new file's length", e))?;
     phases.push(("create_file", t.elapsed()));
 
     let t = Instant::now();
     let digests = write_payload(
         file,
-        tmp.path(),
+        dest,
         entries,
         &layout.placements,
         layout.payload_len,
@@ -174,22 +182,22 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
     phases.push(("write_payload", t.elapsed()));
 
     let t = Instant::now();
+    crate::cancel::check(cancel, dest)?;
     let mut trailer = layout.footer.encode();
     let json_len = trailer.len() as u64;
     trailer.extend_from_slice(&json_len.to_le_bytes());
     trailer.extend_from_slice(MAGIC);
     let mut f: &File = file;
     f.write_all_at(&trailer, layout.payload_len)
-        .map_err(|e| Error::io(tmp.path(), "write footer", e))?;
-    f.flush().map_err(|e| Error::io(tmp.path(), "flush", e))?;
-    file.sync_all()
-        .map_err(|e| Error::io(tmp.path(), "fsync", e))?;
+        .map_err(|e| Error::io(dest, "write footer", e))?;
+    f.flush().map_err(|e| Error::io(dest, "flush", e))?;
+    file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
     phases.push(("append_footer", t.elapsed()));
 
     let t = Instant::now();
-    tmp.commit(dest)?;
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all(); // best effort: makes the rename durable where the filesystem allows
+    match cancel {
+        Some(c) => c.commit(dest, || tmp.commit(dest))?,
+        None => tmp.commit(dest)?,
     }
     phases.push(("atomic_rename", t.elapsed()));
 
@@ -206,7 +214,7 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
 /// next pieces are copied and the final fsync only waits for the tail. Only a hint: errors
 /// surface at the fsync, which is the durability point.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: usize) {
+pub(crate) fn start_writeback(file: &File, offset: u64, len: usize) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on a descriptor that `file` keeps open for the whole call; it reads
     // no memory of ours. Its result is ignored on purpose (see above).
@@ -221,14 +229,14 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
+pub(crate) fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
 
 /// Writes every tensor's bytes at its placement, one payload chunk per job (so threads share
 /// big tensors evenly), and returns each chunk's digest when checksums are on. A chunk's digest
 /// covers its bytes in order, zero padding included, hashed from the same memory that is written.
 fn write_payload(
     file: &File,
-    tmp_path: &Path,
+    dest: &Path,
     entries: &[PackEntry<'_>],
     placements: &[Placement],
     payload_len: u64,
@@ -243,7 +251,7 @@ fn write_payload(
     segments.sort_by_key(|s| s.0);
     let step = opts.chunk_bytes;
     let jobs = usize::try_from(Checksums::chunk_count(payload_len, step))
-        .map_err(|_| Error::Invalid(format!("{}: payload too large", tmp_path.display())))?;
+        .map_err(|_| Error::Invalid(format!("{}: payload too large", dest.display())))?;
     let threads = match opts.threads {
         0 => std::thread::available_parallelism()
             .map_or(2, |n| n.get())
@@ -283,36 +291,44 @@ fn write_payload(
         }
         Ok(())
     };
-    let errors: Vec<Option<std::io::Error>> = std::thread::scope(|s| {
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        failed.store(true, Ordering::Relaxed);
+        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(e);
+    };
+    std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                s.spawn(|| -> Option<std::io::Error> {
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        if k >= jobs || failed.load(Ordering::Relaxed) {
-                            return None;
-                        }
-                        if let Err(e) = write_job(k) {
-                            failed.store(true, Ordering::Relaxed);
-                            return Some(e);
-                        }
+                s.spawn(|| loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    if k >= jobs || failed.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if let Err(e) = crate::cancel::check(opts.cancel.as_ref(), dest) {
+                        return fail(e);
+                    }
+                    if let Err(e) = write_job(k) {
+                        return fail(Error::io(dest, "write payload", e));
                     }
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| {
-                w.join()
-                    .unwrap_or_else(|_| Some(std::io::Error::other("writer thread panicked")))
-            })
-            .collect()
+        for w in workers {
+            if w.join().is_err() {
+                fail(Error::io(
+                    dest,
+                    "write payload",
+                    std::io::Error::other("writer thread panicked"),
+                ));
+            }
+        }
     });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    match errors.into_iter().flatten().next() {
-        Some(e) => Err(Error::io(tmp_path, "write payload", e)),
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
         None => Ok(opts
             .checksums
             .then(|| digests.into_iter().map(AtomicU64::into_inner).collect())),

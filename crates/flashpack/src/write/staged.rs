@@ -1,33 +1,54 @@
-//! The file a pack writes before it replaces the destination.
+//! The file a pack writes before it replaces the destination, and the checks on that destination.
 //!
 //! On Linux it is an unnamed `O_TMPFILE` in the destination's directory: it gets a name only
 //! once it is complete and synced (linked as `.packtmp_*`, then renamed over the destination),
 //! so a process killed mid-pack leaves nothing behind. Where the filesystem (or `/proc`) does
-//! not allow that, it is a named `.packtmp_*` temporary file, removed on any error.
+//! not allow that, it is a named `.packtmp_*` temporary file, removed on any error. Errors name
+//! the destination, never the temporary file.
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
+
+/// Checks that a finished file could be put at `dest`, before anything is written, and returns
+/// the folder it goes in (created if missing, as the original package does): `dest` must not be
+/// a directory, and the OS must accept its name (not too long, every parent a searchable folder).
+pub fn prepare_destination(dest: &Path) -> Result<PathBuf> {
+    let dir = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(dest, format!("create its folder {}", dir.display()), e))?;
+    match std::fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => Err(Error::io(
+            dest,
+            "check the destination",
+            std::io::Error::from_raw_os_error(libc::EISDIR),
+        )),
+        Ok(_) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir),
+        Err(e) => Err(Error::io(dest, "check the destination", e)),
+    }
+}
 
 pub(crate) enum Staged {
     #[cfg(target_os = "linux")]
     Unnamed {
         file: File,
         dir: PathBuf,
-        label: PathBuf,
     },
     Named(tempfile::NamedTempFile),
 }
 
 impl Staged {
-    /// A new empty file in `dir` (mode 0644 before the umask).
-    pub fn create(dir: &Path) -> Result<Staged> {
+    /// A new empty file in `dir` (mode 0644 before the umask), to become `dest` (named in errors).
+    pub fn create(dir: &Path, dest: &Path) -> Result<Staged> {
         #[cfg(target_os = "linux")]
         if let Some(file) = unnamed_in(dir) {
             return Ok(Staged::Unnamed {
                 file,
                 dir: dir.to_path_buf(),
-                label: dir.join(".packtmp_(unnamed)"),
             });
         }
         use std::os::unix::fs::PermissionsExt;
@@ -36,7 +57,7 @@ impl Staged {
             .permissions(std::fs::Permissions::from_mode(0o644))
             .tempfile_in(dir)
             .map(Staged::Named)
-            .map_err(|e| Error::io(dir, "create temporary file", e))
+            .map_err(|e| Error::io(dest, "create a temporary file beside it", e))
     }
 
     pub fn file(&self) -> &File {
@@ -47,31 +68,30 @@ impl Staged {
         }
     }
 
-    /// The path errors name while the file is being written.
-    pub fn path(&self) -> &Path {
-        match self {
-            #[cfg(target_os = "linux")]
-            Staged::Unnamed { label, .. } => label,
-            Staged::Named(t) => t.path(),
-        }
-    }
-
-    /// Puts the (complete, synced) file at `dest`, atomically replacing what was there.
+    /// Puts the (complete, synced) file at `dest`, atomically replacing what was there, and
+    /// syncs the folder where the filesystem allows (best effort: makes the rename durable).
     pub fn commit(self, dest: &Path) -> Result<()> {
-        match self {
+        let dir = match self {
             #[cfg(target_os = "linux")]
-            Staged::Unnamed { file, dir, .. } => {
-                let name = link_unnamed(&file, &dir)?;
+            Staged::Unnamed { file, dir } => {
+                let name = link_unnamed(&file, &dir, dest)?;
                 std::fs::rename(&name, dest).map_err(|e| {
                     let _ = std::fs::remove_file(&name);
                     Error::io(dest, "rename into place", e)
-                })
+                })?;
+                dir
             }
-            Staged::Named(t) => t
-                .persist(dest)
-                .map(drop)
-                .map_err(|e| Error::io(dest, "rename into place", e.error)),
+            Staged::Named(t) => {
+                let dir = t.path().parent().map(Path::to_path_buf);
+                t.persist(dest)
+                    .map_err(|e| Error::io(dest, "rename into place", e.error))?;
+                dir.unwrap_or_else(|| PathBuf::from("."))
+            }
+        };
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
         }
+        Ok(())
     }
 }
 
@@ -93,7 +113,7 @@ fn unnamed_in(dir: &Path) -> Option<File> {
 
 /// Gives an `O_TMPFILE` a fresh `.packtmp_*` name in `dir` (via its `/proc/self/fd` link).
 #[cfg(target_os = "linux")]
-fn link_unnamed(file: &File, dir: &Path) -> Result<PathBuf> {
+fn link_unnamed(file: &File, dir: &Path, dest: &Path) -> Result<PathBuf> {
     use std::ffi::CString;
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
@@ -124,11 +144,12 @@ fn link_unnamed(file: &File, dir: &Path) -> Result<PathBuf> {
         }
         let err = std::io::Error::last_os_error();
         if err.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(Error::io(dir, "link the finished file", err));
+            return Err(Error::io(dest, "link the finished file", err));
         }
     }
     Err(Error::Invalid(format!(
-        "{}: no free temporary name to link the finished file",
+        "{}: no free temporary name in {} to link the finished file",
+        dest.display(),
         dir.display()
     )))
 }
