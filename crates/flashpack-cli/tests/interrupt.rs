@@ -6,6 +6,8 @@
 //! The conversions read a 256 MiB source evicted from the page cache, so they take a while; a
 //! signal is sent once the child's own write counter (/proc/<pid>/io) shows it is writing. No time
 //! is measured; the one assumption is that the rest of the conversion outlasts one 4 MiB write.
+// Sends POSIX signals to the CLI and drops files from the page cache with posix_fadvise: Linux.
+#![cfg(target_os = "linux")]
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;

@@ -19,6 +19,7 @@ pub mod cancel;
 pub mod candle;
 pub mod error;
 pub mod format;
+pub mod os;
 mod progress;
 pub mod read;
 mod settings;

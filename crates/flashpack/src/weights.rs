@@ -136,7 +136,7 @@ impl WeightFile {
             .len();
         let mut tail = [0u8; 8];
         let is_flash = file_len >= 16 && {
-            use std::os::unix::fs::FileExt;
+            use crate::os::Positioned;
             file.read_exact_at(&mut tail, file_len - 8).is_ok() && &tail == MAGIC
         };
         if is_flash {
@@ -443,7 +443,7 @@ impl WeightFile {
         file.set_len(total)
             .map_err(|e| Error::io(dest, "set the new file's length", e))?;
         let write = |bytes: &[u8], at: u64| {
-            use std::os::unix::fs::FileExt;
+            use crate::os::Positioned;
             file.write_all_at(bytes, at)
                 .map_err(|e| Error::io(dest, "write", e))
         };
@@ -454,7 +454,7 @@ impl WeightFile {
             for piece in map[t.start as usize..t.end as usize].chunks(SAFETENSORS_PIECE) {
                 cancel::check(cancel, dest)?;
                 write(piece, at)?;
-                crate::write::start_writeback(file, at, piece.len());
+                crate::os::start_writeback(file, at, piece.len());
                 at += piece.len() as u64;
                 if let Some(b) = &bar {
                     b.inc(piece.len() as u64);

@@ -1,6 +1,6 @@
 //! Payload checksums: written while packing, checked by `verify` and by verified loads (lazy,
 //! eager, every I/O mode), and a flipped byte is reported with the tensor it hits.
-use std::os::unix::fs::FileExt;
+use flashpack::os::Positioned;
 use std::path::{Path, PathBuf};
 
 use flashpack::format::{Checksums, CHECKSUMS_KEY};

@@ -8,6 +8,9 @@
 //!
 //! Cases that may crash or must be measured (memory) run in a child: this test binary re-executed
 //! with `FLASHPACK_CRASH_CHILD` set, running only the test that spawned it.
+// Unix process, signal and resource-limit machinery throughout (fork/wait4, SIGBUS,
+// setrlimit, FIFOs, errno values); the portable cases live in pack_load.rs and checksums.rs.
+#![cfg(unix)]
 
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;

@@ -455,7 +455,7 @@ fn verify_passes_a_good_file_and_names_the_tensor_of_a_flipped_byte() {
     let (start, end) = f.footer.byte_range(rec);
     let at = (start + end) / 2;
     {
-        use std::os::unix::fs::FileExt;
+        use flashpack::os::Positioned;
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&[raw[at as usize] ^ 0x40], at).unwrap();
     }

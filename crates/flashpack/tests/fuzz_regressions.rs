@@ -15,15 +15,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
 
 use flashpack::format::Footer;
 use flashpack::read::{load, plan_chunks, FlashFile, IoMode, LoadOptions};
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::Dtype;
-
-const CHILD_ENV: &str = "FLASHPACK_FUZZ_REGRESSION_CHILD";
 
 fn footer_inputs() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz/footer");
@@ -138,8 +134,12 @@ fn regression_plan_chunks_with_a_chunk_size_near_2_pow_64_does_not_panic() {
 /// within one chunk of 2^64 overflows: a panic in debug builds; in release builds it wraps to 0 and
 /// the loop never ends (so this runs in a child with a deadline and an address-space limit).
 #[test]
+#[cfg(unix)] // the child caps its address space with setrlimit
 fn regression_plan_chunks_near_the_end_of_the_u64_range_terminates() {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
     const TEST: &str = "regression_plan_chunks_near_the_end_of_the_u64_range_terminates";
+    const CHILD_ENV: &str = "FLASHPACK_FUZZ_REGRESSION_CHILD";
     let cases: [(u64, u64, usize); 3] = [
         (u64::MAX - 255, u64::MAX, 4096),
         (3 << 62, u64::MAX - 7, 1 << 62),

@@ -2,6 +2,9 @@
 //! should be (refused at once, never blocked on), bytes added to a payload (refused: the payload
 //! must be exactly what the footer declares), and pack destinations that cannot work (refused
 //! before any payload is written). OS errors keep their OS error code.
+// Unix process, signal and resource-limit machinery throughout (fork/wait4, SIGBUS,
+// setrlimit, FIFOs, errno values); the portable cases live in pack_load.rs and checksums.rs.
+#![cfg(unix)]
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;

@@ -4,7 +4,6 @@
 //! failed packs leave an existing destination untouched and no temporary files, and tied tensors
 //! are stored once.
 
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use flashpack::format::{Order, MAGIC};
@@ -183,17 +182,37 @@ fn check_loaded(what: &str, l: &flashpack::read::Loaded, ts: &[T], file: &[u8]) 
     );
 }
 
-/// Whether `path`'s filesystem accepts an aligned `O_DIRECT` read.
+/// Whether `path`'s filesystem accepts an aligned direct read (`O_DIRECT` on Linux,
+/// `FILE_FLAG_NO_BUFFERING` on Windows; macOS's `F_NOCACHE` has no alignment rule to refuse).
 fn supports_o_direct(path: &Path) -> bool {
-    let Ok(f) = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-    else {
+    #[cfg(target_os = "linux")]
+    let opened = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+    };
+    #[cfg(windows)]
+    let opened = {
+        use std::os::windows::fs::OpenOptionsExt;
+        const FILE_FLAG_NO_BUFFERING: u32 = 0x2000_0000;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(FILE_FLAG_NO_BUFFERING)
+            .open(path)
+    };
+    #[cfg(not(any(target_os = "linux", windows)))]
+    let opened = std::fs::File::open(path);
+    let Ok(f) = opened else {
         return false;
     };
     let mut buf = memmap2::MmapMut::map_anon(4096).unwrap(); // page-aligned
-    f.read_at(&mut buf[..], 0).is_ok()
+    #[cfg(unix)]
+    let read = std::os::unix::fs::FileExt::read_at(&f, &mut buf[..], 0);
+    #[cfg(windows)]
+    let read = std::os::windows::fs::FileExt::seek_read(&f, &mut buf[..], 0);
+    read.is_ok()
 }
 
 fn tmp_leftovers(dir: &Path) -> Vec<String> {
@@ -780,6 +799,19 @@ fn a_successful_pack_replaces_the_destination_atomically() {
     ];
     pack_ts(&dest, &v1, &PackOptions::default());
     let first = load(&dest, &LoadOptions::default()).unwrap(); // keeps the old file mapped
+                                                               // Windows refuses to replace a file that is mapped: the pack fails cleanly (the old file in
+                                                               // place, no temporary file left), and succeeds once the lazy load is dropped.
+    #[cfg(windows)]
+    let first = {
+        let before = std::fs::read(&dest).unwrap();
+        let err = pack(&dest, &entries(&v2), &PackOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("rename into place"), "{err}");
+        assert!(std::fs::read(&dest).unwrap() == before);
+        assert_eq!(tmp_leftovers(dir.path()), Vec::<String>::new());
+        let old = first.tensor_bytes("w").unwrap().to_vec();
+        drop(first);
+        old
+    };
     pack_ts(&dest, &v2, &PackOptions::default());
     check_loaded(
         "new",
@@ -788,7 +820,10 @@ fn a_successful_pack_replaces_the_destination_atomically() {
         &std::fs::read(&dest).unwrap(),
     );
     // The old mapping still sees the old bytes (the new file was renamed over, not rewritten).
+    #[cfg(not(windows))]
     assert_eq!(first.tensor_bytes("w").unwrap(), &v1[0].data[..]);
+    #[cfg(windows)]
+    assert_eq!(&first[..], &v1[0].data[..]);
     assert_eq!(tmp_leftovers(dir.path()), Vec::<String>::new());
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -796,15 +831,19 @@ fn a_successful_pack_replaces_the_destination_atomically() {
         .collect();
     assert_eq!(names.len(), 1, "{names:?}");
     // The packed file gets 0644 (less the umask), not the 0600 of a temporary file.
-    use std::os::unix::fs::PermissionsExt;
-    let probe = dir.path().join("umask_probe");
-    std::fs::write(&probe, b"").unwrap();
-    let normal = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777; // 0666 & !umask
-    let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o644 & normal, "packed file mode {mode:o}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let probe = dir.path().join("umask_probe");
+        std::fs::write(&probe, b"").unwrap();
+        let normal = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777; // 0666 & !umask
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644 & normal, "packed file mode {mode:o}");
+    }
 }
 
 #[test]
+#[cfg(target_os = "linux")]
 fn auto_mode_follows_the_page_cache() {
     use flashpack::read::resident_fraction;
     let dir = tempfile::tempdir().unwrap();
@@ -965,6 +1004,37 @@ fn tie_targets_may_follow_the_tied_entry() {
             &load(&path, &LoadOptions::default()).unwrap(),
             &ts,
             &std::fs::read(&path).unwrap(),
+        );
+    }
+}
+
+/// Windows has no page-cache residency query: `Auto` reads buffered there (a repeated load comes
+/// from the cache), while `Direct` still reads unbuffered.
+#[test]
+#[cfg(windows)]
+fn auto_mode_reads_buffered_where_residency_is_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auto.flashpack");
+    let ts = vec![T::new(&mut Rng(15), "w", Dtype::U8, vec![1 << 20])];
+    pack_ts(&path, &ts, &PackOptions::default());
+    let file = std::fs::read(&path).unwrap();
+    let f = std::fs::File::open(&path).unwrap();
+    let err = flashpack::read::resident_fraction(&f, 4096).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::Unsupported, "{err}");
+    for (io, direct) in [(IoMode::Auto, false), (IoMode::Direct, true)] {
+        let opts = LoadOptions {
+            eager: true,
+            io,
+            chunk_bytes: 1 << 18,
+            ..Default::default()
+        };
+        let l = load(&path, &opts).unwrap();
+        check_loaded(&format!("{io:?}"), &l, &ts, &file);
+        assert_eq!(
+            l.report.io.direct_bytes > 0,
+            direct,
+            "{io:?}: {:?}",
+            l.report.io
         );
     }
 }

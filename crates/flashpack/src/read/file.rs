@@ -11,11 +11,11 @@
 //! assert_eq!(f.payload_len, 3);
 //! assert_eq!(f.footer.records[0].shape, vec![3]);
 //! ```
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::format::{FormatError, MAGIC, MAX_FOOTER_BYTES, TRAILER_LEN};
+use crate::os::Positioned;
 use crate::{Error, Footer, Result};
 
 /// An open FlashPack file with its validated footer.
@@ -101,55 +101,22 @@ impl FlashFile {
 /// back to blocking.
 pub fn open_regular(path: impl AsRef<Path>) -> Result<File> {
     let path = path.as_ref();
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| Error::io(path, "open", e))?;
+    let file = crate::os::open_nonblocking(path).map_err(|e| Error::io(path, "open", e))?;
     let kind = file
         .metadata()
         .map_err(|e| Error::io(path, "stat", e))?
         .file_type();
     if kind.is_dir() {
-        let eisdir = std::io::Error::from_raw_os_error(libc::EISDIR);
-        return Err(Error::io(path, "open", eisdir));
+        return Err(Error::io(path, "open", crate::os::is_a_directory()));
     }
     if !kind.is_file() {
-        let kind = if kind.is_fifo() {
-            "FIFO (named pipe)"
-        } else if kind.is_socket() {
-            "socket"
-        } else if kind.is_block_device() {
-            "block device"
-        } else if kind.is_char_device() {
-            "character device"
-        } else {
-            "special file"
-        };
         return Err(Error::NotAFile {
             path: path.to_path_buf(),
-            kind,
+            kind: crate::os::special_kind(&kind),
         });
     }
-    set_blocking(&file).map_err(|e| Error::io(path, "open", e))?;
+    crate::os::set_blocking(&file).map_err(|e| Error::io(path, "open", e))?;
     Ok(file)
-}
-
-/// Clears `O_NONBLOCK` (no effect on a regular file's reads; restored so the handle is ordinary).
-fn set_blocking(file: &File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor `file` keeps open for the whole call; F_GETFL/F_SETFL read
-    // and set its status flags only and touch no memory of ours.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// True when `path` opens as a valid FlashPack file.

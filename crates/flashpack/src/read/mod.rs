@@ -21,8 +21,7 @@ mod file;
 mod pool;
 mod residency;
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -231,33 +230,28 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
     })
 }
 
-/// Chooses buffered or `O_DIRECT` reads for `d` and the reader thread count.
+/// Chooses buffered or direct reads for `d` and the reader thread count.
 ///
-/// `O_DIRECT` is used unless the data is mostly in the page cache (or `opts.io` says
-/// otherwise); filesystems such as tmpfs refuse it at open, and then reads stay buffered. The
-/// direct handle is opened by path, so it is only used if it is the same file (same device and
-/// inode) as the one whose footer was validated.
+/// Direct reads (`O_DIRECT`, macOS `F_NOCACHE`, Windows `FILE_FLAG_NO_BUFFERING`: see
+/// [`crate::os`]) are used unless the data is mostly in the page cache (or `opts.io` says
+/// otherwise; on Windows, which cannot tell, `Auto` reads buffered); filesystems such as tmpfs
+/// refuse them at open, and then reads stay buffered. The direct handle is opened by path, so it
+/// is only used if it is the same file as the one whose footer was validated.
 fn reader_setup(d: &DataFile<'_>, opts: &LoadOptions) -> (Option<File>, usize) {
-    use std::os::unix::fs::MetadataExt;
     let use_direct = match opts.io {
         IoMode::Buffered => false,
         IoMode::Direct => true,
-        IoMode::Auto => resident_fraction(d.file, d.end).map_or(true, |r| r < HOT_FRACTION),
-    };
-    let same_file = |x: &File| match (x.metadata(), d.file.metadata()) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
+        IoMode::Auto => match resident_fraction(d.file, d.end) {
+            Ok(r) => r < HOT_FRACTION,
+            // No residency query on this OS (Windows): buffered, so a hot file stays fast.
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => false,
+            Err(_) => true,
+        },
     };
     let direct = use_direct
-        .then(|| {
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT | libc::O_NONBLOCK)
-                .open(d.path)
-                .ok()
-        })
+        .then(|| crate::os::open_direct(d.path))
         .flatten()
-        .filter(same_file);
+        .filter(|x| crate::os::same_file(x, d.file));
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let threads = match opts.threads {
         // Direct reads wait on the device, so a few more threads than cores keep it busy.

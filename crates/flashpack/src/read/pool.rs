@@ -4,7 +4,6 @@
 //! Each thread checks the source's [`Cancel`] before each chunk and between the [`READ_PIECE`]
 //! reads a chunk is made of, so a cancelled load stops after at most one piece per thread.
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -13,6 +12,7 @@ use indicatif::ProgressBar;
 
 use crate::cancel::Cancel;
 use crate::format::{Checksums, Footer};
+use crate::os::Positioned;
 use crate::sink::Sink;
 use crate::{Error, Result};
 
@@ -249,7 +249,7 @@ fn read_one(
                     direct_bytes.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 // The filesystem (or this range) refuses O_DIRECT: read the same bytes buffered.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e) if crate::os::direct_refused(&e) => {
                     direct_ok.store(false, Ordering::Relaxed)
                 }
                 Err(e) => return Err(e),

@@ -1,5 +1,6 @@
 //! The CUDA backend of the device sink: driver API calls through cudarc's `result`/`sys` layers,
-//! with `libcuda` loaded at run time.
+//! with the driver library loaded at run time (`libcuda.so.1` on Linux, `nvcuda.dll` on Windows).
+//! macOS has no CUDA: there every entry point reports that the driver is not found.
 //!
 //! Copies go into memory someone else allocated (torch, or a [`DeviceBuffer`]) by raw device
 //! address. This module works in each device's *primary* context, the one the CUDA runtime (and
@@ -50,9 +51,21 @@ fn driver() -> Result<()> {
     static STATE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     STATE
         .get_or_init(|| {
+            if cfg!(target_os = "macos") {
+                return Err(
+                    "CUDA driver not found: macOS has no CUDA (load to the CPU instead, \
+                     or from Python with device=\"mps\")"
+                        .into(),
+                );
+            }
             // SAFETY: only tries to dlopen the driver library by its usual names.
             if !unsafe { sys::is_culib_present() } {
-                return Err("CUDA driver not found (libcuda could not be loaded)".into());
+                let lib = if cfg!(windows) {
+                    "nvcuda.dll"
+                } else {
+                    "libcuda"
+                };
+                return Err(format!("CUDA driver not found ({lib} could not be loaded)"));
             }
             // cudarc resolves each symbol on first use and panics if one is missing; a driver too
             // old to have cuInit's expected entry points is reported instead of aborting.

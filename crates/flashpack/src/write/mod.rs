@@ -16,13 +16,13 @@
 //! ```
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
+use crate::os::Positioned;
 
 use crate::format::{
     plan, Checksums, Footer, FormatError, Hasher, Order, Placement, TensorSpec, CHECKSUMS_KEY,
@@ -210,27 +210,6 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
     })
 }
 
-/// Starts writeback of a just-written range without waiting for it, so the disk writes while the
-/// next pieces are copied and the final fsync only waits for the tail. Only a hint: errors
-/// surface at the fsync, which is the durability point.
-#[cfg(target_os = "linux")]
-pub(crate) fn start_writeback(file: &File, offset: u64, len: usize) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a plain syscall on a descriptor that `file` keeps open for the whole call; it reads
-    // no memory of ours. Its result is ignored on purpose (see above).
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as libc::off64_t,
-            len as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
-
 /// Writes every tensor's bytes at its placement, one payload chunk per job (so threads share
 /// big tensors evenly), and returns each chunk's digest when checksums are on. A chunk's digest
 /// covers its bytes in order, zero padding included, hashed from the same memory that is written.
@@ -285,7 +264,7 @@ fn write_payload(
             h.update_zeros(end.saturating_sub(pos));
             digests[k].store(h.finish(), Ordering::Relaxed);
         }
-        start_writeback(file, start, (end - start) as usize);
+        crate::os::start_writeback(file, start, (end - start) as usize);
         if let Some(b) = &bar {
             b.inc(end - start);
         }

@@ -24,7 +24,7 @@ pub fn prepare_destination(dest: &Path) -> Result<PathBuf> {
         Ok(m) if m.is_dir() => Err(Error::io(
             dest,
             "check the destination",
-            std::io::Error::from_raw_os_error(libc::EISDIR),
+            crate::os::is_a_directory(),
         )),
         Ok(_) => Ok(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir),
@@ -45,16 +45,20 @@ impl Staged {
     /// A new empty file in `dir` (mode 0644 before the umask), to become `dest` (named in errors).
     pub fn create(dir: &Path, dest: &Path) -> Result<Staged> {
         #[cfg(target_os = "linux")]
-        if let Some(file) = unnamed_in(dir) {
+        if let Some(file) = crate::os::unnamed_tmpfile(dir) {
             return Ok(Staged::Unnamed {
                 file,
                 dir: dir.to_path_buf(),
             });
         }
-        use std::os::unix::fs::PermissionsExt;
-        tempfile::Builder::new()
-            .prefix(".packtmp_")
-            .permissions(std::fs::Permissions::from_mode(0o644))
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".packtmp_");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o644));
+        }
+        builder
             .tempfile_in(dir)
             .map(Staged::Named)
             .map_err(|e| Error::io(dest, "create a temporary file beside it", e))
@@ -74,7 +78,8 @@ impl Staged {
         let dir = match self {
             #[cfg(target_os = "linux")]
             Staged::Unnamed { file, dir } => {
-                let name = link_unnamed(&file, &dir, dest)?;
+                let name = crate::os::link_tmpfile(&file, &dir)
+                    .map_err(|e| Error::io(dest, "link the finished file", e))?;
                 std::fs::rename(&name, dest).map_err(|e| {
                     let _ = std::fs::remove_file(&name);
                     Error::io(dest, "rename into place", e)
@@ -88,68 +93,7 @@ impl Staged {
                 dir.unwrap_or_else(|| PathBuf::from("."))
             }
         };
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
+        crate::os::sync_dir(&dir);
         Ok(())
     }
-}
-
-/// An `O_TMPFILE` in `dir`, when the filesystem supports it and `/proc/self/fd` can link it.
-#[cfg(target_os = "linux")]
-fn unnamed_in(dir: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if !Path::new("/proc/self/fd").is_dir() {
-        return None;
-    }
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o644)
-        .open(dir)
-        .ok()
-}
-
-/// Gives an `O_TMPFILE` a fresh `.packtmp_*` name in `dir` (via its `/proc/self/fd` link).
-#[cfg(target_os = "linux")]
-fn link_unnamed(file: &File, dir: &Path, dest: &Path) -> Result<PathBuf> {
-    use std::ffi::CString;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let src = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|e| Error::Invalid(e.to_string()))?;
-    for attempt in 0u32..100 {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = dir.join(format!(
-            ".packtmp_{}_{nanos:08x}_{attempt}",
-            std::process::id()
-        ));
-        let dst = CString::new(name.as_os_str().as_bytes())
-            .map_err(|_| Error::Invalid(format!("{}: path contains a NUL byte", name.display())))?;
-        // SAFETY: two valid NUL-terminated paths; linkat reads them and touches no other memory.
-        let rc = unsafe {
-            libc::linkat(
-                libc::AT_FDCWD,
-                src.as_ptr(),
-                libc::AT_FDCWD,
-                dst.as_ptr(),
-                libc::AT_SYMLINK_FOLLOW,
-            )
-        };
-        if rc == 0 {
-            return Ok(name);
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::AlreadyExists {
-            return Err(Error::io(dest, "link the finished file", err));
-        }
-    }
-    Err(Error::Invalid(format!(
-        "{}: no free temporary name in {} to link the finished file",
-        dest.display(),
-        dir.display()
-    )))
 }

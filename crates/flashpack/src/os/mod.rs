@@ -1,0 +1,148 @@
+//! Everything that differs between operating systems, behind one small portable interface, so
+//! the reader, the writer and the sinks above it are the same code everywhere.
+//!
+//! | | Linux | macOS | Windows |
+//! |---|---|---|---|
+//! | positioned reads/writes | `pread`/`pwrite` | `pread`/`pwrite` | `ReadFile`/`WriteFile` at an offset |
+//! | direct reads ([`open_direct`]) | `O_DIRECT` | `F_NOCACHE` | `FILE_FLAG_NO_BUFFERING` |
+//! | page-cache residency | `mincore` | `mincore` | not available: `Unsupported` |
+//! | same file | device + inode | device + inode | volume serial + file index |
+//! | unnamed staged file | `O_TMPFILE` | named temp file | named temp file |
+//! | replace | `rename` | `rename` | `MoveFileExW(REPLACE_EXISTING)` (tempfile's `persist`) |
+//! | durability | `fsync` | `F_FULLFSYNC` (std's `sync_all`) | `FlushFileBuffers` (std's `sync_all`) |
+//! | writeback hint, populate hint | `sync_file_range`, `MADV_POPULATE_WRITE` | none | none |
+//!
+//! ```
+//! use flashpack::os::Positioned;
+//! let mut f = tempfile::tempfile().unwrap();
+//! f.write_all_at(b"hello", 3).unwrap();
+//! let mut b = [0u8; 5];
+//! f.read_exact_at(&mut b, 3).unwrap();
+//! assert_eq!(&b, b"hello");
+//! ```
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as imp;
+
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as imp;
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+pub(crate) use linux::{link_tmpfile, unnamed_tmpfile};
+#[cfg(target_os = "macos")]
+mod macos;
+
+/// Reads and writes at a file offset without moving a shared cursor that other threads rely on
+/// (every read and write of ours names its offset).
+pub trait Positioned {
+    /// Fills `buf` from `offset`; `UnexpectedEof` when the file ends first.
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`.
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+}
+
+impl Positioned for File {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        imp::read_exact_at(self, buf, offset)
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        imp::write_all_at(self, buf, offset)
+    }
+}
+
+/// Opens `path` for reading without blocking on it if it is a FIFO (Unix: `O_NONBLOCK |
+/// O_NOCTTY`); [`set_blocking`] restores an ordinary handle once it is known to be a file.
+/// A directory is an `IsADirectory` error on every OS.
+pub(crate) fn open_nonblocking(path: &Path) -> io::Result<File> {
+    imp::open_nonblocking(path)
+}
+
+/// Clears the non-blocking flag [`open_nonblocking`] set (nothing to do on Windows).
+pub(crate) fn set_blocking(file: &File) -> io::Result<()> {
+    imp::set_blocking(file)
+}
+
+/// What a file that is neither a regular file nor a directory is, for errors.
+pub(crate) fn special_kind(kind: &std::fs::FileType) -> &'static str {
+    imp::special_kind(kind)
+}
+
+/// The error for "this path is a directory" (`EISDIR` on Unix).
+pub(crate) fn is_a_directory() -> io::Error {
+    imp::is_a_directory()
+}
+
+/// A second read handle on `path` that bypasses the page cache, or `None` where the OS or the
+/// filesystem refuses one (e.g. tmpfs has no `O_DIRECT`). Direct handles only get reads whose
+/// offset, length and memory address are multiples of `DIRECT_ALIGN` (4096, a multiple of every
+/// sector size in use); [`direct_refused`] recognises a refusal of a read, which is then done
+/// buffered.
+pub(crate) fn open_direct(path: &Path) -> Option<File> {
+    #[cfg(target_os = "linux")]
+    return linux::open_direct(path);
+    #[cfg(target_os = "macos")]
+    return macos::open_direct(path);
+    #[cfg(windows)]
+    return windows::open_direct(path);
+    #[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// True when a read on a direct handle failed because the filesystem (or this range) refuses
+/// unbuffered I/O, so the same bytes should be read buffered.
+pub(crate) fn direct_refused(e: &io::Error) -> bool {
+    imp::direct_refused(e)
+}
+
+/// True when `a` and `b` are handles on the same file (not merely files with equal contents).
+pub(crate) fn same_file(a: &File, b: &File) -> bool {
+    imp::same_file(a, b)
+}
+
+/// Fraction (0..=1) of the first `len` bytes of `file` in the page cache; `Unsupported` on
+/// Windows, which has no per-file residency query.
+pub(crate) fn resident_fraction(file: &File, len: u64) -> io::Result<f64> {
+    imp::resident_fraction(file, len)
+}
+
+/// Starts writeback of a just-written range without waiting (Linux `sync_file_range`); a hint
+/// whose errors surface at the final `sync_all`. Nothing elsewhere.
+pub(crate) fn start_writeback(file: &File, offset: u64, len: usize) {
+    #[cfg(target_os = "linux")]
+    linux::start_writeback(file, offset, len);
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+/// Faults in a destination range in one call before it is filled (Linux `MADV_POPULATE_WRITE`);
+/// nothing elsewhere.
+pub(crate) fn populate(dst: &mut [u8]) {
+    #[cfg(target_os = "linux")]
+    linux::populate(dst);
+    #[cfg(not(target_os = "linux"))]
+    let _ = dst;
+}
+
+/// Makes a rename in `dir` durable where the OS allows syncing a folder (Unix); best effort.
+/// On Windows a folder cannot be opened as a file and NTFS journals the rename itself.
+pub(crate) fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
