@@ -82,11 +82,11 @@ WINE ?= $(firstword $(wildcard /usr/lib/wine/wine64 /usr/bin/wine64) wine)
 WINE_SHIM := $(abspath target/wine-shim)
 WINE_TESTS ?= --lib --test pack_load --test checksums --test weights --test crafted_footers --test shrinking_file --test cuda_device
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
 test-windows:
 	rustup target add $(WIN_TARGET) >/dev/null
 	command -v x86_64-w64-mingw32-gcc >/dev/null && test -x "$$(command -v $(WINE))" || \
-		{ $(SUDO) apt-get update -qq && \
-		  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wine64 gcc-mingw-w64-x86-64 >/dev/null; }
+		{ $(APT_INSTALL) wine64 gcc-mingw-w64-x86-64 >/dev/null; }
 	mkdir -p $(WINE_SHIM)
 	x86_64-w64-mingw32-gcc -shared -O2 -o $(WINE_SHIM)/bcryptprimitives.dll \
 		scripts/wine/bcryptprimitives.c scripts/wine/bcryptprimitives.def -ladvapi32
@@ -101,9 +101,25 @@ bench: build
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 	$(PY) scripts/bench_hf.py --out $${OUT:-.bench}/hf --work .bench/hf-models $(BENCH_HF_ARGS)
 
-# A wheel to carry to a machine without a Rust toolchain (the GPU machine): dist/*.whl.
+# abi3 wheels (CPython 3.11+) for every supported platform: Linux x86_64/aarch64 (manylinux2014)
+# and macOS arm64/x86_64 cross-linked with zig (PyPI ziglang, installed into the venv); Windows
+# x86_64 linked by MinGW (the zig route writes a wrong export name for a module inside a
+# package), which apt installs when missing; maturin writes python3.dll's import library. Each
+# wheel is checked to hold the extension built for its platform, linking only what every such
+# machine has (scripts/check_wheels.py). The GPU machine, which has no Rust toolchain, installs
+# the Linux one of its architecture from dist/.
+WHEEL_TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu aarch64-apple-darwin x86_64-apple-darwin x86_64-pc-windows-gnu
+ZIGLANG ?= ziglang==0.14.1
 wheel: $(DEPS)
-	$(VENV)/bin/maturin build --release --quiet -m bindings/python/Cargo.toml -o dist
+	rustup target add $(WHEEL_TARGETS) >/dev/null
+	$(PY) -m pip install --quiet $(ZIGLANG)
+	command -v x86_64-w64-mingw32-gcc >/dev/null || { $(APT_INSTALL) gcc-mingw-w64-x86-64 >/dev/null; }
+	rm -f dist/flashpack-*.whl
+	for t in $(WHEEL_TARGETS); do \
+		PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --quiet --target $$t \
+			$$(case $$t in *windows*) ;; *) echo --zig;; esac) -m bindings/python/Cargo.toml -o dist || exit 1; \
+	done
+	$(PY) scripts/check_wheels.py dist $(WHEEL_TARGETS)
 	$(PY) -m pip download --quiet --no-deps -d dist/oracle flashpack==0.4.5 accelerate==1.15.0 click || \
 		echo "flashpack 0.4.5 not downloadable: its bench rows will be skipped on the GPU machine"
 

@@ -23,7 +23,7 @@ if command -v cargo >/dev/null; then
     PY=.venv/bin/python
 else
     export PIP_NO_INDEX=1 PIP_FIND_LINKS="$PWD/dist"
-    python3 -m pip install -q --no-deps --no-compile --target /tmp/flashpack-site dist/flashpack-*.whl || exit 1
+    python3 -m pip install -q --no-deps --no-compile --target /tmp/flashpack-site dist/flashpack-*-manylinux*_"$(uname -m)".whl || exit 1
     export PYTHONPATH=/tmp/flashpack-site
     # flashpack 0.4.5 and its pure-Python needs, when carried (`make wheel` downloads them into
     # dist/oracle), become the bench's peer through their own PYTHONPATH.
