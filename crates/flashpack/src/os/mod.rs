@@ -146,3 +146,48 @@ pub(crate) fn sync_dir(dir: &Path) {
     #[cfg(not(unix))]
     let _ = dir;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positioned_io_reads_and_writes_at_offsets_and_reports_a_short_file() {
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(b"abcdef", 10).unwrap();
+        f.write_all_at(b"XY", 12).unwrap();
+        let mut b = [0u8; 6];
+        f.read_exact_at(&mut b, 10).unwrap();
+        assert_eq!(&b, b"abXYef");
+        let mut zeros = [9u8; 10];
+        f.read_exact_at(&mut zeros, 0).unwrap();
+        assert_eq!(zeros, [0u8; 10]);
+        let e = f.read_exact_at(&mut b, 13).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+    }
+
+    #[test]
+    fn same_file_tells_handles_on_one_file_from_handles_on_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"same bytes").unwrap();
+        std::fs::write(&b, b"same bytes").unwrap();
+        let a1 = File::open(&a).unwrap();
+        assert!(same_file(&a1, &File::open(&a).unwrap()));
+        assert!(!same_file(&a1, &File::open(&b).unwrap()));
+    }
+
+    #[test]
+    fn a_directory_is_refused_as_a_directory_and_a_file_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        match crate::read::open_regular(dir.path()) {
+            Err(crate::Error::Io { source, .. }) => {
+                assert_eq!(source.kind(), io::ErrorKind::IsADirectory, "{source}")
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        crate::read::open_regular(&file).unwrap();
+    }
+}
