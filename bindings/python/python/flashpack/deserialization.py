@@ -114,7 +114,8 @@ def read_flashpack_file(
     tensors work and never reach the file). ``eager=True`` (or ``FLASHPACK_CPU_PARALLEL_READ=1``)
     reads every byte into owned memory with parallel reads before returning. On CUDA each block
     becomes one device tensor, streamed through a bounded pool of pinned buffers by several
-    reader threads, each with its own stream (``eager`` does not apply). ``verify=True`` checks
+    reader threads, each with its own stream (``eager`` does not apply). On MPS (Apple silicon)
+    the file is read eagerly into host memory, then each block is copied to the device. ``verify=True`` checks
     every chunk against the file's checksums as it is read (ValueError naming the tensor on a
     mismatch, or when the file has no checksums). ``metadata`` is
     accepted for compatibility; the footer is always re-read and validated from the file.
@@ -123,10 +124,12 @@ def read_flashpack_file(
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
     path = os.fsdecode(path)
     device = _resolve_device(device)
-    if device.type not in ("cpu", "cuda"):
+    if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"Unsupported device: {device}")
     if device.type == "cuda":
         return _read_to_cuda(path, device, silent, verify)
+    if device.type == "mps":
+        return _read_to_mps(path, device, silent, verify)
     if eager is None:
         eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
     payload = _core.load(
@@ -165,6 +168,19 @@ def _read_to_cuda(
     phases, _io = handle.to_cuda(index, regions, progress=not silent, verify=verify, **reader_options())
     print_phases(phases, silent)
     blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(handle.blocks, raw)]
+    return FlashTensorStorage(blocks=blocks), meta
+
+
+def _read_to_mps(
+    path: str, device: torch.device, silent: bool, verify: bool
+) -> tuple[FlashTensorStorage, dict[str, Any]]:
+    """Apple silicon: an eager read into host memory (the engine has no Metal sink), then one
+    copy per block onto the MPS device."""
+    if not torch.backends.mps.is_available():
+        raise RuntimeError(f"{path}: cannot load to {device}: torch sees no MPS device")
+    host, meta = read_flashpack_file(path, device="cpu", silent=silent, eager=True, verify=verify)
+    with timer("copy_to_mps", silent):
+        blocks = [block.to(device) for block in host.blocks]
     return FlashTensorStorage(blocks=blocks), meta
 
 
