@@ -96,9 +96,9 @@ impl FlashFile {
 
 /// Opens `path` for reading if it is a regular file. Anything else is refused before it could
 /// block a read: a FIFO (whose `open` would wait for a writer), a socket or a device is
-/// [`Error::NotAFile`], a directory the OS error `EISDIR`. The file is opened non-blocking, checked
-/// with `fstat` (the same file that was opened, whatever the path points to meanwhile), and set
-/// back to blocking.
+/// [`Error::NotAFile`], a directory the OS error `EISDIR` (on Windows an `IsADirectory` error). On
+/// Unix the file is opened non-blocking, checked with `fstat` (the same file that was opened,
+/// whatever the path points to meanwhile), and set back to blocking.
 pub fn open_regular(path: impl AsRef<Path>) -> Result<File> {
     let path = path.as_ref();
     let file = crate::os::open_nonblocking(path).map_err(|e| Error::io(path, "open", e))?;
