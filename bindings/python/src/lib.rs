@@ -63,6 +63,18 @@ const SIGNAL_POLL: Duration = Duration::from_millis(20);
 /// exception is raised. A handler that returns normally just runs, during the call. Once the work
 /// has committed its result (a pack's rename), handlers are no longer run here: the call
 /// reports its success and Python runs them after it returns, as for any call that completed.
+/// The exception for a panic caught in the engine.
+fn engine_panic(panic: Box<dyn std::any::Any + Send>) -> PyErr {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    PyRuntimeError::new_err(format!(
+        "flashpack: internal error (a bug, please report it): {what}"
+    ))
+}
+
 fn interruptible<T: Send>(
     py: Python<'_>,
     cancel: &Cancel,
@@ -73,13 +85,15 @@ fn interruptible<T: Send>(
         std::thread::scope(|s| {
             let (tx, rx) = channel();
             s.spawn(move || {
-                let _ = tx.send(work());
+                // A panic in the engine is a bug; it reaches Python as a RuntimeError saying so,
+                // not as a PanicException (a BaseException that `except Exception` misses).
+                let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
             });
             let mut polling = true;
             loop {
                 match rx.recv_timeout(SIGNAL_POLL) {
                     Ok(result) => return Some(result),
-                    // The worker panicked; the scope re-raises its panic.
+                    // The worker ended without sending (it cannot: panics are caught above).
                     Err(RecvTimeoutError::Disconnected) => return None,
                     Err(RecvTimeoutError::Timeout) if !polling => {}
                     Err(RecvTimeoutError::Timeout) => {
@@ -97,7 +111,8 @@ fn interruptible<T: Send>(
     match (raised, result) {
         // A cancelled load may still have finished; its result is dropped.
         (Some(e), _) => Err(e),
-        (None, Some(r)) => r.map_err(to_py),
+        (None, Some(Ok(r))) => r.map_err(to_py),
+        (None, Some(Err(panic))) => Err(engine_panic(panic)),
         (None, None) => Err(PyRuntimeError::new_err(
             "flashpack: engine worker thread failed",
         )),
