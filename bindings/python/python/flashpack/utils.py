@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -113,3 +117,41 @@ def env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"{name}={value!r} is not an integer") from None
+
+
+@contextmanager
+def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
+    """A new, empty temporary file beside ``destination`` for the caller to write; when the block
+    completes it is flushed to disk and renamed over ``destination``, on any error (or Ctrl-C)
+    it is removed. ``destination`` is therefore always either its old self or complete."""
+    destination = Path(destination)
+    temporary = destination.with_name(f".{destination.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield temporary
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, destination)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def staged_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary folder inside ``folder`` to write files into; when the block completes each
+    file is renamed to the same place in ``folder`` (one atomic replacement per file); the
+    temporary folder is removed in any case."""
+    folder = Path(folder)
+    staging = Path(tempfile.mkdtemp(prefix=".flashpack-staging-", dir=folder))
+    try:
+        yield staging
+        for source in sorted(p for p in staging.rglob("*") if p.is_file()):
+            target = folder / source.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
