@@ -3,6 +3,8 @@
 //! disk releases the GIL.
 use std::os::raw::{c_int, c_void};
 
+mod cli;
+
 use flashpack::format::{Order, TensorSpec};
 use flashpack::read::{self, IoMode, LoadOptions, Loaded};
 use flashpack::sink::cuda::{self, CudaDevice};
@@ -427,6 +429,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_footer, m)?)?;
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(dtype_names, m)?)?;
+    m.add_function(wrap_pyfunction!(cli::cli, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -342,3 +342,13 @@ def test_buffers_follow_the_file_through_the_integrations(tmp_path: Path) -> Non
             assert same_bits(loaded.state_dict()[name], tensor), name
     bf16 = FlashPackTinyBN.from_pretrained_flashpack(tmp_path / "bn", torch_dtype=torch.bfloat16)
     assert bf16.bn.running_mean.dtype == torch.bfloat16 and bf16.bn.num_batches_tracked.dtype == torch.int64
+
+
+@pytest.mark.parametrize("module", ["flashpack.options", "flashpack.integrations._patches", "flashpack.commands"])
+def test_module_examples_run(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import doctest
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    result = doctest.testmod(importlib.import_module(module), raise_on_error=False, verbose=False)
+    assert result.attempted > 0 and result.failed == 0, result

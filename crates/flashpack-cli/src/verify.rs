@@ -11,7 +11,7 @@ use std::path::Path;
 use flashpack::read::{verify, LoadOptions};
 use flashpack::weights::{Format, WeightFile};
 
-use crate::error::{print_line, Result};
+use crate::error::Result;
 use crate::format::grouped;
 
 /// Checks `path`; returns the line to print on success.
@@ -48,10 +48,4 @@ pub fn check(path: &Path, progress: bool) -> Result<String> {
             r.tensors
         ),
     })
-}
-
-/// Runs the subcommand.
-pub fn run(path: &Path, progress: bool) -> Result<()> {
-    print_line(&check(path, progress)?)?;
-    Ok(())
 }
