@@ -64,6 +64,14 @@ def is_flashpack_file(path: str | os.PathLike[str]) -> bool:
     return True
 
 
+def resolve_shard_strategy(strategy: str | None = None) -> str:
+    """A sharded distributed load's strategy: ``strategy``, else ``FLASHPACK_SHARD_STRATEGY``,
+    else "contiguous"; ValueError for an unknown name."""
+    from .distributed import _resolve_strategy
+
+    return _resolve_strategy(False, strategy)[1]
+
+
 def reader_options() -> dict[str, Any]:
     """The engine's reader settings from the environment: ``FLASHPACK_DIRECT_IO=0`` (never
     O_DIRECT), ``FLASHPACK_READ_THREADS``, ``FLASHPACK_READ_CHUNK_BYTES``."""

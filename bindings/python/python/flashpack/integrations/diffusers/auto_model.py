@@ -83,6 +83,8 @@ class AutoFlashPackModel:
     with the library's own loader. Either way the model's class has the FlashPack mixin, so it
     can be saved with ``save_pretrained_flashpack``."""
 
+    config_name = "config.json"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise OSError(
             "AutoFlashPackModel is not instantiated: use AutoFlashPackModel.from_pretrained(...) "
