@@ -296,7 +296,7 @@ def save_model_folder(
     write_config: Callable[[Path], None],
     library_name: str,
     *,
-    pack_options: dict[str, Any],
+    pack_options: dict[str, Any] | None = None,
     is_main_process: bool = True,
     push_to_hub: bool = False,
     commit_message: str | None = None,
@@ -326,7 +326,7 @@ def save_model_folder(
     state_dict = filter_state_dict(model.state_dict(), ignore_names, ignore_prefixes, ignore_suffixes)
     with staged_files(folder) as staging:
         write_config(staging)
-        serialization.pack_to_file(state_dict, folder / FLASHPACK_WEIGHTS_NAME, **pack_options)
+        serialization.pack_to_file(state_dict, folder / FLASHPACK_WEIGHTS_NAME, **(pack_options or {}))
     if push_to_hub:
         push_folder(
             folder,

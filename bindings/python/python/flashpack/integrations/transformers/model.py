@@ -38,7 +38,7 @@ def save_transformers_model(
     """Write ``config.json`` (and ``generation_config.json`` for generative models) plus
     ``model.flashpack`` into ``save_directory``, for any transformers model (options: those of
     :func:`save_model_folder`)."""
-    target_dtype = options["pack_options"].get("target_dtype")
+    target_dtype = (options.get("pack_options") or {}).get("target_dtype")
 
     def write_config(folder: Path) -> None:
         config = copy.deepcopy(model.config)
