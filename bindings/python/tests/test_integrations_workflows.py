@@ -212,8 +212,9 @@ def test_from_config_and_use_flashpack(sd_repo: Path, clip_repo: Path, tmp_path:
         loaded = auto.from_pretrained(tmp_path / folder, use_flashpack=True)  # the original's spelling
         assert state_dicts_equal(loaded, model)
     # other auto classes are patched too, including those that inherit their from_pretrained
-    text = transformers.AutoModelForImageToImage
-    assert is_patched(next(k for k in text.__mro__ if "from_pretrained" in k.__dict__), "from_pretrained")
+    inheriting = transformers.AutoModelForImageToImage  # defines no from_pretrained of its own
+    assert "from_pretrained" not in inheriting.__dict__
+    assert is_patched(next(k for k in inheriting.__mro__ if "from_pretrained" in k.__dict__), "from_pretrained")
     unpatch_integrations()
     plain = diffusers.AutoModel.from_pretrained(str(tmp_path / "vae"))  # (diffusers 0.42 wants a str here)
     assert not isinstance(plain, FlashPackDiffusersModelMixin) and not hasattr(diffusers.AutoModel, "from_pretrained_flashpack")
