@@ -107,11 +107,12 @@ fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
                 src.display()
             ))
         }
+        // A FIFO, socket or device: the engine's own refusal (never opened blocking).
         Ok(m) if !m.is_file() => {
-            return Err(CliError::Invalid(format!(
-                "{}: not a regular file or a folder",
-                src.display()
-            )))
+            return Err(flashpack::read::open_regular(src).err().map_or_else(
+                || CliError::Invalid(format!("{}: not a regular file or a folder", src.display())),
+                CliError::from,
+            ))
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !looks_like_a_path(src) => {
