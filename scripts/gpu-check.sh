@@ -37,6 +37,7 @@ export PYTHONUNBUFFERED=1
 "$PY" -c 'import torch, flashpack; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "flashpack", flashpack.__version__)' | tee "$OUT/versions.txt"
 
 status=0
-"$PY" -m pytest bindings/python/tests/test_cuda.py bindings/python/tests/test_roundtrip.py -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" || status=1
+"$PY" -m pytest bindings/python/tests/test_cuda.py bindings/python/tests/test_roundtrip.py \
+    bindings/python/tests/test_integrations_workflows.py -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" || status=1
 "$PY" scripts/bench.py --size-gib "$size" --out "${BENCH_DIR:-.bench/gpu-bench}" 2>&1 | tee "$OUT/bench-run.log" || status=1
 exit $status

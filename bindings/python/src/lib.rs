@@ -8,6 +8,8 @@ use std::os::raw::{c_int, c_void};
 use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::Duration;
 
+mod cli;
+
 use flashpack::cancel::{Cancel, Poll};
 use flashpack::format::{Order, TensorSpec};
 use flashpack::read::{self, IoMode, LoadOptions, Loaded};
@@ -63,23 +65,48 @@ const SIGNAL_POLL: Duration = Duration::from_millis(20);
 /// exception is raised. A handler that returns normally just runs, during the call. Once the work
 /// has committed its result (a pack's rename), handlers are no longer run here: the call
 /// reports its success and Python runs them after it returns, as for any call that completed.
-fn interruptible<T: Send>(
+/// Errors the engine's calls return, as Python exceptions.
+pub(crate) trait IntoPyErr: Send {
+    fn into_py_err(self) -> PyErr;
+}
+
+impl IntoPyErr for Error {
+    fn into_py_err(self) -> PyErr {
+        to_py(self)
+    }
+}
+
+/// The exception for a panic caught in the engine.
+fn engine_panic(panic: Box<dyn std::any::Any + Send>) -> PyErr {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    PyRuntimeError::new_err(format!(
+        "flashpack: internal error (a bug, please report it): {what}"
+    ))
+}
+
+pub(crate) fn interruptible<T: Send, E: IntoPyErr>(
     py: Python<'_>,
     cancel: &Cancel,
-    work: impl FnOnce() -> flashpack::Result<T> + Send,
+    work: impl FnOnce() -> Result<T, E> + Send,
 ) -> PyResult<T> {
     let mut raised: Option<PyErr> = None;
     let result = py.detach(|| {
         std::thread::scope(|s| {
             let (tx, rx) = channel();
             s.spawn(move || {
-                let _ = tx.send(work());
+                // A panic in the engine is a bug; it reaches Python as a RuntimeError saying so,
+                // not as a PanicException (a BaseException that `except Exception` misses).
+                let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
             });
             let mut polling = true;
             loop {
                 match rx.recv_timeout(SIGNAL_POLL) {
                     Ok(result) => return Some(result),
-                    // The worker panicked; the scope re-raises its panic.
+                    // The worker ended without sending (it cannot: panics are caught above).
                     Err(RecvTimeoutError::Disconnected) => return None,
                     Err(RecvTimeoutError::Timeout) if !polling => {}
                     Err(RecvTimeoutError::Timeout) => {
@@ -97,7 +124,8 @@ fn interruptible<T: Send>(
     match (raised, result) {
         // A cancelled load may still have finished; its result is dropped.
         (Some(e), _) => Err(e),
-        (None, Some(r)) => r.map_err(to_py),
+        (None, Some(Ok(r))) => r.map_err(IntoPyErr::into_py_err),
+        (None, Some(Err(panic))) => Err(engine_panic(panic)),
         (None, None) => Err(PyRuntimeError::new_err(
             "flashpack: engine worker thread failed",
         )),
@@ -540,6 +568,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pack, m)?)?;
     m.add_function(wrap_pyfunction!(prepare_pack_destination, m)?)?;
     m.add_function(wrap_pyfunction!(dtype_names, m)?)?;
+    m.add_function(wrap_pyfunction!(cli::cli, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,7 +1,9 @@
-"""Helpers for the Hugging Face integration and CLI tests: offline Hub cache, bundled MiniLM."""
+"""Helpers for the Hugging Face integration and CLI tests: offline Hub cache, bundled MiniLM,
+small models built from configs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -94,3 +96,68 @@ def recording_hf_api(monkeypatch: pytest.MonkeyPatch) -> type[RecordingHfApi]:
     RecordingHfApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
     return RecordingHfApi
+
+
+# Small models built from configs (random weights), standing in for the Hub models of the
+# original's tests and benchmark: a VAE (stable-diffusion-v1-5's "vae"), a video transformer
+# (Wan2.1's "transformer"), CLIP (openai/clip-vit-base-patch32), a Qwen2 text model (Qwen-Image's
+# "text_encoder").
+
+
+def tiny_vae() -> torch.nn.Module:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=2, sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )  # fmt: skip
+
+
+def tiny_wan_transformer() -> torch.nn.Module:
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(1)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+    )  # fmt: skip
+
+
+def tiny_clip() -> torch.nn.Module:
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(2)
+    text = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8)
+    return CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
+
+
+def tiny_qwen2() -> torch.nn.Module:
+    from transformers import Qwen2Config, Qwen2Model
+
+    torch.manual_seed(3)
+    config = Qwen2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=32, bos_token_id=0, eos_token_id=1)  # fmt: skip
+    return Qwen2Model(config)
+
+
+def save_tiny_repo(folder: Path, component: str | None, model: torch.nn.Module) -> Path:
+    """``model.save_pretrained`` into ``folder`` (or its ``component`` subfolder, with a
+    model_index.json naming it, as in a diffusers repository); returns ``folder``."""
+    target = folder / component if component else folder
+    model.save_pretrained(target)
+    if component:
+        library = "diffusers" if type(model).__module__.startswith("diffusers") else "transformers"
+        (folder / "model_index.json").write_text(
+            json.dumps({"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
+                        component: [library, type(model).__name__]})  # fmt: skip
+        )
+    return folder
+
+
+def state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Same names, and each tensor the same dtype, shape and bits."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(same_bits(sa[k].cpu(), sb[k].cpu()) for k in sa)

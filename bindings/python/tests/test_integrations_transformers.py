@@ -82,7 +82,7 @@ def test_cli_convert_then_auto_model_gives_identical_embeddings(
 ) -> None:
     folder, expected = minilm
     assert cli_main(["convert", str(folder), str(tmp_path / "fp"), "--use-transformers"]) == 0
-    assert f"Saved to {(tmp_path / 'fp').resolve()}" in capsys.readouterr().out
+    assert f"(folder, transformers BertModel) -> {tmp_path / 'fp'} (FlashPack folder)" in capsys.readouterr().out
     patch_integrations()
     loaded = transformers.AutoModel.from_pretrained_flashpack(tmp_path / "fp")
     assert isinstance(loaded, transformers.BertModel) and isinstance(loaded, FlashPackTransformersModelMixin)

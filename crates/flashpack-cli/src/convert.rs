@@ -2,12 +2,14 @@
 //! FlashPack repack (e.g. to add or drop checksums, or change the alignment). Tensor bytes,
 //! names, dtypes and shapes are copied unchanged; the output is written to an unnamed temporary
 //! file beside DST and linked over it only once complete and synced, so DST is either the old
-//! file or the new one and nothing else is left behind, whenever the command is killed.
-//! SIGINT/SIGTERM stop it between chunks with DST as it was.
+//! file or the new one and nothing else is left behind, whenever the command is killed. A
+//! cancelled conversion (the Rust binary's SIGINT/SIGTERM, Ctrl-C in Python) stops between
+//! chunks with DST as it was.
 //!
 //! The output format is `--to`, else DST's extension (`.flashpack` / `.safetensors`), else the
-//! other format than SRC's. A folder as DST receives `SRC-stem.<ext>`. A FlashPack repack keeps
-//! the footer's extra keys (those the format does not interpret).
+//! other format than SRC's. A folder as DST receives `SRC-stem.<ext>`; without DST the output
+//! goes beside SRC. A FlashPack repack keeps the footer's extra keys (those the format does not
+//! interpret). `--ignore-*` leave tensors out of a FlashPack output.
 //!
 //! ```text
 //! $ flashpack convert model.safetensors model.flashpack
@@ -16,16 +18,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use flashpack::cancel::Cancel;
 use flashpack::format::{FormatVersion, DEFAULT_ALIGN_BYTES};
-use flashpack::weights::{Format, SafetensorsOptions, WeightFile};
-use flashpack::write::PackOptions;
+use flashpack::read::LoadOptions;
+use flashpack::weights::{Format, SafetensorsOptions, WeightFile, SAFETENSORS_METADATA_KEY};
+use flashpack::write::{pack, PackEntry, PackOptions, PackReport};
 
-use crate::error::{print_line, CliError, Result};
+use crate::error::{CliError, Result};
 use crate::format::grouped;
-use crate::interrupt;
 
 /// An output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Target {
     Flashpack,
     Safetensors,
@@ -39,7 +43,7 @@ impl Target {
         }
     }
 
-    fn by_extension(path: &Path) -> Option<Target> {
+    pub fn by_extension(path: &Path) -> Option<Target> {
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "flashpack" => Some(Target::Flashpack),
@@ -53,11 +57,45 @@ impl Target {
 #[derive(Clone, Debug)]
 pub struct Request {
     pub src: PathBuf,
-    pub dst: PathBuf,
+    /// The output file or a folder; `None`: beside `src`, with the output's extension.
+    pub dst: Option<PathBuf>,
     pub to: Option<Target>,
     pub checksums: bool,
     pub align_bytes: Option<u64>,
+    /// Tensors to leave out (FlashPack output only).
+    pub ignore: Filter,
     pub progress: bool,
+    /// Append each phase's time to the report.
+    pub verbose: bool,
+    /// Stops the conversion between chunks, leaving the destination as it was.
+    pub cancel: Option<Cancel>,
+}
+
+/// Names to leave out: exact names, prefixes, suffixes.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub names: Vec<String>,
+    pub prefixes: Vec<String>,
+    pub suffixes: Vec<String>,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.prefixes.is_empty() && self.suffixes.is_empty()
+    }
+
+    pub fn drops(&self, name: &str) -> bool {
+        self.names.iter().any(|n| n == name)
+            || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+            || self.suffixes.iter().any(|s| name.ends_with(s.as_str()))
+    }
+}
+
+/// A finished conversion: the line to print and the file written.
+#[derive(Clone, Debug)]
+pub struct Converted {
+    pub report: String,
+    pub written: PathBuf,
 }
 
 fn format_name(f: Format) -> &'static str {
@@ -67,13 +105,19 @@ fn format_name(f: Format) -> &'static str {
     }
 }
 
-/// Converts; returns the line to print.
-pub fn convert(req: &Request) -> Result<String> {
+/// Converts; returns the line to print and the file written.
+pub fn convert(req: &Request) -> Result<Converted> {
     let t = Instant::now();
-    let cancel = interrupt::watch()?;
     let src = WeightFile::open(&req.src)?;
-    let mut dst = req.dst.clone();
-    let by_ext = Target::by_extension(&dst);
+    let mut dst = req.dst.clone().unwrap_or_else(|| match req.src.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    });
+    let by_ext = if dst.is_dir() {
+        None
+    } else {
+        Target::by_extension(&dst)
+    };
     if let (Some(to), Some(ext)) = (req.to, by_ext) {
         if to != ext {
             return Err(CliError::Invalid(format!(
@@ -98,12 +142,15 @@ pub fn convert(req: &Request) -> Result<String> {
         name.push(target.extension());
         dst = dst.join(name);
     }
-    if target == Target::Safetensors && (!req.checksums || req.align_bytes.is_some()) {
+    if target == Target::Safetensors
+        && (!req.checksums || req.align_bytes.is_some() || !req.ignore.is_empty())
+    {
         return Err(CliError::Invalid(format!(
-            "{}: --no-checksums and --align-bytes apply to FlashPack output only",
+            "{}: --no-checksums, --align-bytes and --ignore-* apply to FlashPack output only",
             dst.display()
         )));
     }
+    let mut phases = Vec::new();
     let (kind, details) = match target {
         Target::Flashpack => {
             let opts = PackOptions {
@@ -115,10 +162,15 @@ pub fn convert(req: &Request) -> Result<String> {
                     .flashpack()
                     .map(|f| f.footer.extra.clone())
                     .unwrap_or_default(),
-                cancel: Some(cancel),
+                cancel: req.cancel.clone(),
                 ..PackOptions::default()
             };
-            let report = src.to_flashpack(&dst, &opts)?;
+            let report = if req.ignore.is_empty() {
+                src.to_flashpack(&dst, &opts)?
+            } else {
+                pack_filtered(WeightFile::open(&req.src)?, &dst, opts, &req.ignore)?
+            };
+            phases.clone_from(&report.phases);
             let version = match report.footer.version {
                 FormatVersion::V3 => flashpack::format::FILE_FORMAT_V3,
                 FormatVersion::V4 => flashpack::format::FILE_FORMAT_V4,
@@ -140,7 +192,7 @@ pub fn convert(req: &Request) -> Result<String> {
         Target::Safetensors => {
             let opts = SafetensorsOptions {
                 progress: req.progress,
-                cancel: Some(cancel),
+                cancel: req.cancel.clone(),
             };
             src.to_safetensors_with(&dst, &opts)?;
             let len = std::fs::metadata(&dst)
@@ -152,17 +204,49 @@ pub fn convert(req: &Request) -> Result<String> {
             )
         }
     };
-    Ok(format!(
+    let mut report = format!(
         "{} ({}) -> {} ({kind}): {details}, {:.2} s",
         req.src.display(),
         format_name(src.format()),
         dst.display(),
         t.elapsed().as_secs_f64()
-    ))
+    );
+    if req.verbose {
+        for (name, took) in &phases {
+            report.push_str(&format!("\n{name}: {:.2} ms", took.as_secs_f64() * 1e3));
+        }
+    }
+    Ok(Converted {
+        report,
+        written: dst,
+    })
 }
 
-/// Runs the subcommand.
-pub fn run(req: &Request) -> Result<()> {
-    print_line(&convert(req)?)?;
-    Ok(())
+/// Packs the tensors of `src` that `ignore` keeps (bytes unchanged), with the footer keys
+/// `to_flashpack` would keep: a safetensors file's `__metadata__`, a FlashPack file's extras.
+fn pack_filtered(
+    src: WeightFile,
+    dst: &Path,
+    mut opts: PackOptions,
+    ignore: &Filter,
+) -> Result<PackReport> {
+    let path = src.path().to_path_buf();
+    if let (Format::Safetensors, Some(meta)) = (src.format(), src.safetensors_metadata()) {
+        let value = serde_json::to_value(meta)
+            .map_err(|e| CliError::Invalid(format!("{}: __metadata__: {e}", path.display())))?;
+        opts.extra.insert(SAFETENSORS_METADATA_KEY.into(), value);
+    }
+    let weights = src.load(&LoadOptions::default())?;
+    let entries: Vec<PackEntry<'_>> = weights
+        .iter()
+        .filter(|t| !ignore.drops(t.name))
+        .map(|t| PackEntry::new(t.name, t.dtype, t.shape.to_vec(), t.data))
+        .collect();
+    if entries.is_empty() {
+        return Err(CliError::Invalid(format!(
+            "{}: every tensor was left out by --ignore-names/--ignore-prefixes/--ignore-suffixes",
+            path.display()
+        )));
+    }
+    Ok(pack(dst, &entries, &opts)?)
 }

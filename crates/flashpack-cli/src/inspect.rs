@@ -19,7 +19,7 @@ use flashpack::weights::{Format, TensorInfo, WeightFile};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::error::{print_line, CliError, Result};
+use crate::error::{CliError, Result};
 use crate::format::{grouped, shape_text};
 
 /// Everything `inspect --json` prints.
@@ -272,18 +272,4 @@ fn tensor_line(s: &Summary) -> String {
         grouped(s.data_bytes),
         grouped(s.total_elems)
     )
-}
-
-/// Runs the subcommand.
-pub fn run(path: &Path, index: bool, json: bool) -> Result<()> {
-    let s = summarize(path, index)?;
-    if json {
-        let text = serde_json::to_string_pretty(&s).map_err(|e| {
-            CliError::Invalid(format!("{}: cannot encode JSON: {e}", path.display()))
-        })?;
-        print_line(&text)?;
-    } else {
-        print_line(&render(&s))?;
-    }
-    Ok(())
 }

@@ -1,4 +1,5 @@
-//! `flashpack`: inspect, verify, convert and bench FlashPack and safetensors files from Rust.
+//! `flashpack`: convert, revert, inspect, verify and bench FlashPack and safetensors files
+//! without Python (the same command as the Python package's; see [`flashpack_cli::args`]).
 //!
 //! ```text
 //! flashpack inspect model.flashpack --index          # footer: version, blocks, checksums, tensors
@@ -11,124 +12,48 @@
 //!
 //! Failures print one line on stderr (`flashpack: error: <file>: <what>`) and exit with status 1;
 //! usage errors are clap's (status 2). Long packs, loads and verifications draw progress bars on
-//! a terminal unless `--quiet`. SIGINT or SIGTERM stops `convert` and `verify` cleanly (exit
-//! status 128 + the signal's number; see `interrupt.rs`).
-mod bench;
-mod convert;
-mod error;
-mod format;
-mod inspect;
-mod interrupt;
-mod touch;
-mod verify;
-
-use std::path::PathBuf;
+//! a terminal unless `--quiet`. What needs Python (torch files, `--dtype`, model folders, Hub
+//! ids) is refused with a message pointing to the Python package's command. SIGINT or SIGTERM
+//! stops `convert`, `revert` and `verify` cleanly (exit status 128 + the signal's number; see
+//! [`flashpack_cli::interrupt`]).
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use flashpack::cancel::Cancel;
+use flashpack_cli::args::{Cli, Command};
+use flashpack_cli::error::{print_line, Result};
+use flashpack_cli::interrupt;
+use flashpack_cli::run::{needs_python_message, run, Outcome};
 
-use crate::convert::Target;
-use crate::error::Result;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "flashpack",
-    version,
-    about = "Inspect, verify, convert and bench FlashPack and safetensors files."
-)]
-struct Cli {
-    /// No progress bars.
-    #[arg(short, long, global = true)]
-    quiet: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Print a FlashPack footer or a safetensors header: format, blocks, checksums, tensors.
-    Inspect {
-        /// A FlashPack or safetensors file.
-        file: PathBuf,
-        /// List every tensor: name, dtype, shape and byte range in the file.
-        #[arg(short, long)]
-        index: bool,
-        /// Print machine-readable JSON.
-        #[arg(short, long)]
-        json: bool,
-    },
-    /// Check a FlashPack file's footer, layout and checksums, or a safetensors file's header.
-    Verify {
-        /// A FlashPack or safetensors file.
-        file: PathBuf,
-    },
-    /// Convert between safetensors and FlashPack, bit-exact (or repack a FlashPack file).
-    Convert {
-        /// The source file (its format is detected).
-        src: PathBuf,
-        /// The output file (written atomically), or a folder to put `SRC-stem.<ext>` in.
-        dst: PathBuf,
-        /// Output format; default: DST's extension, else the other format than SRC's.
-        #[arg(long, value_enum)]
-        to: Option<Target>,
-        /// FlashPack output: write no payload checksums.
-        #[arg(long)]
-        no_checksums: bool,
-        /// FlashPack output: alignment of tensors in bytes (default 128).
-        #[arg(long, value_name = "N")]
-        align_bytes: Option<u64>,
-    },
-    /// Load throughput of one file (hot page cache, every byte touched) vs the peers.
-    Bench {
-        /// A FlashPack or safetensors file (peers run on safetensors files only).
-        file: PathBuf,
-        /// Runs per row; the best is reported.
-        #[arg(short, long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
-        repeats: u64,
-        /// Print machine-readable JSON.
-        #[arg(short, long)]
-        json: bool,
-    },
-}
-
-fn run(cli: Cli) -> Result<()> {
-    let progress = !cli.quiet;
+/// Commands that read or write whole files stop cleanly on SIGINT/SIGTERM; the others keep the
+/// default behaviour of those signals (they write nothing).
+fn cancel_for(cli: &Cli) -> Result<Cancel> {
     match cli.command {
-        Command::Inspect { file, index, json } => inspect::run(&file, index, json),
-        Command::Verify { file } => verify::run(&file, progress),
-        Command::Convert {
-            src,
-            dst,
-            to,
-            no_checksums,
-            align_bytes,
-        } => convert::run(&convert::Request {
-            src,
-            dst,
-            to,
-            checksums: !no_checksums,
-            align_bytes,
-            progress,
-        }),
-        Command::Bench {
-            file,
-            repeats,
-            json,
-        } => bench::run(&bench::Request {
-            file,
-            repeats: usize::try_from(repeats).unwrap_or(1),
-            json,
-            progress,
-        }),
+        Command::Convert(_) | Command::Revert(_) | Command::Verify { .. } => interrupt::watch(),
+        _ => Ok(Cancel::new()),
     }
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => interrupt::exit_for(&e).unwrap_or_else(|| {
-            eprintln!("flashpack: error: {}", e.one_line());
-            ExitCode::FAILURE
-        }),
-    }
+    let cli = Cli::parse();
+    let result = cancel_for(&cli).and_then(|cancel| run(&cli, &cancel));
+    let result = result.and_then(|outcome| match outcome {
+        Outcome::Done { stdout, .. } => {
+            if !stdout.is_empty() {
+                print_line(&stdout)?;
+            }
+            Ok(None)
+        }
+        Outcome::NeedsPython { reason } => Ok(Some(needs_python_message(&reason))),
+    });
+    let message = match result {
+        Ok(None) => return ExitCode::SUCCESS,
+        Ok(Some(message)) => message,
+        Err(e) => match interrupt::exit_for(&e) {
+            Some(status) => return status,
+            None => e.one_line(),
+        },
+    };
+    eprintln!("flashpack: error: {message}");
+    ExitCode::FAILURE
 }

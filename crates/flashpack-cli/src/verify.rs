@@ -1,7 +1,8 @@
 //! `flashpack verify FILE`: checks a FlashPack file's footer, layout and payload checksums (the
 //! first bad chunk is an error naming the tensor it holds), or a safetensors file's header and
 //! offsets (validated on open; safetensors files carry no checksums). Only regular files are
-//! opened (a FIFO is refused, never waited on); SIGINT/SIGTERM stop it between chunks.
+//! opened (a FIFO is refused, never waited on); a cancelled check (the Rust binary's
+//! SIGINT/SIGTERM, Ctrl-C in Python) stops between chunks.
 //!
 //! ```text
 //! $ flashpack verify model.flashpack
@@ -9,15 +10,15 @@
 //! ```
 use std::path::Path;
 
+use flashpack::cancel::Cancel;
 use flashpack::read::{verify, LoadOptions};
 use flashpack::weights::{Format, WeightFile};
 
-use crate::error::{print_line, Result};
+use crate::error::Result;
 use crate::format::grouped;
-use crate::interrupt;
 
 /// Checks `path`; returns the line to print on success.
-pub fn check(path: &Path, progress: bool) -> Result<String> {
+pub fn check(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
     let wf = WeightFile::open(path)?;
     if wf.format() == Format::Safetensors {
         let (start, end) = wf.data_range();
@@ -32,7 +33,7 @@ pub fn check(path: &Path, progress: bool) -> Result<String> {
     drop(wf);
     let opts = LoadOptions {
         progress,
-        cancel: Some(interrupt::watch()?),
+        cancel: Some(cancel.clone()),
         ..LoadOptions::default()
     };
     let r = verify(path, &opts)?;
@@ -51,10 +52,4 @@ pub fn check(path: &Path, progress: bool) -> Result<String> {
             r.tensors
         ),
     })
-}
-
-/// Runs the subcommand.
-pub fn run(path: &Path, progress: bool) -> Result<()> {
-    print_line(&check(path, progress)?)?;
-    Ok(())
 }

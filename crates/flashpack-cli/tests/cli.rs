@@ -723,6 +723,223 @@ fn repack_keeps_extra_footer_keys_and_folder_outputs_keep_dotted_stems() {
     assert_eq!(back["w"], (safetensors::Dtype::F16, vec![4, 8], w));
 }
 
+/// A small safetensors file with three tensors, for the original's subcommands.
+fn three_tensors(dir: &Path) -> (PathBuf, Tensors) {
+    let mut t = Tensors::new();
+    t.insert(
+        "layer.weight".into(),
+        (safetensors::Dtype::F32, vec![4, 4], bytes(64, 1)),
+    );
+    t.insert(
+        "layer.bias".into(),
+        (safetensors::Dtype::F32, vec![4], bytes(16, 2)),
+    );
+    t.insert(
+        "position_ids".into(),
+        (safetensors::Dtype::I64, vec![3], bytes(24, 3)),
+    );
+    let st = dir.join("model.safetensors");
+    write_safetensors(&st, &t);
+    (st, t)
+}
+
+#[test]
+fn the_original_subcommands_convert_revert_and_metadata() {
+    let dir = tmp();
+    let (st, tensors) = three_tensors(dir.path());
+    // convert without a destination: beside the source; revert without one: back beside it
+    ok(flashpack(["convert".as_ref(), st.as_os_str()]));
+    let fp = dir.path().join("model.flashpack");
+    std::fs::remove_file(&st).unwrap();
+    ok(flashpack(["revert".as_ref(), fp.as_os_str()]));
+    assert_eq!(read_safetensors(&st), tensors);
+
+    // metadata -j prints the footer as stored (the index only with -i), as the original did
+    let footer: Value = serde_json::from_slice(&{
+        let raw = std::fs::read(&fp).unwrap();
+        let n = raw.len();
+        let len = u64::from_le_bytes(raw[n - 16..n - 8].try_into().unwrap()) as usize;
+        raw[n - 16 - len..n - 16].to_vec()
+    })
+    .unwrap();
+    let mut without_index = footer.clone();
+    without_index.as_object_mut().unwrap().remove("index");
+    let j: Value = serde_json::from_str(&ok(flashpack([
+        "metadata".as_ref(),
+        fp.as_os_str(),
+        "-j".as_ref(),
+    ])))
+    .unwrap();
+    assert_eq!(j, without_index);
+    let j: Value = serde_json::from_str(&ok(flashpack([
+        "metadata".as_ref(),
+        fp.as_os_str(),
+        "--json".as_ref(),
+        "--show-index".as_ref(),
+    ])))
+    .unwrap();
+    assert_eq!(j, footer);
+    let text = ok(flashpack([
+        "metadata".as_ref(),
+        fp.as_os_str(),
+        "-i".as_ref(),
+    ]));
+    assert!(
+        text.contains("format: flashpack_v4")
+            && text.contains("tensors: 3")
+            && text.contains("layer.weight")
+            && text.contains("4x4"),
+        "{text}"
+    );
+    let e = fails(
+        flashpack(["metadata".as_ref(), st.as_os_str()]),
+        st.as_path(),
+    );
+    assert!(e.contains("not a FlashPack file"), "{e}");
+    // inspect takes the original's --show-index too
+    let text = ok(flashpack([
+        "inspect".as_ref(),
+        fp.as_os_str(),
+        "--show-index".as_ref(),
+    ]));
+    assert!(text.contains("position_ids"), "{text}");
+}
+
+#[test]
+fn convert_leaves_out_ignored_tensors_bit_exactly() {
+    let dir = tmp();
+    let (st, tensors) = three_tensors(dir.path());
+    let fp = dir.path().join("kept.flashpack");
+    ok(flashpack([
+        "convert".as_ref(),
+        st.as_os_str(),
+        fp.as_os_str(),
+        "--ignore-names".as_ref(),
+        "layer.bias".as_ref(),
+        "--ignore-suffixes".as_ref(),
+        "_ids".as_ref(),
+    ]));
+    let back = dir.path().join("back.safetensors");
+    ok(flashpack([
+        "revert".as_ref(),
+        fp.as_os_str(),
+        back.as_os_str(),
+    ]));
+    let mut expect = tensors.clone();
+    expect.retain(|name, _| name == "layer.weight");
+    assert_eq!(read_safetensors(&back), expect);
+
+    let e = fails(
+        flashpack([
+            "convert".as_ref(),
+            st.as_os_str(),
+            dir.path().join("none.flashpack").as_os_str(),
+            "--ignore-prefixes".as_ref(),
+            "".as_ref(),
+        ]),
+        st.as_path(),
+    );
+    assert!(e.contains("every tensor was left out"), "{e}");
+    assert!(!dir.path().join("none.flashpack").exists());
+}
+
+#[test]
+fn what_needs_python_is_refused_with_a_clear_message() {
+    let dir = tmp();
+    let (st, _) = three_tensors(dir.path());
+    let fp = dir.path().join("model.flashpack");
+    ok(flashpack([
+        "convert".as_ref(),
+        st.as_os_str(),
+        fp.as_os_str(),
+    ]));
+    let pt = dir.path().join("weights.pt");
+    std::fs::write(&pt, b"a torch file").unwrap();
+    let folder = dir.path().join("bert");
+    std::fs::create_dir(&folder).unwrap();
+    let x_pt = dir.path().join("x.pt");
+    let cases: Vec<(Vec<&std::ffi::OsStr>, String)> = vec![
+        (
+            vec!["convert".as_ref(), pt.as_os_str()],
+            format!("{}: reading a torch file", pt.display()),
+        ),
+        (
+            vec![
+                "convert".as_ref(),
+                st.as_os_str(),
+                "--dtype".as_ref(),
+                "bfloat16".as_ref(),
+            ],
+            "casting to bfloat16 with torch".into(),
+        ),
+        (
+            vec![
+                "convert".as_ref(),
+                folder.as_os_str(),
+                "--use-transformers".as_ref(),
+            ],
+            "converting a model folder".into(),
+        ),
+        (
+            vec!["convert".as_ref(), "org/repo".as_ref(), "out".as_ref()],
+            "org/repo: no such file or folder here, so a Hugging Face Hub repository id".into(),
+        ),
+        (
+            vec!["revert".as_ref(), fp.as_os_str(), x_pt.as_os_str()],
+            "x.pt: writing a torch file".into(),
+        ),
+    ];
+    for (args, reason) in cases {
+        let o = flashpack(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains(&reason)
+                && err.contains(
+                    "this needs Python; install the Python package (pip install flashpack)"
+                ),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!x_pt.exists() && !dir.path().join("out").exists());
+
+    // a file that is not there is an error, not a Hub id
+    let missing = dir.path().join("missing.safetensors");
+    let e = fails(
+        flashpack(["convert".as_ref(), missing.as_os_str()]),
+        &missing,
+    );
+    assert!(e.contains("open failed"), "{e}");
+}
+
+#[test]
+fn help_lists_every_subcommand_of_both_commands() {
+    let help = ok(flashpack(["--help"]));
+    for name in [
+        "convert", "revert", "metadata", "inspect", "verify", "bench",
+    ] {
+        assert!(help.contains(&format!("  {name}")), "{name}: {help}");
+    }
+    let convert = ok(flashpack(["convert", "--help"]));
+    for flag in [
+        "--subfolder",
+        "--variant",
+        "--dtype",
+        "--ignore-names",
+        "--ignore-prefixes",
+        "--ignore-suffixes",
+        "--use-transformers",
+        "--use-diffusers",
+        "--to",
+        "--no-checksums",
+        "--align-bytes",
+        "--verbose",
+    ] {
+        assert!(convert.contains(flag), "{flag}: {convert}");
+    }
+}
+
 /// The `ours cuda` row with real driver calls, against the CUDA stand-in (`make
 /// test-cuda-standin` puts it on `LD_LIBRARY_PATH`; the binary inherits it).
 #[test]

@@ -4,7 +4,6 @@ A drop-in for the original ``flashpack`` package (same functions, arguments and 
 backed by a Rust engine that runs without the GIL.
 """
 
-from ._core import __version__
 from .deserialization import (
     assign_from_file,
     get_flashpack_file_metadata,
@@ -12,6 +11,7 @@ from .deserialization import (
     iterate_from_flash_tensor,
     pinned_pool_stats,
     read_flashpack_file,
+    read_flashpack_file_distributed,
     release_pinned_pool,
     revert_from_file,
     set_pinned_pool_limit,
@@ -19,8 +19,7 @@ from .deserialization import (
 from .integrations import patch_integrations
 from .mixin import FlashPackMixin
 from .serialization import pack_to_file
-
-version = __version__
+from .version import __commit_id__, __version__, __version_tuple__, commit_id, version, version_tuple
 
 __all__ = [
     "FlashPackMixin",
@@ -32,9 +31,14 @@ __all__ = [
     "pack_to_file",
     "pinned_pool_stats",
     "read_flashpack_file",
+    "read_flashpack_file_distributed",
     "release_pinned_pool",
     "revert_from_file",
     "set_pinned_pool_limit",
     "__version__",
+    "__version_tuple__",
     "version",
+    "version_tuple",
+    "__commit_id__",
+    "commit_id",
 ]

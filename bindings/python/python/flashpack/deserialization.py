@@ -68,6 +68,14 @@ def is_flashpack_file(path: PathArg) -> bool:
     return True
 
 
+def resolve_shard_strategy(strategy: str | None = None) -> str:
+    """A sharded distributed load's strategy: ``strategy``, else ``FLASHPACK_SHARD_STRATEGY``,
+    else "contiguous"; ValueError for an unknown name."""
+    from .distributed import _resolve_strategy
+
+    return _resolve_strategy(False, strategy)[1]
+
+
 def reader_options() -> dict[str, Any]:
     """The engine's reader settings from the environment: ``FLASHPACK_DIRECT_IO=0`` (never
     O_DIRECT), ``FLASHPACK_READ_THREADS``, ``FLASHPACK_READ_CHUNK_BYTES``."""
@@ -250,6 +258,18 @@ def _default_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _buffer_value(name: str, view: torch.Tensor, model_dtype: torch.dtype, coerce_dtype: bool) -> torch.Tensor:
+    """The value a buffer of ``model_dtype`` gets from a file tensor of another dtype."""
+    if coerce_dtype:
+        return view.to(model_dtype)
+    if view.is_floating_point() and model_dtype.is_floating_point:
+        return view  # like parameters: the file's floating dtype
+    raise TypeError(
+        f"dtype mismatch for buffer '{name}': model {model_dtype} vs file {view.dtype} "
+        "(only floating-point buffers take the file's dtype; pass coerce_dtype=True to convert)"
+    )
+
+
 def assign_from_file(
     model: torch.nn.Module,
     path: PathArg,
@@ -277,7 +297,10 @@ def assign_from_file(
     """Replace a module's parameters and buffers with tensors loaded from ``path``.
 
     Parameters become ``nn.Parameter`` views of the loaded blocks (tied weights come back as one
-    shared Parameter); buffers must match in dtype unless ``coerce_dtype``; shapes must match.
+    shared Parameter); shapes must match. Parameters and floating-point buffers take the file's
+    dtype (a file packed with ``target_dtype`` gives the module ``module.to(target_dtype)`` would);
+    integer, bool and complex buffers must match the model's dtype. ``coerce_dtype=True``
+    converts every buffer to the model's dtype instead.
     ``strict`` overrides both ``strict_params`` and ``strict_buffers``: with strictness on, a
     record naming nothing in the model, or a model tensor missing from the file, is an error.
     """
@@ -341,12 +364,7 @@ def assign_from_file(
                     if old_buf is not None and tuple(old_buf.shape) != tuple(view.shape):
                         raise ValueError(f"shape mismatch for buffer '{name}': model {tuple(old_buf.shape)} vs file {tuple(view.shape)}")
                     if old_buf is not None and old_buf.dtype != view.dtype:
-                        if not coerce_dtype:
-                            raise TypeError(
-                                f"dtype mismatch for buffer '{name}': model {old_buf.dtype} vs file {view.dtype} "
-                                "(pass coerce_dtype=True to convert)"
-                            )
-                        view = view.to(old_buf.dtype)
+                        view = _buffer_value(name, view, old_buf.dtype, coerce_dtype)
                     module, attr = get_module_and_attribute(model, name)
                     module._buffers[attr] = view
                     assigned_buffers.add(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,9 +12,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from .constants import DEFAULT_ALIGN_BYTES, DEFAULT_CHUNK_BYTES, DEFAULT_NUM_STREAMS, DEFAULT_NUM_WRITE_WORKERS
-from .deserialization import assign_from_file
-from .serialization import pack_to_file
+from . import deserialization, serialization
+from .deserialization import assign_from_file  # noqa: F401  (diffusers' own FlashPack support calls flashpack.mixin.assign_from_file)
+from .options import LOAD_OPTIONS, OPTION, PACK_OPTIONS, with_options
 
 
 @contextmanager
@@ -38,7 +39,11 @@ def parameters_on_meta() -> Iterator[None]:
 
 
 class FlashPackMixin:
-    """Adds ``save_flashpack`` and the classmethod ``from_flashpack`` to an ``nn.Module``."""
+    """Adds ``save_flashpack`` and the classmethod ``from_flashpack`` to an ``nn.Module``.
+
+    Both take the options of :func:`~flashpack.assign_from_file` / :func:`~flashpack.pack_to_file`
+    (see :mod:`flashpack.options`); the class attributes below give defaults for some of them.
+    """
 
     flashpack_coerce_dtype: ClassVar[bool] = False
     flashpack_init_method: ClassVar[str | None] = None
@@ -47,105 +52,65 @@ class FlashPackMixin:
     flashpack_ignore_suffixes: ClassVar[list[str] | None] = None
 
     @classmethod
+    @with_options(LOAD_OPTIONS, defaults={"silent": False})
     def from_flashpack(
         cls,
-        path: str,
+        path: str | os.PathLike[str],
         *args: Any,
         device: str | torch.device | None = None,
-        silent: bool = False,
-        strict: bool | None = None,
-        strict_params: bool = True,
-        strict_buffers: bool = False,
-        keep_flash_ref_on_model: bool = False,
-        ignore_names: list[str] | None = None,
-        ignore_prefixes: list[str] | None = None,
-        ignore_suffixes: list[str] | None = None,
-        num_streams: int = DEFAULT_NUM_STREAMS,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        use_distributed_loading: bool = False,
-        distributed_sharded: bool = False,
-        distributed_shard_strategy: str | None = None,
-        rank: int | None = None,
-        local_rank: int | None = None,
-        world_size: int | None = None,
-        coerce_dtype: bool = False,
         init_fn: Callable[..., Any] | None = None,
-        eager: bool | None = None,
-        verify: bool = False,
+        flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> Any:
         """Build the module (parameters on the meta device) and load its weights from ``path``.
 
-        ``args`` and the ``kwargs`` the constructor (or ``init_fn``) accepts are passed to it.
-        The model is returned in eval mode.
+        ``args`` and the ``kwargs`` the constructor (or ``init_fn``) accepts are passed to it
+        (``rank``, ``local_rank`` and ``world_size`` too, when it takes them); the options of
+        ``assign_from_file`` go to the load. The model is returned in eval mode.
         """
+        options = dict(flashpack_options)
         if init_fn is None:
             method = cls.flashpack_init_method
             init_fn = getattr(cls, method) if method is not None and hasattr(cls, method) else cls
         accepted = inspect.signature(init_fn).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
         init_kwargs = {k: v for k, v in kwargs.items() if takes_any or k in accepted}
-        for key, value in (("rank", rank), ("local_rank", local_rank), ("world_size", world_size)):
+        for key in ("rank", "local_rank", "world_size"):
             if key in accepted:
-                init_kwargs[key] = value
+                init_kwargs[key] = options[key]
         with parameters_on_meta():
             model = init_fn(*args, **init_kwargs)
 
-        assign_from_file(
-            model,
-            path,
-            device=torch.device("cpu") if device is None else device,
-            strict=strict,
-            strict_params=strict_params,
-            strict_buffers=strict_buffers,
-            keep_flash_ref_on_model=keep_flash_ref_on_model,
-            silent=silent,
-            num_streams=num_streams,
-            chunk_bytes=chunk_bytes,
-            ignore_names=ignore_names or cls.flashpack_ignore_names,
-            ignore_prefixes=ignore_prefixes or cls.flashpack_ignore_prefixes,
-            ignore_suffixes=ignore_suffixes or cls.flashpack_ignore_suffixes,
-            use_distributed_loading=use_distributed_loading,
-            distributed_sharded=distributed_sharded,
-            distributed_shard_strategy=distributed_shard_strategy,
-            rank=rank,
-            local_rank=local_rank,
-            world_size=world_size,
-            coerce_dtype=coerce_dtype or cls.flashpack_coerce_dtype,
-            eager=eager,
-            verify=verify,
+        for key in ("ignore_names", "ignore_prefixes", "ignore_suffixes"):
+            options[key] = options[key] or getattr(cls, f"flashpack_{key}")
+        options["coerce_dtype"] = options["coerce_dtype"] or cls.flashpack_coerce_dtype
+        deserialization.assign_from_file(
+            model, path, device=torch.device("cpu") if device is None else device, **options
         )
         if isinstance(model, torch.nn.Module):
             model.eval()
             still_meta = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
             if still_meta:
                 warnings.warn(
-                    f"flashpack: {len(still_meta)} tensors were not in {path!r} and remain on the meta "
+                    f"flashpack: {len(still_meta)} tensors were not in {os.fspath(path)!r} and remain on the meta "
                     f"device (using the model will fail): {still_meta}",
                     stacklevel=2,
                 )
         return model
 
+    @with_options(PACK_OPTIONS, defaults={"silent": False})
     def save_flashpack(
         self,
-        destination_path: str,
-        target_dtype: torch.dtype | None = None,
-        name_order: list[str] | None = None,
-        align_bytes: int = DEFAULT_ALIGN_BYTES,
-        silent: bool = False,
-        num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
-        checksums: bool = True,
+        destination_path: str | os.PathLike[str],
+        target_dtype: torch.dtype | None = OPTION,
+        name_order: list[str] | None = OPTION,
+        align_bytes: int = OPTION,
+        silent: bool = OPTION,
+        num_workers: int = OPTION,
+        *,
+        flashpack_options: dict[str, Any],
     ) -> None:
-        """Write this module's state dict to ``destination_path``."""
+        """Write this module's state dict to ``destination_path`` (options: those of ``pack_to_file``)."""
         if not isinstance(self, torch.nn.Module):
             raise TypeError(f"{type(self).__name__} must also be a torch.nn.Module to be saved")
-        pack_to_file(
-            self,
-            destination_path,
-            target_dtype=target_dtype,
-            name_order=name_order,
-            align_bytes=align_bytes,
-            silent=silent,
-            num_workers=num_workers,
-            checksums=checksums,
-        )
+        serialization.pack_to_file(self, destination_path, **flashpack_options)

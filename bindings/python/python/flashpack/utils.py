@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import _core
+
+logger = logging.getLogger("flashpack")
 
 # Every stored dtype the engine knows, mapped to this torch build's dtype (older torch builds
 # lack a few fp8 / unsigned types; those names simply cannot be loaded there).
@@ -19,12 +27,12 @@ NAME_TO_DTYPE: dict[str, torch.dtype] = {
 DTYPE_TO_NAME: dict[torch.dtype, str] = {dt: name for name, dt in NAME_TO_DTYPE.items()}
 
 
-def string_to_dtype(name: str) -> torch.dtype:
+def string_to_dtype(string: str) -> torch.dtype:
     """The torch dtype for a footer dtype name."""
     try:
-        return NAME_TO_DTYPE[name]
+        return NAME_TO_DTYPE[string]
     except KeyError:
-        raise ValueError(f"Unsupported dtype string in metadata: {name!r}") from None
+        raise ValueError(f"Unsupported dtype string in metadata: {string!r}") from None
 
 
 def dtype_to_string(dtype: torch.dtype) -> str:
@@ -45,11 +53,11 @@ def human_duration(seconds: float) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:.0f}s"
 
 
-def human_num_elements(n: int) -> str:
+def human_num_elements(elements: int) -> str:
     for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n > scale:
-            return f"{n / scale:.2f}{suffix}"
-    return str(n)
+        if elements > scale:
+            return f"{elements / scale:.2f}{suffix}"
+    return str(elements)
 
 
 def print_phases(phases: list[tuple[str, float]], silent: bool) -> None:
@@ -113,3 +121,65 @@ def env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"{name}={value!r} is not an integer") from None
+
+
+@contextmanager
+def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
+    """A new, empty temporary file beside ``destination`` for the caller to write; when the block
+    completes it is flushed to disk and renamed over ``destination``, on any error (or Ctrl-C)
+    it is removed. ``destination`` is therefore always either its old self or complete."""
+    destination = Path(destination)
+    temporary = destination.with_name(f".{destination.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        yield temporary
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, destination)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def staged_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary folder inside ``folder`` to write files into; when the block completes each
+    file is renamed to the same place in ``folder`` (one atomic replacement per file); the
+    temporary folder is removed in any case."""
+    folder = Path(folder)
+    staging = Path(tempfile.mkdtemp(prefix=".flashpack-staging-", dir=folder))
+    try:
+        yield staging
+        for source in sorted(p for p in staging.rglob("*") if p.is_file()):
+            target = folder / source.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def diffusers_is_available() -> bool:
+    """True when diffusers can be imported (without importing it)."""
+    from .integrations.patch import diffusers_is_available as available
+
+    return available()
+
+
+def transformers_is_available() -> bool:
+    """True when transformers can be imported (without importing it)."""
+    from .integrations.patch import transformers_is_available as available
+
+    return available()
+
+
+def maybe_init_distributed(
+    rank: int | None = None, local_rank: int | None = None, world_size: int | None = None, **kwargs: Any
+) -> tuple[int, int, int]:
+    """Join (or create from torchrun's variables) the default process group; see
+    :func:`flashpack.distributed.maybe_init_distributed`."""
+    from .distributed import maybe_init_distributed as init
+
+    return init(rank=rank, local_rank=local_rank, world_size=world_size, **kwargs)

@@ -5,6 +5,6 @@ Importing this package imports neither diffusers nor transformers; the subpackag
 the matching extra (``pip install flashpack[diffusers]`` / ``[transformers]``).
 """
 
-from .patch import patch_integrations
+from .patch import patch_integrations, unpatch_integrations
 
-__all__ = ["patch_integrations"]
+__all__ = ["patch_integrations", "unpatch_integrations"]

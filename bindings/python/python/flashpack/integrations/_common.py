@@ -16,46 +16,31 @@ from typing import Any, TypeVar
 
 import torch
 
-from ..constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
-from ..deserialization import assign_from_file, get_flashpack_file_metadata
+from .. import deserialization, serialization
+from ..deserialization import get_flashpack_file_metadata
 from ..mixin import parameters_on_meta
-from ..serialization import pack_to_file
-from ..utils import filter_state_dict, get_module_and_attribute, string_to_dtype
+from ..options import PACK_OPTIONS, Options, with_options
+from ..utils import atomic_path, filter_state_dict, get_module_and_attribute, staged_files, string_to_dtype
 
 FLASHPACK_WEIGHTS_NAME = "model.flashpack"
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
-# Keyword arguments of `assign_from_file` that the `from_pretrained_flashpack` methods pass through.
-ASSIGN_KWARGS = (
-    "silent",
-    "strict",
-    "strict_params",
-    "strict_buffers",
-    "keep_flash_ref_on_model",
-    "num_streams",
-    "chunk_bytes",
-    "ignore_names",
-    "ignore_prefixes",
-    "ignore_suffixes",
-    "use_distributed_loading",
-    "distributed_sharded",
-    "distributed_shard_strategy",
-    "rank",
-    "local_rank",
-    "world_size",
-    "coerce_dtype",
-    "eager",
-)
-# Keyword arguments that only say where to find files on the Hub.
-HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "local_dir")
-# Accepted for compatibility with the original signatures; huggingface_hub no longer uses them.
-OBSOLETE_HUB_KWARGS = ("proxies", "local_dir_use_symlinks", "resume_download", "user_agent")
+# Keyword arguments that ask for a dtype to cast the loaded floating-point tensors to: the
+# libraries' ``dtype`` / ``torch_dtype``, and the original's ``target_dtype`` (as in its
+# run_benchmark.py: ``from_pretrained_flashpack(folder, device=..., target_dtype=...)``).
+CAST_KWARGS = ("dtype", "torch_dtype", "target_dtype")
 
 
 def split_kwargs(kwargs: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     """Remove ``names`` from ``kwargs`` and return them (those present)."""
     return {name: kwargs.pop(name) for name in names if name in kwargs}
+
+
+def pop_cast_dtype(kwargs: dict[str, Any]) -> Any:
+    """Remove the dtype keywords (:data:`CAST_KWARGS`) from ``kwargs``; the first one given."""
+    given = [value for value in split_kwargs(kwargs, CAST_KWARGS).values() if value is not None]
+    return given[0] if given else None
 
 
 def to_dtype(value: torch.dtype | str | None) -> torch.dtype | None:
@@ -75,13 +60,18 @@ def resolve_model_dir(
     local_files_only: bool = False,
     force_download: bool = False,
     local_dir: str | os.PathLike[str] | None = None,
-    **obsolete: Any,
+    local_dir_use_symlinks: bool | str = False,
+    proxies: dict[str, str] | None = None,
+    resume_download: bool | None = None,
+    user_agent: dict[str, str] | str | None = None,
 ) -> Path:
     """A local directory for ``name_or_path``: itself when it is one, else the snapshot of that Hub
-    repository (downloaded, or taken from the cache when offline / ``local_files_only``)."""
-    unknown = set(obsolete) - set(OBSOLETE_HUB_KWARGS)
-    if unknown:
-        raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+    repository (downloaded, or taken from the cache when offline / ``local_files_only``).
+
+    ``local_dir_use_symlinks``, ``proxies``, ``resume_download`` and ``user_agent`` are accepted
+    for compatibility with the original signatures; huggingface_hub no longer uses them.
+    """
+    del local_dir_use_symlinks, proxies, resume_download, user_agent
     path = Path(name_or_path)
     if path.is_dir():
         return path
@@ -108,6 +98,10 @@ def resolve_model_dir(
     except Exception as e:  # huggingface_hub raises many types (offline, auth, missing repo, ...)
         raise OSError(f"{repo_id}: not a local directory, and fetching it from the Hugging Face Hub failed: {e}") from e
     return Path(folder)
+
+
+# Where to find a model: a folder or a Hub repository (the keyword arguments of resolve_model_dir).
+HUB_OPTIONS = Options(resolve_model_dir, skip=("name_or_path",))
 
 
 def flashpack_path(folder: Path, subfolder: str | None = None) -> Path:
@@ -191,7 +185,7 @@ def load_into_model(
     tied = _shared_parameter_groups(model)
     aliases = [n for g in tied if any(m in records for m in g) for n in g if n not in records]
     ignore_names = list(assign_kwargs.pop("ignore_names", None) or []) + aliases
-    assign_from_file(model, path, device=device, ignore_names=ignore_names or None, **assign_kwargs)
+    deserialization.assign_from_file(model, path, device=device, ignore_names=ignore_names or None, **assign_kwargs)
     for group in tied:
         present = [n for n in group if n in records]
         if not present:
@@ -219,14 +213,25 @@ _SUBCLASSES: dict[tuple[type, type], type] = {}
 
 
 def flashpack_subclass(base: type, mixin: type) -> type:
-    """``base`` with ``mixin`` added (``FlashPack<Base>``); ``base`` itself if it already has it.
-    The same pair always gives the same class."""
+    """``base`` with ``mixin`` added; ``base`` itself if it already has it. The same pair always
+    gives the same class. It keeps ``base``'s name, module and qualified name, so that what the
+    libraries write from ``type(model).__name__`` (diffusers' ``_class_name``, transformers'
+    ``architectures``) still names their own class and plain installs can read it."""
     if issubclass(base, mixin):
         return base
     key = (base, mixin)
     if key not in _SUBCLASSES:
-        _SUBCLASSES[key] = type(f"FlashPack{base.__name__}", (base, mixin), {"__module__": base.__module__})
+        namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__, "__doc__": base.__doc__}
+        _SUBCLASSES[key] = type(base.__name__, (base, mixin), namespace)
     return _SUBCLASSES[key]
+
+
+def add_mixin(obj: Any, mixin: type) -> Any:
+    """Give an existing object (a model the library has just built) ``mixin``, in place, by
+    moving it to :func:`flashpack_subclass` of its class (the mixins add methods, no state)."""
+    if not isinstance(obj, mixin):
+        obj.__class__ = flashpack_subclass(type(obj), mixin)
+    return obj
 
 
 def library_class(cls: type, library: Any, root: type) -> type | None:
@@ -241,10 +246,12 @@ def library_class(cls: type, library: Any, root: type) -> type | None:
 
 
 def rewrite_json(path: Path, update: Callable[[dict[str, Any]], None]) -> None:
-    """Apply ``update`` to a JSON file written by a library, keeping its layout (indent 2, sorted)."""
+    """Apply ``update`` to a JSON file written by a library, keeping its layout (indent 2, sorted);
+    the file is replaced atomically."""
     data = json.loads(path.read_text(encoding="utf-8"))
     update(data)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def push_folder(
@@ -289,12 +296,9 @@ def save_model_folder(
     write_config: Callable[[Path], None],
     library_name: str,
     *,
+    pack_options: dict[str, Any] | None = None,
     is_main_process: bool = True,
     push_to_hub: bool = False,
-    target_dtype: torch.dtype | None = None,
-    align_bytes: int = DEFAULT_ALIGN_BYTES,
-    silent: bool = True,
-    num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
     commit_message: str | None = None,
     create_pr: bool = False,
     token: str | bool | None = None,
@@ -305,24 +309,24 @@ def save_model_folder(
     ignore_suffixes: list[str] | None = None,
 ) -> None:
     """The steps every library's ``save_pretrained_flashpack`` shares: check the folder, let
-    ``write_config`` write the library's config files into it (main process only), pack the
-    (filtered) state dict as ``model.flashpack`` and optionally push the folder to the Hub."""
+    ``write_config`` write the library's config files (main process only), pack the (filtered)
+    state dict as ``model.flashpack`` with ``pack_options`` (those of ``pack_to_file``) and
+    optionally push the folder to the Hub.
+
+    Every file is replaced atomically: the configs are written into a staging folder first and
+    moved in only after the weights are packed (itself atomic), so a failure leaves the
+    folder's previous files as they were.
+    """
     folder = Path(save_directory)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder}: cannot save a model there, it is a file")
     if not is_main_process:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    write_config(folder)
     state_dict = filter_state_dict(model.state_dict(), ignore_names, ignore_prefixes, ignore_suffixes)
-    pack_to_file(
-        state_dict,
-        folder / FLASHPACK_WEIGHTS_NAME,
-        target_dtype,
-        align_bytes=align_bytes,
-        silent=silent,
-        num_workers=num_workers,
-    )
+    with staged_files(folder) as staging:
+        write_config(staging)
+        serialization.pack_to_file(state_dict, folder / FLASHPACK_WEIGHTS_NAME, **(pack_options or {}))
     if push_to_hub:
         push_folder(
             folder,
@@ -336,22 +340,19 @@ def save_model_folder(
 
 
 class SavePretrainedFlashPack:
-    """``save_pretrained_flashpack`` for the library mixins: one signature (the original's),
-    forwarded to the library's own save function named by ``_flashpack_save``
-    (which takes the same keyword arguments, see :func:`save_model_folder`)."""
+    """``save_pretrained_flashpack`` for the library mixins: one signature (the original's, plus
+    every option of ``pack_to_file``), forwarded to the library's own save function named by
+    ``_flashpack_save`` (which takes the keyword arguments of :func:`save_model_folder`)."""
 
     _flashpack_save: Callable[..., None]
 
+    @with_options(PACK_OPTIONS, defaults={"silent": True})
     def save_pretrained_flashpack(
         self,
         save_directory: str | os.PathLike[str],
         *,
         is_main_process: bool = True,
         push_to_hub: bool = False,
-        target_dtype: torch.dtype | None = None,
-        align_bytes: int = DEFAULT_ALIGN_BYTES,
-        silent: bool = True,
-        num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
         commit_message: str | None = None,
         create_pr: bool = False,
         token: str | bool | None = None,
@@ -360,20 +361,19 @@ class SavePretrainedFlashPack:
         ignore_names: list[str] | None = None,
         ignore_prefixes: list[str] | None = None,
         ignore_suffixes: list[str] | None = None,
+        flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> None:
         """Save the config and the weights (``model.flashpack``) to ``save_directory``;
-        ``target_dtype`` casts floating-point weights; ``push_to_hub`` uploads the folder."""
+        ``target_dtype`` casts floating-point weights (and the other options of ``pack_to_file``
+        apply); ``ignore_*`` leave tensors out; ``push_to_hub`` uploads the folder."""
         del kwargs  # accepted for signature compatibility with save_pretrained
         type(self)._flashpack_save(
             self,
             save_directory,
+            pack_options=flashpack_options,
             is_main_process=is_main_process,
             push_to_hub=push_to_hub,
-            target_dtype=target_dtype,
-            align_bytes=align_bytes,
-            silent=silent,
-            num_workers=num_workers,
             commit_message=commit_message,
             create_pr=create_pr,
             token=token,

@@ -1,4 +1,4 @@
-"""``patch_integrations()``: add ``from_pretrained_flashpack`` to the libraries' AutoModel classes."""
+"""``patch_integrations()``: make the libraries' AutoModel classes and pipelines FlashPack-aware."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ def transformers_is_available() -> bool:
 
 
 def patch_integrations() -> None:
-    """Give ``diffusers.AutoModel`` and every ``transformers.AutoModel*`` class a
-    ``from_pretrained_flashpack`` classmethod, for whichever of the two libraries is installed.
+    """Patch whichever of diffusers and transformers is installed so that their AutoModel classes
+    (and diffusers' pipelines) hand out FlashPack models and load FlashPack folders:
+    ``patch_diffusers_auto_model()`` and ``patch_transformers_auto_model()``.
 
-    Idempotent; nothing else in the libraries is changed.
+    Idempotent; :func:`unpatch_integrations` undoes it.
     """
     if diffusers_is_available():
         from .diffusers.patch import patch_diffusers_auto_model
@@ -34,3 +35,11 @@ def patch_integrations() -> None:
         from .transformers.patch import patch_transformers_auto_model
 
         patch_transformers_auto_model()
+
+
+def unpatch_integrations() -> None:
+    """Restore every library attribute the patches changed (models already loaded keep their
+    FlashPack mixin)."""
+    from ._patches import undo_patches
+
+    undo_patches()

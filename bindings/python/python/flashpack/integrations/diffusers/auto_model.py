@@ -12,7 +12,7 @@ from typing import Any
 import diffusers
 from diffusers import ModelMixin
 
-from .._common import HUB_KWARGS, OBSOLETE_HUB_KWARGS, flashpack_subclass, resolve_model_dir, split_kwargs
+from .._common import HUB_OPTIONS, flashpack_subclass, resolve_model_dir
 from .model import FlashPackDiffusersModelMixin
 
 
@@ -83,6 +83,8 @@ class AutoFlashPackModel:
     with the library's own loader. Either way the model's class has the FlashPack mixin, so it
     can be saved with ``save_pretrained_flashpack``."""
 
+    config_name = "config.json"
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise OSError(
             "AutoFlashPackModel is not instantiated: use AutoFlashPackModel.from_pretrained(...) "
@@ -92,13 +94,18 @@ class AutoFlashPackModel:
     @classmethod
     def from_pretrained(
         cls,
-        pretrained_model_or_path: str | os.PathLike[str],
+        pretrained_model_or_path: str | os.PathLike[str] | None = None,
         *,
         subfolder: str | None = None,
         use_flashpack: bool = False,
         **kwargs: Any,
     ) -> Any:
-        hub = split_kwargs(kwargs, HUB_KWARGS + OBSOLETE_HUB_KWARGS)
+        """Load a model folder (or Hub id) with the class its config names, the FlashPack
+        mixin added: with ``use_flashpack`` from ``model.flashpack`` (``from_pretrained_flashpack``),
+        else with the library's own ``from_pretrained``."""
+        if pretrained_model_or_path is None:
+            raise TypeError("from_pretrained needs a model folder or a Hub repository id")
+        hub = HUB_OPTIONS.pop(kwargs)
         folder = resolve_model_dir(pretrained_model_or_path, subfolder=subfolder, **hub)
         model_cls = model_class_for(folder, subfolder)
         if use_flashpack:
@@ -108,5 +115,8 @@ class AutoFlashPackModel:
         return model_cls.from_pretrained(os.fspath(folder), **kwargs)
 
     @classmethod
-    def from_pretrained_flashpack(cls, pretrained_model_or_path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    def from_pretrained_flashpack(
+        cls, pretrained_model_or_path: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> Any:
+        """``from_pretrained(..., use_flashpack=True)``: a folder written by ``save_pretrained_flashpack``."""
         return cls.from_pretrained(pretrained_model_or_path, use_flashpack=True, **kwargs)

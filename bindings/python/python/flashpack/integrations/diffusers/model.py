@@ -12,21 +12,20 @@ import torch
 from diffusers import ModelMixin
 
 from ...mixin import FlashPackMixin
+from ...options import LOAD_OPTIONS, with_options
 from .._common import (
+    HUB_OPTIONS,
     SavePretrainedFlashPack,
-    ASSIGN_KWARGS,
-    HUB_KWARGS,
-    OBSOLETE_HUB_KWARGS,
     build_dtype,
     build_on_meta,
     flashpack_path,
     library_class,
     load_into_model,
+    pop_cast_dtype,
     requested_dtype,
     resolve_model_dir,
     rewrite_json,
     save_model_folder,
-    split_kwargs,
 )
 
 
@@ -49,20 +48,18 @@ def load_diffusers_model(
     cls: type[ModelMixin],
     pretrained_model_name_or_path: str | os.PathLike[str],
     device: str | torch.device | None,
-    subfolder: str | None,
+    options: dict[str, Any],
     kwargs: dict[str, Any],
 ) -> Any:
-    """Build ``cls`` from the folder's config (parameters on meta) and fill it from ``model.flashpack``."""
-    hub = split_kwargs(kwargs, HUB_KWARGS + OBSOLETE_HUB_KWARGS)
-    assign = split_kwargs(kwargs, ASSIGN_KWARGS)
-    assign.setdefault("silent", True)
-    dtype = kwargs.pop("torch_dtype", None)
-    dtype = kwargs.pop("dtype", None) or dtype
-    folder = resolve_model_dir(pretrained_model_name_or_path, subfolder=subfolder, **hub)
-    path = flashpack_path(folder, subfolder)
+    """Build ``cls`` from the folder's config (parameters on meta) and fill it from
+    ``model.flashpack``. ``options`` holds the hub and load options; of ``kwargs`` the dtype
+    keywords cast after loading, the rest override config values."""
+    dtype = pop_cast_dtype(kwargs)
+    folder = resolve_model_dir(pretrained_model_name_or_path, **HUB_OPTIONS.pick(options))
+    path = flashpack_path(folder, options.get("subfolder"))
     config = cls.load_config(path.parent)
     model = build_on_meta(lambda: cls.from_config(config, **kwargs), build_dtype(path))
-    return load_into_model(model, path, device=device, dtype=requested_dtype(dtype), **assign)
+    return load_into_model(model, path, device=device, dtype=requested_dtype(dtype), **LOAD_OPTIONS.pick(options))
 
 
 class FlashPackDiffusersModelMixin(ModelMixin, SavePretrainedFlashPack, FlashPackMixin):
@@ -74,20 +71,22 @@ class FlashPackDiffusersModelMixin(ModelMixin, SavePretrainedFlashPack, FlashPac
     _flashpack_save = staticmethod(save_diffusers_model)
 
     @classmethod
+    @with_options(HUB_OPTIONS, LOAD_OPTIONS)
     def from_pretrained_flashpack(
         cls,
         pretrained_model_name_or_path: str | os.PathLike[str],
         device: str | torch.device | None = None,
         *,
-        subfolder: str | None = None,
+        flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> Any:
         """Load a model saved with ``save_pretrained_flashpack`` from a directory or a Hub id.
 
         Builds the model from its config with parameters on the meta device and assigns the
         file's tensors (on ``device``: CPU by default, CUDA when asked); returns it in eval mode.
-        ``torch_dtype`` casts after loading; hub arguments (``revision``, ``cache_dir``,
-        ``token``, ``local_files_only``, ...) and those of ``assign_from_file`` (``strict``,
-        ``ignore_*``, ``eager``, ...) are accepted; the rest override config values.
+        ``dtype`` / ``torch_dtype`` / ``target_dtype`` cast floating-point tensors after loading;
+        hub arguments (``subfolder``, ``revision``, ``cache_dir``, ``token``, ...) and those of
+        ``assign_from_file`` (``strict``, ``ignore_*``, ``eager``, ``verify``, ...) are accepted;
+        the rest override config values.
         """
-        return load_diffusers_model(cls, pretrained_model_name_or_path, device, subfolder, kwargs)
+        return load_diffusers_model(cls, pretrained_model_name_or_path, device, flashpack_options, kwargs)

@@ -22,18 +22,17 @@ import diffusers
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
 
-from ...constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
+from ...options import LOAD_OPTIONS, OPTION, PACK_OPTIONS, with_options
 from .._common import (
-    ASSIGN_KWARGS,
     FLASHPACK_WEIGHTS_NAME,
-    HUB_KWARGS,
-    OBSOLETE_HUB_KWARGS,
+    HUB_OPTIONS,
+    add_mixin,
     flashpack_subclass,
     library_class,
+    pop_cast_dtype,
     push_folder,
     resolve_model_dir,
     rewrite_json,
-    split_kwargs,
 )
 from .model import FlashPackDiffusersModelMixin
 
@@ -48,13 +47,43 @@ except ImportError:  # transformers is optional
     _FLASHPACK_MODEL_TYPES = (FlashPackDiffusersModelMixin,)
 
 DTypeArg = torch.dtype | dict[str, torch.dtype] | None
+# Keyword arguments of a pipeline's from_pretrained that its components' from_pretrained take too.
+_SHARED_LOADING_KWARGS = (
+    "revision", "cache_dir", "token", "local_files_only", "force_download", "proxies", "variant", "use_safetensors",
+)  # fmt: skip
 
 
-def _for_component(value: DTypeArg, name: str) -> torch.dtype | None:
-    """A per-component setting: the dict's entry for ``name`` (else its "default"), or the value."""
+def with_flashpack_mixin(obj: Any) -> Any:
+    """``obj`` (changed in place) with the FlashPack mixin of its kind: diffusers models get
+    ``FlashPackDiffusersModelMixin``, transformers models ``FlashPackTransformersModelMixin``,
+    pipelines ``FlashPackDiffusionPipeline``; anything else (schedulers, tokenizers, the
+    ``(model, info)`` tuples of ``output_loading_info``) is returned as it is."""
+    if isinstance(obj, ModelMixin):
+        return add_mixin(obj, FlashPackDiffusersModelMixin)
+    if transformers is not None and isinstance(obj, transformers.PreTrainedModel):
+        return add_mixin(obj, FlashPackTransformersModelMixin)
+    if isinstance(obj, DiffusionPipeline):
+        return add_mixin(obj, FlashPackDiffusionPipeline)
+    if isinstance(obj, tuple) and obj:
+        return (with_flashpack_mixin(obj[0]), *obj[1:])
+    return obj
+
+
+def _for_component(value: Any, name: str, default: Any = None) -> Any:
+    """A per-component setting: the dict's entry for ``name`` (else its "default", else
+    ``default``), or the value itself."""
     if isinstance(value, dict):
-        return value.get(name, value.get("default"))
+        return value.get(name, value.get("default", default))
     return value
+
+
+def _component_options(options: dict[str, Any], names: Any, component: str) -> dict[str, Any]:
+    """The options (of the set ``names``) for one component: dict values are per component."""
+    return {
+        key: _for_component(value, component, names.parameters[key].default)
+        for key, value in options.items()
+        if key in names
+    }
 
 
 def _library_tuple(component: Any) -> list[str] | None:
@@ -130,6 +159,7 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
     or call ``FlashPackDiffusionPipeline.from_pretrained_flashpack`` directly: the pipeline class
     then comes from the folder's ``model_index.json``."""
 
+    @with_options(PACK_OPTIONS, defaults={"silent": True})
     def save_pretrained_flashpack(
         self,
         save_directory: str | os.PathLike[str],
@@ -143,18 +173,21 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         repo_id: str | None = None,
         private: bool | None = None,
         is_main_process: bool = True,
-        align_bytes: int = DEFAULT_ALIGN_BYTES,
-        silent: bool = True,
-        num_workers: int = DEFAULT_NUM_WRITE_WORKERS,
-        target_dtype: DTypeArg = None,
+        align_bytes: int = OPTION,
+        silent: bool = OPTION,
+        num_workers: int = OPTION,
+        target_dtype: DTypeArg = OPTION,
+        *,
+        flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> None:
         """Save every component in its own subfolder plus ``model_index.json``.
 
         FlashPack model components are written with ``save_pretrained_flashpack`` (config +
-        ``model.flashpack``; ``target_dtype`` may be a dict per component name, with an optional
-        "default"); the others with their own ``save_pretrained`` (``safe_serialization``,
-        ``variant``, ``max_shard_size`` apply to them).
+        ``model.flashpack``, with the options of ``pack_to_file``; each may be a dict per
+        component name, with an optional "default", e.g. ``target_dtype={"unet": torch.bfloat16}``);
+        the others with their own ``save_pretrained`` (``safe_serialization``, ``variant``,
+        ``max_shard_size`` apply to them).
         """
         del kwargs  # accepted for signature compatibility with save_pretrained
         folder = Path(save_directory)
@@ -170,10 +203,7 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
                 component.save_pretrained_flashpack(
                     folder / name,
                     is_main_process=is_main_process,
-                    target_dtype=_for_component(target_dtype, name),
-                    align_bytes=align_bytes,
-                    silent=silent,
-                    num_workers=num_workers,
+                    **_component_options(flashpack_options, PACK_OPTIONS, name),
                 )
                 entry = _library_tuple(component)
                 if entry is not None:
@@ -211,7 +241,7 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         with a FlashPack model class in the pipeline's ``__init__`` are loaded as that class,
         ready for ``save_pretrained_flashpack``."""
         torch_dtype = kwargs.get("torch_dtype", kwargs.get("dtype"))
-        shared = {k: kwargs[k] for k in HUB_KWARGS + ("variant", "use_safetensors") if k in kwargs}
+        shared = {k: kwargs[k] for k in _SHARED_LOADING_KWARGS if k in kwargs}
         local = Path(pretrained_model_name_or_path)
         for name, component_cls in _flashpack_components(cls).items():
             if name in kwargs or (local.is_dir() and not (local / name).is_dir()):
@@ -222,10 +252,13 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
+    @with_options(HUB_OPTIONS, LOAD_OPTIONS)
     def from_pretrained_flashpack(
         cls,
         pretrained_model_name_or_path: str | os.PathLike[str],
         device: str | torch.device | None = None,
+        *,
+        flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> Any:
         """Load a pipeline saved with ``save_pretrained_flashpack`` from a directory or Hub id.
@@ -233,16 +266,13 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         Each component folder holding ``model.flashpack`` is loaded with its class's
         ``from_pretrained_flashpack`` (straight onto ``device``); the other components and the
         pipeline itself come from diffusers' ``from_pretrained``, which receives those models
-        already loaded. ``torch_dtype`` (a dtype, or a dict per component with "default") and
-        the keyword arguments of ``assign_from_file`` apply to the FlashPack components; the
-        rest go to ``from_pretrained``. With ``device`` the whole pipeline is moved there.
+        already loaded. The options of ``assign_from_file`` and ``dtype`` / ``torch_dtype`` /
+        ``target_dtype`` apply to the FlashPack components (each a value, or a dict per
+        component with an optional "default"); the rest go to ``from_pretrained``. With
+        ``device`` the whole pipeline is moved there.
         """
-        hub = split_kwargs(kwargs, HUB_KWARGS + OBSOLETE_HUB_KWARGS)
-        assign = split_kwargs(kwargs, ASSIGN_KWARGS)
-        assign.setdefault("silent", True)
-        torch_dtype = kwargs.pop("torch_dtype", None)
-        dtype = kwargs.pop("dtype", None)
-        torch_dtype = dtype if dtype is not None else torch_dtype
+        torch_dtype = pop_cast_dtype(kwargs)
+        hub = HUB_OPTIONS.pick(flashpack_options)
         folder = resolve_model_dir(pretrained_model_name_or_path, **hub)
         index_path = folder / "model_index.json"
         try:
@@ -250,7 +280,7 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         except (OSError, ValueError) as e:
             raise OSError(f"{index_path}: cannot read the pipeline index: {e}") from e
 
-        pipeline_class = cls._pipeline_class(index, index_path)
+        pipeline_class = _pipeline_class(cls, index, index_path)
         hints = _flashpack_components(pipeline_class)
         loaded: dict[str, Any] = {}
         for name, entry in index.items():
@@ -261,7 +291,10 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
                 continue
             component_cls = hints.get(name) or _component_class(entry[0], entry[1], component_dir)
             loaded[name] = component_cls.from_pretrained_flashpack(
-                component_dir, device=device, dtype=_for_component(torch_dtype, name), **assign
+                component_dir,
+                device=device,
+                dtype=_for_component(torch_dtype, name),
+                **_component_options(flashpack_options, LOAD_OPTIONS, name),
             )
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
@@ -270,17 +303,18 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
             pipeline.to(device)
         return pipeline
 
-    @classmethod
-    def _pipeline_class(cls, index: dict[str, Any], index_path: Path) -> type:
-        """``cls`` when it declares its components; for ``FlashPackDiffusionPipeline`` itself, the
-        diffusers pipeline named by ``_class_name`` with this mixin added."""
-        if cls.__init__ is not DiffusionPipeline.__init__:
-            return cls
-        name = index.get("_class_name")
-        base = getattr(diffusers, name, None) if isinstance(name, str) else None
-        if not (isinstance(base, type) and issubclass(base, DiffusionPipeline)):
-            raise ValueError(
-                f"{index_path}: _class_name {name!r} is not a diffusers pipeline; "
-                "call from_pretrained_flashpack on your pipeline class instead"
-            )
-        return flashpack_subclass(base, FlashPackDiffusionPipeline)
+
+def _pipeline_class(cls: type, index: dict[str, Any], index_path: Path) -> type:
+    """``cls`` when it declares its components; for ``FlashPackDiffusionPipeline`` or
+    ``DiffusionPipeline`` itself, the diffusers pipeline named by ``_class_name`` with the
+    FlashPack mixin added."""
+    if cls.__init__ is not DiffusionPipeline.__init__:
+        return cls
+    name = index.get("_class_name")
+    base = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if not (isinstance(base, type) and issubclass(base, DiffusionPipeline)):
+        raise ValueError(
+            f"{index_path}: _class_name {name!r} is not a diffusers pipeline; "
+            "call from_pretrained_flashpack on your pipeline class instead"
+        )
+    return flashpack_subclass(base, FlashPackDiffusionPipeline)

@@ -14,20 +14,19 @@ import transformers
 from transformers import AutoConfig, GenerationConfig, PreTrainedConfig, PreTrainedModel
 
 from ...mixin import FlashPackMixin
+from ...options import LOAD_OPTIONS, with_options
 from .._common import (
+    HUB_OPTIONS,
     SavePretrainedFlashPack,
-    ASSIGN_KWARGS,
-    HUB_KWARGS,
-    OBSOLETE_HUB_KWARGS,
     build_dtype,
     build_on_meta,
     flashpack_path,
     library_class,
     load_into_model,
+    pop_cast_dtype,
     requested_dtype,
     resolve_model_dir,
     save_model_folder,
-    split_kwargs,
 )
 
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)
@@ -39,7 +38,7 @@ def save_transformers_model(
     """Write ``config.json`` (and ``generation_config.json`` for generative models) plus
     ``model.flashpack`` into ``save_directory``, for any transformers model (options: those of
     :func:`save_model_folder`)."""
-    target_dtype = options.get("target_dtype")
+    target_dtype = (options.get("pack_options") or {}).get("target_dtype")
 
     def write_config(folder: Path) -> None:
         config = copy.deepcopy(model.config)
@@ -76,14 +75,12 @@ def load_transformers_model(
     return model
 
 
-def pop_loading_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Any]:
-    """Split ``from_pretrained_flashpack`` kwargs into (hub, assign, dtype); the rest stays."""
-    hub = split_kwargs(kwargs, HUB_KWARGS + OBSOLETE_HUB_KWARGS)
-    assign = split_kwargs(kwargs, ASSIGN_KWARGS)
-    assign.setdefault("silent", True)
-    dtype = kwargs.pop("dtype", None)
-    torch_dtype = kwargs.pop("torch_dtype", None)
-    return hub, assign, dtype if dtype is not None else torch_dtype
+def find_flashpack_file(
+    pretrained_model_name_or_path: str | os.PathLike[str], options: dict[str, Any]
+) -> Path:
+    """``model.flashpack`` of a folder or Hub repository (``options``: the hub options)."""
+    folder = resolve_model_dir(pretrained_model_name_or_path, **HUB_OPTIONS.pick(options))
+    return flashpack_path(folder, options.get("subfolder"))
 
 
 class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, FlashPackMixin):
@@ -95,13 +92,14 @@ class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, 
     _flashpack_save = staticmethod(save_transformers_model)
 
     @classmethod
+    @with_options(HUB_OPTIONS, LOAD_OPTIONS)
     def from_pretrained_flashpack(
         cls,
         pretrained_model_name_or_path: str | os.PathLike[str],
         device: str | torch.device | None = None,
         *model_args: Any,
         config: PreTrainedConfig | None = None,
-        subfolder: str | None = None,
+        flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> Any:
         """Load a model saved with ``save_pretrained_flashpack`` from a directory or a Hub id.
@@ -109,13 +107,13 @@ class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, 
         Builds the model from its config with parameters on the meta device, assigns the file's
         tensors (on ``device``: CPU by default, CUDA when asked), keeps tied weights tied,
         initialises non-persistent buffers as the model's ``__init__`` does, returns it in eval mode.
-        ``dtype``/``torch_dtype`` casts after loading; other keyword arguments of
-        ``assign_from_file`` (``strict``, ``ignore_*``, ``eager``, ...) are passed on, the rest
-        go to the config (as with ``from_pretrained``).
+        ``dtype`` / ``torch_dtype`` / ``target_dtype`` cast floating-point tensors after loading;
+        hub arguments (``subfolder``, ``revision``, ...) and those of ``assign_from_file``
+        (``strict``, ``ignore_*``, ``eager``, ``verify``, ...) are accepted, the rest go to the
+        config (as with ``from_pretrained``).
         """
-        hub, assign, dtype = pop_loading_kwargs(kwargs)
-        folder = resolve_model_dir(pretrained_model_name_or_path, subfolder=subfolder, **hub)
-        path = flashpack_path(folder, subfolder)
+        dtype = pop_cast_dtype(kwargs)
+        path = find_flashpack_file(pretrained_model_name_or_path, flashpack_options)
         if config is None:
             config_class = cls.config_class if cls.config_class is not PreTrainedConfig else None
             loader = config_class or AutoConfig
@@ -126,5 +124,5 @@ class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, 
             path,
             device=device,
             dtype=dtype,
-            assign_kwargs=assign,
+            assign_kwargs=LOAD_OPTIONS.pick(flashpack_options),
         )

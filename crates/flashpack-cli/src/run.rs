@@ -1,0 +1,242 @@
+//! Runs a parsed command line: everything the engine can do is done here, for both commands;
+//! what needs Python (torch files, `--dtype` casts, model folders through transformers or
+//! diffusers, Hub ids) comes back as [`Outcome::NeedsPython`], which the Python command carries
+//! out and the Rust binary refuses with a message saying where it works.
+//!
+//! ```text
+//! convert model.safetensors [out.flashpack]     engine (bit-exact; keeps __metadata__)
+//! convert model.flashpack out.safetensors       engine
+//! convert weights.pt | a folder | org/repo      Python
+//! convert model.safetensors --dtype bf16        Python (torch's cast)
+//! revert model.flashpack [x.safetensors]        engine;  revert model.flashpack x.pt: Python
+//! metadata / inspect / verify / bench           engine
+//! ```
+use std::path::{Path, PathBuf};
+
+use flashpack::cancel::Cancel;
+use flashpack::weights::{Format, WeightFile};
+
+use crate::args::{Cli, Command, ConvertArgs, RevertArgs};
+use crate::convert::{self, Filter, Target};
+use crate::error::{CliError, Result};
+use crate::{bench, inspect, metadata, verify};
+
+/// Files torch reads and writes (`torch.load` / `torch.save`).
+pub const TORCH_SUFFIXES: [&str; 4] = ["bin", "pt", "pth", "ckpt"];
+
+/// What running a command came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Finished: the text for stdout (may be empty) and the file written, if any.
+    Done {
+        stdout: String,
+        written: Option<PathBuf>,
+    },
+    /// Only the Python package can do this, for the reason given.
+    NeedsPython { reason: String },
+}
+
+impl Outcome {
+    fn done(stdout: String) -> Result<Outcome> {
+        Ok(Outcome::Done {
+            stdout,
+            written: None,
+        })
+    }
+
+    fn python(reason: impl Into<String>) -> Result<Outcome> {
+        Ok(Outcome::NeedsPython {
+            reason: reason.into(),
+        })
+    }
+}
+
+/// The Rust binary's message for [`Outcome::NeedsPython`].
+pub fn needs_python_message(reason: &str) -> String {
+    format!(
+        "{reason}: this needs Python; install the Python package (pip install flashpack) and run \
+         its `flashpack` command, which takes the same subcommands and flags"
+    )
+}
+
+/// Runs `cli`; `cancel` stops a conversion or verification between chunks (leaving any
+/// destination as it was).
+pub fn run(cli: &Cli, cancel: &Cancel) -> Result<Outcome> {
+    let progress = !cli.quiet;
+    match &cli.command {
+        Command::Convert(args) => convert(cli, args, cancel),
+        Command::Revert(args) => revert(cli, args, cancel),
+        Command::Metadata {
+            path,
+            show_index,
+            json,
+        } => Outcome::done(metadata::render(path, *show_index, *json)?),
+        Command::Inspect { file, index, json } => {
+            let summary = inspect::summarize(file, *index)?;
+            Outcome::done(if *json {
+                serde_json::to_string_pretty(&summary).map_err(|e| {
+                    CliError::Invalid(format!("{}: cannot encode JSON: {e}", file.display()))
+                })?
+            } else {
+                inspect::render(&summary)
+            })
+        }
+        Command::Verify { file } => Outcome::done(verify::check(file, progress, cancel)?),
+        Command::Bench {
+            file,
+            repeats,
+            json,
+        } => {
+            bench::run(&bench::Request {
+                file: file.clone(),
+                repeats: usize::try_from(*repeats).unwrap_or(1),
+                json: *json,
+                progress,
+            })?;
+            Outcome::done(String::new())
+        }
+    }
+}
+
+fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
+    let src = &a.path_or_repo_id;
+    match std::fs::metadata(src) {
+        Ok(m) if m.is_dir() => {
+            return Outcome::python(format!(
+                "{}: converting a model folder (its library's loader, or its weight files)",
+                src.display()
+            ))
+        }
+        // A FIFO, socket or device: the engine's own refusal (never opened blocking).
+        Ok(m) if !m.is_file() => {
+            return Err(flashpack::read::open_regular(src).err().map_or_else(
+                || CliError::Invalid(format!("{}: not a regular file or a folder", src.display())),
+                CliError::from,
+            ))
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !looks_like_a_path(src) => {
+            return Outcome::python(format!(
+                "{}: no such file or folder here, so a Hugging Face Hub repository id",
+                src.display()
+            ))
+        }
+        Err(e) => return Err(CliError::io(src, "open", e)),
+    }
+    if a.use_transformers || a.use_diffusers {
+        return Err(CliError::Invalid(format!(
+            "{}: --use-transformers/--use-diffusers need a model folder or a Hub id, not a file",
+            src.display()
+        )));
+    }
+    if a.subfolder.is_some() || a.variant.is_some() {
+        return Err(CliError::Invalid(format!(
+            "{}: --subfolder and --variant apply to model folders and Hub ids, not a file",
+            src.display()
+        )));
+    }
+    if has_suffix(src, &TORCH_SUFFIXES) {
+        return Outcome::python(format!("{}: reading a torch file", src.display()));
+    }
+    if let Some(dtype) = &a.dtype {
+        return Outcome::python(format!(
+            "{}: casting to {dtype} with torch (--dtype)",
+            src.display()
+        ));
+    }
+    engine_convert(convert::Request {
+        src: src.clone(),
+        dst: a.destination_path.clone(),
+        to: a.to,
+        checksums: !a.no_checksums,
+        align_bytes: a.align_bytes,
+        ignore: Filter {
+            names: a.ignore_names.clone(),
+            prefixes: a.ignore_prefixes.clone(),
+            suffixes: a.ignore_suffixes.clone(),
+        },
+        progress: !cli.quiet,
+        verbose: cli.verbose,
+        cancel: Some(cancel.clone()),
+    })
+}
+
+fn revert(cli: &Cli, a: &RevertArgs, cancel: &Cancel) -> Result<Outcome> {
+    let src = &a.path;
+    let meta = std::fs::metadata(src).map_err(|e| CliError::io(src, "open", e))?;
+    if !meta.is_file() {
+        return Err(CliError::Invalid(format!(
+            "{}: not a regular file",
+            src.display()
+        )));
+    }
+    if WeightFile::open(src)?.format() != Format::FlashPack {
+        return Err(CliError::Invalid(format!(
+            "{}: not a FlashPack file (`flashpack convert` converts safetensors files)",
+            src.display()
+        )));
+    }
+    let dst = a
+        .destination_path
+        .clone()
+        .unwrap_or_else(|| src.with_extension("safetensors"));
+    if has_suffix(&dst, &TORCH_SUFFIXES) {
+        return Outcome::python(format!("{}: writing a torch file", dst.display()));
+    }
+    if Target::by_extension(&dst) != Some(Target::Safetensors) {
+        return Err(CliError::Invalid(format!(
+            "{}: write .safetensors or a torch file (.pt, .bin, .pth, .ckpt)",
+            dst.display()
+        )));
+    }
+    engine_convert(convert::Request {
+        src: src.clone(),
+        dst: Some(dst),
+        to: Some(Target::Safetensors),
+        checksums: true,
+        align_bytes: None,
+        ignore: Filter::default(),
+        progress: !cli.quiet,
+        verbose: cli.verbose,
+        cancel: Some(cancel.clone()),
+    })
+}
+
+fn engine_convert(req: convert::Request) -> Result<Outcome> {
+    let done = convert::convert(&req)?;
+    Ok(Outcome::Done {
+        stdout: done.report,
+        written: Some(done.written),
+    })
+}
+
+fn has_suffix(path: &Path, suffixes: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| suffixes.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// A name that can only be meant as a local path (so a missing one is an error, not a Hub id):
+/// a weight-file extension, a leading `/`, `.` or `~`, or more than one `/`.
+fn looks_like_a_path(path: &Path) -> bool {
+    let text = path.to_string_lossy();
+    has_suffix(path, &TORCH_SUFFIXES)
+        || has_suffix(path, &["safetensors", "flashpack"])
+        || text.starts_with(['/', '.', '~'])
+        || text.matches('/').count() > 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_ids_and_paths() {
+        for hub in ["org/model", "model", "stabilityai/sd-2.1"] {
+            assert!(!looks_like_a_path(Path::new(hub)), "{hub}");
+        }
+        for path in ["m.safetensors", "./model", "/abs/x", "a/b/c", "w.PT", "~/m"] {
+            assert!(looks_like_a_path(Path::new(path)), "{path}");
+        }
+    }
+}
