@@ -142,7 +142,7 @@ pub struct RevertArgs {
 /// A command line parsed, or what clap has to say instead (help, version, a usage error).
 #[derive(Debug)]
 pub enum Parsed {
-    Run(Cli),
+    Run(Box<Cli>),
     /// Print `text` (on stderr when `to_stderr`) and exit with `code`.
     Exit {
         code: i32,
@@ -160,7 +160,7 @@ where
     let argv = std::iter::once(std::ffi::OsString::from("flashpack"))
         .chain(args.into_iter().map(Into::into));
     match Cli::try_parse_from(argv) {
-        Ok(cli) => Parsed::Run(cli),
+        Ok(cli) => Parsed::Run(Box::new(cli)),
         Err(e) => Parsed::Exit {
             code: e.exit_code(),
             text: e.render().to_string(),
