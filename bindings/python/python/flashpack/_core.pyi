@@ -1,0 +1,100 @@
+"""Type stubs for ``flashpack._core``, the Rust engine's extension module.
+
+Private API: use the ``flashpack`` package. Every call that touches the disk releases the GIL;
+long ones (eager loads, packs, verify, CUDA loads, the command) stop on Ctrl-C between chunks.
+Engine errors arrive as ``OSError`` subclasses (with errno and filename), ``ValueError`` (bad
+files and arguments) or ``RuntimeError`` (the CUDA driver).
+"""
+
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from typing_extensions import Buffer
+
+__version__: str
+
+_Path = str | os.PathLike[str]
+_Io = Literal["auto", "direct", "buffered"]
+# (dtype name, offset in bytes, length in bytes, length in elements), one per macroblock.
+_Block = tuple[str, int, int, int]
+# (phase name, seconds)
+_Phases = list[tuple[str, float]]
+
+class Payload:
+    """A loaded payload (a private copy-on-write mapping, or owned memory): its bytes through the
+    writable buffer protocol, alive as long as any view of them."""
+
+    @property
+    def footer_json(self) -> bytes: ...
+    @property
+    def payload_len(self) -> int: ...
+    @property
+    def eager(self) -> bool: ...
+    @property
+    def blocks(self) -> list[_Block]: ...
+    @property
+    def phases(self) -> _Phases: ...
+    @property
+    def io(self) -> dict[str, int]: ...
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+class File:
+    """An open FlashPack file with its validated footer, for device loads and range reads."""
+
+    @property
+    def footer_json(self) -> bytes: ...
+    @property
+    def payload_len(self) -> int: ...
+    @property
+    def blocks(self) -> list[_Block]: ...
+    def to_cuda(
+        self,
+        device: int,
+        regions: Sequence[tuple[int, int, int]],
+        io: _Io = "auto",
+        threads: int = 0,
+        chunk_bytes: int = ...,
+        progress: bool = False,
+        verify: bool = False,
+    ) -> tuple[_Phases, dict[str, int]]: ...
+    def read_into(
+        self,
+        offset: int,
+        buffer: Buffer,
+        io: _Io = "auto",
+        threads: int = 0,
+        chunk_bytes: int = ...,
+        verify: bool = False,
+    ) -> dict[str, int]: ...
+
+def open(path: _Path) -> File: ...
+def load(
+    path: _Path,
+    eager: bool = False,
+    io: _Io = "auto",
+    threads: int = 0,
+    chunk_bytes: int = ...,
+    progress: bool = False,
+    huge_pages: bool = False,
+    verify: bool = False,
+) -> Payload: ...
+def verify(path: _Path, io: _Io = "auto", threads: int = 0, progress: bool = False) -> dict[str, Any]: ...
+def read_footer(path: _Path) -> bytes: ...
+def dtype_names() -> list[str]: ...
+def pack(
+    path: _Path,
+    entries: Sequence[tuple[str, str, Sequence[int], Buffer | None, int | None]],
+    align_bytes: int = 128,
+    largest_first: bool = True,
+    threads: int = 0,
+    progress: bool = False,
+    checksums: bool = True,
+) -> _Phases: ...
+def prepare_pack_destination(path: _Path) -> None: ...
+def cuda_available() -> bool: ...
+def pinned_pool_stats() -> dict[str, int]: ...
+def set_pinned_pool_limit(limit: int) -> None: ...
+def release_pinned_pool() -> int: ...
+def cli(argv: Sequence[str | os.PathLike[str]]) -> dict[str, Any]: ...

@@ -1,0 +1,62 @@
+"""The type stubs shipped for the extension (``flashpack/_core.pyi``) describe what ``_core``
+really exports: the same functions, classes and members, with the same parameter names."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import flashpack
+from flashpack import _core
+
+STUB = Path(flashpack.__file__).parent / "_core.pyi"
+
+
+def _public(names: list[str]) -> set[str]:
+    return {n for n in names if not n.startswith("_") or n in ("__version__", "__len__")}
+
+
+def _stub() -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]], set[str]]:
+    """(functions -> parameter names, classes -> {member -> parameter names}, variables)."""
+    tree = ast.parse(STUB.read_text())
+    functions: dict[str, list[str]] = {}
+    classes: dict[str, dict[str, list[str]]] = {}
+    variables: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            functions[node.name] = [a.arg for a in node.args.args]
+        elif isinstance(node, ast.ClassDef):
+            classes[node.name] = {
+                m.name: [a.arg for a in m.args.args if a.arg != "self"]
+                for m in node.body
+                if isinstance(m, ast.FunctionDef) and m.name != "__buffer__"
+            }
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            variables.add(node.target.id)
+    return functions, classes, variables
+
+
+def test_the_stub_names_every_export_and_nothing_else() -> None:
+    functions, classes, variables = _stub()
+    exported = _public(dir(_core))
+    assert set(functions) | set(classes) | {v for v in variables if not v.startswith("_") or v == "__version__"} == exported
+
+
+def test_function_parameters_match() -> None:
+    functions, _, _ = _stub()
+    for name, params in functions.items():
+        real = list(inspect.signature(getattr(_core, name)).parameters)
+        assert params == real, name
+
+
+def test_class_members_match() -> None:
+    _, classes, _ = _stub()
+    for cls_name, members in classes.items():
+        cls = getattr(_core, cls_name)
+        assert set(members) == _public(list(vars(cls))), cls_name
+        for member, params in members.items():
+            attr = getattr(cls, member)
+            if callable(attr) and member != "__len__":
+                real = [p for p in inspect.signature(attr).parameters if p != "self"]
+                assert params == real, f"{cls_name}.{member}"
