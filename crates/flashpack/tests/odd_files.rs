@@ -278,26 +278,13 @@ fn a_bad_pack_destination_is_refused_before_the_payload_is_written() {
         ),
     ];
     for (what, dest, errno) in cases {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "a_bad_pack_destination_is_refused_before_the_payload_is_written",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD, &dest)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout
-            .lines()
-            .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r))
-            .unwrap_or_else(|| {
-                panic!(
-                    "{what}: the child printed no result\n{stdout}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            });
+        let (line, output) = run_child(
+            "a_bad_pack_destination_is_refused_before_the_payload_is_written",
+            CHILD,
+            &dest,
+        );
+        let line = line.unwrap_or_else(|| panic!("{what}: the child printed no result\n{output}"));
+        let line = line.as_str();
         let mut parts = line.splitn(3, ' ');
         let written: u64 = parts.next().unwrap().parse().unwrap();
         let code: i32 = parts.next().unwrap().parse().unwrap();
@@ -354,25 +341,32 @@ fn pack_errors_name_the_destination_not_the_temporary_file() {
     }
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("big.flashpack");
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "pack_errors_name_the_destination_not_the_temporary_file",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, &dest)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r));
+    let (line, output) = run_child(
+        "pack_errors_name_the_destination_not_the_temporary_file",
+        CHILD,
+        &dest,
+    );
     assert_eq!(
         line,
-        Some(format!("{} {}", libc::EFBIG, dest.display()).as_str()),
-        "{stdout}"
+        Some(format!("{} {}", libc::EFBIG, dest.display())),
+        "{output}"
     );
     assert!(!dest.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+/// Runs test `name` of this binary again in a child process with `env` set to `dest` (the
+/// child's cue to do the work and print `RESULT <...>`); returns that result and the output.
+fn run_child(name: &str, env: &str, dest: &Path) -> (Option<String>, String) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, dest)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split_once("RESULT ").map(|(_, r)| r.to_string()));
+    let output = format!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    (line, output)
 }
