@@ -252,7 +252,7 @@ fn revert(cli: &Cli, a: &RevertArgs, cancel: &Cancel) -> Result<Outcome> {
         }
         if !sharded && !dst.is_dir() && Target::by_extension(dst) != Some(Target::Safetensors) {
             return Err(CliError::Invalid(format!(
-                "{}: write .safetensors, a torch file (.pt, .bin, .pth, .ckpt), or a folder of \
+                "{}: write .safetensors or a torch file (.pt, .bin, .pth, .ckpt), or a folder of \
                  shards with --sharded or --max-shard-size",
                 dst.display()
             )));
