@@ -9,7 +9,9 @@
 //! The output format is `--to`, else DST's extension (`.flashpack` / `.safetensors`), else the
 //! other format than SRC's. A folder as DST receives `SRC-stem.<ext>`; without DST the output
 //! goes beside SRC. A FlashPack repack keeps the footer's extra keys (those the format does not
-//! interpret). `--ignore-*` leave tensors out of a FlashPack output.
+//! interpret). `--ignore-*` leave tensors out of a FlashPack output. A checkpoint of several
+//! files (an index json, or a folder holding one), and any output of several files
+//! (`--sharded`, `--max-shard-size`), go through [`crate::checkpoint`].
 //!
 //! ```text
 //! $ flashpack convert model.safetensors model.flashpack
