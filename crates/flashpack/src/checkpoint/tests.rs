@@ -404,3 +404,61 @@ fn shards_linked_from_a_hub_cache_snapshot_open() {
     assert_eq!(c.shards().len(), 2);
     assert_eq!(c.total_size(), 6);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+    /// Any split of tensors into shards, written by `write_index` (either kind) or by hand as
+    /// transformers writes it, opens with every tensor in its shard and the sizes summed.
+    #[test]
+    fn any_split_opens_as_written(
+        sizes in proptest::collection::vec(0usize..64, 1..12),
+        shard_of in proptest::collection::vec(0usize..4, 12),
+        flash in proptest::bool::ANY,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut parts: Vec<Vec<(String, Vec<u8>)>> = vec![Vec::new(); 4];
+        for (i, &n) in sizes.iter().enumerate() {
+            parts[shard_of[i]].push((format!("t{i}"), vec![i as u8; n]));
+        }
+        let mut files = Vec::new();
+        let mut want = HashMap::new();
+        for (s, part) in parts.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+            let (name, path) = if flash {
+                let name = format!("m-{s}.flashpack");
+                let entries: Vec<PackEntry<'_>> = part
+                    .iter()
+                    .map(|(t, b)| PackEntry::new(t.clone(), Dtype::U8, vec![b.len() as u64], b))
+                    .collect();
+                let path = dir.path().join(&name);
+                pack(&path, &entries, &PackOptions::default()).unwrap();
+                (name, path)
+            } else {
+                let name = format!("m-{s}.safetensors");
+                let path = dir.path().join(&name);
+                let views: Vec<(&str, &[u8])> =
+                    part.iter().map(|(t, b)| (t.as_str(), b.as_slice())).collect();
+                st_file(&path, &views, None);
+                (name, path)
+            };
+            for (t, _) in part {
+                want.insert(t.clone(), name.clone());
+            }
+            files.push(path);
+        }
+        let kind = if flash { IndexKind::FlashPack } else { IndexKind::Safetensors };
+        let ext = if flash { "flashpack" } else { "safetensors" };
+        let index = dir.path().join(format!("m.{ext}.index.json"));
+        write_index(&index, kind, &files, serde_json::Map::new()).unwrap();
+        let c = Checkpoint::open(dir.path()).unwrap();
+        proptest::prop_assert_eq!(c.len(), sizes.len());
+        proptest::prop_assert_eq!(c.total_size(), sizes.iter().sum::<usize>() as u64);
+        for (t, shard) in &want {
+            proptest::prop_assert_eq!(c.shard_of(t).unwrap().name(), shard.as_str());
+        }
+        let names: Vec<&str> = c.shards().iter().map(Shard::name).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        proptest::prop_assert_eq!(names, sorted);
+    }
+}
