@@ -7,6 +7,9 @@
 //! flashpack verify model.flashpack                   # footer, layout and checksums
 //! flashpack convert model.safetensors model.flashpack
 //! flashpack convert model.flashpack model.safetensors
+//! flashpack convert ./sharded one.flashpack          # a checkpoint of several files (folder or index json)
+//! flashpack revert one.flashpack ./again --sharded   # the same shards and index again
+//! flashpack verify ./sharded                         # the index against its shards, then each shard
 //! flashpack bench model.safetensors --repeats 3      # ours vs the safetensors crate and candle
 //! ```
 //!
