@@ -9,6 +9,7 @@ use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::Duration;
 
 mod cli;
+mod weights;
 
 use flashpack::cancel::{Cancel, Poll};
 use flashpack::format::{Order, TensorSpec};
@@ -569,6 +570,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(prepare_pack_destination, m)?)?;
     m.add_function(wrap_pyfunction!(dtype_names, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli, m)?)?;
+    m.add_class::<weights::PyWeightFile>()?;
+    m.add_class::<weights::Memory>()?;
+    m.add_function(wrap_pyfunction!(weights::open_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::read_job, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::read_job_to_cuda, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
