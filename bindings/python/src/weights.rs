@@ -8,11 +8,11 @@ use std::os::raw::{c_int, c_void};
 use std::path::PathBuf;
 
 use flashpack::cancel::Cancel;
-use flashpack::read::job::{self, JobMemory, JobPlan, JobRegion, Piece};
+use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
+use flashpack::read::job::{self, JobPlan, JobRegion, Piece};
 use flashpack::read::{self, LoadOptions};
 use flashpack::sink::cuda::CudaDevice;
 use flashpack::weights::{to_safetensors_dtype, Format, WeightFile};
-use memmap2::MmapMut;
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -77,7 +77,7 @@ impl PyWeightFile {
         let mut map = py.detach(|| self.f.map_private()).map_err(to_py)?;
         let (ptr, len) = (map.as_mut_ptr() as usize, map.len());
         Ok(Memory {
-            _memory: Backing::Mapped(map),
+            _memory: Box::new(map),
             ptr,
             len,
         })
@@ -91,16 +91,59 @@ pub(crate) fn open_weights(py: Python<'_>, path: PathBuf) -> PyResult<PyWeightFi
     Ok(PyWeightFile { f })
 }
 
-enum Backing {
-    Mapped(MmapMut),
-    Owned(JobMemory),
+/// Opens a checkpoint (a weight file, an index json, or a folder holding one of those; `variant`
+/// picks e.g. `fp16` files in a folder) and validates it: the index and the shards agree. Returns
+/// `(resolved path, shards)`, the shards sorted by name, each tensor in exactly one of them.
+#[pyfunction]
+#[pyo3(signature = (path, variant=None))]
+pub(crate) fn open_checkpoint(
+    py: Python<'_>,
+    path: PathBuf,
+    variant: Option<String>,
+) -> PyResult<(PathBuf, Vec<PyWeightFile>)> {
+    let opts = OpenOptions { variant };
+    let ckpt = py
+        .detach(|| Checkpoint::open_with(&path, &opts))
+        .map_err(to_py)?;
+    let resolved = ckpt.path().to_path_buf();
+    let shards = ckpt
+        .into_shards()
+        .into_iter()
+        .map(|s| PyWeightFile { f: s.into_file() })
+        .collect();
+    Ok((resolved, shards))
+}
+
+/// Writes a checkpoint index json at `path` for weight files `files` (each inside the index's
+/// folder): `kind` "safetensors" (`*.safetensors.index.json`, as transformers writes) or
+/// "flashpack" (the multi-file FlashPack index: every file a FlashPack file, with its size and
+/// footer digest). Atomic; a tensor in two files is an error naming both.
+#[pyfunction]
+pub(crate) fn write_checkpoint_index(
+    py: Python<'_>,
+    path: PathBuf,
+    kind: &str,
+    files: Vec<PathBuf>,
+) -> PyResult<()> {
+    let kind = match kind {
+        "safetensors" => IndexKind::Safetensors,
+        "flashpack" => IndexKind::FlashPack,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "index kind must be 'safetensors' or 'flashpack', not {other:?}"
+            )))
+        }
+    };
+    py.detach(|| write_index(&path, kind, &files, Default::default()))
+        .map_err(to_py)
 }
 
 /// Loaded bytes (a copy-on-write mapping or owned memory), through the writable buffer protocol
 /// so that `torch.frombuffer` views them without a copy; alive as long as any view is.
 #[pyclass(module = "flashpack._core", frozen)]
 pub(crate) struct Memory {
-    _memory: Backing,
+    /// The mapping or owned memory, only held: its bytes are reached through `ptr`.
+    _memory: Box<dyn std::any::Any + Send + Sync>,
     /// Start of the memory, taken from a `&mut` borrow when it was made (as `Payload`'s).
     ptr: usize,
     len: usize,
@@ -187,11 +230,16 @@ pub(crate) fn read_job<'py>(
     let slice = memory.as_mut_slice();
     let (ptr, len) = (slice.as_mut_ptr() as usize, slice.len());
     let memory = Memory {
-        _memory: Backing::Owned(memory),
+        _memory: Box::new(memory),
         ptr,
         len,
     };
-    Ok((memory, offsets, phases(&report.phases), io_dict(py, &report)?))
+    Ok((
+        memory,
+        offsets,
+        phases(&report.phases),
+        io_dict(py, &report)?,
+    ))
 }
 
 /// Streams byte ranges of `files` into CUDA memory on device `device` as one job through the

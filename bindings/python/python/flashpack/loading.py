@@ -171,6 +171,7 @@ def load_checkpoint(
     eager: bool = False,
     keys: Iterable[str] | None = None,
     progress: bool | None = None,
+    variant: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Load a checkpoint of one or many files as one dict name -> tensor, as one engine job.
 
@@ -181,42 +182,25 @@ def load_checkpoint(
     parallel) and, for CUDA, through one pinned staging pool, so memory stays bounded as for one
     file; ``progress`` shows one bar for the whole job (default: when stderr is a terminal).
     ``keys`` loads only those tensors (ValueError naming any the checkpoint lacks). ``device``
-    and ``eager`` as for :func:`load_file`.
+    and ``eager`` as for :func:`load_file`. ``variant`` (e.g. ``"fp16"``) picks
+    ``*.safetensors.index.fp16.json`` / ``*.fp16.safetensors`` in a folder. A bad index or shard
+    raises ValueError naming the index, the shard and the tensor (OSError when the OS refuses a
+    read).
     """
-    from .checkpoint import resolve_checkpoint
-
     dev = resolve_device(device)
-    shards, index = resolve_checkpoint(path)
-    handles = [open_weights(p) for p in shards]
-    entries = select_entries(os.fsdecode(path), handles, index, keys)
+    where, handles = _core.open_checkpoint(os.fsdecode(path), variant)
+    entries = select_entries(where, handles, keys)
     tensors = load_entries(handles, entries, dev, eager, _progress(progress))
     return {e.name: t for e, t in zip(entries, tensors)}
 
 
-def select_entries(
-    where: str, handles: Sequence[Any], index: dict[str, int] | None, keys: Iterable[str] | None
-) -> list[TensorEntry]:
-    """The tensors to load from the open shards: each tensor from the shard the index names
-    (every shard's own tensors when there is no index), only ``keys`` when given."""
-    per_file = [entries_of(h, k) for k, h in enumerate(handles)]
-    chosen: dict[str, TensorEntry] = {}
-    if index is None:
-        for entries in per_file:
-            for e in entries:
-                if e.name in chosen:
-                    other = handles[chosen[e.name].file].path
-                    raise ValueError(f"{where}: tensor '{e.name}' is in both {other} and {handles[e.file].path}")
-                chosen[e.name] = e
-    else:
-        by_name = [{e.name: e for e in entries} for entries in per_file]
-        for name, k in index.items():
-            e = by_name[k].get(name)
-            if e is None:
-                raise ValueError(f"{where}: the index puts tensor '{name}' in {handles[k].path}, which does not hold it")
-            chosen[name] = e
+def select_entries(where: str, handles: Sequence[Any], keys: Iterable[str] | None) -> list[TensorEntry]:
+    """The tensors to load from a checkpoint's shards (the engine checked that each tensor is in
+    exactly one of them): all, or only ``keys`` (ValueError naming any the checkpoint lacks)."""
+    chosen = {e.name: e for k, h in enumerate(handles) for e in entries_of(h, k)}
     if keys is None:
         return list(chosen.values())
-    wanted = list(dict.fromkeys(keys))
+    wanted = list(dict.fromkeys([keys] if isinstance(keys, str) else keys))
     missing = [k for k in wanted if k not in chosen]
     if missing:
         raise ValueError(f"{where}: the checkpoint has no tensor {', '.join(repr(m) for m in missing)}")
