@@ -383,3 +383,35 @@ def test_pipeline_folder_and_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     patch_integrations()
     unet = diffusers.AutoModel.from_pretrained_flashpack(folder, subfolder="unet", variant="fp16")
     assert_same(unet, UNet2DModel.from_pretrained(folder, subfolder="unet", variant="fp16"))
+
+
+def test_weights_come_through_the_engine_as_one_job(llama: dict[str, Path], unet: dict[str, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import flashpack.integrations._checkpoint as checkpoint
+
+    calls: list[tuple[Path, dict[str, object]]] = []
+    real = checkpoint.load_checkpoint
+
+    def recording(path: Path, device: object, **kwargs: object) -> dict[str, torch.Tensor]:
+        calls.append((Path(path), kwargs))
+        return real(path, device, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", recording)
+    FlashPackLlamaForCausalLM.from_pretrained_flashpack(llama["sharded"], variant="fp16", eager=True)
+    FlashPackUNet2DModel.from_pretrained_flashpack(unet["sharded"])
+    assert [(path.name, kwargs["eager"]) for path, kwargs in calls] == [
+        ("model.safetensors.index.fp16.json", True),
+        ("diffusion_pytorch_model.safetensors.index.json", False),
+    ]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device(llama: dict[str, Path], unet: dict[str, Path]) -> None:
+    ours = FlashPackLlamaForCausalLM.from_pretrained_flashpack(llama["sharded"], device="cuda")
+    reference = LlamaForCausalLM.from_pretrained(llama["sharded"], device_map="cuda")
+    assert all(t.is_cuda for t in everything(ours).values())
+    assert_same(ours, reference)
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    ours_unet = FlashPackUNet2DModel.from_pretrained_flashpack(unet["sharded"], device="cuda", torch_dtype=torch.float16)
+    assert all(t.is_cuda for t in everything(ours_unet).values())
+    assert_same(ours_unet, UNet2DModel.from_pretrained(unet["sharded"], torch_dtype=torch.float16))

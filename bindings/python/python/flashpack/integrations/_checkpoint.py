@@ -17,14 +17,13 @@ A model folder holds either a FlashPack file (``model.flashpack``, written by
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..loading import load_checkpoint
 from ._common import FLASHPACK_WEIGHTS_NAME
 
 
@@ -90,48 +89,15 @@ def is_flashpack(path: Path) -> bool:
     return path.name == FLASHPACK_WEIGHTS_NAME
 
 
-def _load_checkpoint(
-    path: str | os.PathLike[str],
-    device: str | int | torch.device = "cpu",
-    *,
-    eager: bool = False,
-    keys: Iterable[str] | None = None,
-    progress: bool | None = None,
-) -> dict[str, torch.Tensor]:
-    """Every weight load of the integrations goes through here: a safetensors file or index json
-    read as one job by the engine (``flashpack.load_checkpoint``)."""
-    # TEMPORARY, until issue14-a's flashpack.load_checkpoint lands: safetensors' reader, shard by shard.
-    import json
-
-    from safetensors.torch import load_file
-
-    del eager, progress
-    path = Path(path)
-    if path.name.endswith(".json"):
-        weight_map = json.loads(path.read_text(encoding="utf-8"))["weight_map"]
-        shards = [path.parent / name for name in dict.fromkeys(weight_map.values())]
-    else:
-        shards = [path]
-    device = str(torch.device(device) if not isinstance(device, int) else torch.device("cuda", device))
-    tensors: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        tensors.update(load_file(shard, device=device))
-    if keys is not None:
-        wanted = list(keys)
-        missing = [k for k in wanted if k not in tensors]
-        if missing:
-            raise KeyError(f"{path}: no tensors named {missing}")
-        tensors = {k: tensors[k] for k in wanted}
-    return tensors
-
-
 def load_weights(
     path: Path,
     device: str | torch.device | None,
     options: dict[str, Any],
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file or index, on ``device`` (CPU by default), for a model
-    folder loaded with ``from_pretrained_flashpack``. Of the load ``options`` (those of
+    """The tensors of a safetensors file or index, on ``device`` (CPU by default), read by the
+    engine as one job (:func:`flashpack.load_checkpoint`: lazy copy-on-write on the CPU unless
+    ``eager``, streamed through pinned memory to CUDA), for a model folder loaded with
+    ``from_pretrained_flashpack``. Of the load ``options`` (those of
     ``assign_from_file``), ``eager`` and ``silent`` apply, ``ignore_names`` / ``ignore_prefixes`` /
     ``ignore_suffixes`` leave tensors out; ``verify`` and distributed loading need a FlashPack
     file and are refused; the CUDA tuning knobs are the engine's own here."""
@@ -145,7 +111,7 @@ def load_weights(
             f"{path}: use_distributed_loading is supported for FlashPack files only; load this safetensors "
             "checkpoint without it, or convert it with `flashpack convert`"
         )
-    tensors = _load_checkpoint(
+    tensors = load_checkpoint(
         path,
         torch.device("cpu") if device is None else device,
         eager=bool(options.get("eager")),
