@@ -77,7 +77,8 @@ def find_weights(folder: Path, names: WeightNames, variant: str | None = None) -
         if (folder / name).is_file():
             return folder / name
     wanted = ", ".join([FLASHPACK_WEIGHTS_NAME, *candidates])
-    present = sorted(p.name for p in folder.iterdir() if p.name.endswith((".safetensors", ".json"))) if folder.is_dir() else []
+    files = folder.iterdir() if folder.is_dir() else iter(())
+    present = sorted(p.name for p in files if p.name.endswith((".safetensors", ".json")))
     hint = f" (it holds {', '.join(present)})" if present else ""
     raise FileNotFoundError(
         f"{folder / FLASHPACK_WEIGHTS_NAME}: no {FLASHPACK_WEIGHTS_NAME} here, and no {names.library} safetensors "

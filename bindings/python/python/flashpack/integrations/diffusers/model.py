@@ -65,7 +65,8 @@ def load_diffusers_model(
     subfolder = options.get("subfolder")
     path = find_weights(folder / subfolder if subfolder else folder, DIFFUSERS_NAMES, variant)
     if not is_flashpack(path):
-        return load_diffusers_checkpoint(cls, path, device=device, dtype=to_dtype(dtype), options=options, kwargs=kwargs)
+        dtype = to_dtype(dtype)
+        return load_diffusers_checkpoint(cls, path, device=device, dtype=dtype, options=options, kwargs=kwargs)
     config = cls.load_config(path.parent)
     model = build_on_meta(lambda: cls.from_config(config, **kwargs), build_dtype(path))
     return load_into_model(model, path, device=device, dtype=requested_dtype(dtype), **LOAD_OPTIONS.pick(options))

@@ -134,9 +134,13 @@ def load_transformers_checkpoint(
     if dtype is not None:
         library_kwargs["dtype"] = dtype
     state_dict = load_weights(weights, device, options)
-    model, info = from_pretrained(
-        None, *model_args, config=config, state_dict=state_dict, output_loading_info=True, **library_kwargs, **kwargs
-    )
+    try:
+        model, info = from_pretrained(
+            None, *model_args, config=config, state_dict=state_dict, output_loading_info=True,
+            **library_kwargs, **kwargs,
+        )
+    except RuntimeError as e:  # e.g. a weight conversion that failed (its report, logged above, names the keys)
+        raise RuntimeError(f"{weights}: transformers could not load this checkpoint: {e}") from e
     model.config.name_or_path = os.fspath(folder)
     problems = {what: info.get(what) for what in ("conversion_errors", "error_msgs") if info.get(what)}
     if options.get("strict"):
