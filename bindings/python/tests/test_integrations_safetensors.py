@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hf_testing import offline_hub, populate_hub_cache, same_bits, tiny_vae, tiny_wan_transformer
+from hf_testing import offline_hub, populate_hub_cache, same_bits, tiny_qwen2, tiny_vae, tiny_wan_transformer
 
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
@@ -286,6 +286,22 @@ def test_folders_without_weights_and_refused_options(llama: dict[str, Path], tmp
         FlashPackLlamaForCausalLM.from_pretrained_flashpack(llama["single"], verify=True)
     with pytest.raises(ValueError, match=r"use_distributed_loading"):
         FlashPackLlamaForCausalLM.from_pretrained_flashpack(llama["single"], use_distributed_loading=True)
+
+
+def test_transformers_component_of_a_pipeline_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "repo"
+    save_both(tiny_qwen2(), folder / "text_encoder", sharded=True)
+    (folder / "model_index.json").write_text(
+        json.dumps({"_class_name": "QwenImagePipeline", "text_encoder": ["transformers", "Qwen2Model"]})
+    )
+    cache = offline_hub(monkeypatch, tmp_path / "cache")
+    populate_hub_cache(cache, "someone/tiny-pipeline", folder)
+    for variant in (None, "fp16"):
+        reference = transformers.Qwen2Model.from_pretrained(folder, subfolder="text_encoder", variant=variant)
+        for where in (folder, "someone/tiny-pipeline"):
+            ours = AutoFlashPackModel.from_pretrained_flashpack(where, subfolder="text_encoder", variant=variant)
+            assert isinstance(ours, transformers.Qwen2Model) and isinstance(ours, FlashPackTransformersModelMixin)
+            assert_same(ours, reference)
 
 
 # -- diffusers -----------------------------------------------------------------------------------
