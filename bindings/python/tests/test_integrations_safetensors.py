@@ -380,6 +380,16 @@ def test_diffusers_unexpected_and_missing_tensors(unet: dict[str, Path], tmp_pat
         FlashPackUNet2DModel.from_pretrained_flashpack(folder)
 
 
+def test_diffusers_quantized_checkpoint_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "unet"
+    tiny_unet().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"unet/diffusion_pytorch_model\.safetensors: a quantized checkpoint"):
+        FlashPackUNet2DModel.from_pretrained_flashpack(folder)
+
+
 def tiny_ldm() -> LDMPipeline:
     vqvae = VQModel(
         in_channels=3, out_channels=3, latent_channels=3, block_out_channels=(8,), layers_per_block=1,

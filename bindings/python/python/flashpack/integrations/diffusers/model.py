@@ -98,8 +98,14 @@ def load_diffusers_checkpoint(
     torch's default), floating-point tensors cast to ``dtype`` except in the class's
     ``_keep_in_fp32_modules`` (float32), or to the built tensor's dtype without ``dtype``; legacy
     attention-block names renamed by the library's own conversion; unexpected tensors warned
-    about (an error with ``strict=True``); a parameter missing from the checkpoint is an error."""
+    about (an error with ``strict=True``); a parameter missing from the checkpoint is an error, and
+    so is a quantized checkpoint (diffusers' quantizers are not applied here)."""
     config = cls.load_config(path.parent)
+    if config.get("quantization_config"):
+        raise ValueError(
+            f"{path}: a quantized checkpoint (quantization_config in its config) needs diffusers' quantizers: "
+            f"load it with {cls.__name__}.from_pretrained"
+        )
     model = build_on_meta(lambda: cls.from_config(config, **kwargs), dtype or torch.get_default_dtype())
     state_dict = load_weights(path, device, options)
     renames = legacy_renames(model, list(state_dict))
