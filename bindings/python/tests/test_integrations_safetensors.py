@@ -20,6 +20,7 @@ transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
 
 from diffusers import DDIMScheduler, DiffusionPipeline, LDMPipeline, UNet2DModel, VQModel  # noqa: E402
+from huggingface_hub import save_torch_state_dict  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
@@ -277,7 +278,8 @@ def test_a_flashpack_file_wins_over_safetensors(tmp_path: Path) -> None:
 def test_folders_without_weights_and_refused_options(llama: dict[str, Path], tmp_path: Path) -> None:
     folder = tmp_path / "config-only"
     tiny_bert().config.save_pretrained(folder)
-    looked_for = r"model\.flashpack.*model\.safetensors\.index\.json, model\.safetensors"
+    torch.save(tiny_bert().state_dict(), folder / "pytorch_model.bin")  # pickles are not read
+    looked_for = r"model\.flashpack.*model\.safetensors\.index\.json, model\.safetensors.*holds.*pytorch_model\.bin"
     with pytest.raises(FileNotFoundError, match=looked_for):
         FlashPackBertModel.from_pretrained_flashpack(folder)
     with pytest.raises(FileNotFoundError, match=r"variant 'bf16'.*model\.bf16\.safetensors"):
@@ -362,6 +364,14 @@ def test_diffusers_legacy_attention_names_are_renamed_by_the_library(tmp_path: P
     reference = diffusers.AutoencoderKL.from_pretrained(folder)
     assert_same(reference, vae.eval())  # the library's own conversion applies to this folder
     assert_same(AutoFlashPackModel.from_pretrained_flashpack(folder), reference)
+    # The same names in shards: diffusers itself renames them only in single files; we do here too.
+    sharded = tmp_path / "vae-sharded"
+    sharded.mkdir()
+    shutil.copy(folder / "config.json", sharded / "config.json")
+    pattern = "diffusion_pytorch_model{suffix}.safetensors"
+    save_torch_state_dict(renamed, sharded, filename_pattern=pattern, max_shard_size=SHARD)
+    assert (sharded / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert_same(AutoFlashPackModel.from_pretrained_flashpack(sharded), reference)
 
 
 def test_diffusers_unexpected_and_missing_tensors(unet: dict[str, Path], tmp_path: Path) -> None:

@@ -78,7 +78,7 @@ def find_weights(folder: Path, names: WeightNames, variant: str | None = None) -
             return folder / name
     wanted = ", ".join([FLASHPACK_WEIGHTS_NAME, *candidates])
     files = folder.iterdir() if folder.is_dir() else iter(())
-    present = sorted(p.name for p in files if p.name.endswith((".safetensors", ".json")))
+    present = sorted(p.name for p in files if p.name.endswith((".safetensors", ".json", ".bin", ".pt", ".pth")))
     hint = f" (it holds {', '.join(present)})" if present else ""
     raise FileNotFoundError(
         f"{folder / FLASHPACK_WEIGHTS_NAME}: no {FLASHPACK_WEIGHTS_NAME} here, and no {names.library} safetensors "
