@@ -458,6 +458,16 @@ def test_weights_come_through_the_engine_as_one_job(llama: dict[str, Path], unet
     ]
 
 
+def test_a_device_without_accelerate_is_refused_before_reading(llama: dict[str, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    import flashpack.integrations._checkpoint as checkpoint
+
+    monkeypatch.setattr(transformers.utils, "is_accelerate_available", lambda: False)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda *a, **k: pytest.fail("read before refusing"))
+    with pytest.raises(ValueError, match=r"model\.safetensors: loading onto cuda.*needs accelerate"):
+        FlashPackLlamaForCausalLM.from_pretrained_flashpack(llama["single"], device="cuda")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_device(llama: dict[str, Path], unet: dict[str, Path]) -> None:
     ours = FlashPackLlamaForCausalLM.from_pretrained_flashpack(llama["sharded"], device="cuda")

@@ -130,6 +130,11 @@ def load_transformers_checkpoint(
     if "generation_config" not in library_kwargs and (folder / "generation_config.json").is_file():
         library_kwargs["generation_config"] = GenerationConfig.from_pretrained(folder)
     if device is not None and torch.device(device).type != "cpu":
+        if not transformers.utils.is_accelerate_available():
+            raise ValueError(
+                f"{weights}: loading onto {device} goes through transformers' device_map, which needs accelerate "
+                "(pip install accelerate), as from_pretrained(device_map=...) does"
+            )
         library_kwargs.setdefault("device_map", {"": torch.device(device)})
     if dtype is not None:
         library_kwargs["dtype"] = dtype
