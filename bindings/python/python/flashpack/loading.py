@@ -131,9 +131,11 @@ def _load_cuda(
     for e in entries:
         key = (e.file, e.start, e.end)
         t = made.get(key)
-        if t is None or t.dtype != e.dtype or tuple(t.shape) != e.shape:
-            t = torch.empty(e.shape, dtype=e.dtype, device=device)
-            made.setdefault(key, t)
+        if t is None:
+            t = made[key] = torch.empty(e.shape, dtype=e.dtype, device=device)
+        elif t.dtype != e.dtype or tuple(t.shape) != e.shape:
+            # The same bytes under another dtype or shape: a view of the one allocation.
+            t = t.reshape(-1).view(torch.uint8).view(e.dtype).reshape(e.shape)
         out.append(t)
     # The caching allocator may hand out memory that kernels queued on torch's stream still use;
     # the engine copies on its own streams, so that work must be finished first.
