@@ -135,14 +135,14 @@ def test_truncated_file_names_the_file(st_file: tuple[Path, dict[str, torch.Tens
     for eager in (False, True):
         with pytest.raises(ValueError) as e:
             flashpack.load_file(path, eager=eager)
-        assert str(path) in str(e.value)
+        assert str(path) in str(e.value) and "past the end" in str(e.value) and "tensor '" in str(e.value)
 
 
 def test_header_lying_about_offsets_names_the_tensor(tmp_path: Path) -> None:
     path = write_raw(tmp_path / "lie.safetensors", {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 64]}}, bytes(16))
     with pytest.raises(ValueError) as e:
         flashpack.load_file(path)
-    assert str(path) in str(e.value)
+    assert str(path) in str(e.value) and "tensor 'w'" in str(e.value)
 
 
 def test_overlapping_tensors_are_refused(tmp_path: Path) -> None:
