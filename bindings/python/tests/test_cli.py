@@ -397,3 +397,79 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(args: list[str
     # (a pack's error names its unnamed temporary file in that folder until issue 13 item 1 names the destination)
     assert len(lines) == 1 and lines[0].startswith("flashpack: error: ") and f"{out}/" in lines[0], lines
     assert "File too large" in lines[0] and "enforce fail" not in lines[0], lines
+
+
+# Checkpoints of several files (issue 14): the same Rust code through `_core.cli`.
+
+
+def save_sharded_with_transformers(folder: Path) -> dict[str, torch.Tensor]:
+    """A real sharded transformers checkpoint (its own index and shard names); returns its state dict."""
+    from hf_testing import tiny_qwen2
+
+    model = tiny_qwen2()
+    model.save_pretrained(folder, max_shard_size="4KB")
+    assert (folder / "model.safetensors.index.json").is_file()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_transformers_sharded_folder_to_one_pack_and_back_byte_for_byte(tmp_path: Path) -> None:
+    folder = tmp_path / "qwen"
+    save_sharded_with_transformers(folder)
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 4
+    expected = {k: v for shard in shards for k, v in load_file(folder / shard).items()}
+
+    # transformers' config.json names the library: a weight-file destination asks for the weights
+    pack = tmp_path / "qwen.flashpack"
+    assert main(["convert", str(folder), str(pack)]) == 0
+    back = revert_from_file(pack)
+    assert set(back) == set(expected) and all(same_bits(back[k], t) for k, t in expected.items())
+    footer = get_flashpack_file_metadata(pack)
+    assert footer["safetensors_metadata"] == {"format": "pt"}
+    assert footer["checkpoint_index"]["metadata"] == index["metadata"]
+
+    again = tmp_path / "again"
+    assert main(["revert", str(pack), str(again), "--sharded"]) == 0
+    for shard in shards:  # the files transformers wrote, byte for byte
+        assert (again / shard).read_bytes() == (folder / shard).read_bytes(), shard
+    assert json.loads((again / "model.safetensors.index.json").read_text()) == index
+
+    # and straight to one safetensors file, read back by safetensors itself
+    single = tmp_path / "qwen.safetensors"
+    assert main(["convert", str(folder / "model.safetensors.index.json"), str(single)]) == 0
+    loaded = load_file(single)
+    assert set(loaded) == set(expected) and all(same_bits(loaded[k], t) for k, t in expected.items())
+
+
+def test_multi_file_flashpack_inspect_verify_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "qwen"
+    expected = save_sharded_with_transformers(folder)
+    fp = tmp_path / "fp"
+    assert main(["convert", str(folder), str(fp), "--sharded"]) == 0
+    index = fp / "model.flashpack.index.json"
+    assert json.loads(index.read_text())["format"] == "flashpack_index"
+    capsys.readouterr()
+    assert main(["verify", str(fp)]) == 0
+    out = capsys.readouterr().out
+    shards = sorted(p.name for p in fp.glob("*.flashpack"))
+    assert f"index OK: {len(shards)} shards" in out and all(s in out for s in shards)
+    assert main(["inspect", str(index), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["tensor_count"] == len(expected) and [s["name"] for s in summary["shards"]] == shards
+
+    # a shard that went missing: one line naming the index, the shard and a tensor it holds
+    missing = fp / shards[-1]
+    missing.unlink()
+    assert main(["verify", str(fp)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(index) in err and shards[-1] in err and "does not exist" in err, err
+
+    # a folder output is never partial: a non-empty destination is refused and left alone
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep").write_text("x")
+    assert main(["convert", str(folder), str(taken), "--max-shard-size", "2KB"]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert [p.name for p in taken.iterdir()] == ["keep"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".packtmp")]

@@ -5,6 +5,7 @@ multi-file FlashPack checkpoints, ``keys``, lazy/eager, and the errors for bad c
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -191,3 +192,54 @@ def test_ctrl_c_stops_a_checkpoint_load(tmp_path: Path, monkeypatch: pytest.Monk
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+# ---- use_distributed_loading (gloo on CPU, as test_distributed.py) ------------------------------
+
+
+def _dist_worker(rank: int, world: int, port: int, folder: str, single: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from test_distributed import _digests, _try
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), FLASHPACK_DIST_TIMEOUT="60")
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    # Only rank 0 needs the files: the others are given paths that do not exist.
+    here = (lambda p: p) if rank == 0 else (lambda p: p + ".elsewhere")
+    results = {
+        "checkpoint": _try(lambda: _digests(flashpack.load_checkpoint(here(folder), use_distributed_loading=True))),
+        "keys": _try(lambda: sorted(flashpack.load_checkpoint(here(folder), keys=["layer0.step"], use_distributed_loading=True))),
+        "file": _try(lambda: _digests(flashpack.load_file(here(single), use_distributed_loading=True))),
+        "missing_key": _try(lambda: flashpack.load_checkpoint(here(folder), keys=["nope"], use_distributed_loading=True)),
+        "after": _try(lambda: len(flashpack.load_file(here(single), use_distributed_loading=True))),
+    }
+    dist.destroy_process_group()
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+
+
+def test_distributed_loading_reads_on_rank_0_and_every_rank_gets_the_same(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    from test_distributed import _digests, _free_port
+
+    sd = state_dict()
+    save_sharded(tmp_path / "ckpt", sd, shards=3)
+    st.save_file(sd, tmp_path / "one.safetensors")
+    out = tmp_path / "out"
+    out.mkdir()
+    world = 2
+    mp.start_processes(
+        _dist_worker,
+        args=(world, _free_port(), str(tmp_path / "ckpt"), str(tmp_path / "one.safetensors"), str(out)),
+        nprocs=world,
+        start_method="spawn",
+    )
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
+    want = _digests(sd)
+    for r, res in enumerate(ranks):
+        assert res["checkpoint"].get("ok") == want, f"rank {r}: {res['checkpoint']}"
+        assert res["file"].get("ok") == want, f"rank {r}: {res['file']}"
+        assert res["keys"].get("ok") == ["layer0.step"], f"rank {r}: {res['keys']}"
+        err = res["missing_key"].get("error", "")
+        assert "rank 0" in err and "nope" in err, f"rank {r}: {res['missing_key']}"
+        assert res["after"].get("ok") == len(sd), f"rank {r}: the group stays usable: {res['after']}"

@@ -56,9 +56,10 @@ pub enum Command {
         #[arg(short, long)]
         json: bool,
     },
-    /// Summarize a FlashPack footer or a safetensors header: format, blocks, checksums, tensors.
+    /// Summarize a FlashPack footer or a safetensors header: format, blocks, checksums, tensors;
+    /// for a checkpoint of several files, each shard and the total.
     Inspect {
-        /// A FlashPack or safetensors file.
+        /// A FlashPack or safetensors file, an index json, or a folder holding one of those.
         file: PathBuf,
         /// List every tensor: name, dtype, shape and byte range in the file.
         #[arg(short, long, visible_alias = "show-index")]
@@ -67,9 +68,10 @@ pub enum Command {
         #[arg(short, long)]
         json: bool,
     },
-    /// Check a FlashPack file's footer, layout and checksums, or a safetensors file's header.
+    /// Check a FlashPack file's footer, layout and checksums, or a safetensors file's header;
+    /// for a checkpoint of several files, its index against its shards, then each shard.
     Verify {
-        /// A FlashPack or safetensors file.
+        /// A FlashPack or safetensors file, an index json, or a folder holding one of those.
         file: PathBuf,
     },
     /// Load throughput of one file (hot page cache, every byte touched) vs the peers.
@@ -88,11 +90,13 @@ pub enum Command {
 /// `flashpack convert`.
 #[derive(Debug, Args, Serialize)]
 pub struct ConvertArgs {
-    /// A .safetensors or .flashpack file, a torch file (.bin/.pt/.pth/.ckpt), a model folder,
-    /// or a Hugging Face Hub repository id.
+    /// A .safetensors or .flashpack file, a sharded checkpoint's index json, a folder of
+    /// weights (one index or one weight file), a torch file (.bin/.pt/.pth/.ckpt), a model
+    /// folder, or a Hugging Face Hub repository id.
     pub path_or_repo_id: PathBuf,
     /// The output file (written atomically), or a folder: for a file, default beside it with
-    /// the output's extension; for a model folder, the folder itself.
+    /// the output's extension; for a model folder, the folder itself. With --sharded or
+    /// --max-shard-size, a new (or empty) folder that receives the shards and their index.
     pub destination_path: Option<PathBuf>,
     /// Output format for a file; default: the destination's extension, else the other format
     /// than the source's.
@@ -104,6 +108,14 @@ pub struct ConvertArgs {
     /// FlashPack output: alignment of tensors in bytes (default 128).
     #[arg(long, value_name = "N")]
     pub align_bytes: Option<u64>,
+    /// Write a checkpoint of several files (shards and an index json) with the source's own
+    /// split: its shards, or those a pack converted from a sharded checkpoint remembers.
+    #[arg(long)]
+    pub sharded: bool,
+    /// Write a checkpoint of several files, each at most this size (e.g. 5GB, 500MiB, bytes);
+    /// a larger tensor gets a file of its own.
+    #[arg(long, value_name = "SIZE", value_parser = crate::format::parse_size)]
+    pub max_shard_size: Option<u64>,
     /// Leave out this tensor (repeatable).
     #[arg(long, value_name = "NAME", action = clap::ArgAction::Append)]
     pub ignore_names: Vec<String>,
@@ -133,10 +145,18 @@ pub struct ConvertArgs {
 /// `flashpack revert`.
 #[derive(Debug, Args, Serialize)]
 pub struct RevertArgs {
-    /// The FlashPack file.
+    /// The FlashPack file, a multi-file FlashPack index, or a folder holding one of those.
     pub path: PathBuf,
-    /// The output: .safetensors (default, beside the source) or a torch file (Python command).
+    /// The output: .safetensors (default, beside the source) or a torch file (Python command);
+    /// with --sharded or --max-shard-size, a new (or empty) folder.
     pub destination_path: Option<PathBuf>,
+    /// Write sharded safetensors (shards and a model.safetensors.index.json) with the source's
+    /// own split: its shards, or those a pack converted from a sharded checkpoint remembers.
+    #[arg(long)]
+    pub sharded: bool,
+    /// Write sharded safetensors, each file at most this size (e.g. 5GB, 500MiB, bytes).
+    #[arg(long, value_name = "SIZE", value_parser = crate::format::parse_size)]
+    pub max_shard_size: Option<u64>,
 }
 
 /// A command line parsed, or what clap has to say instead (help, version, a usage error).

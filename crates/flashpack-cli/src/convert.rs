@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use flashpack::cancel::Cancel;
+use flashpack::checkpoint::{Checkpoint, OpenOptions, Shard};
 use flashpack::format::{FormatVersion, DEFAULT_ALIGN_BYTES};
 use flashpack::read::LoadOptions;
 use flashpack::weights::{Format, SafetensorsOptions, WeightFile, SAFETENSORS_METADATA_KEY};
@@ -36,7 +37,7 @@ pub enum Target {
 }
 
 impl Target {
-    fn extension(self) -> &'static str {
+    pub fn extension(self) -> &'static str {
         match self {
             Target::Flashpack => "flashpack",
             Target::Safetensors => "safetensors",
@@ -69,6 +70,19 @@ pub struct Request {
     pub verbose: bool,
     /// Stops the conversion between chunks, leaving the destination as it was.
     pub cancel: Option<Cancel>,
+    /// Write a checkpoint of several files with the source's own split.
+    pub sharded: bool,
+    /// Write a checkpoint of several files of at most this many bytes each.
+    pub max_shard_size: Option<u64>,
+    /// In a folder, the weights variant (e.g. `fp16`).
+    pub variant: Option<String>,
+}
+
+impl Request {
+    /// True when the output is a checkpoint of several files (a folder).
+    pub fn sharded_output(&self) -> bool {
+        self.sharded || self.max_shard_size.is_some()
+    }
 }
 
 /// Names to leave out: exact names, prefixes, suffixes.
@@ -98,7 +112,7 @@ pub struct Converted {
     pub written: PathBuf,
 }
 
-fn format_name(f: Format) -> &'static str {
+pub(crate) fn format_name(f: Format) -> &'static str {
     match f {
         Format::FlashPack => "FlashPack",
         Format::Safetensors => "safetensors",
@@ -107,8 +121,29 @@ fn format_name(f: Format) -> &'static str {
 
 /// Converts; returns the line to print and the file written.
 pub fn convert(req: &Request) -> Result<Converted> {
+    let opts = OpenOptions {
+        variant: req.variant.clone(),
+    };
+    let ckpt = Checkpoint::open_with(&req.src, &opts)?;
+    if ckpt.index_path().is_some() || req.sharded_output() {
+        return crate::checkpoint::convert(req, ckpt);
+    }
+    let src_path = ckpt.path().to_path_buf();
+    let file = ckpt.into_shards().pop().map(Shard::into_file);
+    let src =
+        file.ok_or_else(|| CliError::Invalid(format!("{}: no weight file", req.src.display())))?;
+    convert_file(
+        &Request {
+            src: src_path,
+            ..req.clone()
+        },
+        src,
+    )
+}
+
+/// Converts the one weight file `src` (opened from `req.src`).
+fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
     let t = Instant::now();
-    let src = WeightFile::open(&req.src)?;
     let mut dst = req.dst.clone().unwrap_or_else(|| match req.src.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

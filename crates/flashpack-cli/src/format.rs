@@ -18,6 +18,40 @@ pub fn grouped(n: u64) -> String {
     out
 }
 
+/// A size as `5GB` (decimal units, as transformers reads `max_shard_size`), `500MiB` (binary
+/// units) or plain bytes; at least one byte.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size such as 5GB, 500MiB or 1000000"))?;
+    let bytes = value * scale as f64;
+    if !(1.0..=u64::MAX as f64).contains(&bytes) {
+        return Err(format!("'{text}' is not a size between 1 byte and 16 EiB"));
+    }
+    Ok(bytes as u64)
+}
+
 /// A shape as `2x3`, or `scalar` for a 0-dim tensor.
 pub fn shape_text(shape: &[u64]) -> String {
     if shape.is_empty() {
@@ -88,6 +122,17 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_like_transformers_max_shard_size() {
+        assert_eq!(parse_size("5GB"), Ok(5_000_000_000));
+        assert_eq!(parse_size("500MiB"), Ok(500 << 20));
+        assert_eq!(parse_size("1.5kb"), Ok(1500));
+        assert_eq!(parse_size("123"), Ok(123));
+        for bad in ["", "GB", "5XB", "0", "-1GB", "1e30TB", "1.2.3MB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn numbers_shapes_tables() {

@@ -11,9 +11,23 @@
 //!   0: float32        at byte 0: 22,713,216 elements, 90,852,864 bytes
 //!   1: int64          at byte 90,852,864: 512 elements, 4,096 bytes
 //! ```
+//!
+//! An index json, or a folder holding one, is summarized as a checkpoint: the index, its
+//! `metadata`, the totals, then each shard as above.
+//!
+//! ```text
+//! $ flashpack inspect ./sharded
+//! checkpoint: ./sharded/model.safetensors.index.json (safetensors index, 2 shards)
+//! tensors: 3 (19 data bytes)
+//! metadata total_size: 19
+//! shard model-00001-of-00002.safetensors:
+//!   file: ./sharded/model-00001-of-00002.safetensors (88 bytes)
+//!   ...
+//! ```
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use flashpack::checkpoint::{Checkpoint, IndexKind};
 use flashpack::format::{FormatVersion, FILE_FORMAT_V3, FILE_FORMAT_V4};
 use flashpack::weights::{Format, TensorInfo, WeightFile};
 use serde::Serialize;
@@ -103,6 +117,90 @@ pub struct TensorEntry {
 fn elems(t: &TensorInfo) -> u64 {
     // Validated on open, so this cannot overflow; 0 would only show a crafted file's lie.
     flashpack::format::numel(&t.shape).unwrap_or(0)
+}
+
+/// Everything `inspect --json` prints for a checkpoint with an index.
+#[derive(Debug, Serialize)]
+pub struct CheckpointSummary {
+    /// The index json.
+    pub checkpoint: String,
+    /// "safetensors" or "flashpack".
+    pub index_format: &'static str,
+    /// The index's `metadata` object, as stored.
+    pub metadata: Option<Map<String, Value>>,
+    pub shard_count: usize,
+    pub tensor_count: usize,
+    /// Bytes of tensor data over all shards.
+    pub data_bytes: u64,
+    /// Each shard, by the name the index gives it.
+    pub shards: Vec<ShardSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ShardSummary {
+    pub name: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// `inspect PATH`: the text (or JSON) to print for a weight file, an index json or a folder.
+pub fn inspect(path: &Path, with_index: bool, json: bool) -> Result<String> {
+    let ckpt = Checkpoint::open(path)?;
+    let Some(index) = ckpt.index_path() else {
+        let s = summarize(ckpt.path(), with_index)?;
+        return if json {
+            to_json(&s, path)
+        } else {
+            Ok(render(&s))
+        };
+    };
+    let mut shards = Vec::with_capacity(ckpt.shards().len());
+    for shard in ckpt.shards() {
+        shards.push(ShardSummary {
+            name: shard.name().to_string(),
+            summary: summarize(shard.path(), with_index)?,
+        });
+    }
+    let c = CheckpointSummary {
+        checkpoint: index.display().to_string(),
+        index_format: match ckpt.index_kind() {
+            Some(IndexKind::FlashPack) => "flashpack",
+            _ => "safetensors",
+        },
+        metadata: ckpt.metadata().cloned(),
+        shard_count: shards.len(),
+        tensor_count: ckpt.len(),
+        data_bytes: ckpt.total_size(),
+        shards,
+    };
+    if json {
+        return to_json(&c, path);
+    }
+    let mut out = vec![
+        format!(
+            "checkpoint: {} ({} index, {} shards)",
+            c.checkpoint, c.index_format, c.shard_count
+        ),
+        format!(
+            "tensors: {} ({} data bytes)",
+            c.tensor_count,
+            grouped(c.data_bytes)
+        ),
+    ];
+    for (k, v) in c.metadata.iter().flatten() {
+        out.push(format!("metadata {k}: {v}"));
+    }
+    for s in &c.shards {
+        out.push(format!("shard {}:", s.name));
+        out.extend(render(&s.summary).lines().map(|l| format!("  {l}")));
+    }
+    Ok(out.join("\n"))
+}
+
+/// Pretty JSON, an error naming `path` if it cannot be encoded.
+fn to_json(value: &impl Serialize, path: &Path) -> Result<String> {
+    serde_json::to_string_pretty(value)
+        .map_err(|e| CliError::Invalid(format!("{}: cannot encode JSON: {e}", path.display())))
 }
 
 /// Reads the file's footer or header (validated by the engine) into a [`Summary`].

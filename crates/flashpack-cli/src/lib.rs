@@ -17,6 +17,7 @@
 //! ```
 pub mod args;
 pub mod bench;
+pub mod checkpoint;
 pub mod convert;
 pub mod error;
 pub mod format;

@@ -6,15 +6,23 @@
 //! ```text
 //! convert model.safetensors [out.flashpack]     engine (bit-exact; keeps __metadata__)
 //! convert model.flashpack out.safetensors       engine
-//! convert weights.pt | a folder | org/repo      Python
+//! convert ./sharded [out.flashpack]             engine (a folder or index json of weights)
+//! convert m.flashpack ./out --sharded           engine (shards + index json)
+//! convert weights.pt | org/repo                 Python
+//! convert ./bert (a transformers config)        Python (the library saves it), unless the
+//!                                               destination is a weight file or --sharded
+//! convert ./folder-of-torch-files               Python
 //! convert model.safetensors --dtype bf16        Python (torch's cast)
 //! revert model.flashpack [x.safetensors]        engine;  revert model.flashpack x.pt: Python
+//! revert m.flashpack ./out --sharded            engine (the shards it was converted from)
 //! metadata / inspect / verify / bench           engine
 //! ```
 use std::path::{Path, PathBuf};
 
 use flashpack::cancel::Cancel;
-use flashpack::weights::{Format, WeightFile};
+use flashpack::checkpoint::{locate, Checkpoint};
+use flashpack::weights::Format;
+use flashpack::CheckpointError;
 
 use crate::args::{Cli, Command, ConvertArgs, RevertArgs};
 use crate::convert::{self, Filter, Target};
@@ -72,14 +80,7 @@ pub fn run(cli: &Cli, cancel: &Cancel) -> Result<Outcome> {
             json,
         } => Outcome::done(metadata::render(path, *show_index, *json)?),
         Command::Inspect { file, index, json } => {
-            let summary = inspect::summarize(file, *index)?;
-            Outcome::done(if *json {
-                serde_json::to_string_pretty(&summary).map_err(|e| {
-                    CliError::Invalid(format!("{}: cannot encode JSON: {e}", file.display()))
-                })?
-            } else {
-                inspect::render(&summary)
-            })
+            Outcome::done(inspect::inspect(file, *index, *json)?)
         }
         Command::Verify { file } => Outcome::done(verify::check(file, progress, cancel)?),
         Command::Bench {
@@ -100,13 +101,12 @@ pub fn run(cli: &Cli, cancel: &Cancel) -> Result<Outcome> {
 
 fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
     let src = &a.path_or_repo_id;
+    let mut engine_src = src.clone();
     match std::fs::metadata(src) {
-        Ok(m) if m.is_dir() => {
-            return Outcome::python(format!(
-                "{}: converting a model folder (its library's loader, or its weight files)",
-                src.display()
-            ))
-        }
+        Ok(m) if m.is_dir() => match folder_route(a)? {
+            FolderRoute::Python(reason) => return Outcome::python(reason),
+            FolderRoute::Engine(folder) => engine_src = folder,
+        },
         // A FIFO, socket or device: the engine's own refusal (never opened blocking).
         Ok(m) if !m.is_file() => {
             return Err(flashpack::read::open_regular(src).err().map_or_else(
@@ -114,7 +114,23 @@ fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
                 CliError::from,
             ))
         }
-        Ok(_) => {}
+        Ok(_) => {
+            if a.use_transformers || a.use_diffusers {
+                return Err(CliError::Invalid(format!(
+                    "{}: --use-transformers/--use-diffusers need a model folder or a Hub id, not a file",
+                    src.display()
+                )));
+            }
+            if a.subfolder.is_some() || a.variant.is_some() {
+                return Err(CliError::Invalid(format!(
+                    "{}: --subfolder and --variant apply to model folders and Hub ids, not a file",
+                    src.display()
+                )));
+            }
+            if has_suffix(src, &TORCH_SUFFIXES) {
+                return Outcome::python(format!("{}: reading a torch file", src.display()));
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !looks_like_a_path(src) => {
             return Outcome::python(format!(
                 "{}: no such file or folder here, so a Hugging Face Hub repository id",
@@ -123,21 +139,6 @@ fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
         }
         Err(e) => return Err(CliError::io(src, "open", e)),
     }
-    if a.use_transformers || a.use_diffusers {
-        return Err(CliError::Invalid(format!(
-            "{}: --use-transformers/--use-diffusers need a model folder or a Hub id, not a file",
-            src.display()
-        )));
-    }
-    if a.subfolder.is_some() || a.variant.is_some() {
-        return Err(CliError::Invalid(format!(
-            "{}: --subfolder and --variant apply to model folders and Hub ids, not a file",
-            src.display()
-        )));
-    }
-    if has_suffix(src, &TORCH_SUFFIXES) {
-        return Outcome::python(format!("{}: reading a torch file", src.display()));
-    }
     if let Some(dtype) = &a.dtype {
         return Outcome::python(format!(
             "{}: casting to {dtype} with torch (--dtype)",
@@ -145,7 +146,7 @@ fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
         ));
     }
     engine_convert(convert::Request {
-        src: src.clone(),
+        src: engine_src,
         dst: a.destination_path.clone(),
         to: a.to,
         checksums: !a.no_checksums,
@@ -158,40 +159,108 @@ fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
         progress: !cli.quiet,
         verbose: cli.verbose,
         cancel: Some(cancel.clone()),
+        sharded: a.sharded,
+        max_shard_size: a.max_shard_size,
+        variant: a.variant.clone(),
     })
+}
+
+/// Who converts a folder.
+enum FolderRoute {
+    /// The engine, bit-exact: a folder of weights (one index or one weight file).
+    Engine(PathBuf),
+    Python(String),
+}
+
+/// A folder goes to Python when a library must load it (`--use-transformers`/`--use-diffusers`,
+/// or a transformers or diffusers config without a request for plain weight files: those are
+/// saved as the library saves them), when torch must cast it (`--dtype`), or when it holds no
+/// weights the engine reads (torch files). Everything else is the engine's.
+fn folder_route(a: &ConvertArgs) -> Result<FolderRoute> {
+    let src = &a.path_or_repo_id;
+    let python = |why: &str| {
+        Ok(FolderRoute::Python(format!(
+            "{}: converting a model folder ({why})",
+            src.display()
+        )))
+    };
+    if a.use_transformers || a.use_diffusers {
+        return python("its library's loader");
+    }
+    let folder = match &a.subfolder {
+        Some(sub) => src.join(sub),
+        None => src.clone(),
+    };
+    let wants_weight_files = a.sharded
+        || a.max_shard_size.is_some()
+        || a.to == Some(Target::Safetensors)
+        || a.destination_path
+            .as_deref()
+            .and_then(Target::by_extension)
+            .is_some();
+    if a.dtype.is_some() || (library_config(&folder) && !wants_weight_files) {
+        return python("its library's loader, or its weight files");
+    }
+    match locate(&folder, a.variant.as_deref()) {
+        Err(flashpack::Error::Checkpoint {
+            source: CheckpointError::NothingFound { .. },
+            ..
+        }) => python("no safetensors or FlashPack weights in it, so torch files"),
+        _ => Ok(FolderRoute::Engine(folder)),
+    }
+}
+
+/// True when `folder/config.json` names transformers or diffusers (the Python command then
+/// loads the model with that library).
+fn library_config(folder: &Path) -> bool {
+    let Ok(text) = std::fs::read(folder.join("config.json")) else {
+        return false;
+    };
+    let Ok(serde_json::Value::Object(config)) = serde_json::from_slice(&text) else {
+        return false;
+    };
+    [
+        "_diffusers_version",
+        "_class_name",
+        "transformers_version",
+        "model_type",
+    ]
+    .iter()
+    .any(|k| config.contains_key(*k))
 }
 
 fn revert(cli: &Cli, a: &RevertArgs, cancel: &Cancel) -> Result<Outcome> {
     let src = &a.path;
-    let meta = std::fs::metadata(src).map_err(|e| CliError::io(src, "open", e))?;
-    if !meta.is_file() {
-        return Err(CliError::Invalid(format!(
-            "{}: not a regular file",
-            src.display()
-        )));
-    }
-    if WeightFile::open(src)?.format() != Format::FlashPack {
+    let ckpt = Checkpoint::open(src)?;
+    if !ckpt.is_all(Format::FlashPack) {
         return Err(CliError::Invalid(format!(
             "{}: not a FlashPack file (`flashpack convert` converts safetensors files)",
-            src.display()
+            ckpt.path().display()
         )));
     }
-    let dst = a
-        .destination_path
-        .clone()
-        .unwrap_or_else(|| src.with_extension("safetensors"));
-    if has_suffix(&dst, &TORCH_SUFFIXES) {
-        return Outcome::python(format!("{}: writing a torch file", dst.display()));
-    }
-    if Target::by_extension(&dst) != Some(Target::Safetensors) {
-        return Err(CliError::Invalid(format!(
-            "{}: write .safetensors or a torch file (.pt, .bin, .pth, .ckpt)",
-            dst.display()
-        )));
+    let sharded = a.sharded || a.max_shard_size.is_some();
+    let single = ckpt.index_path().is_none();
+    drop(ckpt);
+    let dst = match &a.destination_path {
+        Some(d) => Some(d.clone()),
+        None if single && !sharded && src.is_file() => Some(src.with_extension("safetensors")),
+        None => None,
+    };
+    if let Some(dst) = &dst {
+        if has_suffix(dst, &TORCH_SUFFIXES) {
+            return Outcome::python(format!("{}: writing a torch file", dst.display()));
+        }
+        if !sharded && !dst.is_dir() && Target::by_extension(dst) != Some(Target::Safetensors) {
+            return Err(CliError::Invalid(format!(
+                "{}: write .safetensors or a torch file (.pt, .bin, .pth, .ckpt), or a folder of \
+                 shards with --sharded or --max-shard-size",
+                dst.display()
+            )));
+        }
     }
     engine_convert(convert::Request {
         src: src.clone(),
-        dst: Some(dst),
+        dst,
         to: Some(Target::Safetensors),
         checksums: true,
         align_bytes: None,
@@ -199,6 +268,9 @@ fn revert(cli: &Cli, a: &RevertArgs, cancel: &Cancel) -> Result<Outcome> {
         progress: !cli.quiet,
         verbose: cli.verbose,
         cancel: Some(cancel.clone()),
+        sharded: a.sharded,
+        max_shard_size: a.max_shard_size,
+        variant: None,
     })
 }
 

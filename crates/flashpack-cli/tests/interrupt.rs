@@ -149,6 +149,40 @@ fn sigint_and_sigterm_stop_a_conversion_and_leave_the_destination_as_it_was() {
     }
 }
 
+/// A folder of shards is one result: SIGINT after some shards are complete still stops the
+/// conversion (a shard's own commit is not the folder's), and nothing is left at or beside the
+/// destination.
+#[test]
+fn sigint_stops_a_sharded_conversion_after_its_first_shards_and_leaves_no_folder() {
+    let (dir, fp, _) = sources();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let dst = out.join("sharded");
+    evict(&fp);
+    let mut child = start([
+        "revert".as_ref(),
+        fp.as_os_str(),
+        dst.as_os_str(),
+        "--max-shard-size".as_ref(),
+        "40MiB".as_ref(),
+    ]);
+    // Past the first shard (the largest tensor, 128 MiB, is a shard of its own).
+    assert!(
+        wait_until_written(&mut child, 160 * MIB),
+        "finished before it could be interrupted"
+    );
+    // SAFETY: a plain syscall sending a signal to our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(128 + libc::SIGINT), "{err}");
+    assert!(
+        err.contains(&format!("{}: interrupted by SIGINT", dst.display())),
+        "{err}"
+    );
+    assert!(names(&out).is_empty(), "left behind: {:?}", names(&out));
+}
+
 #[test]
 fn sigkill_at_any_point_of_a_conversion_to_safetensors_leaves_nothing_behind() {
     let (dir, fp, _) = sources();

@@ -36,6 +36,8 @@ struct Inner {
     requested: AtomicBool,
     /// True once the operation's result is in place (held while committing or polling).
     committed: Mutex<bool>,
+    /// For a [`step`](Cancel::step): the whole operation's cancel, whose request stops it too.
+    parent: Option<Cancel>,
 }
 
 /// What [`Cancel::poll`] found.
@@ -59,9 +61,22 @@ impl Cancel {
         self.inner.requested.store(true, Ordering::SeqCst);
     }
 
-    /// True once [`cancel`](Self::cancel) was called.
+    /// True once [`cancel`](Self::cancel) was called (on this or, for a step, on its operation).
     pub fn is_cancelled(&self) -> bool {
         self.inner.requested.load(Ordering::SeqCst)
+            || self.inner.parent.as_ref().is_some_and(Cancel::is_cancelled)
+    }
+
+    /// A cancel for one step of this operation (e.g. one file of several written into a folder
+    /// that is put in place at the end): a request to cancel the operation stops the step, but
+    /// the step's own commit does not count as the operation's.
+    pub fn step(&self) -> Cancel {
+        Cancel {
+            inner: Arc::new(Inner {
+                parent: Some(self.clone()),
+                ..Inner::default()
+            }),
+        }
     }
 
     /// Calls `interrupted` and cancels when it returns true, unless the operation has already
@@ -116,6 +131,17 @@ pub(crate) fn check(cancel: Option<&Cancel>, path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_step_stops_with_its_operation_and_commits_alone() {
+        let op = Cancel::new();
+        let step = op.step();
+        step.commit(Path::new("a"), || Ok(())).unwrap();
+        assert_eq!(op.poll(|| true), Poll::Cancelled);
+        let next = op.step();
+        assert!(next.check(Path::new("b")).is_err());
+        assert!(!Cancel::new().step().is_cancelled());
+    }
 
     #[test]
     fn a_commit_happens_only_before_a_cancel_and_a_cancel_only_before_a_commit() {

@@ -177,8 +177,8 @@ impl WeightFile {
         let map: Mmap =
             unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
         let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
-            let why = match invalid_tensor(&map) {
-                Some(name) => format!("{e}: tensor '{name}' (its shape and dtype need a different number of bytes than its data_offsets give)"),
+            let why = match explain_bad_tensor(&map) {
+                Some(what) => format!("{e}: {what}"),
                 None => e.to_string(),
             };
             bad(why)
@@ -524,12 +524,14 @@ impl WeightFile {
     }
 }
 
-/// The first tensor (by offset) of a safetensors header whose shape and dtype do not match its
-/// byte range, to name in the error (the `safetensors` crate's error does not).
-fn invalid_tensor(file: &[u8]) -> Option<String> {
+/// Names the first tensor (by offset) of a safetensors header that makes it invalid, and why:
+/// a shape and dtype that do not match its byte range, or a range past the end of the file
+/// (the `safetensors` crate's errors for these do not name the tensor).
+fn explain_bad_tensor(file: &[u8]) -> Option<String> {
     let n = usize::try_from(u64::from_le_bytes(file.get(..8)?.try_into().ok()?)).ok()?;
+    let data_start = 8usize.checked_add(n)?;
     let header: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(file.get(8..8usize.checked_add(n)?)?).ok()?;
+        serde_json::from_slice(file.get(8..data_start)?).ok()?;
     let mut tensors: Vec<(&String, safetensors::tensor::TensorInfo)> = header
         .iter()
         .filter(|(name, _)| name.as_str() != "__metadata__")
@@ -543,8 +545,20 @@ fn invalid_tensor(file: &[u8]) -> Option<String> {
             .try_fold(1usize, |a, &d| a.checked_mul(d))
             .and_then(|n| n.checked_mul(t.dtype.bitsize()));
         let (s, e) = t.data_offsets;
-        let ok = bits.is_some_and(|b| b % 8 == 0 && e.checked_sub(s) == Some(b / 8));
-        (!ok).then(|| name.clone())
+        let end = data_start.saturating_add(e);
+        match bits {
+            Some(b) if b % 8 == 0 && e.checked_sub(s) == Some(b / 8) => (end > file.len())
+                .then(|| {
+                    format!(
+                        "tensor '{name}' ends at byte {end}, past the end of the {}-byte file (truncated?)",
+                        file.len()
+                    )
+                }),
+            _ => Some(format!(
+                "tensor '{name}': its shape {:?} and dtype {:?} do not fit its data_offsets {s}..{e}",
+                t.shape, t.dtype
+            )),
+        }
     })
 }
 

@@ -22,7 +22,7 @@ import torch
 
 from . import _core
 from .deserialization import reader_options
-from .utils import string_to_dtype
+from .utils import dtype_to_string, string_to_dtype
 
 PathArg = str | os.PathLike[str]
 DeviceArg = str | int | torch.device
@@ -131,9 +131,11 @@ def _load_cuda(
     for e in entries:
         key = (e.file, e.start, e.end)
         t = made.get(key)
-        if t is None or t.dtype != e.dtype or tuple(t.shape) != e.shape:
-            t = torch.empty(e.shape, dtype=e.dtype, device=device)
-            made.setdefault(key, t)
+        if t is None:
+            t = made[key] = torch.empty(e.shape, dtype=e.dtype, device=device)
+        elif t.dtype != e.dtype or tuple(t.shape) != e.shape:
+            # The same bytes under another dtype or shape: a view of the one allocation.
+            t = t.reshape(-1).view(torch.uint8).view(e.dtype).reshape(e.shape)
         out.append(t)
     # The caching allocator may hand out memory that kernels queued on torch's stream still use;
     # the engine copies on its own streams, so that work must be finished first.
@@ -144,7 +146,9 @@ def _load_cuda(
     return out
 
 
-def load_file(filename: PathArg, device: DeviceArg = "cpu", *, eager: bool = False) -> dict[str, torch.Tensor]:
+def load_file(
+    filename: PathArg, device: DeviceArg = "cpu", *, eager: bool = False, use_distributed_loading: bool = False
+) -> dict[str, torch.Tensor]:
     """Load a ``.safetensors`` or ``.flashpack`` file as a dict name -> tensor, like
     ``safetensors.torch.load_file`` (same names, dtypes, shapes and bytes; 0-dim tensors stay
     0-dim).
@@ -156,8 +160,13 @@ def load_file(filename: PathArg, device: DeviceArg = "cpu", *, eager: bool = Fal
     pool into its own CUDA tensor, as FlashPack loads do; ``"mps"`` reads into host memory, then
     copies. A bad file raises ValueError (OSError for OS errors) naming the file and the tensor;
     Ctrl-C stops an eager or CUDA load between chunks.
+
+    ``use_distributed_loading=True`` (in a ``torch.distributed`` job, or under torchrun): rank 0
+    reads the file and broadcasts the bytes; every rank gets the same dict on ``device``.
     """
     dev = resolve_device(device)
+    if use_distributed_loading:
+        return _distributed(lambda: ([open_weights(filename)], None), dev)
     handle = open_weights(filename)
     entries = entries_of(handle)
     tensors = load_entries([handle], entries, dev, eager, progress=False)
@@ -172,6 +181,7 @@ def load_checkpoint(
     keys: Iterable[str] | None = None,
     progress: bool | None = None,
     variant: str | None = None,
+    use_distributed_loading: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Load a checkpoint of one or many files as one dict name -> tensor, as one engine job.
 
@@ -185,9 +195,12 @@ def load_checkpoint(
     and ``eager`` as for :func:`load_file`. ``variant`` (e.g. ``"fp16"``) picks
     ``*.safetensors.index.fp16.json`` / ``*.fp16.safetensors`` in a folder. A bad index or shard
     raises ValueError naming the index, the shard and the tensor (OSError when the OS refuses a
-    read).
+    read). ``use_distributed_loading`` as for :func:`load_file` (rank 0 reads all shards as one
+    job and broadcasts).
     """
     dev = resolve_device(device)
+    if use_distributed_loading:
+        return _distributed(lambda: _open_checkpoint(path, variant, keys), dev, _progress(progress))
     where, handles = _core.open_checkpoint(os.fsdecode(path), variant)
     entries = select_entries(where, handles, keys)
     tensors = load_entries(handles, entries, dev, eager, _progress(progress))
@@ -205,3 +218,27 @@ def select_entries(where: str, handles: Sequence[Any], keys: Iterable[str] | Non
     if missing:
         raise ValueError(f"{where}: the checkpoint has no tensor {', '.join(repr(m) for m in missing)}")
     return [chosen[k] for k in wanted]
+
+
+def _open_checkpoint(path: PathArg, variant: str | None, keys: Iterable[str] | None) -> tuple[list[Any], list[TensorEntry]]:
+    where, handles = _core.open_checkpoint(os.fsdecode(path), variant)
+    return handles, select_entries(where, handles, keys)
+
+
+def _distributed(open_: Any, device: torch.device, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Rank 0 opens (``open_()`` gives the handles and the entries, or None for all of the
+    handles' tensors) and reads as one job; every rank gets the tensors by broadcast."""
+    from .distributed import load_weights_distributed, maybe_init_distributed
+
+    maybe_init_distributed(device=device)
+
+    def read() -> tuple[Any, list[tuple[str, str, list[int], int, int]]]:
+        handles, entries = open_()
+        if entries is None:
+            entries = [e for k, h in enumerate(handles) for e in entries_of(h, k)]
+        pieces = [(e.file, e.start, e.end) for e in entries]
+        memory, offsets, _phases, _io = _core.read_job(handles, pieces, progress=progress, **reader_options())
+        layout = [(e.name, dtype_to_string(e.dtype), list(e.shape), off, e.nbytes) for e, off in zip(entries, offsets)]
+        return memory, layout
+
+    return load_weights_distributed(read, device)

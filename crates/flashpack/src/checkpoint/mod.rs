@@ -33,7 +33,7 @@
 //! ```
 pub mod index;
 pub mod locate;
-
+pub mod shards;
 mod write;
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,6 +47,11 @@ use crate::{Error, Result};
 pub use index::{IndexFile, IndexKind, ShardRecord};
 pub use locate::{locate, Located};
 pub use write::write_index;
+
+/// FlashPack footer key of a pack converted from a checkpoint of several files: the source
+/// index's `metadata` and `weight_map` (tensor -> shard file name), so converting back restores
+/// the same shards (see docs/FORMAT.md).
+pub const CHECKPOINT_INDEX_KEY: &str = "checkpoint_index";
 
 /// How [`Checkpoint::open_with`] chooses in a folder.
 #[derive(Clone, Debug, Default)]

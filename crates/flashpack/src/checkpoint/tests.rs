@@ -379,3 +379,28 @@ fn a_safetensors_index_can_be_written_for_any_weight_files() {
         "{e}"
     );
 }
+
+/// A Hugging Face cache snapshot: the index and shards are links into a blob store outside the
+/// snapshot folder. Links are followed (the names stay inside the folder).
+#[cfg(unix)]
+#[test]
+fn shards_linked_from_a_hub_cache_snapshot_open() {
+    let (dir, _) = sharded();
+    let blobs = dir.path().join("blobs");
+    let snapshot = dir.path().join("snapshots").join("abc");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir(&blobs).unwrap();
+    for name in [
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ] {
+        let blob = blobs.join(format!("blob-{name}"));
+        std::fs::rename(dir.path().join(name), &blob).unwrap();
+        std::os::unix::fs::symlink(format!("../../blobs/blob-{name}"), snapshot.join(name))
+            .unwrap();
+    }
+    let c = Checkpoint::open(&snapshot).unwrap();
+    assert_eq!(c.shards().len(), 2);
+    assert_eq!(c.total_size(), 6);
+}

@@ -164,6 +164,35 @@ impl JobPlan {
         memory.as_slice().get(a..a + n).unwrap_or(&[])
     }
 
+    /// A device error with where it happened: the file and tensors of the chunk being copied
+    /// (`copying`, job-memory offsets), else every file of the job.
+    fn device_error(&self, datas: &[DataFile<'_>], e: Error, copying: Option<(u64, u64)>) -> Error {
+        let Error::Device(msg) = e else { return e };
+        let span = copying.and_then(|(a, b)| {
+            self.spans
+                .iter()
+                .find(|s| s.at <= a && a < s.at + (s.end - s.start))
+                .map(|s| (s, a, b))
+        });
+        match span {
+            Some((s, a, b)) => {
+                let end = s.start + (b - s.at).min(s.end - s.start);
+                datas[s.file].device_error(Error::Device(msg), Some((s.start + (a - s.at), end)))
+            }
+            None => {
+                let mut files: Vec<String> = datas
+                    .iter()
+                    .take(3)
+                    .map(|d| d.path.display().to_string())
+                    .collect();
+                if datas.len() > 3 {
+                    files.push(format!("and {} more files", datas.len() - 3));
+                }
+                Error::Device(format!("loading {}: {msg}", files.join(", ")))
+            }
+        }
+    }
+
     /// The reads: chunks of at most `chunk` bytes, each (file, file offset, job offset, len),
     /// taken from the files in turn so that they are read in parallel.
     fn items(&self, chunk: usize) -> Vec<Item> {
@@ -233,7 +262,7 @@ pub fn read_host(
     let items = plan.items(opts.chunk_bytes);
     report.threads = threads.clamp(1, items.len().max(1));
     let sink = HostSink::with_base(buf.as_mut_slice(), 0);
-    report.io = run(&datas, &sources, &items, &sink, report.threads, opts)?;
+    report.io = run(&sources, &items, &sink, report.threads, opts)?;
     report.phases.push(("read_payload", t.elapsed()));
     Ok((JobMemory(buf), report))
 }
@@ -303,10 +332,14 @@ pub(crate) fn read_device<D: Device>(
     let mut report = LoadReport::default();
     report.phases.push(("plan", t.elapsed()));
     let t = Instant::now();
-    let sink = DeviceSink::new(device, regions, threads, chunk)?;
+    let sink = DeviceSink::new(device, regions, threads, chunk)
+        .map_err(|e| plan.device_error(&datas, e, None))?;
     report.threads = sink.workers();
-    report.io = run(&datas, &sources, &items, &sink, report.threads, opts)?;
-    sink.finish()?;
+    let read = run(&sources, &items, &sink, report.threads, opts);
+    let copying = sink.failed_chunk();
+    report.io = read.map_err(|e| plan.device_error(&datas, e, copying))?;
+    sink.finish()
+        .map_err(|e| plan.device_error(&datas, e, None))?;
     report.phases.push(("stream_to_device", t.elapsed()));
     Ok(report)
 }
@@ -345,7 +378,6 @@ fn sources<'a>(
 /// The reader pool over every file: `threads` threads take the next item, read it from its
 /// file into the sink (at its job offset), and stop all on the first error or cancellation.
 fn run(
-    datas: &[DataFile<'_>],
     sources: &[Source<'_>],
     items: &[Item],
     sink: &dyn Sink,
@@ -414,7 +446,8 @@ fn run(
                             Error::io(src.path, "read (the file got shorter while loading)", io)
                         }
                         Some(io) => Error::io(src.path, "read", io),
-                        None => datas[it.file].device_error(e, None),
+                        // A device error: named by the caller, which knows the failed chunk.
+                        None => e,
                     };
                     return fail(e);
                 }

@@ -1,0 +1,311 @@
+//! Writing a checkpoint of many files: splitting tensors into shards of a bounded size, naming
+//! them as transformers does (`model-00001-of-00003.safetensors`), writing a safetensors shard
+//! from tensors in memory, and putting a whole folder in place at once ([`StagedFolder`]).
+//!
+//! ```
+//! use flashpack::checkpoint::shards::{plan, shard_file_name};
+//! // a tensor larger than the limit gets a shard of its own; order is kept
+//! assert_eq!(plan(&[4, 4, 10, 1], 8), vec![0..2, 2..3, 3..4]);
+//! assert_eq!(shard_file_name("model", 0, 3, "safetensors"), "model-00001-of-00003.safetensors");
+//! ```
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use crate::cancel::{self, Cancel};
+use crate::weights::{to_safetensors_dtype, TensorView};
+use crate::write::{prepare_destination, Staged};
+use crate::{Error, Result};
+
+/// Tensor bytes written per call (and per cancellation check).
+const PIECE: usize = 4 << 20;
+/// The largest header the `safetensors` crate writes or reads.
+const MAX_HEADER: usize = 100_000_000;
+
+/// Splits tensors of byte sizes `sizes` (in order) into consecutive shards of at most
+/// `max_bytes` each, as transformers' `save_pretrained` does: a tensor that does not fit in the
+/// current shard starts the next one; a tensor larger than `max_bytes` is a shard of its own.
+pub fn plan(sizes: &[u64], max_bytes: u64) -> Vec<Range<usize>> {
+    let mut shards = Vec::new();
+    let (mut start, mut bytes) = (0usize, 0u64);
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > start && bytes.saturating_add(size) > max_bytes {
+            shards.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(size);
+    }
+    if start < sizes.len() {
+        shards.push(start..sizes.len());
+    }
+    shards
+}
+
+/// `{stem}-{i+1:05}-of-{n:05}.{ext}` (one shard: `{stem}.{ext}`), as transformers names shards.
+pub fn shard_file_name(stem: &str, i: usize, n: usize, ext: &str) -> String {
+    if n == 1 {
+        format!("{stem}.{ext}")
+    } else {
+        format!("{stem}-{:05}-of-{n:05}.{ext}", i + 1)
+    }
+}
+
+/// Writes `tensors` as the safetensors file `dest`, bytes unchanged, laid out as the
+/// `safetensors` crate lays a file out (by dtype alignment, then name), with `metadata` as its
+/// `__metadata__`. Atomic like a pack; `cancel` stops it between 4 MiB pieces with `dest` as it
+/// was (its commit is this file's: pass a [`Cancel::step`] when the file is one of several).
+pub fn write_safetensors(
+    dest: &Path,
+    tensors: &[TensorView<'_>],
+    metadata: Option<HashMap<String, String>>,
+    cancel: Option<&Cancel>,
+) -> Result<()> {
+    use safetensors::tensor::{Metadata, TensorInfo};
+    let mut order = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let dtype = to_safetensors_dtype(t.dtype).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: tensor '{}': {} cannot be stored in safetensors",
+                dest.display(),
+                t.name,
+                t.dtype
+            ))
+        })?;
+        let shape = t
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<Vec<usize>, _>>()
+            .map_err(|_| Error::Invalid(format!("tensor '{}': shape too large", t.name)))?;
+        order.push((t, dtype, shape));
+    }
+    order.sort_by(|(a, da, _), (b, db, _)| db.cmp(da).then_with(|| a.name.cmp(b.name)));
+    let mut offset = 0usize;
+    let mut infos = Vec::with_capacity(order.len());
+    for (t, dtype, shape) in &order {
+        let info = TensorInfo {
+            dtype: *dtype,
+            shape: shape.clone(),
+            data_offsets: (offset, offset + t.data.len()),
+        };
+        offset += t.data.len();
+        infos.push((t.name.to_string(), info));
+    }
+    let header_error = |e: String| Error::Invalid(format!("{}: {e}", dest.display()));
+    let meta = Metadata::new(metadata, infos).map_err(|e| header_error(e.to_string()))?;
+    let mut json = serde_json::to_vec(&meta).map_err(|e| header_error(e.to_string()))?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    if json.len() > MAX_HEADER {
+        return Err(header_error(format!(
+            "the safetensors header would be {} bytes, over the format's limit of {MAX_HEADER}",
+            json.len()
+        )));
+    }
+
+    let dir = prepare_destination(dest)?;
+    cancel::check(cancel, dest)?;
+    let tmp = Staged::create(&dir, dest)?;
+    let file = tmp.file();
+    let total = 8 + json.len() as u64 + offset as u64;
+    file.set_len(total)
+        .map_err(|e| Error::io(dest, "set the new file's length", e))?;
+    let write = |bytes: &[u8], at: u64| {
+        use crate::os::Positioned;
+        file.write_all_at(bytes, at)
+            .map_err(|e| Error::io(dest, "write", e))
+    };
+    write(&(json.len() as u64).to_le_bytes(), 0)?;
+    write(&json, 8)?;
+    let mut at = 8 + json.len() as u64;
+    for (t, _, _) in &order {
+        for piece in t.data.chunks(PIECE) {
+            cancel::check(cancel, dest)?;
+            write(piece, at)?;
+            crate::os::start_writeback(file, at, piece.len());
+            at += piece.len() as u64;
+        }
+    }
+    cancel::check(cancel, dest)?;
+    file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
+    match cancel {
+        Some(c) => c.commit(dest, || tmp.commit(dest)),
+        None => tmp.commit(dest),
+    }
+}
+
+/// A folder written beside its destination (`.packtmp_*`, hidden) and renamed into place when
+/// complete, so the destination is never a partial checkpoint. Dropped without
+/// [`commit`](Self::commit) (an error, a cancellation), it is removed; a process killed
+/// outright can leave the hidden folder behind, never a partial destination.
+#[derive(Debug)]
+pub struct StagedFolder {
+    dir: tempfile::TempDir,
+    dest: PathBuf,
+}
+
+impl StagedFolder {
+    /// Starts a folder that will become `dest`, which must not exist or be an empty folder.
+    pub fn create(dest: &Path) -> Result<StagedFolder> {
+        match std::fs::read_dir(dest) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(Error::Invalid(format!(
+                        "{}: the destination folder is not empty (a checkpoint of several files \
+                         is written into a new or empty folder)",
+                        dest.display()
+                    )));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(dest, "check the destination folder", e)),
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent)
+            .map_err(|e| Error::io(dest, format!("create its folder {}", parent.display()), e))?;
+        let dir = tempfile::Builder::new()
+            .prefix(".packtmp_")
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(dest, "create a temporary folder beside it", e))?;
+        Ok(StagedFolder {
+            dir,
+            dest: dest.to_path_buf(),
+        })
+    }
+
+    /// Where to write the files.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The destination.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Renames the folder into place (over an empty destination folder) unless `cancel` was
+    /// cancelled first; afterwards the operation counts as done.
+    pub fn commit(self, cancel: Option<&Cancel>) -> Result<()> {
+        let dest = self.dest.clone();
+        let rename = move || {
+            let tmp = self.dir.keep();
+            if dest.is_dir() {
+                // Empty when created; anything put there since makes this fail, as it should.
+                std::fs::remove_dir(&dest).map_err(|e| {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                    Error::io(&dest, "replace the empty destination folder", e)
+                })?;
+            }
+            std::fs::rename(&tmp, &dest).map_err(|e| {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Error::io(&dest, "rename into place", e)
+            })?;
+            crate::os::sync_dir(dest.parent().unwrap_or(Path::new(".")));
+            Ok(())
+        };
+        match cancel {
+            Some(c) => c.commit(&self.dest.clone(), rename),
+            None => rename(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Dtype;
+
+    #[test]
+    fn plans_keep_order_and_bound_sizes() {
+        assert_eq!(plan(&[], 8), Vec::<Range<usize>>::new());
+        assert_eq!(plan(&[1, 2, 3], 100), vec![0..3]);
+        assert_eq!(plan(&[9, 9], 8), vec![0..1, 1..2]);
+        assert_eq!(plan(&[0, 0, 8, 0], 8), vec![0..4]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plans_cover_every_tensor_once(sizes in proptest::collection::vec(0u64..100, 0..40),
+                                         max in 1u64..200) {
+            let shards = plan(&sizes, max);
+            let mut next = 0;
+            for r in &shards {
+                proptest::prop_assert_eq!(r.start, next);
+                proptest::prop_assert!(r.end > r.start);
+                let bytes: u64 = sizes[r.clone()].iter().sum();
+                proptest::prop_assert!(bytes <= max || r.len() == 1);
+                next = r.end;
+            }
+            proptest::prop_assert_eq!(next, sizes.len());
+        }
+    }
+
+    #[test]
+    fn a_safetensors_shard_reads_back_with_the_safetensors_crate() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("s.safetensors");
+        let a: Vec<u8> = (0..12).collect();
+        let views = [
+            TensorView {
+                name: "b",
+                dtype: Dtype::U8,
+                shape: &[2],
+                data: &[7, 8],
+            },
+            TensorView {
+                name: "a",
+                dtype: Dtype::F32,
+                shape: &[3],
+                data: &a,
+            },
+        ];
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        write_safetensors(&dest, &views, Some(meta.clone()), None).unwrap();
+        let bytes = std::fs::read(&dest).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("a").unwrap().data(), &a[..]);
+        assert_eq!(st.tensor("b").unwrap().data(), &[7, 8]);
+        let (_, m) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(m.metadata().as_ref(), Some(&meta));
+
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let e = write_safetensors(&dest, &views[..1], None, Some(&cancel)).unwrap_err();
+        assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+        assert_eq!(std::fs::read(&dest).unwrap(), bytes, "left as it was");
+    }
+
+    #[test]
+    fn a_staged_folder_appears_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out");
+        let staged = StagedFolder::create(&dest).unwrap();
+        std::fs::write(staged.path().join("x"), b"1").unwrap();
+        assert!(!dest.exists());
+        drop(staged);
+        assert!(!dest.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing left"
+        );
+
+        std::fs::create_dir(&dest).unwrap(); // an empty folder may be replaced
+        let staged = StagedFolder::create(&dest).unwrap();
+        std::fs::write(staged.path().join("x"), b"1").unwrap();
+        let cancel = Cancel::new();
+        cancel.cancel();
+        assert!(staged.commit(Some(&cancel)).is_err());
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let staged = StagedFolder::create(&dest).unwrap();
+        std::fs::write(staged.path().join("x"), b"1").unwrap();
+        staged.commit(None).unwrap();
+        assert_eq!(std::fs::read(dest.join("x")).unwrap(), b"1");
+        let e = StagedFolder::create(&dest).unwrap_err();
+        assert!(e.to_string().contains("not empty"), "{e}");
+    }
+}
