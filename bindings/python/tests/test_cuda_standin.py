@@ -307,3 +307,58 @@ def test_an_interrupted_cuda_load_stops_and_leaves_no_copy_running(drv: Driver, 
     assert stats["allocated"] == stats["idle"], stats
     _, regions = load(drv, path)
     assert_landed(drv, raw, regions)
+
+
+# ---- one job over many files (flashpack.load_file / load_checkpoint on CUDA) -------------------
+
+
+def test_a_job_over_many_safetensors_files_lands_bit_exact_within_the_pool_limit(drv: Driver, tmp_path: Path) -> None:
+    """What ``load_checkpoint(device="cuda")`` does: every tensor of every shard into its own
+    device allocation, one job through one set of pinned staging buffers that stays within the
+    pool's limit however many files there are."""
+    import safetensors.torch as st
+
+    dtypes = sorted(NAME_TO_DTYPE.values(), key=str)
+    files, want = [], {}
+    for k in range(3):
+        sd = {f"s{k}.t{i}": random_tensor(d, (3000 * (i % 4 + 1) + 7 * k,), i + k) for i, d in enumerate(dtypes) if d in st._TYPES.values()}
+        path = tmp_path / f"model-{k}.safetensors"
+        st.save_file(sd, path)
+        files.append(_core.open_weights(str(path)))
+        want.update({n: path.read_bytes()[s:e] for n, _, _, _, s, e in files[-1].tensors})
+    ctx = drv.ctx(0)
+    pieces, where = [], {}
+    for k, f in enumerate(files):
+        for name, _, _, _, start, end in f.tensors:
+            ptr = drv.alloc(ctx, end - start)
+            pieces.append((k, start, end, ptr))
+            where[name] = (ptr, end - start)
+    flashpack.release_pinned_pool()
+    leaked = flashpack.pinned_pool_stats()["leaked"]  # by earlier tests' injected failures
+    limit = leaked + (1 << 20)
+    _core.set_pinned_pool_limit(limit)
+    try:
+        _phases, io = _core.read_job_to_cuda(files, pieces, 0, threads=4, chunk_bytes=256 << 10)
+        stats = flashpack.pinned_pool_stats()
+    finally:
+        _core.set_pinned_pool_limit(1 << 30)
+    assert 0 < stats["allocated"] <= limit - leaked, stats  # allocated counts no leaked bytes
+    assert io["direct_bytes"] + io["buffered_bytes"] >= sum(len(b) for b in want.values())
+    for name, (ptr, n) in where.items():
+        assert drv.read(ctx, ptr, n) == want[name], name
+        drv.free(ctx, ptr)
+
+
+def test_a_job_with_a_piece_outside_its_file_is_refused_naming_it(drv: Driver, tmp_path: Path) -> None:
+    import safetensors.torch as st
+
+    path = tmp_path / "m.safetensors"
+    st.save_file({"w": torch.zeros(100)}, path)
+    f = _core.open_weights(str(path))
+    ptr = drv.alloc(drv.ctx(0), 1024)
+    with pytest.raises(ValueError, match="m.safetensors"):
+        _core.read_job_to_cuda([f], [(0, 0, 10_000, ptr)], 0)
+    with pytest.raises(ValueError, match="overlap"):
+        _, _, _, _, s, _ = f.tensors[0]
+        _core.read_job_to_cuda([f], [(0, s, s + 64, ptr), (0, s + 32, s + 96, ptr)], 0)
+    drv.free(drv.ctx(0), ptr)

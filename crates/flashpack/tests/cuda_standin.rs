@@ -851,3 +851,91 @@ fn a_device_range_outside_its_allocation_is_refused_not_written() {
     // SAFETY: plain control call; this test expected the violation.
     unsafe { (t.s.reset)() };
 }
+
+/// A job over several safetensors files (`read::job`, what `load_checkpoint(device="cuda")`
+/// runs): every tensor lands bit-exact through one set of staging buffers within the pool's
+/// limit; an injected copy failure is a prompt error naming the shard and the tensor, a failed
+/// synchronize names the job's files, and the next job works.
+#[test]
+#[ignore = "runs against the CUDA stand-in: make test-cuda-standin"]
+fn a_job_over_many_files_lands_bit_exact_and_its_failures_name_the_shard() {
+    use flashpack::read::job::{read_cuda, JobPlan, JobRegion, Piece};
+    let t = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for k in 0..3u64 {
+        let fp = dir.path().join(format!("s{k}.flashpack"));
+        let data: Vec<Vec<u8>> = (0..4u64)
+            .map(|i| bytes(k * 10 + i, 70_001 + 4096 * i as usize))
+            .collect();
+        let entries: Vec<PackEntry<'_>> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| PackEntry::new(format!("s{k}.t{i}"), Dtype::U8, vec![d.len() as u64], d))
+            .collect();
+        pack(&fp, &entries, &PackOptions::default()).unwrap();
+        let st = dir.path().join(format!("model-{k}.safetensors"));
+        WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+        files.push(WeightFile::open(&st).unwrap());
+    }
+    let refs: Vec<&WeightFile> = files.iter().collect();
+    let mut pieces = Vec::new();
+    let mut want = Vec::new();
+    for (k, f) in refs.iter().enumerate() {
+        let raw = std::fs::read(f.path()).unwrap();
+        for t in f.tensors() {
+            pieces.push(Piece {
+                file: k,
+                start: t.start,
+                end: t.end,
+            });
+            want.push(raw[t.start as usize..t.end as usize].to_vec());
+        }
+    }
+    let plan = JobPlan::new(&refs, &pieces).unwrap();
+    let dev = CudaDevice::new(0).unwrap();
+    release_pinned_pool();
+    set_budget(4 * 2 * 65536);
+    let run = |fail: Option<(&str, u64)>| {
+        let bufs: Vec<DeviceBuffer> = want
+            .iter()
+            .map(|w| DeviceBuffer::alloc(&dev, w.len()).unwrap())
+            .collect();
+        let regions: Vec<JobRegion> = bufs
+            .iter()
+            .enumerate()
+            .map(|(piece, b)| JobRegion {
+                piece,
+                dst: b.ptr(),
+            })
+            .collect();
+        if let Some((kind, nth)) = fail {
+            t.s.fail(kind, nth);
+        }
+        // SAFETY: every region is one of the buffers just allocated, which nothing else uses.
+        let r = unsafe { read_cuda(&refs, &plan, &dev, &regions, &opts(4, 65536)) };
+        if let Some((kind, _)) = fail {
+            t.s.fail(kind, 0);
+        }
+        (r, bufs)
+    };
+    let (r, bufs) = run(None);
+    r.unwrap();
+    for (i, (b, w)) in bufs.iter().zip(&want).enumerate() {
+        assert!(to_host(b) == *w, "piece {i} differs");
+    }
+    assert_pool_at_rest("after a job");
+    let (r, _) = run(Some(("copy", 5)));
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("model-") && msg.contains("tensor") && msg.contains("'s"),
+        "{msg}"
+    );
+    let (r, _) = run(Some(("sync", 1)));
+    let msg = r.unwrap_err().to_string();
+    assert!(msg.contains("model-0.safetensors"), "{msg}");
+    let (r, bufs) = run(None);
+    r.unwrap();
+    assert!(to_host(&bufs[7]) == want[7], "after the failures");
+    assert_pool_at_rest("after the failed jobs");
+}

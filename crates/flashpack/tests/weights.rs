@@ -234,6 +234,24 @@ fn bad_files_are_clear_errors() {
     assert!(!dest.exists());
 }
 
+/// A header whose shape and dtype disagree with a tensor's byte range names that tensor (the
+/// `safetensors` crate's own error does not).
+#[test]
+fn a_shape_that_does_not_match_its_bytes_names_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = br#"{"ok":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"wrong":{"dtype":"F32","shape":[3],"data_offsets":[8,16]}}"#;
+    let mut json = header.to_vec();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut raw = (json.len() as u64).to_le_bytes().to_vec();
+    raw.extend_from_slice(&json);
+    raw.extend_from_slice(&[0u8; 16]);
+    let p = dir.path().join("shape.safetensors");
+    std::fs::write(&p, raw).unwrap();
+    let err = WeightFile::open(&p).err().expect("opened").to_string();
+    assert!(err.contains("tensor 'wrong'"), "{err}");
+    assert!(err.contains(&*p.to_string_lossy()), "{err}");
+}
+
 /// Our safetensors writer lays the file out byte for byte as the `safetensors` crate does.
 #[test]
 fn safetensors_output_is_the_file_the_safetensors_crate_writes() {

@@ -277,3 +277,59 @@ def _blocks_of(meta: dict[str, Any]) -> list[tuple[str, int, int]]:
     dtype = meta["target_dtype"]
     size = torch.empty(0, dtype=string_to_dtype(dtype)).element_size()
     return [(dtype, 0, int(meta["total_elems"]) * size)]
+
+
+def load_weights_distributed(
+    read: Any,
+    device: torch.device,
+    src: int = 0,
+    silent: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Tensors (``load_file`` / ``load_checkpoint`` under ``use_distributed_loading``) on every
+    rank of the default process group, read once: rank ``src`` runs ``read()`` (which returns
+    ``(memory, [(name, dtype name, shape, offset, nbytes), ...])`` from one engine job into host
+    memory), then the bytes are broadcast (NCCL for CUDA, gloo for CPU) in pieces of at most
+    256 MiB. Only rank ``src`` needs the files. A failure on ``src`` is an error on every rank.
+
+    For CUDA, rank ``src`` holds the whole job in host memory once (the broadcast needs it on
+    its device), unlike a single-process CUDA load, which streams through the pinned pool.
+    """
+    from .loading import TensorEntry, view_of
+
+    rank = dist.get_rank()
+    group = _control_group()
+    memory, layout, status = None, None, None
+    if rank == src:
+        try:
+            with timer("read_payload", silent):
+                memory, layout = read()
+        except (OSError, ValueError, RuntimeError) as e:
+            status = f"{type(e).__name__}: {e}"
+    _agree(status, f"rank {src} read the weights", group)
+    box: list[Any] = [layout]
+    dist.broadcast_object_list(box, src=src, group=group)
+    layout = box[0]
+    total = max((off + n for _, _, _, off, n in layout), default=0)
+    if rank == src and device.type == "cpu":
+        buffer = torch.frombuffer(memory, dtype=torch.uint8, count=total) if total else torch.empty(0, dtype=torch.uint8)
+    else:
+        buffer = torch.empty(total, dtype=torch.uint8, device=device)
+        if rank == src and total:
+            buffer.copy_(torch.frombuffer(memory, dtype=torch.uint8, count=total))
+    with timer("broadcast", silent):
+        for start in range(0, total, BROADCAST_PIECE):
+            dist.broadcast(buffer[start : min(total, start + BROADCAST_PIECE)], src=src)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    out = {}
+    for name, dtype, shape, off, n in layout:
+        e = TensorEntry(0, name, string_to_dtype(dtype), tuple(shape), 0, n)
+        if n == 0:
+            out[name] = torch.empty(e.shape, dtype=e.dtype, device=device)
+        elif device.type == "cpu" and rank == src:
+            out[name] = view_of(memory, off, e)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out[name] = buffer[off : off + n].view(e.dtype).view(e.shape)
+    return out
