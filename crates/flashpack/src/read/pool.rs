@@ -1,6 +1,9 @@
 //! The reader pool: threads that pull chunks of the payload off a shared counter and read each
 //! into its sink, with `O_DIRECT` for the aligned part of a chunk when a direct handle is given and
 //! buffered reads for everything else (unaligned tails, filesystems that refuse `O_DIRECT`).
+//! Buffered reads of a cold file ask for readahead: sequential advice on the file, and before each
+//! chunk a thread asks the OS to start reading the chunk `threads` places further on (the one a
+//! thread will take after this round), so the device gets large requests ahead of the readers.
 //! Each thread checks the source's [`Cancel`] before each chunk and between the [`READ_PIECE`]
 //! reads a chunk is made of, so a cancelled load stops after at most one piece per thread.
 use std::fs::File;
@@ -63,6 +66,8 @@ pub(crate) struct Source<'a> {
     pub path: &'a Path,
     pub buffered: &'a File,
     pub direct: Option<File>,
+    /// Ask the OS to read ahead (see the module doc); for buffered reads of a cold file.
+    pub readahead: bool,
     pub cancel: Option<&'a Cancel>,
 }
 
@@ -112,6 +117,8 @@ impl Verifier<'_> {
 pub struct IoCounts {
     pub direct_bytes: u64,
     pub buffered_bytes: u64,
+    /// Bytes the OS was asked to read ahead into the page cache (0 where it has no such hint).
+    pub prefetched_bytes: u64,
 }
 
 /// Reads every chunk into `sink` with `threads` threads.
@@ -128,13 +135,18 @@ pub(crate) fn read_chunks(
     let direct_ok = AtomicBool::new(src.direct.is_some());
     let direct_bytes = AtomicU64::new(0);
     let buffered_bytes = AtomicU64::new(0);
+    let prefetched_bytes = AtomicU64::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let threads = threads.clamp(1, chunks.len().max(1));
+    if src.readahead {
+        crate::os::advise_sequential(src.buffered);
+    }
 
     std::thread::scope(|s| {
         for worker in 0..threads {
             let (next, stop, direct_ok, first_error) = (&next, &stop, &direct_ok, &first_error);
             let (direct_bytes, buffered_bytes) = (&direct_bytes, &buffered_bytes);
+            let prefetched_bytes = &prefetched_bytes;
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= chunks.len() || stop.load(Ordering::Relaxed) {
@@ -148,6 +160,13 @@ pub(crate) fn read_chunks(
                     return;
                 }
                 let c = chunks[i];
+                if src.readahead {
+                    if let Some(ahead) = chunks.get(i + threads) {
+                        if crate::os::prefetch(src.buffered, ahead.offset, ahead.len as u64) {
+                            prefetched_bytes.fetch_add(ahead.len as u64, Ordering::Relaxed);
+                        }
+                    }
+                }
                 let mut io_error = None;
                 let mut bad_data = None;
                 // Keep the original I/O error (with its OS code) or checksum error for the
@@ -203,6 +222,7 @@ pub(crate) fn read_chunks(
     Ok(IoCounts {
         direct_bytes: direct_bytes.into_inner(),
         buffered_bytes: buffered_bytes.into_inner(),
+        prefetched_bytes: prefetched_bytes.into_inner(),
     })
 }
 
