@@ -9,6 +9,7 @@ use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::Duration;
 
 mod cli;
+mod weights;
 
 use flashpack::cancel::{Cancel, Poll};
 use flashpack::format::{Order, TensorSpec};
@@ -49,6 +50,8 @@ fn to_py(e: Error) -> PyErr {
             None => PyOSError::new_err(e.to_string()),
         },
         Error::NotAFile { .. } => PyOSError::new_err(e.to_string()),
+        // A shard the OS would not read: an OSError, with the index and the shard named.
+        Error::Checkpoint { .. } if !e.is_data_error() => PyOSError::new_err(e.to_string()),
         Error::Cancelled { .. } => PyKeyboardInterrupt::new_err(e.to_string()),
         Error::Device(_) => PyRuntimeError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
@@ -569,6 +572,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(prepare_pack_destination, m)?)?;
     m.add_function(wrap_pyfunction!(dtype_names, m)?)?;
     m.add_function(wrap_pyfunction!(cli::cli, m)?)?;
+    m.add_class::<weights::PyWeightFile>()?;
+    m.add_class::<weights::Memory>()?;
+    m.add_function(wrap_pyfunction!(weights::open_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::open_checkpoint, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::write_checkpoint_index, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::read_job, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::read_job_to_cuda, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

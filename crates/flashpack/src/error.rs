@@ -43,6 +43,15 @@ pub enum Error {
         #[source]
         source: FormatError,
     },
+    /// A checkpoint (an index json and its shard files, or a folder holding one) is not usable:
+    /// `path` is the index file (or the folder, or the single weight file), `source` says what
+    /// is wrong and names the shard and the tensor.
+    #[error("{}: {source}", path.display())]
+    Checkpoint {
+        path: PathBuf,
+        #[source]
+        source: CheckpointError,
+    },
     /// The caller asked for something that cannot be done (bad option, unsupported device).
     #[error("{0}")]
     Invalid(String),
@@ -51,7 +60,89 @@ pub enum Error {
     Device(String),
 }
 
+/// What is wrong with a checkpoint (see [`Error::Checkpoint`], which names the index file).
+/// Shard names are as the index writes them (relative to the index's folder).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// The index is not valid JSON, or not shaped like a checkpoint index.
+    #[error("not a valid checkpoint index: {reason}")]
+    Malformed { reason: String },
+    /// The index file is larger than any real index (refused before it is read).
+    #[error("the index is {size} bytes, over the limit of {limit}")]
+    IndexTooLarge { size: u64, limit: u64 },
+    /// A FlashPack index of a format version this build does not read.
+    #[error("unsupported index format '{format}' version {version} (this build reads '{supported}' version 1)")]
+    UnsupportedIndex {
+        format: String,
+        version: u64,
+        supported: &'static str,
+    },
+    /// The index lists no tensor at all.
+    #[error("the index lists no tensors")]
+    Empty,
+    /// A tensor appears twice in the index's `weight_map`.
+    #[error("tensor '{tensor}' is listed twice in weight_map")]
+    DuplicateEntry { tensor: String },
+    /// A shard name that would leave the index's folder (`..`, an absolute path, a drive).
+    #[error(
+        "shard '{shard}' (of tensor '{tensor}') is not a plain file name inside the index's folder"
+    )]
+    ShardOutsideFolder { shard: String, tensor: String },
+    /// A shard named by the index does not exist.
+    #[error("shard '{shard}' (holding tensor '{tensor}') does not exist")]
+    ShardMissing { shard: String, tensor: String },
+    /// A shard cannot be opened or is not a valid weight file; `source` says why (an OS error
+    /// keeps [`Error::is_data_error`] false).
+    #[error("shard '{shard}' (holding tensor '{tensor}'): {source}")]
+    BadShard {
+        shard: String,
+        tensor: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// The index maps a tensor to a shard that does not hold it.
+    #[error("tensor '{tensor}' is listed in shard '{shard}' but that file does not hold it")]
+    TensorNotInShard { tensor: String, shard: String },
+    /// A tensor is stored in two shards (the index maps it to `listed`).
+    #[error("tensor '{tensor}' is in shard '{listed}' and also in shard '{other}'")]
+    TensorInTwoShards {
+        tensor: String,
+        listed: String,
+        other: String,
+    },
+    /// A shard holds a tensor the index does not list (the index is stale or incomplete).
+    #[error("shard '{shard}' holds tensor '{tensor}', which the index does not list")]
+    TensorNotInIndex { tensor: String, shard: String },
+    /// A FlashPack index's recorded size or footer digest of a shard does not match the file:
+    /// the shard was replaced or changed after the index was written.
+    #[error(
+        "shard '{shard}' (holding tensor '{tensor}') changed since the index was written: {what}"
+    )]
+    ShardChanged {
+        shard: String,
+        tensor: String,
+        what: String,
+    },
+    /// A FlashPack index lists a shard that is not a FlashPack file.
+    #[error("shard '{shard}' (holding tensor '{tensor}') is not a FlashPack file, as a FlashPack index requires")]
+    NotAFlashPackShard { shard: String, tensor: String },
+    /// A folder holds no index json and no weight file (of the requested variant).
+    #[error("no checkpoint here: {looked_for}")]
+    NothingFound { looked_for: String },
+    /// A folder holds several indexes or weight files and nothing says which one to use.
+    #[error("ambiguous checkpoint: it holds {} (pass one of them, or a variant)", .candidates.join(", "))]
+    Ambiguous { candidates: Vec<String> },
+}
+
 impl Error {
+    /// Wraps a checkpoint problem with the index file (or folder) it was found in.
+    pub fn checkpoint(path: impl AsRef<Path>, source: CheckpointError) -> Self {
+        Error::Checkpoint {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
     pub(crate) fn io(
         path: impl AsRef<Path>,
         op: impl Into<Cow<'static, str>>,
@@ -74,9 +165,13 @@ impl Error {
 
     /// True for errors caused by the file's or caller's data, not by the OS (or an interruption).
     pub fn is_data_error(&self) -> bool {
-        !matches!(
-            self,
-            Error::Io { .. } | Error::Device(_) | Error::Cancelled { .. }
-        )
+        match self {
+            Error::Io { .. } | Error::Device(_) | Error::Cancelled { .. } => false,
+            Error::Checkpoint {
+                source: CheckpointError::BadShard { source, .. },
+                ..
+            } => source.is_data_error(),
+            _ => true,
+        }
     }
 }

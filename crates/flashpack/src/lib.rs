@@ -17,6 +17,7 @@
 pub mod cancel;
 #[cfg(feature = "candle")]
 pub mod candle;
+pub mod checkpoint;
 pub mod error;
 pub mod format;
 pub mod os;
@@ -27,5 +28,5 @@ pub mod sink;
 pub mod weights;
 pub mod write;
 
-pub use error::{Error, Result};
+pub use error::{CheckpointError, Error, Result};
 pub use format::{Dtype, Footer, FormatError};

@@ -176,8 +176,13 @@ impl WeightFile {
         // the header's pages are read here.
         let map: Mmap =
             unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
-        let (n, meta) =
-            safetensors::SafeTensors::read_metadata(&map).map_err(|e| bad(e.to_string()))?;
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
+            let why = match invalid_tensor(&map) {
+                Some(name) => format!("{e}: tensor '{name}' (its shape and dtype need a different number of bytes than its data_offsets give)"),
+                None => e.to_string(),
+            };
+            bad(why)
+        })?;
         let data_start = 8 + n as u64;
         let mut tensors = Vec::new();
         for (name, info) in meta.tensors() {
@@ -273,7 +278,7 @@ impl WeightFile {
         }
     }
 
-    fn data(&self) -> DataFile<'_> {
+    pub(crate) fn data(&self) -> DataFile<'_> {
         match &self.inner {
             Inner::Flash(f) => f.data(),
             Inner::Safetensors { file, file_len, .. } => DataFile {
@@ -472,6 +477,29 @@ impl WeightFile {
         }
     }
 
+    /// A private copy-on-write mapping of the whole file (a lazy load: nothing is read until
+    /// touched; writes never reach the file), checked to hold every tensor.
+    pub fn map_private(&self) -> Result<MmapMut> {
+        let file = match &self.inner {
+            Inner::Flash(f) => &f.file,
+            Inner::Safetensors { file, .. } => file,
+        };
+        // SAFETY: a private (copy-on-write) mapping, as for lazy loads: writes never reach the
+        // file; truncating the file while it is mapped would fault on access (the documented
+        // contract of lazy loading), truncation before this point is checked just below.
+        let map = unsafe { MmapOptions::new().map_copy(file) }
+            .map_err(|e| Error::io(&self.path, "mmap", e))?;
+        let (_, end) = self.data_range();
+        if (map.len() as u64) < end {
+            return Err(Error::Invalid(format!(
+                "{}: the file got shorter since it was opened ({} bytes, its tensors need {end})",
+                self.path.display(),
+                map.len()
+            )));
+        }
+        Ok(map)
+    }
+
     /// A read-only mapping of the whole file, at least as long as the data it had when opened
     /// (every tensor range was checked against that), so tensor slices of it cannot fail.
     fn map_readonly(&self) -> Result<Mmap> {
@@ -494,6 +522,30 @@ impl WeightFile {
         }
         Ok(map)
     }
+}
+
+/// The first tensor (by offset) of a safetensors header whose shape and dtype do not match its
+/// byte range, to name in the error (the `safetensors` crate's error does not).
+fn invalid_tensor(file: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(file.get(..8)?.try_into().ok()?)).ok()?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(file.get(8..8usize.checked_add(n)?)?).ok()?;
+    let mut tensors: Vec<(&String, safetensors::tensor::TensorInfo)> = header
+        .iter()
+        .filter(|(name, _)| name.as_str() != "__metadata__")
+        .filter_map(|(name, v)| Some((name, serde_json::from_value(v.clone()).ok()?)))
+        .collect();
+    tensors.sort_by_key(|(_, t)| t.data_offsets);
+    tensors.into_iter().find_map(|(name, t)| {
+        let bits = t
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(t.dtype.bitsize()));
+        let (s, e) = t.data_offsets;
+        let ok = bits.is_some_and(|b| b % 8 == 0 && e.checked_sub(s) == Some(b / 8));
+        (!ok).then(|| name.clone())
+    })
 }
 
 /// How [`WeightFile::to_safetensors_with`] writes.

@@ -17,7 +17,9 @@ from .deserialization import (
     set_pinned_pool_limit,
 )
 from .integrations import patch_integrations
+from .loading import load_checkpoint, load_file
 from .mixin import FlashPackMixin
+from .safe_open import safe_open
 from .serialization import pack_to_file
 from .version import __commit_id__, __version__, __version_tuple__, commit_id, version, version_tuple
 
@@ -27,6 +29,8 @@ __all__ = [
     "get_flashpack_file_metadata",
     "is_flashpack_file",
     "iterate_from_flash_tensor",
+    "load_checkpoint",
+    "load_file",
     "patch_integrations",
     "pack_to_file",
     "pinned_pool_stats",
@@ -34,6 +38,7 @@ __all__ = [
     "read_flashpack_file_distributed",
     "release_pinned_pool",
     "revert_from_file",
+    "safe_open",
     "set_pinned_pool_limit",
     "__version__",
     "__version_tuple__",

@@ -18,6 +18,8 @@ _Path = str | os.PathLike[str]
 _Io = Literal["auto", "direct", "buffered"]
 # (dtype name, offset in bytes, length in bytes, length in elements), one per macroblock.
 _Block = tuple[str, int, int, int]
+# (name, dtype, safetensors dtype or None, shape, start, end): one tensor, bytes start..end of its file.
+_Tensor = tuple[str, str, str | None, list[int], int, int]
 # (phase name, seconds)
 _Phases = list[tuple[str, float]]
 
@@ -69,7 +71,48 @@ class File:
         verify: bool = False,
     ) -> dict[str, int]: ...
 
+class WeightFile:
+    """An open, validated FlashPack or safetensors file (told apart by content)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> Literal["flashpack", "safetensors"]: ...
+    @property
+    def tensors(self) -> list[_Tensor]: ...
+    @property
+    def metadata(self) -> dict[str, str] | None: ...
+    def map(self) -> Memory: ...
+
+class Memory:
+    """Loaded bytes (a private copy-on-write mapping or owned memory) through the writable
+    buffer protocol, alive as long as any view of them."""
+
+    def __len__(self) -> int: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
 def open(path: _Path) -> File: ...
+def open_weights(path: _Path) -> WeightFile: ...
+def open_checkpoint(path: _Path, variant: str | None = None) -> tuple[str, list[WeightFile]]: ...
+def write_checkpoint_index(path: _Path, kind: Literal["safetensors", "flashpack"], files: Sequence[_Path]) -> None: ...
+def read_job(
+    files: Sequence[WeightFile],
+    pieces: Sequence[tuple[int, int, int]],
+    io: _Io = "auto",
+    threads: int = 0,
+    chunk_bytes: int = ...,
+    progress: bool = False,
+    huge_pages: bool = False,
+) -> tuple[Memory, list[int], _Phases, dict[str, int]]: ...
+def read_job_to_cuda(
+    files: Sequence[WeightFile],
+    pieces: Sequence[tuple[int, int, int, int]],
+    device: int,
+    io: _Io = "auto",
+    threads: int = 0,
+    chunk_bytes: int = ...,
+    progress: bool = False,
+) -> tuple[_Phases, dict[str, int]]: ...
 def load(
     path: _Path,
     eager: bool = False,

@@ -18,6 +18,7 @@
 //! assert_eq!(eager.tensor_bytes("w").unwrap(), &bytes[..]);
 //! ```
 mod file;
+pub mod job;
 mod pool;
 mod residency;
 

@@ -228,7 +228,7 @@ pub(crate) fn read_chunks(
 
 /// Reads `dst` from `offset` in [`READ_PIECE`]s, stopping with `ErrorKind::Interrupted` between
 /// two pieces once the source's [`Cancel`] is cancelled.
-fn read_pieces(
+pub(super) fn read_pieces(
     src: &Source<'_>,
     direct_ok: &AtomicBool,
     offset: u64,

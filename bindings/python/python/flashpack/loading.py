@@ -1,0 +1,207 @@
+"""Loading weight files the way ``safetensors.torch.load_file`` does, through the engine.
+
+``load_file`` takes a ``.safetensors`` or a ``.flashpack`` file (told apart by content) and
+returns a dict name -> tensor, the same as ``safetensors.torch.load_file`` gives for the same
+tensors: every dtype both formats have, 0-dim and empty tensors kept, names as in the file.
+``load_checkpoint`` does the same for a checkpoint of many files, loaded as one job.
+
+The engine opens and validates every file and moves the bytes (copy-on-write mapping, or its
+reader pool, or the pinned staging pool for CUDA); here they only become tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import _core
+from .deserialization import reader_options
+from .utils import string_to_dtype
+
+PathArg = str | os.PathLike[str]
+DeviceArg = str | int | torch.device
+
+__all__ = ["load_file", "load_checkpoint"]
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One tensor of an open file: ``start..end`` are its bytes in the file."""
+
+    file: int
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    end: int
+    st_dtype: str | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+def open_weights(path: PathArg) -> Any:
+    """The engine's handle of a FlashPack or safetensors file (validated)."""
+    return _core.open_weights(os.fsdecode(path))
+
+
+def entries_of(handle: Any, file: int = 0) -> list[TensorEntry]:
+    """The tensors of an open file in file order."""
+    out = []
+    for name, dtype, st_dtype, shape, start, end in handle.tensors:
+        try:
+            torch_dtype = string_to_dtype(dtype)
+        except ValueError:
+            raise ValueError(f"{handle.path}: tensor '{name}': dtype {dtype} has no torch equivalent") from None
+        out.append(TensorEntry(file, name, torch_dtype, tuple(shape), start, end, st_dtype))
+    return out
+
+
+def resolve_device(device: DeviceArg | None) -> torch.device:
+    """``"cpu"``, ``"cuda[:N]"``, ``N`` (a CUDA ordinal, as safetensors takes) or ``"mps"``."""
+    if device is None:
+        return torch.device("cpu")
+    dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Unsupported device: {dev} (cpu, cuda[:N] and mps are)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"cannot load to {dev}: torch sees no CUDA device")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError(f"cannot load to {dev}: torch sees no MPS device")
+    return dev
+
+
+def view_of(memory: Any, offset: int, entry: TensorEntry) -> torch.Tensor:
+    """A tensor viewing ``entry.nbytes`` bytes of ``memory`` from ``offset`` (no copy)."""
+    if entry.nbytes == 0:
+        return torch.empty(entry.shape, dtype=entry.dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = torch.frombuffer(memory, dtype=torch.uint8, count=entry.nbytes, offset=offset)
+    return raw.view(entry.dtype).view(entry.shape)
+
+
+def _progress(progress: bool | None) -> bool:
+    return sys.stderr.isatty() if progress is None else bool(progress)
+
+
+def load_entries(
+    handles: Sequence[Any],
+    entries: Sequence[TensorEntry],
+    device: torch.device,
+    eager: bool,
+    progress: bool,
+) -> list[torch.Tensor]:
+    """The tensors of ``entries`` (of files ``handles``) on ``device``, read as one job.
+
+    CPU lazy: views of one copy-on-write mapping per file (nothing read now). CPU eager (and
+    MPS, through host memory): one owned buffer filled by the engine's reader pool across all
+    files. CUDA: one new tensor per distinct byte range, streamed through the pinned pool.
+    """
+    if device.type == "cpu" and not eager:
+        maps = {k: handles[k].map() for k in sorted({e.file for e in entries})}
+        return [view_of(maps[e.file], e.start, e) for e in entries]
+    if device.type == "cuda":
+        return _load_cuda(handles, entries, device, progress)
+    pieces = [(e.file, e.start, e.end) for e in entries]
+    memory, offsets, _phases, _io = _core.read_job(list(handles), pieces, progress=progress, **reader_options())
+    tensors = [view_of(memory, off, e) for off, e in zip(offsets, entries)]
+    if device.type == "mps":
+        return [t.to(device) for t in tensors]
+    return tensors
+
+
+def _load_cuda(
+    handles: Sequence[Any], entries: Sequence[TensorEntry], device: torch.device, progress: bool
+) -> list[torch.Tensor]:
+    """One CUDA tensor per distinct byte range (tied tensors of a FlashPack file stay one
+    tensor), filled by one engine job through the pinned staging pool."""
+    made: dict[tuple[int, int, int], torch.Tensor] = {}
+    out = []
+    for e in entries:
+        key = (e.file, e.start, e.end)
+        t = made.get(key)
+        if t is None or t.dtype != e.dtype or tuple(t.shape) != e.shape:
+            t = torch.empty(e.shape, dtype=e.dtype, device=device)
+            made.setdefault(key, t)
+        out.append(t)
+    # The caching allocator may hand out memory that kernels queued on torch's stream still use;
+    # the engine copies on its own streams, so that work must be finished first.
+    torch.cuda.current_stream(device).synchronize()
+    pieces = [(f, s, e, t.data_ptr()) for (f, s, e), t in made.items() if e > s]
+    if pieces:
+        _core.read_job_to_cuda(list(handles), pieces, device.index, progress=progress, **reader_options())
+    return out
+
+
+def load_file(filename: PathArg, device: DeviceArg = "cpu", *, eager: bool = False) -> dict[str, torch.Tensor]:
+    """Load a ``.safetensors`` or ``.flashpack`` file as a dict name -> tensor, like
+    ``safetensors.torch.load_file`` (same names, dtypes, shapes and bytes; 0-dim tensors stay
+    0-dim).
+
+    On CPU the default is lazy: the tensors view a private copy-on-write mapping of the file
+    (instant; writes to them never reach the file). ``eager=True`` reads every byte now into
+    owned memory with the engine's parallel reader (``O_DIRECT`` when the file is not cached).
+    ``device="cuda[:N]"`` (or an ordinal) streams each tensor through the bounded pinned staging
+    pool into its own CUDA tensor, as FlashPack loads do; ``"mps"`` reads into host memory, then
+    copies. A bad file raises ValueError (OSError for OS errors) naming the file and the tensor;
+    Ctrl-C stops an eager or CUDA load between chunks.
+    """
+    dev = resolve_device(device)
+    handle = open_weights(filename)
+    entries = entries_of(handle)
+    tensors = load_entries([handle], entries, dev, eager, progress=False)
+    return {e.name: t for e, t in zip(entries, tensors)}
+
+
+def load_checkpoint(
+    path: PathArg,
+    device: DeviceArg = "cpu",
+    *,
+    eager: bool = False,
+    keys: Iterable[str] | None = None,
+    progress: bool | None = None,
+    variant: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Load a checkpoint of one or many files as one dict name -> tensor, as one engine job.
+
+    ``path`` is a weight file (safetensors or FlashPack), an index json
+    (``model.safetensors.index.json``, ``diffusion_pytorch_model.safetensors.index.json``,
+    ``*.index.<variant>.json``, or a multi-file FlashPack index), or a folder holding exactly
+    one of those (or exactly one weight file). Every shard is read by one reader pool (files in
+    parallel) and, for CUDA, through one pinned staging pool, so memory stays bounded as for one
+    file; ``progress`` shows one bar for the whole job (default: when stderr is a terminal).
+    ``keys`` loads only those tensors (ValueError naming any the checkpoint lacks). ``device``
+    and ``eager`` as for :func:`load_file`. ``variant`` (e.g. ``"fp16"``) picks
+    ``*.safetensors.index.fp16.json`` / ``*.fp16.safetensors`` in a folder. A bad index or shard
+    raises ValueError naming the index, the shard and the tensor (OSError when the OS refuses a
+    read).
+    """
+    dev = resolve_device(device)
+    where, handles = _core.open_checkpoint(os.fsdecode(path), variant)
+    entries = select_entries(where, handles, keys)
+    tensors = load_entries(handles, entries, dev, eager, _progress(progress))
+    return {e.name: t for e, t in zip(entries, tensors)}
+
+
+def select_entries(where: str, handles: Sequence[Any], keys: Iterable[str] | None) -> list[TensorEntry]:
+    """The tensors to load from a checkpoint's shards (the engine checked that each tensor is in
+    exactly one of them): all, or only ``keys`` (ValueError naming any the checkpoint lacks)."""
+    chosen = {e.name: e for k, h in enumerate(handles) for e in entries_of(h, k)}
+    if keys is None:
+        return list(chosen.values())
+    wanted = list(dict.fromkeys([keys] if isinstance(keys, str) else keys))
+    missing = [k for k in wanted if k not in chosen]
+    if missing:
+        raise ValueError(f"{where}: the checkpoint has no tensor {', '.join(repr(m) for m in missing)}")
+    return [chosen[k] for k in wanted]

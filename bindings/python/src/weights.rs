@@ -1,0 +1,285 @@
+//! Weight files of either format (FlashPack, safetensors) and multi-file loads for
+//! `flashpack.load_file`, `flashpack.safe_open` and `flashpack.load_checkpoint`: the engine opens
+//! and validates each file, maps it copy-on-write (lazy) or reads the requested byte ranges of
+//! every file as one job (one reader pool, and for CUDA one set of pinned staging buffers).
+//! Python only turns the bytes into tensors.
+use std::collections::HashMap;
+use std::os::raw::{c_int, c_void};
+use std::path::PathBuf;
+
+use flashpack::cancel::Cancel;
+use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
+use flashpack::read::job::{self, JobPlan, JobRegion, Piece};
+use flashpack::read::{self, LoadOptions};
+use flashpack::sink::cuda::CudaDevice;
+use flashpack::weights::{to_safetensors_dtype, Format, WeightFile};
+use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::{interruptible, io_dict, io_mode, phases, to_py};
+
+/// One tensor of a weight file: `(name, dtype, safetensors dtype or None, shape, start, end)`,
+/// `start..end` its bytes in the file.
+type TensorRow = (String, &'static str, Option<String>, Vec<u64>, u64, u64);
+
+/// An open, validated weight file (FlashPack or safetensors).
+#[pyclass(module = "flashpack._core", name = "WeightFile", frozen)]
+pub(crate) struct PyWeightFile {
+    f: WeightFile,
+}
+
+#[pymethods]
+impl PyWeightFile {
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.f.path().to_path_buf()
+    }
+
+    /// "flashpack" or "safetensors".
+    #[getter]
+    fn format(&self) -> &'static str {
+        match self.f.format() {
+            Format::FlashPack => "flashpack",
+            Format::Safetensors => "safetensors",
+        }
+    }
+
+    /// Every tensor in file order (by offset).
+    #[getter]
+    fn tensors(&self) -> Vec<TensorRow> {
+        self.f
+            .tensors()
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.dtype.name(),
+                    to_safetensors_dtype(t.dtype).map(|d| format!("{d:?}")),
+                    t.shape.clone(),
+                    t.start,
+                    t.end,
+                )
+            })
+            .collect()
+    }
+
+    /// The safetensors `__metadata__` (a FlashPack file's when converted from safetensors).
+    #[getter]
+    fn metadata(&self) -> Option<HashMap<String, String>> {
+        self.f.safetensors_metadata()
+    }
+
+    /// A private copy-on-write mapping of the whole file: tensors are views at their `start`;
+    /// nothing is read until touched and writes never reach the file.
+    fn map(&self, py: Python<'_>) -> PyResult<Memory> {
+        let mut map = py.detach(|| self.f.map_private()).map_err(to_py)?;
+        let (ptr, len) = (map.as_mut_ptr() as usize, map.len());
+        Ok(Memory {
+            _memory: Box::new(map),
+            ptr,
+            len,
+        })
+    }
+}
+
+/// Opens a FlashPack or safetensors file (told apart by content) and validates its index.
+#[pyfunction]
+pub(crate) fn open_weights(py: Python<'_>, path: PathBuf) -> PyResult<PyWeightFile> {
+    let f = py.detach(|| WeightFile::open(&path)).map_err(to_py)?;
+    Ok(PyWeightFile { f })
+}
+
+/// Opens a checkpoint (a weight file, an index json, or a folder holding one of those; `variant`
+/// picks e.g. `fp16` files in a folder) and validates it: the index and the shards agree. Returns
+/// `(resolved path, shards)`, the shards sorted by name, each tensor in exactly one of them.
+#[pyfunction]
+#[pyo3(signature = (path, variant=None))]
+pub(crate) fn open_checkpoint(
+    py: Python<'_>,
+    path: PathBuf,
+    variant: Option<String>,
+) -> PyResult<(PathBuf, Vec<PyWeightFile>)> {
+    let opts = OpenOptions { variant };
+    let ckpt = py
+        .detach(|| Checkpoint::open_with(&path, &opts))
+        .map_err(to_py)?;
+    let resolved = ckpt.path().to_path_buf();
+    let shards = ckpt
+        .into_shards()
+        .into_iter()
+        .map(|s| PyWeightFile { f: s.into_file() })
+        .collect();
+    Ok((resolved, shards))
+}
+
+/// Writes a checkpoint index json at `path` for weight files `files` (each inside the index's
+/// folder): `kind` "safetensors" (`*.safetensors.index.json`, as transformers writes) or
+/// "flashpack" (the multi-file FlashPack index: every file a FlashPack file, with its size and
+/// footer digest). Atomic; a tensor in two files is an error naming both.
+#[pyfunction]
+pub(crate) fn write_checkpoint_index(
+    py: Python<'_>,
+    path: PathBuf,
+    kind: &str,
+    files: Vec<PathBuf>,
+) -> PyResult<()> {
+    let kind = match kind {
+        "safetensors" => IndexKind::Safetensors,
+        "flashpack" => IndexKind::FlashPack,
+        other => {
+            return Err(PyValueError::new_err(format!(
+                "index kind must be 'safetensors' or 'flashpack', not {other:?}"
+            )))
+        }
+    };
+    py.detach(|| write_index(&path, kind, &files, Default::default()))
+        .map_err(to_py)
+}
+
+/// Loaded bytes (a copy-on-write mapping or owned memory), through the writable buffer protocol
+/// so that `torch.frombuffer` views them without a copy; alive as long as any view is.
+#[pyclass(module = "flashpack._core", frozen)]
+pub(crate) struct Memory {
+    /// The mapping or owned memory, only held: its bytes are reached through `ptr`.
+    _memory: Box<dyn std::any::Any + Send + Sync>,
+    /// Start of the memory, taken from a `&mut` borrow when it was made (as `Payload`'s).
+    ptr: usize,
+    len: usize,
+}
+
+#[pymethods]
+impl Memory {
+    fn __len__(&self) -> usize {
+        self.len
+    }
+
+    /// # Safety
+    /// Called by CPython with a valid `view` to fill. The pointer stays valid while this object
+    /// lives (the buffer's `obj` reference); the memory is a private mapping or owned memory that
+    /// never moves, and Rust never touches it again after the load returned.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let this = slf.get();
+        let (ptr, len) = (this.ptr as *mut c_void, this.len as ffi::Py_ssize_t);
+        // SAFETY: see above; writes through the view are allowed (copy-on-write or owned).
+        if unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr, len, 0, flags) } != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+}
+
+fn plan(files: &[&WeightFile], pieces: &[(usize, u64, u64)]) -> PyResult<JobPlan> {
+    let pieces: Vec<Piece> = pieces
+        .iter()
+        .map(|&(file, start, end)| Piece { file, start, end })
+        .collect();
+    JobPlan::new(files, &pieces).map_err(to_py)
+}
+
+fn job_options(
+    io: &str,
+    threads: usize,
+    chunk_bytes: usize,
+    progress: bool,
+    huge_pages: bool,
+    cancel: &Cancel,
+) -> PyResult<LoadOptions> {
+    Ok(LoadOptions {
+        eager: true,
+        io: io_mode(io)?,
+        threads,
+        chunk_bytes,
+        progress,
+        huge_pages,
+        verify: false,
+        cancel: Some(cancel.clone()),
+    })
+}
+
+/// Reads byte ranges `pieces` (`[(file index, start, end), ...]`) of `files` into new owned host
+/// memory as one job. Returns `(memory, offsets, phases, io)`: piece `i` is at `offsets[i]`.
+#[pyfunction]
+#[pyo3(signature = (files, pieces, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, huge_pages=false))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(crate) fn read_job<'py>(
+    py: Python<'py>,
+    files: Vec<Py<PyWeightFile>>,
+    pieces: Vec<(usize, u64, u64)>,
+    io: &str,
+    threads: usize,
+    chunk_bytes: usize,
+    progress: bool,
+    huge_pages: bool,
+) -> PyResult<(Memory, Vec<u64>, Vec<(String, f64)>, Bound<'py, PyDict>)> {
+    let refs: Vec<&WeightFile> = files.iter().map(|f| &f.get().f).collect();
+    let plan = plan(&refs, &pieces)?;
+    let cancel = Cancel::new();
+    let opts = job_options(io, threads, chunk_bytes, progress, huge_pages, &cancel)?;
+    let (mut memory, report) = interruptible(py, &cancel, || job::read_host(&refs, &plan, &opts))?;
+    let offsets = (0..pieces.len())
+        .map(|i| plan.offset(i).unwrap_or(0))
+        .collect();
+    let slice = memory.as_mut_slice();
+    let (ptr, len) = (slice.as_mut_ptr() as usize, slice.len());
+    let memory = Memory {
+        _memory: Box::new(memory),
+        ptr,
+        len,
+    };
+    Ok((
+        memory,
+        offsets,
+        phases(&report.phases),
+        io_dict(py, &report)?,
+    ))
+}
+
+/// Streams byte ranges of `files` into CUDA memory on device `device` as one job through the
+/// pinned staging pool: `pieces` is `[(file index, start, end, device address), ...]`. Returns
+/// `(phases, io)` once every copy has completed; the caller's current CUDA context is unchanged.
+///
+/// Private API, as `File.to_cuda`: the addresses must be device memory the caller owns, each
+/// `end - start` bytes long, that nothing else uses during the call.
+#[pyfunction]
+#[pyo3(signature = (files, pieces, device, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(crate) fn read_job_to_cuda<'py>(
+    py: Python<'py>,
+    files: Vec<Py<PyWeightFile>>,
+    pieces: Vec<(usize, u64, u64, u64)>,
+    device: usize,
+    io: &str,
+    threads: usize,
+    chunk_bytes: usize,
+    progress: bool,
+) -> PyResult<(Vec<(String, f64)>, Bound<'py, PyDict>)> {
+    let refs: Vec<&WeightFile> = files.iter().map(|f| &f.get().f).collect();
+    let ranges: Vec<(usize, u64, u64)> = pieces.iter().map(|&(f, s, e, _)| (f, s, e)).collect();
+    let plan = plan(&refs, &ranges)?;
+    let regions: Vec<JobRegion> = pieces
+        .iter()
+        .enumerate()
+        .map(|(piece, &(_, _, _, dst))| JobRegion { piece, dst })
+        .collect();
+    if regions.is_empty() {
+        return Err(PyValueError::new_err("read_job_to_cuda: no pieces to load"));
+    }
+    let cancel = Cancel::new();
+    let opts = job_options(io, threads, chunk_bytes, progress, false, &cancel)?;
+    // Interrupted, the job stops between chunks and waits for the copies in flight.
+    let report = interruptible(py, &cancel, || {
+        let dev = CudaDevice::new(device)?;
+        // SAFETY: this private function's contract: the addresses are device memory the caller
+        // owns, one piece long each, untouched by anything else until this returns.
+        unsafe { job::read_cuda(&refs, &plan, &dev, &regions, &opts) }
+    })?;
+    Ok((phases(&report.phases), io_dict(py, &report)?))
+}

@@ -1,0 +1,394 @@
+//! Checkpoints of one or many files: a weight file, a sharded safetensors checkpoint
+//! (`model.safetensors.index.json` and its shards), a multi-file FlashPack checkpoint
+//! (`model.flashpack.index.json`, specified in the section "Multi-file checkpoints" of
+//! `docs/FORMAT.md` in this repository), or a folder holding one of those.
+//!
+//! [`Checkpoint::open`] resolves the path ([`locate`]), reads the index ([`index`]), opens every
+//! shard (each validated as a [`WeightFile`]: a FlashPack footer or a safetensors header, the
+//! format read from the content) and checks that the index and the shards agree: every listed
+//! tensor is in its shard, no tensor is in two shards, no shard holds a tensor the index does
+//! not list, no shard name leaves the index's folder. Each failure is an
+//! [`Error::Checkpoint`] naming the index file, the shard and the tensor. The result is a
+//! read-only value: shards in order (sorted by name, as transformers loads them), tensor name
+//! to shard, the index's `metadata`, the total tensor bytes. [`write_index`] writes an index
+//! for a set of files; [`shards`] splits tensors into shards and writes them.
+//!
+//! ```
+//! use flashpack::checkpoint::{write_index, Checkpoint, IndexKind};
+//! use flashpack::write::{pack, PackEntry, PackOptions};
+//! use flashpack::Dtype;
+//! let dir = tempfile::tempdir().unwrap();
+//! let (a, b) = (dir.path().join("m-1.flashpack"), dir.path().join("m-2.flashpack"));
+//! pack(&a, &[PackEntry::new("x", Dtype::U8, vec![2], &[1, 2])], &PackOptions::default()).unwrap();
+//! pack(&b, &[PackEntry::new("y", Dtype::U8, vec![3], &[3, 4, 5])], &PackOptions::default()).unwrap();
+//! let index = dir.path().join("m.flashpack.index.json");
+//! write_index(&index, IndexKind::FlashPack, &[a, b], serde_json::Map::new()).unwrap();
+//!
+//! let ckpt = Checkpoint::open(dir.path()).unwrap(); // the folder: its one index
+//! assert_eq!(ckpt.index_path(), Some(index.as_path()));
+//! assert_eq!(ckpt.shards().len(), 2);
+//! assert_eq!(ckpt.shard_of("y").unwrap().name(), "m-2.flashpack");
+//! assert_eq!(ckpt.total_size(), 5);
+//! assert_eq!(ckpt.metadata().unwrap()["total_size"], 5);
+//! ```
+pub mod index;
+pub mod locate;
+
+mod write;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use crate::error::CheckpointError;
+use crate::format::digest;
+use crate::weights::{Format, TensorInfo, WeightFile};
+use crate::{Error, Result};
+
+pub use index::{IndexFile, IndexKind, ShardRecord};
+pub use locate::{locate, Located};
+pub use write::write_index;
+
+/// How [`Checkpoint::open_with`] chooses in a folder.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// The weights variant, e.g. `fp16`: in a folder, use `*.safetensors.index.fp16.json` or
+    /// `*.fp16.safetensors`. Ignored when the path names a file.
+    pub variant: Option<String>,
+}
+
+/// One file of a checkpoint, open and validated.
+pub struct Shard {
+    name: String,
+    file: WeightFile,
+}
+
+impl Shard {
+    /// The name as the index writes it (relative to the index's folder); a single weight
+    /// file's own file name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// The open file: its format, tensors and byte ranges, ready to load.
+    pub fn file(&self) -> &WeightFile {
+        &self.file
+    }
+
+    pub fn into_file(self) -> WeightFile {
+        self.file
+    }
+
+    /// Bytes of tensor data in this shard.
+    pub fn tensor_bytes(&self) -> u64 {
+        self.file.tensors().iter().map(|t| t.end - t.start).sum()
+    }
+}
+
+/// A validated checkpoint (see the module doc).
+pub struct Checkpoint {
+    path: PathBuf,
+    kind: Option<IndexKind>,
+    shards: Vec<Shard>,
+    /// Tensor name -> (shard, position in that shard's tensors).
+    by_name: HashMap<String, (usize, usize)>,
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Checkpoint {
+    /// Opens a weight file, an index json or a folder holding exactly one of those.
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        Self::open_with(path, &OpenOptions::default())
+    }
+
+    /// As [`open`](Self::open), choosing a variant in a folder.
+    pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Checkpoint> {
+        match locate(path.as_ref(), opts.variant.as_deref())? {
+            Located::File(file) => Self::single(file),
+            Located::Index(index) => Self::from_index(index),
+        }
+    }
+
+    fn single(path: PathBuf) -> Result<Checkpoint> {
+        let file = WeightFile::open(&path)?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let by_name = positions(0, &file);
+        Ok(Checkpoint {
+            path,
+            kind: None,
+            shards: vec![Shard { name, file }],
+            by_name,
+            metadata: None,
+        })
+    }
+
+    fn from_index(path: PathBuf) -> Result<Checkpoint> {
+        let index = read_index(&path)?;
+        let bad = |source| Error::checkpoint(&path, source);
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // Shard name -> its tensors, in index order; shards sorted by name.
+        let mut listed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (tensor, shard) in &index.weight_map {
+            listed.entry(shard).or_default().push(tensor);
+        }
+        let shard_of: HashMap<&str, &str> = index
+            .weight_map
+            .iter()
+            .map(|(t, s)| (t.as_str(), s.as_str()))
+            .collect();
+        let mut shards = Vec::with_capacity(listed.len());
+        let mut by_name = HashMap::with_capacity(index.weight_map.len());
+        for (name, tensors) in &listed {
+            let first = tensors[0].to_string();
+            let file = open_shard(&folder.join(name), name, &first).map_err(bad)?;
+            if index.kind == IndexKind::FlashPack {
+                check_flashpack_shard(&file, name, &first, index.files.get(*name)).map_err(bad)?;
+            }
+            for t in tensors {
+                if file.tensor(t).is_none() {
+                    return Err(bad(CheckpointError::TensorNotInShard {
+                        tensor: t.to_string(),
+                        shard: name.to_string(),
+                    }));
+                }
+            }
+            for t in file.tensors() {
+                match shard_of.get(t.name.as_str()) {
+                    Some(s) if s == name => {}
+                    Some(s) => {
+                        return Err(bad(CheckpointError::TensorInTwoShards {
+                            tensor: t.name.clone(),
+                            listed: s.to_string(),
+                            other: name.to_string(),
+                        }))
+                    }
+                    None => {
+                        return Err(bad(CheckpointError::TensorNotInIndex {
+                            tensor: t.name.clone(),
+                            shard: name.to_string(),
+                        }))
+                    }
+                }
+            }
+            by_name.extend(positions(shards.len(), &file));
+            shards.push(Shard {
+                name: name.to_string(),
+                file,
+            });
+        }
+        Ok(Checkpoint {
+            kind: Some(index.kind),
+            shards,
+            by_name,
+            metadata: index.metadata,
+            path,
+        })
+    }
+
+    /// The file that was resolved: the index json, or the single weight file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The index json, when the checkpoint has one.
+    pub fn index_path(&self) -> Option<&Path> {
+        self.kind.map(|_| self.path.as_path())
+    }
+
+    /// The index's kind; `None` for a single weight file.
+    pub fn index_kind(&self) -> Option<IndexKind> {
+        self.kind
+    }
+
+    /// The shard files, sorted by name (one for a single weight file).
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    /// The shard files, to load them.
+    pub fn into_shards(self) -> Vec<Shard> {
+        self.shards
+    }
+
+    /// The shard that holds `tensor`.
+    pub fn shard_of(&self, tensor: &str) -> Option<&Shard> {
+        self.by_name.get(tensor).map(|&(s, _)| &self.shards[s])
+    }
+
+    /// `tensor`'s shard and place in it.
+    pub fn tensor(&self, tensor: &str) -> Option<(&Shard, &TensorInfo)> {
+        let &(s, i) = self.by_name.get(tensor)?;
+        let shard = &self.shards[s];
+        Some((shard, &shard.file.tensors()[i]))
+    }
+
+    /// Every tensor: shard by shard, each in file order.
+    pub fn tensors(&self) -> impl Iterator<Item = (&Shard, &TensorInfo)> {
+        self.shards
+            .iter()
+            .flat_map(|s| s.file.tensors().iter().map(move |t| (s, t)))
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The index's `metadata` object as stored (transformers writes `total_size`, which this
+    /// does not trust: see [`total_size`](Self::total_size)); `None` for a single weight file
+    /// or an index without one.
+    pub fn metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.metadata.as_ref()
+    }
+
+    /// Bytes of tensor data over all shards, as the shards say.
+    pub fn total_size(&self) -> u64 {
+        self.shards.iter().map(Shard::tensor_bytes).sum()
+    }
+
+    /// True when every shard is a file of `format`.
+    pub fn is_all(&self, format: Format) -> bool {
+        self.shards.iter().all(|s| s.file.format() == format)
+    }
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("name", &self.name)
+            .field("path", &self.file.path())
+            .field("format", &self.file.format())
+            .field("tensors", &self.file.tensors().len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("kind", &self.kind)
+            .field("shards", &self.shards)
+            .field("tensors", &self.by_name.len())
+            .finish()
+    }
+}
+
+fn positions(shard: usize, file: &WeightFile) -> HashMap<String, (usize, usize)> {
+    file.tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), (shard, i)))
+        .collect()
+}
+
+/// Reads and parses an index json, its size bounded before it is read.
+fn read_index(path: &Path) -> Result<IndexFile> {
+    use std::io::Read;
+    let file = crate::read::open_regular(path)?;
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat", e))?
+        .len();
+    if size > index::MAX_INDEX_BYTES {
+        return Err(Error::checkpoint(
+            path,
+            CheckpointError::IndexTooLarge {
+                size,
+                limit: index::MAX_INDEX_BYTES,
+            },
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    // `take`: a file that grew since the stat still cannot make this read unbounded.
+    file.take(index::MAX_INDEX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, "read", e))?;
+    if bytes.len() as u64 > index::MAX_INDEX_BYTES {
+        return Err(Error::checkpoint(
+            path,
+            CheckpointError::IndexTooLarge {
+                size: bytes.len() as u64,
+                limit: index::MAX_INDEX_BYTES,
+            },
+        ));
+    }
+    IndexFile::parse(&bytes).map_err(|e| Error::checkpoint(path, e))
+}
+
+fn open_shard(
+    path: &Path,
+    shard: &str,
+    tensor: &str,
+) -> std::result::Result<WeightFile, CheckpointError> {
+    WeightFile::open(path).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            CheckpointError::ShardMissing {
+                shard: shard.to_string(),
+                tensor: tensor.to_string(),
+            }
+        }
+        other => CheckpointError::BadShard {
+            shard: shard.to_string(),
+            tensor: tensor.to_string(),
+            source: Box::new(other),
+        },
+    })
+}
+
+/// The footer digest a FlashPack index records for a shard.
+pub fn footer_digest(footer_json: &[u8]) -> String {
+    format!("{:016x}", digest(footer_json))
+}
+
+fn check_flashpack_shard(
+    file: &WeightFile,
+    shard: &str,
+    tensor: &str,
+    record: Option<&ShardRecord>,
+) -> std::result::Result<(), CheckpointError> {
+    let Some(flash) = file.flashpack() else {
+        return Err(CheckpointError::NotAFlashPackShard {
+            shard: shard.to_string(),
+            tensor: tensor.to_string(),
+        });
+    };
+    let Some(record) = record else {
+        return Ok(());
+    };
+    let changed = |what: String| CheckpointError::ShardChanged {
+        shard: shard.to_string(),
+        tensor: tensor.to_string(),
+        what,
+    };
+    if record.size != flash.file_len {
+        return Err(changed(format!(
+            "the index records {} bytes, the file has {}",
+            record.size, flash.file_len
+        )));
+    }
+    let found = footer_digest(&flash.footer_json);
+    if !record.footer_xxh3_64.eq_ignore_ascii_case(&found) {
+        return Err(changed(format!(
+            "its footer's xxh3-64 is {found}, the index records {}",
+            record.footer_xxh3_64
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,381 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::*;
+use crate::write::{pack, PackEntry, PackOptions};
+use crate::Dtype;
+
+/// Writes a safetensors file with the `safetensors` crate: `(name, bytes)` as u8 vectors.
+fn st_file(path: &Path, tensors: &[(&str, &[u8])], meta: Option<HashMap<String, String>>) {
+    use safetensors::tensor::TensorView;
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, b)| {
+            let v = TensorView::new(safetensors::Dtype::U8, vec![b.len()], b).unwrap();
+            (n.to_string(), v)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, meta, path).unwrap();
+}
+
+fn write_json(path: &Path, value: serde_json::Value) {
+    std::fs::write(path, serde_json::to_vec_pretty(&value).unwrap()).unwrap();
+}
+
+/// A two-shard transformers-style checkpoint: a, b in shard 1; c in shard 2.
+fn sharded() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    st_file(
+        &d.join("model-00001-of-00002.safetensors"),
+        &[("a", &[1, 2, 3]), ("b", &[4])],
+        Some(HashMap::from([("format".into(), "pt".into())])),
+    );
+    st_file(
+        &d.join("model-00002-of-00002.safetensors"),
+        &[("c", &[5, 6])],
+        None,
+    );
+    let index = d.join("model.safetensors.index.json");
+    write_json(
+        &index,
+        json!({"metadata": {"total_size": 6}, "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00001-of-00002.safetensors",
+            "c": "model-00002-of-00002.safetensors"}}),
+    );
+    (dir, index)
+}
+
+fn kind_of(e: &Error) -> &CheckpointError {
+    match e {
+        Error::Checkpoint { source, .. } => source,
+        other => panic!("not a checkpoint error: {other}"),
+    }
+}
+
+fn edit_index(index: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(index).unwrap()).unwrap();
+    edit(&mut v);
+    write_json(index, v);
+}
+
+#[test]
+fn a_sharded_folder_resolves_to_its_shards() {
+    let (dir, index) = sharded();
+    for path in [dir.path(), index.as_path()] {
+        let c = Checkpoint::open(path).unwrap();
+        assert_eq!(c.index_path(), Some(index.as_path()));
+        assert_eq!(c.index_kind(), Some(IndexKind::Safetensors));
+        let names: Vec<&str> = c.shards().iter().map(Shard::name).collect();
+        assert_eq!(
+            names,
+            [
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]
+        );
+        assert_eq!(c.shard_of("c").unwrap().name(), names[1]);
+        assert!(c.shard_of("nope").is_none());
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.total_size(), 6);
+        assert_eq!(c.metadata().unwrap()["total_size"], 6);
+        assert!(c.is_all(Format::Safetensors));
+        let (shard, info) = c.tensor("a").unwrap();
+        assert_eq!(shard.path(), dir.path().join(names[0]));
+        let bytes = std::fs::read(shard.path()).unwrap();
+        assert_eq!(&bytes[info.start as usize..info.end as usize], &[1, 2, 3]);
+        let all: Vec<&str> = c.tensors().map(|(_, t)| t.name.as_str()).collect();
+        assert_eq!(all.len(), 3);
+    }
+}
+
+#[test]
+fn a_single_file_is_a_checkpoint_of_one_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.safetensors");
+    st_file(&path, &[("x", &[9, 9])], None);
+    for p in [path.as_path(), dir.path()] {
+        let c = Checkpoint::open(p).unwrap();
+        assert_eq!(c.path(), path);
+        assert!(c.index_path().is_none() && c.metadata().is_none());
+        assert_eq!(c.shards()[0].name(), "w.safetensors");
+        assert_eq!(c.total_size(), 2);
+    }
+}
+
+#[test]
+fn a_variant_is_chosen_in_a_folder() {
+    let (dir, index) = sharded();
+    let fp16 = dir.path().join("model.safetensors.index.fp16.json");
+    std::fs::copy(&index, &fp16).unwrap();
+    let opts = OpenOptions {
+        variant: Some("fp16".into()),
+    };
+    assert_eq!(
+        Checkpoint::open_with(dir.path(), &opts).unwrap().path(),
+        fp16
+    );
+    assert_eq!(Checkpoint::open(dir.path()).unwrap().path(), index);
+}
+
+/// The error names the index file, the shard and the tensor.
+fn assert_names(e: &Error, index: &Path, parts: &[&str]) {
+    let text = e.to_string();
+    assert!(text.starts_with(&index.display().to_string()), "{text}");
+    for p in parts {
+        assert!(text.contains(p), "{text} lacks {p}");
+    }
+}
+
+#[test]
+fn a_missing_shard_is_named() {
+    let (dir, index) = sharded();
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    let e = Checkpoint::open(&index).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::ShardMissing { .. }),
+        "{e}"
+    );
+    assert_names(&e, &index, &["model-00002-of-00002.safetensors", "'c'"]);
+    assert!(e.is_data_error());
+}
+
+#[test]
+fn a_tensor_missing_from_its_shard_is_named() {
+    let (_dir, index) = sharded();
+    edit_index(&index, |v| {
+        v["weight_map"]["d"] = json!("model-00002-of-00002.safetensors");
+    });
+    let e = Checkpoint::open(&index).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::TensorNotInShard { .. }),
+        "{e}"
+    );
+    assert_names(&e, &index, &["'d'", "model-00002-of-00002.safetensors"]);
+}
+
+#[test]
+fn a_tensor_in_two_shards_is_named() {
+    let (dir, index) = sharded();
+    st_file(
+        &dir.path().join("model-00002-of-00002.safetensors"),
+        &[("c", &[5, 6]), ("a", &[1, 2, 3])],
+        None,
+    );
+    let e = Checkpoint::open(&index).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::TensorInTwoShards { tensor, .. } if tensor == "a"),
+        "{e}"
+    );
+    assert_names(
+        &e,
+        &index,
+        &[
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+        ],
+    );
+}
+
+#[test]
+fn a_tensor_the_index_does_not_list_is_named() {
+    let (_dir, index) = sharded();
+    edit_index(&index, |v| {
+        v["weight_map"].as_object_mut().unwrap().remove("b");
+    });
+    let e = Checkpoint::open(&index).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::TensorNotInIndex { .. }),
+        "{e}"
+    );
+    assert_names(&e, &index, &["'b'", "model-00001-of-00002.safetensors"]);
+}
+
+#[test]
+fn shard_names_cannot_leave_the_folder_even_when_the_file_exists() {
+    let (dir, _) = sharded();
+    let inner = dir.path().join("inner");
+    std::fs::create_dir(&inner).unwrap();
+    let index = inner.join("model.safetensors.index.json");
+    write_json(
+        &index,
+        json!({"weight_map": {"c": "../model-00002-of-00002.safetensors"}}),
+    );
+    let e = Checkpoint::open(&index).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::ShardOutsideFolder { .. }),
+        "{e}"
+    );
+    assert_names(&e, &index, &["../model-00002-of-00002.safetensors", "'c'"]);
+}
+
+#[test]
+fn malformed_and_oversized_indexes_are_refused() {
+    let (dir, index) = sharded();
+    std::fs::write(&index, b"{\"weight_map\": ").unwrap();
+    let e = Checkpoint::open(dir.path()).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::Malformed { .. }),
+        "{e}"
+    );
+    assert_names(&e, &index, &[]);
+    // A sparse file over the limit: refused from its size, never read.
+    let f = std::fs::File::create(&index).unwrap();
+    f.set_len(index::MAX_INDEX_BYTES + 1).unwrap();
+    let e = Checkpoint::open(&index).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::IndexTooLarge { .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_shard_that_is_not_a_weight_file_is_named_with_why() {
+    let (dir, index) = sharded();
+    std::fs::write(
+        dir.path().join("model-00002-of-00002.safetensors"),
+        b"garbage!",
+    )
+    .unwrap();
+    let e = Checkpoint::open(&index).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::BadShard { .. }),
+        "{e}"
+    );
+    assert_names(
+        &e,
+        &index,
+        &["model-00002-of-00002.safetensors", "'c'", "safetensors"],
+    );
+    assert!(e.is_data_error());
+    assert!(std::error::Error::source(&e).is_some());
+}
+
+fn packs(dir: &Path) -> Vec<PathBuf> {
+    let opts = PackOptions::default();
+    let a = dir.join("m-00001-of-00002.flashpack");
+    let b = dir.join("m-00002-of-00002.flashpack");
+    pack(
+        &a,
+        &[PackEntry::new("x", Dtype::F32, vec![2], &[0; 8])],
+        &opts,
+    )
+    .unwrap();
+    pack(
+        &b,
+        &[
+            PackEntry::new("y", Dtype::U8, vec![3], &[1, 2, 3]),
+            PackEntry::new("z", Dtype::I64, vec![], &[7; 8]),
+        ],
+        &opts,
+    )
+    .unwrap();
+    vec![a, b]
+}
+
+#[test]
+fn a_flashpack_index_round_trips_and_notices_a_replaced_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = packs(dir.path());
+    let index = dir.path().join("m.flashpack.index.json");
+    let meta = serde_json::Map::from_iter([("source".to_string(), json!("test"))]);
+    write_index(&index, IndexKind::FlashPack, &files, meta).unwrap();
+    let c = Checkpoint::open(dir.path()).unwrap();
+    assert_eq!(c.index_kind(), Some(IndexKind::FlashPack));
+    assert_eq!(c.metadata().unwrap()["source"], "test");
+    assert_eq!(c.metadata().unwrap()["total_size"], 8 + 3 + 8);
+    assert_eq!(
+        c.shard_of("z").unwrap().name(),
+        "m-00002-of-00002.flashpack"
+    );
+    assert!(c.is_all(Format::FlashPack));
+
+    // Same tensors, other bytes: the footer (its checksums) differs.
+    pack(
+        &files[1],
+        &[
+            PackEntry::new("y", Dtype::U8, vec![3], &[1, 2, 4]),
+            PackEntry::new("z", Dtype::I64, vec![], &[7; 8]),
+        ],
+        &PackOptions::default(),
+    )
+    .unwrap();
+    let e = Checkpoint::open(&index).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::ShardChanged { .. }),
+        "{e}"
+    );
+    assert_names(&e, &index, &["m-00002-of-00002.flashpack", "xxh3"]);
+}
+
+#[test]
+fn a_flashpack_index_refuses_safetensors_shards() {
+    let (dir, _) = sharded();
+    let index = dir.path().join("m.flashpack.index.json");
+    let e = write_index(
+        &index,
+        IndexKind::FlashPack,
+        &[dir.path().join("model-00002-of-00002.safetensors")],
+        serde_json::Map::new(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::NotAFlashPackShard { .. }),
+        "{e}"
+    );
+    write_json(
+        &index,
+        json!({"format": "flashpack_index", "version": 1,
+               "weight_map": {"c": "model-00002-of-00002.safetensors"}}),
+    );
+    let e = Checkpoint::open(&index).unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::NotAFlashPackShard { .. }),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_safetensors_index_can_be_written_for_any_weight_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = packs(dir.path());
+    let index = dir.path().join("m.safetensors.index.json");
+    write_index(
+        &index,
+        IndexKind::Safetensors,
+        &files,
+        serde_json::Map::new(),
+    )
+    .unwrap();
+    let c = Checkpoint::open(&index).unwrap();
+    assert_eq!(c.index_kind(), Some(IndexKind::Safetensors));
+    assert_eq!(c.len(), 3);
+    // a tensor in two files is refused when writing too
+    let e = write_index(
+        &index,
+        IndexKind::Safetensors,
+        &[files[0].clone(), files[0].clone()],
+        serde_json::Map::new(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(kind_of(&e), CheckpointError::TensorInTwoShards { .. }),
+        "{e}"
+    );
+    // and a file outside the index's folder
+    let other = tempfile::tempdir().unwrap();
+    let e = write_index(
+        &other.path().join("i.safetensors.index.json"),
+        IndexKind::Safetensors,
+        &files,
+        serde_json::Map::new(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("not inside the index's folder"),
+        "{e}"
+    );
+}

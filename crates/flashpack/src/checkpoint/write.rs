@@ -1,0 +1,116 @@
+//! Writing an index json for a set of weight files: a safetensors index (as transformers writes
+//! it) or a multi-file FlashPack index (`format`, `version`, and per shard its size and footer
+//! digest, so a replaced shard is noticed on open). The index is written atomically, like a pack.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+
+use crate::error::CheckpointError;
+use crate::weights::WeightFile;
+use crate::write::{prepare_destination, Staged};
+use crate::{Error, Result};
+
+use super::index::{
+    check_shard_name, ShardRecord, FLASHPACK_INDEX_FORMAT, FLASHPACK_INDEX_VERSION,
+};
+use super::{footer_digest, IndexKind};
+
+/// Writes the index `dest` for `files` (each inside `dest`'s folder; for
+/// [`IndexKind::FlashPack`] each a FlashPack file). `metadata` is written as the index's
+/// `metadata` with `total_size` set to the tensor bytes of all files, as transformers does.
+/// Every file is opened and validated; a tensor in two files is an error naming both.
+pub fn write_index(
+    dest: &Path,
+    kind: IndexKind,
+    files: &[PathBuf],
+    mut metadata: Map<String, Value>,
+) -> Result<()> {
+    let bad = |source| Error::checkpoint(dest, source);
+    let folder = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut weight_map: BTreeMap<String, String> = BTreeMap::new();
+    let mut records: BTreeMap<String, ShardRecord> = BTreeMap::new();
+    let mut total = 0u64;
+    for path in files {
+        let name = shard_name(&folder, path)?;
+        let file = WeightFile::open(path)?;
+        let first = file.tensors().first().map(|t| t.name.clone());
+        check_shard_name(&name, first.as_deref().unwrap_or("")).map_err(bad)?;
+        if kind == IndexKind::FlashPack {
+            let Some(flash) = file.flashpack() else {
+                return Err(bad(CheckpointError::NotAFlashPackShard {
+                    shard: name,
+                    tensor: first.unwrap_or_default(),
+                }));
+            };
+            records.insert(
+                name.clone(),
+                ShardRecord {
+                    size: flash.file_len,
+                    footer_xxh3_64: footer_digest(&flash.footer_json),
+                },
+            );
+        }
+        for t in file.tensors() {
+            total += t.end - t.start;
+            if let Some(listed) = weight_map.insert(t.name.clone(), name.clone()) {
+                return Err(bad(CheckpointError::TensorInTwoShards {
+                    tensor: t.name.clone(),
+                    listed,
+                    other: name,
+                }));
+            }
+        }
+    }
+    if weight_map.is_empty() {
+        return Err(bad(CheckpointError::Empty));
+    }
+    metadata.insert("total_size".into(), total.into());
+    let doc = match kind {
+        IndexKind::Safetensors => json!({"metadata": metadata, "weight_map": weight_map}),
+        IndexKind::FlashPack => json!({
+            "format": FLASHPACK_INDEX_FORMAT,
+            "version": FLASHPACK_INDEX_VERSION,
+            "metadata": metadata,
+            "weight_map": weight_map,
+            "files": records,
+        }),
+    };
+    let mut text = serde_json::to_vec_pretty(&doc)
+        .map_err(|e| Error::Invalid(format!("{}: cannot encode the index: {e}", dest.display())))?;
+    text.push(b'\n');
+    write_atomically(dest, &text)
+}
+
+/// `path`'s name relative to the index's `folder`, with `/` separators.
+fn shard_name(folder: &Path, path: &Path) -> Result<String> {
+    let outside = || {
+        Error::Invalid(format!(
+            "{}: not inside the index's folder {}",
+            path.display(),
+            folder.display()
+        ))
+    };
+    let relative = if folder == Path::new(".") && path.is_relative() {
+        path
+    } else {
+        path.strip_prefix(folder).map_err(|_| outside())?
+    };
+    let parts: Option<Vec<&str>> = relative.iter().map(|c| c.to_str()).collect();
+    Ok(parts.ok_or_else(outside)?.join("/"))
+}
+
+/// Writes `bytes` as `dest`: complete and synced before it replaces what was there.
+pub(crate) fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+    use crate::os::Positioned;
+    let dir = prepare_destination(dest)?;
+    let tmp = Staged::create(&dir, dest)?;
+    let file = tmp.file();
+    file.write_all_at(bytes, 0)
+        .map_err(|e| Error::io(dest, "write", e))?;
+    file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
+    tmp.commit(dest)
+}

@@ -1,0 +1,587 @@
+//! Loads of many byte ranges from many files as one job: one reader pool (and, for a device
+//! load, one set of pinned staging buffers) for every file, the files read in parallel.
+//!
+//! A job is a list of [`Piece`]s: byte ranges of [`WeightFile`]s (whole tensors, or the rows of
+//! one). [`JobPlan`] merges the pieces of each file into spans and lays the spans out one after
+//! another in the job's memory, each on a [`DIRECT_ALIGN`] boundary (so the reads can use
+//! `O_DIRECT`); the chunks of every span, interleaved across files, go to the reader threads.
+//! [`read_host`] fills owned host memory; [`read_device`] streams through the pinned pool into
+//! device memory, bounded by the pool's limit however many files there are.
+//!
+//! ```
+//! use flashpack::read::job::{read_host, JobPlan, Piece};
+//! use flashpack::read::LoadOptions;
+//! use flashpack::weights::WeightFile;
+//! use flashpack::{write::{pack, PackEntry, PackOptions}, Dtype};
+//! let dir = tempfile::tempdir().unwrap();
+//! let mut files = Vec::new();
+//! for (k, fill) in [(0, 1u8), (1, 2u8)] {
+//!     let path = dir.path().join(format!("shard{k}.flashpack"));
+//!     pack(&path, &[PackEntry::new("w", Dtype::U8, vec![3], &[fill; 3])], &PackOptions::default()).unwrap();
+//!     let st = dir.path().join(format!("shard{k}.safetensors"));
+//!     WeightFile::open(&path).unwrap().to_safetensors(&st).unwrap();
+//!     files.push(WeightFile::open(&st).unwrap());
+//! }
+//! let files: Vec<&WeightFile> = files.iter().collect();
+//! let pieces: Vec<Piece> = files.iter().enumerate().map(|(k, f)| {
+//!     let t = f.tensor("w").unwrap();
+//!     Piece { file: k, start: t.start, end: t.end }
+//! }).collect();
+//! let plan = JobPlan::new(&files, &pieces).unwrap();
+//! let (memory, _report) = read_host(&files, &plan, &LoadOptions::default()).unwrap();
+//! assert_eq!(plan.bytes(&memory, 1), &[2, 2, 2]);
+//! ```
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::pool::{self, plan_chunks, IoCounts, Source, DIRECT_ALIGN};
+use super::{fit_staging, reader_setup, DataFile, LoadOptions, LoadReport};
+#[cfg(feature = "cuda")]
+use crate::sink::cuda::CudaDevice;
+use crate::sink::{Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, Regions, Sink};
+use crate::weights::WeightFile;
+use crate::{Error, Result};
+
+/// File bytes `[start, end)` of the job's file number `file`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Piece {
+    pub file: usize,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A contiguous range of one file, read into job memory from `at` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    file: usize,
+    start: u64,
+    end: u64,
+    at: u64,
+}
+
+/// Where every piece of a job lands in the job's memory.
+#[derive(Clone, Debug)]
+pub struct JobPlan {
+    spans: Vec<Span>,
+    pieces: Vec<Piece>,
+    /// Per piece, the job-memory offset of its first byte (0 for an empty piece).
+    offsets: Vec<u64>,
+    len: u64,
+}
+
+impl JobPlan {
+    /// Plans `pieces` of `files`. Pieces of one file closer than [`DIRECT_ALIGN`] bytes (or
+    /// overlapping, e.g. tied tensors) are read as one span; every span starts on the
+    /// `DIRECT_ALIGN` grid of its file, so up to 4095 bytes before a span are read too.
+    /// A piece outside its file's tensor data is an error naming the file.
+    pub fn new(files: &[&WeightFile], pieces: &[Piece]) -> Result<JobPlan> {
+        for p in pieces {
+            let f = files.get(p.file).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "piece {}..{} names file {} of a {}-file job",
+                    p.start,
+                    p.end,
+                    p.file,
+                    files.len()
+                ))
+            })?;
+            let (lo, hi) = f.data_range();
+            if p.start > p.end || p.start < lo.min(p.end) || p.end > hi {
+                return Err(Error::Invalid(format!(
+                    "{}: bytes {}..{} lie outside the file's tensor data ({lo}..{hi})",
+                    f.path().display(),
+                    p.start,
+                    p.end
+                )));
+            }
+        }
+        let mut order: Vec<usize> = (0..pieces.len())
+            .filter(|&i| pieces[i].end > pieces[i].start)
+            .collect();
+        order.sort_by_key(|&i| (pieces[i].file, pieces[i].start));
+        let mut spans: Vec<Span> = Vec::new();
+        let mut offsets = vec![0u64; pieces.len()];
+        let mut span_of = vec![0usize; pieces.len()];
+        for &i in &order {
+            let p = pieces[i];
+            match spans.last_mut() {
+                Some(s) if s.file == p.file && p.start <= s.end.saturating_add(DIRECT_ALIGN) => {
+                    s.end = s.end.max(p.end)
+                }
+                _ => spans.push(Span {
+                    file: p.file,
+                    start: p.start / DIRECT_ALIGN * DIRECT_ALIGN,
+                    end: p.end,
+                    at: 0,
+                }),
+            }
+            span_of[i] = spans.len() - 1;
+        }
+        let mut at = 0u64;
+        for s in &mut spans {
+            s.at = at;
+            at = (at + (s.end - s.start)).next_multiple_of(DIRECT_ALIGN);
+        }
+        for &i in &order {
+            let s = spans[span_of[i]];
+            offsets[i] = s.at + (pieces[i].start - s.start);
+        }
+        Ok(JobPlan {
+            spans,
+            pieces: pieces.to_vec(),
+            offsets,
+            len: at,
+        })
+    }
+
+    /// Bytes of job memory.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Job-memory offset of piece `i`'s first byte.
+    pub fn offset(&self, i: usize) -> Option<u64> {
+        self.offsets.get(i).copied()
+    }
+
+    /// Bytes read from the files (spans, with their alignment heads).
+    pub fn bytes_to_read(&self) -> u64 {
+        self.spans.iter().map(|s| s.end - s.start).sum()
+    }
+
+    /// Piece `i`'s bytes in job memory filled by [`read_host`] for this plan.
+    pub fn bytes<'m>(&self, memory: &'m JobMemory, i: usize) -> &'m [u8] {
+        let (Some(p), Some(&at)) = (self.pieces.get(i), self.offsets.get(i)) else {
+            return &[];
+        };
+        let (a, n) = (at as usize, (p.end - p.start) as usize);
+        memory.as_slice().get(a..a + n).unwrap_or(&[])
+    }
+
+    /// The reads: chunks of at most `chunk` bytes, each (file, file offset, job offset, len),
+    /// taken from the files in turn so that they are read in parallel.
+    fn items(&self, chunk: usize) -> Vec<Item> {
+        let mut per_file: Vec<Vec<Item>> = Vec::new();
+        for s in &self.spans {
+            if per_file.last().is_none_or(|v| v[0].file != s.file) {
+                per_file.push(Vec::new());
+            }
+            let list = per_file.last_mut().expect("pushed above");
+            for c in plan_chunks(s.at, s.at + (s.end - s.start), chunk) {
+                list.push(Item {
+                    file: s.file,
+                    file_offset: s.start + (c.offset - s.at),
+                    at: c.offset,
+                    len: c.len,
+                });
+            }
+        }
+        let mut out = Vec::with_capacity(per_file.iter().map(Vec::len).sum());
+        let longest = per_file.iter().map(Vec::len).max().unwrap_or(0);
+        for k in 0..longest {
+            out.extend(per_file.iter().filter_map(|v| v.get(k).copied()));
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Item {
+    file: usize,
+    file_offset: u64,
+    at: u64,
+    len: usize,
+}
+
+/// Owned, page-aligned host memory a job filled (see [`JobPlan::offset`]).
+#[derive(Debug)]
+pub struct JobMemory(HostBuffer);
+
+impl JobMemory {
+    pub fn as_slice(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.0.as_mut_slice()
+    }
+}
+
+/// Reads every piece of `plan` into new owned host memory with one reader pool.
+pub fn read_host(
+    files: &[&WeightFile],
+    plan: &JobPlan,
+    opts: &LoadOptions,
+) -> Result<(JobMemory, LoadReport)> {
+    let t = Instant::now();
+    let len = usize::try_from(plan.len)
+        .map_err(|_| Error::Invalid(format!("a {}-byte load is too large", plan.len)))?;
+    let mut buf = HostBuffer::with_pages(len, opts.huge_pages)?;
+    let mut report = LoadReport {
+        phases: vec![("alloc_cpu", t.elapsed())],
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let datas: Vec<DataFile<'_>> = files.iter().map(|f| f.data()).collect();
+    let (sources, threads) = sources(&datas, plan, opts);
+    let items = plan.items(opts.chunk_bytes);
+    report.threads = threads.clamp(1, items.len().max(1));
+    let sink = HostSink::with_base(buf.as_mut_slice(), 0);
+    report.io = run(&datas, &sources, &items, &sink, report.threads, opts)?;
+    report.phases.push(("read_payload", t.elapsed()));
+    Ok((JobMemory(buf), report))
+}
+
+/// Where piece `piece` of a job goes on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobRegion {
+    pub piece: usize,
+    pub dst: u64,
+}
+
+/// Streams the pieces that `regions` name into CUDA memory through the pinned staging pool (one
+/// set of staging buffers for the whole job, within the pool's limit); returns when every copy
+/// has completed.
+///
+/// # Safety
+/// As for [`super::load_to_device`]: every region's destination (`dst`, the piece's length) is
+/// device memory the caller owns and that nothing else touches until this returns.
+#[cfg(feature = "cuda")]
+pub unsafe fn read_cuda(
+    files: &[&WeightFile],
+    plan: &JobPlan,
+    device: &CudaDevice,
+    regions: &[JobRegion],
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    read_device(files, plan, device, regions, opts)
+}
+
+/// [`read_cuda`] for any [`Device`]; the caller upholds `read_cuda`'s contract (the copies are
+/// enqueued through [`Device::copy_async`]).
+pub(crate) fn read_device<D: Device>(
+    files: &[&WeightFile],
+    plan: &JobPlan,
+    device: &D,
+    regions: &[JobRegion],
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    let t = Instant::now();
+    let mut list = Vec::with_capacity(regions.len());
+    for r in regions {
+        let (Some(p), Some(offset)) = (plan.pieces.get(r.piece), plan.offset(r.piece)) else {
+            return Err(Error::Invalid(format!(
+                "device region for piece {} of a {}-piece job",
+                r.piece,
+                plan.pieces.len()
+            )));
+        };
+        list.push(DeviceRegion {
+            offset,
+            len: p.end - p.start,
+            dst: r.dst,
+        });
+    }
+    let regions = Regions::new(list, plan.len)
+        .map_err(|e| Error::Invalid(format!("device regions of the load: {e}")))?;
+    let datas: Vec<DataFile<'_>> = files.iter().map(|f| f.data()).collect();
+    let (sources, threads) = sources(&datas, plan, opts);
+    let (threads, chunk) = fit_staging(
+        threads,
+        opts.chunk_bytes,
+        DIRECT_ALIGN as usize,
+        device.pool().budget(),
+    )?;
+    let items = plan.items(chunk);
+    let threads = threads.clamp(1, items.len().max(1));
+    let mut report = LoadReport::default();
+    report.phases.push(("plan", t.elapsed()));
+    let t = Instant::now();
+    let sink = DeviceSink::new(device, regions, threads, chunk)?;
+    report.threads = sink.workers();
+    report.io = run(&datas, &sources, &items, &sink, report.threads, opts)?;
+    sink.finish()?;
+    report.phases.push(("stream_to_device", t.elapsed()));
+    Ok(report)
+}
+
+/// One read source per file (direct reads where `reader_setup` chooses them for that file; a
+/// file the plan does not read gets none) and the thread count: the largest any file asks for.
+fn sources<'a>(
+    datas: &'a [DataFile<'a>],
+    plan: &JobPlan,
+    opts: &'a LoadOptions,
+) -> (Vec<Source<'a>>, usize) {
+    let mut threads = 1;
+    let sources = datas
+        .iter()
+        .enumerate()
+        .map(|(k, d)| {
+            let used = plan.spans.iter().any(|s| s.file == k);
+            let direct = if used {
+                let (direct, n) = reader_setup(d, opts);
+                threads = threads.max(n);
+                direct
+            } else {
+                None::<File>
+            };
+            Source {
+                path: d.path,
+                buffered: d.file,
+                direct,
+                cancel: opts.cancel.as_ref(),
+            }
+        })
+        .collect();
+    (sources, threads)
+}
+
+/// The reader pool over every file: `threads` threads take the next item, read it from its
+/// file into the sink (at its job offset), and stop all on the first error or cancellation.
+fn run(
+    datas: &[DataFile<'_>],
+    sources: &[Source<'_>],
+    items: &[Item],
+    sink: &dyn Sink,
+    threads: usize,
+    opts: &LoadOptions,
+) -> Result<IoCounts> {
+    let total = items.iter().map(|i| i.len as u64).sum();
+    let bar = crate::progress::progress_bar(opts.progress, total, "loading");
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let direct_ok: Vec<AtomicBool> = sources
+        .iter()
+        .map(|s| AtomicBool::new(s.direct.is_some()))
+        .collect();
+    let (direct_bytes, buffered_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        stop.store(true, Ordering::Relaxed);
+        if let Ok(mut slot) = first_error.lock() {
+            slot.get_or_insert(e);
+        }
+    };
+    std::thread::scope(|s| {
+        for worker in 0..threads.max(1) {
+            let (next, stop, fail, bar) = (&next, &stop, &fail, bar.as_ref());
+            let (direct_ok, direct_bytes, buffered_bytes) =
+                (&direct_ok, &direct_bytes, &buffered_bytes);
+            s.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= items.len() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let it = items[i];
+                let src = &sources[it.file];
+                if let Err(e) = crate::cancel::check(src.cancel, src.path) {
+                    return fail(e);
+                }
+                let mut io_error = None;
+                let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
+                    pool::read_pieces(
+                        src,
+                        &direct_ok[it.file],
+                        it.file_offset,
+                        dst,
+                        direct_bytes,
+                        buffered_bytes,
+                    )
+                    .map_err(|e| {
+                        let marker = std::io::Error::new(e.kind(), "read failed");
+                        io_error = Some(e);
+                        marker
+                    })
+                };
+                // SAFETY: each item is taken once (fetch_add above) and the plan's spans do not
+                // overlap in job memory, so concurrent calls get disjoint ranges.
+                let result = unsafe { sink.write_chunk(worker, it.at, it.len, &mut fill) };
+                if let Err(e) = result {
+                    let e = match io_error {
+                        Some(io) if io.kind() == std::io::ErrorKind::Interrupted => {
+                            crate::cancel::check(src.cancel, src.path)
+                                .err()
+                                .unwrap_or_else(|| Error::io(src.path, "read", io))
+                        }
+                        // Every piece was checked against the file's length at open.
+                        Some(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                            Error::io(src.path, "read (the file got shorter while loading)", io)
+                        }
+                        Some(io) => Error::io(src.path, "read", io),
+                        None => datas[it.file].device_error(e, None),
+                    };
+                    return fail(e);
+                }
+                if let Some(b) = bar {
+                    b.inc(it.len as u64);
+                }
+            });
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    Ok(IoCounts {
+        direct_bytes: direct_bytes.into_inner(),
+        buffered_bytes: buffered_bytes.into_inner(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::{pack, PackEntry, PackOptions};
+    use crate::Dtype;
+
+    fn file(dir: &std::path::Path, name: &str, tensors: &[(&str, Vec<u8>)]) -> WeightFile {
+        let fp = dir.join(format!("{name}.flashpack"));
+        let entries: Vec<_> = tensors
+            .iter()
+            .map(|(n, b)| PackEntry::new(*n, Dtype::U8, vec![b.len() as u64], b))
+            .collect();
+        pack(&fp, &entries, &PackOptions::default()).unwrap();
+        let st = dir.join(format!("{name}.safetensors"));
+        WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+        WeightFile::open(&st).unwrap()
+    }
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    }
+
+    #[test]
+    fn pieces_of_many_files_land_bit_exact_with_small_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = file(
+            dir.path(),
+            "a",
+            &[("x", bytes(10_000, 1)), ("y", bytes(77, 2))],
+        );
+        let b = file(dir.path(), "b", &[("z", bytes(50_001, 3)), ("e", vec![])]);
+        let files = [&a, &b];
+        let mut pieces = Vec::new();
+        let mut want = Vec::new();
+        for (k, f) in files.iter().enumerate() {
+            for t in f.tensors() {
+                pieces.push(Piece {
+                    file: k,
+                    start: t.start,
+                    end: t.end,
+                });
+                want.push(
+                    std::fs::read(f.path()).unwrap()[t.start as usize..t.end as usize].to_vec(),
+                );
+            }
+        }
+        // A row range inside a tensor, and the same tensor twice.
+        let z = b.tensor("z").unwrap();
+        pieces.push(Piece {
+            file: 1,
+            start: z.start + 100,
+            end: z.start + 300,
+        });
+        want.push(bytes(50_001, 3)[100..300].to_vec());
+        pieces.push(pieces[0]);
+        want.push(want[0].clone());
+        let plan = JobPlan::new(&files, &pieces).unwrap();
+        let opts = LoadOptions {
+            chunk_bytes: 4096,
+            threads: 3,
+            ..Default::default()
+        };
+        let (mem, report) = read_host(&files, &plan, &opts).unwrap();
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(plan.bytes(&mem, i), &w[..], "piece {i}");
+        }
+        assert_eq!(
+            report.io.direct_bytes + report.io.buffered_bytes,
+            plan.bytes_to_read()
+        );
+        assert_eq!(plan.len() % DIRECT_ALIGN, 0);
+    }
+
+    #[test]
+    fn a_row_range_reads_only_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = file(dir.path(), "a", &[("big", bytes(1 << 20, 5))]);
+        let t = a.tensor("big").unwrap().clone();
+        let pieces = [Piece {
+            file: 0,
+            start: t.start + 300_000,
+            end: t.start + 310_000,
+        }];
+        let plan = JobPlan::new(&[&a], &pieces).unwrap();
+        // The piece, plus at most the alignment head before it.
+        assert!(plan.bytes_to_read() < 10_000 + DIRECT_ALIGN);
+        let (mem, _) = read_host(&[&a], &plan, &LoadOptions::default()).unwrap();
+        assert_eq!(plan.bytes(&mem, 0), &bytes(1 << 20, 5)[300_000..310_000]);
+    }
+
+    #[test]
+    fn pieces_outside_the_data_or_the_job_are_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = file(dir.path(), "a", &[("x", bytes(100, 1))]);
+        let (_, hi) = a.data_range();
+        let e = JobPlan::new(
+            &[&a],
+            &[Piece {
+                file: 0,
+                start: 0,
+                end: hi + 1,
+            }],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("a.safetensors"), "{e}");
+        assert!(JobPlan::new(
+            &[&a],
+            &[Piece {
+                file: 1,
+                start: 0,
+                end: 1
+            }]
+        )
+        .is_err());
+        assert!(JobPlan::new(
+            &[&a],
+            &[Piece {
+                file: 0,
+                start: 9,
+                end: 8
+            }]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn a_cancelled_job_stops_with_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = file(dir.path(), "a", &[("x", bytes(100_000, 1))]);
+        let t = a.tensor("x").unwrap().clone();
+        let plan = JobPlan::new(
+            &[&a],
+            &[Piece {
+                file: 0,
+                start: t.start,
+                end: t.end,
+            }],
+        )
+        .unwrap();
+        let cancel = crate::cancel::Cancel::new();
+        cancel.cancel();
+        let opts = LoadOptions {
+            cancel: Some(cancel),
+            ..Default::default()
+        };
+        let e = read_host(&[&a], &plan, &opts).unwrap_err();
+        assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+    }
+}
