@@ -138,9 +138,7 @@ pub(crate) fn read_chunks(
     let prefetched_bytes = AtomicU64::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let threads = threads.clamp(1, chunks.len().max(1));
-    if src.readahead {
-        crate::os::advise_sequential(src.buffered);
-    }
+    start_readahead(src);
 
     std::thread::scope(|s| {
         for worker in 0..threads {
@@ -160,12 +158,8 @@ pub(crate) fn read_chunks(
                     return;
                 }
                 let c = chunks[i];
-                if src.readahead {
-                    if let Some(ahead) = chunks.get(i + threads) {
-                        if crate::os::prefetch(src.buffered, ahead.offset, ahead.len as u64) {
-                            prefetched_bytes.fetch_add(ahead.len as u64, Ordering::Relaxed);
-                        }
-                    }
+                if let Some(ahead) = chunks.get(i + threads) {
+                    prefetch(src, ahead.offset, ahead.len, prefetched_bytes);
                 }
                 let mut io_error = None;
                 let mut bad_data = None;
@@ -224,6 +218,21 @@ pub(crate) fn read_chunks(
         buffered_bytes: buffered_bytes.into_inner(),
         prefetched_bytes: prefetched_bytes.into_inner(),
     })
+}
+
+/// Sequential advice on a source that reads ahead (nothing for the others).
+pub(super) fn start_readahead(src: &Source<'_>) {
+    if src.readahead {
+        crate::os::advise_sequential(src.buffered);
+    }
+}
+
+/// Asks the OS to start reading `[offset, offset + len)` of a source that reads ahead (a reader
+/// thread does this for the chunk `threads` places after the one it takes), counting the bytes.
+pub(super) fn prefetch(src: &Source<'_>, offset: u64, len: usize, counted: &AtomicU64) {
+    if src.readahead && crate::os::prefetch(src.buffered, offset, len as u64) {
+        counted.fetch_add(len as u64, Ordering::Relaxed);
+    }
 }
 
 /// Reads `dst` from `offset` in [`READ_PIECE`]s, stopping with `ErrorKind::Interrupted` between
