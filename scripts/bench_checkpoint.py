@@ -53,6 +53,7 @@ MiB, GiB = 1 << 20, 1 << 30
 LOADERS = [
     ("ours-lazy", "project", "cpu", "ours load_checkpoint (lazy)"),
     ("ours-eager", "project", "cpu", "ours load_checkpoint(eager=True)"),
+    ("ours-eager-direct", "project", "cpu", "ours eager, io='direct' (old cold policy)"),
     ("safetensors", "project", "cpu", "safetensors load_file per shard"),
     ("runai", "peers", "cpu", "Run:ai SafetensorsStreamer"),
     ("fastsafetensors", "peers", "cpu", "fastsafetensors fastsafe_open"),
@@ -63,7 +64,7 @@ LOADERS = [
     ("fastsafetensors-cuda", "peers", "cuda", "fastsafetensors (cuda)"),
     ("instanttensor-cuda", "peers", "cuda", "InstantTensor safe_open (cuda)"),
 ]
-OURS = {"ours-lazy", "ours-eager", "ours-cuda"}
+OURS = {"ours-lazy", "ours-eager", "ours-eager-direct", "ours-cuda"}
 
 # ---------------------------------------------------------------------------------------------
 # The checkpoint
@@ -153,6 +154,11 @@ def child_load(loader: str, folder: str) -> dict:
     # Import the loader's module before the clock starts (import cost is not load cost).
     if base.startswith("ours"):
         import flashpack
+        import flashpack.loading
+
+        if loader == "ours-eager-direct":  # the reader policy before issue 14: O_DIRECT when cold
+            options = flashpack.loading.reader_options
+            flashpack.loading.reader_options = lambda: {**options(), "io": "direct"}
     elif base == "safetensors":
         from safetensors.torch import load_file
     elif base == "runai":
@@ -167,7 +173,7 @@ def child_load(loader: str, folder: str) -> dict:
     sd: dict[str, torch.Tensor] = {}
     if loader == "ours-lazy":
         sd = flashpack.load_checkpoint(folder)
-    elif loader == "ours-eager":
+    elif loader in ("ours-eager", "ours-eager-direct"):
         sd = flashpack.load_checkpoint(folder, eager=True)
     elif loader == "ours-cuda":
         sd = flashpack.load_checkpoint(folder, device="cuda")
@@ -215,6 +221,11 @@ def skip_reason(loader: str, peers_py: str | None, missing: dict[str, str], has_
         return "InstantTensor loads to CUDA devices only ('only supports CUDA devices for now')"
     if base.startswith("ours"):
         import flashpack
+        import flashpack.loading
+
+        if loader == "ours-eager-direct":  # the reader policy before issue 14: O_DIRECT when cold
+            options = flashpack.loading.reader_options
+            flashpack.loading.reader_options = lambda: {**options(), "io": "direct"}
 
         if not hasattr(flashpack, "load_checkpoint"):
             return "flashpack.load_checkpoint is not in this build (the loading API of issue 14)"

@@ -37,21 +37,29 @@ pub(crate) struct ReadPlan {
     pub threads: usize,
 }
 
-/// Cold data on Linux is read buffered with readahead rather than with `O_DIRECT`. Measured on
-/// the 2-core Firecracker VM (virtio disk, `max_segments` 254, 2 GiB, cold, load average 4-6):
-/// `O_DIRECT` into 4 KiB pages reaches the device as ~0.7-1.3 MiB requests and tops out at
-/// 1.0-1.2 GB/s whether 4 or 32 reads are in flight, while readahead into the page cache sends
-/// 2.5-4 MiB requests: 4 threads with sequential advice and one chunk asked ahead per thread read
-/// at 1.4-2.1 GB/s (median 1.86). macOS keeps `F_NOCACHE` (not measured there).
-const COLD_READS_DIRECT: bool = cfg!(target_os = "macos");
+/// Cold data is read direct (`O_DIRECT`, `F_NOCACHE`) under `IoMode::Auto`. Measured on the
+/// 2-core Firecracker VM (virtio disk, `max_segments` 254, 2 GiB, cold; other builds kept the load
+/// average at 4-10, so each comparison is within one run):
+/// - raw reads into reused buffers: `O_DIRECT` into 4 KiB pages reaches the device as ~0.6-1.3 MiB
+///   requests and reads at 0.9-1.4 GB/s whether 4, 8, 16 or 32 reads are in flight; buffered reads
+///   with sequential advice and one chunk asked ahead per thread send 2.5-4 MiB requests and read
+///   at 1.4-2.1 GB/s. Queue depth is not what limits this disk; request size is.
+/// - eager loads (fresh destination memory): buffered with readahead lost to `O_DIRECT` in every
+///   run (2 GiB, 4 shards: 6.2-7.5 s against 2.9-3.6 s; one file: 3.0-4.6 s against 1.8-2.2 s
+///   for the call), because the page cache copy is a second 2 GiB of fresh memory (each first
+///   touch is a hypervisor fault on this VM) and a CPU copy the busy cores could not spare.
+///
+/// So buffered readahead is used only where reads are buffered anyway (`IoMode::Buffered`,
+/// Python `FLASHPACK_DIRECT_IO=0`), on cold data.
+const COLD_READS_DIRECT: bool = true;
 
 /// The reader policy for a load: direct or buffered reads, readahead, thread count.
 ///
 /// - `IoMode::Buffered` reads buffered; `IoMode::Direct` reads direct (falling back to buffered
 ///   where the filesystem refuses, see [`crate::os::open_direct`]).
 /// - `IoMode::Auto` reads buffered when at least [`HOT_FRACTION`] of the data is in the page
-///   cache or when the OS cannot tell (Windows); cold (or unknown) data is read buffered with
-///   readahead on Linux (see `COLD_READS_DIRECT` for the measurement), direct on macOS.
+///   cache or when the OS cannot tell (Windows); cold (or unknown) data is read direct (see
+///   `COLD_READS_DIRECT` for the measurements).
 /// - Readahead is asked for on buffered reads of data that is not hot.
 /// - `threads` 0 chooses: reads that wait on the device (direct, or cold buffered) use the core
 ///   count clamped to 4..=16, so that a few reads are in flight even on 2 cores; hot buffered
@@ -146,18 +154,17 @@ mod tests {
     }
 
     #[test]
-    fn auto_reads_cold_data_with_readahead_on_linux_and_direct_on_macos() {
+    fn auto_reads_cold_data_direct_with_at_least_four_threads() {
         for r in [
             Residency::Fraction(0.0),
             Residency::Fraction(0.89),
             Residency::Unknown,
         ] {
-            let p = read_plan(IoMode::Auto, r, 0, 2);
-            if cfg!(target_os = "macos") {
-                assert_eq!(p, plan(true, false, 4), "{r:?}");
-            } else {
-                assert_eq!(p, plan(false, true, 4), "{r:?}");
-            }
+            assert_eq!(
+                read_plan(IoMode::Auto, r, 0, 2),
+                plan(true, false, 4),
+                "{r:?}"
+            );
             assert_eq!(read_plan(IoMode::Auto, r, 0, 32).threads, 16, "{r:?}");
         }
     }

@@ -1,6 +1,6 @@
-//! The reader policy on cold files (Linux, where the page cache can be dropped per file): eager
-//! loads of one file and multi-file jobs read buffered and ask the kernel to read ahead
-//! (`IoCounts::prefetched_bytes`), with the same bytes as a hot load.
+//! The reader policy on cold files (Linux, where the page cache can be dropped per file): buffered
+//! reads of cold data, in one file or a multi-file job, ask the kernel to read ahead
+//! (`IoCounts::prefetched_bytes`); automatic I/O reads cold data with `O_DIRECT`.
 #![cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -32,7 +32,7 @@ fn evict(path: &Path) -> bool {
 }
 
 #[test]
-fn a_cold_job_over_many_files_reads_ahead_and_a_hot_one_does_not() {
+fn a_cold_buffered_job_over_many_files_reads_ahead_and_a_hot_one_does_not() {
     let dir = disk_dir();
     let mut files = Vec::new();
     let mut want = Vec::new();
@@ -66,6 +66,7 @@ fn a_cold_job_over_many_files_reads_ahead_and_a_hot_one_does_not() {
     let plan = JobPlan::new(&files, &pieces).unwrap();
     let opts = LoadOptions {
         eager: true,
+        io: IoMode::Buffered,
         chunk_bytes: 1 << 16,
         threads: 4,
         ..Default::default()
@@ -96,28 +97,45 @@ fn a_cold_job_over_many_files_reads_ahead_and_a_hot_one_does_not() {
 }
 
 #[test]
-fn io_direct_still_reads_a_cold_file_with_o_direct() {
+fn auto_and_direct_read_a_cold_file_with_o_direct_and_buffered_reads_ahead() {
     let dir = disk_dir();
     let path = dir.path().join("d.flashpack");
     let bytes = payload(1 << 20, 9);
-    pack(
-        &path,
-        &[PackEntry::new("w", Dtype::U8, vec![1 << 20], &bytes)],
-        &PackOptions::default(),
-    )
-    .unwrap();
-    assert!(
-        evict(&path),
-        "{}: could not drop it from the page cache",
-        path.display()
-    );
-    let opts = LoadOptions {
-        eager: true,
-        io: IoMode::Direct,
-        chunk_bytes: 1 << 16,
-        ..Default::default()
-    };
-    let l = load(&path, &opts).unwrap();
-    assert_eq!(l.tensor_bytes("w").unwrap(), &bytes[..]);
-    assert_eq!(l.report.io.prefetched_bytes, 0, "{:?}", l.report.io);
+    let entry = PackEntry::new("w", Dtype::U8, vec![1 << 20], &bytes);
+    pack(&path, &[entry], &PackOptions::default()).unwrap();
+    for io in [IoMode::Auto, IoMode::Direct, IoMode::Buffered] {
+        assert!(
+            evict(&path),
+            "{}: could not drop it from the page cache",
+            path.display()
+        );
+        let opts = LoadOptions {
+            eager: true,
+            io,
+            chunk_bytes: 1 << 16,
+            ..Default::default()
+        };
+        let l = load(&path, &opts).unwrap();
+        assert_eq!(l.tensor_bytes("w").unwrap(), &bytes[..], "{io:?}");
+        let got = l.report.io;
+        if io == IoMode::Buffered {
+            assert_eq!(got.direct_bytes, 0, "{io:?}: {got:?}");
+            assert!(got.prefetched_bytes > 0, "{io:?}: {got:?}");
+        } else if supports_o_direct(dir.path()) {
+            assert!(got.direct_bytes > 0, "{io:?}: {got:?}");
+            assert_eq!(got.prefetched_bytes, 0, "{io:?}: {got:?}");
+        }
+    }
+}
+
+/// True when the filesystem under `dir` accepts `O_DIRECT` opens.
+fn supports_o_direct(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("odirect-probe");
+    std::fs::write(&probe, [0u8; 4096]).unwrap();
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok()
 }

@@ -49,14 +49,13 @@ pub const DEFAULT_READ_CHUNK_BYTES: usize = 16 << 20;
 /// How the eager reader talks to the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IoMode {
-    /// Chosen per load from the page cache's residency (see [`crate::settings`]): plain buffered
-    /// reads when the data is hot; when it is cold, buffered reads with readahead on Linux and
-    /// uncached reads on macOS.
+    /// `O_DIRECT` unless the payload is mostly in the page cache (the policy and its
+    /// measurements: [`crate::settings`]).
     #[default]
     Auto,
     /// `O_DIRECT` wherever the filesystem allows it.
     Direct,
-    /// Always through the page cache.
+    /// Always through the page cache (asking the OS to read ahead when the data is cold).
     Buffered,
 }
 
