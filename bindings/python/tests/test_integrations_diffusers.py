@@ -151,8 +151,8 @@ def test_model_mixin_subfolder_and_hub_id(source: tuple[Path, np.ndarray], packe
         assert all(same_bits(unet.state_dict()[n], t) for n, t in reference.state_dict().items())
     loaded = FlashPackLDMPipeline.from_pretrained_flashpack("someone/tiny-ldm-flashpack")
     assert np.array_equal(images(loaded), source[1])
-    with pytest.raises(FileNotFoundError, match=r"unet/model\.flashpack"):
-        FlashPackUNet2DModel.from_pretrained_flashpack(source[0], subfolder="unet")
+    with pytest.raises(FileNotFoundError, match=r"scheduler/model\.flashpack.*diffusion_pytorch_model\.safetensors"):
+        FlashPackUNet2DModel.from_pretrained_flashpack(source[0], subfolder="scheduler")
 
 
 def test_auto_model_and_patch_integrations(source: tuple[Path, np.ndarray], packed: Path) -> None:

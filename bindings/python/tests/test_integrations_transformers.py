@@ -142,9 +142,9 @@ def test_tied_weights_missing_from_the_file_are_tied_on_load(tmp_path: Path) -> 
 
 
 def test_missing_weights_and_bad_folders_are_clear_errors(tmp_path: Path) -> None:
-    transformers.BertModel(tiny_bert_config()).save_pretrained(tmp_path / "plain")
-    with pytest.raises(FileNotFoundError, match=r"plain/model\.flashpack"):
-        FlashPackBertModel.from_pretrained_flashpack(tmp_path / "plain")
+    tiny_bert_config().save_pretrained(tmp_path / "config-only")  # neither model.flashpack nor safetensors
+    with pytest.raises(FileNotFoundError, match=r"config-only/model\.flashpack.*model\.safetensors"):
+        FlashPackBertModel.from_pretrained_flashpack(tmp_path / "config-only")
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="file"):
         FlashPackBertModel.from_pretrained_flashpack(tmp_path / "file")

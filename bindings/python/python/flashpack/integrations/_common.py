@@ -104,13 +104,6 @@ def resolve_model_dir(
 HUB_OPTIONS = Options(resolve_model_dir, skip=("name_or_path",))
 
 
-def flashpack_path(folder: Path, subfolder: str | None = None) -> Path:
-    path = folder / subfolder / FLASHPACK_WEIGHTS_NAME if subfolder else folder / FLASHPACK_WEIGHTS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no {FLASHPACK_WEIGHTS_NAME} here (save one with save_pretrained_flashpack)")
-    return path
-
-
 def file_float_dtype(path: str | os.PathLike[str]) -> torch.dtype | None:
     """The floating-point dtype holding most of the file's elements (None if it stores no floats)."""
     meta = get_flashpack_file_metadata(path)

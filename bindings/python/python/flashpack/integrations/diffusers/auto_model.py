@@ -79,9 +79,10 @@ def model_class_for(folder: Path, subfolder: str | None) -> type:
 
 class AutoFlashPackModel:
     """``AutoFlashPackModel.from_pretrained_flashpack(folder_or_repo_id, subfolder=...)`` loads a
-    folder written by ``save_pretrained_flashpack``; ``from_pretrained`` loads ordinary weights
-    with the library's own loader. Either way the model's class has the FlashPack mixin, so it
-    can be saved with ``save_pretrained_flashpack``."""
+    folder written by ``save_pretrained_flashpack``, or an ordinary folder's safetensors weights
+    through the engine (see the mixins' ``from_pretrained_flashpack``); ``from_pretrained`` loads
+    ordinary weights with the library's own loader. Either way the model's class has the
+    FlashPack mixin, so it can be saved with ``save_pretrained_flashpack``."""
 
     config_name = "config.json"
 
@@ -118,5 +119,6 @@ class AutoFlashPackModel:
     def from_pretrained_flashpack(
         cls, pretrained_model_or_path: str | os.PathLike[str] | None = None, **kwargs: Any
     ) -> Any:
-        """``from_pretrained(..., use_flashpack=True)``: a folder written by ``save_pretrained_flashpack``."""
+        """``from_pretrained(..., use_flashpack=True)``: ``model.flashpack`` when the folder has one,
+        else its safetensors weights (single, sharded, ``variant``), read through the engine."""
         return cls.from_pretrained(pretrained_model_or_path, use_flashpack=True, **kwargs)

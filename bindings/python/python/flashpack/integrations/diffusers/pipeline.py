@@ -8,6 +8,7 @@ Built on diffusers' public pipeline API only: ``components``, ``save_config``,
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -24,7 +25,6 @@ from diffusers import DiffusionPipeline, ModelMixin
 
 from ...options import LOAD_OPTIONS, OPTION, PACK_OPTIONS, with_options
 from .._common import (
-    FLASHPACK_WEIGHTS_NAME,
     HUB_OPTIONS,
     add_mixin,
     flashpack_subclass,
@@ -34,6 +34,7 @@ from .._common import (
     resolve_model_dir,
     rewrite_json,
 )
+from .._checkpoint import DIFFUSERS_NAMES, TRANSFORMERS_NAMES, find_weights, is_flashpack
 from .model import FlashPackDiffusersModelMixin
 
 try:
@@ -131,6 +132,31 @@ def _flashpack_components(pipeline_class: type) -> dict[str, type]:
     return {name: cls for name, cls in found.items() if cls is not None}
 
 
+def _declared_plain_components(pipeline_class: type) -> dict[str, type]:
+    """Components that a pipeline class's own ``__init__`` (a user's, not a library pipeline's)
+    annotates with a plain diffusers or transformers model class: loaded through the engine from
+    safetensors all the same, but as that class."""
+    if "__init__" not in vars(pipeline_class):
+        return {}
+    try:
+        hints = typing.get_type_hints(pipeline_class.__init__)
+    except Exception:  # unresolvable string annotations: nothing to learn from them
+        return {}
+    model_types = (ModelMixin, transformers.PreTrainedModel) if transformers is not None else (ModelMixin,)
+    return {
+        name: hint
+        for name, hint in hints.items()
+        if isinstance(hint, type) and issubclass(hint, model_types) and not issubclass(hint, _FLASHPACK_MODEL_TYPES)
+    }
+
+
+def _mixin_loader(model_class: type) -> Any:
+    """The function behind the matching mixin's ``from_pretrained_flashpack``, to call with a
+    plain ``model_class`` as its ``cls`` (the loaders need only the library's class methods)."""
+    mixin = FlashPackDiffusersModelMixin if issubclass(model_class, ModelMixin) else FlashPackTransformersModelMixin
+    return mixin.__dict__["from_pretrained_flashpack"].__func__
+
+
 def _component_class(library: str, class_name: str, where: Path) -> type:
     """The class ``model_index.json`` names for a component, with the FlashPack mixin added."""
     if library == "transformers":
@@ -150,7 +176,7 @@ def _component_class(library: str, class_name: str, where: Path) -> type:
     if transformers is not None and isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
         return flashpack_subclass(cls, FlashPackTransformersModelMixin)
     raise ValueError(
-        f"{where}: has {FLASHPACK_WEIGHTS_NAME} but {library}.{class_name} is not a diffusers or transformers model class"
+        f"{where}: has model weights but {library}.{class_name} is not a diffusers or transformers model class"
     )
 
 
@@ -261,17 +287,20 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> Any:
-        """Load a pipeline saved with ``save_pretrained_flashpack`` from a directory or Hub id.
+        """Load a pipeline from a directory or Hub id: one saved with ``save_pretrained_flashpack``,
+        or an ordinary diffusers pipeline folder.
 
-        Each component folder holding ``model.flashpack`` is loaded with its class's
-        ``from_pretrained_flashpack`` (straight onto ``device``); the other components and the
-        pipeline itself come from diffusers' ``from_pretrained``, which receives those models
-        already loaded. The options of ``assign_from_file`` and ``dtype`` / ``torch_dtype`` /
+        Each model component (a folder holding ``model.flashpack``, or its library's safetensors
+        weights, single, sharded or of ``variant``) is loaded with its class's
+        ``from_pretrained_flashpack`` (through the engine, straight onto ``device``); the other
+        components and the pipeline itself come from diffusers' ``from_pretrained``, which
+        receives those models already loaded. The options of ``assign_from_file`` and ``dtype`` / ``torch_dtype`` /
         ``target_dtype`` apply to the FlashPack components (each a value, or a dict per
         component with an optional "default"); the rest go to ``from_pretrained``. With
         ``device`` the whole pipeline is moved there.
         """
         torch_dtype = pop_cast_dtype(kwargs)
+        variant = kwargs.get("variant")
         hub = HUB_OPTIONS.pick(flashpack_options)
         folder = resolve_model_dir(pretrained_model_name_or_path, **hub)
         index_path = folder / "model_index.json"
@@ -282,18 +311,26 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
 
         pipeline_class = _pipeline_class(cls, index, index_path)
         hints = _flashpack_components(pipeline_class)
+        plain = _declared_plain_components(pipeline_class)
         loaded: dict[str, Any] = {}
         for name, entry in index.items():
             if name.startswith("_") or name in kwargs or not isinstance(entry, list) or entry[0] is None:
                 continue
             component_dir = folder / name
-            if not (component_dir / FLASHPACK_WEIGHTS_NAME).is_file():
+            names = TRANSFORMERS_NAMES if entry[0] == "transformers" else DIFFUSERS_NAMES
+            try:
+                weights = find_weights(component_dir, names, variant)
+            except FileNotFoundError:  # no weights of its own (a scheduler, a tokenizer, ...)
                 continue
             component_cls = hints.get(name) or _component_class(entry[0], entry[1], component_dir)
-            loaded[name] = component_cls.from_pretrained_flashpack(
+            load = component_cls.from_pretrained_flashpack
+            if name in plain and not is_flashpack(weights):
+                load = functools.partial(_mixin_loader(plain[name]), plain[name])
+            loaded[name] = load(
                 component_dir,
                 device=device,
                 dtype=_for_component(torch_dtype, name),
+                variant=variant,
                 **_component_options(flashpack_options, LOAD_OPTIONS, name),
             )
         if torch_dtype is not None:

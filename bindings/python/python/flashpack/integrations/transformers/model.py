@@ -15,12 +15,12 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedConfig, PreTrai
 
 from ...mixin import FlashPackMixin
 from ...options import LOAD_OPTIONS, with_options
+from .._checkpoint import TRANSFORMERS_NAMES, find_weights, is_flashpack, load_weights
 from .._common import (
     HUB_OPTIONS,
     SavePretrainedFlashPack,
     build_dtype,
     build_on_meta,
-    flashpack_path,
     library_class,
     load_into_model,
     pop_cast_dtype,
@@ -75,12 +75,87 @@ def load_transformers_model(
     return model
 
 
-def find_flashpack_file(
-    pretrained_model_name_or_path: str | os.PathLike[str], options: dict[str, Any]
-) -> Path:
-    """``model.flashpack`` of a folder or Hub repository (``options``: the hub options)."""
+def find_model_weights(
+    pretrained_model_name_or_path: str | os.PathLike[str], options: dict[str, Any], variant: str | None
+) -> tuple[Path, Path]:
+    """The model's folder (a local one, or in the Hub repository's snapshot; ``subfolder`` of it
+    when given) and its weights:
+    ``model.flashpack`` when it has one, else its safetensors index or file for ``variant``
+    (``options``: the hub options)."""
     folder = resolve_model_dir(pretrained_model_name_or_path, **HUB_OPTIONS.pick(options))
-    return flashpack_path(folder, options.get("subfolder"))
+    subfolder = options.get("subfolder")
+    folder = folder / subfolder if subfolder else folder
+    return folder, find_weights(folder, TRANSFORMERS_NAMES, variant)
+
+
+# Keyword arguments that transformers' ``from_pretrained`` takes for itself before it reads the
+# config (the others it passes to the config, then the model's ``__init__``).
+FROM_PRETRAINED_KWARGS = (
+    "ignore_mismatched_sizes", "weights_only", "use_safetensors", "device_map", "max_memory", "offload_folder",
+    "offload_buffers", "quantization_config", "key_mapping", "generation_config", "adapter_kwargs", "adapter_name",
+    "use_kernels", "kernel_config", "allow_all_kernels", "distributed_config", "device_mesh", "tp_plan", "tp_size",
+    "tqdm_class", "trust_remote_code", "disable_mmap", "fusion_config",
+)  # fmt: skip
+
+
+def load_transformers_checkpoint(
+    from_pretrained: Callable[..., Any],
+    load_config: Callable[..., Any],
+    folder: Path,
+    weights: Path,
+    *model_args: Any,
+    device: str | torch.device | None,
+    dtype: torch.dtype | str | None,
+    config: PreTrainedConfig | None,
+    options: dict[str, Any],
+    **kwargs: Any,
+) -> Any:
+    """Load an ordinary transformers model folder (``weights``: its safetensors file or index):
+    the engine reads the tensors (on ``device``), and transformers' own
+    ``from_pretrained(None, config=..., state_dict=...)`` builds the model on the meta device and
+    fills it from them. So everything the library does while loading applies as it would:
+    ``dtype`` ("auto" by default) and ``_keep_in_fp32_modules``, its weight conversions (renamed
+    keys, per-expert MoE weights fused at load), tied weights, buffers and missing weights
+    initialised, missing / unexpected keys logged.
+
+    ``load_config`` reads the folder's config (the rest of ``kwargs`` overriding its values, then
+    going to the model's ``__init__``, as with ``from_pretrained``); ``generation_config.json``
+    is read when there is one. ``options`` are the load options (see :func:`load_weights`):
+    ``strict=True`` turns missing, unexpected or mismatched keys into an error; a weight
+    conversion that the library reports as failed always is one."""
+    library_kwargs = {name: kwargs.pop(name) for name in FROM_PRETRAINED_KWARGS if name in kwargs}
+    want_info = kwargs.pop("output_loading_info", False)
+    if config is None:
+        config, kwargs = load_config(folder, return_unused_kwargs=True, **kwargs)
+    if "generation_config" not in library_kwargs and (folder / "generation_config.json").is_file():
+        library_kwargs["generation_config"] = GenerationConfig.from_pretrained(folder)
+    if device is not None and torch.device(device).type != "cpu":
+        if not transformers.utils.is_accelerate_available():
+            raise ValueError(
+                f"{weights}: loading onto {device} goes through transformers' device_map, which needs accelerate "
+                "(pip install accelerate), as from_pretrained(device_map=...) does"
+            )
+        library_kwargs.setdefault("device_map", {"": torch.device(device)})
+    if dtype is not None:
+        library_kwargs["dtype"] = dtype
+    state_dict = load_weights(weights, device, options)
+    try:
+        model, info = from_pretrained(
+            None, *model_args, config=config, state_dict=state_dict, output_loading_info=True,
+            **library_kwargs, **kwargs,
+        )
+    except RuntimeError as e:  # e.g. a weight conversion that failed (its report, logged above, names the keys)
+        raise RuntimeError(f"{weights}: transformers could not load this checkpoint: {e}") from e
+    model.config.name_or_path = os.fspath(folder)
+    problems = {what: info.get(what) for what in ("conversion_errors", "error_msgs") if info.get(what)}
+    if options.get("strict"):
+        for what in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+            if info.get(what):
+                problems[what] = info[what]
+    if problems:
+        details = "; ".join(f"{what}: {sorted(map(str, found))}" for what, found in problems.items())
+        raise ValueError(f"{weights}: transformers could not load every weight into {type(model).__name__}: {details}")
+    return (model, info) if want_info else model
 
 
 class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, FlashPackMixin):
@@ -102,21 +177,30 @@ class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, 
         flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> Any:
-        """Load a model saved with ``save_pretrained_flashpack`` from a directory or a Hub id.
+        """Load a model from a directory or a Hub id: one saved with ``save_pretrained_flashpack``
+        (``model.flashpack``, which wins when the folder has one), or an ordinary transformers
+        folder (``model.safetensors``, sharded with ``model.safetensors.index.json``, or those of
+        ``variant``), read through the engine (see :func:`load_transformers_checkpoint`).
 
-        Builds the model from its config with parameters on the meta device, assigns the file's
-        tensors (on ``device``: CPU by default, CUDA when asked), keeps tied weights tied,
-        initialises non-persistent buffers as the model's ``__init__`` does, returns it in eval mode.
-        ``dtype`` / ``torch_dtype`` / ``target_dtype`` cast floating-point tensors after loading;
-        hub arguments (``subfolder``, ``revision``, ...) and those of ``assign_from_file``
+        From ``model.flashpack``: builds the model from its config with parameters on the meta
+        device, assigns the file's tensors (on ``device``: CPU by default, CUDA when asked), keeps
+        tied weights tied, initialises non-persistent buffers as the model's ``__init__`` does,
+        returns it in eval mode; ``dtype`` / ``torch_dtype`` / ``target_dtype`` cast
+        floating-point tensors after loading.
+        Hub arguments (``subfolder``, ``revision``, ...) and those of ``assign_from_file``
         (``strict``, ``ignore_*``, ``eager``, ``verify``, ...) are accepted, the rest go to the
         config (as with ``from_pretrained``).
         """
         dtype = pop_cast_dtype(kwargs)
-        path = find_flashpack_file(pretrained_model_name_or_path, flashpack_options)
+        folder, path = find_model_weights(pretrained_model_name_or_path, flashpack_options, kwargs.pop("variant", None))
+        config_class = cls.config_class if cls.config_class is not PreTrainedConfig else None
+        loader = config_class or AutoConfig
+        if not is_flashpack(path):
+            return load_transformers_checkpoint(
+                cls.from_pretrained, loader.from_pretrained, folder, path, *model_args, device=device, dtype=dtype,
+                config=config, options=flashpack_options, **kwargs,
+            )  # fmt: skip
         if config is None:
-            config_class = cls.config_class if cls.config_class is not PreTrainedConfig else None
-            loader = config_class or AutoConfig
             config, kwargs = loader.from_pretrained(path.parent, return_unused_kwargs=True, **kwargs)
         return load_transformers_model(
             lambda: cls(config, *model_args, **kwargs),

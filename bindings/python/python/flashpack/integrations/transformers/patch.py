@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,7 +26,13 @@ from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 from ...options import LOAD_OPTIONS, with_options
 from .._common import HUB_OPTIONS, add_mixin, pop_cast_dtype
 from .._patches import PatchError, add_classmethod, wrap_classmethod
-from .model import FlashPackTransformersModelMixin, find_flashpack_file, load_transformers_model
+from .._checkpoint import is_flashpack
+from .model import (
+    FlashPackTransformersModelMixin,
+    find_model_weights,
+    load_transformers_checkpoint,
+    load_transformers_model,
+)
 
 
 @with_options(HUB_OPTIONS, LOAD_OPTIONS)
@@ -39,12 +46,26 @@ def _auto_from_pretrained_flashpack(
     flashpack_options: dict[str, Any],
     **kwargs: Any,
 ) -> PreTrainedModel:
-    """Like ``AutoModel*.from_pretrained`` for a folder saved with ``save_pretrained_flashpack``:
-    the class comes from the config (via the auto class's ``from_config``), and the returned model
-    is that class with ``FlashPackTransformersModelMixin`` added. ``dtype`` / ``torch_dtype`` /
-    ``target_dtype`` cast floating-point tensors after loading."""
+    """Like ``AutoModel*.from_pretrained``, the class coming from the config, and the returned
+    model that class with ``FlashPackTransformersModelMixin`` added. For a folder saved with
+    ``save_pretrained_flashpack`` (``model.flashpack`` wins when there is one) the model is built
+    with the auto class's ``from_config`` and filled from the file (``dtype`` / ``torch_dtype`` /
+    ``target_dtype`` cast floating-point tensors after loading); an ordinary safetensors folder
+    (sharded, ``variant``) is read through the engine and loaded by the auto class's own
+    ``from_pretrained`` (see ``load_transformers_checkpoint``)."""
     dtype = pop_cast_dtype(kwargs)
-    path = find_flashpack_file(pretrained_model_name_or_path, flashpack_options)
+    folder, path = find_model_weights(pretrained_model_name_or_path, flashpack_options, kwargs.pop("variant", None))
+    if not is_flashpack(path):
+        if config is None:
+            config, kwargs = AutoConfig.from_pretrained(
+                folder, return_unused_kwargs=True, trust_remote_code=trust_remote_code, **kwargs
+            )
+        model_class, config = auto_model_class(auto_cls, config, folder)
+        loaded = load_transformers_checkpoint(
+            model_class.from_pretrained, AutoConfig.from_pretrained, folder, path, device=device, dtype=dtype,
+            config=config, options=flashpack_options, **kwargs,
+        )  # fmt: skip
+        return _with_mixin(loaded)
     if config is None:
         config, kwargs = AutoConfig.from_pretrained(
             path.parent, return_unused_kwargs=True, trust_remote_code=trust_remote_code, **kwargs
@@ -57,6 +78,26 @@ def _auto_from_pretrained_flashpack(
     return load_transformers_model(
         build, config, path, device=device, dtype=dtype, assign_kwargs=LOAD_OPTIONS.pick(flashpack_options)
     )
+
+
+def auto_model_class(auto_cls: type, config: PreTrainedConfig, folder: Path) -> tuple[type, PreTrainedConfig]:
+    """The model class ``auto_cls`` picks for ``config`` and the config it builds it with, as its
+    ``from_config`` / ``from_pretrained`` do (a composite config gives its text config to a
+    text-only class). Models with remote code are refused: only ``from_pretrained`` runs them."""
+    from transformers.models.auto.auto_factory import _get_model_class
+
+    if auto_cls.__name__ in (getattr(config, "auto_map", None) or {}):
+        raise ValueError(
+            f"{folder}: the model's code comes from its repository (auto_map); from_pretrained_flashpack loads "
+            f"only transformers' own classes: use {auto_cls.__name__}.from_pretrained(..., trust_remote_code=True)"
+        )
+    if type(config) not in auto_cls._model_mapping:
+        raise ValueError(f"{folder}: {auto_cls.__name__} has no model class for {type(config).__name__}")
+    model_class = _get_model_class(config, auto_cls._model_mapping)
+    text_config_class = config.sub_configs.get("text_config", None)
+    if text_config_class is not None and getattr(model_class, "config_class", None) == text_config_class:
+        config = config.get_text_config()
+    return model_class, config
 
 
 def _with_mixin(result: Any) -> Any:

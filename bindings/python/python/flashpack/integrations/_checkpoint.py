@@ -1,0 +1,132 @@
+"""Ordinary Hugging Face model folders: which weight file or index a folder's model lives in,
+and reading it through the engine.
+
+A model folder holds either a FlashPack file (``model.flashpack``, written by
+``save_pretrained_flashpack``) or the library's safetensors weights: one file
+(``model.safetensors`` / ``diffusion_pytorch_model.safetensors``) or shards listed by an index
+(``model.safetensors.index.json``), each optionally for a ``variant`` (``model.fp16.safetensors``,
+``model.safetensors.index.fp16.json``). :func:`find_weights` says which, FlashPack first.
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> folder = Path(tempfile.mkdtemp())
+>>> _ = (folder / "model.safetensors.index.fp16.json").write_text("{}")
+>>> find_weights(folder, TRANSFORMERS_NAMES, variant="fp16").name
+'model.safetensors.index.fp16.json'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..loading import load_checkpoint
+from ._common import FLASHPACK_WEIGHTS_NAME
+
+
+@dataclass(frozen=True)
+class WeightNames:
+    """A library's safetensors file names (those its ``save_pretrained`` writes)."""
+
+    library: str
+    single: str  # e.g. "model.safetensors"
+    index: str  # e.g. "model.safetensors.index.json"
+    legacy_variant_index: bool = False  # diffusers also reads "<name>.safetensors.<variant>.index.json"
+
+
+TRANSFORMERS_NAMES = WeightNames("transformers", "model.safetensors", "model.safetensors.index.json")
+DIFFUSERS_NAMES = WeightNames(
+    "diffusers",
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json",
+    legacy_variant_index=True,
+)
+
+
+def with_variant(name: str, variant: str | None) -> str:
+    """``name`` with ``variant`` before its last suffix, as the libraries name variant files:
+    ``model.safetensors`` -> ``model.fp16.safetensors``, ``model.safetensors.index.json`` ->
+    ``model.safetensors.index.fp16.json``."""
+    if not variant:
+        return name
+    stem, _, suffix = name.rpartition(".")
+    return f"{stem}.{variant}.{suffix}"
+
+
+def candidate_names(names: WeightNames, variant: str | None) -> list[str]:
+    """The safetensors names to look for, in the libraries' order: the index, then one file."""
+    candidates = [with_variant(names.index, variant), with_variant(names.single, variant)]
+    if variant and names.legacy_variant_index:
+        stem = names.index.removesuffix(".index.json")
+        candidates.insert(1, f"{stem}.{variant}.index.json")
+    return candidates
+
+
+def find_weights(folder: Path, names: WeightNames, variant: str | None = None) -> Path:
+    """The weights of the model in ``folder``: ``model.flashpack`` when there is one (it wins,
+    whatever ``variant`` says), else the library's safetensors index or single file for
+    ``variant``. Raises ``FileNotFoundError`` naming everything looked for."""
+    flashpack = folder / FLASHPACK_WEIGHTS_NAME
+    if flashpack.is_file():
+        return flashpack
+    candidates = candidate_names(names, variant)
+    for name in candidates:
+        if (folder / name).is_file():
+            return folder / name
+    wanted = ", ".join([FLASHPACK_WEIGHTS_NAME, *candidates])
+    files = folder.iterdir() if folder.is_dir() else iter(())
+    present = sorted(p.name for p in files if p.name.endswith((".safetensors", ".json", ".bin", ".pt", ".pth")))
+    hint = f" (it holds {', '.join(present)})" if present else ""
+    raise FileNotFoundError(
+        f"{folder / FLASHPACK_WEIGHTS_NAME}: no {FLASHPACK_WEIGHTS_NAME} here, and no {names.library} safetensors "
+        f"weights{f' for variant {variant!r}' if variant else ''} either: looked for {wanted}{hint}"
+    )
+
+
+def is_flashpack(path: Path) -> bool:
+    return path.name == FLASHPACK_WEIGHTS_NAME
+
+
+def load_weights(
+    path: Path,
+    device: str | torch.device | None,
+    options: dict[str, Any],
+) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file or index, on ``device`` (CPU by default), read by the
+    engine as one job (:func:`flashpack.load_checkpoint`: lazy copy-on-write on the CPU unless
+    ``eager``, streamed through pinned memory to CUDA), for a model folder loaded with
+    ``from_pretrained_flashpack``. Of the load ``options`` (those of
+    ``assign_from_file``), ``eager`` and ``silent`` apply, ``ignore_names`` / ``ignore_prefixes`` /
+    ``ignore_suffixes`` leave tensors out; ``verify`` and distributed loading need a FlashPack
+    file and are refused; the CUDA tuning knobs are the engine's own here."""
+    if options.get("verify"):
+        raise ValueError(
+            f"{path}: verify=True checks a FlashPack file's checksums, and safetensors files have none "
+            "(convert the folder with `flashpack convert` to get them)"
+        )
+    if options.get("use_distributed_loading"):
+        raise ValueError(
+            f"{path}: use_distributed_loading is supported for FlashPack files only; load this safetensors "
+            "checkpoint without it, or convert it with `flashpack convert`"
+        )
+    tensors = load_checkpoint(
+        path,
+        torch.device("cpu") if device is None else device,
+        eager=bool(options.get("eager")),
+        progress=not options.get("silent", True),
+    )
+    ignored_names = set(options.get("ignore_names") or ())
+    prefixes = tuple(options.get("ignore_prefixes") or ())
+    suffixes = tuple(options.get("ignore_suffixes") or ())
+    if ignored_names or prefixes or suffixes:
+        tensors = {
+            name: t
+            for name, t in tensors.items()
+            if name not in ignored_names
+            and not (prefixes and name.startswith(prefixes))
+            and not (suffixes and name.endswith(suffixes))
+        }
+    return tensors
