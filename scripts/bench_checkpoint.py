@@ -240,9 +240,10 @@ def skip_reason(loader: str, peers_py: str | None, missing: dict[str, str], has_
     return None if importlib.util.find_spec(base) else f"{base} is not installed"
 
 
-def run_child(python: str, args: list[str], timeout: int = 1800) -> dict:
+def run_child(python: str, args: list[str], env_extra: dict | None = None, timeout: int = 1800) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHPACK_")}
     env.setdefault("RUNAI_STREAMER_LOG_LEVEL", "WARNING")
+    env.update(env_extra or {})
     p = subprocess.run([python, str(HERE), *args], capture_output=True, text=True, env=env, timeout=timeout)
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("BENCHJSON ")]
     if p.returncode != 0 or not lines:
@@ -250,11 +251,12 @@ def run_child(python: str, args: list[str], timeout: int = 1800) -> dict:
     return json.loads(lines[-1][len("BENCHJSON ") :])
 
 
-def peer_modules(peers_py: str) -> dict[str, str]:
-    """Peer modules that do not import in the peers venv, with the error."""
+def peer_modules(peers_py: str, env_extra: dict) -> dict[str, str]:
+    """Peer modules that do not import in the peers' environment, with the error."""
     missing = {}
     for module in ("runai_model_streamer", "fastsafetensors", "instanttensor"):
-        p = subprocess.run([peers_py, "-c", f"import {module}"], capture_output=True, text=True)
+        env = {**os.environ, **env_extra}
+        p = subprocess.run([peers_py, "-c", f"import {module}"], capture_output=True, text=True, env=env)
         if p.returncode != 0:
             missing[module] = f"{module} does not import: {p.stderr.strip().splitlines()[-1][-200:]}"
     return missing
@@ -284,8 +286,6 @@ def main() -> int:
     if a.shards < 1:
         raise SystemExit("--shards must be at least 1")
     folder = Path(a.work).resolve()
-    if a.quick:
-        folder = folder.with_name(folder.name + "-quick")
     res_dir = Path(os.environ["OUT"]).resolve() / "checkpoint" if os.environ.get("OUT") else Path(a.out).resolve()
     res_dir.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -307,16 +307,27 @@ def main() -> int:
     log(f"machine: {info.get('cpu', '?')}, {info.get('nproc')} cpus, {info.get('ram_gib')} GiB RAM, "
         f"{info.get('filesystem', '?')}, gpu: {info.get('gpu', 'none')}, torch {info.get('torch')}")  # fmt: skip
 
-    p = subprocess.run(["bash", str(REPO / "scripts/peers-venv.sh")], capture_output=True, text=True)
-    peers_py = str(Path(p.stdout.strip().splitlines()[-1]) / "bin/python") if p.returncode == 0 else None
-    missing = peer_modules(peers_py) if peers_py else {}
+    # The peers: their own venv from PyPI, or (on a machine without a registry, set by
+    # scripts/gpu-check.sh) wheels installed into a folder put on this interpreter's path.
+    peers_env: dict[str, str] = {}
+    if os.environ.get("BENCH_PEERS_PYTHONPATH"):
+        peers_py: str | None = sys.executable
+        peers_env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.environ["BENCH_PEERS_PYTHONPATH"], os.environ.get("PYTHONPATH")]))}
+    else:
+        p = subprocess.run(["bash", str(REPO / "scripts/peers-venv.sh")], capture_output=True, text=True)
+        peers_py = str(Path(p.stdout.strip().splitlines()[-1]) / "bin/python") if p.returncode == 0 else None
+        if peers_py is None:
+            log(f"peers venv: scripts/peers-venv.sh failed (rc={p.returncode}): {p.stderr.strip()[-300:]}")
+    missing = peer_modules(peers_py, peers_env) if peers_py else {}
     if peers_py:
-        versions = subprocess.run(
-            [peers_py, "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
-            capture_output=True, text=True,
-        ).stdout  # fmt: skip
-        wanted = {"runai-model-streamer", "fastsafetensors", "instanttensor"}
-        info["peers"] = {d["name"]: d["version"] for d in json.loads(versions or "[]") if d["name"] in wanted}
+        code = (
+            "import importlib.metadata as m, json\nv = {}\n"
+            "for n in ('runai-model-streamer', 'fastsafetensors', 'instanttensor'):\n"
+            "    try:\n        v[n] = m.version(n)\n    except m.PackageNotFoundError:\n        pass\n"
+            "print(json.dumps(v))"
+        )
+        out = subprocess.run([peers_py, "-c", code], capture_output=True, text=True, env={**os.environ, **peers_env})
+        info["peers"] = json.loads(out.stdout or "{}") if out.returncode == 0 else {}
         log(f"peers: {info['peers']}")
     pythons = {"project": sys.executable, "peers": peers_py}
 
@@ -365,7 +376,7 @@ def main() -> int:
                 resident = None if None in res else round(
                     sum(min(1.0, f) * s.stat().st_size for f, s in zip(res, shards)) / payload, 3)
                 load_avg = os.getloadavg()[0]
-                out = run_child(pythons[which], ["--child", name, str(folder)])
+                out = run_child(pythons[which], ["--child", name, str(folder)], peers_env if which == "peers" else None)
                 out.update(resident_before=resident, loadavg=load_avg, repeat=r)
                 if "error" in out:
                     log(f"{key}: FAILED: {out['error']}")
@@ -405,7 +416,16 @@ def format_table(results: dict, payload: int) -> str:
                  for n, m in [k.split(":")] if n not in OURS and m == mode and devices[n] == dev]  # fmt: skip
         return min(peers, key=lambda x: x[1]) if peers else None
 
-    head = f"{'loader [mode]':48s} {'total s':>8s} {'call s':>8s} {'GB/s':>6s} {'RSS-base MiB':>12s}  vs best peer"
+    ceil = results["ceilings"]
+
+    def vs_ceiling(dev: str, mode: str, gbps: float) -> str:
+        key, tag = (("h2d_pinned_peak", "H2D peak") if dev == "cuda" else
+                    ("direct_disk", "O_DIRECT") if mode == "cold" else ("dd_hot", "dd hot"))  # fmt: skip
+        c = ceil.get(key, {}).get("gbps")
+        return f"{gbps / c:.2f}x {tag}" if c else "-"
+
+    head = (f"{'loader [mode]':48s} {'total s':>8s} {'call s':>8s} {'GB/s':>6s} {'RSS-base MiB':>12s}"
+            f"  {'vs ceiling':>15s}  vs best peer")  # fmt: skip
     rows = [head]
     for name, _, dev, _ in LOADERS:
         for mode in ("cold", "hot"):
@@ -419,8 +439,9 @@ def format_table(results: dict, payload: int) -> str:
             bp = best_peer(dev, mode)
             ratio = f"{bp[1] / v['total_s']:.2f}x ({bp[0]})" if bp else "-"
             rss = (v["peak_rss"] - v["base_rss"]) / MiB
-            rows.append(f"{tag:48s} {v['total_s']:8.3f} {v['load_s']:8.3f} {payload / v['total_s'] / 1e9:6.2f}"
-                        f" {rss:12.0f}  {ratio}")  # fmt: skip
+            gbps = payload / v["total_s"] / 1e9
+            rows.append(f"{tag:48s} {v['total_s']:8.3f} {v['load_s']:8.3f} {gbps:6.2f}"
+                        f" {rss:12.0f}  {vs_ceiling(dev, mode, gbps):>15s}  {ratio}")  # fmt: skip
     for name, why in results["skipped"].items():
         rows.append(f"({labels[name]}: skipped, {why})")
     return "\n".join(rows)

@@ -3,6 +3,9 @@
 # loaders we compare against, from PyPI, at pinned versions.
 #
 #   scripts/peers-venv.sh            # creates ./.venv-peers (fast no-op when done); prints its path
+#   scripts/peers-venv.sh --download DIR   # only downloads the peers' wheels (and their light
+#                                          # dependencies) into DIR, for a machine without a registry
+#                                          # (scripts/gpu-check.sh installs them from dist/peers)
 #
 # Environment:
 #   PEERS_VENV    where to put it                  (default: <repo>/.venv-peers)
@@ -24,8 +27,20 @@ PROJECT_VENV="${PROJECT_VENV:-$REPO/.venv}"
 PEERS=("runai-model-streamer==0.17.1:humanize" "fastsafetensors==0.5.0:typer" "instanttensor==0.2.2:")
 
 log() { echo "peers-venv: $*" >&2; }
-
 [[ -x "$PROJECT_VENV/bin/python" ]] || { log "project venv not found at $PROJECT_VENV"; exit 1; }
+
+if [[ "${1:-}" == "--download" ]]; then
+    [[ -n "${2:-}" ]] || { log "--download needs a folder"; exit 1; }
+    mkdir -p "$2"
+    for spec in "${PEERS[@]}"; do
+        deps="${spec#*:}"
+        # shellcheck disable=SC2086
+        "$PROJECT_VENV/bin/python" -m pip download --disable-pip-version-check --quiet --no-deps \
+            --only-binary=:all: -d "$2" "${spec%%:*}" ${deps//,/ } || exit 1
+    done
+    exit 0
+fi
+
 PROJECT_SITE="$("$PROJECT_VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 PY_TAG="$(basename "$(dirname "$PROJECT_SITE")")"
 STAMP_WANT="${PEERS[*]} project_site=$PROJECT_SITE script=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
