@@ -53,7 +53,7 @@ MiB, GiB = 1 << 20, 1 << 30
 LOADERS = [
     ("ours-lazy", "project", "cpu", "ours load_checkpoint (lazy)"),
     ("ours-eager", "project", "cpu", "ours load_checkpoint(eager=True)"),
-    ("ours-eager-direct", "project", "cpu", "ours eager, io='direct' (old cold policy)"),
+    ("ours-eager-buffered", "project", "cpu", "ours eager, io='buffered' (+ readahead)"),
     ("safetensors", "project", "cpu", "safetensors load_file per shard"),
     ("runai", "peers", "cpu", "Run:ai SafetensorsStreamer"),
     ("fastsafetensors", "peers", "cpu", "fastsafetensors fastsafe_open"),
@@ -64,7 +64,7 @@ LOADERS = [
     ("fastsafetensors-cuda", "peers", "cuda", "fastsafetensors (cuda)"),
     ("instanttensor-cuda", "peers", "cuda", "InstantTensor safe_open (cuda)"),
 ]
-OURS = {"ours-lazy", "ours-eager", "ours-eager-direct", "ours-cuda"}
+OURS = {"ours-lazy", "ours-eager", "ours-eager-buffered", "ours-cuda"}
 
 # ---------------------------------------------------------------------------------------------
 # The checkpoint
@@ -156,9 +156,9 @@ def child_load(loader: str, folder: str) -> dict:
         import flashpack
         import flashpack.loading
 
-        if loader == "ours-eager-direct":  # the reader policy before issue 14: O_DIRECT when cold
+        if loader == "ours-eager-buffered":  # the page cache with readahead instead of O_DIRECT
             options = flashpack.loading.reader_options
-            flashpack.loading.reader_options = lambda: {**options(), "io": "direct"}
+            flashpack.loading.reader_options = lambda: {**options(), "io": "buffered"}
     elif base == "safetensors":
         from safetensors.torch import load_file
     elif base == "runai":
@@ -173,7 +173,7 @@ def child_load(loader: str, folder: str) -> dict:
     sd: dict[str, torch.Tensor] = {}
     if loader == "ours-lazy":
         sd = flashpack.load_checkpoint(folder)
-    elif loader in ("ours-eager", "ours-eager-direct"):
+    elif loader in ("ours-eager", "ours-eager-buffered"):
         sd = flashpack.load_checkpoint(folder, eager=True)
     elif loader == "ours-cuda":
         sd = flashpack.load_checkpoint(folder, device="cuda")
@@ -223,9 +223,9 @@ def skip_reason(loader: str, peers_py: str | None, missing: dict[str, str], has_
         import flashpack
         import flashpack.loading
 
-        if loader == "ours-eager-direct":  # the reader policy before issue 14: O_DIRECT when cold
+        if loader == "ours-eager-buffered":  # the page cache with readahead instead of O_DIRECT
             options = flashpack.loading.reader_options
-            flashpack.loading.reader_options = lambda: {**options(), "io": "direct"}
+            flashpack.loading.reader_options = lambda: {**options(), "io": "buffered"}
 
         if not hasattr(flashpack, "load_checkpoint"):
             return "flashpack.load_checkpoint is not in this build (the loading API of issue 14)"
