@@ -13,6 +13,8 @@ scripts/bench_hf.py can load the same folder with ``from_pretrained``).
 Rows (each where it runs here; a skipped row says why):
 
 * ours: ``flashpack.load_checkpoint(folder)`` lazy and ``eager=True``; with CUDA, ``device="cuda"``;
+  and eager with ``io="buffered"`` (page cache + readahead instead of ``O_DIRECT`` for cold data:
+  the alternative weighed in BENCHMARKS.md's cold-path section);
 * ``safetensors.torch.load_file`` on each shard (and ``device="cuda"``);
 * Run:ai model streamer (PyPI ``runai-model-streamer``): ``SafetensorsStreamer.stream_files`` over
   the shards, every tensor kept (``owned=True``);
