@@ -23,8 +23,9 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS_VENV="${PEERS_VENV:-$REPO/.venv-peers}"
 PROJECT_VENV="${PROJECT_VENV:-$REPO/.venv}"
-# package==version and the light dependencies each needs (torch and numpy come from the project venv).
-PEERS=("runai-model-streamer==0.17.1:humanize" "fastsafetensors==0.5.0:typer" "instanttensor==0.2.2:")
+# package==version and the light dependencies each imports (torch and numpy come from the project
+# venv; fastsafetensors declares typer, which only its command line uses).
+PEERS=("runai-model-streamer==0.17.1:humanize" "fastsafetensors==0.5.0:" "instanttensor==0.2.2:")
 
 log() { echo "peers-venv: $*" >&2; }
 [[ -x "$PROJECT_VENV/bin/python" ]] || { log "project venv not found at $PROJECT_VENV"; exit 1; }
