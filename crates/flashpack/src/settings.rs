@@ -44,9 +44,9 @@ pub(crate) struct ReadPlan {
 ///   requests and reads at 0.9-1.4 GB/s whether 4, 8, 16 or 32 reads are in flight; buffered reads
 ///   with sequential advice and one chunk asked ahead per thread send 2.5-4 MiB requests and read
 ///   at 1.4-2.1 GB/s. Queue depth is not what limits this disk; request size is.
-/// - eager loads (fresh destination memory): buffered with readahead lost to `O_DIRECT` in every
-///   run (2 GiB, 4 shards: 6.2-7.5 s against 2.9-3.6 s; one file: 3.0-4.6 s against 1.8-2.2 s
-///   for the call), because the page cache copy is a second 2 GiB of fresh memory (each first
+/// - eager loads (fresh destination memory): buffered with readahead lost to `O_DIRECT` in 6 of 7
+///   paired samples and tied the 7th (2 GiB, 4 shards, total: 6.2-8.9 s against 2.9-3.6 s, and
+///   4.23 against 4.30 s; one file, load call: 3.0-4.6 s against 1.8-2.2 s), because the page cache copy is a second 2 GiB of fresh memory (each first
 ///   touch is a hypervisor fault on this VM) and a CPU copy the busy cores could not spare.
 ///
 /// So buffered readahead is used only where reads are buffered anyway (`IoMode::Buffered`,
