@@ -97,9 +97,13 @@ test-windows:
 test: lint test-rust cross-check test-windows test-cuda-standin test-python
 
 # Side-by-side load/pack benchmark against the peers and the machine's ceilings (BENCHMARKS.md).
+# bench_checkpoint.py: a >= 2 GiB sharded safetensors checkpoint vs the checkpoint loaders of PyPI
+# (in .venv-peers, scripts/peers-venv.sh); bench_hf.py loads the same folder with from_pretrained.
+BENCH_CHECKPOINT_DIR ?= .bench/checkpoint-model
 bench: build
 	$(PY) scripts/bench.py $(BENCH_ARGS)
-	$(PY) scripts/bench_hf.py --out $${OUT:-.bench}/hf --work .bench/hf-models $(BENCH_HF_ARGS)
+	$(PY) scripts/bench_checkpoint.py --work $(BENCH_CHECKPOINT_DIR) $(BENCH_CHECKPOINT_ARGS)
+	$(PY) scripts/bench_hf.py --out $${OUT:-.bench}/hf --work .bench/hf-models --checkpoint $(BENCH_CHECKPOINT_DIR) $(BENCH_HF_ARGS)
 
 # abi3 wheels (CPython 3.11+) for every supported platform: Linux x86_64/aarch64 (manylinux2014)
 # and macOS arm64/x86_64 cross-linked with zig (PyPI ziglang, installed into the venv); Windows
@@ -122,6 +126,8 @@ wheel: $(DEPS)
 	$(PY) scripts/check_wheels.py dist $(WHEEL_TARGETS)
 	$(PY) -m pip download --quiet --no-deps -d dist/oracle flashpack==0.4.5 accelerate==1.15.0 click || \
 		echo "flashpack 0.4.5 not downloadable: its bench rows will be skipped on the GPU machine"
+	bash scripts/peers-venv.sh --download dist/peers || \
+		echo "checkpoint peers not downloadable: their bench rows will be skipped on the GPU machine"
 
 # One prepared run for a GPU machine: CUDA tests, then the bench; logs and chart under $$OUT.
 gpu-check:

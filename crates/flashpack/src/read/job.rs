@@ -357,17 +357,18 @@ fn sources<'a>(
         .enumerate()
         .map(|(k, d)| {
             let used = plan.spans.iter().any(|s| s.file == k);
-            let direct = if used {
-                let (direct, n) = reader_setup(d, opts);
+            let (direct, readahead) = if used {
+                let (direct, n, readahead) = reader_setup(d, opts);
                 threads = threads.max(n);
-                direct
+                (direct, readahead)
             } else {
-                None::<File>
+                (None::<File>, false)
             };
             Source {
                 path: d.path,
                 buffered: d.file,
                 direct,
+                readahead,
                 cancel: opts.cancel.as_ref(),
             }
         })
@@ -393,6 +394,8 @@ fn run(
         .map(|s| AtomicBool::new(s.direct.is_some()))
         .collect();
     let (direct_bytes, buffered_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
+    let prefetched_bytes = AtomicU64::new(0);
+    sources.iter().for_each(pool::start_readahead);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let fail = |e: Error| {
         stop.store(true, Ordering::Relaxed);
@@ -405,6 +408,7 @@ fn run(
             let (next, stop, fail, bar) = (&next, &stop, &fail, bar.as_ref());
             let (direct_ok, direct_bytes, buffered_bytes) =
                 (&direct_ok, &direct_bytes, &buffered_bytes);
+            let prefetched_bytes = &prefetched_bytes;
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= items.len() || stop.load(Ordering::Relaxed) {
@@ -412,6 +416,10 @@ fn run(
                 }
                 let it = items[i];
                 let src = &sources[it.file];
+                if let Some(ahead) = items.get(i + threads.max(1)) {
+                    let s = &sources[ahead.file];
+                    pool::prefetch(s, ahead.file_offset, ahead.len, prefetched_bytes);
+                }
                 if let Err(e) = crate::cancel::check(src.cancel, src.path) {
                     return fail(e);
                 }
@@ -466,6 +474,7 @@ fn run(
     Ok(IoCounts {
         direct_bytes: direct_bytes.into_inner(),
         buffered_bytes: buffered_bytes.into_inner(),
+        prefetched_bytes: prefetched_bytes.into_inner(),
     })
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Lazy loads are private mappings: tensors read straight from the page cache, writes to them
 //! make private copies of the touched pages and never reach the file. Eager loads return with every
-//! byte resident; they use `O_DIRECT` when the file is not in the page cache and buffered reads
-//! when it is (or when the filesystem refuses `O_DIRECT`), with identical bytes either way.
+//! byte resident. How they read (buffered with readahead, buffered, or `O_DIRECT`) follows the
+//! reader policy in [`crate::settings`]; the bytes are identical either way.
 //!
 //! ```
 //! use flashpack::{read::{load, IoMode, LoadOptions}, write::{pack, PackEntry, PackOptions}, Dtype};
@@ -41,7 +41,7 @@ use crate::sink::{
 };
 use crate::{Error, Footer, Result};
 
-/// Share of the payload that must be in the page cache for buffered reads to win over `O_DIRECT`.
+/// Share of the payload that must be in the page cache for it to count as hot (plain buffered reads).
 pub const HOT_FRACTION: f64 = 0.9;
 /// Default eager chunk size.
 pub const DEFAULT_READ_CHUNK_BYTES: usize = 16 << 20;
@@ -49,12 +49,13 @@ pub const DEFAULT_READ_CHUNK_BYTES: usize = 16 << 20;
 /// How the eager reader talks to the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IoMode {
-    /// `O_DIRECT` unless the payload is mostly in the page cache.
+    /// `O_DIRECT` unless the payload is mostly in the page cache (the policy and its
+    /// measurements: [`crate::settings`]).
     #[default]
     Auto,
     /// `O_DIRECT` wherever the filesystem allows it.
     Direct,
-    /// Always through the page cache.
+    /// Always through the page cache (asking the OS to read ahead when the data is cold).
     Buffered,
 }
 
@@ -231,36 +232,28 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
     })
 }
 
-/// Chooses buffered or direct reads for `d` and the reader thread count.
+/// The reader policy for `d` ([`crate::settings::read_plan`]: direct or buffered reads,
+/// readahead, threads) and the direct handle when the policy reads direct.
 ///
 /// Direct reads (`O_DIRECT`, macOS `F_NOCACHE`, Windows `FILE_FLAG_NO_BUFFERING`: see
-/// [`crate::os`]) are used unless the data is mostly in the page cache (or `opts.io` says
-/// otherwise; on Windows, which cannot tell, `Auto` reads buffered); filesystems such as tmpfs
-/// refuse them at open, and then reads stay buffered. The direct handle is opened by path, so it
-/// is only used if it is the same file as the one whose footer was validated.
-fn reader_setup(d: &DataFile<'_>, opts: &LoadOptions) -> (Option<File>, usize) {
-    let use_direct = match opts.io {
-        IoMode::Buffered => false,
-        IoMode::Direct => true,
-        IoMode::Auto => match resident_fraction(d.file, d.end) {
-            Ok(r) => r < HOT_FRACTION,
-            // No residency query on this OS (Windows): buffered, so a hot file stays fast.
-            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => false,
-            Err(_) => true,
-        },
+/// [`crate::os`]) may be refused by the filesystem (tmpfs) at open; reads then stay buffered. The
+/// direct handle is opened by path, so it is only used if it is the same file as the one whose
+/// footer was validated.
+fn reader_setup(d: &DataFile<'_>, opts: &LoadOptions) -> (Option<File>, usize, bool) {
+    use crate::settings::{read_plan, Residency};
+    let residency = match resident_fraction(d.file, d.end) {
+        Ok(r) => Residency::Fraction(r),
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => Residency::Unsupported,
+        Err(_) => Residency::Unknown,
     };
-    let direct = use_direct
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let plan = read_plan(opts.io, residency, opts.threads, cores);
+    let direct = plan
+        .direct
         .then(|| crate::os::open_direct(d.path))
         .flatten()
         .filter(|x| crate::os::same_file(x, d.file));
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let threads = match opts.threads {
-        // Direct reads wait on the device, so a few more threads than cores keep it busy.
-        0 if direct.is_some() => cores.clamp(4, 16),
-        0 => cores.min(16),
-        n => n,
-    };
-    (direct, threads)
+    (direct, plan.threads, plan.readahead)
 }
 
 /// An open file whose bytes `[0, end)` hold tensor data (a FlashPack payload, or a whole
@@ -375,7 +368,7 @@ pub(crate) fn stream_to_device<D: Device>(
     let path = d.path;
     let in_file = |e: Error| Error::Invalid(format!("{}: {e}", path.display()));
     let regions = Regions::new(regions, d.end).map_err(in_file)?;
-    let (direct, threads) = reader_setup(d, opts);
+    let (direct, threads, readahead) = reader_setup(d, opts);
     // Verified reads must be whole checksum chunks.
     let grain = verifier.map_or(DIRECT_ALIGN as usize, |v| v.read_chunk(1));
     let (threads, chunk) =
@@ -398,6 +391,7 @@ pub(crate) fn stream_to_device<D: Device>(
         path,
         buffered: d.file,
         direct,
+        readahead,
         cancel: opts.cancel.as_ref(),
     };
     let read = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref(), verifier);
@@ -438,7 +432,7 @@ fn read_into(
     let t = Instant::now();
     let end = start + dst.len() as u64;
     let chunk = verifier.map_or(opts.chunk_bytes, |v| v.read_chunk(opts.chunk_bytes));
-    let (direct, threads) = reader_setup(d, opts);
+    let (direct, threads, readahead) = reader_setup(d, opts);
     let chunks = plan_chunks(start, end, chunk);
     let mut report = LoadReport {
         threads: threads.clamp(1, chunks.len().max(1)),
@@ -449,6 +443,7 @@ fn read_into(
         path: d.path,
         buffered: d.file,
         direct,
+        readahead,
         cancel: opts.cancel.as_ref(),
     };
     let sink = HostSink::with_base(dst, start);
@@ -628,7 +623,7 @@ pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport
     }
     let v = verifier(&f)?;
     let chunk = v.read_chunk(opts.chunk_bytes);
-    let (direct, threads) = reader_setup(&f.data(), opts);
+    let (direct, threads, readahead) = reader_setup(&f.data(), opts);
     let chunks = plan_chunks(0, f.payload_len, chunk);
     let threads = threads.clamp(1, chunks.len().max(1));
     let sink = crate::sink::ScratchSink::new(threads, chunk)?;
@@ -637,6 +632,7 @@ pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport
         path: &f.path,
         buffered: &f.file,
         direct,
+        readahead,
         cancel: opts.cancel.as_ref(),
     };
     pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref(), Some(&v))?;

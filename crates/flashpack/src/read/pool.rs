@@ -1,6 +1,9 @@
 //! The reader pool: threads that pull chunks of the payload off a shared counter and read each
 //! into its sink, with `O_DIRECT` for the aligned part of a chunk when a direct handle is given and
 //! buffered reads for everything else (unaligned tails, filesystems that refuse `O_DIRECT`).
+//! Buffered reads of a cold file ask for readahead: sequential advice on the file, and before each
+//! chunk a thread asks the OS to start reading the chunk `threads` places further on (the one a
+//! thread will take after this round), so the device gets large requests ahead of the readers.
 //! Each thread checks the source's [`Cancel`] before each chunk and between the [`READ_PIECE`]
 //! reads a chunk is made of, so a cancelled load stops after at most one piece per thread.
 use std::fs::File;
@@ -63,6 +66,8 @@ pub(crate) struct Source<'a> {
     pub path: &'a Path,
     pub buffered: &'a File,
     pub direct: Option<File>,
+    /// Ask the OS to read ahead (see the module doc); for buffered reads of a cold file.
+    pub readahead: bool,
     pub cancel: Option<&'a Cancel>,
 }
 
@@ -112,6 +117,8 @@ impl Verifier<'_> {
 pub struct IoCounts {
     pub direct_bytes: u64,
     pub buffered_bytes: u64,
+    /// Bytes the OS was asked to read ahead into the page cache (0 where it has no such hint).
+    pub prefetched_bytes: u64,
 }
 
 /// Reads every chunk into `sink` with `threads` threads.
@@ -128,13 +135,16 @@ pub(crate) fn read_chunks(
     let direct_ok = AtomicBool::new(src.direct.is_some());
     let direct_bytes = AtomicU64::new(0);
     let buffered_bytes = AtomicU64::new(0);
+    let prefetched_bytes = AtomicU64::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let threads = threads.clamp(1, chunks.len().max(1));
+    start_readahead(src);
 
     std::thread::scope(|s| {
         for worker in 0..threads {
             let (next, stop, direct_ok, first_error) = (&next, &stop, &direct_ok, &first_error);
             let (direct_bytes, buffered_bytes) = (&direct_bytes, &buffered_bytes);
+            let prefetched_bytes = &prefetched_bytes;
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= chunks.len() || stop.load(Ordering::Relaxed) {
@@ -148,6 +158,9 @@ pub(crate) fn read_chunks(
                     return;
                 }
                 let c = chunks[i];
+                if let Some(ahead) = chunks.get(i + threads) {
+                    prefetch(src, ahead.offset, ahead.len, prefetched_bytes);
+                }
                 let mut io_error = None;
                 let mut bad_data = None;
                 // Keep the original I/O error (with its OS code) or checksum error for the
@@ -203,7 +216,23 @@ pub(crate) fn read_chunks(
     Ok(IoCounts {
         direct_bytes: direct_bytes.into_inner(),
         buffered_bytes: buffered_bytes.into_inner(),
+        prefetched_bytes: prefetched_bytes.into_inner(),
     })
+}
+
+/// Sequential advice on a source that reads ahead (nothing for the others).
+pub(super) fn start_readahead(src: &Source<'_>) {
+    if src.readahead {
+        crate::os::advise_sequential(src.buffered);
+    }
+}
+
+/// Asks the OS to start reading `[offset, offset + len)` of a source that reads ahead (a reader
+/// thread does this for the chunk `threads` places after the one it takes), counting the bytes.
+pub(super) fn prefetch(src: &Source<'_>, offset: u64, len: usize, counted: &AtomicU64) {
+    if src.readahead && crate::os::prefetch(src.buffered, offset, len as u64) {
+        counted.fetch_add(len as u64, Ordering::Relaxed);
+    }
 }
 
 /// Reads `dst` from `offset` in [`READ_PIECE`]s, stopping with `ErrorKind::Interrupted` between
