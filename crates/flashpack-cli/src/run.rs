@@ -202,10 +202,11 @@ fn folder_route(a: &ConvertArgs) -> Result<FolderRoute> {
         return python("its library's loader, or its weight files");
     }
     match locate(&folder, a.variant.as_deref()) {
-        Err(flashpack::Error::Checkpoint {
-            source: CheckpointError::NothingFound { .. },
-            ..
-        }) => python("no safetensors or FlashPack weights in it, so torch files"),
+        Err(flashpack::Error::Checkpoint { source, .. })
+            if matches!(*source, CheckpointError::NothingFound { .. }) =>
+        {
+            python("no safetensors or FlashPack weights in it, so torch files")
+        }
         _ => Ok(FolderRoute::Engine(folder)),
     }
 }

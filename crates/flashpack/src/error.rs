@@ -50,7 +50,7 @@ pub enum Error {
     Checkpoint {
         path: PathBuf,
         #[source]
-        source: CheckpointError,
+        source: Box<CheckpointError>,
     },
     /// The caller asked for something that cannot be done (bad option, unsupported device).
     #[error("{0}")]
@@ -139,7 +139,7 @@ impl Error {
     pub fn checkpoint(path: impl AsRef<Path>, source: CheckpointError) -> Self {
         Error::Checkpoint {
             path: path.as_ref().to_path_buf(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -167,10 +167,10 @@ impl Error {
     pub fn is_data_error(&self) -> bool {
         match self {
             Error::Io { .. } | Error::Device(_) | Error::Cancelled { .. } => false,
-            Error::Checkpoint {
-                source: CheckpointError::BadShard { source, .. },
-                ..
-            } => source.is_data_error(),
+            Error::Checkpoint { source, .. } => match source.as_ref() {
+                CheckpointError::BadShard { source, .. } => source.is_data_error(),
+                _ => true,
+            },
             _ => true,
         }
     }
