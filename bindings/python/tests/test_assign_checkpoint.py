@@ -144,3 +144,23 @@ def test_flashpack_files_still_take_the_flashpack_path(tmp_path: Path) -> None:
     assert meta["format"] != "checkpoint"
     assert_same_dict(dict(iterate_from_flash_tensor(storage, meta)), sd)
     assert flashpack.is_flashpack_file(tmp_path / "m.flashpack")
+
+
+def test_a_folder_without_weights_is_still_a_directory_error(tmp_path: Path) -> None:
+    """The original's error for a folder stays; a folder with a json or weight file is a
+    checkpoint (here: one that holds no weights, a ValueError naming the folder)."""
+    with pytest.raises(IsADirectoryError):
+        assign_from_file(Net(), tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="no checkpoint here") as e:
+        assign_from_file(Net(), tmp_path)
+    assert str(tmp_path) in str(e.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_streams_the_checkpoint(tmp_path: Path) -> None:
+    sd = trained_state()
+    for path in checkpoints(tmp_path, sd).values():
+        net = Net.from_flashpack(path, device="cuda", silent=True)
+        assert all(t.is_cuda for t in net.state_dict().values())
+        assert_same_dict({k: v.cpu() for k, v in net.state_dict().items()}, sd)

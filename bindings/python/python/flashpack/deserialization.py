@@ -106,12 +106,20 @@ def _block_tensors(payload: Any) -> list[torch.Tensor]:
     return blocks
 
 
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".flashpack")
+
+
 def is_checkpoint_path(path: PathArg) -> bool:
-    """True when ``path`` names a checkpoint rather than one FlashPack file: a folder, an index
-    json (safetensors or multi-file FlashPack), or a ``.safetensors`` file. Those are read by
-    :func:`flashpack.load_checkpoint`; everything else is read as a FlashPack file."""
+    """True when ``path`` names a checkpoint rather than one FlashPack file: an index json
+    (safetensors or multi-file FlashPack), a ``.safetensors`` file, or a folder holding a
+    ``.json``, ``.safetensors`` or ``.flashpack`` file. Those are read by
+    :func:`flashpack.load_checkpoint`; everything else is read as a FlashPack file (so a folder
+    holding none of those is an ``IsADirectoryError``, as in the original)."""
     path = os.fsdecode(path)
-    return os.path.isdir(path) or path.endswith((".json", ".safetensors"))
+    if os.path.isdir(path):
+        with os.scandir(path) as entries:
+            return any(e.name.endswith(CHECKPOINT_SUFFIXES) for e in entries)
+    return path.endswith((".json", ".safetensors"))
 
 
 def _read_checkpoint(
