@@ -15,13 +15,15 @@ import torch
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
 
-from diffusers import UNet2DModel  # noqa: E402
+from diffusers import DiffusionPipeline, LDMPipeline, UNet2DModel  # noqa: E402
 from test_integrations_safetensors import (  # noqa: E402
     IDS,
     SHARD,
     FlashPackLlamaForCausalLM,
     FlashPackUNet2DModel,
     assert_same,
+    images,
+    tiny_ldm,
     tiny_llama,
     tiny_unet,
 )
@@ -30,7 +32,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM  # noqa: E402
 from flashpack import patch_integrations  # noqa: E402
 from flashpack.cli import main as cli_main  # noqa: E402
 from flashpack.integrations._checkpoint import DIFFUSERS_NAMES, TRANSFORMERS_NAMES, find_weights  # noqa: E402
-from flashpack.integrations.diffusers import AutoFlashPackModel  # noqa: E402
+from flashpack.integrations.diffusers import AutoFlashPackModel, FlashPackDiffusionPipeline  # noqa: E402
 
 
 def convert_sharded(source: Path, destination: Path, index_name: str) -> Path:
@@ -101,3 +103,38 @@ def test_precedence_model_flashpack_then_flashpack_index_then_safetensors(tmp_pa
     (folder / "diffusion_pytorch_model.safetensors").write_text("")
     (folder / "model.flashpack").unlink()
     assert find_weights(folder, DIFFUSERS_NAMES).name == "diffusion_pytorch_model.flashpack.index.json"
+
+
+def test_a_variant_multi_file_flashpack_checkpoint(tmp_path: Path) -> None:
+    """``convert --sharded --variant fp16`` writes ``model.flashpack.index.fp16.json``, which
+    ``variant="fp16"`` finds (and nothing else does)."""
+    tiny_llama().to(torch.float16).save_pretrained(tmp_path / "st", max_shard_size=SHARD, variant="fp16")
+    assert cli_main(["convert", str(tmp_path / "st"), str(tmp_path / "fp"), "--sharded", "--variant", "fp16"]) == 0
+    folder = tmp_path / "fp"
+    for config in (tmp_path / "st").glob("*config.json"):
+        shutil.copy(config, folder / config.name)
+    assert find_weights(folder, TRANSFORMERS_NAMES, "fp16").name == "model.flashpack.index.fp16.json"
+    with pytest.raises(FileNotFoundError, match=r"model\.flashpack\.index\.json"):
+        find_weights(folder, TRANSFORMERS_NAMES)
+    ours = FlashPackLlamaForCausalLM.from_pretrained_flashpack(folder, variant="fp16")
+    assert_same(ours, LlamaForCausalLM.from_pretrained(tmp_path / "st", variant="fp16"))
+
+
+def test_a_pipeline_whose_components_are_multi_file_flashpack(tmp_path: Path) -> None:
+    """A pipeline folder whose unet and vqvae hold converted multi-file FlashPack checkpoints
+    instead of their safetensors shards loads like the library's load of the original."""
+    tiny_ldm().save_pretrained(tmp_path / "st", max_shard_size=SHARD)
+    shutil.copytree(tmp_path / "st", tmp_path / "fp")
+    for component in ("unet", "vqvae"):
+        converted = convert_sharded(tmp_path / "st" / component, tmp_path / f"{component}-fp",
+                                    "diffusion_pytorch_model.flashpack.index.json")  # fmt: skip
+        target = tmp_path / "fp" / component
+        shutil.rmtree(target)
+        converted.rename(target)
+    reference = DiffusionPipeline.from_pretrained(tmp_path / "st")
+    ours = FlashPackDiffusionPipeline.from_pretrained_flashpack(tmp_path / "fp")
+    assert isinstance(ours, LDMPipeline)
+    for name in ("unet", "vqvae"):
+        assert_same(getattr(ours, name), getattr(reference, name))
+    # Same weights bit for bit; the conv kernels round by the weights' placement (see above).
+    assert abs(images(ours) - images(reference)).max() < 1e-5
