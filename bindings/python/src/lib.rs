@@ -17,9 +17,11 @@ use flashpack::read::{self, IoMode, LoadOptions, Loaded};
 use flashpack::sink::cuda::{self, CudaDevice};
 use flashpack::sink::DeviceRegion;
 use flashpack::write::{self, PackEntry, PackOptions};
-use flashpack::{Dtype, Error};
+use flashpack::{CheckpointError, Dtype, Error};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError,
+};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -28,7 +30,9 @@ use pyo3::types::{PyBytes, PyDict};
 /// `OSError(errno, strerror, filename)`, which Python turns into its subclass for that code
 /// (`FileNotFoundError`, `IsADirectoryError`, `PermissionError`, ...): `strerror` is the OS's text
 /// with the step that failed, `filename` the file the call was about (a pack's destination).
-/// Format and caller problems are `ValueError`, device problems `RuntimeError`.
+/// A checkpoint's missing shard is `FileNotFoundError`, a shard the OS refuses an `OSError` of
+/// the OS's subclass. Format and caller problems (a corrupt index included) are `ValueError`,
+/// device problems `RuntimeError`.
 fn to_py(e: Error) -> PyErr {
     match e {
         Error::Io {
@@ -50,11 +54,36 @@ fn to_py(e: Error) -> PyErr {
             None => PyOSError::new_err(e.to_string()),
         },
         Error::NotAFile { .. } => PyOSError::new_err(e.to_string()),
-        // A shard the OS would not read: an OSError, with the index and the shard named.
+        // A shard the index names that is not there: FileNotFoundError, as for a missing file.
+        Error::Checkpoint {
+            source: CheckpointError::ShardMissing { .. },
+            ..
+        } => PyFileNotFoundError::new_err(e.to_string()),
+        // A shard the OS would not read: an OSError (its subclass for the OS's code), with the
+        // index and the shard named.
+        Error::Checkpoint {
+            source: CheckpointError::BadShard { ref source, .. },
+            ..
+        } if !e.is_data_error() => match os_code(source) {
+            Some(code) => PyOSError::new_err((code, e.to_string())),
+            None => PyOSError::new_err(e.to_string()),
+        },
         Error::Checkpoint { .. } if !e.is_data_error() => PyOSError::new_err(e.to_string()),
         Error::Cancelled { .. } => PyKeyboardInterrupt::new_err(e.to_string()),
         Error::Device(_) => PyRuntimeError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
+    }
+}
+
+/// The OS error code under an engine error (through a checkpoint's shard errors), if any.
+fn os_code(e: &Error) -> Option<i32> {
+    match e {
+        Error::Io { source, .. } => source.raw_os_error(),
+        Error::Checkpoint {
+            source: CheckpointError::BadShard { source, .. },
+            ..
+        } => os_code(source),
+        _ => None,
     }
 }
 

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import safetensors.torch as st
@@ -91,8 +92,9 @@ def test_keys_load_only_those_and_name_missing_ones(tmp_path: Path) -> None:
         got = flashpack.load_checkpoint(tmp_path, eager=eager, keys=iter(keys))
         assert list(got) == keys
         assert_same_dict(got, {k: sd[k] for k in keys})
-    with pytest.raises(ValueError, match=r"no tensor 'nope'") as e:
+    with pytest.raises(KeyError, match=r"no tensor 'nope'") as e:
         flashpack.load_checkpoint(tmp_path, keys=["layer0.step", "nope"])
+    assert isinstance(e.value, ValueError)
     assert "model.safetensors.index.json" in str(e.value)
 
 
@@ -166,6 +168,69 @@ def test_a_missing_or_truncated_shard_names_the_shard(tmp_path: Path) -> None:
     shard.unlink()
     with pytest.raises((ValueError, OSError), match="model-00002-of-00002.safetensors"):
         flashpack.load_checkpoint(tmp_path)
+
+
+def _drop_shard(index: Path) -> None:
+    (index.parent / "model-00002-of-00002.safetensors").unlink()
+
+
+def _rewrite_index(text: str) -> Any:
+    return lambda index: index.write_text(text)
+
+
+def _edit_index(edit: Any) -> Any:
+    def apply(index: Path) -> None:
+        data = json.loads(index.read_text())
+        edit(data)
+        index.write_text(json.dumps(data))
+
+    return apply
+
+
+# name -> (damage done to a 2-shard folder's index / shards, the exception class, text in its message)
+BAD_CHECKPOINTS: dict[str, tuple[Any, type[BaseException], str]] = {
+    "missing shard": (_drop_shard, FileNotFoundError, "shard 'model-00002-of-00002.safetensors' .* does not exist"),
+    "index not json": (_rewrite_index("{not json"), ValueError, "not a valid checkpoint index"),
+    "index not an object": (_rewrite_index("[1, 2]"), ValueError, "not a valid checkpoint index"),
+    "weight_map not an object": (_edit_index(lambda d: d.update(weight_map=["a"])), ValueError, "not a valid checkpoint index"),
+    "empty weight_map": (_edit_index(lambda d: d.update(weight_map={})), ValueError, "lists no tensors"),
+    "shard outside the folder": (
+        _edit_index(lambda d: d["weight_map"].update({"layer0.step": "../model-00001-of-00002.safetensors"})),
+        ValueError,
+        "not a plain file name inside the index's folder",
+    ),
+    "unknown FlashPack index version": (
+        _edit_index(lambda d: d.update(format="flashpack_index", version=99)),
+        ValueError,
+        "unsupported index format",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CHECKPOINTS))
+def test_bad_checkpoints_raise_the_python_exception_for_the_problem(tmp_path: Path, case: str) -> None:
+    """A missing shard is FileNotFoundError (as for any missing file), a corrupt index ValueError;
+    each names the index; the same through load_checkpoint and assign_from_file."""
+    damage, kind, pattern = BAD_CHECKPOINTS[case]
+    index = save_sharded(tmp_path, state_dict(), shards=2)
+    damage(index)
+    with pytest.raises(kind, match=pattern) as e:
+        flashpack.load_checkpoint(tmp_path)
+    assert str(index) in str(e.value)
+    with pytest.raises(kind, match=pattern):
+        flashpack.assign_from_file(torch.nn.Linear(2, 2), index)
+
+
+def test_a_tensor_missing_by_name_is_a_key_error(tmp_path: Path) -> None:
+    """Asking for a tensor the checkpoint or file lacks: KeyError (a dict lookup; safetensors 0.8
+    raises its own SafetensorError), which is also the ValueError earlier releases raised."""
+    index = save_sharded(tmp_path, state_dict(), shards=2)
+    with pytest.raises(KeyError) as e:
+        flashpack.load_checkpoint(index, keys=["nope"])
+    assert isinstance(e.value, ValueError) and isinstance(e.value, flashpack.TensorNotFoundError)
+    assert str(e.value) == f"{index}: the checkpoint has no tensor 'nope'"
+    with flashpack.safe_open(tmp_path / "model-00001-of-00002.safetensors") as f, pytest.raises(KeyError, match="'nope'"):
+        f.get_tensor("nope")
 
 
 def test_ctrl_c_stops_a_checkpoint_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,8 @@ tensors or the same kind of error; a row range reads only its bytes."""
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +39,22 @@ def test_keys_metadata_and_every_tensor_match_safetensors(st_file: Path) -> None
             assert f.get_slice(name).get_dtype() == ref.get_slice(name).get_dtype()
 
 
-def test_keys_are_in_file_order(st_file: Path) -> None:
-    with flashpack.safe_open(st_file) as f:
-        starts = [f._entries[k].start for k in f.keys()]
-    assert starts == sorted(starts)
+def test_keys_sorted_and_offset_keys_in_byte_order_like_safetensors(tmp_path: Path) -> None:
+    # Header order, byte order and name order all differ: keys() is sorted (safetensors 0.8),
+    # offset_keys() follows the bytes, as load_file's dict does.
+    header = {
+        "zeta": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        "alpha": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]},
+        "mid": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+    }
+    body = json.dumps(header).encode()
+    body += b" " * (-len(body) % 8)
+    path = tmp_path / "order.safetensors"
+    path.write_bytes(struct.pack("<Q", len(body)) + body + bytes(12))
+    with safetensors.safe_open(path, framework="pt") as ref, flashpack.safe_open(path) as f:
+        assert f.keys() == ref.keys() == ["alpha", "mid", "zeta"]
+        assert f.offset_keys() == ref.offset_keys() == ["zeta", "mid", "alpha"]
+    assert list(flashpack.load_file(path)) == list(st.load_file(path)) == ["zeta", "mid", "alpha"]
 
 
 SLICES: list[Any] = [
@@ -132,10 +146,12 @@ def test_flashpack_files_open_the_same_way(tmp_path: Path) -> None:
 
 def test_missing_tensor_and_framework_are_clear_errors(st_file: Path) -> None:
     with flashpack.safe_open(st_file) as f:
-        with pytest.raises(ValueError, match="no tensor 'nope'") as e:
+        # A lookup by name: KeyError (safetensors raises its SafetensorError), still a ValueError.
+        with pytest.raises(KeyError, match="no tensor 'nope'") as e:
             f.get_tensor("nope")
-        assert str(st_file) in str(e.value)
-        with pytest.raises(ValueError, match="nope"):
+        assert isinstance(e.value, ValueError)
+        assert str(e.value) == f"{st_file}: the file has no tensor 'nope'"
+        with pytest.raises(KeyError, match="nope"):
             f.get_slice("nope")
     with pytest.raises(ValueError, match="framework"):
         flashpack.safe_open(st_file, framework="np")

@@ -17,7 +17,7 @@ from .deserialization import (
     set_pinned_pool_limit,
 )
 from .integrations import patch_integrations
-from .loading import load_checkpoint, load_file
+from .loading import TensorNotFoundError, load_checkpoint, load_file
 from .mixin import FlashPackMixin
 from .safe_open import safe_open
 from .serialization import pack_to_file
@@ -30,6 +30,7 @@ __all__ = [
     "is_flashpack_file",
     "iterate_from_flash_tensor",
     "load_checkpoint",
+    "TensorNotFoundError",
     "load_file",
     "patch_integrations",
     "pack_to_file",

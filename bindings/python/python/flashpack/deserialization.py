@@ -106,6 +106,47 @@ def _block_tensors(payload: Any) -> list[torch.Tensor]:
     return blocks
 
 
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".flashpack")
+
+
+def is_checkpoint_path(path: PathArg) -> bool:
+    """True when ``path`` names a checkpoint rather than one FlashPack file: an index json
+    (safetensors or multi-file FlashPack), a ``.safetensors`` file, or a folder holding a
+    ``.json``, ``.safetensors`` or ``.flashpack`` file. Those are read by
+    :func:`flashpack.load_checkpoint`; everything else is read as a FlashPack file (so a folder
+    holding none of those is an ``IsADirectoryError``, as in the original)."""
+    path = os.fsdecode(path)
+    if os.path.isdir(path):
+        with os.scandir(path) as entries:
+            return any(e.name.endswith(CHECKPOINT_SUFFIXES) for e in entries)
+    return path.endswith((".json", ".safetensors"))
+
+
+def _read_checkpoint(
+    path: str, device: torch.device, silent: bool, eager: bool | None, verify: bool
+) -> tuple[FlashTensorStorage, dict[str, Any]]:
+    """A checkpoint (see :func:`is_checkpoint_path`) read by :func:`flashpack.load_checkpoint`,
+    as one block per tensor and a footer-shaped index of them, so that everything built on
+    FlashPack files (``iterate_from_flash_tensor``, ``assign_from_file``) takes it unchanged."""
+    from .loading import load_checkpoint
+
+    if verify:
+        raise ValueError(
+            f"{path}: verify=True checks a FlashPack file's checksums, and this checkpoint (a safetensors file, "
+            "an index json or a folder) has none to check here; check it with `flashpack verify`, or convert "
+            "it with `flashpack convert` to get checksums"
+        )
+    if eager is None:
+        eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
+    tensors = load_checkpoint(path, device, eager=eager, progress=not silent)
+    blocks = [t.reshape(-1) for t in tensors.values()]
+    index = [
+        {"name": name, "shape": list(t.shape), "offset": 0, "length": t.numel(), "macroblock": k, "dtype": str(t.dtype)}
+        for k, (name, t) in enumerate(tensors.items())
+    ]
+    return FlashTensorStorage(blocks=blocks), {"format": "checkpoint", "source": path, "index": index}
+
+
 def read_flashpack_file(
     path: PathArg,
     device: str | torch.device = "cpu",
@@ -128,12 +169,21 @@ def read_flashpack_file(
     mismatch, or when the file has no checksums). ``metadata`` is
     accepted for compatibility; the footer is always re-read and validated from the file.
     Ctrl-C stops an eager load between chunks (``KeyboardInterrupt``). ``path`` may be bytes.
+
+    ``path`` may also be a checkpoint: a ``.safetensors`` file, an index json (safetensors or
+    multi-file FlashPack) or a folder holding one, read by :func:`flashpack.load_checkpoint` as
+    one job. The storage then has one block per tensor and the returned dict is
+    ``{"format": "checkpoint", "source": path, "index": [records]}`` (records as in a footer,
+    each at offset 0 of its own block); ``verify=True`` is refused (safetensors files have no
+    checksums).
     """
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
     path = os.fsdecode(path)
     device = _resolve_device(device)
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"Unsupported device: {device}")
+    if is_checkpoint_path(path):
+        return _read_checkpoint(path, device, silent, eager, verify)
     if device.type == "cuda":
         return _read_to_cuda(path, device, silent, verify)
     if device.type == "mps":
@@ -303,9 +353,20 @@ def assign_from_file(
     converts every buffer to the model's dtype instead.
     ``strict`` overrides both ``strict_params`` and ``strict_buffers``: with strictness on, a
     record naming nothing in the model, or a model tensor missing from the file, is an error.
+
+    ``path`` may also be a checkpoint (a ``.safetensors`` file, a safetensors or multi-file
+    FlashPack index json, or a folder holding one), read by :func:`flashpack.load_checkpoint`
+    with the same rules; each tensor is its own Parameter (safetensors files hold no tied
+    storage), ``verify`` and ``use_distributed_loading`` are refused for them.
     """
     path_str = os.fsdecode(path)
     device = _resolve_device(device if device is not None else _default_device(model))
+    if use_distributed_loading and is_checkpoint_path(path_str):
+        raise ValueError(
+            f"{path_str}: use_distributed_loading is supported for FlashPack files only here; use "
+            "flashpack.load_checkpoint(..., use_distributed_loading=True) for this checkpoint, or convert it "
+            "with `flashpack convert`"
+        )
     if use_distributed_loading:
         from .distributed import maybe_init_distributed, read_flashpack_file_distributed
 

@@ -27,7 +27,20 @@ from .utils import dtype_to_string, string_to_dtype
 PathArg = str | os.PathLike[str]
 DeviceArg = str | int | torch.device
 
-__all__ = ["load_file", "load_checkpoint"]
+__all__ = ["load_file", "load_checkpoint", "TensorNotFoundError"]
+
+
+class TensorNotFoundError(KeyError, ValueError):
+    """A tensor asked for by name that the file or checkpoint does not hold.
+
+    A ``KeyError`` (a lookup by name that failed, as in a dict) and, for code written against
+    earlier releases, a ``ValueError``. ``safetensors.safe_open(...).get_tensor`` raises its own
+    ``SafetensorError`` (an ``Exception``) here, which is neither. The message names the file and
+    the tensor (``str()`` gives it without ``KeyError``'s quotes).
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 @dataclass(frozen=True)
@@ -191,11 +204,12 @@ def load_checkpoint(
     one of those (or exactly one weight file). Every shard is read by one reader pool (files in
     parallel) and, for CUDA, through one pinned staging pool, so memory stays bounded as for one
     file; ``progress`` shows one bar for the whole job (default: when stderr is a terminal).
-    ``keys`` loads only those tensors (ValueError naming any the checkpoint lacks). ``device``
+    ``keys`` loads only those tensors (:class:`TensorNotFoundError`, a KeyError, naming any the
+    checkpoint lacks). ``device``
     and ``eager`` as for :func:`load_file`. ``variant`` (e.g. ``"fp16"``) picks
     ``*.safetensors.index.fp16.json`` / ``*.fp16.safetensors`` in a folder. A bad index or shard
-    raises ValueError naming the index, the shard and the tensor (OSError when the OS refuses a
-    read). ``use_distributed_loading`` as for :func:`load_file` (rank 0 reads all shards as one
+    raises ValueError naming the index, the shard and the tensor (a shard the index lists that is
+    not there: FileNotFoundError; OSError when the OS refuses a read). ``use_distributed_loading`` as for :func:`load_file` (rank 0 reads all shards as one
     job and broadcasts).
     """
     dev = resolve_device(device)
@@ -209,14 +223,14 @@ def load_checkpoint(
 
 def select_entries(where: str, handles: Sequence[Any], keys: Iterable[str] | None) -> list[TensorEntry]:
     """The tensors to load from a checkpoint's shards (the engine checked that each tensor is in
-    exactly one of them): all, or only ``keys`` (ValueError naming any the checkpoint lacks)."""
+    exactly one of them): all, or only ``keys`` (TensorNotFoundError naming any the checkpoint lacks)."""
     chosen = {e.name: e for k, h in enumerate(handles) for e in entries_of(h, k)}
     if keys is None:
         return list(chosen.values())
     wanted = list(dict.fromkeys([keys] if isinstance(keys, str) else keys))
     missing = [k for k in wanted if k not in chosen]
     if missing:
-        raise ValueError(f"{where}: the checkpoint has no tensor {', '.join(repr(m) for m in missing)}")
+        raise TensorNotFoundError(f"{where}: the checkpoint has no tensor {', '.join(repr(m) for m in missing)}")
     return [chosen[k] for k in wanted]
 
 

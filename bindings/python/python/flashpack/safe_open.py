@@ -14,7 +14,16 @@ from typing import Any
 
 import torch
 
-from .loading import DeviceArg, PathArg, TensorEntry, entries_of, load_entries, open_weights, resolve_device
+from .loading import (
+    DeviceArg,
+    PathArg,
+    TensorEntry,
+    TensorNotFoundError,
+    entries_of,
+    load_entries,
+    open_weights,
+    resolve_device,
+)
 
 __all__ = ["safe_open", "TensorSlice"]
 
@@ -22,10 +31,12 @@ __all__ = ["safe_open", "TensorSlice"]
 class safe_open:  # noqa: N801 - the name safetensors users know
     """``with flashpack.safe_open("model.safetensors", framework="pt", device="cpu") as f:``
 
-    ``f.keys()`` (file order), ``f.metadata()`` (the ``__metadata__`` strings or None),
+    ``f.keys()`` (sorted by name, as safetensors' ``keys()`` is), ``f.offset_keys()`` (in the
+    order of the tensors' bytes in the file), ``f.metadata()`` (the ``__metadata__`` strings or None),
     ``f.get_tensor(name)``, ``f.get_slice(name)`` (``.get_shape()``, ``.get_dtype()``, ``[...]``).
     Works for ``.safetensors`` and ``.flashpack`` files. Each call reads only its bytes (see the
-    module docs for what a slice costs); a missing name is a ValueError naming the file.
+    module docs for what a slice costs); a missing name is a :class:`TensorNotFoundError` (a
+    KeyError, also a ValueError) naming the file; safetensors raises its ``SafetensorError``.
     """
 
     def __init__(self, filename: PathArg, framework: str = "pt", device: DeviceArg = "cpu") -> None:
@@ -42,10 +53,12 @@ class safe_open:  # noqa: N801 - the name safetensors users know
         return None
 
     def keys(self) -> list[str]:
-        return list(self._entries)
+        """The tensor names, sorted (safetensors' ``keys()`` order, whatever the file's order)."""
+        return sorted(self._entries)
 
     def offset_keys(self) -> list[str]:
-        return list(self._entries)
+        """The tensor names in the order of their bytes in the file (``load_file``'s order)."""
+        return [e.name for e in sorted(self._entries.values(), key=lambda e: e.start)]
 
     def metadata(self) -> dict[str, str] | None:
         return self._handle.metadata
@@ -54,7 +67,7 @@ class safe_open:  # noqa: N801 - the name safetensors users know
         try:
             return self._entries[name]
         except KeyError:
-            raise ValueError(f"{self._handle.path}: the file has no tensor {name!r}") from None
+            raise TensorNotFoundError(f"{self._handle.path}: the file has no tensor {name!r}") from None
 
     def get_tensor(self, name: str) -> torch.Tensor:
         """Tensor ``name`` on the device, reading only its bytes."""

@@ -1,11 +1,15 @@
 """Ordinary Hugging Face model folders: which weight file or index a folder's model lives in,
 and reading it through the engine.
 
-A model folder holds either a FlashPack file (``model.flashpack``, written by
-``save_pretrained_flashpack``) or the library's safetensors weights: one file
-(``model.safetensors`` / ``diffusion_pytorch_model.safetensors``) or shards listed by an index
-(``model.safetensors.index.json``), each optionally for a ``variant`` (``model.fp16.safetensors``,
-``model.safetensors.index.fp16.json``). :func:`find_weights` says which, FlashPack first.
+A model folder holds a FlashPack file (``model.flashpack``, written by
+``save_pretrained_flashpack``), a multi-file FlashPack checkpoint (``model.flashpack.index.json``
+/ ``diffusion_pytorch_model.flashpack.index.json`` and its shards, written by
+``flashpack convert --sharded`` from the library's checkpoint, so with the library's tensor
+names), or the library's safetensors weights: one file (``model.safetensors`` /
+``diffusion_pytorch_model.safetensors``) or shards listed by an index
+(``model.safetensors.index.json``); all but ``model.flashpack`` optionally for a ``variant``
+(``model.fp16.safetensors``, ``model.safetensors.index.fp16.json``,
+``model.flashpack.index.fp16.json``). :func:`find_weights` says which, in that order.
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -34,14 +38,18 @@ class WeightNames:
     library: str
     single: str  # e.g. "model.safetensors"
     index: str  # e.g. "model.safetensors.index.json"
+    flashpack_index: str  # e.g. "model.flashpack.index.json" (what `flashpack convert --sharded` writes)
     legacy_variant_index: bool = False  # diffusers also reads "<name>.safetensors.<variant>.index.json"
 
 
-TRANSFORMERS_NAMES = WeightNames("transformers", "model.safetensors", "model.safetensors.index.json")
+TRANSFORMERS_NAMES = WeightNames(
+    "transformers", "model.safetensors", "model.safetensors.index.json", "model.flashpack.index.json"
+)
 DIFFUSERS_NAMES = WeightNames(
     "diffusers",
     "diffusion_pytorch_model.safetensors",
     "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.flashpack.index.json",
     legacy_variant_index=True,
 )
 
@@ -57,18 +65,24 @@ def with_variant(name: str, variant: str | None) -> str:
 
 
 def candidate_names(names: WeightNames, variant: str | None) -> list[str]:
-    """The safetensors names to look for, in the libraries' order: the index, then one file."""
-    candidates = [with_variant(names.index, variant), with_variant(names.single, variant)]
+    """The checkpoint names to look for, in order: the multi-file FlashPack index, then the
+    libraries' own: the safetensors index, then one file."""
+    candidates = [
+        with_variant(names.flashpack_index, variant),
+        with_variant(names.index, variant),
+        with_variant(names.single, variant),
+    ]
     if variant and names.legacy_variant_index:
         stem = names.index.removesuffix(".index.json")
-        candidates.insert(1, f"{stem}.{variant}.index.json")
+        candidates.insert(2, f"{stem}.{variant}.index.json")
     return candidates
 
 
 def find_weights(folder: Path, names: WeightNames, variant: str | None = None) -> Path:
     """The weights of the model in ``folder``: ``model.flashpack`` when there is one (it wins,
-    whatever ``variant`` says), else the library's safetensors index or single file for
-    ``variant``. Raises ``FileNotFoundError`` naming everything looked for."""
+    whatever ``variant`` says), else for ``variant`` the multi-file FlashPack index, else the
+    library's safetensors index, else its single safetensors file. Raises ``FileNotFoundError``
+    naming everything looked for."""
     flashpack = folder / FLASHPACK_WEIGHTS_NAME
     if flashpack.is_file():
         return flashpack
@@ -95,7 +109,7 @@ def load_weights(
     device: str | torch.device | None,
     options: dict[str, Any],
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file or index, on ``device`` (CPU by default), read by the
+    """The tensors of a safetensors file or index (or a multi-file FlashPack index), on ``device`` (CPU by default), read by the
     engine as one job (:func:`flashpack.load_checkpoint`: lazy copy-on-write on the CPU unless
     ``eager``, streamed through pinned memory to CUDA), for a model folder loaded with
     ``from_pretrained_flashpack``. Of the load ``options`` (those of
@@ -104,12 +118,13 @@ def load_weights(
     file and are refused; the CUDA tuning knobs are the engine's own here."""
     if options.get("verify"):
         raise ValueError(
-            f"{path}: verify=True checks a FlashPack file's checksums, and safetensors files have none "
-            "(convert the folder with `flashpack convert` to get them)"
+            f"{path}: verify=True checks a FlashPack file's checksums while loading model.flashpack; this "
+            "checkpoint is loaded without (check it with `flashpack verify`, or convert it to model.flashpack "
+            "with `flashpack convert`)"
         )
     if options.get("use_distributed_loading"):
         raise ValueError(
-            f"{path}: use_distributed_loading is supported for FlashPack files only; load this safetensors "
+            f"{path}: use_distributed_loading is supported for model.flashpack only; load this "
             "checkpoint without it, or convert it with `flashpack convert`"
         )
     tensors = load_checkpoint(
