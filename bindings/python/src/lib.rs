@@ -54,21 +54,20 @@ fn to_py(e: Error) -> PyErr {
             None => PyOSError::new_err(e.to_string()),
         },
         Error::NotAFile { .. } => PyOSError::new_err(e.to_string()),
-        // A shard the index names that is not there: FileNotFoundError, as for a missing file.
-        Error::Checkpoint {
-            source: CheckpointError::ShardMissing { .. },
-            ..
-        } => PyFileNotFoundError::new_err(e.to_string()),
-        // A shard the OS would not read: an OSError (its subclass for the OS's code), with the
-        // index and the shard named.
-        Error::Checkpoint {
-            source: CheckpointError::BadShard { ref source, .. },
-            ..
-        } if !e.is_data_error() => match os_code(source) {
-            Some(code) => PyOSError::new_err((code, e.to_string())),
-            None => PyOSError::new_err(e.to_string()),
+        Error::Checkpoint { ref source, .. } => match source.as_ref() {
+            // A shard the index names that is not there: FileNotFoundError, as for a missing
+            // file.
+            CheckpointError::ShardMissing { .. } => PyFileNotFoundError::new_err(e.to_string()),
+            // A shard the OS would not read: an OSError (its subclass for the OS's code), with
+            // the index and the shard named.
+            CheckpointError::BadShard { source, .. } if !e.is_data_error() => {
+                match os_code(source) {
+                    Some(code) => PyOSError::new_err((code, e.to_string())),
+                    None => PyOSError::new_err(e.to_string()),
+                }
+            }
+            _ => PyValueError::new_err(e.to_string()),
         },
-        Error::Checkpoint { .. } if !e.is_data_error() => PyOSError::new_err(e.to_string()),
         Error::Cancelled { .. } => PyKeyboardInterrupt::new_err(e.to_string()),
         Error::Device(_) => PyRuntimeError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
@@ -79,10 +78,10 @@ fn to_py(e: Error) -> PyErr {
 fn os_code(e: &Error) -> Option<i32> {
     match e {
         Error::Io { source, .. } => source.raw_os_error(),
-        Error::Checkpoint {
-            source: CheckpointError::BadShard { source, .. },
-            ..
-        } => os_code(source),
+        Error::Checkpoint { source, .. } => match source.as_ref() {
+            CheckpointError::BadShard { source, .. } => os_code(source),
+            _ => None,
+        },
         _ => None,
     }
 }
