@@ -37,15 +37,15 @@ test-rust: $(DEPS)
 		cargo test -p flashpack-cli --quiet
 
 # Remote sources (http(s)://, s3://) against servers the tests start on 127.0.0.1 (free ports):
-# a fault-injecting HTTP server in the tests, and nginx. nginx is Debian's nginx-light unpacked
-# into target/nginx when no nginx is installed (no service is installed or started).
+# a fault-injecting HTTP server in the tests, and nginx. nginx is Debian's package unpacked into
+# target/nginx when no nginx is installed (nothing is installed system-wide, no service started).
 # S3: moto's server (PyPI) in its own venv.
 MOTO_VENV ?= target/moto-venv
 MOTO ?= moto[server]==5.*
 NGINX ?= $(firstword $(wildcard /usr/sbin/nginx /usr/bin/nginx) $(abspath target/nginx/usr/sbin/nginx))
 test-remote:
 	test -x $(NGINX) || { $(SUDO) apt-get update -qq && mkdir -p target/nginx && \
-		cd target/nginx && apt-get download -qq nginx-light >/dev/null && dpkg -x nginx-light_*.deb . ; }
+		cd target/nginx && apt-get download -qq nginx 2>/dev/null && dpkg -x nginx_*.deb . ; }
 	cargo test -p flashpack --features remote --quiet --lib remote
 	FLASHPACK_NGINX=$(NGINX) cargo test -p flashpack --features remote --quiet --test remote_http
 	test -x $(MOTO_VENV)/bin/moto_server || { python3 -m venv $(MOTO_VENV) && \
