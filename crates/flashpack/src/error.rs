@@ -52,6 +52,14 @@ pub enum Error {
         #[source]
         source: Box<CheckpointError>,
     },
+    /// Reading a remote object (`http(s)://`, `s3://`) failed: `url` is the object's URL as
+    /// given, `source` says what went wrong (after the retries, where retrying could help).
+    #[error("{url}: {source}")]
+    Remote {
+        url: String,
+        #[source]
+        source: Box<crate::remote::RemoteError>,
+    },
     /// The caller asked for something that cannot be done (bad option, unsupported device).
     #[error("{0}")]
     Invalid(String),
@@ -143,6 +151,14 @@ impl Error {
         }
     }
 
+    /// Wraps a remote-read problem with the object's URL.
+    pub fn remote(url: impl Into<String>, source: crate::remote::RemoteError) -> Self {
+        Error::Remote {
+            url: url.into(),
+            source: Box::new(source),
+        }
+    }
+
     pub(crate) fn io(
         path: impl AsRef<Path>,
         op: impl Into<Cow<'static, str>>,
@@ -167,6 +183,7 @@ impl Error {
     pub fn is_data_error(&self) -> bool {
         match self {
             Error::Io { .. } | Error::Device(_) | Error::Cancelled { .. } => false,
+            Error::Remote { source, .. } => source.is_data_error(),
             Error::Checkpoint { source, .. } => match source.as_ref() {
                 CheckpointError::BadShard { source, .. } => source.is_data_error(),
                 _ => true,

@@ -23,6 +23,7 @@ pub mod format;
 pub mod os;
 mod progress;
 pub mod read;
+pub mod remote;
 mod settings;
 pub mod sink;
 pub mod weights;

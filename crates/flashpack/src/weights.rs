@@ -628,6 +628,30 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// Tensors held in owned memory that starts at file byte `base` (a remote load).
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) fn from_owned(
+        path: PathBuf,
+        tensors: Vec<TensorInfo>,
+        memory: HostBuffer,
+        base: u64,
+        report: LoadReport,
+    ) -> Weights {
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Weights {
+            path,
+            tensors,
+            index,
+            memory: Memory::Owned(memory),
+            base,
+            report,
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

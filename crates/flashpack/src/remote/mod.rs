@@ -1,0 +1,46 @@
+//! Remote sources: weight files read straight from `http://`, `https://` and `s3://bucket/key`
+//! URLs into memory, with no copy on local disk.
+//!
+//! An object is pinned when it is opened ([`RemoteFile`]: its size and ETag; every later read
+//! asks for that ETag and checks what the server reports, so a replaced object is an error,
+//! never a mix of versions). A weight file's index comes from small ranged GETs only (a
+//! FlashPack trailer and footer, a safetensors header: what `inspect` needs), its tensors from
+//! parallel ranged GETs ([`RemoteSettings`]: concurrency, part size, retries, time bounds) into
+//! the same sinks local reads fill. Retries with backoff on 5xx answers, resets and timeouts
+//! resume from the last byte received; FlashPack checksums are checked part by part as they
+//! arrive. S3 uses the AWS credential chain and `AWS_ENDPOINT_URL` for S3-compatible stores.
+//! Every failure is an [`Error::Remote`](crate::Error::Remote) naming the URL and the problem.
+//!
+//! The async runtime doing the requests stays inside the engine: every call here blocks.
+//! Without the `remote` cargo feature only URL recognition is built, and opening a URL is
+//! [`RemoteError::NotBuilt`].
+//!
+//! ```no_run
+//! # #[cfg(feature = "remote")] {
+//! use flashpack::{read::LoadOptions, remote::RemoteWeightFile};
+//! let file = RemoteWeightFile::open("https://example.com/model.safetensors").unwrap();
+//! println!("{} tensors", file.tensors().len()); // only the header was fetched
+//! let weights = file.load(&LoadOptions::default()).unwrap();
+//! let w = weights.get("w").unwrap();
+//! # }
+//! ```
+mod error;
+mod settings;
+mod url;
+
+#[cfg(feature = "remote")]
+mod object;
+#[cfg(feature = "remote")]
+mod parts;
+#[cfg(feature = "remote")]
+mod store;
+#[cfg(feature = "remote")]
+mod weights;
+
+pub use error::RemoteError;
+#[cfg(feature = "remote")]
+pub use object::RemoteFile;
+pub use settings::RemoteSettings;
+pub use url::{is_remote, RemoteUrl, Scheme};
+#[cfg(feature = "remote")]
+pub use weights::RemoteWeightFile;

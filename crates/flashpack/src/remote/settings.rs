@@ -1,0 +1,115 @@
+//! How remote reads behave: parallelism, part size, retries and time bounds. Read from the
+//! environment by [`RemoteSettings::from_env`] (each call reads it afresh).
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `FLASHPACK_REMOTE_CONCURRENCY` | ranged GETs in flight per load | 16 |
+//! | `FLASHPACK_REMOTE_PART_BYTES` | bytes per ranged GET | 16 MiB |
+//! | `FLASHPACK_REMOTE_RETRIES` | retries of one request (5xx, reset, timeout) | 8 |
+//! | `FLASHPACK_REMOTE_TIMEOUT_SECS` | bound on one whole open or load | 3600 |
+//! | `FLASHPACK_REMOTE_REQUEST_TIMEOUT_SECS` | bound on one request (retried when hit) | 120 |
+//!
+//! ```
+//! use flashpack::remote::RemoteSettings;
+//! let s = RemoteSettings::default();
+//! assert_eq!((s.concurrency, s.part_bytes), (16, 16 << 20));
+//! ```
+use std::time::Duration;
+
+use crate::{Error, Result};
+
+/// Remote read settings (see the module documentation for the variables and defaults).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteSettings {
+    /// Ranged GETs in flight at once (one load, all its files).
+    pub concurrency: usize,
+    /// Bytes per ranged GET (a part is also the unit of retry and of checksum checks, rounded
+    /// up to whole checksum chunks when verifying).
+    pub part_bytes: usize,
+    /// Retries of one request after a 5xx, a reset connection or a timeout; each resumes from
+    /// the last byte received, with exponential backoff.
+    pub retries: usize,
+    /// Bound on a whole open or load, retries included.
+    pub timeout: Duration,
+    /// Bound on one request (connect to last byte); a request that hits it is retried.
+    pub request_timeout: Duration,
+    /// Bound on connecting to the server.
+    pub connect_timeout: Duration,
+    /// First backoff between retries (doubling up to `max_backoff`).
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RemoteSettings {
+    fn default() -> Self {
+        RemoteSettings {
+            concurrency: 16,
+            part_bytes: 16 << 20,
+            retries: 8,
+            timeout: Duration::from_secs(3600),
+            request_timeout: Duration::from_secs(120),
+            connect_timeout: Duration::from_secs(10),
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RemoteSettings {
+    /// The defaults, overridden by the `FLASHPACK_REMOTE_*` variables that are set; a variable
+    /// that is not a positive whole number is an error naming it.
+    pub fn from_env() -> Result<RemoteSettings> {
+        let d = RemoteSettings::default();
+        // Clamped to a year, so a deadline of `Instant::now() + timeout` cannot overflow.
+        const MAX_SECS: u64 = 365 * 24 * 3600;
+        let secs = |name, default: Duration| -> Result<Duration> {
+            Ok(number(name)?.map_or(default, |n| Duration::from_secs((n as u64).min(MAX_SECS))))
+        };
+        Ok(RemoteSettings {
+            concurrency: number("FLASHPACK_REMOTE_CONCURRENCY")?.unwrap_or(d.concurrency),
+            part_bytes: number("FLASHPACK_REMOTE_PART_BYTES")?.unwrap_or(d.part_bytes),
+            retries: number("FLASHPACK_REMOTE_RETRIES")?.unwrap_or(d.retries),
+            timeout: secs("FLASHPACK_REMOTE_TIMEOUT_SECS", d.timeout)?,
+            request_timeout: secs("FLASHPACK_REMOTE_REQUEST_TIMEOUT_SECS", d.request_timeout)?,
+            ..d
+        })
+    }
+}
+
+fn number(name: &str) -> Result<Option<usize>> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .map(Some)
+            .ok_or_else(|| Error::Invalid(format!("{name}={v:?} is not a positive whole number"))),
+        Err(e) => Err(Error::Invalid(format!("{name}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_override_defaults_or_say_what_is_wrong() {
+        // A variable no other test sets.
+        let name = "FLASHPACK_REMOTE_PART_BYTES";
+        std::env::set_var(name, " 4096 ");
+        assert_eq!(RemoteSettings::from_env().unwrap().part_bytes, 4096);
+        for bad in ["abc", "0", "-3"] {
+            std::env::set_var(name, bad);
+            let e = RemoteSettings::from_env().unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(bad), "{e}");
+        }
+        std::env::remove_var(name);
+        assert_eq!(
+            RemoteSettings::from_env().unwrap(),
+            RemoteSettings::default()
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! The object store client behind a URL and the engine's private async runtime.
+//!
+//! HTTP(S) URLs go to an `object_store` HTTP store rooted at `scheme://host[:port]`; `s3://`
+//! URLs to its S3 store configured from the environment the way AWS tools are (`AWS_*`
+//! variables, web identity, container and instance credentials; `AWS_ENDPOINT_URL` for
+//! S3-compatible stores, plain `http://` endpoints allowed when named so). Retries with
+//! exponential backoff are the store's: 5xx answers, resets and timeouts, a body cut short
+//! resumed from the last byte received with its `Content-Range` checked.
+use std::sync::{Arc, OnceLock};
+
+use object_store::aws::AmazonS3Builder;
+use object_store::http::HttpBuilder;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use tokio::runtime::Runtime;
+
+use super::url::{RemoteUrl, Scheme};
+use super::{RemoteError, RemoteSettings};
+
+/// The runtime every remote read runs on (two I/O threads: the work is waiting on sockets).
+/// Callers block on it from ordinary threads; nothing async leaves the engine.
+pub(crate) fn runtime() -> Result<&'static Runtime, RemoteError> {
+    static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("flashpack-remote")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| RemoteError::Setup(format!("async runtime: {e}")))
+}
+
+/// reqwest is built without a default TLS provider; ring is ours. Another library in the
+/// process may have installed one first, which serves as well.
+fn install_tls_provider() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// The store holding `url`'s object, and the object's path in it.
+pub(crate) fn open_store(
+    url: &RemoteUrl,
+    settings: &RemoteSettings,
+) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path), RemoteError> {
+    let retry = RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: settings.initial_backoff,
+            max_backoff: settings.max_backoff,
+            base: 2.0,
+        },
+        max_retries: settings.retries,
+        retry_timeout: settings.timeout,
+    };
+    let client = ClientOptions::new()
+        .with_timeout(settings.request_timeout)
+        .with_connect_timeout(settings.connect_timeout);
+    install_tls_provider();
+    let setup = |e: object_store::Error| RemoteError::Setup(e.to_string());
+    match url.scheme {
+        Scheme::Http | Scheme::Https => {
+            let path = object_store::path::Path::from_url_path(&url.key)
+                .map_err(|e| RemoteError::BadUrl(e.to_string()))?;
+            let store = HttpBuilder::new()
+                .with_url(url.base.clone())
+                .with_retry(retry)
+                .with_client_options(client.with_allow_http(url.scheme == Scheme::Http))
+                .build()
+                .map_err(setup)?;
+            Ok((Arc::new(store), path))
+        }
+        Scheme::S3 => {
+            let path = object_store::path::Path::parse(&url.key)
+                .map_err(|e| RemoteError::BadUrl(e.to_string()))?;
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(url.base.clone())
+                .with_retry(retry);
+            let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+                .ok();
+            let plain_http = endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("http://"));
+            if let Some(e) = endpoint {
+                // Path-style requests (`endpoint/bucket/key`), as S3-compatible stores expect.
+                builder = builder
+                    .with_endpoint(e)
+                    .with_virtual_hosted_style_request(false);
+            }
+            let store = builder
+                .with_client_options(client.with_allow_http(plain_http))
+                .build()
+                .map_err(setup)?;
+            Ok((Arc::new(store), path))
+        }
+    }
+}

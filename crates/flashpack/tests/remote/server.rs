@@ -1,0 +1,205 @@
+//! A small HTTP/1.1 server for the remote tests, on 127.0.0.1 (a free port), serving one object
+//! with `Range`, `HEAD` and `If-Match` the way nginx and S3 do, and injecting faults on demand.
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+/// What the server does wrong, and how many times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Sends the headers and half of the body of the next `n` GETs, then drops the connection.
+    DropMidBody(usize),
+    /// Answers the next `n` GETs with 503.
+    Unavailable(usize),
+    /// Every GET: a body shorter than its Content-Length, then the connection closes.
+    Truncate,
+    /// Every GET: 206 with a Content-Range one byte off the one asked for.
+    WrongContentRange,
+    /// After `n` GETs the object is replaced (new bytes, new ETag).
+    ReplaceAfter(usize),
+    /// Every request: 403.
+    Forbidden,
+}
+
+struct State {
+    body: Vec<u8>,
+    etag: String,
+    fault: Fault,
+    gets: usize,
+}
+
+pub struct Server {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl Server {
+    /// Serves `body` at every path, with `fault`.
+    pub fn start(body: Vec<u8>, fault: Fault) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let port = listener.local_addr().expect("local addr").port();
+        let state = Arc::new(Mutex::new(State {
+            body,
+            etag: "\"v1\"".into(),
+            fault,
+            gets: 0,
+        }));
+        let s = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let s = s.clone();
+                std::thread::spawn(move || serve(conn, &s));
+            }
+        });
+        Server { port, state }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// GET requests answered so far.
+    pub fn gets(&self) -> usize {
+        self.state.lock().unwrap().gets
+    }
+}
+
+fn serve(conn: TcpStream, state: &Mutex<State>) {
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut conn = conn;
+    // One request per connection (every answer says `Connection: close`).
+    let mut head = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        head.push(line.trim_end().to_string());
+    }
+    let Some(first) = head.first() else { return };
+    let method = first.split(' ').next().unwrap_or("").to_string();
+    let header = |name: &str| {
+        head.iter().skip(1).find_map(|h| {
+            let (k, v) = h.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let (range, if_match) = (header("range"), header("if-match"));
+    let mut st = state.lock().unwrap();
+    if method == "GET" {
+        st.gets += 1;
+    }
+    let (len, etag) = (st.body.len() as u64, st.etag.clone());
+    let reply = |conn: &mut TcpStream, status: &str, headers: &[String], body: &[u8]| {
+        let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+        for h in headers {
+            out.push_str(h);
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        let _ = conn.write_all(out.as_bytes());
+        let _ = conn.write_all(body);
+    };
+    if st.fault == Fault::Forbidden {
+        return reply(
+            &mut conn,
+            "403 Forbidden",
+            &["Content-Length: 6".into()],
+            b"denied",
+        );
+    }
+    if method == "HEAD" {
+        let h = [
+            format!("Content-Length: {len}"),
+            format!("ETag: {etag}"),
+            "Accept-Ranges: bytes".into(),
+            "Last-Modified: Sun, 29 Nov 2026 12:00:00 GMT".into(),
+        ];
+        return reply(&mut conn, "200 OK", &h, b"");
+    }
+    if method != "GET" {
+        return reply(
+            &mut conn,
+            "405 Method Not Allowed",
+            &["Content-Length: 0".into()],
+            b"",
+        );
+    }
+    match st.fault {
+        Fault::Unavailable(n) if n > 0 => {
+            st.fault = Fault::Unavailable(n - 1);
+            return reply(
+                &mut conn,
+                "503 Service Unavailable",
+                &["Content-Length: 4".into()],
+                b"busy",
+            );
+        }
+        Fault::ReplaceAfter(n) if st.gets > n => {
+            st.body.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+            st.etag = "\"v2\"".into();
+            st.fault = Fault::None;
+        }
+        _ => {}
+    }
+    let etag = st.etag.clone();
+    if if_match.as_deref().is_some_and(|m| m != etag && m != "*") {
+        return reply(
+            &mut conn,
+            "412 Precondition Failed",
+            &["Content-Length: 0".into()],
+            b"",
+        );
+    }
+    let (start, end) = match range.as_deref().and_then(parse_range) {
+        Some((s, e)) => (s, e.min(len - 1)),
+        None => (0, len - 1),
+    };
+    let body = st.body[start as usize..=end as usize].to_vec();
+    let fault = st.fault;
+    if let Fault::DropMidBody(n) = fault {
+        if n > 0 {
+            st.fault = Fault::DropMidBody(n - 1);
+        }
+    }
+    drop(st);
+    let shown = if fault == Fault::WrongContentRange {
+        (start + 1, end + 1)
+    } else {
+        (start, end)
+    };
+    let h = [
+        format!("Content-Length: {}", body.len()),
+        format!("Content-Range: bytes {}-{}/{len}", shown.0, shown.1),
+        format!("ETag: {etag}"),
+        "Last-Modified: Sun, 29 Nov 2026 12:00:00 GMT".into(),
+    ];
+    match fault {
+        Fault::DropMidBody(n) if n > 0 => {
+            reply(
+                &mut conn,
+                "206 Partial Content",
+                &h,
+                &body[..body.len() / 2],
+            );
+        }
+        Fault::Truncate => reply(
+            &mut conn,
+            "206 Partial Content",
+            &h,
+            &body[..body.len() / 2],
+        ),
+        _ => reply(&mut conn, "206 Partial Content", &h, &body),
+    }
+    // The connection closes here, mid-body for the faults that cut one short.
+    let _ = conn.flush();
+}
+
+fn parse_range(v: &str) -> Option<(u64, u64)> {
+    let (s, e) = v.strip_prefix("bytes=")?.split_once('-')?;
+    Some((s.parse().ok()?, e.parse().ok()?))
+}
