@@ -578,3 +578,37 @@ fn a_crafted_remembered_index_cannot_write_outside_the_destination() {
         assert!(!evil.exists(), "{what}");
     }
 }
+
+/// A stale index (a shard holds a tensor it does not list): a conversion takes every tensor of
+/// the shards (as transformers and diffusers load them), `verify` says the index is incomplete.
+#[test]
+fn a_stale_index_converts_every_tensor_and_verify_names_the_unlisted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (folder, all) = sharded(dir.path());
+    let index = folder.join("model.safetensors.index.json");
+    let mut doc = index_json(&index);
+    let shard = doc["weight_map"]["s.float32"].as_str().unwrap().to_string();
+    doc["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove("s.float32");
+    std::fs::write(&index, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let pack = dir.path().join("one.flashpack");
+    ok(flashpack([
+        "convert".as_ref(),
+        folder.as_os_str(),
+        pack.as_os_str(),
+    ]));
+    let got = read_checkpoint(&pack);
+    assert!(got.contains_key("s.float32"), "the unlisted tensor is kept");
+    assert!(got == all, "every tensor bit-exact");
+    fails(
+        flashpack(["verify".as_ref(), folder.as_os_str()]),
+        &[
+            &index.display().to_string(),
+            &shard,
+            "'s.float32'",
+            "does not list",
+        ],
+    );
+}
