@@ -6,8 +6,12 @@
 //! What is kept: the shards' safetensors `__metadata__` (in a pack's footer key
 //! `safetensors_metadata`, as for one file; shards whose metadata differ cannot be merged into
 //! one file), and for a pack made from an index, the index's name, `metadata` and `weight_map`
-//! (footer key `checkpoint_index`), so `revert --sharded` writes the same shard files again,
-//! byte for byte when the shards were written by the `safetensors` library.
+//! (footer key `checkpoint_index`), so `revert --sharded` writes the same shard files again:
+//! byte for byte when the shards were written by the `safetensors` library with a
+//! `__metadata__` of at most one key (transformers writes `{"format": "pt"}`). With several
+//! keys the same keys, values and tensor bytes come back, but the library writes
+//! `__metadata__` in an arbitrary (hash) order that a pack does not keep, so the header's
+//! bytes may differ.
 //!
 //! Nothing partial is ever left at the destination: one output file is written like any pack;
 //! a folder of shards is written beside the destination under a hidden name and renamed into
