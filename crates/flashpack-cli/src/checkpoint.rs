@@ -569,3 +569,30 @@ fn one_line(e: &flashpack::Error) -> String {
         _ => text,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_must_stay_inside_the_staging_folder() {
+        let (folder, dst) = (Path::new("/stage"), Path::new("/out"));
+        for name in ["a.safetensors", "sub/a.safetensors"] {
+            assert_eq!(inside(folder, name, dst).unwrap(), folder.join(name));
+        }
+        for name in [
+            "",
+            "/abs/x.safetensors",
+            "../x.safetensors",
+            "a/../../x",
+            ".",
+            "a\\b",
+        ] {
+            let e = inside(folder, name, dst).unwrap_err().to_string();
+            assert!(
+                e.contains("/out") && e.contains("not a file name inside"),
+                "{name}: {e}"
+            );
+        }
+    }
+}
