@@ -134,6 +134,27 @@ def test_multi_file_flashpack_checkpoint(tmp_path: Path) -> None:
     assert_same_dict(flashpack.load_checkpoint(other / "model.safetensors.index.json", eager=True), sd)
 
 
+def test_an_index_and_its_files_may_be_spelled_relative_or_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index's folder and its shards given one relative and one absolute (or with ``./``)
+    are the same folder; the names in the index stay relative."""
+    sd = {"a": torch.arange(4, dtype=torch.float32), "b": torch.ones(3, dtype=torch.int64)}
+    (tmp_path / "ck").mkdir()
+    pack_to_file({"a": sd["a"]}, tmp_path / "ck" / "m-00001-of-00002.flashpack", None)
+    pack_to_file({"b": sd["b"]}, tmp_path / "ck" / "m-00002-of-00002.flashpack", None)
+    names = ["m-00001-of-00002.flashpack", "m-00002-of-00002.flashpack"]
+    monkeypatch.chdir(tmp_path)
+    spellings = [
+        ("ck/m.flashpack.index.json", [str(tmp_path / "ck" / n) for n in names]),
+        (str(tmp_path / "ck" / "m.flashpack.index.json"), [f"ck/{n}" for n in names]),
+        ("./ck/m.flashpack.index.json", [f"ck/{n}" for n in names]),
+    ]
+    for index, files in spellings:
+        _core.write_checkpoint_index(index, "flashpack", files)
+        weight_map = json.loads(Path(index).read_text())["weight_map"]
+        assert weight_map == {"a": names[0], "b": names[1]}, index
+        assert_same_dict(flashpack.load_checkpoint(tmp_path / "ck", eager=True), sd)
+
+
 def test_flashpack_files_as_one_checkpoint_file(tmp_path: Path) -> None:
     sd = state_dict()
     pack_to_file(sd, tmp_path / "m.flashpack", None)

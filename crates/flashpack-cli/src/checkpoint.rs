@@ -6,8 +6,12 @@
 //! What is kept: the shards' safetensors `__metadata__` (in a pack's footer key
 //! `safetensors_metadata`, as for one file; shards whose metadata differ cannot be merged into
 //! one file), and for a pack made from an index, the index's name, `metadata` and `weight_map`
-//! (footer key `checkpoint_index`), so `revert --sharded` writes the same shard files again,
-//! byte for byte when the shards were written by the `safetensors` library.
+//! (footer key `checkpoint_index`), so `revert --sharded` writes the same shard files again:
+//! byte for byte when the shards were written by the `safetensors` library with a
+//! `__metadata__` of at most one key (transformers writes `{"format": "pt"}`). With several
+//! keys the same keys, values and tensor bytes come back, but the library writes
+//! `__metadata__` in an arbitrary (hash) order that a pack does not keep, so the header's
+//! bytes may differ.
 //!
 //! Nothing partial is ever left at the destination: one output file is written like any pack;
 //! a folder of shards is written beside the destination under a hidden name and renamed into
@@ -23,6 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use flashpack::checkpoint::index::check_shard_name;
 use flashpack::checkpoint::shards::{plan, shard_file_name, write_safetensors, StagedFolder};
 use flashpack::checkpoint::{locate, write_index, Checkpoint, IndexKind, CHECKPOINT_INDEX_KEY};
 use flashpack::format::DEFAULT_ALIGN_BYTES;
@@ -150,14 +155,28 @@ fn remembered(ckpt: &Checkpoint) -> Result<Option<RememberedIndex>> {
     let Some(value) = flash.footer.extra.get(CHECKPOINT_INDEX_KEY) else {
         return Ok(None);
     };
-    serde_json::from_value(value.clone())
-        .map(Some)
-        .map_err(|e| {
-            CliError::Invalid(format!(
-                "{}: footer key '{CHECKPOINT_INDEX_KEY}' is not a remembered index: {e}",
-                ckpt.path().display()
-            ))
-        })
+    let bad = |why: String| {
+        CliError::Invalid(format!(
+            "{}: footer key '{CHECKPOINT_INDEX_KEY}' is not a remembered index: {why}",
+            ckpt.path().display()
+        ))
+    };
+    let index: RememberedIndex =
+        serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
+    // The names become paths of the files written: validated like an index's own shard names,
+    // and the index must be a plain `*.index[.variant].json` file name (its stem and variant
+    // name every output file).
+    let plain = |name: &str| !name.contains(['/', '\\']) && !matches!(name, "" | "." | "..");
+    if !plain(&index.index) || locate::index_variant(&index.index).is_none() {
+        return Err(bad(format!(
+            "'{}' is not an index file name such as model.safetensors.index.json",
+            index.index
+        )));
+    }
+    for (tensor, shard) in &index.weight_map {
+        check_shard_name(shard, tensor).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(Some(index))
 }
 
 fn file_name(path: &Path) -> String {
@@ -452,7 +471,7 @@ fn write_sharded(
     let step = || req.cancel.as_ref().map(|c| c.step());
     let mut files = Vec::with_capacity(shards.len());
     for shard in &shards {
-        let path = staged.path().join(&shard.name);
+        let path = inside(staged.path(), &shard.name, dst)?;
         match target {
             Target::Flashpack => {
                 let mut opts = PackOptions {
@@ -495,7 +514,7 @@ fn write_sharded(
         .and_then(|i| i.metadata.clone())
         .unwrap_or_default();
     metadata.remove("total_size"); // recomputed from what is written
-    let index = staged.path().join(&index_name);
+    let index = inside(staged.path(), &index_name, dst)?;
     write_index(&index, kind, &files, metadata).map_err(|e| in_dest(e, dst, &index_name))?;
     // The result must open as a checkpoint before it is put in place.
     let written = Checkpoint::open(&index).map_err(|e| in_dest(e, dst, &index_name))?;
@@ -506,6 +525,25 @@ fn write_sharded(
         shards.len(),
         grouped(bytes)
     ))
+}
+
+/// `folder/name`, refused unless `name` is relative and made of plain components only (so the
+/// path stays inside the staging folder whatever a remembered index said).
+fn inside(folder: &Path, name: &str, dst: &Path) -> Result<PathBuf> {
+    let rel = Path::new(name);
+    let plain = !name.is_empty()
+        && !name.contains('\\')
+        && rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if plain {
+        Ok(folder.join(rel))
+    } else {
+        Err(CliError::Invalid(format!(
+            "{}: refusing to write '{name}': not a file name inside the destination",
+            dst.display()
+        )))
+    }
 }
 
 /// An error about a file in the staging folder, told as the destination's (the temporary
@@ -529,5 +567,32 @@ fn one_line(e: &flashpack::Error) -> String {
     match text.split_once(": ") {
         Some((path, rest)) if path.contains(".packtmp_") => rest.to_string(),
         _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_must_stay_inside_the_staging_folder() {
+        let (folder, dst) = (Path::new("/stage"), Path::new("/out"));
+        for name in ["a.safetensors", "sub/a.safetensors"] {
+            assert_eq!(inside(folder, name, dst).unwrap(), folder.join(name));
+        }
+        for name in [
+            "",
+            "/abs/x.safetensors",
+            "../x.safetensors",
+            "a/../../x",
+            ".",
+            "a\\b",
+        ] {
+            let e = inside(folder, name, dst).unwrap_err().to_string();
+            assert!(
+                e.contains("/out") && e.contains("not a file name inside"),
+                "{name}: {e}"
+            );
+        }
     }
 }

@@ -22,6 +22,7 @@ use flashpack::cancel::Cancel;
 use flashpack::checkpoint::Checkpoint;
 use flashpack::read::{verify, LoadOptions};
 use flashpack::weights::{Format, WeightFile};
+use flashpack::CheckpointError;
 
 use crate::error::Result;
 use crate::format::grouped;
@@ -33,6 +34,18 @@ pub fn check(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
     let Some(index) = ckpt.index_path() else {
         return check_file(ckpt.path(), progress, cancel);
     };
+    // Loads take a stale index's unlisted tensors from their shards (as the libraries do);
+    // `verify` says the index is incomplete.
+    if let Some((tensor, shard)) = ckpt.unlisted().first() {
+        return Err(flashpack::Error::checkpoint(
+            index,
+            CheckpointError::TensorNotInIndex {
+                tensor: tensor.clone(),
+                shard: shard.clone(),
+            },
+        )
+        .into());
+    }
     let mut lines = vec![format!(
         "{}: index OK: {} shards, {} tensors, {} data bytes",
         index.display(),

@@ -490,3 +490,125 @@ fn a_plain_file_has_no_split_to_keep_and_library_folders_stay_with_python() {
         &["so torch files", "this needs Python"],
     );
 }
+
+/// A pack whose footer remembers `index` as its checkpoint index (as a crafted, downloaded
+/// pack could): two tensors, mapped to shards `shard_a` and `shard_b`.
+fn crafted_pack(path: &Path, index: &str, shard_a: &str, shard_b: &str) {
+    use flashpack::write::{pack, PackEntry, PackOptions};
+    let (a, b) = (bytes(16, 1), bytes(16, 2));
+    let entries = [
+        PackEntry::new("a", Dtype::F32, vec![4], &a),
+        PackEntry::new("b", Dtype::F32, vec![4], &b),
+    ];
+    let mut opts = PackOptions::default();
+    opts.extra.insert(
+        "checkpoint_index".into(),
+        json!({"index": index, "metadata": null,
+               "weight_map": {"a": shard_a, "b": shard_b}}),
+    );
+    pack(path, &entries, &opts).unwrap();
+}
+
+/// Every path under `dir`, sorted.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_crafted_remembered_index_cannot_write_outside_the_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let evil = dir.path().join("evil");
+    let abs = evil.join("x.safetensors");
+    let abs_index = evil.join("m.safetensors.index.json");
+    let ok_shard = "model-00001-of-00002.safetensors";
+    let cases: [(&str, String, String); 5] = [
+        (
+            "absolute shard",
+            "model.safetensors.index.json".into(),
+            abs.display().to_string(),
+        ),
+        (
+            "../ shard",
+            "model.safetensors.index.json".into(),
+            "../evil/x.safetensors".into(),
+        ),
+        (
+            "absolute index",
+            abs_index.display().to_string(),
+            ok_shard.into(),
+        ),
+        (
+            "index with a separator",
+            "../evil/m.safetensors.index.json".into(),
+            ok_shard.into(),
+        ),
+        (
+            "variant with a separator",
+            "m.safetensors.index.a/b.json".into(),
+            ok_shard.into(),
+        ),
+    ];
+    for (i, (what, index, shard)) in cases.iter().enumerate() {
+        let work = dir.path().join(format!("case{i}"));
+        std::fs::create_dir(&work).unwrap();
+        let pack = work.join("p.flashpack");
+        crafted_pack(&pack, index, shard, "model-00002-of-00002.safetensors");
+        let before = tree(dir.path());
+        let out = work.join("out");
+        let o = flashpack([
+            "revert".as_ref(),
+            pack.as_os_str(),
+            out.as_os_str(),
+            "--sharded".as_ref(),
+        ]);
+        fails(o, &["p.flashpack", "checkpoint_index"]);
+        assert_eq!(tree(dir.path()), before, "{what}: nothing created anywhere");
+        assert!(!evil.exists(), "{what}");
+    }
+}
+
+/// A stale index (a shard holds a tensor it does not list): a conversion takes every tensor of
+/// the shards (as transformers and diffusers load them), `verify` says the index is incomplete.
+#[test]
+fn a_stale_index_converts_every_tensor_and_verify_names_the_unlisted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (folder, all) = sharded(dir.path());
+    let index = folder.join("model.safetensors.index.json");
+    let mut doc = index_json(&index);
+    let shard = doc["weight_map"]["s.float32"].as_str().unwrap().to_string();
+    doc["weight_map"]
+        .as_object_mut()
+        .unwrap()
+        .remove("s.float32");
+    std::fs::write(&index, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let pack = dir.path().join("one.flashpack");
+    ok(flashpack([
+        "convert".as_ref(),
+        folder.as_os_str(),
+        pack.as_os_str(),
+    ]));
+    let got = read_checkpoint(&pack);
+    assert!(got.contains_key("s.float32"), "the unlisted tensor is kept");
+    assert!(got == all, "every tensor bit-exact");
+    fails(
+        flashpack(["verify".as_ref(), folder.as_os_str()]),
+        &[
+            &index.display().to_string(),
+            &shard,
+            "'s.float32'",
+            "does not list",
+        ],
+    );
+}

@@ -177,7 +177,7 @@ impl WeightFile {
         let map: Mmap =
             unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
         let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
-            let why = match explain_bad_tensor(&map) {
+            let why = match explain_safetensors_error(&e, &map) {
                 Some(what) => format!("{e}: {what}"),
                 None => e.to_string(),
             };
@@ -524,11 +524,31 @@ impl WeightFile {
     }
 }
 
+/// The largest header the `safetensors` crate parses (100 MB); larger is `HeaderTooLarge`.
+const MAX_SAFETENSORS_HEADER: usize = 100_000_000;
+
+/// The tensor a `safetensors` error is about, for the errors that do not name it (a bad tensor
+/// entry, a range past the end of the file); `None` for every other error, so that the header
+/// is parsed again only where the crate already accepted its size.
+fn explain_safetensors_error(e: &safetensors::SafeTensorError, file: &[u8]) -> Option<String> {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::TensorInvalidInfo | E::MetadataIncompleteBuffer | E::ValidationOverflow => {
+            explain_bad_tensor(file)
+        }
+        _ => None,
+    }
+}
+
 /// Names the first tensor (by offset) of a safetensors header that makes it invalid, and why:
 /// a shape and dtype that do not match its byte range, or a range past the end of the file
-/// (the `safetensors` crate's errors for these do not name the tensor).
+/// (the `safetensors` crate's errors for these do not name the tensor). A header longer than
+/// [`MAX_SAFETENSORS_HEADER`] is not parsed.
 fn explain_bad_tensor(file: &[u8]) -> Option<String> {
     let n = usize::try_from(u64::from_le_bytes(file.get(..8)?.try_into().ok()?)).ok()?;
+    if n > MAX_SAFETENSORS_HEADER {
+        return None;
+    }
     let data_start = 8usize.checked_add(n)?;
     let header: HashMap<String, serde_json::Value> =
         serde_json::from_slice(file.get(8..data_start)?).ok()?;
@@ -766,5 +786,30 @@ impl WeightFile {
             index: self.index.clone(),
             report,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::SafeTensorError as E;
+
+    /// A safetensors file whose tensor 'w' says F32 [4] (16 bytes) over an 8-byte range.
+    fn bad_entry() -> Vec<u8> {
+        let header = br#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#;
+        let mut file = (header.len() as u64).to_le_bytes().to_vec();
+        file.extend_from_slice(header);
+        file.extend_from_slice(&[0; 8]);
+        file
+    }
+
+    #[test]
+    fn only_the_errors_about_a_tensor_parse_the_header_again() {
+        let file = bad_entry();
+        let why = explain_safetensors_error(&E::TensorInvalidInfo, &file).unwrap();
+        assert!(why.contains("tensor 'w'"), "{why}");
+        for e in [E::HeaderTooLarge, E::HeaderTooSmall, E::InvalidHeaderLength] {
+            assert_eq!(explain_safetensors_error(&e, &file), None, "{e:?}");
+        }
     }
 }

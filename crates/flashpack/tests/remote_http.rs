@@ -128,6 +128,30 @@ fn both_formats_load_bit_exact_with_checksums_checked_on_arrival() {
     }
 }
 
+/// A safetensors file (as the safetensors library writes `{"a": f32[4], "z": f64[0]}`: the
+/// empty tensor first, at the start of the next one) loads bit-exact over HTTP, like locally.
+#[test]
+fn an_empty_tensor_at_the_start_of_the_next_one_loads_bit_exact() {
+    let header = br#"{"z":{"dtype":"F64","shape":[0],"data_offsets":[0,0]},"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+    let a: Vec<u8> = (0..16u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&a);
+    let want = [("a".to_string(), a), ("z".to_string(), Vec::new())];
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("m.safetensors");
+    std::fs::write(&local, &bytes).unwrap();
+    let w = WeightFile::open(&local)
+        .unwrap()
+        .load(&LoadOptions::default())
+        .unwrap();
+    assert_bit_exact(&w, &want);
+
+    let server = Server::start(bytes, Fault::None);
+    let w = load(&server.url("m.safetensors"), false).unwrap();
+    assert_bit_exact(&w, &want);
+}
+
 #[test]
 fn a_connection_dropped_mid_body_resumes_and_loads_bit_exact() {
     let f = files();

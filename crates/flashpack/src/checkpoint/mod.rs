@@ -6,8 +6,10 @@
 //! [`Checkpoint::open`] resolves the path ([`locate`]), reads the index ([`index`]), opens every
 //! shard (each validated as a [`WeightFile`]: a FlashPack footer or a safetensors header, the
 //! format read from the content) and checks that the index and the shards agree: every listed
-//! tensor is in its shard, no tensor is in two shards, no shard holds a tensor the index does
-//! not list, no shard name leaves the index's folder. Each failure is an
+//! tensor is in its shard, no tensor is in two shards, no shard name leaves the index's folder.
+//! A tensor that a listed shard holds but the index does not list (a stale index) is loaded
+//! from that shard, as transformers and diffusers load every tensor of each listed shard;
+//! [`Checkpoint::unlisted`] names them (`flashpack verify` refuses them). Each failure is an
 //! [`Error::Checkpoint`] naming the index file, the shard and the tensor. The result is a
 //! read-only value: shards in order (sorted by name, as transformers loads them), tensor name
 //! to shard, the index's `metadata`, the total tensor bytes. [`write_index`] writes an index
@@ -101,6 +103,8 @@ pub struct Checkpoint {
     /// Tensor name -> (shard, position in that shard's tensors).
     by_name: HashMap<String, (usize, usize)>,
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// (tensor, shard) of the tensors a shard holds and the index does not list.
+    unlisted: Vec<(String, String)>,
 }
 
 impl Checkpoint {
@@ -130,6 +134,7 @@ impl Checkpoint {
             shards: vec![Shard { name, file }],
             by_name,
             metadata: None,
+            unlisted: Vec::new(),
         })
     }
 
@@ -151,6 +156,8 @@ impl Checkpoint {
             .map(|(t, s)| (t.as_str(), s.as_str()))
             .collect();
         let mut shards = Vec::with_capacity(listed.len());
+        // Unlisted tensor -> the shard that holds it.
+        let mut unlisted: BTreeMap<String, String> = BTreeMap::new();
         let mut by_name = HashMap::with_capacity(index.weight_map.len());
         for (name, tensors) in &listed {
             let first = tensors[0].to_string();
@@ -167,6 +174,13 @@ impl Checkpoint {
                 }
             }
             for t in file.tensors() {
+                if let Some(earlier) = unlisted.get(&t.name) {
+                    return Err(bad(CheckpointError::TensorInTwoShards {
+                        tensor: t.name.clone(),
+                        listed: earlier.clone(),
+                        other: name.to_string(),
+                    }));
+                }
                 match shard_of.get(t.name.as_str()) {
                     Some(s) if s == name => {}
                     Some(s) => {
@@ -177,10 +191,7 @@ impl Checkpoint {
                         }))
                     }
                     None => {
-                        return Err(bad(CheckpointError::TensorNotInIndex {
-                            tensor: t.name.clone(),
-                            shard: name.to_string(),
-                        }))
+                        unlisted.insert(t.name.clone(), name.to_string());
                     }
                 }
             }
@@ -196,7 +207,14 @@ impl Checkpoint {
             by_name,
             metadata: index.metadata,
             path,
+            unlisted: unlisted.into_iter().collect(),
         })
+    }
+
+    /// (tensor, shard), sorted by tensor, of the tensors that a shard holds but the index does
+    /// not list; they are loaded like the listed ones. Empty for a single file.
+    pub fn unlisted(&self) -> &[(String, String)] {
+        &self.unlisted
     }
 
     /// The file that was resolved: the index json, or the single weight file.

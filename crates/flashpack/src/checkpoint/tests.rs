@@ -180,18 +180,57 @@ fn a_tensor_in_two_shards_is_named() {
     );
 }
 
+/// A stale index (a shard holds a tensor it does not list) loads every tensor of its shards,
+/// as transformers and diffusers do (they open each listed shard and take all its tensors);
+/// the unlisted tensors are told by `unlisted()`.
 #[test]
-fn a_tensor_the_index_does_not_list_is_named() {
+fn a_tensor_the_index_does_not_list_is_loaded_from_its_shard_and_told() {
     let (_dir, index) = sharded();
     edit_index(&index, |v| {
         v["weight_map"].as_object_mut().unwrap().remove("b");
     });
-    let e = Checkpoint::open(&index).unwrap_err();
-    assert!(
-        matches!(kind_of(&e), CheckpointError::TensorNotInIndex { .. }),
-        "{e}"
+    let c = Checkpoint::open(&index).unwrap();
+    assert_eq!(c.len(), 3);
+    assert_eq!(
+        c.shard_of("b").unwrap().name(),
+        "model-00001-of-00002.safetensors"
     );
-    assert_names(&e, &index, &["'b'", "model-00001-of-00002.safetensors"]);
+    assert_eq!(
+        c.unlisted(),
+        [(
+            "b".to_string(),
+            "model-00001-of-00002.safetensors".to_string()
+        )]
+    );
+    assert!(Checkpoint::open(sharded().1).unwrap().unlisted().is_empty());
+}
+
+/// An unlisted tensor that another shard also holds is in two shards: refused, whichever
+/// shard the index lists it in (or in neither).
+#[test]
+fn an_unlisted_tensor_in_two_shards_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    st_file(&d.join("s1.safetensors"), &[("a", &[1]), ("x", &[2])], None);
+    st_file(&d.join("s2.safetensors"), &[("b", &[3]), ("x", &[4])], None);
+    let index = d.join("model.safetensors.index.json");
+    for x in [
+        json!("s1.safetensors"),
+        json!("s2.safetensors"),
+        json!(null),
+    ] {
+        let mut map = json!({"a": "s1.safetensors", "b": "s2.safetensors"});
+        if !x.is_null() {
+            map["x"] = x.clone();
+        }
+        write_json(&index, json!({"weight_map": map}));
+        let e = Checkpoint::open(&index).unwrap_err();
+        assert!(
+            matches!(kind_of(&e), CheckpointError::TensorInTwoShards { tensor, .. } if tensor == "x"),
+            "{x}: {e}"
+        );
+        assert_names(&e, &index, &["s1.safetensors", "s2.safetensors"]);
+    }
 }
 
 #[test]
@@ -466,5 +505,37 @@ proptest::proptest! {
         let mut sorted = names.clone();
         sorted.sort();
         proptest::prop_assert_eq!(names, sorted);
+    }
+}
+
+/// The index's folder and its files spelled differently (`..` in one of them, a symlink to the
+/// folder) are still the same folder, and the names written stay relative.
+#[test]
+fn write_index_compares_folders_not_spellings() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    let files = packs(&ck);
+    let names = ["m-00001-of-00002.flashpack", "m-00002-of-00002.flashpack"];
+    let mut indexes = vec![dir.path().join("ck/../ck/m.flashpack.index.json")];
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&ck, dir.path().join("link")).unwrap();
+        indexes.push(dir.path().join("link/m.flashpack.index.json"));
+    }
+    for index in indexes {
+        write_index(&index, IndexKind::FlashPack, &files, serde_json::Map::new())
+            .unwrap_or_else(|e| panic!("{}: {e}", index.display()));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+        let mut listed: Vec<&str> = doc["weight_map"]
+            .as_object()
+            .unwrap()
+            .values()
+            .filter_map(|v| v.as_str())
+            .collect();
+        listed.dedup();
+        assert_eq!(listed, names, "{}", index.display());
+        assert_eq!(Checkpoint::open(&index).unwrap().len(), 3);
     }
 }

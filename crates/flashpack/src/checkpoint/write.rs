@@ -85,7 +85,9 @@ pub fn write_index(
     write_atomically(dest, &text)
 }
 
-/// `path`'s name relative to the index's `folder`, with `/` separators.
+/// `path`'s name relative to the index's `folder`, with `/` separators. The folders are
+/// compared resolved (`canonicalize`: relative or absolute, `.`/`..`, symlinked folders are the
+/// same folder); the file's own name is kept as given (a shard may be a symlink).
 fn shard_name(folder: &Path, path: &Path) -> Result<String> {
     let outside = || {
         Error::Invalid(format!(
@@ -94,11 +96,22 @@ fn shard_name(folder: &Path, path: &Path) -> Result<String> {
             folder.display()
         ))
     };
-    let relative = if folder == Path::new(".") && path.is_relative() {
-        path
-    } else {
-        path.strip_prefix(folder).map_err(|_| outside())?
+    let resolve = |dir: &Path| {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::canonicalize(dir).map_err(|e| Error::io(dir, "resolve the folder of", e))
     };
+    let (Some(parent), Some(file_name)) = (path.parent(), path.file_name()) else {
+        return Err(outside());
+    };
+    let folder = resolve(folder)?;
+    let relative = resolve(parent)?
+        .strip_prefix(&folder)
+        .map_err(|_| outside())?
+        .join(file_name);
     let parts: Option<Vec<&str>> = relative.iter().map(|c| c.to_str()).collect();
     Ok(parts.ok_or_else(outside)?.join("/"))
 }

@@ -32,6 +32,7 @@
 //! assert_eq!(plan.bytes(&memory, 1), &[2, 2, 2]);
 //! ```
 use std::fs::File;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -64,6 +65,9 @@ struct Span {
 /// Where every piece of a job lands in the job's memory.
 #[derive(Clone, Debug)]
 pub struct JobPlan {
+    /// The files the plan was made for, each as (path, tensor-data range): a job must be run
+    /// with these files, in this order.
+    files: Vec<(PathBuf, (u64, u64))>,
     spans: Vec<Span>,
     pieces: Vec<Piece>,
     /// Per piece, the job-memory offset of its first byte (0 for an empty piece).
@@ -129,6 +133,10 @@ impl JobPlan {
             offsets[i] = s.at + (pieces[i].start - s.start);
         }
         Ok(JobPlan {
+            files: files
+                .iter()
+                .map(|f| (f.path().to_path_buf(), f.data_range()))
+                .collect(),
             spans,
             pieces: pieces.to_vec(),
             offsets,
@@ -164,6 +172,30 @@ impl JobPlan {
         memory.as_slice().get(a..a + n).unwrap_or(&[])
     }
 
+    /// Refuses `files` unless they are the files this plan was made for (the same count, paths
+    /// and tensor-data ranges, in order): the plan's spans index them.
+    fn check_files(&self, files: &[&WeightFile]) -> Result<()> {
+        if files.len() != self.files.len() {
+            return Err(Error::Invalid(format!(
+                "a job planned for {} files run with {}",
+                self.files.len(),
+                files.len()
+            )));
+        }
+        for (k, (f, (path, range))) in files.iter().zip(&self.files).enumerate() {
+            if f.path() != path || f.data_range() != *range {
+                return Err(Error::Invalid(format!(
+                    "file {k} of the job is {} (tensor data {:?}), but the plan was made for {} \
+                     (tensor data {range:?})",
+                    f.path().display(),
+                    f.data_range(),
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// A device error with where it happened: the file and tensors of the chunk being copied
     /// (`copying`, job-memory offsets), else every file of the job.
     fn device_error(&self, datas: &[DataFile<'_>], e: Error, copying: Option<(u64, u64)>) -> Error {
@@ -177,7 +209,12 @@ impl JobPlan {
         match span {
             Some((s, a, b)) => {
                 let end = s.start + (b - s.at).min(s.end - s.start);
-                datas[s.file].device_error(Error::Device(msg), Some((s.start + (a - s.at), end)))
+                match datas.get(s.file) {
+                    Some(d) => {
+                        d.device_error(Error::Device(msg), Some((s.start + (a - s.at), end)))
+                    }
+                    None => Error::Device(msg),
+                }
             }
             None => {
                 let mut files: Vec<String> = datas
@@ -248,6 +285,7 @@ pub fn read_host(
     plan: &JobPlan,
     opts: &LoadOptions,
 ) -> Result<(JobMemory, LoadReport)> {
+    plan.check_files(files)?;
     let t = Instant::now();
     let len = usize::try_from(plan.len)
         .map_err(|_| Error::Invalid(format!("a {}-byte load is too large", plan.len)))?;
@@ -301,6 +339,7 @@ pub(crate) fn read_device<D: Device>(
     regions: &[JobRegion],
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
+    plan.check_files(files)?;
     let t = Instant::now();
     let mut list = Vec::with_capacity(regions.len());
     for r in regions {
@@ -601,6 +640,38 @@ mod tests {
             }]
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_plan_run_with_other_files_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = file(dir.path(), "a", &[("x", bytes(100, 1))]);
+        let b = file(dir.path(), "b", &[("y", bytes(5000, 2))]);
+        let pieces: Vec<Piece> = [&a, &b]
+            .iter()
+            .enumerate()
+            .map(|(k, f)| {
+                let t = &f.tensors()[0];
+                Piece {
+                    file: k,
+                    start: t.start,
+                    end: t.end,
+                }
+            })
+            .collect();
+        let plan = JobPlan::new(&[&a, &b], &pieces).unwrap();
+        let opts = LoadOptions::default();
+        let e = read_host(&[&a], &plan, &opts).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+        assert!(
+            e.to_string().contains("planned for 2 files run with 1"),
+            "{e}"
+        );
+        // The same count, other files (b's data is longer than a's).
+        let e = read_host(&[&b, &a], &plan, &opts).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
+        assert!(e.to_string().contains("b.safetensors"), "{e}");
+        assert!(read_host(&[&a, &b], &plan, &opts).is_ok());
     }
 
     #[test]
