@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -234,12 +235,23 @@ def test_a_tensor_missing_by_name_is_a_key_error(tmp_path: Path) -> None:
         f.get_tensor("nope")
 
 
+def _bytes_read_by_this_process() -> int:
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's per-process I/O counters")
 def test_ctrl_c_stops_a_checkpoint_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A signal handler that raises during an eager job stops it between chunks with that
-    exception (the job runs on a worker thread while this thread runs the handlers)."""
-    sd = {f"w{k}": random_tensor(torch.uint8, (24 << 20,), k) for k in range(4)}
+    exception (the job runs on a worker thread while this thread runs the handlers).
+
+    No timer: a helper thread sends the signal once this process's read counter shows the job
+    under way, and the test checks that the job stopped before reading everything (so it cannot
+    pass on a load that finished first). Buffered reads of 4 KiB on one thread: 256 MiB takes
+    far longer than the binding's 20 ms between signal checks."""
+    total = 256 << 20
+    sd = {f"w{k}": torch.full((total // 4,), k, dtype=torch.uint8) for k in range(4)}
     save_sharded(tmp_path, sd, shards=4)
-    # Direct reads of 4 KiB with one thread: long enough for the alarm to land mid-job.
     monkeypatch.setenv("FLASHPACK_READ_CHUNK_BYTES", "4096")
     monkeypatch.setenv("FLASHPACK_READ_THREADS", "1")
     monkeypatch.setenv("FLASHPACK_DIRECT_IO", "0")
@@ -250,14 +262,29 @@ def test_ctrl_c_stops_a_checkpoint_load(tmp_path: Path, monkeypatch: pytest.Monk
     def raise_stop(*_: object) -> None:
         raise Stop
 
+    main = threading.get_ident()
+    started = _bytes_read_by_this_process()
+    done = threading.Event()
+
+    def send_once_under_way() -> None:
+        while not done.is_set():
+            if _bytes_read_by_this_process() - started > (1 << 20):
+                signal.pthread_kill(main, signal.SIGALRM)
+                return
+            time.sleep(0.001)
+
     old = signal.signal(signal.SIGALRM, raise_stop)
+    sender = threading.Thread(target=send_once_under_way)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        sender.start()
         with pytest.raises(Stop):
             flashpack.load_checkpoint(tmp_path, eager=True)
+        read = _bytes_read_by_this_process() - started
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        done.set()
+        sender.join()
         signal.signal(signal.SIGALRM, old)
+    assert 1 << 20 < read < total, f"the job was not stopped part way: it read {read} of {total} bytes"
 
 
 # ---- use_distributed_loading (gloo on CPU, as test_distributed.py) ------------------------------
