@@ -314,6 +314,10 @@ def load_weights_distributed(
         if error is not None and not isinstance(error, Exception):
             raise error  # KeyboardInterrupt / SystemExit stay themselves where they happened
         raise agreed from error
+    finally:
+        # No reference cycle exception -> traceback -> this frame, which holds the process
+        # group: torn down late at interpreter exit, it aborts the process.
+        error = None
     box: list[Any] = [layout]
     dist.broadcast_object_list(box, src=src, group=group)
     layout = box[0]
