@@ -32,7 +32,7 @@ def every_dtype_state_dict() -> dict[str, torch.Tensor]:
 def assert_same_dict(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
     assert list(sorted(got)) == list(sorted(want))
     for name, w in want.items():
-        assert got[name].device.type == w.device.type or True
+        assert got[name].device.type == w.device.type, f"{name}: on {got[name].device}, expected {w.device}"
         assert_bit_equal(got[name].cpu(), w.cpu())
 
 
