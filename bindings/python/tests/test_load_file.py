@@ -197,3 +197,21 @@ def test_cuda_loads_match_safetensors(st_file: tuple[Path, dict[str, torch.Tenso
     got = flashpack.load_checkpoint(fp, device="cuda")
     assert_same_dict(got, sd)
     assert got["tied"].data_ptr() == got["big"].data_ptr()
+
+
+def test_loads_through_host_memory_keep_tied_tensors_tied(tmp_path: Path) -> None:
+    """MPS loads read into host memory, then copy each distinct byte range to the device once, so
+    tied tensors stay one device tensor as on CUDA. Checked here with torch's "meta" device (a
+    device reached through the same host-memory path, which exists on every machine)."""
+    from flashpack.loading import entries_of, load_entries, open_weights
+
+    sd = {"big": random_tensor(torch.float32, (64, 33), 1), "small": torch.arange(5)}
+    sd["tied"] = sd["big"]
+    path = tmp_path / "tied.flashpack"
+    pack_to_file(sd, path, None)
+    handle = open_weights(path)
+    entries = entries_of(handle)
+    got = dict(zip([e.name for e in entries], load_entries([handle], entries, torch.device("meta"), eager=True, progress=False)))
+    assert all(t.device.type == "meta" for t in got.values())
+    assert got["tied"] is got["big"]
+    assert got["small"] is not got["big"] and got["small"].dtype == torch.int64 and got["small"].shape == (5,)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,9 +117,11 @@ def load_entries(
 ) -> list[torch.Tensor]:
     """The tensors of ``entries`` (of files ``handles``) on ``device``, read as one job.
 
-    CPU lazy: views of one copy-on-write mapping per file (nothing read now). CPU eager (and
-    MPS, through host memory): one owned buffer filled by the engine's reader pool across all
-    files. CUDA: one new tensor per distinct byte range, streamed through the pinned pool.
+    CPU lazy: views of one copy-on-write mapping per file (nothing read now). CPU eager: one
+    owned buffer filled by the engine's reader pool across all files. MPS (any other device):
+    that buffer, then one copy per distinct byte range. CUDA: one new tensor per distinct byte
+    range, streamed through the pinned pool. On a device, tied tensors (one byte range under
+    several names) stay one tensor, as they are on CPU.
     """
     if device.type == "cpu" and not eager:
         maps = {k: handles[k].map() for k in sorted({e.file for e in entries})}
@@ -129,9 +131,29 @@ def load_entries(
     pieces = [(e.file, e.start, e.end) for e in entries]
     memory, offsets, _phases, _io = _core.read_job(list(handles), pieces, progress=progress, **reader_options())
     tensors = [view_of(memory, off, e) for off, e in zip(offsets, entries)]
-    if device.type == "mps":
-        return [t.to(device) for t in tensors]
-    return tensors
+    if device.type == "cpu":
+        return tensors
+    out, _ = _one_per_range(entries, lambda k, _: tensors[k].to(device))
+    return out
+
+
+def _one_per_range(
+    entries: Sequence[TensorEntry], new: Callable[[int, TensorEntry], torch.Tensor]
+) -> tuple[list[torch.Tensor], dict[tuple[int, int, int], torch.Tensor]]:
+    """A tensor per entry, made by ``new(index, entry)`` once per distinct byte range of a file:
+    tied tensors stay one tensor. Returns them and the one made per range."""
+    made: dict[tuple[int, int, int], torch.Tensor] = {}
+    out = []
+    for k, e in enumerate(entries):
+        key = (e.file, e.start, e.end)
+        t = made.get(key)
+        if t is None:
+            t = made[key] = new(k, e)
+        elif t.dtype != e.dtype or tuple(t.shape) != e.shape:
+            # The same bytes under another dtype or shape: a view of the one allocation.
+            t = t.reshape(-1).view(torch.uint8).view(e.dtype).reshape(e.shape)
+        out.append(t)
+    return out, made
 
 
 def _load_cuda(
@@ -139,17 +161,7 @@ def _load_cuda(
 ) -> list[torch.Tensor]:
     """One CUDA tensor per distinct byte range (tied tensors of a FlashPack file stay one
     tensor), filled by one engine job through the pinned staging pool."""
-    made: dict[tuple[int, int, int], torch.Tensor] = {}
-    out = []
-    for e in entries:
-        key = (e.file, e.start, e.end)
-        t = made.get(key)
-        if t is None:
-            t = made[key] = torch.empty(e.shape, dtype=e.dtype, device=device)
-        elif t.dtype != e.dtype or tuple(t.shape) != e.shape:
-            # The same bytes under another dtype or shape: a view of the one allocation.
-            t = t.reshape(-1).view(torch.uint8).view(e.dtype).reshape(e.shape)
-        out.append(t)
+    out, made = _one_per_range(entries, lambda _, e: torch.empty(e.shape, dtype=e.dtype, device=device))
     # The caching allocator may hand out memory that kernels queued on torch's stream still use;
     # the engine copies on its own streams, so that work must be finished first.
     torch.cuda.current_stream(device).synchronize()
