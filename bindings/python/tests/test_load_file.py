@@ -215,3 +215,24 @@ def test_loads_through_host_memory_keep_tied_tensors_tied(tmp_path: Path) -> Non
     assert all(t.device.type == "meta" for t in got.values())
     assert got["tied"] is got["big"]
     assert got["small"] is not got["big"] and got["small"].dtype == torch.int64 and got["small"].shape == (5,)
+
+
+def test_eager_loads_honour_flashpack_huge_pages(
+    st_file: tuple[Path, dict[str, torch.Tensor]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FLASHPACK_HUGE_PAGES=1 asks the engine for huge pages for the eager host buffer, as for
+    FlashPack loads (whether the kernel grants them is its business: checked at the call)."""
+    path, sd = st_file
+    asked: list[bool] = []
+    read_job = flashpack._core.read_job
+
+    def recording(*args: object, **kw: object) -> object:
+        asked.append(bool(kw.get("huge_pages")))
+        return read_job(*args, **kw)
+
+    monkeypatch.setattr(flashpack.loading._core, "read_job", recording)
+    for flag in ("1", "0"):
+        monkeypatch.setenv("FLASHPACK_HUGE_PAGES", flag)
+        assert_same_dict(flashpack.load_file(path, eager=True), sd)
+        assert_same_dict(flashpack.load_checkpoint(path, eager=True), sd)
+    assert asked == [True, True, False, False]

@@ -22,7 +22,7 @@ import torch
 
 from . import _core
 from .deserialization import reader_options
-from .utils import dtype_to_string, string_to_dtype
+from .utils import dtype_to_string, env_flag, string_to_dtype
 
 PathArg = str | os.PathLike[str]
 DeviceArg = str | int | torch.device
@@ -104,6 +104,12 @@ def view_of(memory: Any, offset: int, entry: TensorEntry) -> torch.Tensor:
     return raw.view(entry.dtype).view(entry.shape)
 
 
+def job_options() -> dict[str, Any]:
+    """The reader settings of an eager job into new host memory: ``reader_options()`` and
+    ``FLASHPACK_HUGE_PAGES`` (huge pages for that memory, as for FlashPack loads)."""
+    return {**reader_options(), "huge_pages": env_flag("FLASHPACK_HUGE_PAGES")}
+
+
 def _progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else bool(progress)
 
@@ -129,7 +135,7 @@ def load_entries(
     if device.type == "cuda":
         return _load_cuda(handles, entries, device, progress)
     pieces = [(e.file, e.start, e.end) for e in entries]
-    memory, offsets, _phases, _io = _core.read_job(list(handles), pieces, progress=progress, **reader_options())
+    memory, offsets, _phases, _io = _core.read_job(list(handles), pieces, progress=progress, **job_options())
     tensors = [view_of(memory, off, e) for off, e in zip(offsets, entries)]
     if device.type == "cpu":
         return tensors
@@ -263,7 +269,7 @@ def _distributed(open_: Any, device: torch.device, progress: bool = False) -> di
         if entries is None:
             entries = [e for k, h in enumerate(handles) for e in entries_of(h, k)]
         pieces = [(e.file, e.start, e.end) for e in entries]
-        memory, offsets, _phases, _io = _core.read_job(handles, pieces, progress=progress, **reader_options())
+        memory, offsets, _phases, _io = _core.read_job(handles, pieces, progress=progress, **job_options())
         layout = [(e.name, dtype_to_string(e.dtype), list(e.shape), off, e.nbytes) for e, off in zip(entries, offsets)]
         return memory, layout
 
