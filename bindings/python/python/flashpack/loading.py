@@ -239,7 +239,7 @@ def load_checkpoint(
     return {e.name: t for e, t in zip(entries, tensors)}
 
 
-def select_entries(where: str, handles: Sequence[Any], keys: Iterable[str] | None) -> list[TensorEntry]:
+def select_entries(where: PathArg, handles: Sequence[Any], keys: Iterable[str] | None) -> list[TensorEntry]:
     """The tensors to load from a checkpoint's shards (the engine checked that each tensor is in
     exactly one of them): all, or only ``keys`` (TensorNotFoundError naming any the checkpoint lacks)."""
     chosen = {e.name: e for k, h in enumerate(handles) for e in entries_of(h, k)}
