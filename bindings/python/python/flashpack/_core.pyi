@@ -113,7 +113,12 @@ def read_job_to_cuda(
     threads: int = 0,
     chunk_bytes: int = ...,
     progress: bool = False,
-) -> tuple[_Phases, dict[str, int]]: ...
+) -> tuple[_Phases, dict[str, int]]:
+    """UNSAFE, private: writes ``end - start`` bytes to each raw device address of ``pieces``.
+    The addresses are not checked against any tensor (only that the driver maps them and that
+    the pieces do not overlap): a wrong one overwrites other device memory. Call it through
+    ``flashpack.load_file`` / ``load_checkpoint(device="cuda")``, which pass addresses of
+    tensors they have just allocated, contiguous and exactly that long."""
 def load(
     path: _Path,
     eager: bool = False,
