@@ -246,8 +246,11 @@ pub(crate) fn read_job<'py>(
 /// pinned staging pool: `pieces` is `[(file index, start, end, device address), ...]`. Returns
 /// `(phases, io)` once every copy has completed; the caller's current CUDA context is unchanged.
 ///
-/// Private API, as `File.to_cuda`: the addresses must be device memory the caller owns, each
-/// `end - start` bytes long, that nothing else uses during the call.
+/// Private API, as `File.to_cuda`, and unsafe in Python's sense: the addresses must be device
+/// memory the caller owns, each `end - start` bytes long, that nothing else uses during the
+/// call. Nothing here can check that (the driver only refuses unmapped addresses; a wrong
+/// mapped one overwrites other memory), so only `flashpack.loading._load_cuda` calls it, with
+/// the addresses of tensors it has just allocated.
 #[pyfunction]
 #[pyo3(signature = (files, pieces, device, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]

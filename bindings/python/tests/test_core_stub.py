@@ -60,3 +60,25 @@ def test_class_members_match() -> None:
             if callable(attr) and member != "__len__":
                 real = [p for p in inspect.signature(attr).parameters if p != "self"]
                 assert params == real, f"{cls_name}.{member}"
+
+
+def _returns(tree: ast.Module, name: str, cls: str | None = None) -> str:
+    body = tree.body
+    if cls is not None:
+        body = next(n for n in body if isinstance(n, ast.ClassDef) and n.name == cls).body
+    node = next(n for n in body if isinstance(n, ast.FunctionDef) and n.name == name)
+    assert node.returns is not None, name
+    return ast.unparse(node.returns)
+
+
+def test_paths_are_typed_as_the_path_objects_the_extension_returns(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    file = tmp_path / "m.safetensors"
+    save_file({"a": torch.zeros(2)}, file)
+    where, handles = _core.open_checkpoint(str(file), None)
+    assert isinstance(where, Path) and isinstance(handles[0].path, Path)
+    tree = ast.parse(STUB.read_text())
+    assert _returns(tree, "path", "WeightFile") == "Path"
+    assert _returns(tree, "open_checkpoint") == "tuple[Path, list[WeightFile]]"

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -187,7 +189,7 @@ def test_a_missing_or_truncated_shard_names_the_shard(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model-00002-of-00002.safetensors"):
         flashpack.load_checkpoint(tmp_path)
     shard.unlink()
-    with pytest.raises((ValueError, OSError), match="model-00002-of-00002.safetensors"):
+    with pytest.raises(FileNotFoundError, match="model-00002-of-00002.safetensors"):
         flashpack.load_checkpoint(tmp_path)
 
 
@@ -254,12 +256,23 @@ def test_a_tensor_missing_by_name_is_a_key_error(tmp_path: Path) -> None:
         f.get_tensor("nope")
 
 
+def _bytes_read_by_this_process() -> int:
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's per-process I/O counters")
 def test_ctrl_c_stops_a_checkpoint_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A signal handler that raises during an eager job stops it between chunks with that
-    exception (the job runs on a worker thread while this thread runs the handlers)."""
-    sd = {f"w{k}": random_tensor(torch.uint8, (24 << 20,), k) for k in range(4)}
+    exception (the job runs on a worker thread while this thread runs the handlers).
+
+    No timer: a helper thread sends the signal once this process's read counter shows the job
+    under way, and the test checks that the job stopped before reading everything (so it cannot
+    pass on a load that finished first). Buffered reads of 4 KiB on one thread: 256 MiB takes
+    far longer than the binding's 20 ms between signal checks."""
+    total = 256 << 20
+    sd = {f"w{k}": torch.full((total // 4,), k, dtype=torch.uint8) for k in range(4)}
     save_sharded(tmp_path, sd, shards=4)
-    # Direct reads of 4 KiB with one thread: long enough for the alarm to land mid-job.
     monkeypatch.setenv("FLASHPACK_READ_CHUNK_BYTES", "4096")
     monkeypatch.setenv("FLASHPACK_READ_THREADS", "1")
     monkeypatch.setenv("FLASHPACK_DIRECT_IO", "0")
@@ -270,26 +283,71 @@ def test_ctrl_c_stops_a_checkpoint_load(tmp_path: Path, monkeypatch: pytest.Monk
     def raise_stop(*_: object) -> None:
         raise Stop
 
+    main = threading.get_ident()
+    started = _bytes_read_by_this_process()
+    done = threading.Event()
+
+    def send_once_under_way() -> None:
+        while not done.is_set():
+            if _bytes_read_by_this_process() - started > (1 << 20):
+                signal.pthread_kill(main, signal.SIGALRM)
+                return
+            time.sleep(0.001)
+
     old = signal.signal(signal.SIGALRM, raise_stop)
+    sender = threading.Thread(target=send_once_under_way)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        sender.start()
         with pytest.raises(Stop):
             flashpack.load_checkpoint(tmp_path, eager=True)
+        read = _bytes_read_by_this_process() - started
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        done.set()
+        sender.join()
         signal.signal(signal.SIGALRM, old)
+    assert 1 << 20 < read < total, f"the job was not stopped part way: it read {read} of {total} bytes"
 
 
 # ---- use_distributed_loading (gloo on CPU, as test_distributed.py) ------------------------------
 
 
+# Legal safetensors whose F32 tensor "b" starts 3 bytes into the data (not a multiple of 4).
+MISALIGNED = {"a": torch.tensor([1, 2, 3], dtype=torch.uint8), "b": torch.tensor([1.5, -2.25])}
+# A rank still waiting after this long was left behind by an error on rank 0.
+DIST_TIMEOUT_S = 20
+
+
+def write_misaligned(path: Path) -> None:
+    header = {
+        "a": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+        "b": {"dtype": "F32", "shape": [2], "data_offsets": [3, 11]},
+    }
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)  # the data starts 8-aligned in the file, so "b" is at 3 mod 8
+    data = MISALIGNED["a"].numpy().tobytes() + MISALIGNED["b"].numpy().tobytes()
+    path.write_bytes(len(text).to_bytes(8, "little") + text + data)
+
+
+def _timed(fn: Any) -> dict[str, Any]:
+    from test_distributed import _try
+
+    started = time.monotonic()
+    out = _try(fn)
+    out["seconds"] = time.monotonic() - started
+    return out
+
+
 def _dist_worker(rank: int, world: int, port: int, folder: str, single: str, out_dir: str) -> None:
+    import datetime
+
     import torch.distributed as dist
 
     from test_distributed import _digests, _try
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), FLASHPACK_DIST_TIMEOUT="60")
-    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}")
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), FLASHPACK_DIST_TIMEOUT=str(DIST_TIMEOUT_S))
+    timeout = datetime.timedelta(seconds=DIST_TIMEOUT_S)
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"tcp://127.0.0.1:{port}", timeout=timeout)
+    misaligned = str(Path(single).with_name("misaligned.safetensors"))
     # Only rank 0 needs the files: the others are given paths that do not exist.
     here = (lambda p: p) if rank == 0 else (lambda p: p + ".elsewhere")
     results = {
@@ -298,6 +356,11 @@ def _dist_worker(rank: int, world: int, port: int, folder: str, single: str, out
         "file": _try(lambda: _digests(flashpack.load_file(here(single), use_distributed_loading=True))),
         "missing_key": _try(lambda: flashpack.load_checkpoint(here(folder), keys=["nope"], use_distributed_loading=True)),
         "after": _try(lambda: len(flashpack.load_file(here(single), use_distributed_loading=True))),
+        "misaligned": _try(lambda: _digests(flashpack.load_file(here(misaligned), use_distributed_loading=True))),
+        "misaligned_ckpt": _try(lambda: _digests(flashpack.load_checkpoint(here(misaligned), use_distributed_loading=True))),
+        # Any exception on rank 0 (here a TypeError from keys=123) reaches every rank at once.
+        # Last: a rank left waiting would otherwise pair its collectives with the next load's.
+        "bad_keys": _timed(lambda: flashpack.load_checkpoint(here(folder), keys=123, use_distributed_loading=True)),  # type: ignore[arg-type]
     }
     dist.destroy_process_group()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
@@ -311,6 +374,7 @@ def test_distributed_loading_reads_on_rank_0_and_every_rank_gets_the_same(tmp_pa
     sd = state_dict()
     save_sharded(tmp_path / "ckpt", sd, shards=3)
     st.save_file(sd, tmp_path / "one.safetensors")
+    write_misaligned(tmp_path / "misaligned.safetensors")
     out = tmp_path / "out"
     out.mkdir()
     world = 2
@@ -329,3 +393,19 @@ def test_distributed_loading_reads_on_rank_0_and_every_rank_gets_the_same(tmp_pa
         err = res["missing_key"].get("error", "")
         assert "rank 0" in err and "nope" in err, f"rank {r}: {res['missing_key']}"
         assert res["after"].get("ok") == len(sd), f"rank {r}: the group stays usable: {res['after']}"
+        # A tensor at an offset that is not a multiple of its element size loads on every rank.
+        assert res["misaligned"].get("ok") == _digests(MISALIGNED), f"rank {r}: {res['misaligned']}"
+        assert res["misaligned_ckpt"].get("ok") == _digests(MISALIGNED), f"rank {r}: {res['misaligned_ckpt']}"
+    for r, res in enumerate(ranks):
+        err = res["bad_keys"].get("error", "")
+        assert "TypeError" in err and "rank 0" in err, f"rank {r}: {res['bad_keys']}"
+        assert res["bad_keys"]["seconds"] < DIST_TIMEOUT_S / 2, f"rank {r} waited for the timeout: {res['bad_keys']}"
+
+
+def test_the_misaligned_file_is_legal_and_loads_in_one_process(tmp_path: Path) -> None:
+    """The file of the distributed test above: safetensors and the single-process paths load it."""
+    path = tmp_path / "misaligned.safetensors"
+    write_misaligned(path)
+    assert_same_dict(st.load_file(path), MISALIGNED)
+    for eager in (False, True):
+        assert_same_dict(flashpack.load_file(path, eager=eager), MISALIGNED)

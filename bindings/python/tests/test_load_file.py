@@ -32,7 +32,7 @@ def every_dtype_state_dict() -> dict[str, torch.Tensor]:
 def assert_same_dict(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
     assert list(sorted(got)) == list(sorted(want))
     for name, w in want.items():
-        assert got[name].device.type == w.device.type or True
+        assert got[name].device.type == w.device.type, f"{name}: on {got[name].device}, expected {w.device}"
         assert_bit_equal(got[name].cpu(), w.cpu())
 
 
@@ -197,3 +197,42 @@ def test_cuda_loads_match_safetensors(st_file: tuple[Path, dict[str, torch.Tenso
     got = flashpack.load_checkpoint(fp, device="cuda")
     assert_same_dict(got, sd)
     assert got["tied"].data_ptr() == got["big"].data_ptr()
+
+
+def test_loads_through_host_memory_keep_tied_tensors_tied(tmp_path: Path) -> None:
+    """MPS loads read into host memory, then copy each distinct byte range to the device once, so
+    tied tensors stay one device tensor as on CUDA. Checked here with torch's "meta" device (a
+    device reached through the same host-memory path, which exists on every machine)."""
+    from flashpack.loading import entries_of, load_entries, open_weights
+
+    sd = {"big": random_tensor(torch.float32, (64, 33), 1), "small": torch.arange(5)}
+    sd["tied"] = sd["big"]
+    path = tmp_path / "tied.flashpack"
+    pack_to_file(sd, path, None)
+    handle = open_weights(path)
+    entries = entries_of(handle)
+    got = dict(zip([e.name for e in entries], load_entries([handle], entries, torch.device("meta"), eager=True, progress=False)))
+    assert all(t.device.type == "meta" for t in got.values())
+    assert got["tied"] is got["big"]
+    assert got["small"] is not got["big"] and got["small"].dtype == torch.int64 and got["small"].shape == (5,)
+
+
+def test_eager_loads_honour_flashpack_huge_pages(
+    st_file: tuple[Path, dict[str, torch.Tensor]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FLASHPACK_HUGE_PAGES=1 asks the engine for huge pages for the eager host buffer, as for
+    FlashPack loads (whether the kernel grants them is its business: checked at the call)."""
+    path, sd = st_file
+    asked: list[bool] = []
+    read_job = flashpack._core.read_job
+
+    def recording(*args: object, **kw: object) -> object:
+        asked.append(bool(kw.get("huge_pages")))
+        return read_job(*args, **kw)
+
+    monkeypatch.setattr(flashpack.loading._core, "read_job", recording)
+    for flag in ("1", "0"):
+        monkeypatch.setenv("FLASHPACK_HUGE_PAGES", flag)
+        assert_same_dict(flashpack.load_file(path, eager=True), sd)
+        assert_same_dict(flashpack.load_checkpoint(path, eager=True), sd)
+    assert asked == [True, True, False, False]

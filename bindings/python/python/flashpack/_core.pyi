@@ -7,6 +7,7 @@ files and arguments) or ``RuntimeError`` (the CUDA driver).
 """
 
 import os
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -75,7 +76,7 @@ class WeightFile:
     """An open, validated FlashPack or safetensors file (told apart by content)."""
 
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     @property
     def format(self) -> Literal["flashpack", "safetensors"]: ...
     @property
@@ -93,7 +94,7 @@ class Memory:
 
 def open(path: _Path) -> File: ...
 def open_weights(path: _Path) -> WeightFile: ...
-def open_checkpoint(path: _Path, variant: str | None = None) -> tuple[str, list[WeightFile]]: ...
+def open_checkpoint(path: _Path, variant: str | None = None) -> tuple[Path, list[WeightFile]]: ...
 def write_checkpoint_index(path: _Path, kind: Literal["safetensors", "flashpack"], files: Sequence[_Path]) -> None: ...
 def read_job(
     files: Sequence[WeightFile],
@@ -112,7 +113,12 @@ def read_job_to_cuda(
     threads: int = 0,
     chunk_bytes: int = ...,
     progress: bool = False,
-) -> tuple[_Phases, dict[str, int]]: ...
+) -> tuple[_Phases, dict[str, int]]:
+    """UNSAFE, private: writes ``end - start`` bytes to each raw device address of ``pieces``.
+    The addresses are not checked against any tensor (only that the driver maps them and that
+    the pieces do not overlap): a wrong one overwrites other device memory. Call it through
+    ``flashpack.load_file`` / ``load_checkpoint(device="cuda")``, which pass addresses of
+    tensors they have just allocated, contiguous and exactly that long."""
 def load(
     path: _Path,
     eager: bool = False,

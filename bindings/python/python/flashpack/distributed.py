@@ -179,8 +179,8 @@ def read_flashpack_file_distributed(
             with timer("read_metadata", silent):
                 handle = _core.open(path)
             digest = hashlib.sha256(handle.footer_json).hexdigest()
-        except (OSError, ValueError) as e:
-            status = str(e)
+        except Exception as e:  # noqa: BLE001 - reported on every rank below
+            status = f"{type(e).__name__}: {e}"
     info: list[Any] = [None] * world
     dist.all_gather_object(info, (status, digest), group=group)
     failed = [f"rank {r}: {s}" for r, (s, _) in enumerate(info) if s is not None]
@@ -222,8 +222,8 @@ def read_flashpack_file_distributed(
             try:
                 with timer("read_payload", silent):
                     bytes_read += read(0, payload_len, buffer[:payload_len])
-            except (OSError, ValueError, RuntimeError) as e:
-                status = str(e)
+            except Exception as e:  # noqa: BLE001 - reported on every rank below
+                status = f"{type(e).__name__}: {e}"
         _agree(status, f"rank {src} read the payload", group)
         with timer("broadcast", silent):
             for start in range(0, payload_len, BROADCAST_PIECE):
@@ -241,8 +241,8 @@ def read_flashpack_file_distributed(
             try:
                 with timer(f"read_shard_{r}", silent):
                     bytes_read += read(lo, hi - lo, target[: hi - lo])
-            except (OSError, ValueError, RuntimeError) as e:
-                status = str(e)
+            except Exception as e:  # noqa: BLE001 - reported on every rank below
+                status = f"{type(e).__name__}: {e}"
             _agree(status, f"reading shards (round {r})", group)
             with timer(f"all_gather_{r}", silent):
                 dist.all_gather_into_tensor(buffer[base : base + world * s], target)
@@ -289,7 +289,10 @@ def load_weights_distributed(
     rank of the default process group, read once: rank ``src`` runs ``read()`` (which returns
     ``(memory, [(name, dtype name, shape, offset, nbytes), ...])`` from one engine job into host
     memory), then the bytes are broadcast (NCCL for CUDA, gloo for CPU) in pieces of at most
-    256 MiB. Only rank ``src`` needs the files. A failure on ``src`` is an error on every rank.
+    256 MiB. Only rank ``src`` needs the files. Any failure on ``src`` (an exception of any
+    class) is a RuntimeError naming it on every rank (chained from the original on ``src``;
+    KeyboardInterrupt stays itself there). A tensor whose offset is not a multiple of its element
+    size is copied to aligned memory (only those); the others view the broadcast buffer.
 
     For CUDA, rank ``src`` holds the whole job in host memory once (the broadcast needs it on
     its device), unlike a single-process CUDA load, which streams through the pinned pool.
@@ -298,14 +301,23 @@ def load_weights_distributed(
 
     rank = dist.get_rank()
     group = _control_group()
-    memory, layout, status = None, None, None
+    memory, layout, status, error = None, None, None, None
     if rank == src:
         try:
             with timer("read_payload", silent):
                 memory, layout = read()
-        except (OSError, ValueError, RuntimeError) as e:
-            status = f"{type(e).__name__}: {e}"
-    _agree(status, f"rank {src} read the weights", group)
+        except BaseException as e:  # any failure (a TypeError, Ctrl-C...) must reach every rank now
+            status, error = f"{type(e).__name__}: {e}", e
+    try:
+        _agree(status, f"rank {src} read the weights", group)
+    except RuntimeError as agreed:
+        if error is not None and not isinstance(error, Exception):
+            raise error  # KeyboardInterrupt / SystemExit stay themselves where they happened
+        raise agreed from error
+    finally:
+        # No reference cycle exception -> traceback -> this frame, which holds the process
+        # group: torn down late at interpreter exit, it aborts the process.
+        error = None
     box: list[Any] = [layout]
     dist.broadcast_object_list(box, src=src, group=group)
     layout = box[0]
@@ -329,7 +341,16 @@ def load_weights_distributed(
         elif device.type == "cpu" and rank == src:
             out[name] = view_of(memory, off, e)
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out[name] = buffer[off : off + n].view(e.dtype).view(e.shape)
+            out[name] = _typed(buffer[off : off + n], e.dtype).view(e.shape)
     return out
+
+
+def _typed(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The bytes ``raw`` (a uint8 slice) as ``dtype``: a view, or an aligned copy when the slice
+    starts at an offset that is not a multiple of the element size (a legal safetensors layout
+    that ``view`` refuses)."""
+    if raw.storage_offset() % dtype.itemsize:
+        raw = raw.clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return raw.view(dtype)

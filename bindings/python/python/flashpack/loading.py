@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 
 from . import _core
 from .deserialization import reader_options
-from .utils import dtype_to_string, string_to_dtype
+from .utils import dtype_to_string, env_flag, string_to_dtype
 
 PathArg = str | os.PathLike[str]
 DeviceArg = str | int | torch.device
@@ -104,6 +104,12 @@ def view_of(memory: Any, offset: int, entry: TensorEntry) -> torch.Tensor:
     return raw.view(entry.dtype).view(entry.shape)
 
 
+def job_options() -> dict[str, Any]:
+    """The reader settings of an eager job into new host memory: ``reader_options()`` and
+    ``FLASHPACK_HUGE_PAGES`` (huge pages for that memory, as for FlashPack loads)."""
+    return {**reader_options(), "huge_pages": env_flag("FLASHPACK_HUGE_PAGES")}
+
+
 def _progress(progress: bool | None) -> bool:
     return sys.stderr.isatty() if progress is None else bool(progress)
 
@@ -117,9 +123,11 @@ def load_entries(
 ) -> list[torch.Tensor]:
     """The tensors of ``entries`` (of files ``handles``) on ``device``, read as one job.
 
-    CPU lazy: views of one copy-on-write mapping per file (nothing read now). CPU eager (and
-    MPS, through host memory): one owned buffer filled by the engine's reader pool across all
-    files. CUDA: one new tensor per distinct byte range, streamed through the pinned pool.
+    CPU lazy: views of one copy-on-write mapping per file (nothing read now). CPU eager: one
+    owned buffer filled by the engine's reader pool across all files. MPS (any other device):
+    that buffer, then one copy per distinct byte range. CUDA: one new tensor per distinct byte
+    range, streamed through the pinned pool. On a device, tied tensors (one byte range under
+    several names) stay one tensor, as they are on CPU.
     """
     if device.type == "cpu" and not eager:
         maps = {k: handles[k].map() for k in sorted({e.file for e in entries})}
@@ -127,11 +135,31 @@ def load_entries(
     if device.type == "cuda":
         return _load_cuda(handles, entries, device, progress)
     pieces = [(e.file, e.start, e.end) for e in entries]
-    memory, offsets, _phases, _io = _core.read_job(list(handles), pieces, progress=progress, **reader_options())
+    memory, offsets, _phases, _io = _core.read_job(list(handles), pieces, progress=progress, **job_options())
     tensors = [view_of(memory, off, e) for off, e in zip(offsets, entries)]
-    if device.type == "mps":
-        return [t.to(device) for t in tensors]
-    return tensors
+    if device.type == "cpu":
+        return tensors
+    out, _ = _one_per_range(entries, lambda k, _: tensors[k].to(device))
+    return out
+
+
+def _one_per_range(
+    entries: Sequence[TensorEntry], new: Callable[[int, TensorEntry], torch.Tensor]
+) -> tuple[list[torch.Tensor], dict[tuple[int, int, int], torch.Tensor]]:
+    """A tensor per entry, made by ``new(index, entry)`` once per distinct byte range of a file:
+    tied tensors stay one tensor. Returns them and the one made per range."""
+    made: dict[tuple[int, int, int], torch.Tensor] = {}
+    out = []
+    for k, e in enumerate(entries):
+        key = (e.file, e.start, e.end)
+        t = made.get(key)
+        if t is None:
+            t = made[key] = new(k, e)
+        elif t.dtype != e.dtype or tuple(t.shape) != e.shape:
+            # The same bytes under another dtype or shape: a view of the one allocation.
+            t = t.reshape(-1).view(torch.uint8).view(e.dtype).reshape(e.shape)
+        out.append(t)
+    return out, made
 
 
 def _load_cuda(
@@ -139,17 +167,7 @@ def _load_cuda(
 ) -> list[torch.Tensor]:
     """One CUDA tensor per distinct byte range (tied tensors of a FlashPack file stay one
     tensor), filled by one engine job through the pinned staging pool."""
-    made: dict[tuple[int, int, int], torch.Tensor] = {}
-    out = []
-    for e in entries:
-        key = (e.file, e.start, e.end)
-        t = made.get(key)
-        if t is None:
-            t = made[key] = torch.empty(e.shape, dtype=e.dtype, device=device)
-        elif t.dtype != e.dtype or tuple(t.shape) != e.shape:
-            # The same bytes under another dtype or shape: a view of the one allocation.
-            t = t.reshape(-1).view(torch.uint8).view(e.dtype).reshape(e.shape)
-        out.append(t)
+    out, made = _one_per_range(entries, lambda _, e: torch.empty(e.shape, dtype=e.dtype, device=device))
     # The caching allocator may hand out memory that kernels queued on torch's stream still use;
     # the engine copies on its own streams, so that work must be finished first.
     torch.cuda.current_stream(device).synchronize()
@@ -221,7 +239,7 @@ def load_checkpoint(
     return {e.name: t for e, t in zip(entries, tensors)}
 
 
-def select_entries(where: str, handles: Sequence[Any], keys: Iterable[str] | None) -> list[TensorEntry]:
+def select_entries(where: PathArg, handles: Sequence[Any], keys: Iterable[str] | None) -> list[TensorEntry]:
     """The tensors to load from a checkpoint's shards (the engine checked that each tensor is in
     exactly one of them): all, or only ``keys`` (TensorNotFoundError naming any the checkpoint lacks)."""
     chosen = {e.name: e for k, h in enumerate(handles) for e in entries_of(h, k)}
@@ -251,7 +269,7 @@ def _distributed(open_: Any, device: torch.device, progress: bool = False) -> di
         if entries is None:
             entries = [e for k, h in enumerate(handles) for e in entries_of(h, k)]
         pieces = [(e.file, e.start, e.end) for e in entries]
-        memory, offsets, _phases, _io = _core.read_job(handles, pieces, progress=progress, **reader_options())
+        memory, offsets, _phases, _io = _core.read_job(handles, pieces, progress=progress, **job_options())
         layout = [(e.name, dtype_to_string(e.dtype), list(e.shape), off, e.nbytes) for e, off in zip(entries, offsets)]
         return memory, layout
 
