@@ -271,7 +271,8 @@ def test_a_flashpack_file_wins_over_safetensors(tmp_path: Path) -> None:
     torch.manual_seed(9)
     other = FlashPackBertModel(tiny_bert().config)
     other.save_pretrained_flashpack(folder)  # config.json + model.flashpack, other weights
-    ours = FlashPackBertModel.from_pretrained_flashpack(folder, variant="fp16")
+    with pytest.warns(UserWarning, match=r"model\.flashpack: loading it, not the weights of variant 'fp16'"):
+        ours = FlashPackBertModel.from_pretrained_flashpack(folder, variant="fp16")
     assert all(same_bits(ours.state_dict()[n], t) for n, t in other.state_dict().items())
 
 
@@ -279,7 +280,7 @@ def test_folders_without_weights_and_refused_options(llama: dict[str, Path], tmp
     folder = tmp_path / "config-only"
     tiny_bert().config.save_pretrained(folder)
     torch.save(tiny_bert().state_dict(), folder / "pytorch_model.bin")  # pickles are not read
-    looked_for = r"model\.flashpack.*model\.safetensors\.index\.json, model\.safetensors.*holds.*pytorch_model\.bin"
+    looked_for = r"model\.flashpack.*model\.safetensors, model\.safetensors\.index\.json.*holds.*pytorch_model\.bin"
     with pytest.raises(FileNotFoundError, match=looked_for):
         FlashPackBertModel.from_pretrained_flashpack(folder)
     with pytest.raises(FileNotFoundError, match=r"variant 'bf16'.*model\.bf16\.safetensors"):
@@ -478,3 +479,34 @@ def test_cuda_device(llama: dict[str, Path], unet: dict[str, Path]) -> None:
     ours_unet = FlashPackUNet2DModel.from_pretrained_flashpack(unet["sharded"], device="cuda", dtype=torch.float16)
     assert all(t.is_cuda for t in everything(ours_unet).values())
     assert_same(ours_unet, UNet2DModel.from_pretrained(unet["sharded"], torch_dtype=torch.float16))
+
+
+def test_a_single_file_and_an_index_in_one_folder_load_what_the_library_loads(tmp_path: Path) -> None:
+    folder = tmp_path / "both"
+    tiny_llama().save_pretrained(folder)  # model.safetensors
+    torch.manual_seed(1)
+    other = LlamaForCausalLM(tiny_llama().config)
+    other.save_pretrained(tmp_path / "other", max_shard_size=SHARD)
+    for file in (tmp_path / "other").glob("model*.safetensors*"):
+        file.rename(folder / file.name)
+    assert (folder / "model.safetensors").is_file() and (folder / "model.safetensors.index.json").is_file()
+    reference = LlamaForCausalLM.from_pretrained(folder)  # transformers takes the single file first
+    assert_same(FlashPackLlamaForCausalLM.from_pretrained_flashpack(folder), reference)
+
+
+def test_config_transformers_weights_names_the_file_to_load(tmp_path: Path) -> None:
+    folder = tmp_path / "explicit"
+    tiny_llama().save_pretrained(folder)
+    torch.manual_seed(1)
+    other = LlamaForCausalLM(tiny_llama().config)
+    save_file({n: t.contiguous() for n, t in other.state_dict().items() if n != "lm_head.weight"},
+              folder / "chosen.safetensors", metadata={"format": "pt"})  # fmt: skip
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "transformers_weights": "chosen.safetensors"}))
+    reference = LlamaForCausalLM.from_pretrained(folder)
+    assert same_bits(reference.model.embed_tokens.weight, other.model.embed_tokens.weight)
+    assert_same(FlashPackLlamaForCausalLM.from_pretrained_flashpack(folder), reference)
+    config["transformers_weights"] = "../outside.safetensors"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"transformers_weights.*outside\.safetensors"):
+        FlashPackLlamaForCausalLM.from_pretrained_flashpack(folder)
