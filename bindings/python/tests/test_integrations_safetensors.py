@@ -510,3 +510,29 @@ def test_config_transformers_weights_names_the_file_to_load(tmp_path: Path) -> N
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"transformers_weights.*outside\.safetensors"):
         FlashPackLlamaForCausalLM.from_pretrained_flashpack(folder)
+
+
+def test_diffusers_folder_with_a_single_file_and_an_index_loads_what_the_library_loads(tmp_path: Path) -> None:
+    folder = tmp_path / "both"
+    tiny_unet().save_pretrained(folder)
+    torch.manual_seed(1)
+    UNet2DModel(**tiny_unet().config).save_pretrained(tmp_path / "other", max_shard_size=SHARD)
+    for file in (tmp_path / "other").glob("diffusion_pytorch_model*.safetensors*"):
+        file.rename(folder / file.name)
+    reference = UNet2DModel.from_pretrained(folder)  # diffusers takes the index first
+    assert_same(FlashPackUNet2DModel.from_pretrained_flashpack(folder), reference)
+
+
+def test_a_folder_with_only_variant_files_needs_the_variant_as_in_the_library(tmp_path: Path) -> None:
+    llama = tmp_path / "llama"
+    tiny_llama().to(torch.float16).save_pretrained(llama, variant="fp16")
+    with pytest.raises(OSError):
+        LlamaForCausalLM.from_pretrained(llama)
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+        FlashPackLlamaForCausalLM.from_pretrained_flashpack(llama)
+    unet = tmp_path / "unet"
+    tiny_unet().to(torch.float16).save_pretrained(unet, variant="fp16")
+    with pytest.raises(OSError):
+        UNet2DModel.from_pretrained(unet)
+    with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model\.safetensors"):
+        FlashPackUNet2DModel.from_pretrained_flashpack(unet)
