@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hf_testing import offline_hub, populate_hub_cache, same_bits, tiny_qwen2, tiny_vae, tiny_wan_transformer
+from hf_testing import fake_hub, offline_hub, populate_hub_cache, same_bits, tiny_qwen2, tiny_vae, tiny_wan_transformer
 
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
@@ -536,3 +536,63 @@ def test_a_folder_with_only_variant_files_needs_the_variant_as_in_the_library(tm
         UNet2DModel.from_pretrained(unet)
     with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model\.safetensors"):
         FlashPackUNet2DModel.from_pretrained_flashpack(unet)
+
+
+def test_a_hub_id_fetches_only_what_the_load_reads(llama: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    repo = tmp_path / "repo"
+    shutil.copytree(llama["sharded"], repo)
+    (repo / "onnx").mkdir()
+    for junk in ("pytorch_model.bin", "flax_model.msgpack", "onnx/model.onnx", "model.bf16.safetensors"):
+        (repo / junk).write_bytes(b"not needed")
+    fetched = fake_hub(monkeypatch, tmp_path / "hub", {"someone/llama": repo, "someone/llama-fp16": repo})
+    ours = FlashPackLlamaForCausalLM.from_pretrained_flashpack("someone/llama")
+    assert_same(ours, LlamaForCausalLM.from_pretrained(llama["sharded"]))
+    weights = sorted(f.split(":")[1] for f in fetched if not f.endswith((".json", ".md")))
+    assert weights == sorted(p.name for p in repo.glob("model-*-of-*.safetensors")), weights
+    fetched.clear()
+    ours = FlashPackLlamaForCausalLM.from_pretrained_flashpack("someone/llama-fp16", variant="fp16")
+    assert_same(ours, LlamaForCausalLM.from_pretrained(llama["sharded"], variant="fp16"))
+    weights = sorted(f.split(":")[1] for f in fetched if not f.endswith((".json", ".md")))
+    assert weights == sorted(p.name for p in repo.glob("model.fp16-*-of-*.safetensors")), weights
+
+
+def test_a_hub_id_fetches_the_file_transformers_weights_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    tiny_llama().save_pretrained(repo)
+    torch.manual_seed(1)
+    other = LlamaForCausalLM(tiny_llama().config)
+    other.save_pretrained(tmp_path / "other", max_shard_size=SHARD)
+    for file in (tmp_path / "other").glob("model*.safetensors*"):
+        file.rename(repo / file.name.replace("model", "weights"))
+    index = json.loads((repo / "weights.safetensors.index.json").read_text())
+    index["weight_map"] = {k: v.replace("model", "weights") for k, v in index["weight_map"].items()}
+    (repo / "weights.safetensors.index.json").write_text(json.dumps(index))
+    config = json.loads((repo / "config.json").read_text())
+    config["transformers_weights"] = "weights.safetensors.index.json"
+    (repo / "config.json").write_text(json.dumps(config))
+    fetched = fake_hub(monkeypatch, tmp_path / "hub", {"someone/llama": repo})
+    ours = FlashPackLlamaForCausalLM.from_pretrained_flashpack("someone/llama")
+    assert_same(ours, LlamaForCausalLM.from_pretrained(repo))
+    assert same_bits(ours.model.embed_tokens.weight, other.model.embed_tokens.weight)
+    assert "someone/llama:model.safetensors" in fetched  # the library's name is fetched too (one pattern for all)
+    assert sum(f.startswith("someone/llama:weights-") for f in fetched) >= 2
+
+
+def test_a_pipeline_hub_id_fetches_its_components_of_the_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "ldm"
+    pipeline = tiny_ldm()
+    pipeline.save_pretrained(folder, max_shard_size=SHARD)
+    pipeline.save_pretrained(tmp_path / "fp16", variant="fp16", max_shard_size=SHARD)
+    shutil.copytree(tmp_path / "fp16" / "unet", folder / "unet", dirs_exist_ok=True)  # vqvae: no fp16 files
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not needed")
+    fetched = fake_hub(monkeypatch, tmp_path / "hub", {"someone/tiny-ldm": folder})
+    reference = DiffusionPipeline.from_pretrained(folder, variant="fp16")
+    ours = FlashPackDiffusionPipeline.from_pretrained_flashpack("someone/tiny-ldm", variant="fp16")
+    for name in ("unet", "vqvae"):
+        assert_same(getattr(ours, name), getattr(reference, name))
+    unet = {f.split(":")[1] for f in fetched if f.startswith("someone/tiny-ldm:unet/") and f.endswith(".safetensors")}
+    assert unet and all(".fp16" in name for name in unet), unet  # the plain unet weights are not fetched...
+    assert any(f.startswith("someone/tiny-ldm:vqvae/diffusion_pytorch_model") and f.endswith(".safetensors")
+               for f in fetched)  # ...the plain vqvae ones are (it has no fp16 weights)  # fmt: skip
+    assert not any(f.endswith(".bin") for f in fetched)

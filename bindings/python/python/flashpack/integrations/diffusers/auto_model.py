@@ -107,7 +107,7 @@ class AutoFlashPackModel:
         if pretrained_model_or_path is None:
             raise TypeError("from_pretrained needs a model folder or a Hub repository id")
         hub = HUB_OPTIONS.pop(kwargs)
-        folder = resolve_model_dir(pretrained_model_or_path, subfolder=subfolder, **hub)
+        folder = resolve_model_dir(pretrained_model_or_path, subfolder=subfolder, variant=kwargs.get("variant"), **hub)
         model_cls = model_class_for(folder, subfolder)
         if use_flashpack:
             return model_cls.from_pretrained_flashpack(folder, subfolder=subfolder, **kwargs)

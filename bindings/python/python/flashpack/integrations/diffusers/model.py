@@ -61,7 +61,7 @@ def load_diffusers_model(
     override config values."""
     dtype = pop_cast_dtype(kwargs)
     variant = kwargs.pop("variant", None)
-    folder = resolve_model_dir(pretrained_model_name_or_path, **HUB_OPTIONS.pick(options))
+    folder = resolve_model_dir(pretrained_model_name_or_path, variant=variant, **HUB_OPTIONS.pick(options))
     subfolder = options.get("subfolder")
     path = find_weights(folder / subfolder if subfolder else folder, DIFFUSERS_NAMES, variant)
     if not is_flashpack(path):
