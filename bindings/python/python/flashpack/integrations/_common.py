@@ -66,6 +66,7 @@ def resolve_model_dir(
     user_agent: dict[str, str] | str | None = None,
     variant: str | None = None,
     plain_fallback: bool = False,
+    whole: bool = False,
 ) -> Path:
     """A local directory for ``name_or_path``: itself when it is one, else the snapshot of that Hub
     repository (downloaded, or taken from the cache when offline / ``local_files_only``).
@@ -74,7 +75,8 @@ def resolve_model_dir(
     files, FlashPack files, and the libraries' safetensors weights of ``variant`` (with
     ``plain_fallback``, as a pipeline needs for components without that variant, the plain ones
     too), plus the file a ``config.json``'s ``transformers_weights`` names; never ``.bin``,
-    ONNX / Flax / other variants' weights.
+    ONNX / Flax / other variants' weights. ``whole`` fetches the whole repository (``subfolder``
+    and the metadata files when given), for a load by the library's own ``from_pretrained``.
 
     ``local_dir_use_symlinks``, ``proxies``, ``resume_download`` and ``user_agent`` are accepted
     for compatibility with the original signatures; huggingface_hub no longer uses them.
@@ -90,7 +92,7 @@ def resolve_model_dir(
         raise FileNotFoundError(f"{repo_id}: no such directory (and not a valid Hub repository id)")
     from huggingface_hub import snapshot_download
 
-    def fetch(patterns: list[str]) -> Path:
+    def fetch(patterns: list[str] | None) -> Path:
         try:
             return Path(
                 snapshot_download(
@@ -110,6 +112,8 @@ def resolve_model_dir(
                 f"{repo_id}: not a local directory, and fetching it from the Hugging Face Hub failed: {e}"
             ) from e
 
+    if whole:
+        return fetch([f"{subfolder.strip('/')}/*", *HUB_METADATA] if subfolder else None)
     folder = fetch(hub_patterns(subfolder, variant))
     plain = plain_fallback_dirs(folder, variant) if plain_fallback else []
     more = [f"{d}/{p}" if d != "." else p for d in plain for p in weight_patterns(None)]
@@ -205,7 +209,7 @@ def missing_weight_files(folder: Path, variant: str | None, plain_dirs: list[str
 
 
 # Where to find a model: a folder or a Hub repository (the keyword arguments of resolve_model_dir).
-HUB_OPTIONS = Options(resolve_model_dir, skip=("name_or_path", "variant", "plain_fallback"))
+HUB_OPTIONS = Options(resolve_model_dir, skip=("name_or_path", "variant", "plain_fallback", "whole"))
 
 
 def file_float_dtype(path: str | os.PathLike[str]) -> torch.dtype | None:
