@@ -596,3 +596,29 @@ def test_a_pipeline_hub_id_fetches_its_components_of_the_variant(tmp_path: Path,
     assert any(f.startswith("someone/tiny-ldm:vqvae/diffusion_pytorch_model") and f.endswith(".safetensors")
                for f in fetched)  # ...the plain vqvae ones are (it has no fp16 weights)  # fmt: skip
     assert not any(f.endswith(".bin") for f in fetched)
+
+
+class Counted(diffusers.ModelMixin, diffusers.ConfigMixin):
+    @diffusers.configuration_utils.register_to_config
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(n, n)
+        self.register_buffer("steps", torch.arange(n, dtype=torch.int32))
+
+
+class FlashPackCounted(Counted, FlashPackDiffusersModelMixin):
+    pass
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_diffusers_casts_integer_tensors_to_the_models_dtype_as_the_library(tmp_path: Path,
+                                                                             dtype: torch.dtype | None) -> None:  # fmt: skip
+    torch.manual_seed(0)
+    Counted().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "diffusion_pytorch_model.safetensors")
+    weights["steps"] = weights["steps"].to(torch.int64) + 7  # the checkpoint's buffer is int64, the model's int32
+    save_file(weights, tmp_path / "diffusion_pytorch_model.safetensors")
+    reference = Counted.from_pretrained(tmp_path, torch_dtype=dtype)
+    ours = FlashPackCounted.from_pretrained_flashpack(tmp_path, torch_dtype=dtype)
+    assert reference.steps.dtype == torch.int32 and reference.steps.tolist() == [7, 8, 9, 10]
+    assert_same(ours, reference)
