@@ -161,3 +161,29 @@ def state_dicts_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """Same names, and each tensor the same dtype, shape and bits."""
     sa, sb = a.state_dict(), b.state_dict()
     return list(sa) == list(sb) and all(same_bits(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def fake_hub(monkeypatch: pytest.MonkeyPatch, root: Path, repos: dict[str, Path]) -> list[str]:
+    """Serve ``repos`` (repo id -> folder) through ``huggingface_hub.snapshot_download``, which
+    copies only the files its ``allow_patterns`` / ``ignore_patterns`` select (with the Hub's own
+    filter) into a local snapshot under ``root``, as a download would. Returns the list of files
+    fetched so far ("repo_id:path"), appended to on every call."""
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    fetched: list[str] = []
+
+    def snapshot_download(repo_id: str, *, allow_patterns=None, ignore_patterns=None, **_: object) -> str:  # type: ignore[no-untyped-def]
+        source = repos[repo_id]
+        snapshot = root / repo_id.replace("/", "--")
+        files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+        for name in filter_repo_objects(files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns):
+            if not (snapshot / name).exists():
+                (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / name, snapshot / name)
+                fetched.append(f"{repo_id}:{name}")
+        snapshot.mkdir(parents=True, exist_ok=True)
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return fetched

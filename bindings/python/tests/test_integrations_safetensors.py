@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hf_testing import offline_hub, populate_hub_cache, same_bits, tiny_qwen2, tiny_vae, tiny_wan_transformer
+from hf_testing import fake_hub, offline_hub, populate_hub_cache, same_bits, tiny_qwen2, tiny_vae, tiny_wan_transformer
 
 transformers = pytest.importorskip("transformers")
 diffusers = pytest.importorskip("diffusers")
@@ -271,7 +271,8 @@ def test_a_flashpack_file_wins_over_safetensors(tmp_path: Path) -> None:
     torch.manual_seed(9)
     other = FlashPackBertModel(tiny_bert().config)
     other.save_pretrained_flashpack(folder)  # config.json + model.flashpack, other weights
-    ours = FlashPackBertModel.from_pretrained_flashpack(folder, variant="fp16")
+    with pytest.warns(UserWarning, match=r"model\.flashpack: loading it, not the weights of variant 'fp16'"):
+        ours = FlashPackBertModel.from_pretrained_flashpack(folder, variant="fp16")
     assert all(same_bits(ours.state_dict()[n], t) for n, t in other.state_dict().items())
 
 
@@ -279,7 +280,7 @@ def test_folders_without_weights_and_refused_options(llama: dict[str, Path], tmp
     folder = tmp_path / "config-only"
     tiny_bert().config.save_pretrained(folder)
     torch.save(tiny_bert().state_dict(), folder / "pytorch_model.bin")  # pickles are not read
-    looked_for = r"model\.flashpack.*model\.safetensors\.index\.json, model\.safetensors.*holds.*pytorch_model\.bin"
+    looked_for = r"model\.flashpack.*model\.safetensors, model\.safetensors\.index\.json.*holds.*pytorch_model\.bin"
     with pytest.raises(FileNotFoundError, match=looked_for):
         FlashPackBertModel.from_pretrained_flashpack(folder)
     with pytest.raises(FileNotFoundError, match=r"variant 'bf16'.*model\.bf16\.safetensors"):
@@ -478,3 +479,146 @@ def test_cuda_device(llama: dict[str, Path], unet: dict[str, Path]) -> None:
     ours_unet = FlashPackUNet2DModel.from_pretrained_flashpack(unet["sharded"], device="cuda", dtype=torch.float16)
     assert all(t.is_cuda for t in everything(ours_unet).values())
     assert_same(ours_unet, UNet2DModel.from_pretrained(unet["sharded"], torch_dtype=torch.float16))
+
+
+def test_a_single_file_and_an_index_in_one_folder_load_what_the_library_loads(tmp_path: Path) -> None:
+    folder = tmp_path / "both"
+    tiny_llama().save_pretrained(folder)  # model.safetensors
+    torch.manual_seed(1)
+    other = LlamaForCausalLM(tiny_llama().config)
+    other.save_pretrained(tmp_path / "other", max_shard_size=SHARD)
+    for file in (tmp_path / "other").glob("model*.safetensors*"):
+        file.rename(folder / file.name)
+    assert (folder / "model.safetensors").is_file() and (folder / "model.safetensors.index.json").is_file()
+    reference = LlamaForCausalLM.from_pretrained(folder)  # transformers takes the single file first
+    assert_same(FlashPackLlamaForCausalLM.from_pretrained_flashpack(folder), reference)
+
+
+def test_config_transformers_weights_names_the_file_to_load(tmp_path: Path) -> None:
+    folder = tmp_path / "explicit"
+    tiny_llama().save_pretrained(folder)
+    torch.manual_seed(1)
+    other = LlamaForCausalLM(tiny_llama().config)
+    save_file({n: t.contiguous() for n, t in other.state_dict().items() if n != "lm_head.weight"},
+              folder / "chosen.safetensors", metadata={"format": "pt"})  # fmt: skip
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "transformers_weights": "chosen.safetensors"}))
+    reference = LlamaForCausalLM.from_pretrained(folder)
+    assert same_bits(reference.model.embed_tokens.weight, other.model.embed_tokens.weight)
+    assert_same(FlashPackLlamaForCausalLM.from_pretrained_flashpack(folder), reference)
+    config["transformers_weights"] = "../outside.safetensors"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"transformers_weights.*outside\.safetensors"):
+        FlashPackLlamaForCausalLM.from_pretrained_flashpack(folder)
+
+
+def test_diffusers_folder_with_a_single_file_and_an_index_loads_what_the_library_loads(tmp_path: Path) -> None:
+    folder = tmp_path / "both"
+    tiny_unet().save_pretrained(folder)
+    torch.manual_seed(1)
+    UNet2DModel(**tiny_unet().config).save_pretrained(tmp_path / "other", max_shard_size=SHARD)
+    for file in (tmp_path / "other").glob("diffusion_pytorch_model*.safetensors*"):
+        file.rename(folder / file.name)
+    reference = UNet2DModel.from_pretrained(folder)  # diffusers takes the index first
+    assert_same(FlashPackUNet2DModel.from_pretrained_flashpack(folder), reference)
+
+
+def test_a_folder_with_only_variant_files_needs_the_variant_as_in_the_library(tmp_path: Path) -> None:
+    llama = tmp_path / "llama"
+    tiny_llama().to(torch.float16).save_pretrained(llama, variant="fp16")
+    with pytest.raises(OSError):
+        LlamaForCausalLM.from_pretrained(llama)
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+        FlashPackLlamaForCausalLM.from_pretrained_flashpack(llama)
+    unet = tmp_path / "unet"
+    tiny_unet().to(torch.float16).save_pretrained(unet, variant="fp16")
+    with pytest.raises(OSError):
+        UNet2DModel.from_pretrained(unet)
+    with pytest.raises(FileNotFoundError, match=r"diffusion_pytorch_model\.safetensors"):
+        FlashPackUNet2DModel.from_pretrained_flashpack(unet)
+
+
+def test_a_hub_id_fetches_only_what_the_load_reads(llama: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    repo = tmp_path / "repo"
+    shutil.copytree(llama["sharded"], repo)
+    (repo / "onnx").mkdir()
+    for junk in ("pytorch_model.bin", "flax_model.msgpack", "onnx/model.onnx", "model.bf16.safetensors"):
+        (repo / junk).write_bytes(b"not needed")
+    fetched = fake_hub(monkeypatch, tmp_path / "hub", {"someone/llama": repo, "someone/llama-fp16": repo})
+    ours = FlashPackLlamaForCausalLM.from_pretrained_flashpack("someone/llama")
+    assert_same(ours, LlamaForCausalLM.from_pretrained(llama["sharded"]))
+    weights = sorted(f.split(":")[1] for f in fetched if not f.endswith((".json", ".md")))
+    assert weights == sorted(p.name for p in repo.glob("model-*-of-*.safetensors")), weights
+    fetched.clear()
+    ours = FlashPackLlamaForCausalLM.from_pretrained_flashpack("someone/llama-fp16", variant="fp16")
+    assert_same(ours, LlamaForCausalLM.from_pretrained(llama["sharded"], variant="fp16"))
+    weights = sorted(f.split(":")[1] for f in fetched if not f.endswith((".json", ".md")))
+    assert weights == sorted(p.name for p in repo.glob("model.fp16-*-of-*.safetensors")), weights
+
+
+def test_a_hub_id_fetches_the_file_transformers_weights_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = tmp_path / "repo"
+    tiny_llama().save_pretrained(repo)
+    torch.manual_seed(1)
+    other = LlamaForCausalLM(tiny_llama().config)
+    other.save_pretrained(tmp_path / "other", max_shard_size=SHARD)
+    for file in (tmp_path / "other").glob("model*.safetensors*"):
+        file.rename(repo / file.name.replace("model", "weights"))
+    index = json.loads((repo / "weights.safetensors.index.json").read_text())
+    index["weight_map"] = {k: v.replace("model", "weights") for k, v in index["weight_map"].items()}
+    (repo / "weights.safetensors.index.json").write_text(json.dumps(index))
+    config = json.loads((repo / "config.json").read_text())
+    config["transformers_weights"] = "weights.safetensors.index.json"
+    (repo / "config.json").write_text(json.dumps(config))
+    fetched = fake_hub(monkeypatch, tmp_path / "hub", {"someone/llama": repo})
+    ours = FlashPackLlamaForCausalLM.from_pretrained_flashpack("someone/llama")
+    assert_same(ours, LlamaForCausalLM.from_pretrained(repo))
+    assert same_bits(ours.model.embed_tokens.weight, other.model.embed_tokens.weight)
+    assert "someone/llama:model.safetensors" in fetched  # the library's name is fetched too (one pattern for all)
+    assert sum(f.startswith("someone/llama:weights-") for f in fetched) >= 2
+
+
+def test_a_pipeline_hub_id_fetches_its_components_of_the_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "ldm"
+    pipeline = tiny_ldm()
+    pipeline.save_pretrained(folder, max_shard_size=SHARD)
+    pipeline.save_pretrained(tmp_path / "fp16", variant="fp16", max_shard_size=SHARD)
+    shutil.copytree(tmp_path / "fp16" / "unet", folder / "unet", dirs_exist_ok=True)  # vqvae: no fp16 files
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not needed")
+    fetched = fake_hub(monkeypatch, tmp_path / "hub", {"someone/tiny-ldm": folder})
+    reference = DiffusionPipeline.from_pretrained(folder, variant="fp16")
+    ours = FlashPackDiffusionPipeline.from_pretrained_flashpack("someone/tiny-ldm", variant="fp16")
+    for name in ("unet", "vqvae"):
+        assert_same(getattr(ours, name), getattr(reference, name))
+    unet = {f.split(":")[1] for f in fetched if f.startswith("someone/tiny-ldm:unet/") and f.endswith(".safetensors")}
+    assert unet and all(".fp16" in name for name in unet), unet  # the plain unet weights are not fetched...
+    assert any(f.startswith("someone/tiny-ldm:vqvae/diffusion_pytorch_model") and f.endswith(".safetensors")
+               for f in fetched)  # ...the plain vqvae ones are (it has no fp16 weights)  # fmt: skip
+    assert not any(f.endswith(".bin") for f in fetched)
+
+
+class Counted(diffusers.ModelMixin, diffusers.ConfigMixin):
+    @diffusers.configuration_utils.register_to_config
+    def __init__(self, n: int = 4) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(n, n)
+        self.register_buffer("steps", torch.arange(n, dtype=torch.int32))
+
+
+class FlashPackCounted(Counted, FlashPackDiffusersModelMixin):
+    pass
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_diffusers_casts_integer_tensors_to_the_models_dtype_as_the_library(tmp_path: Path,
+                                                                             dtype: torch.dtype | None) -> None:  # fmt: skip
+    torch.manual_seed(0)
+    Counted().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "diffusion_pytorch_model.safetensors")
+    weights["steps"] = weights["steps"].to(torch.int64) + 7  # the checkpoint's buffer is int64, the model's int32
+    save_file(weights, tmp_path / "diffusion_pytorch_model.safetensors")
+    reference = Counted.from_pretrained(tmp_path, torch_dtype=dtype)
+    ours = FlashPackCounted.from_pretrained_flashpack(tmp_path, torch_dtype=dtype)
+    assert reference.steps.dtype == torch.int32 and reference.steps.tolist() == [7, 8, 9, 10]
+    assert_same(ours, reference)

@@ -9,7 +9,11 @@ names), or the library's safetensors weights: one file (``model.safetensors`` /
 ``diffusion_pytorch_model.safetensors``) or shards listed by an index
 (``model.safetensors.index.json``); all but ``model.flashpack`` optionally for a ``variant``
 (``model.fp16.safetensors``, ``model.safetensors.index.fp16.json``,
-``model.flashpack.index.fp16.json``). :func:`find_weights` says which, in that order.
+``model.flashpack.index.fp16.json``). :func:`find_weights` says which: the FlashPack files first,
+then the safetensors weights in the order the library itself picks them (transformers: the file
+named by ``config.json``'s ``transformers_weights`` if any, else the single file before the
+index; diffusers: the index before the single file), so a folder holding both loads the weights
+``from_pretrained`` loads.
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -21,6 +25,9 @@ names), or the library's safetensors weights: one file (``model.safetensors`` /
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +47,14 @@ class WeightNames:
     index: str  # e.g. "model.safetensors.index.json"
     flashpack_index: str  # e.g. "model.flashpack.index.json" (what `flashpack convert --sharded` writes)
     legacy_variant_index: bool = False  # diffusers also reads "<name>.safetensors.<variant>.index.json"
+    single_first: bool = False  # transformers takes "model.safetensors" before the index, diffusers after
+    explicit_key: str | None = None  # the config.json key naming the weights file to load, if the library has one
 
 
 TRANSFORMERS_NAMES = WeightNames(
-    "transformers", "model.safetensors", "model.safetensors.index.json", "model.flashpack.index.json"
+    "transformers", "model.safetensors", "model.safetensors.index.json", "model.flashpack.index.json",
+    single_first=True,
+    explicit_key="transformers_weights",
 )
 DIFFUSERS_NAMES = WeightNames(
     "diffusers",
@@ -66,28 +77,65 @@ def with_variant(name: str, variant: str | None) -> str:
 
 def candidate_names(names: WeightNames, variant: str | None) -> list[str]:
     """The checkpoint names to look for, in order: the multi-file FlashPack index, then the
-    libraries' own: the safetensors index, then one file."""
-    candidates = [
-        with_variant(names.flashpack_index, variant),
-        with_variant(names.index, variant),
-        with_variant(names.single, variant),
-    ]
+    library's own in its order (transformers: one file, then the index; diffusers: the index,
+    the legacy variant index, then one file)."""
+    index = [with_variant(names.index, variant)]
     if variant and names.legacy_variant_index:
-        stem = names.index.removesuffix(".index.json")
-        candidates.insert(2, f"{stem}.{variant}.index.json")
-    return candidates
+        index.append(f"{names.index.removesuffix('.index.json')}.{variant}.index.json")
+    single = [with_variant(names.single, variant)]
+    return [with_variant(names.flashpack_index, variant), *(single + index if names.single_first else index + single)]
+
+
+def explicit_weights(folder: Path, names: WeightNames) -> Path | None:
+    """The weights file ``config.json`` names under the library's key (transformers'
+    ``transformers_weights``), checked as the library checks it: a safetensors file or index
+    inside ``folder``. None when there is no such key."""
+    config = folder / "config.json"
+    if names.explicit_key is None or not config.is_file():
+        return None
+    try:
+        value = json.loads(config.read_text(encoding="utf-8")).get(names.explicit_key)
+    except (OSError, ValueError, AttributeError) as e:
+        raise OSError(f"{config}: cannot read it: {e}") from e
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.endswith((".safetensors", ".safetensors.index.json")):
+        raise ValueError(
+            f"{config}: {names.explicit_key} must name a safetensors file (*.safetensors) or index "
+            f"(*.safetensors.index.json), got {value!r}"
+        )
+    path = folder / value
+    base = os.path.abspath(folder)
+    if os.path.commonpath([base, os.path.abspath(path)]) != base:
+        raise ValueError(f"{config}: {names.explicit_key} must name a file inside the model folder, got {value!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (named by {names.explicit_key} in {config})")
+    return path
 
 
 def find_weights(folder: Path, names: WeightNames, variant: str | None = None) -> Path:
     """The weights of the model in ``folder``: ``model.flashpack`` when there is one (it wins,
-    whatever ``variant`` says), else for ``variant`` the multi-file FlashPack index, else the
-    library's safetensors index, else its single safetensors file. Raises ``FileNotFoundError``
-    naming everything looked for."""
+    whatever ``variant`` says: a warning says so when a ``variant`` is asked for), else for
+    ``variant`` the multi-file FlashPack index, else the library's safetensors weights in the
+    library's order (:func:`candidate_names`; for transformers, the file that ``config.json``'s
+    ``transformers_weights`` names comes first). Raises ``FileNotFoundError`` naming everything
+    looked for."""
     flashpack = folder / FLASHPACK_WEIGHTS_NAME
     if flashpack.is_file():
+        if variant:
+            warnings.warn(
+                f"{flashpack}: loading it, not the weights of variant {variant!r} (a model.flashpack file "
+                "is always loaded first, whatever the variant)",
+                stacklevel=3,
+            )
         return flashpack
     candidates = candidate_names(names, variant)
-    for name in candidates:
+    if (folder / candidates[0]).is_file():
+        return folder / candidates[0]
+    explicit = explicit_weights(folder, names)
+    if explicit is not None:
+        return explicit
+    for name in candidates[1:]:
         if (folder / name).is_file():
             return folder / name
     wanted = ", ".join([FLASHPACK_WEIGHTS_NAME, *candidates])

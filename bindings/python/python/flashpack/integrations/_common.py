@@ -64,9 +64,19 @@ def resolve_model_dir(
     proxies: dict[str, str] | None = None,
     resume_download: bool | None = None,
     user_agent: dict[str, str] | str | None = None,
+    variant: str | None = None,
+    plain_fallback: bool = False,
+    whole: bool = False,
 ) -> Path:
     """A local directory for ``name_or_path``: itself when it is one, else the snapshot of that Hub
     repository (downloaded, or taken from the cache when offline / ``local_files_only``).
+
+    Only what a load reads is fetched (:func:`hub_patterns`): configs, indexes and tokenizer
+    files, FlashPack files, and the libraries' safetensors weights of ``variant`` (with
+    ``plain_fallback``, as a pipeline needs for components without that variant, the plain ones
+    too), plus the file a ``config.json``'s ``transformers_weights`` names; never ``.bin``,
+    ONNX / Flax / other variants' weights. ``whole`` fetches the whole repository (``subfolder``
+    and the metadata files when given), for a load by the library's own ``from_pretrained``.
 
     ``local_dir_use_symlinks``, ``proxies``, ``resume_download`` and ``user_agent`` are accepted
     for compatibility with the original signatures; huggingface_hub no longer uses them.
@@ -82,26 +92,124 @@ def resolve_model_dir(
         raise FileNotFoundError(f"{repo_id}: no such directory (and not a valid Hub repository id)")
     from huggingface_hub import snapshot_download
 
-    allow = [f"{subfolder.strip('/')}/*", "*.json", "*.md"] if subfolder else None
-    try:
-        folder = snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            token=token,
-            local_files_only=local_files_only,
-            force_download=force_download,
-            local_dir=local_dir,
-            allow_patterns=allow,
-            library_name="flashpack",
+    def fetch(patterns: list[str] | None) -> Path:
+        try:
+            return Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    token=token,
+                    local_files_only=local_files_only,
+                    force_download=force_download,
+                    local_dir=local_dir,
+                    allow_patterns=patterns,
+                    library_name="flashpack",
+                )
+            )
+        except Exception as e:  # huggingface_hub raises many types (offline, auth, missing repo, ...)
+            raise OSError(
+                f"{repo_id}: not a local directory, and fetching it from the Hugging Face Hub failed: {e}"
+            ) from e
+
+    if whole:
+        return fetch([f"{subfolder.strip('/')}/*", *HUB_METADATA] if subfolder else None)
+    folder = fetch(hub_patterns(subfolder, variant))
+    plain = plain_fallback_dirs(folder, variant) if plain_fallback else []
+    more = [f"{d}/{p}" if d != "." else p for d in plain for p in weight_patterns(None)]
+    if more:
+        folder = fetch(more)
+    missing = missing_weight_files(folder, variant, plain)
+    return fetch(missing) if missing else folder
+
+
+# Files every load may read: configs, indexes (safetensors and FlashPack), tokenizer files.
+HUB_METADATA = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.md")
+HUB_WEIGHT_STEMS = ("model", "diffusion_pytorch_model")
+
+
+def weight_patterns(variant: str | None) -> list[str]:
+    """The safetensors weights the libraries write for ``variant``, one file or shards
+    (``model.safetensors``, ``model-00001-of-00002.safetensors``, ``model.fp16.safetensors``,
+    ``model.fp16-00001-of-00002.safetensors``, and the diffusers names), as patterns.
+
+    >>> weight_patterns("fp16")[-2:]
+    ['*diffusion_pytorch_model.fp16.safetensors', '*diffusion_pytorch_model.fp16-*-of-*.safetensors']
+    """
+    tag = f".{variant}" if variant else ""
+    return [p for stem in HUB_WEIGHT_STEMS for p in (f"*{stem}{tag}.safetensors", f"*{stem}{tag}-*-of-*.safetensors")]
+
+
+def plain_fallback_dirs(folder: Path, variant: str | None) -> list[str]:
+    """The component folders of a pipeline snapshot (those with a ``config.json``) that hold no
+    weights of ``variant``: diffusers loads their plain weights instead."""
+    if not variant:
+        return []
+    tag = f".{variant}"
+    dirs = []
+    for config in folder.rglob("config.json"):
+        d = config.parent
+        if not any(tag in p.name and p.suffix in (".safetensors", ".json", ".flashpack") for p in d.iterdir()):
+            dirs.append(d.relative_to(folder).as_posix())
+    return sorted(dirs)
+
+
+def hub_patterns(subfolder: str | None, variant: str | None) -> list[str]:
+    """The ``allow_patterns`` of a Hub snapshot for a load of ``variant`` (under ``subfolder``
+    when given): the metadata files, FlashPack files, and the safetensors weights of that
+    variant (:func:`weight_patterns`)."""
+    patterns = [*HUB_METADATA, "*.flashpack", *weight_patterns(variant)]
+    if subfolder:
+        sub = subfolder.strip("/")
+        return [*HUB_METADATA, *(f"{sub}/{p}" for p in patterns)]
+    return patterns
+
+
+def index_names(variant: str | None) -> set[str]:
+    """The names of the libraries' (and FlashPack's) indexes for ``variant``."""
+    tag = f".{variant}" if variant else ""
+    names = {f"{stem}.{ext}.index{tag}.json" for stem in HUB_WEIGHT_STEMS for ext in ("safetensors", "flashpack")}
+    return names | ({f"{stem}.safetensors{tag}.index.json" for stem in HUB_WEIGHT_STEMS} if tag else set())
+
+
+def missing_weight_files(folder: Path, variant: str | None, plain_dirs: list[str]) -> list[str]:
+    """Weight files a load may read that the snapshot does not hold yet: the file each
+    ``config.json`` names with ``transformers_weights``, and the shards of the indexes of
+    ``variant`` (of no variant in ``plain_dirs``), whatever their names, as paths relative to
+    ``folder``. Names that leave their folder are left for the load to refuse."""
+    ours, plain = index_names(variant), index_names(None)
+    names: list[str] = []
+    indexes = [
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*.json")
+        if p.name in ours or (p.name in plain and p.parent.relative_to(folder).as_posix() in plain_dirs)
+    ]
+    for config in folder.rglob("config.json"):
+        try:
+            explicit = json.loads(config.read_text(encoding="utf-8")).get("transformers_weights")
+        except (OSError, ValueError, AttributeError):
+            continue  # the load reads it again and says what is wrong
+        if isinstance(explicit, str) and ".." not in Path(explicit).parts:
+            name = (config.parent / explicit).relative_to(folder).as_posix()
+            names.append(name)
+            if name.endswith(".json"):
+                indexes.append(name)
+    for index in indexes:
+        try:
+            shards = json.loads((folder / index).read_text(encoding="utf-8")).get("weight_map", {}).values()
+        except (OSError, ValueError, AttributeError):
+            continue
+        parent = (folder / index).parent
+        names.extend(
+            (parent / shard).relative_to(folder).as_posix()
+            for shard in set(shards)
+            if isinstance(shard, str) and ".." not in Path(shard).parts
         )
-    except Exception as e:  # huggingface_hub raises many types (offline, auth, missing repo, ...)
-        raise OSError(f"{repo_id}: not a local directory, and fetching it from the Hugging Face Hub failed: {e}") from e
-    return Path(folder)
+    return sorted({n for n in names if not (folder / n).is_file()})
 
 
 # Where to find a model: a folder or a Hub repository (the keyword arguments of resolve_model_dir).
-HUB_OPTIONS = Options(resolve_model_dir, skip=("name_or_path",))
+HUB_OPTIONS = Options(resolve_model_dir, skip=("name_or_path", "variant", "plain_fallback", "whole"))
 
 
 def file_float_dtype(path: str | os.PathLike[str]) -> torch.dtype | None:

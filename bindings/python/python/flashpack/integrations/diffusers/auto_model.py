@@ -107,7 +107,11 @@ class AutoFlashPackModel:
         if pretrained_model_or_path is None:
             raise TypeError("from_pretrained needs a model folder or a Hub repository id")
         hub = HUB_OPTIONS.pop(kwargs)
-        folder = resolve_model_dir(pretrained_model_or_path, subfolder=subfolder, **hub)
+        # The library's own from_pretrained reads the folder as it likes (.bin, other names): the whole
+        # snapshot (or subfolder) for it; only what the engine reads for use_flashpack.
+        folder = resolve_model_dir(
+            pretrained_model_or_path, subfolder=subfolder, variant=kwargs.get("variant"), whole=not use_flashpack, **hub
+        )
         model_cls = model_class_for(folder, subfolder)
         if use_flashpack:
             return model_cls.from_pretrained_flashpack(folder, subfolder=subfolder, **kwargs)

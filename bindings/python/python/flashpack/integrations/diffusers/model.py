@@ -61,7 +61,7 @@ def load_diffusers_model(
     override config values."""
     dtype = pop_cast_dtype(kwargs)
     variant = kwargs.pop("variant", None)
-    folder = resolve_model_dir(pretrained_model_name_or_path, **HUB_OPTIONS.pick(options))
+    folder = resolve_model_dir(pretrained_model_name_or_path, variant=variant, **HUB_OPTIONS.pick(options))
     subfolder = options.get("subfolder")
     path = find_weights(folder / subfolder if subfolder else folder, DIFFUSERS_NAMES, variant)
     if not is_flashpack(path):
@@ -96,7 +96,8 @@ def load_diffusers_checkpoint(
     """Load an ordinary diffusers folder's safetensors weights (``path``: one file or an index)
     into ``cls`` built from the folder's config, with diffusers' rules: built in ``dtype`` (or
     torch's default), floating-point tensors cast to ``dtype`` except in the class's
-    ``_keep_in_fp32_modules`` (float32), or to the built tensor's dtype without ``dtype``; legacy
+    ``_keep_in_fp32_modules`` (float32), every other tensor (all of them without ``dtype``, integer
+    ones included) to the built tensor's dtype; legacy
     attention-block names renamed by the library's own conversion; unexpected tensors warned
     about (an error with ``strict=True``); a parameter missing from the checkpoint is an error, and
     so is a quantized checkpoint (diffusers' quantizers are not applied here)."""
@@ -126,10 +127,10 @@ def load_diffusers_checkpoint(
     keep_fp32 = [keep_fp32] if isinstance(keep_fp32, str) else keep_fp32
     cast = {}
     for name, tensor in state_dict.items():
-        if name not in expected or not tensor.is_floating_point():
+        if name not in expected:
             continue
-        if dtype is None:
-            cast[name] = tensor.to(expected[name].dtype)
+        if dtype is None or not tensor.is_floating_point():  # as diffusers' load_model_dict_into_meta (and
+            cast[name] = tensor.to(expected[name].dtype)  # accelerate's set_module_tensor_to_device) cast
         elif any(module in name.split(".") for module in keep_fp32):
             cast[name] = tensor.to(torch.float32)
         else:

@@ -302,7 +302,7 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         torch_dtype = pop_cast_dtype(kwargs)
         variant = kwargs.get("variant")
         hub = HUB_OPTIONS.pick(flashpack_options)
-        folder = resolve_model_dir(pretrained_model_name_or_path, **hub)
+        folder = resolve_model_dir(pretrained_model_name_or_path, variant=variant, plain_fallback=True, **hub)
         index_path = folder / "model_index.json"
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))

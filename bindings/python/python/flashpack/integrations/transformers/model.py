@@ -82,7 +82,7 @@ def find_model_weights(
     when given) and its weights:
     ``model.flashpack`` when it has one, else its safetensors index or file for ``variant``
     (``options``: the hub options)."""
-    folder = resolve_model_dir(pretrained_model_name_or_path, **HUB_OPTIONS.pick(options))
+    folder = resolve_model_dir(pretrained_model_name_or_path, variant=variant, **HUB_OPTIONS.pick(options))
     subfolder = options.get("subfolder")
     folder = folder / subfolder if subfolder else folder
     return folder, find_weights(folder, TRANSFORMERS_NAMES, variant)
