@@ -314,7 +314,9 @@ fn insert_json(opts: &mut PackOptions, key: &str, value: &impl serde::Serialize)
     Ok(())
 }
 
-fn write_single(req: &Request, src: &Source, target: Target, dst: &Path) -> Result<String> {
+/// The source's tensors that the `--ignore-*` options keep (with their part), or an error when
+/// they keep none.
+fn kept_tensors<'s>(req: &Request, src: &'s Source) -> Result<Vec<(usize, TensorView<'s>)>> {
     let keep = |name: &str| !req.ignore.drops(name);
     let tensors = src.tensors(&keep);
     if tensors.is_empty() {
@@ -323,6 +325,11 @@ fn write_single(req: &Request, src: &Source, target: Target, dst: &Path) -> Resu
             src.path.display()
         )));
     }
+    Ok(tensors)
+}
+
+fn write_single(req: &Request, src: &Source, target: Target, dst: &Path) -> Result<String> {
+    let tensors = kept_tensors(req, src)?;
     let metadata = src.common_metadata()?;
     let bytes: u64 = tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
     match target {
@@ -333,7 +340,7 @@ fn write_single(req: &Request, src: &Source, target: Target, dst: &Path) -> Resu
             }
             if let Some(index) = &src.index {
                 let mut kept = index.clone();
-                kept.weight_map.retain(|name, _| keep(name));
+                kept.weight_map.retain(|name, _| !req.ignore.drops(name));
                 insert_json(&mut opts, CHECKPOINT_INDEX_KEY, &kept)?;
             }
             let entries: Vec<PackEntry<'_>> = tensors
@@ -384,14 +391,7 @@ fn out_shards<'a>(
     stem: &str,
     variant: Option<&str>,
 ) -> Result<Vec<OutShard<'a>>> {
-    let keep = |name: &str| !req.ignore.drops(name);
-    let tensors = src.tensors(&keep);
-    if tensors.is_empty() {
-        return Err(CliError::Invalid(format!(
-            "{}: every tensor was left out by --ignore-names/--ignore-prefixes/--ignore-suffixes",
-            src.path.display()
-        )));
-    }
+    let tensors = kept_tensors(req, src)?;
     let ext = target.extension();
     let stem = match variant {
         Some(v) => format!("{stem}.{v}"),

@@ -89,6 +89,28 @@ pub struct WeightFile {
     index: HashMap<String, usize>,
 }
 
+/// A tensor's safetensors dtype and shape, or an error naming `file` and the tensor when
+/// safetensors cannot store it (its dtype, or a dimension beyond `usize`).
+pub(crate) fn safetensors_entry(
+    file: &Path,
+    name: &str,
+    dtype: Dtype,
+    shape: &[u64],
+) -> Result<(safetensors::Dtype, Vec<usize>)> {
+    let st = to_safetensors_dtype(dtype).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: tensor '{name}': {dtype} cannot be stored in safetensors",
+            file.display()
+        ))
+    })?;
+    let shape = shape
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<std::result::Result<Vec<usize>, _>>()
+        .map_err(|_| Error::Invalid(format!("tensor '{name}': shape too large")))?;
+    Ok((st, shape))
+}
+
 /// safetensors' dtype for ours, where safetensors has one.
 pub fn to_safetensors_dtype(d: Dtype) -> Option<safetensors::Dtype> {
     use safetensors::Dtype as S;
@@ -418,20 +440,7 @@ impl WeightFile {
         let dest = dest.as_ref();
         let mut order = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
-            let dtype = to_safetensors_dtype(t.dtype).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{}: tensor '{}': {} cannot be stored in safetensors",
-                    self.path.display(),
-                    t.name,
-                    t.dtype
-                ))
-            })?;
-            let shape = t
-                .shape
-                .iter()
-                .map(|&d| usize::try_from(d))
-                .collect::<std::result::Result<Vec<usize>, _>>()
-                .map_err(|_| Error::Invalid(format!("tensor '{}': shape too large", t.name)))?;
+            let (dtype, shape) = safetensors_entry(&self.path, &t.name, t.dtype, &t.shape)?;
             order.push((t, dtype, shape));
         }
         order.sort_by(|(a, da, _), (b, db, _)| db.cmp(da).then_with(|| a.name.cmp(&b.name)));
@@ -489,15 +498,21 @@ impl WeightFile {
         // contract of lazy loading), truncation before this point is checked just below.
         let map = unsafe { MmapOptions::new().map_copy(file) }
             .map_err(|e| Error::io(&self.path, "mmap", e))?;
+        self.check_mapped_len(map.len())?;
+        Ok(map)
+    }
+
+    /// A mapping of `len` bytes holds every tensor the file had when opened, or the file got
+    /// shorter since (an error, never a slice past the mapping).
+    fn check_mapped_len(&self, len: usize) -> Result<()> {
         let (_, end) = self.data_range();
-        if (map.len() as u64) < end {
+        if (len as u64) < end {
             return Err(Error::Invalid(format!(
-                "{}: the file got shorter since it was opened ({} bytes, its tensors need {end})",
-                self.path.display(),
-                map.len()
+                "{}: the file got shorter since it was opened ({len} bytes, its tensors need {end})",
+                self.path.display()
             )));
         }
-        Ok(map)
+        Ok(())
     }
 
     /// A read-only mapping of the whole file, at least as long as the data it had when opened
@@ -512,14 +527,7 @@ impl WeightFile {
         // truncation before this point).
         let map = unsafe { MmapOptions::new().map(file) }
             .map_err(|e| Error::io(&self.path, "mmap", e))?;
-        let (_, end) = self.data_range();
-        if (map.len() as u64) < end {
-            return Err(Error::Invalid(format!(
-                "{}: the file got shorter since it was opened ({} bytes, its tensors need {end})",
-                self.path.display(),
-                map.len()
-            )));
-        }
+        self.check_mapped_len(map.len())?;
         Ok(map)
     }
 }

@@ -13,7 +13,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::cancel::{self, Cancel};
-use crate::weights::{to_safetensors_dtype, TensorView};
+use crate::weights::{safetensors_entry, TensorView};
 use crate::write::{prepare_destination, Staged};
 use crate::{Error, Result};
 
@@ -63,20 +63,7 @@ pub fn write_safetensors(
     use safetensors::tensor::{Metadata, TensorInfo};
     let mut order = Vec::with_capacity(tensors.len());
     for t in tensors {
-        let dtype = to_safetensors_dtype(t.dtype).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}: tensor '{}': {} cannot be stored in safetensors",
-                dest.display(),
-                t.name,
-                t.dtype
-            ))
-        })?;
-        let shape = t
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<std::result::Result<Vec<usize>, _>>()
-            .map_err(|_| Error::Invalid(format!("tensor '{}': shape too large", t.name)))?;
+        let (dtype, shape) = safetensors_entry(dest, t.name, t.dtype, t.shape)?;
         order.push((t, dtype, shape));
     }
     order.sort_by(|(a, da, _), (b, db, _)| db.cmp(da).then_with(|| a.name.cmp(b.name)));
