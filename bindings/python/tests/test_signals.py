@@ -58,6 +58,9 @@ def note_signal(signum, frame):
 
 signal.signal(signal.SIGALRM, raise_alarm)
 signal.signal(signal.SIGUSR1, note_signal)
+# Python leaves SIGINT alone when it starts ignored (a make run from a background shell job):
+# the child must raise KeyboardInterrupt whatever it inherited.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 result = {}
 if mode == "load":
     os.close(evict(path))
