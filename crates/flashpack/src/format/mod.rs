@@ -37,6 +37,32 @@ pub const TRAILER_LEN: u64 = 16;
 /// 100 TB). A longer claimed length is refused before anything is allocated for it, so a sparse
 /// or crafted file cannot make the reader allocate its apparent size.
 pub const MAX_FOOTER_BYTES: u64 = 256 << 20;
+/// Where the footer JSON of a `file_len`-byte FlashPack file lies, from its trailer (the last
+/// [`TRAILER_LEN`] bytes, magic already checked): `(payload_len, json_len)`, the JSON being
+/// bytes `payload_len..payload_len + json_len`. A length past the file or over
+/// [`MAX_FOOTER_BYTES`] is refused, so nothing is allocated for a crafted one.
+pub(crate) fn footer_span(
+    trailer: &[u8; TRAILER_LEN as usize],
+    file_len: u64,
+) -> Result<(u64, u64), FormatError> {
+    let room = file_len
+        .checked_sub(TRAILER_LEN)
+        .ok_or(FormatError::TooSmall { size: file_len })?;
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&trailer[..8]);
+    let json_len = u64::from_le_bytes(len_bytes);
+    if json_len > room {
+        return Err(FormatError::JsonLengthTooLarge { json_len, room });
+    }
+    if json_len > MAX_FOOTER_BYTES {
+        return Err(FormatError::FooterTooLarge {
+            json_len,
+            max: MAX_FOOTER_BYTES,
+        });
+    }
+    Ok((room - json_len, json_len))
+}
+
 /// The writer's default alignment in bytes.
 pub const DEFAULT_ALIGN_BYTES: u64 = 128;
 

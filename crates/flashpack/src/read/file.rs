@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::format::{FormatError, MAGIC, MAX_FOOTER_BYTES, TRAILER_LEN};
+use crate::format::{footer_span, FormatError, MAGIC, TRAILER_LEN};
 use crate::os::Positioned;
 use crate::{Error, Footer, Result};
 
@@ -55,21 +55,8 @@ impl FlashFile {
         if &trailer[8..] != MAGIC {
             return Err(fmt(FormatError::BadMagic));
         }
-        let mut len_bytes = [0u8; 8];
-        len_bytes.copy_from_slice(&trailer[..8]);
-        let json_len = u64::from_le_bytes(len_bytes);
-        let room = file_len - TRAILER_LEN;
-        if json_len > room {
-            return Err(fmt(FormatError::JsonLengthTooLarge { json_len, room }));
-        }
-        if json_len > MAX_FOOTER_BYTES {
-            return Err(fmt(FormatError::FooterTooLarge {
-                json_len,
-                max: MAX_FOOTER_BYTES,
-            }));
-        }
-        let payload_len = room - json_len;
-        // Bounded by MAX_FOOTER_BYTES (and by the file's length) just above.
+        let (payload_len, json_len) = footer_span(&trailer, file_len).map_err(fmt)?;
+        // Bounded by MAX_FOOTER_BYTES (and by the file's length) in footer_span.
         let mut footer_json = Vec::new();
         footer_json
             .try_reserve_exact(json_len as usize)

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::parts::{read_parts, split, PartCheck, PartJob};
 use super::{RemoteFile, RemoteSettings};
-use crate::format::{FormatError, MAGIC, MAX_FOOTER_BYTES, TRAILER_LEN};
+use crate::format::{footer_span, MAGIC, TRAILER_LEN};
 use crate::progress::progress_bar;
 use crate::read::LoadOptions;
 use crate::read::LoadReport;
@@ -191,21 +191,8 @@ impl RemoteWeightFile {
 fn open_flashpack(file: RemoteFile, tail: [u8; TRAILER_LEN as usize]) -> Result<RemoteWeightFile> {
     let size = file.len();
     let fmt = |e| Error::format(file.url(), e);
-    let mut len_bytes = [0u8; 8];
-    len_bytes.copy_from_slice(&tail[..8]);
-    let json_len = u64::from_le_bytes(len_bytes);
-    let room = size - TRAILER_LEN;
-    if json_len > room {
-        return Err(fmt(FormatError::JsonLengthTooLarge { json_len, room }));
-    }
-    if json_len > MAX_FOOTER_BYTES {
-        return Err(fmt(FormatError::FooterTooLarge {
-            json_len,
-            max: MAX_FOOTER_BYTES,
-        }));
-    }
-    let payload_len = room - json_len;
-    // Bounded by MAX_FOOTER_BYTES just above.
+    let (payload_len, json_len) = footer_span(&tail, size).map_err(fmt)?;
+    // Bounded by MAX_FOOTER_BYTES in footer_span.
     let mut json = vec![0u8; json_len as usize];
     file.read_exact_at(&mut json, payload_len)?;
     let footer = Footer::decode(&json, payload_len).map_err(fmt)?;
