@@ -33,11 +33,9 @@
 //! ```
 use std::fs::File;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
-use super::pool::{self, plan_chunks, IoCounts, Source, DIRECT_ALIGN};
+use super::pool::{self, plan_chunks, IoCounts, Item, Source, DIRECT_ALIGN};
 use super::{fit_staging, reader_setup, DataFile, LoadOptions, LoadReport};
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
@@ -257,14 +255,6 @@ impl JobPlan {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Item {
-    file: usize,
-    file_offset: u64,
-    at: u64,
-    len: usize,
-}
-
 /// Owned, page-aligned host memory a job filled (see [`JobPlan::offset`]).
 #[derive(Debug)]
 pub struct JobMemory(HostBuffer);
@@ -409,14 +399,14 @@ fn sources<'a>(
                 direct,
                 readahead,
                 cancel: opts.cancel.as_ref(),
+                verify: None,
             }
         })
         .collect();
     (sources, threads)
 }
 
-/// The reader pool over every file: `threads` threads take the next item, read it from its
-/// file into the sink (at its job offset), and stop all on the first error or cancellation.
+/// The reader pool over every file, with one progress bar for the job.
 fn run(
     sources: &[Source<'_>],
     items: &[Item],
@@ -426,95 +416,11 @@ fn run(
 ) -> Result<IoCounts> {
     let total = items.iter().map(|i| i.len as u64).sum();
     let bar = crate::progress::progress_bar(opts.progress, total, "loading");
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let direct_ok: Vec<AtomicBool> = sources
-        .iter()
-        .map(|s| AtomicBool::new(s.direct.is_some()))
-        .collect();
-    let (direct_bytes, buffered_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-    let prefetched_bytes = AtomicU64::new(0);
-    sources.iter().for_each(pool::start_readahead);
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let fail = |e: Error| {
-        stop.store(true, Ordering::Relaxed);
-        if let Ok(mut slot) = first_error.lock() {
-            slot.get_or_insert(e);
-        }
-    };
-    std::thread::scope(|s| {
-        for worker in 0..threads.max(1) {
-            let (next, stop, fail, bar) = (&next, &stop, &fail, bar.as_ref());
-            let (direct_ok, direct_bytes, buffered_bytes) =
-                (&direct_ok, &direct_bytes, &buffered_bytes);
-            let prefetched_bytes = &prefetched_bytes;
-            s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= items.len() || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let it = items[i];
-                let src = &sources[it.file];
-                if let Some(ahead) = items.get(i + threads.max(1)) {
-                    let s = &sources[ahead.file];
-                    pool::prefetch(s, ahead.file_offset, ahead.len, prefetched_bytes);
-                }
-                if let Err(e) = crate::cancel::check(src.cancel, src.path) {
-                    return fail(e);
-                }
-                let mut io_error = None;
-                let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
-                    pool::read_pieces(
-                        src,
-                        &direct_ok[it.file],
-                        it.file_offset,
-                        dst,
-                        direct_bytes,
-                        buffered_bytes,
-                    )
-                    .map_err(|e| {
-                        let marker = std::io::Error::new(e.kind(), "read failed");
-                        io_error = Some(e);
-                        marker
-                    })
-                };
-                // SAFETY: each item is taken once (fetch_add above) and the plan's spans do not
-                // overlap in job memory, so concurrent calls get disjoint ranges.
-                let result = unsafe { sink.write_chunk(worker, it.at, it.len, &mut fill) };
-                if let Err(e) = result {
-                    let e = match io_error {
-                        Some(io) if io.kind() == std::io::ErrorKind::Interrupted => {
-                            crate::cancel::check(src.cancel, src.path)
-                                .err()
-                                .unwrap_or_else(|| Error::io(src.path, "read", io))
-                        }
-                        // Every piece was checked against the file's length at open.
-                        Some(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                            Error::io(src.path, "read (the file got shorter while loading)", io)
-                        }
-                        Some(io) => Error::io(src.path, "read", io),
-                        // A device error: named by the caller, which knows the failed chunk.
-                        None => e,
-                    };
-                    return fail(e);
-                }
-                if let Some(b) = bar {
-                    b.inc(it.len as u64);
-                }
-            });
-        }
-    });
+    let io = pool::read_items(sources, items, sink, threads, bar.as_ref());
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
-    Ok(IoCounts {
-        direct_bytes: direct_bytes.into_inner(),
-        buffered_bytes: buffered_bytes.into_inner(),
-        prefetched_bytes: prefetched_bytes.into_inner(),
-    })
+    io
 }
 
 #[cfg(test)]

@@ -393,8 +393,9 @@ pub(crate) fn stream_to_device<D: Device>(
         direct,
         readahead,
         cancel: opts.cancel.as_ref(),
+        verify: verifier,
     };
-    let read = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref(), verifier);
+    let read = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref());
     let copying = sink.failed_chunk();
     report.io = read.map_err(|e| d.device_error(e, copying))?;
     sink.finish().map_err(|e| d.device_error(e, None))?;
@@ -445,9 +446,10 @@ fn read_into(
         direct,
         readahead,
         cancel: opts.cancel.as_ref(),
+        verify: verifier,
     };
     let sink = HostSink::with_base(dst, start);
-    report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref(), verifier)?;
+    report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref())?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -634,8 +636,9 @@ pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport
         direct,
         readahead,
         cancel: opts.cancel.as_ref(),
+        verify: Some(&v),
     };
-    pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref(), Some(&v))?;
+    pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref())?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }

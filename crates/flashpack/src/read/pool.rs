@@ -69,6 +69,17 @@ pub(crate) struct Source<'a> {
     /// Ask the OS to read ahead (see the module doc); for buffered reads of a cold file.
     pub readahead: bool,
     pub cancel: Option<&'a Cancel>,
+    /// Checks each chunk read from this source against its footer's checksums.
+    pub verify: Option<&'a Verifier<'a>>,
+}
+
+/// `len` bytes of source number `file` from `file_offset` on, landing at sink offset `at`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Item {
+    pub file: usize,
+    pub file_offset: u64,
+    pub at: u64,
+    pub len: usize,
 }
 
 /// Checks each chunk against the footer's checksums right after it is read (before a device
@@ -121,91 +132,119 @@ pub struct IoCounts {
     pub prefetched_bytes: u64,
 }
 
-/// Reads every chunk into `sink` with `threads` threads.
+/// Reads every chunk of one source into `sink`, each at its own file offset.
 pub(crate) fn read_chunks(
     src: &Source<'_>,
     chunks: &[Chunk],
     sink: &dyn Sink,
     threads: usize,
     bar: Option<&ProgressBar>,
-    verify: Option<&Verifier<'_>>,
+) -> Result<IoCounts> {
+    let items: Vec<Item> = chunks
+        .iter()
+        .map(|c| Item {
+            file: 0,
+            file_offset: c.offset,
+            at: c.offset,
+            len: c.len,
+        })
+        .collect();
+    read_items(std::slice::from_ref(src), &items, sink, threads, bar)
+}
+
+/// The reader pool: `threads` threads take the next item, read it from its source into the
+/// sink (checking it when the source has a verifier), and all stop on the first error or
+/// cancellation. The error names the item's file (a device error is left to the caller, which
+/// knows the failed chunk).
+pub(crate) fn read_items(
+    sources: &[Source<'_>],
+    items: &[Item],
+    sink: &dyn Sink,
+    threads: usize,
+    bar: Option<&ProgressBar>,
 ) -> Result<IoCounts> {
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
-    let direct_ok = AtomicBool::new(src.direct.is_some());
+    let direct_ok: Vec<AtomicBool> = sources
+        .iter()
+        .map(|s| AtomicBool::new(s.direct.is_some()))
+        .collect();
     let direct_bytes = AtomicU64::new(0);
     let buffered_bytes = AtomicU64::new(0);
     let prefetched_bytes = AtomicU64::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let threads = threads.clamp(1, chunks.len().max(1));
-    start_readahead(src);
+    let fail = |e: Error| {
+        stop.store(true, Ordering::Relaxed);
+        if let Ok(mut slot) = first_error.lock() {
+            slot.get_or_insert(e);
+        }
+    };
+    let threads = threads.clamp(1, items.len().max(1));
+    sources.iter().for_each(start_readahead);
 
     std::thread::scope(|s| {
         for worker in 0..threads {
-            let (next, stop, direct_ok, first_error) = (&next, &stop, &direct_ok, &first_error);
+            let (next, stop, direct_ok, fail) = (&next, &stop, &direct_ok, &fail);
             let (direct_bytes, buffered_bytes) = (&direct_bytes, &buffered_bytes);
             let prefetched_bytes = &prefetched_bytes;
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= chunks.len() || stop.load(Ordering::Relaxed) {
+                if i >= items.len() || stop.load(Ordering::Relaxed) {
                     return;
                 }
+                let it = items[i];
+                let src = &sources[it.file];
                 if let Err(e) = crate::cancel::check(src.cancel, src.path) {
-                    stop.store(true, Ordering::Relaxed);
-                    if let Ok(mut slot) = first_error.lock() {
-                        slot.get_or_insert(e);
-                    }
-                    return;
+                    return fail(e);
                 }
-                let c = chunks[i];
-                if let Some(ahead) = chunks.get(i + threads) {
-                    prefetch(src, ahead.offset, ahead.len, prefetched_bytes);
+                if let Some(ahead) = items.get(i + threads) {
+                    let s = &sources[ahead.file];
+                    prefetch(s, ahead.file_offset, ahead.len, prefetched_bytes);
                 }
                 let mut io_error = None;
                 let mut bad_data = None;
                 // Keep the original I/O error (with its OS code) or checksum error for the
                 // report; the sink only needs to know that the fill failed.
                 let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
-                    read_pieces(src, direct_ok, c.offset, dst, direct_bytes, buffered_bytes)
+                    let ok = &direct_ok[it.file];
+                    read_pieces(src, ok, it.file_offset, dst, direct_bytes, buffered_bytes)
                         .map_err(|e| {
                             let marker = std::io::Error::new(e.kind(), "read failed");
                             io_error = Some(e);
                             marker
                         })?;
-                    if let Some(v) = verify {
-                        v.check(src.path, c.offset, dst).map_err(|e| {
+                    if let Some(v) = src.verify {
+                        v.check(src.path, it.file_offset, dst).map_err(|e| {
                             bad_data = Some(e);
                             std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk")
                         })?;
                     }
                     Ok(())
                 };
-                // SAFETY: each chunk index is taken once (fetch_add above) and the planners
-                // return non-overlapping chunks, so concurrent calls get disjoint ranges.
-                let result = unsafe { sink.write_chunk(worker, c.offset, c.len, &mut fill) };
+                // SAFETY: each item is taken once (fetch_add above) and the planners give
+                // items non-overlapping sink ranges, so concurrent calls get disjoint ranges.
+                let result = unsafe { sink.write_chunk(worker, it.at, it.len, &mut fill) };
                 if let Err(e) = result {
-                    let cancelled = crate::cancel::check(src.cancel, src.path);
                     let e = match (io_error, bad_data) {
-                        (Some(io), _) if io.kind() == std::io::ErrorKind::Interrupted => cancelled
-                            .err()
-                            .unwrap_or_else(|| Error::io(src.path, "read", io)),
-                        // The footer was checked against the file's length at open, so running
+                        (Some(io), _) if io.kind() == std::io::ErrorKind::Interrupted => {
+                            crate::cancel::check(src.cancel, src.path)
+                                .err()
+                                .unwrap_or_else(|| Error::io(src.path, "read", io))
+                        }
+                        // Every read was checked against the file's length at open, so running
                         // out of bytes means the file shrank during the load.
                         (Some(io), _) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
                             Error::io(src.path, "read (the file got shorter while loading)", io)
                         }
                         (Some(io), _) => Error::io(src.path, "read", io),
                         (None, Some(bad)) => bad,
+                        // A device error: named by the caller, which knows the failed chunk.
                         (None, None) => e,
                     };
-                    stop.store(true, Ordering::Relaxed);
-                    if let Ok(mut slot) = first_error.lock() {
-                        slot.get_or_insert(e);
-                    }
-                    return;
+                    return fail(e);
                 }
                 if let Some(b) = bar {
-                    b.inc(c.len as u64);
+                    b.inc(it.len as u64);
                 }
             });
         }
