@@ -258,13 +258,30 @@ impl Payload {
         // SAFETY: see above; writes through the view are allowed because the memory is either a
         // copy-on-write mapping (writes never reach the file) or memory we own. Rust never reads
         // or writes the payload again after `load` returns, so there is no aliasing on our side.
-        if unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr, len, 0, flags) } != 0 {
-            return Err(PyErr::fetch(slf.py()));
-        }
-        Ok(())
+        unsafe { export_buffer(slf.as_any(), view, ptr, len, flags) }
     }
 
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
+}
+
+/// Fills `view` with the writable bytes `ptr..ptr + len`, exported by `owner` (which the view
+/// keeps alive).
+///
+/// # Safety
+/// `view` is the one CPython passed to `owner`'s `__getbuffer__`, and the memory stays valid,
+/// unmoved and free of Rust-side access while `owner` lives.
+pub(crate) unsafe fn export_buffer(
+    owner: &Bound<'_, PyAny>,
+    view: *mut ffi::Py_buffer,
+    ptr: *mut c_void,
+    len: ffi::Py_ssize_t,
+    flags: c_int,
+) -> PyResult<()> {
+    // SAFETY: the caller's contract; `owner` is a live object, referenced by the view.
+    if unsafe { ffi::PyBuffer_FillInfo(view, owner.as_ptr(), ptr, len, 0, flags) } != 0 {
+        return Err(PyErr::fetch(owner.py()));
+    }
+    Ok(())
 }
 
 fn io_mode(io: &str) -> PyResult<IoMode> {

@@ -167,10 +167,7 @@ impl Memory {
         let this = slf.get();
         let (ptr, len) = (this.ptr as *mut c_void, this.len as ffi::Py_ssize_t);
         // SAFETY: see above; writes through the view are allowed (copy-on-write or owned).
-        if unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), ptr, len, 0, flags) } != 0 {
-            return Err(PyErr::fetch(slf.py()));
-        }
-        Ok(())
+        unsafe { crate::export_buffer(slf.as_any(), view, ptr, len, flags) }
     }
 
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
