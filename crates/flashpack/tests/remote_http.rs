@@ -678,6 +678,8 @@ mod checkpoints {
             .collect();
         let plan = JobPlan::new(&files, &pieces).unwrap();
         let r = read_host(&files, &plan, &LoadOptions::default());
-        remote_error(r, &url, "changed while it was being read");
+        let msg = remote_error(r, &url, "changed while it was being read");
+        // The part that failed, by the tensors it holds.
+        assert!(msg.contains("(reading tensor"), "{msg}");
     }
 }

@@ -555,7 +555,7 @@ fn sources<'a>(
                 (reader, opts.chunk_bytes)
             }
             #[cfg(feature = "remote")]
-            Backing::Remote { source, .. } => {
+            Backing::Remote { source, names, .. } => {
                 let settings = source.file.settings();
                 if used {
                     threads = threads.max(settings.concurrency);
@@ -563,6 +563,7 @@ fn sources<'a>(
                 let reader = Reader::Remote {
                     file: &source.file,
                     deadline: Instant::now() + settings.timeout,
+                    names: *names,
                 };
                 (reader, settings.part_bytes)
             }
