@@ -38,6 +38,10 @@ class FlashTensorStorage:
     backing: Any = field(default=None, repr=False)
     # What a distributed load did on this rank (strategy, bytes read), else None.
     io: dict[str, Any] | None = None
+    # The file's footer as the engine decoded it (None for a checkpoint or a bare tensor).
+    footer: _core.Footer | None = field(default=None, repr=False)
+    # Where each tensor sits in ``blocks``: the footer's records, or one per block for a checkpoint.
+    records: list[_core.Record] | None = field(default=None, repr=False)
 
     def block(self, idx: int) -> torch.Tensor:
         return self.blocks[idx]
@@ -55,7 +59,13 @@ PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 def get_flashpack_file_metadata(path: PathArg) -> dict[str, Any]:
     """The footer of a FlashPack file, validated, as a dict."""
-    return json.loads(_core.read_footer(os.fsdecode(path)))
+    return footer_metadata(_core.read_footer(os.fsdecode(path)))
+
+
+def footer_metadata(footer: _core.Footer) -> dict[str, Any]:
+    """The footer as the original API's dict (its JSON as stored). The one place Python reads
+    footer JSON; everything else uses the engine's decoded :class:`flashpack._core.Footer`."""
+    return json.loads(footer.json)
 
 
 def is_flashpack_file(path: PathArg) -> bool:
@@ -91,11 +101,11 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu") if device.type == "meta" else device
 
 
-def _block_tensors(payload: Any) -> list[torch.Tensor]:
+def _block_tensors(payload: _core.Payload) -> list[torch.Tensor]:
     blocks = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for dtype_name, offset, length_bytes, _ in payload.blocks:
+        for dtype_name, offset, length_bytes, _ in payload.footer.blocks:
             dtype = string_to_dtype(dtype_name)
             if length_bytes == 0:
                 blocks.append(torch.empty(0, dtype=dtype))
@@ -124,7 +134,7 @@ def is_checkpoint_path(path: PathArg) -> bool:
 
 def _read_checkpoint(
     path: str, device: torch.device, silent: bool, eager: bool | None, verify: bool
-) -> tuple[FlashTensorStorage, dict[str, Any]]:
+) -> FlashTensorStorage:
     """A checkpoint (see :func:`is_checkpoint_path`) read by :func:`flashpack.load_checkpoint`,
     as one block per tensor and a footer-shaped index of them, so that everything built on
     FlashPack files (``iterate_from_flash_tensor``, ``assign_from_file``) takes it unchanged."""
@@ -140,11 +150,21 @@ def _read_checkpoint(
         eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
     tensors = load_checkpoint(path, device, eager=eager, progress=not silent)
     blocks = [t.reshape(-1) for t in tensors.values()]
+    records = [_core.Record(name, list(t.shape), k, 0, t.numel()) for k, (name, t) in enumerate(tensors.items())]
+    return FlashTensorStorage(blocks=blocks, records=records)
+
+
+def _metadata(storage: FlashTensorStorage, path: str) -> dict[str, Any]:
+    """What :func:`read_flashpack_file` returns beside the storage: the footer as a dict, or for
+    a checkpoint a footer-shaped index of its tensors (each at offset 0 of its own block)."""
+    if storage.footer is not None:
+        return footer_metadata(storage.footer)
     index = [
-        {"name": name, "shape": list(t.shape), "offset": 0, "length": t.numel(), "macroblock": k, "dtype": str(t.dtype)}
-        for k, (name, t) in enumerate(tensors.items())
-    ]
-    return FlashTensorStorage(blocks=blocks), {"format": "checkpoint", "source": path, "index": index}
+        {"name": r.name, "shape": r.shape, "offset": 0, "length": r.length, "macroblock": r.block,
+         "dtype": str(storage.blocks[r.block].dtype)}
+        for r in storage.records or []
+    ]  # fmt: skip
+    return {"format": "checkpoint", "source": path, "index": index}
 
 
 def read_flashpack_file(
@@ -179,7 +199,15 @@ def read_flashpack_file(
     """
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
     path = os.fsdecode(path)
-    device = _resolve_device(device)
+    storage = read_storage(path, _resolve_device(device), silent, eager, verify)
+    return storage, _metadata(storage, path)
+
+
+def read_storage(
+    path: str, device: torch.device, silent: bool = True, eager: bool | None = None, verify: bool = False
+) -> FlashTensorStorage:
+    """:func:`read_flashpack_file` without the metadata dict: the storage carries the engine's
+    footer and records."""
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"Unsupported device: {device}")
     if is_checkpoint_path(path):
@@ -201,13 +229,11 @@ def read_flashpack_file(
     print_phases(payload.phases, silent)
     with timer("make_blocks", silent):
         blocks = _block_tensors(payload)
-    meta = json.loads(payload.footer_json)
-    return FlashTensorStorage(blocks=blocks, backing=payload), meta
+    footer = payload.footer
+    return FlashTensorStorage(blocks=blocks, backing=payload, footer=footer, records=footer.records)
 
 
-def _read_to_cuda(
-    path: str, device: torch.device, silent: bool, verify: bool
-) -> tuple[FlashTensorStorage, dict[str, Any]]:
+def _read_to_cuda(path: str, device: torch.device, silent: bool, verify: bool) -> FlashTensorStorage:
     """Stream the file's blocks into one new CUDA tensor per block, through the engine's pinned
     staging buffers (host memory never holds the whole payload)."""
     if not torch.cuda.is_available():
@@ -216,30 +242,28 @@ def _read_to_cuda(
     device = torch.device("cuda", index)
     with timer("read_metadata", silent):
         handle = _core.open(path)
-        meta = json.loads(handle.footer_json)
+        footer = handle.footer
     with timer("alloc_device", silent):
-        raw = [torch.empty(length, dtype=torch.uint8, device=device) for _, _, length, _ in handle.blocks]
+        raw = [torch.empty(length, dtype=torch.uint8, device=device) for _, _, length, _ in footer.blocks]
         # The caching allocator may hand out memory that kernels queued on torch's stream still
         # use; the engine copies on its own streams, so that work must be finished first.
         torch.cuda.current_stream(device).synchronize()
-    regions = [(offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(handle.blocks, raw) if length]
+    regions = [(offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(footer.blocks, raw) if length]
     phases, _io = handle.to_cuda(index, regions, progress=not silent, verify=verify, **reader_options())
     print_phases(phases, silent)
-    blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(handle.blocks, raw)]
-    return FlashTensorStorage(blocks=blocks), meta
+    blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(footer.blocks, raw)]
+    return FlashTensorStorage(blocks=blocks, footer=footer, records=footer.records)
 
 
-def _read_to_mps(
-    path: str, device: torch.device, silent: bool, verify: bool
-) -> tuple[FlashTensorStorage, dict[str, Any]]:
+def _read_to_mps(path: str, device: torch.device, silent: bool, verify: bool) -> FlashTensorStorage:
     """Apple silicon: an eager read into host memory (the engine has no Metal sink), then one
     copy per block onto the MPS device."""
     if not torch.backends.mps.is_available():
         raise RuntimeError(f"{path}: cannot load to {device}: torch sees no MPS device")
-    host, meta = read_flashpack_file(path, device="cpu", silent=silent, eager=True, verify=verify)
+    host = read_storage(path, torch.device("cpu"), silent=silent, eager=True, verify=verify)
     with timer("copy_to_mps", silent):
         blocks = [block.to(device) for block in host.blocks]
-    return FlashTensorStorage(blocks=blocks), meta
+    return FlashTensorStorage(blocks=blocks, footer=host.footer, records=host.records)
 
 
 def verify_flashpack_file(path: PathArg, silent: bool = True) -> dict[str, Any]:
@@ -277,26 +301,54 @@ def iterate_from_flash_tensor(
     ignore_prefixes: list[str] | None = None,
     ignore_suffixes: list[str] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for every record, each a view of its block (0-dim stays 0-dim)."""
+    """Yield ``(name, tensor)`` for every record of ``metadata`` (a footer dict, as
+    :func:`read_flashpack_file` returns), each a view of its block (0-dim stays 0-dim)."""
     storage = flash_tensor if isinstance(flash_tensor, FlashTensorStorage) else FlashTensorStorage([flash_tensor])
-    for rec in metadata["index"]:
-        name = rec["name"]
+    placements = (
+        (rec["name"], int(rec.get("macroblock", 0)), int(rec["offset"]), int(rec["length"]), tuple(rec["shape"]), rec)
+        for rec in metadata["index"]
+    )
+    for _, name, view, _ in _views(storage, placements, ignore_names, ignore_prefixes, ignore_suffixes):
+        yield name, view
+
+
+# (name, block, offset, length, shape, what to show in an error), one per tensor.
+_Placement = tuple[str, int, int, int, tuple[int, ...], Any]
+
+
+def _placements(records: list[_core.Record]) -> Iterator[_Placement]:
+    return ((r.name, r.block, r.offset, r.length, tuple(r.shape), r) for r in records)
+
+
+def _views(
+    storage: FlashTensorStorage,
+    placements: Iterator[_Placement],
+    ignore_names: list[str] | None = None,
+    ignore_prefixes: list[str] | None = None,
+    ignore_suffixes: list[str] | None = None,
+) -> Iterator[tuple[int, str, torch.Tensor, Any]]:
+    """``(index, name, view of its block, the record)`` per placement not filtered out (``index``
+    counts every placement, filtered or not)."""
+    for index, (name, block_idx, offset, length, shape, rec) in enumerate(placements):
         if is_ignored_tensor_name(name, ignore_names, ignore_prefixes, ignore_suffixes):
             continue
-        block_idx = int(rec.get("macroblock", 0))
         if not 0 <= block_idx < len(storage):
             raise ValueError(f"tensor '{name}': macroblock {block_idx} does not exist ({len(storage)} blocks)")
         try:
-            view = storage.block(block_idx).narrow(0, int(rec["offset"]), int(rec["length"])).view(tuple(rec["shape"]))
+            view = storage.block(block_idx).narrow(0, offset, length).view(shape)
         except RuntimeError as e:
             raise ValueError(f"tensor '{name}': record {rec} does not fit its block: {e}") from e
-        yield name, view
+        yield index, name, view, rec
 
 
 def revert_from_file(path: PathArg, silent: bool = True) -> dict[str, torch.Tensor]:
     """Load a FlashPack file as a CPU state dict (views of a private copy-on-write mapping)."""
-    storage, meta = read_flashpack_file(path, silent=silent)
-    return {name: view.detach() for name, view in iterate_from_flash_tensor(storage, meta)}
+    return revert_storage(read_storage(os.fsdecode(path), torch.device("cpu"), silent=silent))
+
+
+def revert_storage(storage: FlashTensorStorage) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded storage by name (views of its blocks)."""
+    return {name: view.detach() for _, name, view, _ in _views(storage, _placements(storage.records or []))}
 
 
 def _default_device(model: torch.nn.Module) -> torch.device:
@@ -368,10 +420,10 @@ def assign_from_file(
             "with `flashpack convert`"
         )
     if use_distributed_loading:
-        from .distributed import maybe_init_distributed, read_flashpack_file_distributed
+        from .distributed import maybe_init_distributed, read_storage_distributed
 
         maybe_init_distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
-        storage, meta = read_flashpack_file_distributed(
+        storage = read_storage_distributed(
             path_str,
             device=device,
             silent=silent,
@@ -380,18 +432,11 @@ def assign_from_file(
             verify=verify,
         )
     else:
-        storage, meta = read_flashpack_file(
-            path_str,
-            device=device,
-            silent=silent,
-            num_streams=num_streams,
-            chunk_bytes=chunk_bytes,
-            eager=eager,
-            verify=verify,
-        )
+        del num_streams, chunk_bytes  # the engine sizes its reads
+        storage = read_storage(path_str, device, silent=silent, eager=eager, verify=verify)
     if keep_flash_ref_on_model:
         model._flash_shared_storage = storage
-        model._flash_shared_storage_meta = meta
+        model._flash_shared_storage_meta = _metadata(storage, path_str)
 
     with timer("build_lookups", silent):
         params = dict(model.named_parameters(remove_duplicate=False))
@@ -401,22 +446,23 @@ def assign_from_file(
     assigned_buffers: set[str] = set()
     discarded: list[str] = []
     total_elements = 0
-    shared: dict[tuple[int, int, int], torch.nn.Parameter] = {}
+    # Parameters by the record that first holds their bytes: tied records share one Parameter.
+    shared: dict[int, torch.nn.Parameter] = {}
+    records = storage.records or []
     with timer("assign", silent):
         try:
-            records = {rec["name"]: rec for rec in meta["index"]}
-            for name, view in iterate_from_flash_tensor(storage, meta, ignore_names, ignore_prefixes, ignore_suffixes):
+            placements = _placements(records)
+            for index, name, view, rec in _views(storage, placements, ignore_names, ignore_prefixes, ignore_suffixes):
                 total_elements += view.numel()
                 if name in params:
                     old = params[name]
                     if tuple(old.shape) != tuple(view.shape):
                         raise ValueError(f"shape mismatch for parameter '{name}': model {tuple(old.shape)} vs file {tuple(view.shape)}")
-                    rec = records[name]
-                    key = (int(rec.get("macroblock", 0)), int(rec["offset"]), int(rec["length"]))
-                    new = shared.get(key) if view.numel() else None
+                    holder = index if rec.tied_to is None else rec.tied_to
+                    new = shared.get(holder) if view.numel() else None
                     if new is None or new.shape != view.shape:
                         new = torch.nn.Parameter(view, requires_grad=old.requires_grad)
-                        shared[key] = new
+                        shared[holder] = new
                     module, attr = get_module_and_attribute(model, name)
                     setattr(module, attr, new)
                     assigned_params.add(name)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import math
 import os
 import warnings
@@ -145,9 +144,27 @@ def read_flashpack_file_distributed(
     every other rank follows, so per-rank settings cannot make the collectives disagree. The
     returned storage records what this rank read in ``storage.io`` (``bytes_read``).
     """
-    from .deserialization import FlashTensorStorage, reader_options
+    from .deserialization import footer_metadata
 
     del chunk_bytes, num_streams, metadata  # the engine sizes its reads; the footer comes from src
+    storage = read_storage_distributed(path, device, src, silent, sharded, shard_strategy, verify)
+    assert storage.footer is not None
+    return storage, footer_metadata(storage.footer)
+
+
+def read_storage_distributed(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cuda",
+    src: int = 0,
+    silent: bool = True,
+    sharded: bool = False,
+    shard_strategy: str | None = None,
+    verify: bool = False,
+) -> Any:
+    """:func:`read_flashpack_file_distributed` without the metadata dict: the storage carries the
+    footer (rank ``src``'s, decoded and validated by the engine on every rank) and its records."""
+    from .deserialization import FlashTensorStorage, reader_options
+
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -178,7 +195,7 @@ def read_flashpack_file_distributed(
         try:
             with timer("read_metadata", silent):
                 handle = _core.open(path)
-            digest = hashlib.sha256(handle.footer_json).hexdigest()
+            digest = hashlib.sha256(handle.footer.json).hexdigest()
         except Exception as e:  # noqa: BLE001 - reported on every rank below
             status = f"{type(e).__name__}: {e}"
     info: list[Any] = [None] * world
@@ -190,13 +207,13 @@ def read_flashpack_file_distributed(
         status = f"{path} differs from rank {src}'s file (footer checksum {digest} vs {info[src][1]})"
     _agree(status, "comparing the file across ranks", group)
 
-    box = [(handle.footer_json, handle.payload_len) if rank == src and handle is not None else None]
+    box = [(handle.footer.json, handle.payload_len) if rank == src and handle is not None else None]
     dist.broadcast_object_list(box, src=src, group=group)
     footer_json, payload_len = box[0]
-    meta = json.loads(footer_json)
-    blocks = _blocks_of(meta)
+    footer = handle.footer if handle is not None else _core.Footer.decode(footer_json, payload_len)
+    blocks = [(dtype, offset, length) for dtype, offset, length, _ in footer.blocks]
 
-    plan = _plan(config, payload_len, world, meta)
+    plan = _plan(config, payload_len, world, footer)
     padded = max(payload_len, plan.rounds * world * plan.shard_bytes)
     with timer("alloc", silent):
         buffer = torch.empty(padded, dtype=torch.uint8, device=device)
@@ -253,30 +270,21 @@ def read_flashpack_file_distributed(
         warnings.simplefilter("ignore")
         tensors = [buffer[off : off + n].view(string_to_dtype(dt)) for dt, off, n in blocks]
     io = {"bytes_read": bytes_read, "strategy": plan.strategy, "rounds": plan.rounds, "rank": rank}
-    return FlashTensorStorage(blocks=tensors, backing=buffer, io=io), meta
+    return FlashTensorStorage(blocks=tensors, backing=buffer, io=io, footer=footer, records=footer.records)
 
 
-def _plan(config: dict[str, Any], payload_len: int, world: int, meta: dict[str, Any]) -> _Plan:
+def _plan(config: dict[str, Any], payload_len: int, world: int, footer: _core.Footer) -> _Plan:
     strategy = config["strategy"]
     if strategy == "broadcast":
         return _Plan("broadcast", 0, 0, config["verify"])
     # Shards are whole checksum chunks (so each rank can verify its own) and O_DIRECT-aligned.
-    grid = math.lcm(SHARD_GRID, int(meta.get("checksums", {}).get("chunk_bytes", SHARD_GRID)))
+    grid = math.lcm(SHARD_GRID, footer.checksum_chunk_bytes or SHARD_GRID)
     per_rank = -(-payload_len // world) if payload_len else grid
     if config["window"]:
         per_rank = min(per_rank, config["window"])
     shard = max(grid, -(-per_rank // grid) * grid)
     rounds = max(1, -(-payload_len // (world * shard)))
     return _Plan("sharded", shard, rounds, config["verify"])
-
-
-def _blocks_of(meta: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(dtype, offset_bytes, length_bytes) per block of a validated footer."""
-    if "macroblocks" in meta:
-        return [(b["dtype"], int(b["offset_bytes"]), int(b["length_bytes"])) for b in meta["macroblocks"]]
-    dtype = meta["target_dtype"]
-    size = torch.empty(0, dtype=string_to_dtype(dtype)).element_size()
-    return [(dtype, 0, int(meta["total_elems"]) * size)]
 
 
 def load_weights_distributed(
