@@ -7,20 +7,32 @@ blocks become typed tensors (zero-copy views of that memory) and records become 
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from . import _core
-from .constants import DEFAULT_CHUNK_BYTES, DEFAULT_NUM_STREAMS, DEFAULT_READ_CHUNK_BYTES
+from . import _core, settings
+from .constants import DEFAULT_CHUNK_BYTES, DEFAULT_NUM_STREAMS
+from .distributed import (
+    maybe_init_distributed,
+    read_flashpack_file_distributed,  # noqa: F401  (the original's module path)
+    read_storage_distributed,
+    resolve_strategy,
+)
+from .loading import load_checkpoint
+from .settings import reader_options
+from .storage import (
+    FlashTensorStorage,
+    footer_metadata,
+    metadata_of,
+    placements,
+    revert_storage,  # noqa: F401  (commands' revert_to_torch)
+    views,
+)
 from .utils import (
-    env_flag,
-    env_int,
     get_module_and_attribute,
     human_num_elements,
     is_ignored_tensor_name,
@@ -30,29 +42,6 @@ from .utils import (
 )
 
 
-@dataclass
-class FlashTensorStorage:
-    """The macroblocks of a loaded file, one 1-D tensor per dtype."""
-
-    blocks: list[torch.Tensor]
-    backing: Any = field(default=None, repr=False)
-    # What a distributed load did on this rank (strategy, bytes read), else None.
-    io: dict[str, Any] | None = None
-    # The file's footer as the engine decoded it (None for a checkpoint or a bare tensor).
-    footer: _core.Footer | None = field(default=None, repr=False)
-    # Where each tensor sits in ``blocks``: the footer's records, or one per block for a checkpoint.
-    records: list[_core.Record] | None = field(default=None, repr=False)
-
-    def block(self, idx: int) -> torch.Tensor:
-        return self.blocks[idx]
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    @property
-    def device(self) -> torch.device:
-        return self.blocks[0].device if self.blocks else torch.device("cpu")
-
 
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
@@ -60,12 +49,6 @@ PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 def get_flashpack_file_metadata(path: PathArg) -> dict[str, Any]:
     """The footer of a FlashPack file, validated, as a dict."""
     return footer_metadata(_core.read_footer(os.fsdecode(path)))
-
-
-def footer_metadata(footer: _core.Footer) -> dict[str, Any]:
-    """The footer as the original API's dict (its JSON as stored). The one place Python reads
-    footer JSON; everything else uses the engine's decoded :class:`flashpack._core.Footer`."""
-    return json.loads(footer.json)
 
 
 def is_flashpack_file(path: PathArg) -> bool:
@@ -81,19 +64,7 @@ def is_flashpack_file(path: PathArg) -> bool:
 def resolve_shard_strategy(strategy: str | None = None) -> str:
     """A sharded distributed load's strategy: ``strategy``, else ``FLASHPACK_SHARD_STRATEGY``,
     else "contiguous"; ValueError for an unknown name."""
-    from .distributed import _resolve_strategy
-
-    return _resolve_strategy(False, strategy)[1]
-
-
-def reader_options() -> dict[str, Any]:
-    """The engine's reader settings from the environment: ``FLASHPACK_DIRECT_IO=0`` (never
-    O_DIRECT), ``FLASHPACK_READ_THREADS``, ``FLASHPACK_READ_CHUNK_BYTES``."""
-    return {
-        "io": "auto" if env_flag("FLASHPACK_DIRECT_IO", default=True) else "buffered",
-        "threads": env_int("FLASHPACK_READ_THREADS", 0),
-        "chunk_bytes": env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES),
-    }
+    return resolve_strategy(False, strategy)[1]
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -138,8 +109,6 @@ def _read_checkpoint(
     """A checkpoint (see :func:`is_checkpoint_path`) read by :func:`flashpack.load_checkpoint`,
     as one block per tensor and a footer-shaped index of them, so that everything built on
     FlashPack files (``iterate_from_flash_tensor``, ``assign_from_file``) takes it unchanged."""
-    from .loading import load_checkpoint
-
     if verify:
         raise ValueError(
             f"{path}: verify=True checks a FlashPack file's checksums, and this checkpoint (a safetensors file, "
@@ -147,24 +116,11 @@ def _read_checkpoint(
             "it with `flashpack convert` to get checksums"
         )
     if eager is None:
-        eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
+        eager = settings.cpu_parallel_read()
     tensors = load_checkpoint(path, device, eager=eager, progress=not silent)
     blocks = [t.reshape(-1) for t in tensors.values()]
     records = [_core.Record(name, list(t.shape), k, 0, t.numel()) for k, (name, t) in enumerate(tensors.items())]
     return FlashTensorStorage(blocks=blocks, records=records)
-
-
-def _metadata(storage: FlashTensorStorage, path: str) -> dict[str, Any]:
-    """What :func:`read_flashpack_file` returns beside the storage: the footer as a dict, or for
-    a checkpoint a footer-shaped index of its tensors (each at offset 0 of its own block)."""
-    if storage.footer is not None:
-        return footer_metadata(storage.footer)
-    index = [
-        {"name": r.name, "shape": r.shape, "offset": 0, "length": r.length, "macroblock": r.block,
-         "dtype": str(storage.blocks[r.block].dtype)}
-        for r in storage.records or []
-    ]  # fmt: skip
-    return {"format": "checkpoint", "source": path, "index": index}
 
 
 def read_flashpack_file(
@@ -200,7 +156,7 @@ def read_flashpack_file(
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
     path = os.fsdecode(path)
     storage = read_storage(path, _resolve_device(device), silent, eager, verify)
-    return storage, _metadata(storage, path)
+    return storage, metadata_of(storage, path)
 
 
 def read_storage(
@@ -217,13 +173,13 @@ def read_storage(
     if device.type == "mps":
         return _read_to_mps(path, device, silent, verify)
     if eager is None:
-        eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
+        eager = settings.cpu_parallel_read()
     payload = _core.load(
         path,
         eager=eager,
         **reader_options(),
         progress=not silent,
-        huge_pages=env_flag("FLASHPACK_HUGE_PAGES"),
+        huge_pages=settings.huge_pages(),
         verify=verify,
     )
     print_phases(payload.phases, silent)
@@ -304,51 +260,17 @@ def iterate_from_flash_tensor(
     """Yield ``(name, tensor)`` for every record of ``metadata`` (a footer dict, as
     :func:`read_flashpack_file` returns), each a view of its block (0-dim stays 0-dim)."""
     storage = flash_tensor if isinstance(flash_tensor, FlashTensorStorage) else FlashTensorStorage([flash_tensor])
-    placements = (
+    placed = (
         (rec["name"], int(rec.get("macroblock", 0)), int(rec["offset"]), int(rec["length"]), tuple(rec["shape"]), rec)
         for rec in metadata["index"]
     )
-    for _, name, view, _ in _views(storage, placements, ignore_names, ignore_prefixes, ignore_suffixes):
+    for _, name, view, _ in views(storage, placed, ignore_names, ignore_prefixes, ignore_suffixes):
         yield name, view
-
-
-# (name, block, offset, length, shape, what to show in an error), one per tensor.
-_Placement = tuple[str, int, int, int, tuple[int, ...], Any]
-
-
-def _placements(records: list[_core.Record]) -> Iterator[_Placement]:
-    return ((r.name, r.block, r.offset, r.length, tuple(r.shape), r) for r in records)
-
-
-def _views(
-    storage: FlashTensorStorage,
-    placements: Iterator[_Placement],
-    ignore_names: list[str] | None = None,
-    ignore_prefixes: list[str] | None = None,
-    ignore_suffixes: list[str] | None = None,
-) -> Iterator[tuple[int, str, torch.Tensor, Any]]:
-    """``(index, name, view of its block, the record)`` per placement not filtered out (``index``
-    counts every placement, filtered or not)."""
-    for index, (name, block_idx, offset, length, shape, rec) in enumerate(placements):
-        if is_ignored_tensor_name(name, ignore_names, ignore_prefixes, ignore_suffixes):
-            continue
-        if not 0 <= block_idx < len(storage):
-            raise ValueError(f"tensor '{name}': macroblock {block_idx} does not exist ({len(storage)} blocks)")
-        try:
-            view = storage.block(block_idx).narrow(0, offset, length).view(shape)
-        except RuntimeError as e:
-            raise ValueError(f"tensor '{name}': record {rec} does not fit its block: {e}") from e
-        yield index, name, view, rec
 
 
 def revert_from_file(path: PathArg, silent: bool = True) -> dict[str, torch.Tensor]:
     """Load a FlashPack file as a CPU state dict (views of a private copy-on-write mapping)."""
     return revert_storage(read_storage(os.fsdecode(path), torch.device("cpu"), silent=silent))
-
-
-def revert_storage(storage: FlashTensorStorage) -> dict[str, torch.Tensor]:
-    """The tensors of a loaded storage by name (views of its blocks)."""
-    return {name: view.detach() for _, name, view, _ in _views(storage, _placements(storage.records or []))}
 
 
 def _default_device(model: torch.nn.Module) -> torch.device:
@@ -420,8 +342,6 @@ def assign_from_file(
             "with `flashpack convert`"
         )
     if use_distributed_loading:
-        from .distributed import maybe_init_distributed, read_storage_distributed
-
         maybe_init_distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
         storage = read_storage_distributed(
             path_str,
@@ -436,7 +356,7 @@ def assign_from_file(
         storage = read_storage(path_str, device, silent=silent, eager=eager, verify=verify)
     if keep_flash_ref_on_model:
         model._flash_shared_storage = storage
-        model._flash_shared_storage_meta = _metadata(storage, path_str)
+        model._flash_shared_storage_meta = metadata_of(storage, path_str)
 
     with timer("build_lookups", silent):
         params = dict(model.named_parameters(remove_duplicate=False))
@@ -451,8 +371,7 @@ def assign_from_file(
     records = storage.records or []
     with timer("assign", silent):
         try:
-            placements = _placements(records)
-            for index, name, view, rec in _views(storage, placements, ignore_names, ignore_prefixes, ignore_suffixes):
+            for index, name, view, rec in views(storage, placements(records), ignore_names, ignore_prefixes, ignore_suffixes):
                 total_elements += view.numel()
                 if name in params:
                     old = params[name]
@@ -509,5 +428,3 @@ def assign_from_file(
             f"{len(assigned_params)} parameters and {len(assigned_buffers)} buffers"
         )
 
-
-from .distributed import maybe_init_distributed, read_flashpack_file_distributed  # noqa: E402, F401  (original's module path)

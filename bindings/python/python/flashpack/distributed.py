@@ -27,21 +27,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import _core
-from .utils import env_flag, env_int, string_to_dtype, timer
+from . import _core, settings
+from .constants import DEFAULT_SHARD_STRATEGY, SHARD_ALIGN_BYTES, SHARD_STRATEGIES
+from .storage import FlashTensorStorage, footer_metadata, view_bytes
+from .utils import string_to_dtype, timer
 
 STRATEGIES = ("broadcast", "sharded")
-SHARD_STRATEGIES = ("contiguous", "windows")
-DEFAULT_TIMEOUT_S = 300
-DEFAULT_WINDOW_BYTES = 256 << 20
 # Shard boundaries fall on this grid: whole checksum chunks (so shards can be verified) and
 # O_DIRECT-aligned reads.
-SHARD_GRID = 4 << 20
+SHARD_GRID = SHARD_ALIGN_BYTES
 # Largest single broadcast message.
 BROADCAST_PIECE = 256 << 20
 
 def _timeout() -> datetime.timedelta:
-    return datetime.timedelta(seconds=env_int("FLASHPACK_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    return datetime.timedelta(seconds=settings.dist_timeout_s())
 
 
 def maybe_init_distributed(
@@ -59,11 +58,11 @@ def maybe_init_distributed(
     the number of processes) fails after ``FLASHPACK_DIST_TIMEOUT`` seconds (default 300).
     """
     if local_rank is None:
-        local_rank = env_int("LOCAL_RANK", 0)
+        local_rank = settings.torchrun_local_rank()
     asked = (rank, world_size)
     if not dist.is_initialized():
-        rank = rank if rank is not None else env_int("RANK", -1)
-        world_size = world_size if world_size is not None else env_int("WORLD_SIZE", -1)
+        rank = rank if rank is not None else settings.torchrun_rank()
+        world_size = world_size if world_size is not None else settings.torchrun_world_size()
         if rank < 0 or world_size < 1:
             raise RuntimeError(
                 "distributed loading needs a process group: run under torchrun, call "
@@ -116,10 +115,12 @@ class _Plan:
     verify: bool
 
 
-def _resolve_strategy(sharded: bool, shard_strategy: str | None) -> tuple[str, str]:
-    if env_flag("FLASHPACK_DISTRIBUTED_SHARDED"):
+def resolve_strategy(sharded: bool, shard_strategy: str | None) -> tuple[str, str]:
+    """``("sharded" or "broadcast", shard strategy)`` for a load asked as ``sharded`` /
+    ``shard_strategy``, the environment applied (ValueError for an unknown strategy)."""
+    if settings.distributed_sharded():
         sharded = True
-    name = (shard_strategy or os.environ.get("FLASHPACK_SHARD_STRATEGY") or "contiguous").strip().lower()
+    name = (shard_strategy or settings.shard_strategy() or DEFAULT_SHARD_STRATEGY).strip().lower()
     if name not in SHARD_STRATEGIES:
         raise ValueError(f"unknown shard strategy {name!r}; expected one of {', '.join(SHARD_STRATEGIES)}")
     return ("sharded" if sharded else "broadcast"), name
@@ -136,7 +137,7 @@ def read_flashpack_file_distributed(
     sharded: bool = False,
     shard_strategy: str | None = None,
     verify: bool = False,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[FlashTensorStorage, dict[str, Any]]:
     """Load a file on every rank of the default process group, reading it once in total.
 
     Rank ``src`` decides the strategy (``sharded``/``shard_strategy``, or
@@ -144,8 +145,6 @@ def read_flashpack_file_distributed(
     every other rank follows, so per-rank settings cannot make the collectives disagree. The
     returned storage records what this rank read in ``storage.io`` (``bytes_read``).
     """
-    from .deserialization import footer_metadata
-
     del chunk_bytes, num_streams, metadata  # the engine sizes its reads; the footer comes from src
     storage = read_storage_distributed(path, device, src, silent, sharded, shard_strategy, verify)
     assert storage.footer is not None
@@ -160,11 +159,9 @@ def read_storage_distributed(
     sharded: bool = False,
     shard_strategy: str | None = None,
     verify: bool = False,
-) -> Any:
+) -> FlashTensorStorage:
     """:func:`read_flashpack_file_distributed` without the metadata dict: the storage carries the
     footer (rank ``src``'s, decoded and validated by the engine on every rank) and its records."""
-    from .deserialization import FlashTensorStorage, reader_options
-
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
@@ -176,8 +173,8 @@ def read_storage_distributed(
     box: list[Any] = [None]
     if rank == src:
         try:
-            strategy, shard_name = _resolve_strategy(sharded, shard_strategy)
-            window = env_int("FLASHPACK_SHARD_BYTES", DEFAULT_WINDOW_BYTES) if shard_name == "windows" else 0
+            strategy, shard_name = resolve_strategy(sharded, shard_strategy)
+            window = settings.shard_bytes() if shard_name == "windows" else 0
             box[0] = {"strategy": strategy, "shard_name": shard_name, "window": window, "verify": bool(verify)}
         except Exception as e:  # noqa: BLE001 - reported on every rank below
             box[0] = {"error": f"{type(e).__name__}: {e}"}
@@ -219,7 +216,7 @@ def read_storage_distributed(
         buffer = torch.empty(padded, dtype=torch.uint8, device=device)
         if device.type == "cuda":
             torch.cuda.current_stream(device).synchronize()
-    io_kw = reader_options()
+    io_kw = settings.reader_options()
     bytes_read = 0
 
     def read(offset: int, length: int, into: torch.Tensor) -> int:
@@ -305,8 +302,6 @@ def load_weights_distributed(
     For CUDA, rank ``src`` holds the whole job in host memory once (the broadcast needs it on
     its device), unlike a single-process CUDA load, which streams through the pinned pool.
     """
-    from .loading import TensorEntry, view_of
-
     rank = dist.get_rank()
     group = _control_group()
     memory, layout, status, error = None, None, None, None
@@ -342,14 +337,14 @@ def load_weights_distributed(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     out = {}
-    for name, dtype, shape, off, n in layout:
-        e = TensorEntry(0, name, string_to_dtype(dtype), tuple(shape), 0, n)
+    for name, dtype_name, shape, off, n in layout:
+        dtype, shape = string_to_dtype(dtype_name), tuple(shape)
         if n == 0:
-            out[name] = torch.empty(e.shape, dtype=e.dtype, device=device)
+            out[name] = torch.empty(shape, dtype=dtype, device=device)
         elif device.type == "cpu" and rank == src:
-            out[name] = view_of(memory, off, e)
+            out[name] = view_bytes(memory, off, n, dtype, shape)
         else:
-            out[name] = _typed(buffer[off : off + n], e.dtype).view(e.shape)
+            out[name] = _typed(buffer[off : off + n], dtype).view(shape)
     return out
 
 
