@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -241,15 +242,28 @@ def build_dtype(footer: _core.Footer) -> torch.dtype:
     return file_float_dtype(footer) or torch.get_default_dtype()
 
 
+# Held while a block of default_dtype runs: one at a time in the process (nesting in one thread).
+_DEFAULT_DTYPE_LOCK = threading.RLock()
+
+
 @contextmanager
 def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Tensors created without an explicit dtype (parameters, float buffers) get ``dtype``."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+    """Tensors created without an explicit dtype (parameters, float buffers) get ``dtype``.
+
+    torch has one default dtype per process (``torch.set_default_dtype``, which the libraries'
+    own ``from_pretrained`` sets the same way): while the block runs, every thread that creates a
+    floating tensor without a dtype gets ``dtype``. Blocks in different threads run one at a
+    time (a lock; a thread waits for the block of another to end), so each sees its own dtype
+    throughout and restores the default it found: concurrent model builds cannot leave the
+    process with another build's dtype. Blocks nest within a thread.
+    """
+    with _DEFAULT_DTYPE_LOCK:
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(previous)
 
 
 def build_on_meta(build: Callable[[], ModuleT], dtype: torch.dtype) -> ModuleT:
