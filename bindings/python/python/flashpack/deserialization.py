@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -335,21 +336,9 @@ def assign_from_file(
     """
     path_str = os.fsdecode(path)
     device = _resolve_device(device if device is not None else _default_device(model))
-    if use_distributed_loading and is_checkpoint_path(path_str):
-        raise ValueError(
-            f"{path_str}: use_distributed_loading is supported for FlashPack files only here; use "
-            "flashpack.load_checkpoint(..., use_distributed_loading=True) for this checkpoint, or convert it "
-            "with `flashpack convert`"
-        )
     if use_distributed_loading:
-        maybe_init_distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
-        storage = read_storage_distributed(
-            path_str,
-            device=device,
-            silent=silent,
-            sharded=distributed_sharded,
-            shard_strategy=distributed_shard_strategy,
-            verify=verify,
+        storage = _read_distributed(
+            path_str, device, silent, verify, distributed_sharded, distributed_shard_strategy, rank, local_rank, world_size
         )
     else:
         del num_streams, chunk_bytes  # the engine sizes its reads
@@ -358,73 +347,147 @@ def assign_from_file(
         model._flash_shared_storage = storage
         model._flash_shared_storage_meta = metadata_of(storage, path_str)
 
+    filters = (ignore_names, ignore_prefixes, ignore_suffixes)
     with timer("build_lookups", silent):
         params = dict(model.named_parameters(remove_duplicate=False))
         buffers = dict(model.named_buffers(remove_duplicate=False))
-
-    assigned_params: set[str] = set()
-    assigned_buffers: set[str] = set()
-    discarded: list[str] = []
-    total_elements = 0
-    # Parameters by the record that first holds their bytes: tied records share one Parameter.
-    shared: dict[int, torch.nn.Parameter] = {}
-    records = storage.records or []
     with timer("assign", silent):
         try:
-            for index, name, view, rec in views(storage, placements(records), ignore_names, ignore_prefixes, ignore_suffixes):
-                total_elements += view.numel()
-                if name in params:
-                    old = params[name]
-                    if tuple(old.shape) != tuple(view.shape):
-                        raise ValueError(f"shape mismatch for parameter '{name}': model {tuple(old.shape)} vs file {tuple(view.shape)}")
-                    holder = index if rec.tied_to is None else rec.tied_to
-                    new = shared.get(holder) if view.numel() else None
-                    if new is None or new.shape != view.shape:
-                        new = torch.nn.Parameter(view, requires_grad=old.requires_grad)
-                        shared[holder] = new
-                    module, attr = get_module_and_attribute(model, name)
-                    setattr(module, attr, new)
-                    assigned_params.add(name)
-                elif name in buffers:
-                    old_buf = buffers[name]
-                    if old_buf is not None and tuple(old_buf.shape) != tuple(view.shape):
-                        raise ValueError(f"shape mismatch for buffer '{name}': model {tuple(old_buf.shape)} vs file {tuple(view.shape)}")
-                    if old_buf is not None and old_buf.dtype != view.dtype:
-                        view = _buffer_value(name, view, old_buf.dtype, coerce_dtype)
-                    module, attr = get_module_and_attribute(model, name)
-                    module._buffers[attr] = view
-                    assigned_buffers.add(name)
-                else:
-                    discarded.append(name)
+            done = _assign_tensors(model, storage, params, buffers, filters, coerce_dtype)
         except (TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise ValueError(f"{path_str}: error while assigning to {type(model).__name__}: {e}") from e
-
-    def ignored(name: str) -> bool:
-        return is_ignored_tensor_name(name, ignore_names, ignore_prefixes, ignore_suffixes)
-
-    missing_params = [n for n in params if n not in assigned_params and not ignored(n)]
-    missing_buffers = [n for n in buffers if n not in assigned_buffers and not ignored(n)]
-    check_params = strict_params if strict is None else strict
-    check_buffers = strict_buffers if strict is None else strict
-    if check_params or check_buffers:
-        problems = []
-        if discarded:
-            problems.append(f"{len(discarded)} tensors in the file match nothing in the model: {discarded}")
-        if check_params and missing_params:
-            problems.append(f"missing {len(missing_params)} parameters: {missing_params}")
-        if check_buffers and missing_buffers:
-            problems.append(f"missing {len(missing_buffers)} buffers: {missing_buffers}")
-        if problems:
-            raise ValueError(f"{path_str}: cannot load into {type(model).__name__}: " + "; ".join(problems))
+    missing_params = [n for n in params if n not in done.params and not is_ignored_tensor_name(n, *filters)]
+    missing_buffers = [n for n in buffers if n not in done.buffers and not is_ignored_tensor_name(n, *filters)]
+    problems = _incompleteness(
+        done,
+        missing_params if (strict_params if strict is None else strict) else [],
+        missing_buffers if (strict_buffers if strict is None else strict) else [],
+        strict=(strict_params or strict_buffers) if strict is None else strict,
+    )
+    if problems:
+        raise ValueError(f"{path_str}: cannot load into {type(model).__name__}: " + "; ".join(problems))
     if not silent:
-        if missing_params:
-            print(f"Ignoring {len(missing_params)} parameters: {missing_params}")
-        if missing_buffers:
-            print(f"Ignoring {len(missing_buffers)} buffers: {missing_buffers}")
-        if discarded:
-            print(f"Discarded {len(discarded)} names: {discarded}")
-        print(
-            f"Assigned {human_num_elements(total_elements)} total parameters to "
-            f"{len(assigned_params)} parameters and {len(assigned_buffers)} buffers"
-        )
+        _print_summary(done, missing_params, missing_buffers)
 
+
+def _read_distributed(
+    path: str,
+    device: torch.device,
+    silent: bool,
+    verify: bool,
+    sharded: bool,
+    shard_strategy: str | None,
+    rank: int | None,
+    local_rank: int | None,
+    world_size: int | None,
+) -> FlashTensorStorage:
+    """``assign_from_file(use_distributed_loading=True)``'s read: join (or form) the process
+    group, then read the FlashPack file once for every rank."""
+    if is_checkpoint_path(path):
+        raise ValueError(
+            f"{path}: use_distributed_loading is supported for FlashPack files only here; use "
+            "flashpack.load_checkpoint(..., use_distributed_loading=True) for this checkpoint, or convert it "
+            "with `flashpack convert`"
+        )
+    maybe_init_distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    return read_storage_distributed(
+        path, device=device, silent=silent, sharded=sharded, shard_strategy=shard_strategy, verify=verify
+    )
+
+
+@dataclass
+class _Assigned:
+    """What :func:`_assign_tensors` did."""
+
+    params: set[str] = field(default_factory=set)
+    buffers: set[str] = field(default_factory=set)
+    # File tensors that name nothing in the model.
+    discarded: list[str] = field(default_factory=list)
+    elements: int = 0
+
+
+def _assign_tensors(
+    model: torch.nn.Module,
+    storage: FlashTensorStorage,
+    params: dict[str, torch.nn.Parameter],
+    buffers: dict[str, torch.Tensor | None],
+    filters: tuple[list[str] | None, list[str] | None, list[str] | None],
+    coerce_dtype: bool,
+) -> _Assigned:
+    """Point the model's parameters and buffers at the views of ``storage`` (tied records share
+    one Parameter)."""
+    done = _Assigned()
+    # Parameters by the record that first holds their bytes.
+    shared: dict[int, torch.nn.Parameter] = {}
+    for index, name, view, rec in views(storage, placements(storage.records or []), *filters):
+        done.elements += view.numel()
+        if name in params:
+            holder = index if rec.tied_to is None else rec.tied_to
+            _assign_parameter(model, name, view, params[name], holder, shared)
+            done.params.add(name)
+        elif name in buffers:
+            _assign_buffer(model, name, view, buffers[name], coerce_dtype)
+            done.buffers.add(name)
+        else:
+            done.discarded.append(name)
+    return done
+
+
+def _assign_parameter(
+    model: torch.nn.Module,
+    name: str,
+    view: torch.Tensor,
+    old: torch.nn.Parameter,
+    holder: int,
+    shared: dict[int, torch.nn.Parameter],
+) -> None:
+    """Set parameter ``name`` to a Parameter viewing ``view``: the one already made for the
+    record ``holder`` when it has the same shape (tied weights), else a new one."""
+    if tuple(old.shape) != tuple(view.shape):
+        raise ValueError(f"shape mismatch for parameter '{name}': model {tuple(old.shape)} vs file {tuple(view.shape)}")
+    new = shared.get(holder) if view.numel() else None
+    if new is None or new.shape != view.shape:
+        new = torch.nn.Parameter(view, requires_grad=old.requires_grad)
+        shared[holder] = new
+    module, attr = get_module_and_attribute(model, name)
+    setattr(module, attr, new)
+
+
+def _assign_buffer(
+    model: torch.nn.Module, name: str, view: torch.Tensor, old: torch.Tensor | None, coerce_dtype: bool
+) -> None:
+    """Set buffer ``name`` to ``view`` (converted as :func:`_buffer_value` says when the dtypes differ)."""
+    if old is not None and tuple(old.shape) != tuple(view.shape):
+        raise ValueError(f"shape mismatch for buffer '{name}': model {tuple(old.shape)} vs file {tuple(view.shape)}")
+    if old is not None and old.dtype != view.dtype:
+        view = _buffer_value(name, view, old.dtype, coerce_dtype)
+    module, attr = get_module_and_attribute(model, name)
+    module._buffers[attr] = view
+
+
+def _incompleteness(done: _Assigned, missing_params: list[str], missing_buffers: list[str], strict: bool) -> list[str]:
+    """What a strict load refuses: file tensors matching nothing (when any strictness is on),
+    and the missing names it is given (those of the kinds checked)."""
+    if not strict:
+        return []
+    problems = []
+    if done.discarded:
+        problems.append(f"{len(done.discarded)} tensors in the file match nothing in the model: {done.discarded}")
+    if missing_params:
+        problems.append(f"missing {len(missing_params)} parameters: {missing_params}")
+    if missing_buffers:
+        problems.append(f"missing {len(missing_buffers)} buffers: {missing_buffers}")
+    return problems
+
+
+def _print_summary(done: _Assigned, missing_params: list[str], missing_buffers: list[str]) -> None:
+    if missing_params:
+        print(f"Ignoring {len(missing_params)} parameters: {missing_params}")
+    if missing_buffers:
+        print(f"Ignoring {len(missing_buffers)} buffers: {missing_buffers}")
+    if done.discarded:
+        print(f"Discarded {len(done.discarded)} names: {done.discarded}")
+    print(
+        f"Assigned {human_num_elements(done.elements)} total parameters to "
+        f"{len(done.params)} parameters and {len(done.buffers)} buffers"
+    )

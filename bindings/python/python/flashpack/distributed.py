@@ -165,13 +165,34 @@ def read_storage_distributed(
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    rank, world = dist.get_rank(), dist.get_world_size()
-    group = _control_group()
     path = os.fsdecode(path)
+    group = _control_group()
+    config = _decide(src, sharded, shard_strategy, verify, group)
+    handle = _open_everywhere(path, src, config["strategy"] == "sharded", silent, group)
+    footer = _share_footer(handle, src, group)
+    plan = _plan(config, footer.payload_len, dist.get_world_size(), footer)
+    with timer("alloc", silent):
+        padded = max(footer.payload_len, plan.rounds * dist.get_world_size() * plan.shard_bytes)
+        buffer = torch.empty(padded, dtype=torch.uint8, device=device)
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+    if plan.strategy == "broadcast":
+        bytes_read = _broadcast_payload(handle, buffer, footer.payload_len, src, plan, silent, group)
+    else:
+        bytes_read = _gather_shards(handle, buffer, footer.payload_len, plan, silent, group)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensors = [buffer[off : off + n].view(string_to_dtype(dt)) for dt, off, n, _ in footer.blocks]
+    io = {"bytes_read": bytes_read, "strategy": plan.strategy, "rounds": plan.rounds, "rank": dist.get_rank()}
+    return FlashTensorStorage(blocks=tensors, backing=buffer, io=io, footer=footer, records=footer.records)
 
-    # 1. Rank src decides the plan; everyone learns it.
+
+def _decide(src: int, sharded: bool, shard_strategy: str | None, verify: bool, group: Any) -> dict[str, Any]:
+    """Rank ``src`` decides the plan (its arguments and environment); every rank learns it."""
     box: list[Any] = [None]
-    if rank == src:
+    if dist.get_rank() == src:
         try:
             strategy, shard_name = resolve_strategy(sharded, shard_strategy)
             window = settings.shard_bytes() if shard_name == "windows" else 0
@@ -182,12 +203,16 @@ def read_storage_distributed(
     config = box[0]
     if "error" in config:
         raise RuntimeError(f"distributed load: rank {src} could not plan it: {config['error']}")
+    return config
 
-    # 2. Open and validate; everyone must agree on the file (sharded) or src must have it.
-    handle = None
-    status: str | None = None
-    digest = None
-    need_file = config["strategy"] == "sharded" or rank == src
+
+def _open_everywhere(path: str, src: int, sharded: bool, silent: bool, group: Any) -> Any:
+    """Open and validate the file where it is read (every rank when sharded, else rank ``src``);
+    every rank raises if one could not, or if a rank's file differs from rank ``src``'s. The
+    open file on this rank, or None."""
+    rank = dist.get_rank()
+    handle, status, digest = None, None, None
+    need_file = sharded or rank == src
     if need_file:
         try:
             with timer("read_metadata", silent):
@@ -195,7 +220,7 @@ def read_storage_distributed(
             digest = hashlib.sha256(handle.footer.json).hexdigest()
         except Exception as e:  # noqa: BLE001 - reported on every rank below
             status = f"{type(e).__name__}: {e}"
-    info: list[Any] = [None] * world
+    info: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(info, (status, digest), group=group)
     failed = [f"rank {r}: {s}" for r, (s, _) in enumerate(info) if s is not None]
     if failed:
@@ -203,71 +228,72 @@ def read_storage_distributed(
     if need_file and info[src][1] != digest:
         status = f"{path} differs from rank {src}'s file (footer checksum {digest} vs {info[src][1]})"
     _agree(status, "comparing the file across ranks", group)
+    return handle
 
-    box = [(handle.footer.json, handle.payload_len) if rank == src and handle is not None else None]
+
+def _share_footer(handle: Any, src: int, group: Any) -> _core.Footer:
+    """Rank ``src``'s footer on every rank: its own where a rank opened the file (the same, as
+    checked), else decoded and validated from what ``src`` broadcast."""
+    box = [(handle.footer.json, handle.payload_len) if dist.get_rank() == src and handle is not None else None]
     dist.broadcast_object_list(box, src=src, group=group)
     footer_json, payload_len = box[0]
-    footer = handle.footer if handle is not None else _core.Footer.decode(footer_json, payload_len)
-    blocks = [(dtype, offset, length) for dtype, offset, length, _ in footer.blocks]
+    return handle.footer if handle is not None else _core.Footer.decode(footer_json, payload_len)
 
-    plan = _plan(config, payload_len, world, footer)
-    padded = max(payload_len, plan.rounds * world * plan.shard_bytes)
-    with timer("alloc", silent):
-        buffer = torch.empty(padded, dtype=torch.uint8, device=device)
-        if device.type == "cuda":
-            torch.cuda.current_stream(device).synchronize()
+
+def _read_range(handle: Any, offset: int, length: int, into: torch.Tensor, verify: bool) -> int:
+    """Read payload bytes [offset, offset+length) into ``into`` (a uint8 tensor of that length);
+    returns the bytes read from the disk."""
+    if length <= 0:
+        return 0
     io_kw = settings.reader_options()
-    bytes_read = 0
-
-    def read(offset: int, length: int, into: torch.Tensor) -> int:
-        """Read payload bytes [offset, offset+length) into `into` (a uint8 tensor of that length)."""
-        if length <= 0:
-            return 0
-        assert handle is not None
-        if into.device.type == "cuda":
-            _, io = handle.to_cuda(into.device.index, [(offset, length, into.data_ptr())], verify=plan.verify, **io_kw)
-        else:
-            io = handle.read_into(offset, into.numpy(), verify=plan.verify, **io_kw)
-        return int(io["direct_bytes"]) + int(io["buffered_bytes"])
-
-    if plan.strategy == "broadcast":
-        status = None
-        if rank == src:
-            try:
-                with timer("read_payload", silent):
-                    bytes_read += read(0, payload_len, buffer[:payload_len])
-            except Exception as e:  # noqa: BLE001 - reported on every rank below
-                status = f"{type(e).__name__}: {e}"
-        _agree(status, f"rank {src} read the payload", group)
-        with timer("broadcast", silent):
-            for start in range(0, payload_len, BROADCAST_PIECE):
-                dist.broadcast(buffer[start : min(payload_len, start + BROADCAST_PIECE)], src=src)
+    if into.device.type == "cuda":
+        _, io = handle.to_cuda(into.device.index, [(offset, length, into.data_ptr())], verify=verify, **io_kw)
     else:
-        s = plan.shard_bytes
-        gloo = dist.get_backend() == "gloo"
-        mine = torch.empty(s, dtype=torch.uint8, device=device) if gloo else None
-        for r in range(plan.rounds):
-            base = r * world * s
-            lo = min(payload_len, base + rank * s)
-            hi = min(payload_len, base + (rank + 1) * s)
-            status = None
-            target = mine if mine is not None else buffer[base + rank * s : base + (rank + 1) * s]
-            try:
-                with timer(f"read_shard_{r}", silent):
-                    bytes_read += read(lo, hi - lo, target[: hi - lo])
-            except Exception as e:  # noqa: BLE001 - reported on every rank below
-                status = f"{type(e).__name__}: {e}"
-            _agree(status, f"reading shards (round {r})", group)
-            with timer(f"all_gather_{r}", silent):
-                dist.all_gather_into_tensor(buffer[base : base + world * s], target)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        io = handle.read_into(offset, into.numpy(), verify=verify, **io_kw)
+    return int(io["direct_bytes"]) + int(io["buffered_bytes"])
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tensors = [buffer[off : off + n].view(string_to_dtype(dt)) for dt, off, n in blocks]
-    io = {"bytes_read": bytes_read, "strategy": plan.strategy, "rounds": plan.rounds, "rank": rank}
-    return FlashTensorStorage(blocks=tensors, backing=buffer, io=io, footer=footer, records=footer.records)
+
+def _broadcast_payload(
+    handle: Any, buffer: torch.Tensor, payload_len: int, src: int, plan: _Plan, silent: bool, group: Any
+) -> int:
+    """The ``broadcast`` strategy: rank ``src`` reads the whole payload into ``buffer``, then
+    broadcasts it in pieces. Returns the bytes this rank read."""
+    status, bytes_read = None, 0
+    if dist.get_rank() == src:
+        try:
+            with timer("read_payload", silent):
+                bytes_read = _read_range(handle, 0, payload_len, buffer[:payload_len], plan.verify)
+        except Exception as e:  # noqa: BLE001 - reported on every rank below
+            status = f"{type(e).__name__}: {e}"
+    _agree(status, f"rank {src} read the payload", group)
+    with timer("broadcast", silent):
+        for start in range(0, payload_len, BROADCAST_PIECE):
+            dist.broadcast(buffer[start : min(payload_len, start + BROADCAST_PIECE)], src=src)
+    return bytes_read
+
+
+def _gather_shards(handle: Any, buffer: torch.Tensor, payload_len: int, plan: _Plan, silent: bool, group: Any) -> int:
+    """The ``sharded`` strategy: in each round every rank reads its shard, then the shards are
+    all-gathered into ``buffer``. Returns the bytes this rank read."""
+    rank, world, s = dist.get_rank(), dist.get_world_size(), plan.shard_bytes
+    # gloo gathers from a tensor of its own (NCCL reads each rank's shard in place).
+    mine = torch.empty(s, dtype=torch.uint8, device=buffer.device) if dist.get_backend() == "gloo" else None
+    bytes_read = 0
+    for r in range(plan.rounds):
+        base = r * world * s
+        lo = min(payload_len, base + rank * s)
+        hi = min(payload_len, base + (rank + 1) * s)
+        status = None
+        target = mine if mine is not None else buffer[base + rank * s : base + (rank + 1) * s]
+        try:
+            with timer(f"read_shard_{r}", silent):
+                bytes_read += _read_range(handle, lo, hi - lo, target[: hi - lo], plan.verify)
+        except Exception as e:  # noqa: BLE001 - reported on every rank below
+            status = f"{type(e).__name__}: {e}"
+        _agree(status, f"reading shards (round {r})", group)
+        with timer(f"all_gather_{r}", silent):
+            dist.all_gather_into_tensor(buffer[base : base + world * s], target)
+    return bytes_read
 
 
 def _plan(config: dict[str, Any], payload_len: int, world: int, footer: _core.Footer) -> _Plan:
