@@ -42,8 +42,6 @@ from .utils import (
     timer,
 )
 
-
-
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
@@ -264,8 +262,9 @@ def iterate_from_flash_tensor(
     placed = (
         (rec["name"], int(rec.get("macroblock", 0)), int(rec["offset"]), int(rec["length"]), tuple(rec["shape"]), rec)
         for rec in metadata["index"]
+        if not is_ignored_tensor_name(rec["name"], ignore_names, ignore_prefixes, ignore_suffixes)
     )
-    for _, name, view, _ in views(storage, placed, ignore_names, ignore_prefixes, ignore_suffixes):
+    for _, name, view, _ in views(storage, placed):
         yield name, view
 
 

@@ -67,19 +67,20 @@ _Placement = tuple[str, int, int, int, tuple[int, ...], Any]
 
 
 def placements(records: list[_core.Record]) -> Iterator[_Placement]:
+    """The placements of a footer's (or a checkpoint's) records, for :func:`views`."""
     return ((r.name, r.block, r.offset, r.length, tuple(r.shape), r) for r in records)
 
 
 def views(
     storage: FlashTensorStorage,
-    placements: Iterator[_Placement],
+    placed: Iterator[_Placement],
     ignore_names: list[str] | None = None,
     ignore_prefixes: list[str] | None = None,
     ignore_suffixes: list[str] | None = None,
 ) -> Iterator[tuple[int, str, torch.Tensor, Any]]:
     """``(index, name, view of its block, the record)`` per placement not filtered out (``index``
     counts every placement, filtered or not)."""
-    for index, (name, block_idx, offset, length, shape, rec) in enumerate(placements):
+    for index, (name, block_idx, offset, length, shape, rec) in enumerate(placed):
         if is_ignored_tensor_name(name, ignore_names, ignore_prefixes, ignore_suffixes):
             continue
         if not 0 <= block_idx < len(storage):
