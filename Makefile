@@ -18,8 +18,10 @@ $(DEPS): requirements.txt
 venv: $(DEPS)
 
 # Builds the Rust extension (release) and installs the package into the venv, editable.
+# PIP_QUIET: maturin's --quiet does not reach the pip it runs for the package's dependencies,
+# which would print a "Requirement already satisfied" line for each of them.
 build: $(DEPS)
-	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet -m bindings/python/Cargo.toml
+	PIP_QUIET=1 VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet -m bindings/python/Cargo.toml
 
 demo: build
 	$(PY) scripts/demo.py

@@ -12,7 +12,7 @@ mod cli;
 mod weights;
 
 use flashpack::cancel::{Cancel, Poll};
-use flashpack::format::{Order, TensorSpec};
+use flashpack::format::{FormatVersion, Order, TensorSpec, FILE_FORMAT_V3, FILE_FORMAT_V4};
 use flashpack::read::{self, IoMode, LoadOptions, Loaded};
 use flashpack::sink::cuda::{self, CudaDevice};
 use flashpack::sink::DeviceRegion;
@@ -163,19 +163,215 @@ pub(crate) fn interruptible<T: Send, E: IntoPyErr>(
     }
 }
 
-fn blocks_of(footer: &flashpack::Footer) -> Vec<(&'static str, u64, u64, u64)> {
+/// One tensor of a footer: where its elements sit in its block, and the earlier record it
+/// shares its bytes with (tied weights stored once), if any.
+#[pyclass(module = "flashpack._core", frozen, get_all)]
+#[derive(Clone)]
+struct Record {
+    name: String,
+    shape: Vec<u64>,
+    /// Index into `Footer.blocks`.
+    block: usize,
+    /// Offset in elements from the start of the block.
+    offset: u64,
+    /// Number of elements.
+    length: u64,
+    /// The index of the first record with exactly these bytes (same block, offset and length,
+    /// at least one element); None for the first one and for records sharing nothing.
+    tied_to: Option<usize>,
+}
+
+#[pymethods]
+impl Record {
+    /// A record of a footer-shaped index that is not a FlashPack file's (a checkpoint's tensors).
+    #[new]
+    #[pyo3(signature = (name, shape, block, offset, length, tied_to=None))]
+    fn new(
+        name: String,
+        shape: Vec<u64>,
+        block: usize,
+        offset: u64,
+        length: u64,
+        tied_to: Option<usize>,
+    ) -> Self {
+        Record {
+            name,
+            shape,
+            block,
+            offset,
+            length,
+            tied_to,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Record(name={:?}, shape={:?}, block={}, offset={}, length={}, tied_to={:?})",
+            self.name, self.shape, self.block, self.offset, self.length, self.tied_to
+        )
+    }
+}
+
+/// The records of `footer`, each with the earlier record holding the same bytes.
+fn records_of(footer: &flashpack::Footer) -> Vec<Record> {
+    let mut first: std::collections::HashMap<(usize, u64, u64), usize> = Default::default();
     footer
-        .blocks
+        .records
         .iter()
-        .map(|b| {
-            (
-                b.dtype.name(),
-                b.offset_bytes,
-                b.length_bytes,
-                b.length_elems,
-            )
+        .enumerate()
+        .map(|(i, r)| {
+            let tied_to = if r.length == 0 {
+                None
+            } else {
+                let holder = *first.entry((r.block, r.offset, r.length)).or_insert(i);
+                (holder != i).then_some(holder)
+            };
+            Record {
+                name: r.name.clone(),
+                shape: r.shape.clone(),
+                block: r.block,
+                offset: r.offset,
+                length: r.length,
+                tied_to,
+            }
         })
         .collect()
+}
+
+/// A FlashPack file's validated footer, read-only: what Python needs of it, decoded once by the
+/// engine (Python never parses or re-derives the footer JSON; `json` is kept for the public
+/// metadata dict of the original API).
+#[pyclass(module = "flashpack._core", frozen, name = "Footer")]
+struct PyFooter {
+    json: Vec<u8>,
+    format: &'static str,
+    align_bytes: u64,
+    payload_len: u64,
+    total_elems: u64,
+    blocks: Vec<(&'static str, u64, u64, u64)>,
+    records: Vec<Py<Record>>,
+    checksum_chunk_bytes: Option<u64>,
+}
+
+impl PyFooter {
+    fn new(
+        py: Python<'_>,
+        footer: &flashpack::Footer,
+        json: &[u8],
+        payload_len: u64,
+    ) -> PyResult<Py<PyFooter>> {
+        let records = records_of(footer)
+            .into_iter()
+            .map(|r| Py::new(py, r))
+            .collect::<PyResult<_>>()?;
+        let footer = PyFooter {
+            json: json.to_vec(),
+            format: match footer.version {
+                FormatVersion::V3 => FILE_FORMAT_V3,
+                FormatVersion::V4 => FILE_FORMAT_V4,
+            },
+            align_bytes: footer.align_bytes,
+            payload_len,
+            total_elems: footer.total_elems(),
+            blocks: footer
+                .blocks
+                .iter()
+                .map(|b| {
+                    (
+                        b.dtype.name(),
+                        b.offset_bytes,
+                        b.length_bytes,
+                        b.length_elems,
+                    )
+                })
+                .collect(),
+            records,
+            checksum_chunk_bytes: footer.checksums.as_ref().map(|c| c.chunk_bytes),
+        };
+        Py::new(py, footer)
+    }
+}
+
+#[pymethods]
+impl PyFooter {
+    /// Decodes and validates footer JSON against a payload of `payload_len` bytes, as opening
+    /// a file does (for a footer received from elsewhere, e.g. another rank). ValueError when
+    /// it breaks a rule of the format.
+    #[staticmethod]
+    fn decode(py: Python<'_>, json: &[u8], payload_len: u64) -> PyResult<Py<PyFooter>> {
+        let footer = flashpack::Footer::decode(json, payload_len)
+            .map_err(|e| PyValueError::new_err(format!("footer: {e}")))?;
+        PyFooter::new(py, &footer, json, payload_len)
+    }
+
+    /// The footer JSON exactly as stored in the file.
+    #[getter]
+    fn json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.json)
+    }
+
+    /// `"flashpack_v3"` (one dtype, one block) or `"flashpack_v4"` (macroblocks).
+    #[getter]
+    fn format(&self) -> &'static str {
+        self.format
+    }
+
+    #[getter]
+    fn align_bytes(&self) -> u64 {
+        self.align_bytes
+    }
+
+    /// Bytes before the footer JSON; every block lies inside them.
+    #[getter]
+    fn payload_len(&self) -> u64 {
+        self.payload_len
+    }
+
+    /// Elements over all blocks.
+    #[getter]
+    fn total_elems(&self) -> u64 {
+        self.total_elems
+    }
+
+    /// The validated macroblocks: `[(dtype, offset_bytes, length_bytes, length_elems), ...]`
+    /// (a v3 file has one, at byte 0).
+    #[getter]
+    fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        self.blocks.clone()
+    }
+
+    /// The tensors in file order.
+    #[getter]
+    fn records(&self, py: Python<'_>) -> Vec<Py<Record>> {
+        self.records.iter().map(|r| r.clone_ref(py)).collect()
+    }
+
+    /// True when the file stores payload checksums.
+    #[getter]
+    fn has_checksums(&self) -> bool {
+        self.checksum_chunk_bytes.is_some()
+    }
+
+    /// Payload bytes per checksum chunk, None without checksums.
+    #[getter]
+    fn checksum_chunk_bytes(&self) -> Option<u64> {
+        self.checksum_chunk_bytes
+    }
+
+    fn __len__(&self) -> usize {
+        self.records.len()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Footer(format={:?}, blocks={}, records={}, payload_len={}, checksums={})",
+            self.format,
+            self.blocks.len(),
+            self.records.len(),
+            self.payload_len,
+            self.checksum_chunk_bytes.is_some()
+        )
+    }
 }
 
 fn io_dict<'py>(py: Python<'py>, report: &read::LoadReport) -> PyResult<Bound<'py, PyDict>> {
@@ -197,16 +393,17 @@ fn phases(list: &[(&'static str, std::time::Duration)]) -> Vec<(String, f64)> {
 #[pyclass(module = "flashpack._core", frozen)]
 struct Payload {
     loaded: Loaded,
+    footer: Py<PyFooter>,
     /// Start of the payload, taken from a `&mut` borrow when the load finished (see `__getbuffer__`).
     ptr: usize,
 }
 
 #[pymethods]
 impl Payload {
-    /// The footer JSON exactly as stored in the file.
+    /// The file's validated footer.
     #[getter]
-    fn footer_json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.loaded.footer_json)
+    fn footer(&self, py: Python<'_>) -> Py<PyFooter> {
+        self.footer.clone_ref(py)
     }
 
     #[getter]
@@ -217,12 +414,6 @@ impl Payload {
     #[getter]
     fn eager(&self) -> bool {
         self.loaded.is_eager()
-    }
-
-    /// The validated macroblocks: `[(dtype, offset_bytes, length_bytes, length_elems), ...]`.
-    #[getter]
-    fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        blocks_of(&self.loaded.footer)
     }
 
     /// Phase timings in seconds: `[(name, seconds), ...]`.
@@ -328,8 +519,18 @@ fn load(
         // A lazy load only maps the file: nothing long to interrupt.
         py.detach(|| read::load(&path, &opts)).map_err(to_py)?
     };
+    let footer = PyFooter::new(
+        py,
+        &loaded.footer,
+        &loaded.footer_json,
+        loaded.payload_len(),
+    )?;
     let ptr = loaded.payload_mut().as_mut_ptr() as usize;
-    Ok(Payload { loaded, ptr })
+    Ok(Payload {
+        loaded,
+        footer,
+        ptr,
+    })
 }
 
 /// An open FlashPack file with its validated footer, for loads into device memory: the footer
@@ -337,24 +538,20 @@ fn load(
 #[pyclass(module = "flashpack._core", frozen)]
 struct File {
     f: read::FlashFile,
+    footer: Py<PyFooter>,
 }
 
 #[pymethods]
 impl File {
+    /// The file's validated footer (the one a load through this handle streams by).
     #[getter]
-    fn footer_json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.f.footer_json)
+    fn footer(&self, py: Python<'_>) -> Py<PyFooter> {
+        self.footer.clone_ref(py)
     }
 
     #[getter]
     fn payload_len(&self) -> u64 {
         self.f.payload_len
-    }
-
-    /// `[(dtype, offset_bytes, length_bytes, length_elems), ...]`, as `Payload.blocks`.
-    #[getter]
-    fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        blocks_of(&self.f.footer)
     }
 
     /// Streams payload ranges into CUDA memory on device `device`: `regions` is
@@ -451,7 +648,8 @@ impl File {
 #[pyfunction]
 fn open(py: Python<'_>, path: std::path::PathBuf) -> PyResult<File> {
     let f = py.detach(|| read::FlashFile::open(&path)).map_err(to_py)?;
-    Ok(File { f })
+    let footer = PyFooter::new(py, &f.footer, &f.footer_json, f.payload_len)?;
+    Ok(File { f, footer })
 }
 
 /// True when the CUDA driver loads and initialises (no GPU work is done).
@@ -516,11 +714,11 @@ fn verify<'py>(
     Ok(d)
 }
 
-/// Reads and validates a file's footer; returns its JSON text as stored.
+/// Reads and validates a file's footer.
 #[pyfunction]
-fn read_footer<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyBytes>> {
+fn read_footer(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Py<PyFooter>> {
     let f = py.detach(|| read::FlashFile::open(&path)).map_err(to_py)?;
-    Ok(PyBytes::new(py, &f.footer_json))
+    PyFooter::new(py, &f.footer, &f.footer_json, f.payload_len)
 }
 
 /// The names of every dtype the format stores.
@@ -605,6 +803,8 @@ fn prepare_pack_destination(py: Python<'_>, path: std::path::PathBuf) -> PyResul
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Payload>()?;
     m.add_class::<File>()?;
+    m.add_class::<PyFooter>()?;
+    m.add_class::<Record>()?;
     m.add_function(wrap_pyfunction!(open, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_available, m)?)?;

@@ -54,7 +54,10 @@ def test_class_members_match() -> None:
     _, classes, _ = _stub()
     for cls_name, members in classes.items():
         cls = getattr(_core, cls_name)
+        constructor = members.pop("__new__", None)
         assert set(members) == _public(list(vars(cls))), cls_name
+        if constructor is not None:  # a class Python code may construct: the same parameters
+            assert constructor[1:] == list(inspect.signature(cls).parameters), f"{cls_name}()"
         for member, params in members.items():
             attr = getattr(cls, member)
             if callable(attr) and member != "__len__":

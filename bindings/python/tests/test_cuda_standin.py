@@ -126,7 +126,7 @@ def load(drv: Driver, path: Path, ordinal: int = 0, **kw: Any) -> tuple[Any, lis
     into them; returns the handle and `(offset, length, address)` per block."""
     ctx = drv.ctx(ordinal)
     handle = _core.open(str(path))
-    regions = [(off, n, drv.alloc(ctx, n)) for _, off, n, _ in handle.blocks if n]
+    regions = [(off, n, drv.alloc(ctx, n)) for _, off, n, _ in handle.footer.blocks if n]
     handle.to_cuda(ordinal, regions, **kw)
     return handle, regions
 
@@ -164,7 +164,7 @@ def test_every_dtype_lands_bit_exact_and_the_pool_is_reused(drv: Driver, tmp_pat
     allocs = []
     for _ in range(3):
         handle, regions = load(drv, path, threads=3, chunk_bytes=65536)
-        assert len(regions) == len(handle.blocks) >= 20
+        assert len(regions) == len(handle.footer.blocks) >= 20
         assert_landed(drv, raw, regions)
         stats = flashpack.pinned_pool_stats()
         assert 0 < stats["allocated"] == stats["idle"] <= stats["limit"], stats

@@ -116,6 +116,18 @@ def _worker(rank: int, world: int, port: int, scenario: str, files: dict[str, st
                 )
 
             results["wrong_world"] = _try(wrong_world)
+
+            def bad_setting_on_rank_1() -> Any:
+                saved = dict(os.environ)
+                if rank == 1:
+                    os.environ["FLASHPACK_READ_THREADS"] = "many"
+                try:
+                    return load(files["good"], True)()
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+
+            results["bad_setting"] = _try(bad_setting_on_rank_1)
             results["after_errors"] = _try(load(files["good"], True))
         dist.destroy_process_group()
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
@@ -179,6 +191,10 @@ def test_failures_on_one_rank_are_errors_on_every_rank(files: dict[str, str], tm
         assert "differs from rank 0" in err, f"rank {r}: {res['different_file']}"
         err = res["wrong_world"].get("error", "")
         assert "rank 1" in err and "world_size=3" in err, f"rank {r}: {res['wrong_world']}"
+        # A reader setting one rank cannot parse is an error on every rank (it used to raise on
+        # that rank alone, leaving the others waiting for it until the timeout).
+        err = res["bad_setting"].get("error", "")
+        assert "rank 1" in err and "FLASHPACK_READ_THREADS" in err, f"rank {r}: {res['bad_setting']}"
         assert "ok" in res["after_errors"], f"rank {r}: the group stays usable: {res['after_errors']}"
     # Only the source rank needs the file for a broadcast.
     assert all("ok" in res["missing_on_receiver_broadcast"] for res in ranks), ranks

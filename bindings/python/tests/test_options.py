@@ -344,7 +344,7 @@ def test_buffers_follow_the_file_through_the_integrations(tmp_path: Path) -> Non
     assert bf16.bn.running_mean.dtype == torch.bfloat16 and bf16.bn.num_batches_tracked.dtype == torch.int64
 
 
-@pytest.mark.parametrize("module", ["flashpack.options", "flashpack.integrations._patches", "flashpack.commands"])
+@pytest.mark.parametrize("module", ["flashpack.options", "flashpack.integrations._patches", "flashpack.commands", "flashpack.settings"])
 def test_module_examples_run(module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import doctest
     import importlib

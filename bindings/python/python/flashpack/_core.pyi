@@ -24,18 +24,68 @@ _Tensor = tuple[str, str, str | None, list[int], int, int]
 # (phase name, seconds)
 _Phases = list[tuple[str, float]]
 
+class Record:
+    """One tensor of a footer: where its elements sit in its block (read-only)."""
+
+    def __new__(
+        cls, name: str, shape: Sequence[int], block: int, offset: int, length: int, tied_to: int | None = None
+    ) -> Record: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> list[int]: ...
+    @property
+    def block(self) -> int:
+        """Index into ``Footer.blocks``."""
+    @property
+    def offset(self) -> int:
+        """Offset in elements from the start of the block."""
+    @property
+    def length(self) -> int:
+        """Number of elements."""
+    @property
+    def tied_to(self) -> int | None:
+        """Index of the first record holding exactly these bytes (tied weights stored once), or
+        None (the first of such a group, a record sharing nothing, or an empty one)."""
+
+class Footer:
+    """A FlashPack file's validated footer, decoded once by the engine (read-only)."""
+
+    @staticmethod
+    def decode(json: bytes, payload_len: int) -> Footer:
+        """Decode and validate footer JSON against a payload of ``payload_len`` bytes
+        (ValueError when it breaks a rule of the format)."""
+    @property
+    def json(self) -> bytes:
+        """The footer JSON exactly as stored in the file."""
+    @property
+    def format(self) -> Literal["flashpack_v3", "flashpack_v4"]: ...
+    @property
+    def align_bytes(self) -> int: ...
+    @property
+    def payload_len(self) -> int: ...
+    @property
+    def total_elems(self) -> int: ...
+    @property
+    def blocks(self) -> list[_Block]: ...
+    @property
+    def records(self) -> list[Record]: ...
+    @property
+    def has_checksums(self) -> bool: ...
+    @property
+    def checksum_chunk_bytes(self) -> int | None: ...
+    def __len__(self) -> int: ...
+
 class Payload:
     """A loaded payload (a private copy-on-write mapping, or owned memory): its bytes through the
     writable buffer protocol, alive as long as any view of them."""
 
     @property
-    def footer_json(self) -> bytes: ...
+    def footer(self) -> Footer: ...
     @property
     def payload_len(self) -> int: ...
     @property
     def eager(self) -> bool: ...
-    @property
-    def blocks(self) -> list[_Block]: ...
     @property
     def phases(self) -> _Phases: ...
     @property
@@ -47,11 +97,9 @@ class File:
     """An open FlashPack file with its validated footer, for device loads and range reads."""
 
     @property
-    def footer_json(self) -> bytes: ...
+    def footer(self) -> Footer: ...
     @property
     def payload_len(self) -> int: ...
-    @property
-    def blocks(self) -> list[_Block]: ...
     def to_cuda(
         self,
         device: int,
@@ -130,7 +178,7 @@ def load(
     verify: bool = False,
 ) -> Payload: ...
 def verify(path: _Path, io: _Io = "auto", threads: int = 0, progress: bool = False) -> dict[str, Any]: ...
-def read_footer(path: _Path) -> bytes: ...
+def read_footer(path: _Path) -> Footer: ...
 def dtype_names() -> list[str]: ...
 def pack(
     path: _Path,

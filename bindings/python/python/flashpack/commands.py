@@ -339,18 +339,16 @@ def revert_to_torch(source: Path, destination: Path, quiet: bool) -> Done:
     """Write a FlashPack file as a torch file (``torch.save`` of the state dict), atomically."""
     import torch
 
-    from .deserialization import get_flashpack_file_metadata, revert_from_file
+    from .deserialization import read_storage, revert_storage
     from .utils import atomic_path
 
-    state_dict = revert_from_file(source, silent=quiet)
+    storage = read_storage(os.fsdecode(source), torch.device("cpu"), silent=quiet)
+    state_dict = revert_storage(storage)
     # Records sharing bytes (tied weights stored once) become separate tensors, as in a file
     # written from a model whose weights are not tied.
-    seen: set[tuple[int, int]] = set()
-    for rec in get_flashpack_file_metadata(source)["index"]:
-        key = (int(rec.get("macroblock", 0)), int(rec["offset"]))
-        if key in seen and int(rec["length"]) > 0:
-            state_dict[rec["name"]] = state_dict[rec["name"]].clone()
-        seen.add(key)
+    for rec in storage.records or []:
+        if rec.tied_to is not None:
+            state_dict[rec.name] = state_dict[rec.name].clone()
     with atomic_path(destination) as temporary, _WriteErrors(temporary) as f:
         try:
             torch.save(state_dict, f)

@@ -2,6 +2,9 @@
 
 import struct
 
+# The defaults of settings read from the environment live with those settings (flashpack.settings).
+from .settings import DEFAULT_READ_CHUNK_BYTES, DEFAULT_SHARD_BYTES  # noqa: F401
+
 MAGIC = b"FLASHPK\0"
 U64LE = struct.Struct("<Q")
 
@@ -13,9 +16,6 @@ DEFAULT_NUM_WRITE_WORKERS = 32
 DEFAULT_NUM_STREAMS = 4
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
-# Eager CPU loads: reader chunk size (FLASHPACK_READ_CHUNK_BYTES overrides).
-DEFAULT_READ_CHUNK_BYTES = 16 * 1024 * 1024
-
 # Distributed loading (use_distributed_loading=True, distributed_sharded=True): the strategies
 # for splitting the payload among ranks, and the window per rank of "windows"
 # (FLASHPACK_SHARD_STRATEGY and FLASHPACK_SHARD_BYTES override them).
@@ -23,6 +23,5 @@ SHARD_STRATEGY_CONTIGUOUS = "contiguous"
 SHARD_STRATEGY_WINDOWS = "windows"
 SHARD_STRATEGIES = (SHARD_STRATEGY_CONTIGUOUS, SHARD_STRATEGY_WINDOWS)
 DEFAULT_SHARD_STRATEGY = SHARD_STRATEGY_CONTIGUOUS
-DEFAULT_SHARD_BYTES = 256 * 1024 * 1024
 # Shard boundaries fall on whole checksum chunks (so each rank can verify its slice).
 SHARD_ALIGN_BYTES = 4 * 1024 * 1024

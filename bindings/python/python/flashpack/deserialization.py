@@ -7,7 +7,6 @@ blocks become typed tensors (zero-copy views of that memory) and records become 
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -16,11 +15,25 @@ from typing import Any
 
 import torch
 
-from . import _core
-from .constants import DEFAULT_CHUNK_BYTES, DEFAULT_NUM_STREAMS, DEFAULT_READ_CHUNK_BYTES
+from . import _core, settings
+from .constants import DEFAULT_CHUNK_BYTES, DEFAULT_NUM_STREAMS
+from .distributed import (
+    maybe_init_distributed,
+    read_flashpack_file_distributed,  # noqa: F401  (the original's module path)
+    read_storage_distributed,
+    resolve_strategy,
+)
+from .loading import load_checkpoint
+from .settings import reader_options
+from .storage import (
+    FlashTensorStorage,
+    footer_metadata,
+    metadata_of,
+    placements,
+    revert_storage,  # noqa: F401  (commands' revert_to_torch)
+    views,
+)
 from .utils import (
-    env_flag,
-    env_int,
     get_module_and_attribute,
     human_num_elements,
     is_ignored_tensor_name,
@@ -29,33 +42,12 @@ from .utils import (
     timer,
 )
 
-
-@dataclass
-class FlashTensorStorage:
-    """The macroblocks of a loaded file, one 1-D tensor per dtype."""
-
-    blocks: list[torch.Tensor]
-    backing: Any = field(default=None, repr=False)
-    # What a distributed load did on this rank (strategy, bytes read), else None.
-    io: dict[str, Any] | None = None
-
-    def block(self, idx: int) -> torch.Tensor:
-        return self.blocks[idx]
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    @property
-    def device(self) -> torch.device:
-        return self.blocks[0].device if self.blocks else torch.device("cpu")
-
-
 PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 def get_flashpack_file_metadata(path: PathArg) -> dict[str, Any]:
     """The footer of a FlashPack file, validated, as a dict."""
-    return json.loads(_core.read_footer(os.fsdecode(path)))
+    return footer_metadata(_core.read_footer(os.fsdecode(path)))
 
 
 def is_flashpack_file(path: PathArg) -> bool:
@@ -71,19 +63,7 @@ def is_flashpack_file(path: PathArg) -> bool:
 def resolve_shard_strategy(strategy: str | None = None) -> str:
     """A sharded distributed load's strategy: ``strategy``, else ``FLASHPACK_SHARD_STRATEGY``,
     else "contiguous"; ValueError for an unknown name."""
-    from .distributed import _resolve_strategy
-
-    return _resolve_strategy(False, strategy)[1]
-
-
-def reader_options() -> dict[str, Any]:
-    """The engine's reader settings from the environment: ``FLASHPACK_DIRECT_IO=0`` (never
-    O_DIRECT), ``FLASHPACK_READ_THREADS``, ``FLASHPACK_READ_CHUNK_BYTES``."""
-    return {
-        "io": "auto" if env_flag("FLASHPACK_DIRECT_IO", default=True) else "buffered",
-        "threads": env_int("FLASHPACK_READ_THREADS", 0),
-        "chunk_bytes": env_int("FLASHPACK_READ_CHUNK_BYTES", DEFAULT_READ_CHUNK_BYTES),
-    }
+    return resolve_strategy(False, strategy)[1]
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
@@ -91,11 +71,11 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device("cpu") if device.type == "meta" else device
 
 
-def _block_tensors(payload: Any) -> list[torch.Tensor]:
+def _block_tensors(payload: _core.Payload) -> list[torch.Tensor]:
     blocks = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for dtype_name, offset, length_bytes, _ in payload.blocks:
+        for dtype_name, offset, length_bytes, _ in payload.footer.blocks:
             dtype = string_to_dtype(dtype_name)
             if length_bytes == 0:
                 blocks.append(torch.empty(0, dtype=dtype))
@@ -124,12 +104,10 @@ def is_checkpoint_path(path: PathArg) -> bool:
 
 def _read_checkpoint(
     path: str, device: torch.device, silent: bool, eager: bool | None, verify: bool
-) -> tuple[FlashTensorStorage, dict[str, Any]]:
+) -> FlashTensorStorage:
     """A checkpoint (see :func:`is_checkpoint_path`) read by :func:`flashpack.load_checkpoint`,
     as one block per tensor and a footer-shaped index of them, so that everything built on
     FlashPack files (``iterate_from_flash_tensor``, ``assign_from_file``) takes it unchanged."""
-    from .loading import load_checkpoint
-
     if verify:
         raise ValueError(
             f"{path}: verify=True checks a FlashPack file's checksums, and this checkpoint (a safetensors file, "
@@ -137,14 +115,11 @@ def _read_checkpoint(
             "it with `flashpack convert` to get checksums"
         )
     if eager is None:
-        eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
+        eager = settings.cpu_parallel_read()
     tensors = load_checkpoint(path, device, eager=eager, progress=not silent)
     blocks = [t.reshape(-1) for t in tensors.values()]
-    index = [
-        {"name": name, "shape": list(t.shape), "offset": 0, "length": t.numel(), "macroblock": k, "dtype": str(t.dtype)}
-        for k, (name, t) in enumerate(tensors.items())
-    ]
-    return FlashTensorStorage(blocks=blocks), {"format": "checkpoint", "source": path, "index": index}
+    records = [_core.Record(name, list(t.shape), k, 0, t.numel()) for k, (name, t) in enumerate(tensors.items())]
+    return FlashTensorStorage(blocks=blocks, records=records)
 
 
 def read_flashpack_file(
@@ -179,7 +154,15 @@ def read_flashpack_file(
     """
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
     path = os.fsdecode(path)
-    device = _resolve_device(device)
+    storage = read_storage(path, _resolve_device(device), silent, eager, verify)
+    return storage, metadata_of(storage, path)
+
+
+def read_storage(
+    path: str, device: torch.device, silent: bool = True, eager: bool | None = None, verify: bool = False
+) -> FlashTensorStorage:
+    """:func:`read_flashpack_file` without the metadata dict: the storage carries the engine's
+    footer and records."""
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"Unsupported device: {device}")
     if is_checkpoint_path(path):
@@ -189,25 +172,23 @@ def read_flashpack_file(
     if device.type == "mps":
         return _read_to_mps(path, device, silent, verify)
     if eager is None:
-        eager = env_flag("FLASHPACK_CPU_PARALLEL_READ")
+        eager = settings.cpu_parallel_read()
     payload = _core.load(
         path,
         eager=eager,
         **reader_options(),
         progress=not silent,
-        huge_pages=env_flag("FLASHPACK_HUGE_PAGES"),
+        huge_pages=settings.huge_pages(),
         verify=verify,
     )
     print_phases(payload.phases, silent)
     with timer("make_blocks", silent):
         blocks = _block_tensors(payload)
-    meta = json.loads(payload.footer_json)
-    return FlashTensorStorage(blocks=blocks, backing=payload), meta
+    footer = payload.footer
+    return FlashTensorStorage(blocks=blocks, backing=payload, footer=footer, records=footer.records)
 
 
-def _read_to_cuda(
-    path: str, device: torch.device, silent: bool, verify: bool
-) -> tuple[FlashTensorStorage, dict[str, Any]]:
+def _read_to_cuda(path: str, device: torch.device, silent: bool, verify: bool) -> FlashTensorStorage:
     """Stream the file's blocks into one new CUDA tensor per block, through the engine's pinned
     staging buffers (host memory never holds the whole payload)."""
     if not torch.cuda.is_available():
@@ -216,30 +197,28 @@ def _read_to_cuda(
     device = torch.device("cuda", index)
     with timer("read_metadata", silent):
         handle = _core.open(path)
-        meta = json.loads(handle.footer_json)
+        footer = handle.footer
     with timer("alloc_device", silent):
-        raw = [torch.empty(length, dtype=torch.uint8, device=device) for _, _, length, _ in handle.blocks]
+        raw = [torch.empty(length, dtype=torch.uint8, device=device) for _, _, length, _ in footer.blocks]
         # The caching allocator may hand out memory that kernels queued on torch's stream still
         # use; the engine copies on its own streams, so that work must be finished first.
         torch.cuda.current_stream(device).synchronize()
-    regions = [(offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(handle.blocks, raw) if length]
+    regions = [(offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(footer.blocks, raw) if length]
     phases, _io = handle.to_cuda(index, regions, progress=not silent, verify=verify, **reader_options())
     print_phases(phases, silent)
-    blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(handle.blocks, raw)]
-    return FlashTensorStorage(blocks=blocks), meta
+    blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(footer.blocks, raw)]
+    return FlashTensorStorage(blocks=blocks, footer=footer, records=footer.records)
 
 
-def _read_to_mps(
-    path: str, device: torch.device, silent: bool, verify: bool
-) -> tuple[FlashTensorStorage, dict[str, Any]]:
+def _read_to_mps(path: str, device: torch.device, silent: bool, verify: bool) -> FlashTensorStorage:
     """Apple silicon: an eager read into host memory (the engine has no Metal sink), then one
     copy per block onto the MPS device."""
     if not torch.backends.mps.is_available():
         raise RuntimeError(f"{path}: cannot load to {device}: torch sees no MPS device")
-    host, meta = read_flashpack_file(path, device="cpu", silent=silent, eager=True, verify=verify)
+    host = read_storage(path, torch.device("cpu"), silent=silent, eager=True, verify=verify)
     with timer("copy_to_mps", silent):
         blocks = [block.to(device) for block in host.blocks]
-    return FlashTensorStorage(blocks=blocks), meta
+    return FlashTensorStorage(blocks=blocks, footer=host.footer, records=host.records)
 
 
 def verify_flashpack_file(path: PathArg, silent: bool = True) -> dict[str, Any]:
@@ -277,26 +256,21 @@ def iterate_from_flash_tensor(
     ignore_prefixes: list[str] | None = None,
     ignore_suffixes: list[str] | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield ``(name, tensor)`` for every record, each a view of its block (0-dim stays 0-dim)."""
+    """Yield ``(name, tensor)`` for every record of ``metadata`` (a footer dict, as
+    :func:`read_flashpack_file` returns), each a view of its block (0-dim stays 0-dim)."""
     storage = flash_tensor if isinstance(flash_tensor, FlashTensorStorage) else FlashTensorStorage([flash_tensor])
-    for rec in metadata["index"]:
-        name = rec["name"]
-        if is_ignored_tensor_name(name, ignore_names, ignore_prefixes, ignore_suffixes):
-            continue
-        block_idx = int(rec.get("macroblock", 0))
-        if not 0 <= block_idx < len(storage):
-            raise ValueError(f"tensor '{name}': macroblock {block_idx} does not exist ({len(storage)} blocks)")
-        try:
-            view = storage.block(block_idx).narrow(0, int(rec["offset"]), int(rec["length"])).view(tuple(rec["shape"]))
-        except RuntimeError as e:
-            raise ValueError(f"tensor '{name}': record {rec} does not fit its block: {e}") from e
+    placed = (
+        (rec["name"], int(rec.get("macroblock", 0)), int(rec["offset"]), int(rec["length"]), tuple(rec["shape"]), rec)
+        for rec in metadata["index"]
+        if not is_ignored_tensor_name(rec["name"], ignore_names, ignore_prefixes, ignore_suffixes)
+    )
+    for _, name, view, _ in views(storage, placed):
         yield name, view
 
 
 def revert_from_file(path: PathArg, silent: bool = True) -> dict[str, torch.Tensor]:
     """Load a FlashPack file as a CPU state dict (views of a private copy-on-write mapping)."""
-    storage, meta = read_flashpack_file(path, silent=silent)
-    return {name: view.detach() for name, view in iterate_from_flash_tensor(storage, meta)}
+    return revert_storage(read_storage(os.fsdecode(path), torch.device("cpu"), silent=silent))
 
 
 def _default_device(model: torch.nn.Module) -> torch.device:
@@ -361,107 +335,158 @@ def assign_from_file(
     """
     path_str = os.fsdecode(path)
     device = _resolve_device(device if device is not None else _default_device(model))
-    if use_distributed_loading and is_checkpoint_path(path_str):
-        raise ValueError(
-            f"{path_str}: use_distributed_loading is supported for FlashPack files only here; use "
-            "flashpack.load_checkpoint(..., use_distributed_loading=True) for this checkpoint, or convert it "
-            "with `flashpack convert`"
-        )
     if use_distributed_loading:
-        from .distributed import maybe_init_distributed, read_flashpack_file_distributed
-
-        maybe_init_distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
-        storage, meta = read_flashpack_file_distributed(
-            path_str,
-            device=device,
-            silent=silent,
-            sharded=distributed_sharded,
-            shard_strategy=distributed_shard_strategy,
-            verify=verify,
+        storage = _read_distributed(
+            path_str, device, silent, verify, distributed_sharded, distributed_shard_strategy, rank, local_rank, world_size
         )
     else:
-        storage, meta = read_flashpack_file(
-            path_str,
-            device=device,
-            silent=silent,
-            num_streams=num_streams,
-            chunk_bytes=chunk_bytes,
-            eager=eager,
-            verify=verify,
-        )
+        del num_streams, chunk_bytes  # the engine sizes its reads
+        storage = read_storage(path_str, device, silent=silent, eager=eager, verify=verify)
     if keep_flash_ref_on_model:
         model._flash_shared_storage = storage
-        model._flash_shared_storage_meta = meta
+        model._flash_shared_storage_meta = metadata_of(storage, path_str)
 
+    filters = (ignore_names, ignore_prefixes, ignore_suffixes)
     with timer("build_lookups", silent):
         params = dict(model.named_parameters(remove_duplicate=False))
         buffers = dict(model.named_buffers(remove_duplicate=False))
-
-    assigned_params: set[str] = set()
-    assigned_buffers: set[str] = set()
-    discarded: list[str] = []
-    total_elements = 0
-    shared: dict[tuple[int, int, int], torch.nn.Parameter] = {}
     with timer("assign", silent):
         try:
-            records = {rec["name"]: rec for rec in meta["index"]}
-            for name, view in iterate_from_flash_tensor(storage, meta, ignore_names, ignore_prefixes, ignore_suffixes):
-                total_elements += view.numel()
-                if name in params:
-                    old = params[name]
-                    if tuple(old.shape) != tuple(view.shape):
-                        raise ValueError(f"shape mismatch for parameter '{name}': model {tuple(old.shape)} vs file {tuple(view.shape)}")
-                    rec = records[name]
-                    key = (int(rec.get("macroblock", 0)), int(rec["offset"]), int(rec["length"]))
-                    new = shared.get(key) if view.numel() else None
-                    if new is None or new.shape != view.shape:
-                        new = torch.nn.Parameter(view, requires_grad=old.requires_grad)
-                        shared[key] = new
-                    module, attr = get_module_and_attribute(model, name)
-                    setattr(module, attr, new)
-                    assigned_params.add(name)
-                elif name in buffers:
-                    old_buf = buffers[name]
-                    if old_buf is not None and tuple(old_buf.shape) != tuple(view.shape):
-                        raise ValueError(f"shape mismatch for buffer '{name}': model {tuple(old_buf.shape)} vs file {tuple(view.shape)}")
-                    if old_buf is not None and old_buf.dtype != view.dtype:
-                        view = _buffer_value(name, view, old_buf.dtype, coerce_dtype)
-                    module, attr = get_module_and_attribute(model, name)
-                    module._buffers[attr] = view
-                    assigned_buffers.add(name)
-                else:
-                    discarded.append(name)
+            done = _assign_tensors(model, storage, params, buffers, filters, coerce_dtype)
         except (TypeError, ValueError, RuntimeError, AttributeError) as e:
             raise ValueError(f"{path_str}: error while assigning to {type(model).__name__}: {e}") from e
-
-    def ignored(name: str) -> bool:
-        return is_ignored_tensor_name(name, ignore_names, ignore_prefixes, ignore_suffixes)
-
-    missing_params = [n for n in params if n not in assigned_params and not ignored(n)]
-    missing_buffers = [n for n in buffers if n not in assigned_buffers and not ignored(n)]
-    check_params = strict_params if strict is None else strict
-    check_buffers = strict_buffers if strict is None else strict
-    if check_params or check_buffers:
-        problems = []
-        if discarded:
-            problems.append(f"{len(discarded)} tensors in the file match nothing in the model: {discarded}")
-        if check_params and missing_params:
-            problems.append(f"missing {len(missing_params)} parameters: {missing_params}")
-        if check_buffers and missing_buffers:
-            problems.append(f"missing {len(missing_buffers)} buffers: {missing_buffers}")
-        if problems:
-            raise ValueError(f"{path_str}: cannot load into {type(model).__name__}: " + "; ".join(problems))
+    missing_params = [n for n in params if n not in done.params and not is_ignored_tensor_name(n, *filters)]
+    missing_buffers = [n for n in buffers if n not in done.buffers and not is_ignored_tensor_name(n, *filters)]
+    problems = _incompleteness(
+        done,
+        missing_params if (strict_params if strict is None else strict) else [],
+        missing_buffers if (strict_buffers if strict is None else strict) else [],
+        strict=(strict_params or strict_buffers) if strict is None else strict,
+    )
+    if problems:
+        raise ValueError(f"{path_str}: cannot load into {type(model).__name__}: " + "; ".join(problems))
     if not silent:
-        if missing_params:
-            print(f"Ignoring {len(missing_params)} parameters: {missing_params}")
-        if missing_buffers:
-            print(f"Ignoring {len(missing_buffers)} buffers: {missing_buffers}")
-        if discarded:
-            print(f"Discarded {len(discarded)} names: {discarded}")
-        print(
-            f"Assigned {human_num_elements(total_elements)} total parameters to "
-            f"{len(assigned_params)} parameters and {len(assigned_buffers)} buffers"
+        _print_summary(done, missing_params, missing_buffers)
+
+
+def _read_distributed(
+    path: str,
+    device: torch.device,
+    silent: bool,
+    verify: bool,
+    sharded: bool,
+    shard_strategy: str | None,
+    rank: int | None,
+    local_rank: int | None,
+    world_size: int | None,
+) -> FlashTensorStorage:
+    """``assign_from_file(use_distributed_loading=True)``'s read: join (or form) the process
+    group, then read the FlashPack file once for every rank."""
+    if is_checkpoint_path(path):
+        raise ValueError(
+            f"{path}: use_distributed_loading is supported for FlashPack files only here; use "
+            "flashpack.load_checkpoint(..., use_distributed_loading=True) for this checkpoint, or convert it "
+            "with `flashpack convert`"
         )
+    maybe_init_distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+    return read_storage_distributed(
+        path, device=device, silent=silent, sharded=sharded, shard_strategy=shard_strategy, verify=verify
+    )
 
 
-from .distributed import maybe_init_distributed, read_flashpack_file_distributed  # noqa: E402, F401  (original's module path)
+@dataclass
+class _Assigned:
+    """What :func:`_assign_tensors` did."""
+
+    params: set[str] = field(default_factory=set)
+    buffers: set[str] = field(default_factory=set)
+    # File tensors that name nothing in the model.
+    discarded: list[str] = field(default_factory=list)
+    elements: int = 0
+
+
+def _assign_tensors(
+    model: torch.nn.Module,
+    storage: FlashTensorStorage,
+    params: dict[str, torch.nn.Parameter],
+    buffers: dict[str, torch.Tensor | None],
+    filters: tuple[list[str] | None, list[str] | None, list[str] | None],
+    coerce_dtype: bool,
+) -> _Assigned:
+    """Point the model's parameters and buffers at the views of ``storage`` (tied records share
+    one Parameter)."""
+    done = _Assigned()
+    # Parameters by the record that first holds their bytes.
+    shared: dict[int, torch.nn.Parameter] = {}
+    for index, name, view, rec in views(storage, placements(storage.records or []), *filters):
+        done.elements += view.numel()
+        if name in params:
+            holder = index if rec.tied_to is None else rec.tied_to
+            _assign_parameter(model, name, view, params[name], holder, shared)
+            done.params.add(name)
+        elif name in buffers:
+            _assign_buffer(model, name, view, buffers[name], coerce_dtype)
+            done.buffers.add(name)
+        else:
+            done.discarded.append(name)
+    return done
+
+
+def _assign_parameter(
+    model: torch.nn.Module,
+    name: str,
+    view: torch.Tensor,
+    old: torch.nn.Parameter,
+    holder: int,
+    shared: dict[int, torch.nn.Parameter],
+) -> None:
+    """Set parameter ``name`` to a Parameter viewing ``view``: the one already made for the
+    record ``holder`` when it has the same shape (tied weights), else a new one."""
+    if tuple(old.shape) != tuple(view.shape):
+        raise ValueError(f"shape mismatch for parameter '{name}': model {tuple(old.shape)} vs file {tuple(view.shape)}")
+    new = shared.get(holder) if view.numel() else None
+    if new is None or new.shape != view.shape:
+        new = torch.nn.Parameter(view, requires_grad=old.requires_grad)
+        shared[holder] = new
+    module, attr = get_module_and_attribute(model, name)
+    setattr(module, attr, new)
+
+
+def _assign_buffer(
+    model: torch.nn.Module, name: str, view: torch.Tensor, old: torch.Tensor | None, coerce_dtype: bool
+) -> None:
+    """Set buffer ``name`` to ``view`` (converted as :func:`_buffer_value` says when the dtypes differ)."""
+    if old is not None and tuple(old.shape) != tuple(view.shape):
+        raise ValueError(f"shape mismatch for buffer '{name}': model {tuple(old.shape)} vs file {tuple(view.shape)}")
+    if old is not None and old.dtype != view.dtype:
+        view = _buffer_value(name, view, old.dtype, coerce_dtype)
+    module, attr = get_module_and_attribute(model, name)
+    module._buffers[attr] = view
+
+
+def _incompleteness(done: _Assigned, missing_params: list[str], missing_buffers: list[str], strict: bool) -> list[str]:
+    """What a strict load refuses: file tensors matching nothing (when any strictness is on),
+    and the missing names it is given (those of the kinds checked)."""
+    if not strict:
+        return []
+    problems = []
+    if done.discarded:
+        problems.append(f"{len(done.discarded)} tensors in the file match nothing in the model: {done.discarded}")
+    if missing_params:
+        problems.append(f"missing {len(missing_params)} parameters: {missing_params}")
+    if missing_buffers:
+        problems.append(f"missing {len(missing_buffers)} buffers: {missing_buffers}")
+    return problems
+
+
+def _print_summary(done: _Assigned, missing_params: list[str], missing_buffers: list[str]) -> None:
+    if missing_params:
+        print(f"Ignoring {len(missing_params)} parameters: {missing_params}")
+    if missing_buffers:
+        print(f"Ignoring {len(missing_buffers)} buffers: {missing_buffers}")
+    if done.discarded:
+        print(f"Discarded {len(done.discarded)} names: {done.discarded}")
+    print(
+        f"Assigned {human_num_elements(done.elements)} total parameters to "
+        f"{len(done.params)} parameters and {len(done.buffers)} buffers"
+    )

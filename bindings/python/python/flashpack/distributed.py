@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import math
 import os
 import warnings
@@ -28,21 +27,20 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import _core
-from .utils import env_flag, env_int, string_to_dtype, timer
+from . import _core, settings
+from .constants import DEFAULT_SHARD_STRATEGY, SHARD_ALIGN_BYTES, SHARD_STRATEGIES
+from .storage import FlashTensorStorage, footer_metadata, view_bytes
+from .utils import string_to_dtype, timer
 
 STRATEGIES = ("broadcast", "sharded")
-SHARD_STRATEGIES = ("contiguous", "windows")
-DEFAULT_TIMEOUT_S = 300
-DEFAULT_WINDOW_BYTES = 256 << 20
 # Shard boundaries fall on this grid: whole checksum chunks (so shards can be verified) and
 # O_DIRECT-aligned reads.
-SHARD_GRID = 4 << 20
+SHARD_GRID = SHARD_ALIGN_BYTES
 # Largest single broadcast message.
 BROADCAST_PIECE = 256 << 20
 
 def _timeout() -> datetime.timedelta:
-    return datetime.timedelta(seconds=env_int("FLASHPACK_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+    return datetime.timedelta(seconds=settings.dist_timeout_s())
 
 
 def maybe_init_distributed(
@@ -60,11 +58,11 @@ def maybe_init_distributed(
     the number of processes) fails after ``FLASHPACK_DIST_TIMEOUT`` seconds (default 300).
     """
     if local_rank is None:
-        local_rank = env_int("LOCAL_RANK", 0)
+        local_rank = settings.torchrun_local_rank()
     asked = (rank, world_size)
     if not dist.is_initialized():
-        rank = rank if rank is not None else env_int("RANK", -1)
-        world_size = world_size if world_size is not None else env_int("WORLD_SIZE", -1)
+        rank = rank if rank is not None else settings.torchrun_rank()
+        world_size = world_size if world_size is not None else settings.torchrun_world_size()
         if rank < 0 or world_size < 1:
             raise RuntimeError(
                 "distributed loading needs a process group: run under torchrun, call "
@@ -117,10 +115,12 @@ class _Plan:
     verify: bool
 
 
-def _resolve_strategy(sharded: bool, shard_strategy: str | None) -> tuple[str, str]:
-    if env_flag("FLASHPACK_DISTRIBUTED_SHARDED"):
+def resolve_strategy(sharded: bool, shard_strategy: str | None) -> tuple[str, str]:
+    """``("sharded" or "broadcast", shard strategy)`` for a load asked as ``sharded`` /
+    ``shard_strategy``, the environment applied (ValueError for an unknown strategy)."""
+    if settings.distributed_sharded():
         sharded = True
-    name = (shard_strategy or os.environ.get("FLASHPACK_SHARD_STRATEGY") or "contiguous").strip().lower()
+    name = (shard_strategy or settings.shard_strategy() or DEFAULT_SHARD_STRATEGY).strip().lower()
     if name not in SHARD_STRATEGIES:
         raise ValueError(f"unknown shard strategy {name!r}; expected one of {', '.join(SHARD_STRATEGIES)}")
     return ("sharded" if sharded else "broadcast"), name
@@ -137,7 +137,7 @@ def read_flashpack_file_distributed(
     sharded: bool = False,
     shard_strategy: str | None = None,
     verify: bool = False,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[FlashTensorStorage, dict[str, Any]]:
     """Load a file on every rank of the default process group, reading it once in total.
 
     Rank ``src`` decides the strategy (``sharded``/``shard_strategy``, or
@@ -145,22 +145,57 @@ def read_flashpack_file_distributed(
     every other rank follows, so per-rank settings cannot make the collectives disagree. The
     returned storage records what this rank read in ``storage.io`` (``bytes_read``).
     """
-    from .deserialization import FlashTensorStorage, reader_options
-
     del chunk_bytes, num_streams, metadata  # the engine sizes its reads; the footer comes from src
+    storage = read_storage_distributed(path, device, src, silent, sharded, shard_strategy, verify)
+    assert storage.footer is not None
+    return storage, footer_metadata(storage.footer)
+
+
+def read_storage_distributed(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cuda",
+    src: int = 0,
+    silent: bool = True,
+    sharded: bool = False,
+    shard_strategy: str | None = None,
+    verify: bool = False,
+) -> FlashTensorStorage:
+    """:func:`read_flashpack_file_distributed` without the metadata dict: the storage carries the
+    footer (rank ``src``'s, decoded and validated by the engine on every rank) and its records."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    rank, world = dist.get_rank(), dist.get_world_size()
-    group = _control_group()
     path = os.fsdecode(path)
+    group = _control_group()
+    config = _decide(src, sharded, shard_strategy, verify, group)
+    handle = _open_everywhere(path, src, config["strategy"] == "sharded", silent, group)
+    footer = _share_footer(handle, src, group)
+    plan = _plan(config, footer.payload_len, dist.get_world_size(), footer)
+    with timer("alloc", silent):
+        padded = max(footer.payload_len, plan.rounds * dist.get_world_size() * plan.shard_bytes)
+        buffer = torch.empty(padded, dtype=torch.uint8, device=device)
+        if device.type == "cuda":
+            torch.cuda.current_stream(device).synchronize()
+    if plan.strategy == "broadcast":
+        bytes_read = _broadcast_payload(handle, buffer, footer.payload_len, src, plan, silent, group)
+    else:
+        bytes_read = _gather_shards(handle, buffer, footer.payload_len, plan, silent, group)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensors = [buffer[off : off + n].view(string_to_dtype(dt)) for dt, off, n, _ in footer.blocks]
+    io = {"bytes_read": bytes_read, "strategy": plan.strategy, "rounds": plan.rounds, "rank": dist.get_rank()}
+    return FlashTensorStorage(blocks=tensors, backing=buffer, io=io, footer=footer, records=footer.records)
 
-    # 1. Rank src decides the plan; everyone learns it.
+
+def _decide(src: int, sharded: bool, shard_strategy: str | None, verify: bool, group: Any) -> dict[str, Any]:
+    """Rank ``src`` decides the plan (its arguments and environment); every rank learns it."""
     box: list[Any] = [None]
-    if rank == src:
+    if dist.get_rank() == src:
         try:
-            strategy, shard_name = _resolve_strategy(sharded, shard_strategy)
-            window = env_int("FLASHPACK_SHARD_BYTES", DEFAULT_WINDOW_BYTES) if shard_name == "windows" else 0
+            strategy, shard_name = resolve_strategy(sharded, shard_strategy)
+            window = settings.shard_bytes() if shard_name == "windows" else 0
             box[0] = {"strategy": strategy, "shard_name": shard_name, "window": window, "verify": bool(verify)}
         except Exception as e:  # noqa: BLE001 - reported on every rank below
             box[0] = {"error": f"{type(e).__name__}: {e}"}
@@ -168,20 +203,24 @@ def read_flashpack_file_distributed(
     config = box[0]
     if "error" in config:
         raise RuntimeError(f"distributed load: rank {src} could not plan it: {config['error']}")
+    return config
 
-    # 2. Open and validate; everyone must agree on the file (sharded) or src must have it.
-    handle = None
-    status: str | None = None
-    digest = None
-    need_file = config["strategy"] == "sharded" or rank == src
+
+def _open_everywhere(path: str, src: int, sharded: bool, silent: bool, group: Any) -> Any:
+    """Open and validate the file where it is read (every rank when sharded, else rank ``src``);
+    every rank raises if one could not, or if a rank's file differs from rank ``src``'s. The
+    open file on this rank, or None."""
+    rank = dist.get_rank()
+    handle, status, digest = None, None, None
+    need_file = sharded or rank == src
     if need_file:
         try:
             with timer("read_metadata", silent):
                 handle = _core.open(path)
-            digest = hashlib.sha256(handle.footer_json).hexdigest()
+            digest = hashlib.sha256(handle.footer.json).hexdigest()
         except Exception as e:  # noqa: BLE001 - reported on every rank below
             status = f"{type(e).__name__}: {e}"
-    info: list[Any] = [None] * world
+    info: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(info, (status, digest), group=group)
     failed = [f"rank {r}: {s}" for r, (s, _) in enumerate(info) if s is not None]
     if failed:
@@ -189,94 +228,86 @@ def read_flashpack_file_distributed(
     if need_file and info[src][1] != digest:
         status = f"{path} differs from rank {src}'s file (footer checksum {digest} vs {info[src][1]})"
     _agree(status, "comparing the file across ranks", group)
+    return handle
 
-    box = [(handle.footer_json, handle.payload_len) if rank == src and handle is not None else None]
+
+def _share_footer(handle: Any, src: int, group: Any) -> _core.Footer:
+    """Rank ``src``'s footer on every rank: its own where a rank opened the file (the same, as
+    checked), else decoded and validated from what ``src`` broadcast."""
+    box = [(handle.footer.json, handle.payload_len) if dist.get_rank() == src and handle is not None else None]
     dist.broadcast_object_list(box, src=src, group=group)
     footer_json, payload_len = box[0]
-    meta = json.loads(footer_json)
-    blocks = _blocks_of(meta)
+    return handle.footer if handle is not None else _core.Footer.decode(footer_json, payload_len)
 
-    plan = _plan(config, payload_len, world, meta)
-    padded = max(payload_len, plan.rounds * world * plan.shard_bytes)
-    with timer("alloc", silent):
-        buffer = torch.empty(padded, dtype=torch.uint8, device=device)
-        if device.type == "cuda":
-            torch.cuda.current_stream(device).synchronize()
-    io_kw = reader_options()
-    bytes_read = 0
 
-    def read(offset: int, length: int, into: torch.Tensor) -> int:
-        """Read payload bytes [offset, offset+length) into `into` (a uint8 tensor of that length)."""
-        if length <= 0:
-            return 0
-        assert handle is not None
-        if into.device.type == "cuda":
-            _, io = handle.to_cuda(into.device.index, [(offset, length, into.data_ptr())], verify=plan.verify, **io_kw)
-        else:
-            io = handle.read_into(offset, into.numpy(), verify=plan.verify, **io_kw)
-        return int(io["direct_bytes"]) + int(io["buffered_bytes"])
-
-    if plan.strategy == "broadcast":
-        status = None
-        if rank == src:
-            try:
-                with timer("read_payload", silent):
-                    bytes_read += read(0, payload_len, buffer[:payload_len])
-            except Exception as e:  # noqa: BLE001 - reported on every rank below
-                status = f"{type(e).__name__}: {e}"
-        _agree(status, f"rank {src} read the payload", group)
-        with timer("broadcast", silent):
-            for start in range(0, payload_len, BROADCAST_PIECE):
-                dist.broadcast(buffer[start : min(payload_len, start + BROADCAST_PIECE)], src=src)
+def _read_range(handle: Any, offset: int, length: int, into: torch.Tensor, verify: bool) -> int:
+    """Read payload bytes [offset, offset+length) into ``into`` (a uint8 tensor of that length);
+    returns the bytes read from the disk."""
+    if length <= 0:
+        return 0
+    io_kw = settings.reader_options()
+    if into.device.type == "cuda":
+        _, io = handle.to_cuda(into.device.index, [(offset, length, into.data_ptr())], verify=verify, **io_kw)
     else:
-        s = plan.shard_bytes
-        gloo = dist.get_backend() == "gloo"
-        mine = torch.empty(s, dtype=torch.uint8, device=device) if gloo else None
-        for r in range(plan.rounds):
-            base = r * world * s
-            lo = min(payload_len, base + rank * s)
-            hi = min(payload_len, base + (rank + 1) * s)
-            status = None
-            target = mine if mine is not None else buffer[base + rank * s : base + (rank + 1) * s]
-            try:
-                with timer(f"read_shard_{r}", silent):
-                    bytes_read += read(lo, hi - lo, target[: hi - lo])
-            except Exception as e:  # noqa: BLE001 - reported on every rank below
-                status = f"{type(e).__name__}: {e}"
-            _agree(status, f"reading shards (round {r})", group)
-            with timer(f"all_gather_{r}", silent):
-                dist.all_gather_into_tensor(buffer[base : base + world * s], target)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tensors = [buffer[off : off + n].view(string_to_dtype(dt)) for dt, off, n in blocks]
-    io = {"bytes_read": bytes_read, "strategy": plan.strategy, "rounds": plan.rounds, "rank": rank}
-    return FlashTensorStorage(blocks=tensors, backing=buffer, io=io), meta
+        io = handle.read_into(offset, into.numpy(), verify=verify, **io_kw)
+    return int(io["direct_bytes"]) + int(io["buffered_bytes"])
 
 
-def _plan(config: dict[str, Any], payload_len: int, world: int, meta: dict[str, Any]) -> _Plan:
+def _broadcast_payload(
+    handle: Any, buffer: torch.Tensor, payload_len: int, src: int, plan: _Plan, silent: bool, group: Any
+) -> int:
+    """The ``broadcast`` strategy: rank ``src`` reads the whole payload into ``buffer``, then
+    broadcasts it in pieces. Returns the bytes this rank read."""
+    status, bytes_read = None, 0
+    if dist.get_rank() == src:
+        try:
+            with timer("read_payload", silent):
+                bytes_read = _read_range(handle, 0, payload_len, buffer[:payload_len], plan.verify)
+        except Exception as e:  # noqa: BLE001 - reported on every rank below
+            status = f"{type(e).__name__}: {e}"
+    _agree(status, f"rank {src} read the payload", group)
+    with timer("broadcast", silent):
+        for start in range(0, payload_len, BROADCAST_PIECE):
+            dist.broadcast(buffer[start : min(payload_len, start + BROADCAST_PIECE)], src=src)
+    return bytes_read
+
+
+def _gather_shards(handle: Any, buffer: torch.Tensor, payload_len: int, plan: _Plan, silent: bool, group: Any) -> int:
+    """The ``sharded`` strategy: in each round every rank reads its shard, then the shards are
+    all-gathered into ``buffer``. Returns the bytes this rank read."""
+    rank, world, s = dist.get_rank(), dist.get_world_size(), plan.shard_bytes
+    # gloo gathers from a tensor of its own (NCCL reads each rank's shard in place).
+    mine = torch.empty(s, dtype=torch.uint8, device=buffer.device) if dist.get_backend() == "gloo" else None
+    bytes_read = 0
+    for r in range(plan.rounds):
+        base = r * world * s
+        lo = min(payload_len, base + rank * s)
+        hi = min(payload_len, base + (rank + 1) * s)
+        status = None
+        target = mine if mine is not None else buffer[base + rank * s : base + (rank + 1) * s]
+        try:
+            with timer(f"read_shard_{r}", silent):
+                bytes_read += _read_range(handle, lo, hi - lo, target[: hi - lo], plan.verify)
+        except Exception as e:  # noqa: BLE001 - reported on every rank below
+            status = f"{type(e).__name__}: {e}"
+        _agree(status, f"reading shards (round {r})", group)
+        with timer(f"all_gather_{r}", silent):
+            dist.all_gather_into_tensor(buffer[base : base + world * s], target)
+    return bytes_read
+
+
+def _plan(config: dict[str, Any], payload_len: int, world: int, footer: _core.Footer) -> _Plan:
     strategy = config["strategy"]
     if strategy == "broadcast":
         return _Plan("broadcast", 0, 0, config["verify"])
     # Shards are whole checksum chunks (so each rank can verify its own) and O_DIRECT-aligned.
-    grid = math.lcm(SHARD_GRID, int(meta.get("checksums", {}).get("chunk_bytes", SHARD_GRID)))
+    grid = math.lcm(SHARD_GRID, footer.checksum_chunk_bytes or SHARD_GRID)
     per_rank = -(-payload_len // world) if payload_len else grid
     if config["window"]:
         per_rank = min(per_rank, config["window"])
     shard = max(grid, -(-per_rank // grid) * grid)
     rounds = max(1, -(-payload_len // (world * shard)))
     return _Plan("sharded", shard, rounds, config["verify"])
-
-
-def _blocks_of(meta: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """(dtype, offset_bytes, length_bytes) per block of a validated footer."""
-    if "macroblocks" in meta:
-        return [(b["dtype"], int(b["offset_bytes"]), int(b["length_bytes"])) for b in meta["macroblocks"]]
-    dtype = meta["target_dtype"]
-    size = torch.empty(0, dtype=string_to_dtype(dtype)).element_size()
-    return [(dtype, 0, int(meta["total_elems"]) * size)]
 
 
 def load_weights_distributed(
@@ -297,8 +328,6 @@ def load_weights_distributed(
     For CUDA, rank ``src`` holds the whole job in host memory once (the broadcast needs it on
     its device), unlike a single-process CUDA load, which streams through the pinned pool.
     """
-    from .loading import TensorEntry, view_of
-
     rank = dist.get_rank()
     group = _control_group()
     memory, layout, status, error = None, None, None, None
@@ -334,14 +363,14 @@ def load_weights_distributed(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     out = {}
-    for name, dtype, shape, off, n in layout:
-        e = TensorEntry(0, name, string_to_dtype(dtype), tuple(shape), 0, n)
+    for name, dtype_name, shape, off, n in layout:
+        dtype, shape = string_to_dtype(dtype_name), tuple(shape)
         if n == 0:
-            out[name] = torch.empty(e.shape, dtype=e.dtype, device=device)
+            out[name] = torch.empty(shape, dtype=dtype, device=device)
         elif device.type == "cpu" and rank == src:
-            out[name] = view_of(memory, off, e)
+            out[name] = view_bytes(memory, off, n, dtype, shape)
         else:
-            out[name] = _typed(buffer[off : off + n], e.dtype).view(e.shape)
+            out[name] = _typed(buffer[off : off + n], dtype).view(shape)
     return out
 
 

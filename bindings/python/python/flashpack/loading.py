@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from . import _core
-from .deserialization import reader_options
-from .utils import dtype_to_string, env_flag, string_to_dtype
+from . import _core, settings
+from .settings import reader_options
+from .storage import view_bytes
+from .utils import dtype_to_string, string_to_dtype
 
 PathArg = str | os.PathLike[str]
 DeviceArg = str | int | torch.device
@@ -96,18 +96,13 @@ def resolve_device(device: DeviceArg | None) -> torch.device:
 
 def view_of(memory: Any, offset: int, entry: TensorEntry) -> torch.Tensor:
     """A tensor viewing ``entry.nbytes`` bytes of ``memory`` from ``offset`` (no copy)."""
-    if entry.nbytes == 0:
-        return torch.empty(entry.shape, dtype=entry.dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw = torch.frombuffer(memory, dtype=torch.uint8, count=entry.nbytes, offset=offset)
-    return raw.view(entry.dtype).view(entry.shape)
+    return view_bytes(memory, offset, entry.nbytes, entry.dtype, entry.shape)
 
 
 def job_options() -> dict[str, Any]:
     """The reader settings of an eager job into new host memory: ``reader_options()`` and
     ``FLASHPACK_HUGE_PAGES`` (huge pages for that memory, as for FlashPack loads)."""
-    return {**reader_options(), "huge_pages": env_flag("FLASHPACK_HUGE_PAGES")}
+    return {**reader_options(), "huge_pages": settings.huge_pages()}
 
 
 def _progress(progress: bool | None) -> bool:

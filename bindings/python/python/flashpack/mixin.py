@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,25 +18,51 @@ from .deserialization import assign_from_file  # noqa: F401  (diffusers' own Fla
 from .options import LOAD_OPTIONS, OPTION, PACK_OPTIONS, with_options
 
 
+# parameters_on_meta: the threads inside it (a depth per thread), and the patch of
+# `torch.nn.Module.register_parameter` installed while any thread is.
+_on_meta = threading.local()
+_patch_lock = threading.Lock()
+_patch_users = 0
+_unpatched: Callable[..., None] | None = None
+
+
+def _register_parameter(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+    """``register_parameter`` while :func:`parameters_on_meta` is active in some thread: on the
+    meta device in the threads inside it, unchanged in the others."""
+    if getattr(_on_meta, "depth", 0) and param is not None and not param.is_meta:
+        param = type(param)(param.detach().to("meta"), requires_grad=param.requires_grad)
+    _unpatched(module, name, param)  # type: ignore[misc]
+
+
 @contextmanager
 def parameters_on_meta() -> Iterator[None]:
     """Construct modules with their parameters on the meta device (no memory, no init cost).
 
     Buffers stay real, so values computed in ``__init__`` (e.g. non-persistent rotary tables that
     are never saved) survive; only parameters, which the file replaces, are skipped.
+
+    Thread-safe: only modules constructed by the thread inside the block get meta parameters.
+    The block patches ``torch.nn.Module.register_parameter`` (one process-wide patch, installed
+    when the first thread enters and removed when the last one leaves, restoring what was there
+    when it was installed); in threads outside any block the patch calls that original unchanged.
+    Blocks nest.
     """
-    register = torch.nn.Module.register_parameter
-
-    def register_on_meta(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
-        if param is not None and not param.is_meta:
-            param = type(param)(param.detach().to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    torch.nn.Module.register_parameter = register_on_meta  # type: ignore[method-assign]
+    global _patch_users, _unpatched
+    with _patch_lock:
+        if _patch_users == 0:
+            _unpatched = torch.nn.Module.register_parameter
+            torch.nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign, assignment]
+        _patch_users += 1
+    _on_meta.depth = getattr(_on_meta, "depth", 0) + 1
     try:
         yield
     finally:
-        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+        _on_meta.depth -= 1
+        with _patch_lock:
+            _patch_users -= 1
+            if _patch_users == 0:
+                # _unpatched stays set: a thread outside any block may be inside the patch still.
+                torch.nn.Module.register_parameter = _unpatched  # type: ignore[method-assign, assignment]
 
 
 class FlashPackMixin:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import secrets
@@ -105,24 +106,6 @@ def get_module_and_attribute(model: torch.nn.Module, name: str) -> tuple[torch.n
     return model.get_submodule(module_path), attr
 
 
-def env_flag(name: str, default: bool = False) -> bool:
-    """An environment switch: unset gives `default`, "0"/"false"/"no"/"off"/"" are off."""
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() not in ("0", "false", "no", "off", "")
-
-
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    if value is None or not value.strip():
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r} is not an integer") from None
-
-
 @contextmanager
 def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     """A new, empty temporary file beside ``destination`` for the caller to write; when the block
@@ -161,18 +144,21 @@ def staged_files(folder: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or deliberately blocked package
+        return False
+
+
 def diffusers_is_available() -> bool:
     """True when diffusers can be imported (without importing it)."""
-    from .integrations.patch import diffusers_is_available as available
-
-    return available()
+    return _installed("diffusers")
 
 
 def transformers_is_available() -> bool:
     """True when transformers can be imported (without importing it)."""
-    from .integrations.patch import transformers_is_available as available
-
-    return available()
+    return _installed("transformers")
 
 
 def maybe_init_distributed(
@@ -180,6 +166,7 @@ def maybe_init_distributed(
 ) -> tuple[int, int, int]:
     """Join (or create from torchrun's variables) the default process group; see
     :func:`flashpack.distributed.maybe_init_distributed`."""
+    # The original's `flashpack.utils` path; `distributed` builds on this module, hence the late import.
     from .distributed import maybe_init_distributed as init
 
     return init(rank=rank, local_rank=local_rank, world_size=world_size, **kwargs)

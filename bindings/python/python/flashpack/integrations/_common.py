@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,8 +17,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .. import deserialization, serialization
-from ..deserialization import get_flashpack_file_metadata
+from .. import _core, deserialization, serialization
 from ..mixin import parameters_on_meta
 from ..options import PACK_OPTIONS, Options, with_options
 from ..utils import atomic_path, filter_state_dict, get_module_and_attribute, staged_files, string_to_dtype
@@ -212,13 +212,15 @@ def missing_weight_files(folder: Path, variant: str | None, plain_dirs: list[str
 HUB_OPTIONS = Options(resolve_model_dir, skip=("name_or_path", "variant", "plain_fallback", "whole"))
 
 
-def file_float_dtype(path: str | os.PathLike[str]) -> torch.dtype | None:
+def read_footer(path: str | os.PathLike[str]) -> _core.Footer:
+    """The validated footer of the FlashPack file ``path``: read once per model load, then passed
+    to :func:`build_dtype` and :func:`load_into_model`."""
+    return _core.read_footer(os.fsdecode(path))
+
+
+def file_float_dtype(footer: _core.Footer) -> torch.dtype | None:
     """The floating-point dtype holding most of the file's elements (None if it stores no floats)."""
-    meta = get_flashpack_file_metadata(path)
-    if "macroblocks" in meta:
-        counts = [(b["dtype"], int(b["length_elems"])) for b in meta["macroblocks"]]
-    else:
-        counts = [(meta["target_dtype"], int(meta["total_elems"]))]
+    counts = [(dtype, elems) for dtype, _, _, elems in footer.blocks]
     floats = [(n, string_to_dtype(d)) for d, n in counts if string_to_dtype(d).is_floating_point]
     return max(floats, key=lambda x: x[0])[1] if floats else None
 
@@ -233,21 +235,35 @@ def requested_dtype(requested: torch.dtype | str | None) -> torch.dtype | None:
     return dtype
 
 
-def build_dtype(path: str | os.PathLike[str]) -> torch.dtype:
-    """The dtype to construct a model in before filling it from ``path``: the file's own floating
-    dtype, so that float buffers created in ``__init__`` match the stored ones."""
-    return file_float_dtype(path) or torch.get_default_dtype()
+def build_dtype(footer: _core.Footer) -> torch.dtype:
+    """The dtype to construct a model in before filling it from the file of ``footer``: the
+    file's own floating dtype, so that float buffers created in ``__init__`` match the stored
+    ones."""
+    return file_float_dtype(footer) or torch.get_default_dtype()
+
+
+# Held while a block of default_dtype runs: one at a time in the process (nesting in one thread).
+_DEFAULT_DTYPE_LOCK = threading.RLock()
 
 
 @contextmanager
 def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Tensors created without an explicit dtype (parameters, float buffers) get ``dtype``."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+    """Tensors created without an explicit dtype (parameters, float buffers) get ``dtype``.
+
+    torch has one default dtype per process (``torch.set_default_dtype``, which the libraries'
+    own ``from_pretrained`` sets the same way): while the block runs, every thread that creates a
+    floating tensor without a dtype gets ``dtype``. Blocks in different threads run one at a
+    time (a lock; a thread waits for the block of another to end), so each sees its own dtype
+    throughout and restores the default it found: concurrent model builds cannot leave the
+    process with another build's dtype. Blocks nest within a thread.
+    """
+    with _DEFAULT_DTYPE_LOCK:
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(previous)
 
 
 def build_on_meta(build: Callable[[], ModuleT], dtype: torch.dtype) -> ModuleT:
@@ -268,6 +284,7 @@ def _shared_parameter_groups(model: torch.nn.Module) -> list[list[str]]:
 def load_into_model(
     model: ModuleT,
     path: str | os.PathLike[str],
+    footer: _core.Footer,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
@@ -282,7 +299,7 @@ def load_into_model(
     returned in eval mode; with ``dtype`` its floating-point tensors are cast when they differ.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
-    records = {rec["name"] for rec in get_flashpack_file_metadata(path)["index"]}
+    records = {rec.name for rec in footer.records}
     tied = _shared_parameter_groups(model)
     aliases = [n for g in tied if any(m in records for m in g) for n in g if n not in records]
     ignore_names = list(assign_kwargs.pop("ignore_names", None) or []) + aliases

@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-
-def _installed(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):  # a broken or deliberately blocked package
-        return False
-
-
-def diffusers_is_available() -> bool:
-    return _installed("diffusers")
-
-
-def transformers_is_available() -> bool:
-    return _installed("transformers")
+from ..utils import diffusers_is_available, transformers_is_available
 
 
 def patch_integrations() -> None:

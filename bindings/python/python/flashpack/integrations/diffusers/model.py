@@ -24,6 +24,7 @@ from .._common import (
     library_class,
     load_into_model,
     pop_cast_dtype,
+    read_footer,
     requested_dtype,
     resolve_model_dir,
     rewrite_json,
@@ -68,8 +69,9 @@ def load_diffusers_model(
         dtype = to_dtype(dtype)
         return load_diffusers_checkpoint(cls, path, device=device, dtype=dtype, options=options, kwargs=kwargs)
     config = cls.load_config(path.parent)
-    model = build_on_meta(lambda: cls.from_config(config, **kwargs), build_dtype(path))
-    return load_into_model(model, path, device=device, dtype=requested_dtype(dtype), **LOAD_OPTIONS.pick(options))
+    footer = read_footer(path)
+    model = build_on_meta(lambda: cls.from_config(config, **kwargs), build_dtype(footer))
+    return load_into_model(model, path, footer, device=device, dtype=requested_dtype(dtype), **LOAD_OPTIONS.pick(options))
 
 
 def legacy_renames(model: ModelMixin, names: list[str]) -> dict[str, str]:

@@ -24,6 +24,7 @@ from .._common import (
     library_class,
     load_into_model,
     pop_cast_dtype,
+    read_footer,
     requested_dtype,
     resolve_model_dir,
     save_model_folder,
@@ -65,9 +66,10 @@ def load_transformers_model(
     """Construct with ``build`` (parameters on meta, floats in the file's dtype), fill from
     ``path``, load the generation config beside it, cast to ``dtype`` if one was asked for."""
     cast_to = requested_dtype(dtype)
-    config.dtype = build_dtype(path)
+    footer = read_footer(path)
+    config.dtype = build_dtype(footer)
     model = build_on_meta(build, config.dtype)
-    load_into_model(model, path, device=device, dtype=cast_to, **assign_kwargs)
+    load_into_model(model, path, footer, device=device, dtype=cast_to, **assign_kwargs)
     if cast_to is not None:
         model.config.dtype = cast_to
     if model.can_generate() and (path.parent / "generation_config.json").is_file():
