@@ -20,7 +20,8 @@ use flashpack::write::{self, PackEntry, PackOptions};
 use flashpack::{CheckpointError, Dtype, Error};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{
-    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError,
+    PyFileNotFoundError, PyKeyboardInterrupt, PyMemoryError, PyNotImplementedError, PyOSError,
+    PyRuntimeError, PyValueError,
 };
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -31,8 +32,9 @@ use pyo3::types::{PyBytes, PyDict};
 /// (`FileNotFoundError`, `IsADirectoryError`, `PermissionError`, ...): `strerror` is the OS's text
 /// with the step that failed, `filename` the file the call was about (a pack's destination).
 /// A checkpoint's missing shard is `FileNotFoundError`, a shard the OS refuses an `OSError` of
-/// the OS's subclass. Format and caller problems (a corrupt index included) are `ValueError`,
-/// device problems `RuntimeError`.
+/// the OS's subclass. Format and caller problems (a corrupt file or index included) are
+/// `ValueError`, host memory running out `MemoryError`, what this build cannot do
+/// `NotImplementedError`, device problems and internal errors `RuntimeError`.
 fn to_py(e: Error) -> PyErr {
     match e {
         Error::Io {
@@ -69,7 +71,9 @@ fn to_py(e: Error) -> PyErr {
             _ => PyValueError::new_err(e.to_string()),
         },
         Error::Cancelled { .. } => PyKeyboardInterrupt::new_err(e.to_string()),
-        Error::Device(_) => PyRuntimeError::new_err(e.to_string()),
+        Error::Device(_) | Error::Internal(_) => PyRuntimeError::new_err(e.to_string()),
+        Error::OutOfMemory { .. } => PyMemoryError::new_err(e.to_string()),
+        Error::Unsupported(_) => PyNotImplementedError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
     }
 }

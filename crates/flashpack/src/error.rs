@@ -60,12 +60,33 @@ pub enum Error {
         #[source]
         source: Box<crate::remote::RemoteError>,
     },
-    /// The caller asked for something that cannot be done (bad option, unsupported device).
+    /// The caller asked for something that cannot be done: a bad option or setting, a range
+    /// outside the payload, a check the file has no data for. The text names what and where.
     #[error("{0}")]
     Invalid(String),
     /// A device (GPU) call failed, or no usable device driver was found.
     #[error("{0}")]
     Device(String),
+    /// Host memory (or the pinned staging pool's limit) cannot hold `bytes` more bytes for
+    /// `what`. Nothing is wrong with the file: a smaller load, fewer threads or more memory helps.
+    #[error("cannot allocate {bytes} bytes of host memory for {what}")]
+    OutOfMemory { bytes: u64, what: String },
+    /// Something valid that this build cannot do: a checksum algorithm it does not know, a
+    /// dtype the target library has no type for, a feature it was built without.
+    #[error("{0}")]
+    Unsupported(String),
+    /// candle refused a tensor of `path` (see [`crate::candle`]); `source` is candle's error.
+    #[cfg(feature = "candle")]
+    #[error("{}: tensor '{tensor}': {source}", path.display())]
+    Candle {
+        path: PathBuf,
+        tensor: String,
+        #[source]
+        source: Box<candle_core::Error>,
+    },
+    /// A broken internal invariant: a bug in this crate, reported instead of a panic.
+    #[error("internal error (a bug, please report it): {0}")]
+    Internal(String),
 }
 
 /// What is wrong with a checkpoint (see [`Error::Checkpoint`], which names the index file).
@@ -171,6 +192,13 @@ impl Error {
         }
     }
 
+    pub(crate) fn out_of_memory(bytes: u64, what: impl Into<String>) -> Self {
+        Error::OutOfMemory {
+            bytes,
+            what: what.into(),
+        }
+    }
+
     /// Wraps a format problem with the file it was found in.
     pub fn format(path: impl AsRef<Path>, source: FormatError) -> Self {
         Error::Format {
@@ -182,7 +210,11 @@ impl Error {
     /// True for errors caused by the file's or caller's data, not by the OS (or an interruption).
     pub fn is_data_error(&self) -> bool {
         match self {
-            Error::Io { .. } | Error::Device(_) | Error::Cancelled { .. } => false,
+            Error::Io { .. }
+            | Error::Device(_)
+            | Error::Cancelled { .. }
+            | Error::OutOfMemory { .. }
+            | Error::Internal(_) => false,
             Error::Remote { source, .. } => source.is_data_error(),
             Error::Checkpoint { source, .. } => match source.as_ref() {
                 CheckpointError::BadShard { source, .. } => source.is_data_error(),

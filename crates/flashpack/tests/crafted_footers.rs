@@ -976,3 +976,31 @@ fn io_errors_start_with_the_path_too() {
     assert!(FlashFile::open(s.dir.path()).is_err());
     assert!(load(s.dir.path(), &LoadOptions::default()).is_err());
 }
+
+/// `Footer::byte_range` takes any `Record`: one from another footer (with more blocks than this
+/// one) gets the range its own footer gave it, never an index out of bounds.
+#[test]
+fn byte_range_of_a_record_from_another_footer_does_not_panic() {
+    use flashpack::format::{plan, Order, TensorSpec};
+    use flashpack::Dtype;
+    let one = plan(
+        &[TensorSpec::new("a", Dtype::F32, vec![4])],
+        128,
+        Order::AsGiven,
+    )
+    .unwrap()
+    .footer;
+    let two = plan(
+        &[
+            TensorSpec::new("a", Dtype::F32, vec![4]),
+            TensorSpec::new("b", Dtype::I64, vec![2]),
+        ],
+        128,
+        Order::AsGiven,
+    )
+    .unwrap()
+    .footer;
+    let b = two.record("b").unwrap();
+    assert_eq!(two.byte_range(b), (128, 144));
+    assert_eq!(one.byte_range(b), (128, 144));
+}

@@ -438,10 +438,9 @@ fn check_layout(
     }
 
     // The planned footer passes the reader's own validation.
-    prop_assert_eq!(
-        f.validate(layout.payload_len, None, Some(layout.payload_len)),
-        Ok(())
-    );
+    let json = f.encode().unwrap();
+    let back = Footer::decode(&json, layout.payload_len);
+    prop_assert_eq!(back.as_ref(), Ok(f));
     Ok(())
 }
 
@@ -619,7 +618,7 @@ proptest! {
 
     #[test]
     fn footer_round_trips_and_matches_the_original_writer(layout in layout_case()) {
-        let json = layout.footer.encode();
+        let json = layout.footer.encode().unwrap();
         let text = std::str::from_utf8(&json).expect("footer is UTF-8");
         prop_assert_eq!(text, expected_json(&layout.footer, layout.payload_len));
         let expect_v3 = layout.footer.blocks.len() == 1;
@@ -628,7 +627,7 @@ proptest! {
         let back = Footer::decode(&json, layout.payload_len).unwrap();
         prop_assert_eq!(&back, &layout.footer);
         // Re-encoding the decoded footer gives the same bytes.
-        prop_assert_eq!(back.encode(), json.clone());
+        prop_assert_eq!(back.encode().unwrap(), json.clone());
         // The payload must be exactly what the footer declares: bytes added anywhere would shift
         // the tensors (the original writer puts the footer right after the last block).
         let longer = Footer::decode(&json, layout.payload_len + 4096).unwrap_err();
@@ -653,7 +652,7 @@ proptest! {
             chunk_bytes: chunk,
             digests: (0..count).map(|i| i.wrapping_mul(n).wrapping_add(u64::MAX - n)).collect(),
         });
-        let json = f.encode();
+        let json = f.encode().unwrap();
         let text = String::from_utf8(json.clone()).unwrap();
         let base = expected_json(&layout.footer, layout.payload_len);
         // Same prefix as without extras, extras appended after "index".
@@ -670,7 +669,7 @@ fn footer_json_matches_the_format_md_examples() {
     let specs = vec![TensorSpec::new("w", Dtype::BF16, vec![4096, 4096])];
     let l = plan(&specs, 128, Order::LargestFirst).unwrap();
     assert_eq!(
-        String::from_utf8(l.footer.encode()).unwrap(),
+        String::from_utf8(l.footer.encode().unwrap()).unwrap(),
         r#"{"format":"flashpack_v3","target_dtype":"bfloat16","align_bytes":128,"total_elems":16777216,"index":[{"name":"w","shape":[4096,4096],"offset":0,"length":16777216}]}"#
     );
     let specs = vec![
@@ -679,7 +678,7 @@ fn footer_json_matches_the_format_md_examples() {
     ];
     let l = plan(&specs, 128, Order::LargestFirst).unwrap();
     assert_eq!(
-        String::from_utf8(l.footer.encode()).unwrap(),
+        String::from_utf8(l.footer.encode().unwrap()).unwrap(),
         r#"{"format":"flashpack_v4","align_bytes":128,"total_payload_bytes":136,"total_elems":17,"macroblocks":[{"dtype":"float32","offset_bytes":0,"length_bytes":64,"length_elems":16},{"dtype":"int64","offset_bytes":128,"length_bytes":8,"length_elems":1}],"index":[{"name":"w","shape":[4,4],"offset":0,"length":16,"macroblock":0},{"name":"n","shape":[],"offset":0,"length":1,"macroblock":1}]}"#
     );
 }
@@ -688,7 +687,7 @@ fn footer_json_matches_the_format_md_examples() {
 fn footer_keeps_non_ascii_raw_and_escapes_like_python() {
     let specs = vec![TensorSpec::new("名前.é\"\\\n\u{1}", Dtype::U8, vec![2])];
     let l = plan(&specs, 128, Order::LargestFirst).unwrap();
-    let text = String::from_utf8(l.footer.encode()).unwrap();
+    let text = String::from_utf8(l.footer.encode().unwrap()).unwrap();
     assert!(text.contains(r#""name":"名前.é\"\\\n\u0001""#), "{text}");
     assert!(!text.contains(' '), "compact JSON has no spaces: {text}");
 }
@@ -958,7 +957,7 @@ proptest! {
         pick in any::<u8>(),
         random in any::<u64>(),
     ) {
-        let mut json = layout.footer.encode();
+        let mut json = layout.footer.encode().unwrap();
         for m in &muts {
             apply_byte_mut(&mut json, m);
         }
@@ -975,7 +974,7 @@ proptest! {
         pick in any::<u8>(),
         random in any::<u64>(),
     ) {
-        let mut v: Value = serde_json::from_slice(&layout.footer.encode()).unwrap();
+        let mut v: Value = serde_json::from_slice(&layout.footer.encode().unwrap()).unwrap();
         for m in &muts {
             apply_value_mut(&mut v, m);
         }
@@ -1036,7 +1035,7 @@ proptest! {
         pick in any::<u8>(),
         random in any::<u64>(),
     ) {
-        let mut v: Value = serde_json::from_slice(&layout.footer.encode()).unwrap();
+        let mut v: Value = serde_json::from_slice(&layout.footer.encode().unwrap()).unwrap();
         for (which, at, value) in edits {
             set_number(&mut v, which, at, value);
         }

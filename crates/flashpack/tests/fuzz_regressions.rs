@@ -49,7 +49,7 @@ fn check_footer_input(path: &Path) -> Result<(), String> {
         }
         Ok(f) => f,
     };
-    let again = f.footer.encode();
+    let again = f.footer.encode().unwrap();
     match Footer::decode(&again, f.payload_len) {
         Ok(back) if back == f.footer => {}
         Ok(back) => {

@@ -132,7 +132,7 @@ fn check_file_layout(path: &Path, ts: &[T]) {
     assert_eq!(f.payload_len as usize + json_len + 16, n);
     assert_eq!(&bytes[f.payload_len as usize..n - 16], &f.footer_json[..]);
     assert_eq!(
-        f.footer.encode(),
+        f.footer.encode().unwrap(),
         f.footer_json,
         "the footer on disk is the canonical encoding"
     );

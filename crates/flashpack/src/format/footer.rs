@@ -40,9 +40,10 @@ pub struct Macroblock {
 }
 
 impl Macroblock {
-    /// One past the block's last byte.
+    /// One past the block's last byte. Exact for a block of a validated footer (its end lies
+    /// inside the payload); saturates instead of wrapping for one that is not yet checked.
     pub fn end_bytes(&self) -> u64 {
-        self.offset_bytes + self.length_bytes
+        self.offset_bytes.saturating_add(self.length_bytes)
     }
 }
 
@@ -57,6 +58,34 @@ pub struct Record {
     pub length: u64,
     /// Index into [`Footer::blocks`].
     pub block: usize,
+    /// Payload bytes `[start, end)` of the tensor, set when its footer is validated (the only
+    /// way a footer is made), so reading them needs no lookup that could fail.
+    bytes: (u64, u64),
+}
+
+impl Record {
+    /// A record not yet placed: its byte range is set when its footer is validated.
+    pub(super) fn new(
+        name: String,
+        shape: Vec<u64>,
+        offset: u64,
+        length: u64,
+        block: usize,
+    ) -> Self {
+        Record {
+            name,
+            shape,
+            offset,
+            length,
+            block,
+            bytes: (0, 0),
+        }
+    }
+
+    /// Payload bytes `[start, end)` of the tensor.
+    pub fn byte_range(&self) -> (u64, u64) {
+        self.bytes
+    }
 }
 
 /// A decoded and validated footer.
@@ -144,12 +173,10 @@ impl Footer {
         self.records.iter().find(|r| r.name == name)
     }
 
-    /// Byte range `[start, end)` of a record in the file.
+    /// Byte range `[start, end)` of a record in the file (the same as [`Record::byte_range`]:
+    /// the range the record's own footer gave it when that footer was validated).
     pub fn byte_range(&self, rec: &Record) -> (u64, u64) {
-        let b = &self.blocks[rec.block];
-        let size = b.dtype.size() as u64;
-        let start = b.offset_bytes + rec.offset * size;
-        (start, start + rec.length * size)
+        rec.byte_range()
     }
 
     /// Names the tensors stored in payload bytes `[start, end)` in payload order (up to three),
@@ -181,7 +208,7 @@ impl Footer {
     }
 
     /// Compact UTF-8 JSON, keys in the original writer's order, non-ASCII kept raw.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
         let result = if self.is_v3() {
             let block = &self.blocks[0];
             serde_json::to_vec(&JsonV3 {
@@ -233,8 +260,7 @@ impl Footer {
                 checksums: self.checksums.as_ref().map(Checksums::to_json),
             })
         };
-        // Serializing plain structs of strings and integers into a Vec cannot fail.
-        result.unwrap_or_default()
+        result.map_err(|e| FormatError::Encode(e.to_string()))
     }
 
     /// Parses footer JSON and validates it against a payload of `payload_len` bytes.
@@ -323,8 +349,8 @@ impl Footer {
     /// exactly what the footer declares: the blocks end where the payload ends (as does
     /// `total_payload_bytes`, when present). The original writer puts the JSON right after the
     /// last block; bytes added anywhere would shift the tensors.
-    pub fn validate(
-        &self,
+    pub(crate) fn validate(
+        &mut self,
         payload_len: u64,
         total_elems: Option<u64>,
         total_payload_bytes: Option<u64>,
@@ -399,6 +425,7 @@ impl Footer {
             }
         }
         let mut names = HashSet::with_capacity(self.records.len());
+        let mut ranges = Vec::with_capacity(self.records.len());
         for r in &self.records {
             if !names.insert(r.name.as_str()) {
                 return Err(FormatError::DuplicateName(r.name.clone()));
@@ -450,6 +477,14 @@ impl Footer {
                     ),
                 ));
             }
+            // Cannot overflow: the elements lie inside the block (checked just above), whose
+            // length_elems x size is its length_bytes and whose end lies in the payload.
+            let size = block.dtype.size() as u64;
+            let start = block.offset_bytes + r.offset * size;
+            ranges.push((start, start + r.length * size));
+        }
+        for (r, bytes) in self.records.iter_mut().zip(ranges) {
+            r.bytes = bytes;
         }
         if self.payload_end() != payload_len {
             return Err(FormatError::PayloadSize {
@@ -538,13 +573,9 @@ fn parse_record(i: usize, item: Value) -> Result<Record, FormatError> {
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| what(format!("macroblock {v} is not a valid index")))?,
     };
-    Ok(Record {
-        offset: u64_field(&obj, "offset", &what)?,
-        length: u64_field(&obj, "length", &what)?,
-        name,
-        shape,
-        block,
-    })
+    let offset = u64_field(&obj, "offset", &what)?;
+    let length = u64_field(&obj, "length", &what)?;
+    Ok(Record::new(name, shape, offset, length, block))
 }
 
 /// Names tensors, given as `(first byte, name)`, in byte order (up to three), for messages.

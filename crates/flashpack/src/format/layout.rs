@@ -175,23 +175,29 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
         .map(|&i| {
             let s = &specs[i];
             let owner = s.tied_to.unwrap_or(i);
-            // Every untied spec was given a slot above, and tied specs point at untied ones.
-            let (block, offset) = slot[owner].unwrap_or((0, 0));
-            Record {
-                name: s.name.clone(),
-                shape: s.shape.clone(),
+            // Every untied spec was given a slot above, and tied specs point at untied ones
+            // (checked at the top): a spec without one is a planner bug, reported as such.
+            let (block, offset) = slot[owner].ok_or_else(|| {
+                FormatError::Inconsistent(format!(
+                    "internal error: tensor '{}' was not placed by the planner",
+                    s.name
+                ))
+            })?;
+            Ok(Record::new(
+                s.name.clone(),
+                s.shape.clone(),
                 offset,
-                length: counts[i],
+                counts[i],
                 block,
-            }
+            ))
         })
-        .collect();
+        .collect::<Result<Vec<_>, FormatError>>()?;
     let version = if blocks.len() == 1 {
         FormatVersion::V3
     } else {
         FormatVersion::V4
     };
-    let footer = Footer {
+    let mut footer = Footer {
         version,
         align_bytes,
         blocks,
@@ -199,6 +205,8 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
         extra: Map::new(),
         checksums: None,
     };
+    // The same checks a reader makes; they also give each record its byte range.
+    footer.validate(cursor, None, None)?;
     Ok(Layout {
         footer,
         payload_len: cursor,

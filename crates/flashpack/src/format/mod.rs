@@ -11,7 +11,7 @@
 //!     TensorSpec::new("step", Dtype::I64, vec![]),
 //! ];
 //! let layout = plan(&specs, 128, Order::LargestFirst).unwrap();
-//! let json = layout.footer.encode();
+//! let json = layout.footer.encode().unwrap();
 //! let back = Footer::decode(&json, layout.payload_len).unwrap();
 //! assert_eq!(back, layout.footer);
 //! ```
@@ -97,6 +97,8 @@ pub enum FormatError {
     DuplicateName(String),
     #[error("{0}")]
     Inconsistent(String),
+    #[error("cannot encode the footer as JSON: {0}")]
+    Encode(String),
     #[error("the payload is {actual} bytes but the footer declares {declared}: bytes were added to or removed from the file, which would shift every tensor (corrupt file)")]
     PayloadSize { declared: u64, actual: u64 },
     #[error("no tensors to pack")]

@@ -61,10 +61,7 @@ impl FlashFile {
         footer_json
             .try_reserve_exact(json_len as usize)
             .map_err(|e| {
-                Error::Invalid(format!(
-                    "{}: footer of {json_len} bytes: {e}",
-                    path.display()
-                ))
+                Error::out_of_memory(json_len, format!("the footer of {} ({e})", path.display()))
             })?;
         footer_json.resize(json_len as usize, 0);
         file.read_exact_at(&mut footer_json, payload_len)

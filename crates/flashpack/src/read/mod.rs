@@ -180,7 +180,7 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
         ..Default::default()
     };
     let payload_len = usize::try_from(f.payload_len).map_err(|_| {
-        Error::Invalid(format!(
+        Error::Unsupported(format!(
             "{}: payload too large for this platform",
             path.display()
         ))
@@ -197,11 +197,15 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
         // The footer was checked against the file's size at open; a file that shrank since then
         // maps shorter than its payload.
         if map.len() < payload_len {
-            return Err(Error::Invalid(format!(
-                "{}: the file got shorter while loading ({} bytes mapped, the payload needs {payload_len})",
-                path.display(),
-                map.len()
-            )));
+            // As for a read that runs out of bytes (see pool::read_items).
+            return Err(Error::io(
+                path,
+                format!(
+                    "map (the file got shorter while loading: {} bytes mapped, the payload needs {payload_len})",
+                    map.len()
+                ),
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
         }
         report.phases.push(("mmap_payload", t.elapsed()));
         if let Some(v) = &verifier {
@@ -413,8 +417,12 @@ pub(crate) fn read_owned(
     end: u64,
     opts: &LoadOptions,
 ) -> Result<(HostBuffer, LoadReport)> {
-    let len = usize::try_from(end.saturating_sub(start))
-        .map_err(|_| Error::Invalid(format!("{}: data too large", d.path.display())))?;
+    let len = usize::try_from(end.saturating_sub(start)).map_err(|_| {
+        Error::Unsupported(format!(
+            "{}: data too large for this platform",
+            d.path.display()
+        ))
+    })?;
     let mut buf = HostBuffer::with_pages(len, opts.huge_pages)?;
     let report = read_into(d, start, buf.as_mut_slice(), opts, None)?;
     Ok((buf, report))
@@ -544,7 +552,7 @@ fn verifier(f: &FlashFile) -> Result<pool::Verifier<'_>> {
         )));
     };
     if !cs.is_supported() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Unsupported(format!(
             "{path}: checksum algorithm {:?} is not supported by this version",
             cs.algorithm
         )));

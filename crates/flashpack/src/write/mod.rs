@@ -48,6 +48,9 @@ const RESERVED_KEYS: &[&str] = &[
     CHECKSUMS_KEY,
 ];
 
+/// Largest piece a writer thread copies at once before hashing and writing it.
+const BOUNCE_BYTES: usize = 1 << 20;
+
 /// One tensor to pack: its spec and its bytes (contiguous, little-endian, in the stored dtype).
 #[derive(Clone, Debug)]
 pub struct PackEntry<'a> {
@@ -183,7 +186,7 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
 
     let t = Instant::now();
     crate::cancel::check(cancel, dest)?;
-    let mut trailer = layout.footer.encode();
+    let mut trailer = layout.footer.encode().map_err(|e| Error::format(dest, e))?;
     let json_len = trailer.len() as u64;
     trailer.extend_from_slice(&json_len.to_le_bytes());
     trailer.extend_from_slice(MAGIC);
@@ -212,7 +215,7 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
 
 /// Writes every tensor's bytes at its placement, one payload chunk per job (so threads share
 /// big tensors evenly), and returns each chunk's digest when checksums are on. A chunk's digest
-/// covers its bytes in order, zero padding included, hashed from the same memory that is written.
+/// covers its bytes in order, zero padding included, hashed from the very copy that is written.
 fn write_payload(
     file: &File,
     dest: &Path,
@@ -229,8 +232,12 @@ fn write_payload(
         .collect();
     segments.sort_by_key(|s| s.0);
     let step = opts.chunk_bytes;
-    let jobs = usize::try_from(Checksums::chunk_count(payload_len, step))
-        .map_err(|_| Error::Invalid(format!("{}: payload too large", dest.display())))?;
+    let jobs = usize::try_from(Checksums::chunk_count(payload_len, step)).map_err(|_| {
+        Error::Unsupported(format!(
+            "{}: payload too large for this platform",
+            dest.display()
+        ))
+    })?;
     let threads = match opts.threads {
         0 => std::thread::available_parallelism()
             .map_or(2, |n| n.get())
@@ -244,7 +251,10 @@ fn write_payload(
     let bar = progress_bar(opts.progress, payload_len, "packing");
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let write_job = |k: usize| -> std::io::Result<()> {
+    // With checksums on, each piece is copied before it is hashed and written: the caller's
+    // memory may change under us (a Python tensor another thread writes to while the GIL is
+    // released), and the digest must describe exactly the bytes that reach the file.
+    let write_job = |k: usize, bounce: &mut Vec<u8>| -> std::io::Result<()> {
         let start = k as u64 * step;
         let end = (start + step).min(payload_len);
         let mut hasher = opts.checksums.then(Hasher::default);
@@ -253,10 +263,19 @@ fn write_payload(
         for &(off, data) in segments[first..].iter().take_while(|(off, _)| *off < end) {
             let (s, e) = (off.max(start), (off + data.len() as u64).min(end));
             let piece = &data[(s - off) as usize..(e - off) as usize];
-            file.write_all_at(piece, s)?;
-            if let Some(h) = hasher.as_mut() {
-                h.update_zeros(s.saturating_sub(pos));
-                h.update(piece);
+            match hasher.as_mut() {
+                None => file.write_all_at(piece, s)?,
+                Some(h) => {
+                    h.update_zeros(s.saturating_sub(pos));
+                    let mut at = s;
+                    for part in piece.chunks(BOUNCE_BYTES) {
+                        bounce.clear();
+                        bounce.extend_from_slice(part);
+                        h.update(bounce);
+                        file.write_all_at(bounce, at)?;
+                        at += part.len() as u64;
+                    }
+                }
             }
             pos = e;
         }
@@ -279,16 +298,19 @@ fn write_payload(
     std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                s.spawn(|| loop {
-                    let k = next.fetch_add(1, Ordering::Relaxed);
-                    if k >= jobs || failed.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if let Err(e) = crate::cancel::check(opts.cancel.as_ref(), dest) {
-                        return fail(e);
-                    }
-                    if let Err(e) = write_job(k) {
-                        return fail(Error::io(dest, "write payload", e));
+                s.spawn(|| {
+                    let mut bounce = Vec::new();
+                    loop {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        if k >= jobs || failed.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        if let Err(e) = crate::cancel::check(opts.cancel.as_ref(), dest) {
+                            return fail(e);
+                        }
+                        if let Err(e) = write_job(k, &mut bounce) {
+                            return fail(Error::io(dest, "write payload", e));
+                        }
                     }
                 })
             })
