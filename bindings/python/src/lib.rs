@@ -169,14 +169,14 @@ pub(crate) fn interruptible<T: Send, E: IntoPyErr>(
 
 fn blocks_of(footer: &flashpack::Footer) -> Vec<(&'static str, u64, u64, u64)> {
     footer
-        .blocks
+        .blocks()
         .iter()
         .map(|b| {
             (
-                b.dtype.name(),
-                b.offset_bytes,
-                b.length_bytes,
-                b.length_elems,
+                b.dtype().name(),
+                b.offset_bytes(),
+                b.length_bytes(),
+                b.length_elems(),
             )
         })
         .collect()
@@ -210,7 +210,7 @@ impl Payload {
     /// The footer JSON exactly as stored in the file.
     #[getter]
     fn footer_json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.loaded.footer_json)
+        PyBytes::new(py, self.loaded.footer_json())
     }
 
     #[getter]
@@ -226,19 +226,19 @@ impl Payload {
     /// The validated macroblocks: `[(dtype, offset_bytes, length_bytes, length_elems), ...]`.
     #[getter]
     fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        blocks_of(&self.loaded.footer)
+        blocks_of(self.loaded.footer())
     }
 
     /// Phase timings in seconds: `[(name, seconds), ...]`.
     #[getter]
     fn phases(&self) -> Vec<(String, f64)> {
-        phases(&self.loaded.report.phases)
+        phases(&self.loaded.report().phases)
     }
 
     /// Reader threads used, and bytes read with O_DIRECT / through the page cache.
     #[getter]
     fn io<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        io_dict(py, &self.loaded.report)
+        io_dict(py, self.loaded.report())
     }
 
     fn __len__(&self) -> usize {
@@ -347,18 +347,18 @@ struct File {
 impl File {
     #[getter]
     fn footer_json<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.f.footer_json)
+        PyBytes::new(py, self.f.footer_json())
     }
 
     #[getter]
     fn payload_len(&self) -> u64 {
-        self.f.payload_len
+        self.f.payload_len()
     }
 
     /// `[(dtype, offset_bytes, length_bytes, length_elems), ...]`, as `Payload.blocks`.
     #[getter]
     fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        blocks_of(&self.f.footer)
+        blocks_of(self.f.footer())
     }
 
     /// Streams payload ranges into CUDA memory on device `device`: `regions` is
@@ -524,7 +524,7 @@ fn verify<'py>(
 #[pyfunction]
 fn read_footer<'py>(py: Python<'py>, path: std::path::PathBuf) -> PyResult<Bound<'py, PyBytes>> {
     let f = py.detach(|| read::FlashFile::open(&path)).map_err(to_py)?;
-    Ok(PyBytes::new(py, &f.footer_json))
+    Ok(PyBytes::new(py, f.footer_json()))
 }
 
 /// The names of every dtype the format stores.

@@ -197,7 +197,7 @@ fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
                 // A repack keeps the footer keys the format does not interpret.
                 extra: src
                     .flashpack()
-                    .map(|f| f.footer.extra.clone())
+                    .map(|f| f.footer().extra().clone())
                     .unwrap_or_default(),
                 cancel: req.cancel.clone(),
                 ..PackOptions::default()
@@ -208,11 +208,11 @@ fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
                 pack_filtered(WeightFile::open(&req.src)?, &dst, opts, &req.ignore)?
             };
             phases.clone_from(&report.phases);
-            let version = match report.footer.version {
+            let version = match report.footer.version() {
                 FormatVersion::V3 => flashpack::format::FILE_FORMAT_V3,
                 FormatVersion::V4 => flashpack::format::FILE_FORMAT_V4,
             };
-            let sums = match &report.footer.checksums {
+            let sums = match &report.footer.checksums() {
                 Some(c) => format!("{} checksums", c.algorithm),
                 None => "no checksums".into(),
             };
@@ -220,9 +220,9 @@ fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
                 format!("FlashPack {version}"),
                 format!(
                     "{} tensors, {} bytes, align_bytes {}, {sums}",
-                    report.footer.records.len(),
+                    report.footer.records().len(),
                     grouped(report.file_len),
-                    report.footer.align_bytes
+                    report.footer.align_bytes()
                 ),
             )
         }

@@ -29,7 +29,7 @@ pub fn render(path: &Path, show_index: bool, json: bool) -> Result<String> {
             path.display()
         )));
     };
-    let mut footer: serde_json::Map<String, Value> = serde_json::from_slice(&file.footer_json)
+    let mut footer: serde_json::Map<String, Value> = serde_json::from_slice(file.footer_json())
         .map_err(|e| CliError::Invalid(format!("{}: footer JSON: {e}", path.display())))?;
     let index = footer.remove("index");
     if json {
@@ -43,14 +43,14 @@ pub fn render(path: &Path, show_index: bool, json: bool) -> Result<String> {
         });
     }
 
-    let f = &file.footer;
+    let f = &file.footer();
     let mut out = vec![format!(
         "file: {} ({} bytes)",
         path.display(),
-        grouped(file.file_len)
+        grouped(file.file_len())
     )];
     for (key, value) in &footer {
-        match (key.as_str(), &f.checksums) {
+        match (key.as_str(), &f.checksums()) {
             ("macroblocks", _) => {}
             ("checksums", Some(c)) => out.push(format!(
                 "checksums: {}, {} chunks of {} bytes",
@@ -61,29 +61,34 @@ pub fn render(path: &Path, show_index: bool, json: bool) -> Result<String> {
             _ => out.push(format!("{key}: {}", plain(value))),
         }
     }
-    out.push(format!("tensors: {}", f.records.len()));
+    out.push(format!("tensors: {}", f.records().len()));
     out.push("macroblocks:".into());
-    for (i, b) in f.blocks.iter().enumerate() {
+    for (i, b) in f.blocks().iter().enumerate() {
         out.push(format!(
             "  {i}: {:<14} at byte {}: {} elements, {} bytes",
-            b.dtype.name(),
-            grouped(b.offset_bytes),
-            grouped(b.length_elems),
-            grouped(b.length_bytes)
+            b.dtype().name(),
+            grouped(b.offset_bytes()),
+            grouped(b.length_elems()),
+            grouped(b.length_bytes())
         ));
     }
     if show_index {
         out.push("index:".into());
-        let width = f.records.iter().map(|r| r.name.len()).max().unwrap_or(0);
-        for r in &f.records {
-            let dtype = f.blocks.get(r.block).map_or("?", |b| b.dtype.name());
+        let width = f
+            .records()
+            .iter()
+            .map(|r| r.name().len())
+            .max()
+            .unwrap_or(0);
+        for r in f.records() {
+            let dtype = f.blocks().get(r.block()).map_or("?", |b| b.dtype().name());
             out.push(format!(
                 "  {:<width$}  {dtype:<10} {:<16} block {} elements {}..{}",
-                r.name,
-                shape_text(&r.shape),
-                r.block,
-                r.offset,
-                r.offset.saturating_add(r.length)
+                r.name(),
+                shape_text(r.shape()),
+                r.block(),
+                r.offset(),
+                r.offset().saturating_add(r.length())
             ));
         }
     }

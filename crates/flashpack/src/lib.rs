@@ -31,3 +31,26 @@ pub mod write;
 
 pub use error::{CheckpointError, Error, Result};
 pub use format::{Dtype, Footer, FormatError};
+
+/// Internals the fuzz targets (crates/flashpack/fuzz) check directly. Built only under
+/// `cargo fuzz`, which sets `--cfg fuzzing`: not part of the public API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod fuzzing {
+    pub fn block_alignment(align_bytes: u64, elem_size: u64) -> Option<u64> {
+        crate::format::block_alignment(align_bytes, elem_size)
+    }
+    pub fn element_alignment(align_bytes: u64, elem_size: u64) -> u64 {
+        crate::format::element_alignment(align_bytes, elem_size)
+    }
+    pub fn numel(shape: &[u64]) -> Option<u64> {
+        crate::format::numel(shape)
+    }
+    pub fn chunk_step(chunk_bytes: usize) -> u64 {
+        crate::read::chunk_step(chunk_bytes)
+    }
+    pub fn plan_chunks(start: u64, end: u64, chunk_bytes: usize) -> Vec<crate::read::Chunk> {
+        crate::read::plan_chunks(start, end, chunk_bytes)
+    }
+}

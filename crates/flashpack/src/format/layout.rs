@@ -13,7 +13,7 @@
 //! let specs = vec![TensorSpec::new("embed.weight", Dtype::F16, vec![8, 4]), tied];
 //! let layout = plan(&specs, 128, Order::LargestFirst).unwrap();
 //! assert_eq!(layout.placements.len(), 1); // stored once
-//! assert_eq!(layout.footer.records[0].offset, layout.footer.records[1].offset);
+//! assert_eq!(layout.footer.records()[0].offset(), layout.footer.records()[1].offset());
 //! ```
 use std::collections::{HashMap, HashSet};
 
@@ -197,14 +197,7 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
     } else {
         FormatVersion::V4
     };
-    let mut footer = Footer {
-        version,
-        align_bytes,
-        blocks,
-        records,
-        extra: Map::new(),
-        checksums: None,
-    };
+    let mut footer = Footer::unchecked(version, align_bytes, blocks, records, Map::new());
     // The same checks a reader makes; they also give each record its byte range.
     footer.validate(cursor, None, None)?;
     Ok(Layout {

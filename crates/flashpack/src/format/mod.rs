@@ -137,7 +137,7 @@ pub(crate) fn gcd(a: u64, b: u64) -> u64 {
 
 /// Byte alignment of a block's start: `lcm(align_bytes, elem_size)`, or `elem_size` when
 /// unaligned; `None` when it overflows (only a crafted `align_bytes` can do that).
-pub fn block_alignment(align_bytes: u64, elem_size: u64) -> Option<u64> {
+pub(crate) fn block_alignment(align_bytes: u64, elem_size: u64) -> Option<u64> {
     if align_bytes == 0 {
         Some(elem_size)
     } else {
@@ -146,7 +146,7 @@ pub fn block_alignment(align_bytes: u64, elem_size: u64) -> Option<u64> {
 }
 
 /// Element alignment of a tensor inside its block (0 = none).
-pub fn element_alignment(align_bytes: u64, elem_size: u64) -> u64 {
+pub(crate) fn element_alignment(align_bytes: u64, elem_size: u64) -> u64 {
     if align_bytes == 0 {
         0
     } else {
@@ -155,7 +155,7 @@ pub fn element_alignment(align_bytes: u64, elem_size: u64) -> u64 {
 }
 
 /// Number of elements of a shape (`[]` is a scalar: 1), or `None` on overflow.
-pub fn numel(shape: &[u64]) -> Option<u64> {
+pub(crate) fn numel(shape: &[u64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 

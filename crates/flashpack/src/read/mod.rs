@@ -29,10 +29,14 @@ use std::time::{Duration, Instant};
 use memmap2::{MmapMut, MmapOptions};
 
 pub use file::{is_flashpack_file, open_regular, FlashFile};
-pub use pool::{chunk_step, plan_chunks, Chunk, IoCounts, DIRECT_ALIGN};
-pub use residency::resident_fraction;
+#[cfg(fuzzing)]
+pub(crate) use pool::chunk_step;
+pub use pool::IoCounts;
+pub(crate) use pool::{plan_chunks, Chunk, DIRECT_ALIGN};
+pub(crate) use residency::resident_fraction;
 
 use crate::cancel::Cancel;
+use crate::format::Record;
 use crate::progress::progress_bar;
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
@@ -42,7 +46,7 @@ use crate::sink::{
 use crate::{Error, Footer, Result};
 
 /// Share of the payload that must be in the page cache for it to count as hot (plain buffered reads).
-pub const HOT_FRACTION: f64 = 0.9;
+pub(crate) const HOT_FRACTION: f64 = 0.9;
 /// Default eager chunk size.
 pub const DEFAULT_READ_CHUNK_BYTES: usize = 16 << 20;
 
@@ -114,16 +118,51 @@ enum Memory {
 /// A loaded file: its footer and its payload in memory.
 #[derive(Debug)]
 pub struct Loaded {
-    pub path: PathBuf,
-    pub footer: Footer,
-    pub footer_json: Vec<u8>,
-    pub report: LoadReport,
+    pub(crate) path: PathBuf,
+    pub(crate) footer: Footer,
+    pub(crate) footer_json: Vec<u8>,
+    pub(crate) report: LoadReport,
     /// Never more than the memory holds (checked when the memory was made).
     payload_len: usize,
     memory: Memory,
 }
 
 impl Loaded {
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's validated footer.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// The footer JSON exactly as stored.
+    pub fn footer_json(&self) -> &[u8] {
+        &self.footer_json
+    }
+
+    /// How the load went: its phases, threads and I/O counts.
+    pub fn report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// The tensor names, in the footer's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.footer.records.iter().map(|r| r.name.as_str())
+    }
+
+    /// Every tensor as `(record, stored bytes)`, in the footer's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Record, &[u8])> {
+        let payload = self.payload();
+        self.footer.records.iter().map(move |r| {
+            let (start, end) = r.byte_range();
+            // In bounds by construction: the footer was validated against this payload's length.
+            (r, &payload[start as usize..end as usize])
+        })
+    }
+
     /// Length of the payload in bytes.
     pub fn payload_len(&self) -> u64 {
         self.payload_len as u64
@@ -677,4 +716,92 @@ pub fn read_range(
         })?;
     let verifier = opts.verify.then(|| verifier(f)).transpose()?;
     read_into(&f.data(), offset, dst, opts, verifier.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_chunks;
+    use std::panic::catch_unwind;
+
+    /// Rounding the chunk size up to 4 KiB overflows for sizes within 4 KiB of 2^64 (a multiply
+    /// overflow in debug builds, a zero step and a division by zero in release builds). The size
+    /// comes from the caller: Python's `chunk_bytes` and `FLASHPACK_READ_CHUNK_BYTES` reach it.
+    /// (Moved from tests/fuzz_regressions.rs when plan_chunks became internal.)
+    #[test]
+    fn regression_plan_chunks_with_a_chunk_size_near_2_pow_64_does_not_panic() {
+        for chunk_bytes in [usize::MAX, usize::MAX - 4094] {
+            let r = catch_unwind(|| plan_chunks(0, 10_000, chunk_bytes));
+            let chunks = r.unwrap_or_else(|_| {
+                panic!("plan_chunks(0, 10000, {chunk_bytes}) panicked instead of making one chunk")
+            });
+            assert_eq!(chunks.len(), 1, "{chunks:?}");
+            assert_eq!((chunks[0].offset, chunks[0].len), (0, 10_000));
+        }
+    }
+
+    /// Found by the planner target: `Chunking { start: 2^64 - 256, len: .., chunk: Shift(0) }`, and a
+    /// planned block of 2^64 - 2^62 bytes chunked at 2^62. The next chunk boundary after an offset
+    /// within one chunk of 2^64 overflows: a panic in debug builds; in release builds it wraps to 0 and
+    /// the loop never ends (so this runs in a child with a deadline and an address-space limit).
+    #[test]
+    #[cfg(unix)] // the child caps its address space with setrlimit
+    fn regression_plan_chunks_near_the_end_of_the_u64_range_terminates() {
+        use std::process::Command;
+        use std::time::{Duration, Instant};
+        const TEST: &str =
+            "read::tests::regression_plan_chunks_near_the_end_of_the_u64_range_terminates";
+        const CHILD_ENV: &str = "FLASHPACK_FUZZ_REGRESSION_CHILD";
+        let cases: [(u64, u64, usize); 3] = [
+            (u64::MAX - 255, u64::MAX, 4096),
+            (3 << 62, u64::MAX - 7, 1 << 62),
+            (0, u64::MAX, 1 << 62),
+        ];
+        if std::env::var_os(CHILD_ENV).is_some() {
+            let lim = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            // SAFETY: setrlimit reads the struct; it lowers only this child process's own limit.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+            for (start, end, chunk) in cases {
+                let chunks = plan_chunks(start, end, chunk);
+                let mut at = start;
+                for c in &chunks {
+                    assert_eq!(
+                        c.offset, at,
+                        "plan_chunks({start}, {end}, {chunk}): {chunks:?}"
+                    );
+                    at += c.len as u64;
+                }
+                assert_eq!(at, end, "plan_chunks({start}, {end}, {chunk}): {chunks:?}");
+            }
+            return;
+        }
+        let mut proc = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1")
+            .env("RUST_BACKTRACE", "0")
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = proc.try_wait().unwrap() {
+                break Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = proc.kill();
+                let _ = proc.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => panic!(
+                "plan_chunks on ranges ending near 2^64 failed in the child ({s:?}; its panic is \
+                 printed above): the next chunk boundary overflows"
+            ),
+            None => panic!("plan_chunks on a range ending near 2^64 did not return within 20 s"),
+        }
+    }
 }
