@@ -111,6 +111,7 @@ pub struct FlashPackBackend {
 }
 
 impl FlashPackBackend {
+    /// A backend over `weights` (already loaded).
     pub fn new(weights: Weights) -> Self {
         FlashPackBackend { weights }
     }

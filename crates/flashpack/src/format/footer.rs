@@ -18,7 +18,9 @@ use super::{
     FormatError, CHECKSUMS_KEY, MAGIC, TRAILER_LEN,
 };
 
+/// The `format` value of a single-dtype (v3) footer.
 pub const FILE_FORMAT_V3: &str = "flashpack_v3";
+/// The `format` value of a multi-block (v4) footer.
 pub const FILE_FORMAT_V4: &str = "flashpack_v4";
 
 /// Which footer layout a file uses.

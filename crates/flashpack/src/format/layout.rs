@@ -27,14 +27,18 @@ use super::{
 /// A tensor to be packed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
+    /// The tensor's name (unique in a file).
     pub name: String,
+    /// Its stored element type.
     pub dtype: Dtype,
+    /// Its shape (`[]` for a scalar).
     pub shape: Vec<u64>,
     /// Index of another spec whose bytes this tensor shares (tied weights).
     pub tied_to: Option<usize>,
 }
 
 impl TensorSpec {
+    /// An untied tensor.
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<u64>) -> Self {
         TensorSpec {
             name: name.into(),
@@ -61,14 +65,18 @@ pub struct Placement {
     pub spec: usize,
     /// Absolute byte offset in the payload.
     pub byte_offset: u64,
+    /// Bytes it takes.
     pub nbytes: u64,
 }
 
 /// The planned file: its footer, payload size and where each stored tensor's bytes go.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
+    /// The footer (validated, without checksums or extra keys yet).
     pub footer: Footer,
+    /// Payload bytes (where the footer JSON starts).
     pub payload_len: u64,
+    /// Where each stored tensor's bytes go, in payload order by block.
     pub placements: Vec<Placement>,
 }
 

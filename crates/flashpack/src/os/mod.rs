@@ -4,14 +4,14 @@
 //! | | Linux | macOS | Windows |
 //! |---|---|---|---|
 //! | positioned reads/writes | `pread`/`pwrite` | `pread`/`pwrite` | `ReadFile`/`WriteFile` at an offset |
-//! | direct reads ([`open_direct`]) | `O_DIRECT` | `F_NOCACHE` | `FILE_FLAG_NO_BUFFERING` |
+//! | direct reads (`open_direct`) | `O_DIRECT` | `F_NOCACHE` | `FILE_FLAG_NO_BUFFERING` |
 //! | page-cache residency | `mincore` | `mincore` | not available: `Unsupported` |
 //! | same file | device + inode | device + inode | volume serial + file index |
 //! | unnamed staged file | `O_TMPFILE` | named temp file | named temp file |
 //! | replace | `rename` | `rename` | `MoveFileExW(REPLACE_EXISTING)` (tempfile's `persist`) |
 //! | durability | `fsync` | `F_FULLFSYNC` (std's `sync_all`) | `FlushFileBuffers` (std's `sync_all`) |
 //! | writeback hint, populate hint | `sync_file_range`, `MADV_POPULATE_WRITE` | none | none |
-//! | readahead hints ([`advise_sequential`], [`prefetch`]) | `posix_fadvise` | none | none |
+//! | readahead hints (`advise_sequential`, `prefetch`) | `posix_fadvise` | none | none |
 //!
 //! ```
 //! use flashpack::os::Positioned;

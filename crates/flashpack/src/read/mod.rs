@@ -4,7 +4,9 @@
 //! Lazy loads are private mappings: tensors read straight from the page cache, writes to them
 //! make private copies of the touched pages and never reach the file. Eager loads return with every
 //! byte resident. How they read (buffered with readahead, buffered, or `O_DIRECT`) follows the
-//! reader policy in [`crate::settings`]; the bytes are identical either way.
+//! reader policy in the crate's settings (`FLASHPACK_*` environment variables); the bytes are
+//! identical either way. The format is specified in `docs/FORMAT.md`, the reader's design in
+//! `docs/ARCHITECTURE.md`.
 //!
 //! ```
 //! use flashpack::{read::{load, IoMode, LoadOptions}, write::{pack, PackEntry, PackOptions}, Dtype};
@@ -54,7 +56,7 @@ pub const DEFAULT_READ_CHUNK_BYTES: usize = 16 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IoMode {
     /// `O_DIRECT` unless the payload is mostly in the page cache (the policy and its
-    /// measurements: [`crate::settings`]).
+    /// measurements: the crate's settings).
     #[default]
     Auto,
     /// `O_DIRECT` wherever the filesystem allows it.
@@ -68,13 +70,15 @@ pub enum IoMode {
 pub struct LoadOptions {
     /// Fill owned memory now (true) or map the file copy-on-write (false).
     pub eager: bool,
+    /// How the eager reader reads.
     pub io: IoMode,
     /// Reader threads (0 = chosen from the core count and the I/O mode).
     pub threads: usize,
+    /// Bytes each reader thread reads at a time.
     pub chunk_bytes: usize,
     /// Show a progress bar on stderr for large loads.
     pub progress: bool,
-    /// Ask for transparent huge pages on eager host memory (see [`HostBuffer::with_pages`]).
+    /// Ask for transparent huge pages on eager host memory (on Linux, for buffers of 2 MiB and more).
     pub huge_pages: bool,
     /// Check every payload chunk against the footer's checksums as it is loaded (an error if
     /// the file has none). Reads then go in the checksum chunks' size.
@@ -102,8 +106,11 @@ impl Default for LoadOptions {
 /// What a load did.
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
+    /// Each phase and how long it took, in order.
     pub phases: Vec<(&'static str, Duration)>,
+    /// Reader threads used (0 for a lazy load).
     pub threads: usize,
+    /// Bytes read each way.
     pub io: IoCounts,
 }
 
@@ -647,7 +654,9 @@ fn verify_in_memory(
 /// What [`verify`] checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Tensors in the file.
     pub tensors: usize,
+    /// Payload bytes checked.
     pub payload_len: u64,
     /// Chunks whose digest was checked (0 when the file has no checksums).
     pub chunks_checked: usize,

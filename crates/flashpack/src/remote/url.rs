@@ -4,8 +4,11 @@ use super::RemoteError;
 /// Which kind of store a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
+    /// `http://`.
     Http,
+    /// `https://`.
     Https,
+    /// `s3://`.
     S3,
 }
 
@@ -15,6 +18,7 @@ pub enum Scheme {
 pub struct RemoteUrl {
     /// The URL as given (named in every error).
     pub url: String,
+    /// Its scheme.
     pub scheme: Scheme,
     /// `http(s)://host[:port]` for HTTP, the bucket name for S3.
     pub base: String,

@@ -60,6 +60,7 @@ impl RemoteWeightFile {
         open_safetensors(file)
     }
 
+    /// The file's URL as given.
     pub fn url(&self) -> &str {
         self.file.url()
     }
@@ -69,6 +70,7 @@ impl RemoteWeightFile {
         &self.file
     }
 
+    /// The file's format.
     pub fn format(&self) -> Format {
         match self.index {
             Index::Flash { .. } => Format::FlashPack,

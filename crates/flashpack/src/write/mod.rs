@@ -55,12 +55,14 @@ const BOUNCE_BYTES: usize = 1 << 20;
 /// One tensor to pack: its spec and its bytes (contiguous, little-endian, in the stored dtype).
 #[derive(Clone, Debug)]
 pub struct PackEntry<'a> {
+    /// The tensor (name, dtype, shape, tie).
     pub spec: TensorSpec,
     /// Ignored (may be empty) when the tensor is tied to another.
     pub data: &'a [u8],
 }
 
 impl<'a> PackEntry<'a> {
+    /// An untied tensor with its bytes.
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<u64>, data: &'a [u8]) -> Self {
         PackEntry {
             spec: TensorSpec::new(name, dtype, shape),
@@ -72,7 +74,9 @@ impl<'a> PackEntry<'a> {
 /// How to pack.
 #[derive(Clone, Debug)]
 pub struct PackOptions {
+    /// Byte alignment of blocks and tensors (the original writer's 128 by default).
     pub align_bytes: u64,
+    /// The order tensors are placed in.
     pub order: Order,
     /// Writer threads (0 = one per core, at most 8).
     pub threads: usize,
@@ -108,9 +112,13 @@ impl Default for PackOptions {
 /// What a pack did and how long each phase took.
 #[derive(Clone, Debug)]
 pub struct PackReport {
+    /// The footer written (with its checksums).
     pub footer: Footer,
+    /// Payload bytes.
     pub payload_len: u64,
+    /// Bytes of the whole file.
     pub file_len: u64,
+    /// Each phase and how long it took, in order.
     pub phases: Vec<(&'static str, Duration)>,
 }
 
