@@ -173,6 +173,17 @@ pub(crate) fn sync_dir(dir: &Path) {
 mod tests {
     use super::*;
 
+    /// Windows has no page-cache residency query: it says so (and `Auto` reads buffered there,
+    /// see tests/pack_load.rs).
+    #[test]
+    #[cfg(windows)]
+    fn residency_is_unsupported_on_windows() {
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(&[1u8; 4096], 0).unwrap();
+        let err = resident_fraction(&f, 4096).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
+    }
+
     #[test]
     fn positioned_io_reads_and_writes_at_offsets_and_reports_a_short_file() {
         let f = tempfile::tempfile().unwrap();
