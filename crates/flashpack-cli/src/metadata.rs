@@ -49,7 +49,7 @@ pub fn render(path: &Path, show_index: bool, json: bool) -> Result<String> {
         grouped(wf.file_len())
     )];
     for (key, value) in &footer {
-        match (key.as_str(), &f.checksums) {
+        match (key.as_str(), &f.checksums()) {
             ("macroblocks", _) => {}
             ("checksums", Some(c)) => out.push(format!(
                 "checksums: {}, {} chunks of {} bytes",
@@ -60,29 +60,34 @@ pub fn render(path: &Path, show_index: bool, json: bool) -> Result<String> {
             _ => out.push(format!("{key}: {}", plain(value))),
         }
     }
-    out.push(format!("tensors: {}", f.records.len()));
+    out.push(format!("tensors: {}", f.records().len()));
     out.push("macroblocks:".into());
-    for (i, b) in f.blocks.iter().enumerate() {
+    for (i, b) in f.blocks().iter().enumerate() {
         out.push(format!(
             "  {i}: {:<14} at byte {}: {} elements, {} bytes",
-            b.dtype.name(),
-            grouped(b.offset_bytes),
-            grouped(b.length_elems),
-            grouped(b.length_bytes)
+            b.dtype().name(),
+            grouped(b.offset_bytes()),
+            grouped(b.length_elems()),
+            grouped(b.length_bytes())
         ));
     }
     if show_index {
         out.push("index:".into());
-        let width = f.records.iter().map(|r| r.name.len()).max().unwrap_or(0);
-        for r in &f.records {
-            let dtype = f.blocks.get(r.block).map_or("?", |b| b.dtype.name());
+        let width = f
+            .records()
+            .iter()
+            .map(|r| r.name().len())
+            .max()
+            .unwrap_or(0);
+        for r in f.records() {
+            let dtype = f.blocks().get(r.block()).map_or("?", |b| b.dtype().name());
             out.push(format!(
                 "  {:<width$}  {dtype:<10} {:<16} block {} elements {}..{}",
-                r.name,
-                shape_text(&r.shape),
-                r.block,
-                r.offset,
-                r.offset.saturating_add(r.length)
+                r.name(),
+                shape_text(r.shape()),
+                r.block(),
+                r.offset(),
+                r.offset().saturating_add(r.length())
             ));
         }
     }

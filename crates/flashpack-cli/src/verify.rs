@@ -126,7 +126,7 @@ pub fn check_weight_file(wf: &WeightFile, progress: bool, cancel: &Cancel) -> Re
 /// with parallel ranged GETs into per-thread scratch buffers.
 fn verify_remote(wf: &WeightFile, opts: &LoadOptions) -> Result<flashpack::read::VerifyReport> {
     let (start, end) = wf.data_range();
-    let checksums = wf.footer().and_then(|f| f.checksums.as_ref());
+    let checksums = wf.footer().and_then(|f| f.checksums());
     let mut report = flashpack::read::VerifyReport {
         tensors: wf.tensors().len(),
         payload_len: end,

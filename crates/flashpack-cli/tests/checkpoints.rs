@@ -182,7 +182,7 @@ fn a_sharded_folder_to_one_pack_and_back_to_the_same_shards() {
     assert!(out.contains("(safetensors, 3 shards) -> "), "{out}");
     assert_eq!(read_checkpoint(&pack), all, "bit-exact, every dtype");
     let wf = WeightFile::open(&pack).unwrap();
-    let extra = &wf.flashpack().unwrap().footer.extra;
+    let extra = &wf.flashpack().unwrap().footer().extra();
     assert_eq!(extra["safetensors_metadata"], json!({"format": "pt"}));
     assert_eq!(
         extra["checkpoint_index"]["metadata"]["total_parameters"],

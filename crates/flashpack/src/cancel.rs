@@ -1,7 +1,7 @@
 //! Stopping a long load or pack from another thread: a signal handler, or Python's Ctrl-C check.
 //!
 //! The engine looks at a [`Cancel`] between chunks (reader and writer threads alike) and returns
-//! [`Error::Cancelled`](crate::Error::Cancelled) once it is set; a pack then removes its
+//! [`Error::Cancelled`] once it is set; a pack then removes its
 //! temporary file and leaves the destination as it was. A pack's last step, putting the new file
 //! in place, is a commit: it happens only if no cancellation came first, and once it has
 //! happened a cancellation no longer applies, so an operation is never reported as cancelled
@@ -52,6 +52,7 @@ pub enum Poll {
 }
 
 impl Cancel {
+    /// A handle nobody has cancelled yet.
     pub fn new() -> Cancel {
         Cancel::default()
     }

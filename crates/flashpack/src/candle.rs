@@ -46,7 +46,11 @@ pub fn candle_dtype(d: Dtype) -> Option<DType> {
 }
 
 fn candle_err(path: &Path, name: &str, e: candle_core::Error) -> Error {
-    Error::Invalid(format!("{}: tensor '{name}': {e}", path.display()))
+    Error::Candle {
+        path: path.to_path_buf(),
+        tensor: name.to_string(),
+        source: Box::new(e),
+    }
 }
 
 /// One loaded tensor as a candle tensor on `device` (a copy of its bytes).
@@ -56,7 +60,13 @@ pub fn to_tensor(path: &Path, view: &TensorView<'_>, device: &Device) -> Result<
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<std::result::Result<_, _>>()
-        .map_err(|_| Error::Invalid(format!("tensor '{}': shape too large", view.name)))?;
+        .map_err(|_| {
+            Error::Unsupported(format!(
+                "{}: tensor '{}': shape too large for this platform",
+                path.display(),
+                view.name
+            ))
+        })?;
     let err = |e| candle_err(path, view.name, e);
     match view.dtype {
         Dtype::U16 => {
@@ -69,7 +79,7 @@ pub fn to_tensor(path: &Path, view: &TensorView<'_>, device: &Device) -> Result<
         }
         d => {
             let dtype = candle_dtype(d).ok_or_else(|| {
-                Error::Invalid(format!(
+                Error::Unsupported(format!(
                     "{}: tensor '{}': candle has no {d} type",
                     path.display(),
                     view.name
@@ -101,6 +111,7 @@ pub struct FlashPackBackend {
 }
 
 impl FlashPackBackend {
+    /// A backend over `weights` (already loaded).
     pub fn new(weights: Weights) -> Self {
         FlashPackBackend { weights }
     }

@@ -23,23 +23,36 @@ pub enum Error {
     /// `path` is the destination, whatever failed underneath it).
     #[error("{}: {op} failed: {source}", path.display())]
     Io {
+        /// The file (or folder) concerned.
         path: PathBuf,
+        /// The step that failed (e.g. "open", "read footer").
         op: Cow<'static, str>,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
     /// `path` is not a regular file (a FIFO, a socket, a device): refused before anything could
     /// block on it.
     #[error("{}: is a {kind}, not a regular file", path.display())]
-    NotAFile { path: PathBuf, kind: &'static str },
+    NotAFile {
+        /// The file (or folder) concerned.
+        path: PathBuf,
+        /// What it is instead ("FIFO", "socket", ...).
+        kind: &'static str,
+    },
     /// The operation was stopped through its [`Cancel`](crate::cancel::Cancel) before it was
     /// done; a pack left its destination as it was.
     #[error("{}: interrupted", path.display())]
-    Cancelled { path: PathBuf },
+    Cancelled {
+        /// The file (or folder) concerned.
+        path: PathBuf,
+    },
     /// The file (or the tensors given to the packer) break the format contract.
     #[error("{}: {source}", path.display())]
     Format {
+        /// The file (or folder) concerned.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: FormatError,
     },
@@ -48,7 +61,9 @@ pub enum Error {
     /// is wrong and names the shard and the tensor.
     #[error("{}: {source}", path.display())]
     Checkpoint {
+        /// The file (or folder) concerned.
         path: PathBuf,
+        /// The underlying error.
         #[source]
         source: Box<CheckpointError>,
     },
@@ -56,16 +71,47 @@ pub enum Error {
     /// given, `source` says what went wrong (after the retries, where retrying could help).
     #[error("{url}: {source}")]
     Remote {
+        /// The object's URL as given.
         url: String,
+        /// The underlying error.
         #[source]
         source: Box<crate::remote::RemoteError>,
     },
-    /// The caller asked for something that cannot be done (bad option, unsupported device).
+    /// The caller asked for something that cannot be done: a bad option or setting, a range
+    /// outside the payload, a check the file has no data for. The text names what and where.
     #[error("{0}")]
     Invalid(String),
     /// A device (GPU) call failed, or no usable device driver was found.
     #[error("{0}")]
     Device(String),
+    /// Host memory cannot hold `bytes` more bytes for `what` (an allocation the OS refused).
+    /// Nothing is wrong with the file: a smaller load, fewer threads or more memory helps.
+    #[error("cannot allocate {bytes} bytes of host memory for {what}")]
+    OutOfMemory {
+        /// How many bytes were asked for.
+        bytes: u64,
+        /// What they were for, or what differs.
+        what: String,
+    },
+    /// Something valid that this build cannot do: a checksum algorithm it does not know, a
+    /// dtype the target library has no type for, a feature it was built without.
+    #[error("{0}")]
+    Unsupported(String),
+    /// candle refused a tensor of `path` (see [`crate::candle`]); `source` is candle's error.
+    #[cfg(feature = "candle")]
+    #[error("{}: tensor '{tensor}': {source}", path.display())]
+    Candle {
+        /// The file (or folder) concerned.
+        path: PathBuf,
+        /// The tensor concerned.
+        tensor: String,
+        /// The underlying error.
+        #[source]
+        source: Box<candle_core::Error>,
+    },
+    /// A broken internal invariant: a bug in this crate, reported instead of a panic.
+    #[error("internal error (a bug, please report it): {0}")]
+    Internal(String),
 }
 
 /// What is wrong with a checkpoint (see [`Error::Checkpoint`], which names the index file).
@@ -74,15 +120,26 @@ pub enum Error {
 pub enum CheckpointError {
     /// The index is not valid JSON, or not shaped like a checkpoint index.
     #[error("not a valid checkpoint index: {reason}")]
-    Malformed { reason: String },
+    Malformed {
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The index file is larger than any real index (refused before it is read).
     #[error("the index is {size} bytes, over the limit of {limit}")]
-    IndexTooLarge { size: u64, limit: u64 },
+    IndexTooLarge {
+        /// The index file's size in bytes.
+        size: u64,
+        /// The largest index accepted, in bytes.
+        limit: u64,
+    },
     /// A FlashPack index of a format version this build does not read.
     #[error("unsupported index format '{format}' version {version} (this build reads '{supported}' version 1)")]
     UnsupportedIndex {
+        /// The index's format name.
         format: String,
+        /// The index's format version.
         version: u64,
+        /// The format name this build reads.
         supported: &'static str,
     },
     /// The index lists no tensor at all.
@@ -90,56 +147,99 @@ pub enum CheckpointError {
     Empty,
     /// A tensor appears twice in the index's `weight_map`.
     #[error("tensor '{tensor}' is listed twice in weight_map")]
-    DuplicateEntry { tensor: String },
+    DuplicateEntry {
+        /// The tensor concerned.
+        tensor: String,
+    },
     /// A shard name that would leave the index's folder (`..`, an absolute path, a drive).
     #[error(
         "shard '{shard}' (of tensor '{tensor}') is not a plain file name inside the index's folder"
     )]
-    ShardOutsideFolder { shard: String, tensor: String },
+    ShardOutsideFolder {
+        /// The shard file, as the index names it.
+        shard: String,
+        /// The tensor concerned.
+        tensor: String,
+    },
     /// A shard named by the index does not exist.
     #[error("shard '{shard}' (holding tensor '{tensor}') does not exist")]
-    ShardMissing { shard: String, tensor: String },
+    ShardMissing {
+        /// The shard file, as the index names it.
+        shard: String,
+        /// The tensor concerned.
+        tensor: String,
+    },
     /// A shard cannot be opened or is not a valid weight file; `source` says why (an OS error
     /// keeps [`Error::is_data_error`] false).
     #[error("shard '{shard}' (holding tensor '{tensor}'): {source}")]
     BadShard {
+        /// The shard file, as the index names it.
         shard: String,
+        /// The tensor concerned.
         tensor: String,
+        /// The underlying error.
         #[source]
         source: Box<Error>,
     },
     /// The index maps a tensor to a shard that does not hold it.
     #[error("tensor '{tensor}' is listed in shard '{shard}' but that file does not hold it")]
-    TensorNotInShard { tensor: String, shard: String },
+    TensorNotInShard {
+        /// The tensor concerned.
+        tensor: String,
+        /// The shard file, as the index names it.
+        shard: String,
+    },
     /// A tensor is stored in two shards (the index maps it to `listed`).
     #[error("tensor '{tensor}' is in shard '{listed}' and also in shard '{other}'")]
     TensorInTwoShards {
+        /// The tensor concerned.
         tensor: String,
+        /// The shard the index lists the tensor in.
         listed: String,
+        /// The other shard that holds it too.
         other: String,
     },
     /// A shard holds a tensor the index does not list (the index is stale or incomplete).
     #[error("shard '{shard}' holds tensor '{tensor}', which the index does not list")]
-    TensorNotInIndex { tensor: String, shard: String },
+    TensorNotInIndex {
+        /// The tensor concerned.
+        tensor: String,
+        /// The shard file, as the index names it.
+        shard: String,
+    },
     /// A FlashPack index's recorded size or footer digest of a shard does not match the file:
     /// the shard was replaced or changed after the index was written.
     #[error(
         "shard '{shard}' (holding tensor '{tensor}') changed since the index was written: {what}"
     )]
     ShardChanged {
+        /// The shard file, as the index names it.
         shard: String,
+        /// The tensor concerned.
         tensor: String,
+        /// What they were for, or what differs.
         what: String,
     },
     /// A FlashPack index lists a shard that is not a FlashPack file.
     #[error("shard '{shard}' (holding tensor '{tensor}') is not a FlashPack file, as a FlashPack index requires")]
-    NotAFlashPackShard { shard: String, tensor: String },
+    NotAFlashPackShard {
+        /// The shard file, as the index names it.
+        shard: String,
+        /// The tensor concerned.
+        tensor: String,
+    },
     /// A folder holds no index json and no weight file (of the requested variant).
     #[error("no checkpoint here: {looked_for}")]
-    NothingFound { looked_for: String },
+    NothingFound {
+        /// What was looked for.
+        looked_for: String,
+    },
     /// A folder holds several indexes or weight files and nothing says which one to use.
     #[error("ambiguous checkpoint: it holds {} (pass one of them, or a variant)", .candidates.join(", "))]
-    Ambiguous { candidates: Vec<String> },
+    Ambiguous {
+        /// The files that could each be the checkpoint.
+        candidates: Vec<String>,
+    },
 }
 
 impl Error {
@@ -171,6 +271,13 @@ impl Error {
         }
     }
 
+    pub(crate) fn out_of_memory(bytes: u64, what: impl Into<String>) -> Self {
+        Error::OutOfMemory {
+            bytes,
+            what: what.into(),
+        }
+    }
+
     /// Wraps a format problem with the file it was found in.
     pub fn format(path: impl AsRef<Path>, source: FormatError) -> Self {
         Error::Format {
@@ -182,7 +289,11 @@ impl Error {
     /// True for errors caused by the file's or caller's data, not by the OS (or an interruption).
     pub fn is_data_error(&self) -> bool {
         match self {
-            Error::Io { .. } | Error::Device(_) | Error::Cancelled { .. } => false,
+            Error::Io { .. }
+            | Error::Device(_)
+            | Error::Cancelled { .. }
+            | Error::OutOfMemory { .. }
+            | Error::Internal(_) => false,
             Error::Remote { source, .. } => source.is_data_error(),
             Error::Checkpoint { source, .. } => match source.as_ref() {
                 CheckpointError::BadShard { source, .. } => source.is_data_error(),

@@ -50,26 +50,37 @@ pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";
 /// A weight file's format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// A FlashPack file.
     FlashPack,
+    /// A safetensors file.
     Safetensors,
 }
 
 /// One tensor of a file: where its bytes are (file offsets `[start, end)`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// The tensor's name.
     pub name: String,
+    /// Its stored element type.
     pub dtype: Dtype,
+    /// Its shape (`[]` for a scalar).
     pub shape: Vec<u64>,
+    /// File offset of its first byte.
     pub start: u64,
+    /// One past its last byte.
     pub end: u64,
 }
 
 /// A tensor's bytes in memory.
 #[derive(Clone, Copy, Debug)]
 pub struct TensorView<'a> {
+    /// The tensor's name.
     pub name: &'a str,
+    /// Its stored element type.
     pub dtype: Dtype,
+    /// Its shape (`[]` for a scalar).
     pub shape: &'a [u64],
+    /// Its stored bytes (little-endian).
     pub data: &'a [u8],
 }
 
@@ -342,6 +353,7 @@ impl WeightFile {
         &self.path
     }
 
+    /// The file's format.
     pub fn format(&self) -> Format {
         match &self.inner {
             Inner::Flash(_) => Format::FlashPack,
@@ -395,6 +407,7 @@ impl WeightFile {
         &self.tensors
     }
 
+    /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.index.get(name).map(|&i| &self.tensors[i])
     }
@@ -967,6 +980,7 @@ pub struct Weights {
     memory: Memory,
     /// File offset of the memory's first byte.
     base: u64,
+    /// How the load went.
     pub report: LoadReport,
 }
 
@@ -995,6 +1009,7 @@ impl Weights {
         }
     }
 
+    /// The file the tensors were loaded from.
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -1008,6 +1023,7 @@ impl Weights {
         }
     }
 
+    /// The tensors, in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
@@ -1047,16 +1063,19 @@ impl Weights {
 /// Tensors loaded into one CUDA allocation (feature `cuda`), see [`WeightFile::load_cuda`].
 #[cfg(feature = "cuda")]
 pub struct CudaWeights {
+    /// The device memory holding the tensors.
     pub buffer: crate::sink::cuda::DeviceBuffer,
     /// File offset of the buffer's first byte.
     base: u64,
     tensors: Vec<TensorInfo>,
     index: HashMap<String, usize>,
+    /// How the load went.
     pub report: LoadReport,
 }
 
 #[cfg(feature = "cuda")]
 impl CudaWeights {
+    /// The tensors, in file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }

@@ -73,20 +73,19 @@ fn pack_writes_digests_of_the_payload_as_stored() {
     let (path, _) = make(dir.path(), &small_chunks());
     let f = FlashFile::open(&path).unwrap();
     let cs = f
-        .footer
-        .checksums
-        .clone()
+        .footer()
+        .checksums()
         .expect("checksums are written by default");
     assert_eq!(cs.algorithm, "xxh3-64");
     assert_eq!(cs.chunk_bytes, 64 << 10);
     let raw = std::fs::read(&path).unwrap();
-    let payload = &raw[..f.payload_len as usize];
+    let payload = &raw[..f.payload_len() as usize];
     // Recomputed from the file's bytes (padding included), they agree.
-    assert_eq!(cs, Checksums::compute(payload, 64 << 10));
-    assert_eq!(cs.digests.len() as u64, f.payload_len.div_ceil(64 << 10));
+    assert_eq!(cs, &Checksums::compute(payload, 64 << 10));
+    assert_eq!(cs.digests.len() as u64, f.payload_len().div_ceil(64 << 10));
     // Stored as 16 hex digits each, after every other key.
-    let footer: Value = serde_json::from_slice(&f.footer_json).unwrap();
-    let text = String::from_utf8(f.footer_json.clone()).unwrap();
+    let footer: Value = serde_json::from_slice(f.footer_json()).unwrap();
+    let text = String::from_utf8(f.footer_json().to_vec()).unwrap();
     let at = |k: &str| text.find(&format!("\"{k}\":")).unwrap();
     assert!(at(CHECKSUMS_KEY) > at("index"), "{text}");
     assert!(text.ends_with("]}}"), "checksums come last: {text}");
@@ -94,9 +93,9 @@ fn pack_writes_digests_of_the_payload_as_stored() {
     // The same tensors with the default chunk give the same payload and other digests.
     let (path2, _) = make(&dir.path().join("b"), &PackOptions::default());
     let f2 = FlashFile::open(&path2).unwrap();
-    assert_eq!(f2.footer.checksums.unwrap().chunk_bytes, 4 << 20);
+    assert_eq!(f2.footer().checksums().unwrap().chunk_bytes, 4 << 20);
     assert_eq!(
-        &std::fs::read(&path2).unwrap()[..f2.payload_len as usize],
+        &std::fs::read(&path2).unwrap()[..f2.payload_len() as usize],
         payload
     );
 }
@@ -112,7 +111,7 @@ fn verified_loads_and_verify_pass_on_a_good_file_in_every_mode() {
         if opts.eager {
             // Reads went in whole checksum chunks.
             assert_eq!(
-                l.report.io.direct_bytes + l.report.io.buffered_bytes,
+                l.report().io.direct_bytes + l.report().io.buffered_bytes,
                 l.payload_len(),
                 "{what}"
             );
@@ -139,8 +138,8 @@ fn a_flipped_byte_is_caught_and_names_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = make(dir.path(), &small_chunks());
     let f = FlashFile::open(&path).unwrap();
-    let proj = f.footer.record("proj").unwrap();
-    let (start, end) = f.footer.byte_range(proj);
+    let proj = f.footer().record("proj").unwrap();
+    let (start, end) = f.footer().byte_range(proj);
     drop(f);
     // In the middle of "proj", in a chunk that holds only "proj".
     let at = (start + end) / 2;
@@ -180,8 +179,8 @@ fn a_flip_in_padding_or_a_shared_chunk_is_caught_too() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = make(dir.path(), &small_chunks());
     let f = FlashFile::open(&path).unwrap();
-    let (_, emb_end) = f.footer.byte_range(f.footer.record("emb").unwrap());
-    let (proj_start, _) = f.footer.byte_range(f.footer.record("proj").unwrap());
+    let (_, emb_end) = f.footer().byte_range(f.footer().record("emb").unwrap());
+    let (proj_start, _) = f.footer().byte_range(f.footer().record("proj").unwrap());
     drop(f);
     assert!(
         proj_start > emb_end,
@@ -204,8 +203,8 @@ fn files_without_checksums_load_and_verify_says_so() {
     };
     let (path, data) = make(dir.path(), &opts);
     let f = FlashFile::open(&path).unwrap();
-    assert!(f.footer.checksums.is_none());
-    assert!(!String::from_utf8_lossy(&f.footer_json).contains(CHECKSUMS_KEY));
+    assert!(f.footer().checksums().is_none());
+    assert!(!String::from_utf8_lossy(f.footer_json()).contains(CHECKSUMS_KEY));
     let r = verify(&path, &LoadOptions::default()).unwrap();
     assert_eq!((r.chunks_checked, r.algorithm), (0, None));
     let l = load(&path, &LoadOptions::default()).unwrap();
@@ -220,10 +219,10 @@ fn files_without_checksums_load_and_verify_says_so() {
 fn rewrite_footer(path: &Path, edit: impl FnOnce(&mut Value)) -> PathBuf {
     let f = FlashFile::open(path).unwrap();
     let raw = std::fs::read(path).unwrap();
-    let mut footer: Value = serde_json::from_slice(&f.footer_json).unwrap();
+    let mut footer: Value = serde_json::from_slice(f.footer_json()).unwrap();
     edit(&mut footer);
     let json = serde_json::to_vec(&footer).unwrap();
-    let mut out = raw[..f.payload_len as usize].to_vec();
+    let mut out = raw[..f.payload_len() as usize].to_vec();
     out.extend_from_slice(&json);
     out.extend_from_slice(&(json.len() as u64).to_le_bytes());
     out.extend_from_slice(b"FLASHPK\0");
@@ -346,7 +345,7 @@ fn read_range_reads_any_part_and_verifies_grid_aligned_parts() {
     let (path, _) = make(dir.path(), &small_chunks());
     let raw = std::fs::read(&path).unwrap();
     let f = FlashFile::open(&path).unwrap();
-    let n = f.payload_len;
+    let n = f.payload_len();
     for (start, len) in [
         (0u64, n),
         (1, 5000),

@@ -6,7 +6,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use flashpack::read::job::{read_host, JobPlan, Piece};
-use flashpack::read::{load, resident_fraction, IoMode, LoadOptions};
+use flashpack::read::{load, IoMode, LoadOptions};
+use residency::resident_fraction;
+
+mod residency;
 use flashpack::weights::WeightFile;
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::Dtype;
@@ -117,7 +120,7 @@ fn auto_and_direct_read_a_cold_file_with_o_direct_and_buffered_reads_ahead() {
         };
         let l = load(&path, &opts).unwrap();
         assert_eq!(l.tensor_bytes("w").unwrap(), &bytes[..], "{io:?}");
-        let got = l.report.io;
+        let got = l.report().io;
         if io == IoMode::Buffered {
             assert_eq!(got.direct_bytes, 0, "{io:?}: {got:?}");
             assert!(got.prefetched_bytes > 0, "{io:?}: {got:?}");

@@ -88,12 +88,12 @@ fn assert_rejected(path: &Path, needles: &[&str]) -> String {
         msg
     };
     let msg = match FlashFile::open(path) {
-        Ok(f) => panic!("open accepted a bad file: {:?}", f.footer),
+        Ok(f) => panic!("open accepted a bad file: {:?}", f.footer()),
         Err(e) => check("open", e),
     };
     for (what, opts) in load_modes() {
         match load(path, &opts) {
-            Ok(l) => panic!("{what} load accepted a bad file: {:?}", l.footer),
+            Ok(l) => panic!("{what} load accepted a bad file: {:?}", l.footer()),
             Err(e) => {
                 check(what, e);
             }
@@ -183,7 +183,7 @@ fn hand_built_valid_files_load_in_every_mode() {
         (&v3, v3_payload(), vec![("w", 0..16), ("b", 128..140)]),
     ] {
         let f = FlashFile::open(path).unwrap();
-        assert_eq!(f.payload_len, payload.len() as u64);
+        assert_eq!(f.payload_len(), payload.len() as u64);
         assert!(is_flashpack_file(path));
         for (what, opts) in load_modes() {
             let l = load(path, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -220,8 +220,8 @@ fn original_package_files_with_extra_keys_and_no_optional_keys_load() {
     );
     let l = load(&p, &LoadOptions::default()).unwrap();
     assert_eq!(l.tensor_bytes("ids").unwrap(), &v4_payload()[128..152]);
-    assert!(l.footer.extra.contains_key("x_integrity"));
-    assert!(l.footer.checksums.is_none());
+    assert!(l.footer().extra().contains_key("x_integrity"));
+    assert!(l.footer().checksums().is_none());
 }
 
 #[test]
@@ -724,7 +724,7 @@ fn shape_that_does_not_match_length_is_rejected() {
         }),
     );
     let f = FlashFile::open(&p).unwrap();
-    assert_eq!(f.footer.record("ids").unwrap().shape, Vec::<u64>::new());
+    assert_eq!(f.footer().record("ids").unwrap().shape(), Vec::<u64>::new());
 }
 
 #[test]
@@ -975,4 +975,32 @@ fn io_errors_start_with_the_path_too() {
     // A directory is not a FlashPack file.
     assert!(FlashFile::open(s.dir.path()).is_err());
     assert!(load(s.dir.path(), &LoadOptions::default()).is_err());
+}
+
+/// `Footer::byte_range` takes any `Record`: one from another footer (with more blocks than this
+/// one) gets the range its own footer gave it, never an index out of bounds.
+#[test]
+fn byte_range_of_a_record_from_another_footer_does_not_panic() {
+    use flashpack::format::{plan, Order, TensorSpec};
+    use flashpack::Dtype;
+    let one = plan(
+        &[TensorSpec::new("a", Dtype::F32, vec![4])],
+        128,
+        Order::AsGiven,
+    )
+    .unwrap()
+    .footer;
+    let two = plan(
+        &[
+            TensorSpec::new("a", Dtype::F32, vec![4]),
+            TensorSpec::new("b", Dtype::I64, vec![2]),
+        ],
+        128,
+        Order::AsGiven,
+    )
+    .unwrap()
+    .footer;
+    let b = two.record("b").unwrap();
+    assert_eq!(two.byte_range(b), (128, 144));
+    assert_eq!(one.byte_range(b), (128, 144));
 }

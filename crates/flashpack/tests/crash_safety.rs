@@ -97,7 +97,7 @@ fn make_version(dir: &Path, seed: u64, mib: usize) -> Version {
     let bytes = std::fs::read(&path).unwrap();
     let f = FlashFile::open(&path).unwrap();
     Version {
-        payload_len: f.payload_len as usize,
+        payload_len: f.payload_len() as usize,
         bytes,
     }
 }
@@ -191,7 +191,7 @@ fn wait_with_rusage(child: std::process::Child) -> (std::process::ExitStatus, u6
 #[track_caller]
 fn assert_every_reader_rejects(path: &Path, case: &str) {
     match FlashFile::open(path) {
-        Ok(f) => panic!("{case}: open accepted a damaged file: {:?}", f.footer),
+        Ok(f) => panic!("{case}: open accepted a damaged file: {:?}", f.footer()),
         Err(e) => {
             assert_names_file(case, path, &e);
             assert!(
@@ -309,7 +309,7 @@ fn load_rounds(path: &Path, versions: &[&Version], rounds: usize) -> Outcomes {
                 Ok(l) => {
                     let k = versions
                         .iter()
-                        .position(|v| l.footer_json == v.footer_json())
+                        .position(|v| l.footer_json() == v.footer_json())
                         .unwrap_or_else(|| panic!("{what}: the footer is none of the versions"));
                     assert!(
                         l.payload() == versions[k].payload(),
@@ -421,7 +421,7 @@ fn a_file_truncated_in_place_while_loading_eagerly_fails_cleanly_or_loads_intact
             for (what, opts) in &modes {
                 match load(&path, opts) {
                     Ok(l) => {
-                        assert!(l.footer_json == a.footer_json(), "{what}: footer changed");
+                        assert!(l.footer_json() == a.footer_json(), "{what}: footer changed");
                         assert!(l.payload() == a.payload(), "{what}: payload bytes differ");
                         out.per_version[0] += 1;
                     }

@@ -214,19 +214,19 @@ fn make_file_of(dir: &Path, dtypes: &[Dtype]) -> (PathBuf, FlashFile, Vec<u8>) {
 /// One device buffer per block, and the regions that send each block to its buffer.
 fn block_buffers(dev: &CudaDevice, f: &FlashFile) -> (Vec<DeviceBuffer>, Vec<DeviceRegion>) {
     let bufs: Vec<DeviceBuffer> = f
-        .footer
-        .blocks
+        .footer()
+        .blocks()
         .iter()
-        .map(|b| DeviceBuffer::alloc(dev, b.length_bytes as usize).unwrap())
+        .map(|b| DeviceBuffer::alloc(dev, b.length_bytes() as usize).unwrap())
         .collect();
     let regions = f
-        .footer
-        .blocks
+        .footer()
+        .blocks()
         .iter()
         .zip(&bufs)
         .map(|(b, d)| DeviceRegion {
-            offset: b.offset_bytes,
-            len: b.length_bytes,
+            offset: b.offset_bytes(),
+            len: b.length_bytes(),
             dst: d.ptr(),
         })
         .collect();
@@ -260,9 +260,9 @@ fn to_host(d: &DeviceBuffer) -> Vec<u8> {
 }
 
 fn assert_blocks_land(f: &FlashFile, bufs: &[DeviceBuffer], raw: &[u8], what: &str) {
-    for (b, d) in f.footer.blocks.iter().zip(bufs) {
-        let want = &raw[b.offset_bytes as usize..(b.offset_bytes + b.length_bytes) as usize];
-        assert!(to_host(d) == want, "{what}: block {} differs", b.dtype);
+    for (b, d) in f.footer().blocks().iter().zip(bufs) {
+        let want = &raw[b.offset_bytes() as usize..(b.offset_bytes() + b.length_bytes()) as usize];
+        assert!(to_host(d) == want, "{what}: block {} differs", b.dtype());
     }
 }
 
@@ -302,7 +302,7 @@ fn every_dtype_lands_bit_exact_in_every_io_mode_chunk_size_and_thread_count() {
     let t = turn();
     let dir = tempfile::tempdir().unwrap();
     let (_path, f, raw) = make_file(dir.path());
-    assert!(f.footer.blocks.len() >= 15, "many blocks");
+    assert!(f.footer().blocks().len() >= 15, "many blocks");
     let dev = CudaDevice::new(0).unwrap();
     assert_eq!((dev.ordinal(), dev.name()), (0, "cuda:0"));
     for io in [IoMode::Buffered, IoMode::Direct, IoMode::Auto] {
@@ -341,11 +341,11 @@ fn only_the_named_ranges_are_written_and_unsorted_regions_are_sorted() {
     let dir = tempfile::tempdir().unwrap();
     let (_path, f, raw) = make_file(dir.path());
     let dev = CudaDevice::new(0).unwrap();
-    let whole = DeviceBuffer::alloc(&dev, f.payload_len as usize).unwrap();
-    let (first, last) = (&f.footer.blocks[0], f.footer.blocks.last().unwrap());
+    let whole = DeviceBuffer::alloc(&dev, f.payload_len() as usize).unwrap();
+    let (first, last) = (&f.footer().blocks()[0], f.footer().blocks().last().unwrap());
     // Far apart, given last first.
-    let a = (first.offset_bytes + 777, 10_000u64);
-    let z = (last.offset_bytes, last.length_bytes);
+    let a = (first.offset_bytes() + 777, 10_000u64);
+    let z = (last.offset_bytes(), last.length_bytes());
     let regions = vec![
         DeviceRegion {
             offset: z.0,
@@ -373,9 +373,9 @@ fn only_the_named_ranges_are_written_and_unsorted_regions_are_sorted() {
     }
     let moved = report.io.direct_bytes + report.io.buffered_bytes;
     assert!(
-        moved < f.payload_len / 2,
+        moved < f.payload_len() / 2,
         "read {moved} of {}",
-        f.payload_len
+        f.payload_len()
     );
 }
 
@@ -451,8 +451,8 @@ fn verify_passes_a_good_file_and_names_the_tensor_of_a_flipped_byte() {
         let (bufs, _) = load_blocks(&dev, &f, &opts).unwrap();
         assert_blocks_land(&f, &bufs, &raw, &format!("verified, chunk {chunk_bytes}"));
     }
-    let rec = f.footer.record("big").unwrap();
-    let (start, end) = f.footer.byte_range(rec);
+    let rec = f.footer().record("big").unwrap();
+    let (start, end) = f.footer().byte_range(rec);
     let at = (start + end) / 2;
     {
         use flashpack::os::Positioned;
@@ -490,7 +490,7 @@ fn bad_regions_are_rejected_before_any_device_work() {
     let cases = [
         (
             vec![DeviceRegion {
-                offset: f.payload_len - 8,
+                offset: f.payload_len() - 8,
                 len: 16,
                 dst,
             }],
@@ -831,10 +831,10 @@ fn a_device_range_outside_its_allocation_is_refused_not_written() {
     // The caller broke load_to_device's contract: a region longer than its buffer. The stand-in,
     // like compute-sanitizer, refuses the copy; the load is an error and nothing is written.
     let small = DeviceBuffer::alloc(&dev, 100).unwrap();
-    let b = &f.footer.blocks[0];
+    let b = &f.footer().blocks()[0];
     let regions = vec![DeviceRegion {
-        offset: b.offset_bytes,
-        len: b.length_bytes,
+        offset: b.offset_bytes(),
+        len: b.length_bytes(),
         dst: small.ptr(),
     }];
     // SAFETY: deliberately not upheld; the stand-in checks every device range.

@@ -12,7 +12,7 @@ use flashpack::{Dtype, FormatError};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: an independent model of the contract
@@ -107,59 +107,59 @@ fn shape_json(shape: &[u64]) -> String {
 /// The footer JSON the original writer would produce for this footer (compact, keys in the
 /// order of the FORMAT.md examples, non-ASCII raw), with `payload_len` as `total_payload_bytes`.
 fn expected_json(f: &Footer, payload_len: u64) -> String {
-    let total_elems: u64 = f.blocks.iter().map(|b| b.length_elems).sum();
-    if f.blocks.len() == 1 {
+    let total_elems: u64 = f.blocks().iter().map(|b| b.length_elems()).sum();
+    if f.blocks().len() == 1 {
         let index: Vec<String> = f
-            .records
+            .records()
             .iter()
             .map(|r| {
                 format!(
                     r#"{{"name":{},"shape":{},"offset":{},"length":{}}}"#,
-                    py_json_str(&r.name),
-                    shape_json(&r.shape),
-                    r.offset,
-                    r.length
+                    py_json_str(r.name()),
+                    shape_json(r.shape()),
+                    r.offset(),
+                    r.length()
                 )
             })
             .collect();
         format!(
             r#"{{"format":"flashpack_v3","target_dtype":"{}","align_bytes":{},"total_elems":{},"index":[{}]}}"#,
-            f.blocks[0].dtype.name(),
-            f.align_bytes,
+            f.blocks()[0].dtype().name(),
+            f.align_bytes(),
             total_elems,
             index.join(",")
         )
     } else {
         let blocks: Vec<String> = f
-            .blocks
+            .blocks()
             .iter()
             .map(|b| {
                 format!(
                     r#"{{"dtype":"{}","offset_bytes":{},"length_bytes":{},"length_elems":{}}}"#,
-                    b.dtype.name(),
-                    b.offset_bytes,
-                    b.length_bytes,
-                    b.length_elems
+                    b.dtype().name(),
+                    b.offset_bytes(),
+                    b.length_bytes(),
+                    b.length_elems()
                 )
             })
             .collect();
         let index: Vec<String> = f
-            .records
+            .records()
             .iter()
             .map(|r| {
                 format!(
                     r#"{{"name":{},"shape":{},"offset":{},"length":{},"macroblock":{}}}"#,
-                    py_json_str(&r.name),
-                    shape_json(&r.shape),
-                    r.offset,
-                    r.length,
-                    r.block
+                    py_json_str(r.name()),
+                    shape_json(r.shape()),
+                    r.offset(),
+                    r.length(),
+                    r.block()
                 )
             })
             .collect();
         format!(
             r#"{{"format":"flashpack_v4","align_bytes":{},"total_payload_bytes":{},"total_elems":{},"macroblocks":[{}],"index":[{}]}}"#,
-            f.align_bytes,
+            f.align_bytes(),
             payload_len,
             total_elems,
             blocks.join(","),
@@ -273,12 +273,12 @@ fn check_layout(
             expected_dtypes.push(specs[i].dtype);
         }
     }
-    let dtypes: Vec<Dtype> = f.blocks.iter().map(|b| b.dtype).collect();
+    let dtypes: Vec<Dtype> = f.blocks().iter().map(|b| b.dtype()).collect();
     prop_assert_eq!(&dtypes, &expected_dtypes, "block dtypes");
-    prop_assert_eq!(f.align_bytes, align);
+    prop_assert_eq!(f.align_bytes(), align);
     prop_assert_eq!(
-        f.version,
-        if f.blocks.len() == 1 {
+        f.version(),
+        if f.blocks().len() == 1 {
             FormatVersion::V3
         } else {
             FormatVersion::V4
@@ -287,7 +287,7 @@ fn check_layout(
 
     // The index lists the blocks' tensors block after block, each block's in tensor order (as
     // the original writer does; tied records sit at their own place in that order).
-    let names: Vec<&str> = f.records.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<&str> = f.records().iter().map(|r| r.name()).collect();
     let expected_names: Vec<&str> = expected_dtypes
         .iter()
         .flat_map(|d| {
@@ -298,10 +298,10 @@ fn check_layout(
         .map(|&i| specs[i].name.as_str())
         .collect();
     prop_assert_eq!(&names, &expected_names, "record order");
-    for w in f.records.windows(2) {
-        prop_assert!(w[0].block <= w[1].block, "records not grouped by block");
-        if ord == Order::LargestFirst && w[0].block == w[1].block {
-            prop_assert!(w[0].length >= w[1].length, "records not largest first");
+    for w in f.records().windows(2) {
+        prop_assert!(w[0].block() <= w[1].block(), "records not grouped by block");
+        if ord == Order::LargestFirst && w[0].block() == w[1].block() {
+            prop_assert!(w[0].length() >= w[1].length(), "records not largest first");
         }
     }
 
@@ -309,78 +309,83 @@ fn check_layout(
     let rec_of = |i: usize| f.record(&specs[i].name).expect("record for every spec");
     for (i, s) in specs.iter().enumerate() {
         let r = rec_of(i);
-        prop_assert_eq!(&r.shape, &s.shape);
-        prop_assert_eq!(r.length, counts[i]);
-        prop_assert!(r.block < f.blocks.len());
-        prop_assert_eq!(f.blocks[r.block].dtype, s.dtype);
+        prop_assert_eq!(&r.shape(), &s.shape);
+        prop_assert_eq!(r.length(), counts[i]);
+        prop_assert!(r.block() < f.blocks().len());
+        prop_assert_eq!(f.blocks()[r.block()].dtype(), s.dtype);
         let size = s.dtype.size() as u64;
-        let b = &f.blocks[r.block];
+        let b = &f.blocks()[r.block()];
         prop_assert!(
-            r.offset + r.length <= b.length_elems,
+            r.offset() + r.length() <= b.length_elems(),
             "record '{}' outside its block",
-            r.name
+            r.name()
         );
         let ea = elem_align(align, size);
         if ea != 0 {
             prop_assert_eq!(
-                r.offset % ea,
+                r.offset() % ea,
                 0,
                 "record '{}' offset {} not aligned to {}",
-                &r.name,
-                r.offset,
+                &r.name(),
+                r.offset(),
                 ea
             );
         }
         if let Some(t) = s.tied_to {
             let tr = rec_of(t);
-            prop_assert_eq!(r.block, tr.block, "tied '{}' block", &r.name);
-            prop_assert_eq!(r.offset, tr.offset, "tied '{}' offset", &r.name);
-            prop_assert_eq!(r.length, tr.length);
+            prop_assert_eq!(r.block(), tr.block(), "tied '{}' block", &r.name());
+            prop_assert_eq!(r.offset(), tr.offset(), "tied '{}' offset", &r.name());
+            prop_assert_eq!(r.length(), tr.length());
         }
     }
 
     // Blocks: aligned, tightly packed one after another, length ends at the last tensor's end.
     let mut cursor = 0u64;
-    for (k, b) in f.blocks.iter().enumerate() {
-        let size = b.dtype.size() as u64;
+    for (k, b) in f.blocks().iter().enumerate() {
+        let size = b.dtype().size() as u64;
         let ba = block_align(align, size);
         prop_assert_eq!(
-            b.offset_bytes % ba,
+            b.offset_bytes() % ba,
             0,
             "block {} offset {} not a multiple of {}",
             k,
-            b.offset_bytes,
+            b.offset_bytes(),
             ba
         );
         prop_assert_eq!(
-            b.offset_bytes,
+            b.offset_bytes(),
             round_up(cursor, ba),
             "block {} not packed tightly",
             k
         );
-        prop_assert_eq!(b.length_bytes, b.length_elems * size);
+        prop_assert_eq!(b.length_bytes(), b.length_elems() * size);
         // Stored (untied) members in tensor order, packed tightly at the element alignment.
         let ea = elem_align(align, size);
         let mut elems = 0u64;
         let mut last_end = None;
         for &i in &expected_order {
-            if specs[i].dtype != b.dtype || specs[i].tied_to.is_some() {
+            if specs[i].dtype != b.dtype() || specs[i].tied_to.is_some() {
                 continue;
             }
             let r = rec_of(i);
-            prop_assert_eq!(r.block, k);
+            prop_assert_eq!(r.block(), k);
             elems = round_up(elems, ea);
-            prop_assert_eq!(r.offset, elems, "record '{}' not packed tightly", &r.name);
-            elems += r.length;
-            last_end = Some(r.offset + r.length);
+            prop_assert_eq!(
+                r.offset(),
+                elems,
+                "record '{}' not packed tightly",
+                &r.name()
+            );
+            elems += r.length();
+            last_end = Some(r.offset() + r.length());
         }
         prop_assert_eq!(
-            Some(b.length_elems),
+            Some(b.length_elems()),
             last_end,
             "block {} must end at its last tensor's end",
             k
         );
-        cursor = b.offset_bytes + b.length_bytes;
+        cursor = b.offset_bytes() + b.length_bytes();
     }
     prop_assert_eq!(
         layout.payload_len,
@@ -388,7 +393,7 @@ fn check_layout(
         "payload ends at the last block's end"
     );
     prop_assert_eq!(f.payload_end(), layout.payload_len);
-    prop_assert_eq!(f.blocks[0].offset_bytes, 0);
+    prop_assert_eq!(f.blocks()[0].offset_bytes(), 0);
 
     // No overlap between distinct stored tensors (byte ranges from the footer alone).
     let mut ranges: Vec<(u64, u64, &str)> = specs
@@ -438,10 +443,9 @@ fn check_layout(
     }
 
     // The planned footer passes the reader's own validation.
-    prop_assert_eq!(
-        f.validate(layout.payload_len, None, Some(layout.payload_len)),
-        Ok(())
-    );
+    let json = f.encode().unwrap();
+    let back = Footer::decode(&json, layout.payload_len);
+    prop_assert_eq!(back.as_ref(), Ok(f));
     Ok(())
 }
 
@@ -479,8 +483,8 @@ proptest! {
         let Ok(layout) = plan(&specs, align, Order::LargestFirst) else { return Ok(()) };
         prop_assert_eq!(&plan(&specs, align, Order::LargestFirst).unwrap(), &layout);
         // Reorder specs as the layout stored them (remapping tie targets) and plan AsGiven.
-        let pos: Vec<usize> = layout.footer.records.iter()
-            .map(|r| specs.iter().position(|s| s.name == r.name).unwrap())
+        let pos: Vec<usize> = layout.footer.records().iter()
+            .map(|r| specs.iter().position(|s| s.name == r.name()).unwrap())
             .collect();
         let mut inverse = vec![0; specs.len()];
         for (new, &old) in pos.iter().enumerate() { inverse[old] = new; }
@@ -582,32 +586,45 @@ fn plan_matches_a_hand_computed_layout() {
         TensorSpec::new("ids", Dtype::I64, vec![3]),  // 3 elems
     ];
     let l = plan(&specs, 128, Order::LargestFirst).unwrap();
-    let names: Vec<_> = l.footer.records.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<_> = l.footer.records().iter().map(|r| r.name()).collect();
     assert_eq!(names, ["weight", "bias", "mask", "ids", "step"]); // grouped by block
-    let b = &l.footer.blocks;
+    let b = &l.footer.blocks();
     assert_eq!(
-        b.iter().map(|b| b.dtype).collect::<Vec<_>>(),
+        b.iter().map(|b| b.dtype()).collect::<Vec<_>>(),
         [Dtype::F32, Dtype::Bool, Dtype::I64]
     );
     // f32: weight at 0 (35 elems), bias at round_up(35, 32) = 64, ends at 67.
     assert_eq!(
-        (b[0].offset_bytes, b[0].length_elems, b[0].length_bytes),
+        (
+            b[0].offset_bytes(),
+            b[0].length_elems(),
+            b[0].length_bytes()
+        ),
         (0, 67, 268)
     );
     // bool: starts at round_up(268, 128) = 384, 10 bytes.
-    assert_eq!((b[1].offset_bytes, b[1].length_elems), (384, 10));
+    assert_eq!((b[1].offset_bytes(), b[1].length_elems()), (384, 10));
     // i64: starts at round_up(394, 128) = 512; ids at 0, step at 16 (128 / 8); ends at 17.
     assert_eq!(
-        (b[2].offset_bytes, b[2].length_elems, b[2].length_bytes),
+        (
+            b[2].offset_bytes(),
+            b[2].length_elems(),
+            b[2].length_bytes()
+        ),
         (512, 17, 136)
     );
     assert_eq!(l.payload_len, 648);
     let step = l.footer.record("step").unwrap();
     assert_eq!(
-        (step.offset, step.length, step.shape.clone(), step.block),
+        (
+            step.offset(),
+            step.length(),
+            step.shape().to_vec(),
+            step.block()
+        ),
         (16, 1, vec![], 2)
     );
-    assert_eq!(l.footer.version, FormatVersion::V4);
+    assert_eq!(l.footer.version(), FormatVersion::V4);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,16 +636,16 @@ proptest! {
 
     #[test]
     fn footer_round_trips_and_matches_the_original_writer(layout in layout_case()) {
-        let json = layout.footer.encode();
+        let json = layout.footer.encode().unwrap();
         let text = std::str::from_utf8(&json).expect("footer is UTF-8");
         prop_assert_eq!(text, expected_json(&layout.footer, layout.payload_len));
-        let expect_v3 = layout.footer.blocks.len() == 1;
+        let expect_v3 = layout.footer.blocks().len() == 1;
         let prefix = if expect_v3 { r#"{"format":"flashpack_v3","# } else { r#"{"format":"flashpack_v4","# };
         prop_assert!(text.starts_with(prefix));
         let back = Footer::decode(&json, layout.payload_len).unwrap();
         prop_assert_eq!(&back, &layout.footer);
         // Re-encoding the decoded footer gives the same bytes.
-        prop_assert_eq!(back.encode(), json.clone());
+        prop_assert_eq!(back.encode().unwrap(), json.clone());
         // The payload must be exactly what the footer declares: bytes added anywhere would shift
         // the tensors (the original writer puts the footer right after the last block).
         let longer = Footer::decode(&json, layout.payload_len + 4096).unwrap_err();
@@ -640,25 +657,29 @@ proptest! {
     /// Extra (extension) keys survive a round trip and are written after the format's keys.
     #[test]
     fn footer_extra_keys_round_trip(layout in layout_case(), n in 0u64..1000) {
-        let mut f = layout.footer.clone();
-        let mut extra = Map::new();
-        extra.insert("x_checksums".into(), json!({"algorithm": "xxh64", "chunk_bytes": 1 << 20, "values": [n, n + 1]}));
-        extra.insert("zz_note".into(), json!("héllo"));
-        f.extra = extra;
+        // A footer is read-only: one with extras is made by decoding JSON that has them.
+        let x = json!({"algorithm": "xxh64", "chunk_bytes": 1 << 20, "values": [n, n + 1]});
         // The checksums key (ours) round-trips too, and is written last.
         let chunk = (layout.payload_len / 8).div_ceil(4096).max(1) * 4096;
         let count = layout.payload_len.div_ceil(chunk);
-        f.checksums = Some(flashpack::format::Checksums {
+        let sums = flashpack::format::Checksums {
             algorithm: "xxh3-64".into(),
             chunk_bytes: chunk,
             digests: (0..count).map(|i| i.wrapping_mul(n).wrapping_add(u64::MAX - n)).collect(),
-        });
-        let json = f.encode();
-        let text = String::from_utf8(json.clone()).unwrap();
+        };
         let base = expected_json(&layout.footer, layout.payload_len);
-        // Same prefix as without extras, extras appended after "index".
-        prop_assert!(text.starts_with(&base[..base.len() - 1]), "{text}");
-        prop_assert!(text.contains(r#""zz_note":"héllo""#));
+        let written = format!(
+            r#"{},"x_checksums":{x},"zz_note":"héllo","checksums":{}}}"#,
+            &base[..base.len() - 1],
+            sums.to_json()
+        );
+        let f = Footer::decode(written.as_bytes(), layout.payload_len).unwrap();
+        prop_assert_eq!(f.extra().len(), 2);
+        prop_assert_eq!(f.checksums(), Some(&sums));
+        let json = f.encode().unwrap();
+        let text = String::from_utf8(json.clone()).unwrap();
+        // Same prefix as without extras, extras appended after "index", checksums last.
+        prop_assert_eq!(&text, &written);
         prop_assert!(text.find(r#""checksums":"#) > text.find(r#""zz_note":"#));
         let back = Footer::decode(&json, layout.payload_len).unwrap();
         prop_assert_eq!(back, f);
@@ -670,7 +691,7 @@ fn footer_json_matches_the_format_md_examples() {
     let specs = vec![TensorSpec::new("w", Dtype::BF16, vec![4096, 4096])];
     let l = plan(&specs, 128, Order::LargestFirst).unwrap();
     assert_eq!(
-        String::from_utf8(l.footer.encode()).unwrap(),
+        String::from_utf8(l.footer.encode().unwrap()).unwrap(),
         r#"{"format":"flashpack_v3","target_dtype":"bfloat16","align_bytes":128,"total_elems":16777216,"index":[{"name":"w","shape":[4096,4096],"offset":0,"length":16777216}]}"#
     );
     let specs = vec![
@@ -679,7 +700,7 @@ fn footer_json_matches_the_format_md_examples() {
     ];
     let l = plan(&specs, 128, Order::LargestFirst).unwrap();
     assert_eq!(
-        String::from_utf8(l.footer.encode()).unwrap(),
+        String::from_utf8(l.footer.encode().unwrap()).unwrap(),
         r#"{"format":"flashpack_v4","align_bytes":128,"total_payload_bytes":136,"total_elems":17,"macroblocks":[{"dtype":"float32","offset_bytes":0,"length_bytes":64,"length_elems":16},{"dtype":"int64","offset_bytes":128,"length_bytes":8,"length_elems":1}],"index":[{"name":"w","shape":[4,4],"offset":0,"length":16,"macroblock":0},{"name":"n","shape":[],"offset":0,"length":1,"macroblock":1}]}"#
     );
 }
@@ -688,7 +709,7 @@ fn footer_json_matches_the_format_md_examples() {
 fn footer_keeps_non_ascii_raw_and_escapes_like_python() {
     let specs = vec![TensorSpec::new("名前.é\"\\\n\u{1}", Dtype::U8, vec![2])];
     let l = plan(&specs, 128, Order::LargestFirst).unwrap();
-    let text = String::from_utf8(l.footer.encode()).unwrap();
+    let text = String::from_utf8(l.footer.encode().unwrap()).unwrap();
     assert!(text.contains(r#""name":"名前.é\"\\\n\u0001""#), "{text}");
     assert!(!text.contains(' '), "compact JSON has no spaces: {text}");
 }
@@ -699,14 +720,14 @@ fn footer_keeps_non_ascii_raw_and_escapes_like_python() {
 fn footer_decode_accepts_other_key_orders_and_unknown_keys() {
     let json = br#"{"index":[{"length":4,"offset":0,"shape":[2,2],"name":"w","extra":1}],"total_elems":4,"align_bytes":128,"target_dtype":"float32","format":"flashpack_v3","created_by":"someone"}"#;
     let f = Footer::decode(json, 16).unwrap();
-    assert_eq!(f.version, FormatVersion::V3);
-    assert_eq!(f.records[0].shape, vec![2, 2]);
-    assert_eq!(f.extra.get("created_by"), Some(&json!("someone")));
+    assert_eq!(f.version(), FormatVersion::V3);
+    assert_eq!(f.records()[0].shape(), vec![2, 2]);
+    assert_eq!(f.extra().get("created_by"), Some(&json!("someone")));
     // v4 without total_payload_bytes / total_elems.
     let json = br#"{"format":"flashpack_v4","align_bytes":0,"macroblocks":[{"dtype":"int8","offset_bytes":0,"length_bytes":3,"length_elems":3},{"dtype":"float16","offset_bytes":4,"length_bytes":2,"length_elems":1}],"index":[{"name":"a","shape":[3],"offset":0,"length":3,"macroblock":0},{"name":"b","shape":[],"offset":0,"length":1,"macroblock":1}]}"#;
     let f = Footer::decode(json, 6).unwrap();
-    assert_eq!(f.blocks.len(), 2);
-    assert_eq!(f.records[1].shape, Vec::<u64>::new());
+    assert_eq!(f.blocks().len(), 2);
+    assert_eq!(f.records()[1].shape(), Vec::<u64>::new());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -716,26 +737,26 @@ fn footer_decode_accepts_other_key_orders_and_unknown_keys() {
 /// What `decode` promises when it returns Ok: every block and record lies inside the payload,
 /// names are unique and shapes match lengths.
 fn check_valid(f: &Footer, payload_len: u64) -> Result<(), TestCaseError> {
-    for b in &f.blocks {
-        let end = b.offset_bytes.checked_add(b.length_bytes);
+    for b in f.blocks() {
+        let end = b.offset_bytes().checked_add(b.length_bytes());
         prop_assert!(end.is_some_and(|e| e <= payload_len));
         prop_assert_eq!(
-            b.length_elems.checked_mul(b.dtype.size() as u64),
-            Some(b.length_bytes)
+            b.length_elems().checked_mul(b.dtype().size() as u64),
+            Some(b.length_bytes())
         );
     }
     let mut names = std::collections::HashSet::new();
-    for r in &f.records {
-        prop_assert!(names.insert(r.name.as_str()));
-        prop_assert!(r.block < f.blocks.len());
-        let b = &f.blocks[r.block];
+    for r in f.records() {
+        prop_assert!(names.insert(r.name()));
+        prop_assert!(r.block() < f.blocks().len());
+        let b = &f.blocks()[r.block()];
         prop_assert!(r
-            .offset
-            .checked_add(r.length)
-            .is_some_and(|e| e <= b.length_elems));
+            .offset()
+            .checked_add(r.length())
+            .is_some_and(|e| e <= b.length_elems()));
         prop_assert_eq!(
-            r.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)),
-            Some(r.length)
+            r.shape().iter().try_fold(1u64, |a, &d| a.checked_mul(d)),
+            Some(r.length())
         );
         let (start, end) = f.byte_range(r);
         prop_assert!(start <= end && end <= payload_len);
@@ -958,7 +979,7 @@ proptest! {
         pick in any::<u8>(),
         random in any::<u64>(),
     ) {
-        let mut json = layout.footer.encode();
+        let mut json = layout.footer.encode().unwrap();
         for m in &muts {
             apply_byte_mut(&mut json, m);
         }
@@ -975,7 +996,7 @@ proptest! {
         pick in any::<u8>(),
         random in any::<u64>(),
     ) {
-        let mut v: Value = serde_json::from_slice(&layout.footer.encode()).unwrap();
+        let mut v: Value = serde_json::from_slice(&layout.footer.encode().unwrap()).unwrap();
         for m in &muts {
             apply_value_mut(&mut v, m);
         }
@@ -1036,7 +1057,7 @@ proptest! {
         pick in any::<u8>(),
         random in any::<u64>(),
     ) {
-        let mut v: Value = serde_json::from_slice(&layout.footer.encode()).unwrap();
+        let mut v: Value = serde_json::from_slice(&layout.footer.encode().unwrap()).unwrap();
         for (which, at, value) in edits {
             set_number(&mut v, which, at, value);
         }

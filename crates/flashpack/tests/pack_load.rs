@@ -12,6 +12,9 @@ use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::Dtype;
 use serde_json::json;
 
+#[cfg(target_os = "linux")]
+mod residency;
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
@@ -123,29 +126,34 @@ fn every_dtype(seed: u64) -> Vec<T> {
 fn check_file_layout(path: &Path, ts: &[T]) {
     let bytes = std::fs::read(path).unwrap();
     let f = FlashFile::open(path).unwrap();
-    assert_eq!(f.file_len, bytes.len() as u64);
+    assert_eq!(f.file_len(), bytes.len() as u64);
     // Trailer: JSON right after the payload, its u64 LE length, then the magic.
     let n = bytes.len();
     assert_eq!(&bytes[n - 8..], MAGIC);
     let json_len = u64::from_le_bytes(bytes[n - 16..n - 8].try_into().unwrap()) as usize;
-    assert_eq!(json_len, f.footer_json.len());
-    assert_eq!(f.payload_len as usize + json_len + 16, n);
-    assert_eq!(&bytes[f.payload_len as usize..n - 16], &f.footer_json[..]);
+    assert_eq!(json_len, f.footer_json().len());
+    assert_eq!(f.payload_len() as usize + json_len + 16, n);
+    assert_eq!(&bytes[f.payload_len() as usize..n - 16], f.footer_json());
     assert_eq!(
-        f.footer.encode(),
-        f.footer_json,
+        f.footer().encode().unwrap(),
+        f.footer_json(),
         "the footer on disk is the canonical encoding"
     );
     // Every tensor where its record says, every other payload byte zero.
-    let mut covered = vec![false; f.payload_len as usize];
+    let mut covered = vec![false; f.payload_len() as usize];
     for t in ts {
         let r = f
-            .footer
+            .footer()
             .record(&t.name)
             .unwrap_or_else(|| panic!("no record for {}", t.name));
-        assert_eq!(r.shape, t.shape, "{}", t.name);
-        assert_eq!(f.footer.blocks[r.block].dtype, t.dtype, "{}", t.name);
-        let (a, b) = f.footer.byte_range(r);
+        assert_eq!(r.shape(), t.shape, "{}", t.name);
+        assert_eq!(
+            f.footer().blocks()[r.block()].dtype(),
+            t.dtype,
+            "{}",
+            t.name
+        );
+        let (a, b) = f.footer().byte_range(r);
         assert_eq!(
             &bytes[a as usize..b as usize],
             expected(ts, t),
@@ -170,7 +178,7 @@ fn check_loaded(what: &str, l: &flashpack::read::Loaded, ts: &[T], file: &[u8]) 
             .unwrap_or_else(|| panic!("{what}: no tensor {}", t.name));
         assert!(got == expected(ts, t), "{what}: tensor {} differs", t.name);
         assert_eq!(
-            l.footer.record(&t.name).unwrap().shape,
+            l.footer().record(&t.name).unwrap().shape(),
             t.shape,
             "{what}: {} shape",
             t.name
@@ -237,7 +245,7 @@ fn every_dtype_round_trips_through_every_load_path() {
     let path = dir.path().join("all.flashpack");
     let ts = every_dtype(1);
     let report = pack_ts(&path, &ts, &PackOptions::default());
-    let last = report.footer.blocks.last().unwrap();
+    let last = report.footer.blocks().last().unwrap();
     assert_ne!(
         report.payload_len % 4096,
         0,
@@ -249,9 +257,9 @@ fn every_dtype_round_trips_through_every_load_path() {
         "the payload should span several 1 MiB chunks"
     );
     assert_eq!(report.file_len, std::fs::metadata(&path).unwrap().len());
-    assert_eq!(report.footer.blocks.len(), Dtype::ALL.len());
+    assert_eq!(report.footer.blocks().len(), Dtype::ALL.len());
     check_file_layout(&path, &ts);
-    assert_eq!(FlashFile::open(&path).unwrap().footer, report.footer);
+    assert_eq!(FlashFile::open(&path).unwrap().footer(), &report.footer);
     let file = std::fs::read(&path).unwrap();
     let direct_ok = supports_o_direct(&path);
     eprintln!(
@@ -283,7 +291,7 @@ fn every_dtype_round_trips_through_every_load_path() {
                 let l = load(&path, &opts).unwrap_or_else(|e| panic!("{what}: {e}"));
                 assert!(l.is_eager(), "{what}");
                 check_loaded(&what, &l, &ts, &file);
-                let io_counts = l.report.io;
+                let io_counts = l.report().io;
                 assert_eq!(
                     io_counts.direct_bytes + io_counts.buffered_bytes,
                     report.payload_len,
@@ -292,7 +300,7 @@ fn every_dtype_round_trips_through_every_load_path() {
                 if threads != 0 {
                     // The threads used: as asked, or fewer when there are fewer chunks.
                     let chunks = report.payload_len.div_ceil(chunk_bytes.max(4096) as u64) as usize;
-                    assert_eq!(l.report.threads, threads.min(chunks.max(1)), "{what}");
+                    assert_eq!(l.report().threads, threads.min(chunks.max(1)), "{what}");
                 }
                 match io {
                     IoMode::Buffered => assert_eq!(io_counts.direct_bytes, 0, "{what}"),
@@ -333,16 +341,16 @@ fn alignments_and_orders_round_trip() {
                 ..Default::default()
             };
             let report = pack_ts(&path, &ts, &opts);
-            assert_eq!(report.footer.align_bytes, align);
+            assert_eq!(report.footer.align_bytes(), align);
             if order == Order::AsGiven {
                 // Blocks in order of first appearance, each block's tensors in the given order.
-                let dtypes: Vec<_> = report.footer.blocks.iter().map(|b| b.dtype).collect();
+                let dtypes: Vec<_> = report.footer.blocks().iter().map(|b| b.dtype()).collect();
                 assert_eq!(
                     dtypes,
                     [Dtype::F16, Dtype::F64, Dtype::Bool, Dtype::C64, Dtype::I8]
                 );
                 let offsets =
-                    |names: [&str; 2]| names.map(|n| report.footer.record(n).unwrap().offset);
+                    |names: [&str; 2]| names.map(|n| report.footer.record(n).unwrap().offset());
                 let [a, c] = offsets(["a", "c"]);
                 let [b, f] = offsets(["b", "f"]);
                 assert!(
@@ -433,7 +441,7 @@ fn tiny_and_page_multiple_payloads_load_in_every_mode() {
                         &file,
                     );
                     assert_eq!(
-                        l.report.io.direct_bytes + l.report.io.buffered_bytes,
+                        l.report().io.direct_bytes + l.report().io.buffered_bytes,
                         report.payload_len
                     );
                 }
@@ -467,8 +475,11 @@ fn zero_dim_tensors_and_unicode_names_survive() {
         },
     )
     .unwrap();
-    assert_eq!(l.footer.record("step").unwrap().shape, Vec::<u64>::new());
-    assert_eq!(l.footer.record("step").unwrap().length, 1);
+    assert_eq!(
+        l.footer().record("step").unwrap().shape(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(l.footer().record("step").unwrap().length(), 1);
     check_loaded("eager", &l, &ts, &std::fs::read(&path).unwrap());
     // Non-ASCII is stored raw in the footer, not \u-escaped.
     let raw = std::fs::read(&path).unwrap();
@@ -521,7 +532,7 @@ fn extra_footer_keys_are_written_and_read_back() {
         },
     );
     let f = FlashFile::open(&path).unwrap();
-    assert_eq!(f.footer.extra, extra);
+    assert_eq!(f.footer().extra(), &extra);
     check_loaded(
         "lazy",
         &load(&path, &LoadOptions::default()).unwrap(),
@@ -845,7 +856,7 @@ fn a_successful_pack_replaces_the_destination_atomically() {
 #[test]
 #[cfg(target_os = "linux")]
 fn auto_mode_follows_the_page_cache() {
-    use flashpack::read::resident_fraction;
+    use residency::resident_fraction;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("auto.flashpack");
     let ts = vec![T::new(&mut Rng(14), "w", Dtype::U8, vec![1 << 20])];
@@ -858,16 +869,17 @@ fn auto_mode_follows_the_page_cache() {
         ..Default::default()
     };
     let f = std::fs::File::open(&path).unwrap();
-    let payload_len = FlashFile::open(&path).unwrap().payload_len;
+    let payload_len = FlashFile::open(&path).unwrap().payload_len();
 
     // Hot (just read): buffered reads.
     if resident_fraction(&f, payload_len).unwrap() >= 0.9 {
         let l = load(&path, &opts).unwrap();
         check_loaded("auto hot", &l, &ts, &file);
         assert_eq!(
-            l.report.io.direct_bytes, 0,
+            l.report().io.direct_bytes,
+            0,
             "a cached file should be read buffered: {:?}",
-            l.report.io
+            l.report().io
         );
     }
     // Cold (dropped from the page cache where the kernel allows): O_DIRECT.
@@ -879,9 +891,9 @@ fn auto_mode_follows_the_page_cache() {
         let l = load(&path, &opts).unwrap();
         check_loaded("auto cold", &l, &ts, &file);
         assert!(
-            l.report.io.direct_bytes > 0,
+            l.report().io.direct_bytes > 0,
             "a cold file should be read with O_DIRECT: {:?}",
-            l.report.io
+            l.report().io
         );
     } else {
         eprintln!(
@@ -936,19 +948,22 @@ fn tied_tensors_are_stored_once() {
         r_tied.payload_len, r_untied.payload_len,
         "tied tensors must not take payload space"
     );
-    assert_eq!(r_tied.footer.blocks, r_untied.footer.blocks);
+    assert_eq!(r_tied.footer.blocks(), r_untied.footer.blocks());
     let f = FlashFile::open(&p_tied).unwrap();
     let (a, b) = (
-        f.footer.record("embed.weight").unwrap(),
-        f.footer.record("lm_head.weight").unwrap(),
+        f.footer().record("embed.weight").unwrap(),
+        f.footer().record("lm_head.weight").unwrap(),
     );
-    assert_eq!((a.block, a.offset, a.length), (b.block, b.offset, b.length));
+    assert_eq!(
+        (a.block(), a.offset(), a.length()),
+        (b.block(), b.offset(), b.length())
+    );
     let (a, b) = (
-        f.footer.record("step").unwrap(),
-        f.footer.record("step_alias").unwrap(),
+        f.footer().record("step").unwrap(),
+        f.footer().record("step_alias").unwrap(),
     );
-    assert_eq!((a.block, a.offset), (b.block, b.offset));
-    assert_eq!(b.shape, Vec::<u64>::new());
+    assert_eq!((a.block(), a.offset()), (b.block(), b.offset()));
+    assert_eq!(b.shape(), Vec::<u64>::new());
     check_file_layout(&p_tied, &tied);
     let file = std::fs::read(&p_tied).unwrap();
     check_loaded(
@@ -1018,9 +1033,7 @@ fn auto_mode_reads_buffered_where_residency_is_unknown() {
     let ts = vec![T::new(&mut Rng(15), "w", Dtype::U8, vec![1 << 20])];
     pack_ts(&path, &ts, &PackOptions::default());
     let file = std::fs::read(&path).unwrap();
-    let f = std::fs::File::open(&path).unwrap();
-    let err = flashpack::read::resident_fraction(&f, 4096).unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::Unsupported, "{err}");
+    // (That the residency query is Unsupported there: os/mod.rs's unit tests.)
     for (io, direct) in [(IoMode::Auto, false), (IoMode::Direct, true)] {
         let opts = LoadOptions {
             eager: true,
@@ -1031,10 +1044,56 @@ fn auto_mode_reads_buffered_where_residency_is_unknown() {
         let l = load(&path, &opts).unwrap();
         check_loaded(&format!("{io:?}"), &l, &ts, &file);
         assert_eq!(
-            l.report.io.direct_bytes > 0,
+            l.report().io.direct_bytes > 0,
             direct,
             "{io:?}: {:?}",
-            l.report.io
+            l.report().io
         );
+    }
+}
+
+/// `pack_to_vec` (and so `pack_to_writer`) gives the very bytes `pack` puts in a file, with and
+/// without checksums, over every dtype (several blocks, alignment gaps); `Footer::from_file_bytes`
+/// reads the same footer from them as `FlashFile::open` does from the file.
+#[test]
+fn pack_to_vec_writes_the_bytes_pack_writes_to_a_file() {
+    use flashpack::format::Footer;
+    use flashpack::write::pack_to_vec;
+    let dir = tempfile::tempdir().unwrap();
+    let ts = every_dtype(7);
+    for checksums in [true, false] {
+        let opts = PackOptions {
+            checksums,
+            chunk_bytes: 64 << 10,
+            ..PackOptions::default()
+        };
+        let path = dir.path().join(format!("m{checksums}.flashpack"));
+        pack_ts(&path, &ts, &opts);
+        let bytes = pack_to_vec(&entries(&ts), &opts).unwrap();
+        assert!(
+            bytes == std::fs::read(&path).unwrap(),
+            "checksums {checksums}"
+        );
+        let footer = Footer::from_file_bytes(&bytes).unwrap();
+        assert_eq!(&footer, FlashFile::open(&path).unwrap().footer());
+        assert_eq!(footer.checksums().is_some(), checksums);
+    }
+}
+
+/// A loaded file lists its tensors by name in footer order and hands each one's bytes out.
+#[test]
+fn loaded_names_and_iter_follow_the_footer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.flashpack");
+    let ts = every_dtype(3);
+    pack_ts(&path, &ts, &PackOptions::default());
+    let l = load(&path, &LoadOptions::default()).unwrap();
+    let order: Vec<&str> = l.footer().records().iter().map(|r| r.name()).collect();
+    assert_eq!(l.names().collect::<Vec<_>>(), order);
+    assert_eq!(l.iter().count(), ts.len());
+    for (r, bytes) in l.iter() {
+        let t = ts.iter().find(|t| t.name == r.name()).unwrap();
+        assert_eq!(bytes, expected(&ts, t), "{}", r.name());
+        assert_eq!(l.tensor_bytes(r.name()), Some(bytes));
     }
 }

@@ -39,7 +39,7 @@ fn lazy_and_eager_loads_of_a_file_that_shrank_after_open_are_errors() {
     let path = make(dir.path());
     for eager in [false, true] {
         let f = FlashFile::open(&path).unwrap();
-        shrink(&path, f.payload_len / 2);
+        shrink(&path, f.payload_len() / 2);
         let opts = LoadOptions {
             eager,
             io: IoMode::Buffered,

@@ -22,7 +22,8 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use flashpack::format::{block_alignment, element_alignment, numel, Footer, FormatVersion};
+use flashpack::format::{Footer, FormatVersion};
+use flashpack::fuzzing::{block_alignment, element_alignment, numel};
 use flashpack::read::{load, FlashFile, IoMode, LoadOptions};
 use libfuzzer_sys::{fuzz_mutator, fuzz_target, fuzzer_mutate};
 use serde_json::Value;
@@ -95,18 +96,18 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let (payload_len, json) = expected_json.expect("open accepted a file with a bad trailer");
-    assert_eq!(f.payload_len, payload_len, "payload length");
-    assert_eq!(f.file_len, data.len() as u64, "file length");
-    assert_eq!(f.footer_json, json, "footer bytes");
-    check_invariants(&f.footer, payload_len);
+    assert_eq!(f.payload_len(), payload_len, "payload length");
+    assert_eq!(f.file_len(), data.len() as u64, "file length");
+    assert_eq!(f.footer_json(), json, "footer bytes");
+    check_invariants(f.footer(), payload_len);
 
     // Re-encoding round-trips (extra keys included).
-    let again = f.footer.encode();
+    let again = f.footer().encode().expect("a decoded footer encodes");
     match Footer::decode(&again, payload_len) {
         Ok(back) => {
             // Extra keys included, exactly (serde_json's float_roundtrip; the regression is in
             // tests/fuzz_regressions.rs).
-            let (a, b) = (back.clone(), f.footer.clone());
+            let (a, b) = (back.clone(), f.footer().clone());
             assert_eq!(a, b, "re-encoded footer decodes differently");
         }
         Err(e) => panic!(
@@ -128,10 +129,10 @@ fuzz_target!(|data: &[u8]| {
     ] {
         let l = load(path, &opts).expect("a file that opens must load");
         assert_eq!(l.payload(), &data[..payload_len as usize], "payload bytes");
-        for r in &l.footer.records {
-            let (start, end) = l.footer.byte_range(r);
+        for r in l.footer().records() {
+            let (start, end) = l.footer().byte_range(r);
             let bytes = l
-                .tensor_bytes(&r.name)
+                .tensor_bytes(r.name())
                 .expect("record bytes outside the payload");
             assert_eq!(bytes, &data[start as usize..end as usize]);
         }
@@ -139,31 +140,31 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check_invariants(footer: &Footer, payload_len: u64) {
-    assert!(!footer.blocks.is_empty(), "a footer with no blocks");
-    if footer.version == FormatVersion::V3 {
-        assert_eq!(footer.blocks.len(), 1, "v3 has one block");
-        assert_eq!(footer.blocks[0].offset_bytes, 0, "v3 block starts at 0");
+    assert!(!footer.blocks().is_empty(), "a footer with no blocks");
+    if footer.version() == FormatVersion::V3 {
+        assert_eq!(footer.blocks().len(), 1, "v3 has one block");
+        assert_eq!(footer.blocks()[0].offset_bytes(), 0, "v3 block starts at 0");
     }
     let mut spans = Vec::new();
-    for (i, b) in footer.blocks.iter().enumerate() {
-        let size = b.dtype.size() as u64;
+    for (i, b) in footer.blocks().iter().enumerate() {
+        let size = b.dtype().size() as u64;
         assert_eq!(
-            b.length_elems.checked_mul(size),
-            Some(b.length_bytes),
+            b.length_elems().checked_mul(size),
+            Some(b.length_bytes()),
             "block {i}: bytes != elems x size"
         );
         let end = b
-            .offset_bytes
-            .checked_add(b.length_bytes)
+            .offset_bytes()
+            .checked_add(b.length_bytes())
             .expect("block end overflows");
         assert!(
             end <= payload_len,
             "block {i} ends at {end} past the {payload_len}-byte payload"
         );
-        let align = block_alignment(footer.align_bytes, size).expect("block alignment overflows");
-        assert_eq!(b.offset_bytes % align, 0, "block {i} misaligned");
-        if b.length_bytes > 0 {
-            spans.push((b.offset_bytes, end, i));
+        let align = block_alignment(footer.align_bytes(), size).expect("block alignment overflows");
+        assert_eq!(b.offset_bytes() % align, 0, "block {i} misaligned");
+        if b.length_bytes() > 0 {
+            spans.push((b.offset_bytes(), end, i));
         }
     }
     spans.sort();
@@ -171,34 +172,38 @@ fn check_invariants(footer: &Footer, payload_len: u64) {
         assert!(w[0].1 <= w[1].0, "blocks {} and {} overlap", w[0].2, w[1].2);
     }
     assert!(footer.payload_end() <= payload_len);
-    let total: u64 = footer.blocks.iter().map(|b| b.length_elems).sum();
+    let total: u64 = footer.blocks().iter().map(|b| b.length_elems()).sum();
     assert_eq!(footer.total_elems(), total);
 
     let mut names = std::collections::HashSet::new();
-    for r in &footer.records {
-        assert!(names.insert(r.name.as_str()), "duplicate name {:?}", r.name);
+    for r in footer.records() {
+        assert!(names.insert(r.name()), "duplicate name {:?}", r.name());
         let b = footer
-            .blocks
-            .get(r.block)
+            .blocks()
+            .get(r.block())
             .expect("record names a missing block");
         assert_eq!(
-            numel(&r.shape),
-            Some(r.length),
+            numel(r.shape()),
+            Some(r.length()),
             "{:?}: shape/length",
-            r.name
+            r.name()
         );
         let end = r
-            .offset
-            .checked_add(r.length)
+            .offset()
+            .checked_add(r.length())
             .expect("record end overflows");
-        assert!(end <= b.length_elems, "{:?} lies outside its block", r.name);
-        let align = element_alignment(footer.align_bytes, b.dtype.size() as u64);
+        assert!(
+            end <= b.length_elems(),
+            "{:?} lies outside its block",
+            r.name()
+        );
+        let align = element_alignment(footer.align_bytes(), b.dtype().size() as u64);
         if align != 0 {
-            assert_eq!(r.offset % align, 0, "{:?} misaligned", r.name);
+            assert_eq!(r.offset() % align, 0, "{:?} misaligned", r.name());
         }
         let (start, stop) = footer.byte_range(r);
-        assert!(start >= b.offset_bytes && stop <= b.end_bytes() && stop <= payload_len);
-        assert!(footer.record(&r.name).is_some());
+        assert!(start >= b.offset_bytes() && stop <= b.end_bytes() && stop <= payload_len);
+        assert!(footer.record(r.name()).is_some());
     }
 }
 

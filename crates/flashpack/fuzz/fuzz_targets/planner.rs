@@ -12,10 +12,8 @@
 use std::collections::{HashMap, HashSet};
 
 use arbitrary::Arbitrary;
-use flashpack::format::{
-    block_alignment, element_alignment, numel, plan, Footer, FormatVersion, Order, TensorSpec,
-};
-use flashpack::read::plan_chunks;
+use flashpack::format::{plan, Footer, FormatVersion, Order, TensorSpec};
+use flashpack::fuzzing::{block_alignment, element_alignment, numel, plan_chunks};
 use flashpack::Dtype;
 use libfuzzer_sys::fuzz_target;
 
@@ -194,11 +192,11 @@ fn check_layout(specs: &[TensorSpec], align: u64, order: Order) {
     let footer = &layout.footer;
     let payload_len = layout.payload_len;
     assert!(payload_len > 0, "an empty payload was planned");
-    assert_eq!(footer.align_bytes, align);
+    assert_eq!(footer.align_bytes(), align);
     assert!(footer.payload_end() <= payload_len);
     assert_eq!(
-        footer.version,
-        if footer.blocks.len() == 1 {
+        footer.version(),
+        if footer.blocks().len() == 1 {
             FormatVersion::V3
         } else {
             FormatVersion::V4
@@ -216,7 +214,7 @@ fn check_layout(specs: &[TensorSpec], align: u64, order: Order) {
             dtypes.push(specs[i].dtype);
         }
     }
-    let block_dtypes: Vec<Dtype> = footer.blocks.iter().map(|b| b.dtype).collect();
+    let block_dtypes: Vec<Dtype> = footer.blocks().iter().map(|b| b.dtype()).collect();
     assert_eq!(block_dtypes, dtypes, "block order");
 
     // Records: one per spec, grouped by block, in planned order inside each block.
@@ -225,26 +223,27 @@ fn check_layout(specs: &[TensorSpec], align: u64, order: Order) {
         .flat_map(|d| ordered.iter().filter(move |&&i| specs[i].dtype == *d))
         .map(|&i| specs[i].name.as_str())
         .collect();
-    let names: Vec<&str> = footer.records.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<&str> = footer.records().iter().map(|r| r.name()).collect();
     assert_eq!(names, expected_names, "record order");
     let by_name: HashMap<&str, usize> = specs
         .iter()
         .enumerate()
         .map(|(i, s)| (s.name.as_str(), i))
         .collect();
-    let rec_of: HashMap<&str, &flashpack::format::Record> = footer
-        .records
-        .iter()
-        .map(|r| (r.name.as_str(), r))
-        .collect();
-    for r in &footer.records {
-        let s = &specs[by_name[r.name.as_str()]];
-        assert_eq!(r.shape, s.shape);
-        assert_eq!(Some(r.length), numel(&s.shape));
-        assert_eq!(footer.blocks[r.block].dtype, s.dtype);
+    let rec_of: HashMap<&str, &flashpack::format::Record> =
+        footer.records().iter().map(|r| (r.name(), r)).collect();
+    for r in footer.records() {
+        let s = &specs[by_name[r.name()]];
+        assert_eq!(r.shape(), s.shape);
+        assert_eq!(Some(r.length()), numel(&s.shape));
+        assert_eq!(footer.blocks()[r.block()].dtype(), s.dtype);
         if let Some(t) = s.tied_to {
             let owner = rec_of[specs[t].name.as_str()];
-            assert_eq!((r.block, r.offset), (owner.block, owner.offset), "tie");
+            assert_eq!(
+                (r.block(), r.offset()),
+                (owner.block(), owner.offset()),
+                "tie"
+            );
         }
     }
 
@@ -258,16 +257,16 @@ fn check_layout(specs: &[TensorSpec], align: u64, order: Order) {
         let size = s.dtype.size() as u64;
         assert_eq!(p.nbytes, numel(&s.shape).unwrap() * size);
         let r = rec_of[s.name.as_str()];
-        let b = &footer.blocks[r.block];
+        let b = &footer.blocks()[r.block()];
         assert_eq!(
             footer.byte_range(r),
             (p.byte_offset, p.byte_offset + p.nbytes)
         );
-        assert_eq!(b.offset_bytes % block_alignment(align, size).unwrap(), 0);
+        assert_eq!(b.offset_bytes() % block_alignment(align, size).unwrap(), 0);
         let ea = element_alignment(align, size);
         if ea != 0 {
             assert_eq!(
-                (p.byte_offset - b.offset_bytes) % (ea * size),
+                (p.byte_offset - b.offset_bytes()) % (ea * size),
                 0,
                 "tensor misaligned"
             );
@@ -291,13 +290,14 @@ fn check_layout(specs: &[TensorSpec], align: u64, order: Order) {
     }
 
     // The footer is one a reader accepts for this payload, and it round-trips.
-    let back = Footer::decode(&footer.encode(), payload_len)
+    let json = footer.encode().expect("a planned footer encodes");
+    let back = Footer::decode(&json, payload_len)
         .unwrap_or_else(|e| panic!("planned footer rejected: {e}"));
     assert_eq!(&back, footer);
 }
 
 fn check_chunks(start: u64, end: u64, chunk_bytes: usize) {
-    let step = flashpack::read::chunk_step(chunk_bytes);
+    let step = flashpack::fuzzing::chunk_step(chunk_bytes);
     let chunks = plan_chunks(start, end, chunk_bytes);
     if start >= end {
         assert!(chunks.is_empty(), "chunks for an empty range");
@@ -341,13 +341,13 @@ fuzz_target!(|input: Input| {
     };
     let bounded = |start: u64, end: u64| {
         // The planner returns one Vec entry per chunk: keep the count small enough to fuzz fast.
-        let step = flashpack::read::chunk_step(chunk_bytes);
+        let step = flashpack::fuzzing::chunk_step(chunk_bytes);
         end.saturating_sub(start) / step <= 1 << 16
     };
     if let Ok(layout) = plan(&specs, align, order) {
-        for b in &layout.footer.blocks {
-            if bounded(b.offset_bytes, b.end_bytes()) {
-                check_chunks(b.offset_bytes, b.end_bytes(), chunk_bytes);
+        for b in layout.footer.blocks() {
+            if bounded(b.offset_bytes(), b.end_bytes()) {
+                check_chunks(b.offset_bytes(), b.end_bytes(), chunk_bytes);
             }
         }
         if bounded(0, layout.payload_len) {

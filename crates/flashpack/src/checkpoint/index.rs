@@ -53,6 +53,7 @@ pub struct ShardRecord {
 /// A parsed index file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IndexFile {
+    /// Which index format it is.
     pub kind: IndexKind,
     /// The index's `metadata` object (absent or `null`: `None`).
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,

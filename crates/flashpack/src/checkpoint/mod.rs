@@ -3,7 +3,7 @@
 //! (`model.flashpack.index.json`, specified in the section "Multi-file checkpoints" of
 //! `docs/FORMAT.md` in this repository), or a folder holding one of those.
 //!
-//! [`Checkpoint::open`] resolves the path ([`locate`]), reads the index ([`index`]), opens every
+//! [`Checkpoint::open`] resolves the path ([`locate()`]), reads the index ([`index`]), opens every
 //! shard (each validated as a [`WeightFile`]: a FlashPack footer or a safetensors header, the
 //! format read from the content) and checks that the index and the shards agree: every listed
 //! tensor is in its shard, no tensor is in two shards, no shard name leaves the index's folder.
@@ -82,6 +82,7 @@ impl Shard {
         &self.name
     }
 
+    /// The checkpoint's index file (or folder, or single weight file), as opened.
     pub fn path(&self) -> &Path {
         self.file.path()
     }
@@ -91,6 +92,7 @@ impl Shard {
         &self.file
     }
 
+    /// The single weight file of a one-file checkpoint.
     pub fn into_file(self) -> WeightFile {
         self.file
     }
@@ -323,6 +325,7 @@ impl Checkpoint {
         self.by_name.len()
     }
 
+    /// True when it holds no tensor.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }

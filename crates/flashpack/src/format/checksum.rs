@@ -36,8 +36,11 @@ pub const CHECKSUM_CHUNK_ALIGN: u64 = 4096;
 /// Per-chunk payload digests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checksums {
+    /// The digest algorithm (only [`XXH3_64`] is verified).
     pub algorithm: String,
+    /// Payload bytes per digest (the last chunk may be shorter).
     pub chunk_bytes: u64,
+    /// One digest per chunk, in payload order.
     pub digests: Vec<u64>,
 }
 
@@ -56,6 +59,7 @@ impl Default for Hasher {
 }
 
 impl Hasher {
+    /// Feeds the next bytes of the chunk.
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);
     }
@@ -70,6 +74,7 @@ impl Hasher {
         }
     }
 
+    /// The digest of everything fed so far.
     pub fn finish(&self) -> u64 {
         self.0.digest()
     }
@@ -197,7 +202,10 @@ impl Checksums {
 /// A chunk whose bytes do not match its stored digest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkMismatch {
+    /// Index of the chunk.
     pub chunk: u64,
+    /// The stored digest (`None` when the footer has no digest for this chunk).
     pub expected: Option<u64>,
+    /// The digest of the bytes read.
     pub actual: u64,
 }

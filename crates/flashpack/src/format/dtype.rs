@@ -16,7 +16,7 @@ macro_rules! dtypes {
     ($( $variant:ident = $name:literal, $size:literal, $float:literal; )*) => {
         /// A stored element type; names are torch's without the `torch.` prefix.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum Dtype { $( $variant, )* }
+        pub enum Dtype { $( #[doc = concat!("`", $name, "` (", $size, " bytes)")] $variant, )* }
 
         impl Dtype {
             /// Every dtype the format stores.

@@ -5,20 +5,22 @@
 //! use flashpack::format::Footer;
 //! let json = br#"{"format":"flashpack_v3","target_dtype":"float32","align_bytes":128,"total_elems":4,"index":[{"name":"w","shape":[2,2],"offset":0,"length":4}]}"#;
 //! let footer = Footer::decode(json, 16).unwrap();
-//! assert_eq!(footer.records[0].name, "w");
+//! assert_eq!(footer.records()[0].name(), "w");
 //! assert!(Footer::decode(json, 8).is_err()); // the block would not fit in an 8-byte payload
 //! ```
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{
-    block_alignment, element_alignment, numel, Checksums, ChunkMismatch, Dtype, FormatError,
-    CHECKSUMS_KEY,
+    block_alignment, element_alignment, footer_span, numel, Checksums, ChunkMismatch, Dtype,
+    FormatError, CHECKSUMS_KEY, MAGIC, TRAILER_LEN,
 };
 
+/// The `format` value of a single-dtype (v3) footer.
 pub const FILE_FORMAT_V3: &str = "flashpack_v3";
+/// The `format` value of a multi-block (v4) footer.
 pub const FILE_FORMAT_V4: &str = "flashpack_v4";
 
 /// Which footer layout a file uses.
@@ -30,46 +32,121 @@ pub enum FormatVersion {
     V4,
 }
 
-/// One contiguous run of tensors of a single dtype.
+/// One contiguous run of tensors of a single dtype. Read-only: a block comes from a validated
+/// [`Footer`] (decoded or planned), so its bytes lie inside the payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Macroblock {
-    pub dtype: Dtype,
-    pub offset_bytes: u64,
-    pub length_bytes: u64,
-    pub length_elems: u64,
+    pub(crate) dtype: Dtype,
+    pub(crate) offset_bytes: u64,
+    pub(crate) length_bytes: u64,
+    pub(crate) length_elems: u64,
 }
 
 impl Macroblock {
-    /// One past the block's last byte.
+    /// The dtype of every tensor in the block.
+    pub fn dtype(&self) -> Dtype {
+        self.dtype
+    }
+
+    /// Payload offset of the block's first byte.
+    pub fn offset_bytes(&self) -> u64 {
+        self.offset_bytes
+    }
+
+    /// Length of the block in bytes (`length_elems` x the dtype's size).
+    pub fn length_bytes(&self) -> u64 {
+        self.length_bytes
+    }
+
+    /// Length of the block in elements.
+    pub fn length_elems(&self) -> u64 {
+        self.length_elems
+    }
+
+    /// One past the block's last byte. Exact for a block of a validated footer (its end lies
+    /// inside the payload); saturates instead of wrapping for one that is not yet checked.
     pub fn end_bytes(&self) -> u64 {
-        self.offset_bytes + self.length_bytes
+        self.offset_bytes.saturating_add(self.length_bytes)
     }
 }
 
-/// One tensor: where its elements sit inside its block.
+/// One tensor: where its elements sit inside its block. Read-only, from a validated [`Footer`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
-    pub name: String,
-    pub shape: Vec<u64>,
-    /// Offset in elements from the start of the block.
-    pub offset: u64,
-    /// Number of elements.
-    pub length: u64,
-    /// Index into [`Footer::blocks`].
-    pub block: usize,
+    pub(crate) name: String,
+    pub(crate) shape: Vec<u64>,
+    pub(crate) offset: u64,
+    pub(crate) length: u64,
+    pub(crate) block: usize,
+    /// Payload bytes `[start, end)` of the tensor, set when its footer is validated (the only
+    /// way a footer is made), so reading them needs no lookup that could fail.
+    bytes: (u64, u64),
 }
 
-/// A decoded and validated footer.
+impl Record {
+    /// A record not yet placed: its byte range is set when its footer is validated.
+    pub(super) fn new(
+        name: String,
+        shape: Vec<u64>,
+        offset: u64,
+        length: u64,
+        block: usize,
+    ) -> Self {
+        Record {
+            name,
+            shape,
+            offset,
+            length,
+            block,
+            bytes: (0, 0),
+        }
+    }
+
+    /// The tensor's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tensor's shape (`[]` for a scalar).
+    pub fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+
+    /// Offset in elements from the start of its block.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Number of elements.
+    pub fn length(&self) -> u64 {
+        self.length
+    }
+
+    /// Index of its block in [`Footer::blocks`].
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Payload bytes `[start, end)` of the tensor.
+    pub fn byte_range(&self) -> (u64, u64) {
+        self.bytes
+    }
+}
+
+/// A decoded and validated footer: every value a reader uses has been checked against the
+/// payload (see [`Footer::decode`]); read it through its accessors.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Footer {
-    pub version: FormatVersion,
-    pub align_bytes: u64,
-    pub blocks: Vec<Macroblock>,
-    pub records: Vec<Record>,
+    pub(crate) version: FormatVersion,
+    pub(crate) align_bytes: u64,
+    pub(crate) blocks: Vec<Macroblock>,
+    pub(crate) records: Vec<Record>,
     /// Keys this version does not interpret, kept so a rewrite does not lose them.
-    pub extra: Map<String, Value>,
+    pub(crate) extra: Map<String, Value>,
     /// Per-chunk payload digests (the `"checksums"` key), when the file has them.
-    pub checksums: Option<Checksums>,
+    pub(crate) checksums: Option<Checksums>,
+    /// Index into `records` by name, built when the footer is validated.
+    by_name: HashMap<String, usize>,
 }
 
 #[derive(Serialize)]
@@ -125,6 +202,36 @@ struct JsonV4<'a> {
 }
 
 impl Footer {
+    /// The footer layout: v3 (one block) or v4 (macroblocks).
+    pub fn version(&self) -> FormatVersion {
+        self.version
+    }
+
+    /// The writer's byte alignment (0 = none).
+    pub fn align_bytes(&self) -> u64 {
+        self.align_bytes
+    }
+
+    /// The blocks, one per dtype, in the order the footer lists them.
+    pub fn blocks(&self) -> &[Macroblock] {
+        &self.blocks
+    }
+
+    /// The tensors, in the order the footer lists them.
+    pub fn records(&self) -> &[Record] {
+        &self.records
+    }
+
+    /// Keys this version does not interpret, kept so a rewrite does not lose them.
+    pub fn extra(&self) -> &Map<String, Value> {
+        &self.extra
+    }
+
+    /// Per-chunk payload digests (the `"checksums"` key), when the file has them.
+    pub fn checksums(&self) -> Option<&Checksums> {
+        self.checksums.as_ref()
+    }
+
     /// Bytes of payload the blocks span (where the JSON starts in a file we write).
     pub fn payload_end(&self) -> u64 {
         self.blocks
@@ -139,17 +246,34 @@ impl Footer {
         self.blocks.iter().map(|b| b.length_elems).sum()
     }
 
-    /// The record called `name`.
+    /// The record called `name` (a hash lookup).
     pub fn record(&self, name: &str) -> Option<&Record> {
-        self.records.iter().find(|r| r.name == name)
+        self.by_name.get(name).and_then(|&i| self.records.get(i))
     }
 
-    /// Byte range `[start, end)` of a record in the file.
+    /// A footer not yet validated (the decoder's and the planner's raw result).
+    pub(super) fn unchecked(
+        version: FormatVersion,
+        align_bytes: u64,
+        blocks: Vec<Macroblock>,
+        records: Vec<Record>,
+        extra: Map<String, Value>,
+    ) -> Footer {
+        Footer {
+            version,
+            align_bytes,
+            blocks,
+            records,
+            extra,
+            checksums: None,
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// Byte range `[start, end)` of a record in the file (the same as [`Record::byte_range`]:
+    /// the range the record's own footer gave it when that footer was validated).
     pub fn byte_range(&self, rec: &Record) -> (u64, u64) {
-        let b = &self.blocks[rec.block];
-        let size = b.dtype.size() as u64;
-        let start = b.offset_bytes + rec.offset * size;
-        (start, start + rec.length * size)
+        rec.byte_range()
     }
 
     /// Names the tensors stored in payload bytes `[start, end)` in payload order (up to three),
@@ -181,7 +305,7 @@ impl Footer {
     }
 
     /// Compact UTF-8 JSON, keys in the original writer's order, non-ASCII kept raw.
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
         let result = if self.is_v3() {
             let block = &self.blocks[0];
             serde_json::to_vec(&JsonV3 {
@@ -233,8 +357,31 @@ impl Footer {
                 checksums: self.checksums.as_ref().map(Checksums::to_json),
             })
         };
-        // Serializing plain structs of strings and integers into a Vec cannot fail.
-        result.unwrap_or_default()
+        result.map_err(|e| FormatError::Encode(e.to_string()))
+    }
+
+    /// Reads the footer of a whole FlashPack file held in memory (`[payload][footer JSON]
+    /// [u64 LE length]["FLASHPK\0"]`) and validates it; the payload is
+    /// `bytes[..footer.payload_end()]`. No I/O: the in-memory twin of opening a file.
+    ///
+    /// ```
+    /// use flashpack::format::{Footer, FormatError};
+    /// assert_eq!(Footer::from_file_bytes(b"not a flashpack file"), Err(FormatError::BadMagic));
+    /// ```
+    pub fn from_file_bytes(bytes: &[u8]) -> Result<Footer, FormatError> {
+        let file_len = bytes.len() as u64;
+        let trailer: &[u8; TRAILER_LEN as usize] = bytes
+            .len()
+            .checked_sub(TRAILER_LEN as usize)
+            .and_then(|at| bytes[at..].try_into().ok())
+            .ok_or(FormatError::TooSmall { size: file_len })?;
+        if &trailer[8..] != MAGIC {
+            return Err(FormatError::BadMagic);
+        }
+        let (payload_len, json_len) = footer_span(trailer, file_len)?;
+        // Both inside `bytes`: footer_span checked them against its length.
+        let json = &bytes[payload_len as usize..(payload_len + json_len) as usize];
+        Footer::decode(json, payload_len)
     }
 
     /// Parses footer JSON and validates it against a payload of `payload_len` bytes.
@@ -304,14 +451,7 @@ impl Footer {
             .collect::<Result<Vec<_>, _>>()?;
         // Checked after the layout, so that a payload of the wrong size is reported as such.
         let checksums = map.remove(CHECKSUMS_KEY);
-        let mut footer = Footer {
-            version,
-            align_bytes,
-            blocks,
-            records,
-            extra: map,
-            checksums: None,
-        };
+        let mut footer = Footer::unchecked(version, align_bytes, blocks, records, map);
         footer.validate(payload_len, total_elems, total_payload_bytes)?;
         footer.checksums = checksums
             .map(|v| Checksums::from_json(&v, payload_len))
@@ -323,8 +463,8 @@ impl Footer {
     /// exactly what the footer declares: the blocks end where the payload ends (as does
     /// `total_payload_bytes`, when present). The original writer puts the JSON right after the
     /// last block; bytes added anywhere would shift the tensors.
-    pub fn validate(
-        &self,
+    pub(crate) fn validate(
+        &mut self,
         payload_len: u64,
         total_elems: Option<u64>,
         total_payload_bytes: Option<u64>,
@@ -398,9 +538,10 @@ impl Footer {
                 )));
             }
         }
-        let mut names = HashSet::with_capacity(self.records.len());
-        for r in &self.records {
-            if !names.insert(r.name.as_str()) {
+        let mut names = HashMap::with_capacity(self.records.len());
+        let mut ranges = Vec::with_capacity(self.records.len());
+        for (i, r) in self.records.iter().enumerate() {
+            if names.insert(r.name.clone(), i).is_some() {
                 return Err(FormatError::DuplicateName(r.name.clone()));
             }
             let Some(block) = self.blocks.get(r.block) else {
@@ -450,7 +591,16 @@ impl Footer {
                     ),
                 ));
             }
+            // Cannot overflow: the elements lie inside the block (checked just above), whose
+            // length_elems x size is its length_bytes and whose end lies in the payload.
+            let size = block.dtype.size() as u64;
+            let start = block.offset_bytes + r.offset * size;
+            ranges.push((start, start + r.length * size));
         }
+        for (r, bytes) in self.records.iter_mut().zip(ranges) {
+            r.bytes = bytes;
+        }
+        self.by_name = names;
         if self.payload_end() != payload_len {
             return Err(FormatError::PayloadSize {
                 declared: self.payload_end(),
@@ -538,13 +688,9 @@ fn parse_record(i: usize, item: Value) -> Result<Record, FormatError> {
             .and_then(|b| usize::try_from(b).ok())
             .ok_or_else(|| what(format!("macroblock {v} is not a valid index")))?,
     };
-    Ok(Record {
-        offset: u64_field(&obj, "offset", &what)?,
-        length: u64_field(&obj, "length", &what)?,
-        name,
-        shape,
-        block,
-    })
+    let offset = u64_field(&obj, "offset", &what)?;
+    let length = u64_field(&obj, "length", &what)?;
+    Ok(Record::new(name, shape, offset, length, block))
 }
 
 /// Names tensors, given as `(first byte, name)`, in byte order (up to three), for messages.

@@ -13,7 +13,7 @@
 //! let specs = vec![TensorSpec::new("embed.weight", Dtype::F16, vec![8, 4]), tied];
 //! let layout = plan(&specs, 128, Order::LargestFirst).unwrap();
 //! assert_eq!(layout.placements.len(), 1); // stored once
-//! assert_eq!(layout.footer.records[0].offset, layout.footer.records[1].offset);
+//! assert_eq!(layout.footer.records()[0].offset(), layout.footer.records()[1].offset());
 //! ```
 use std::collections::{HashMap, HashSet};
 
@@ -27,14 +27,18 @@ use super::{
 /// A tensor to be packed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
+    /// The tensor's name (unique in a file).
     pub name: String,
+    /// Its stored element type.
     pub dtype: Dtype,
+    /// Its shape (`[]` for a scalar).
     pub shape: Vec<u64>,
     /// Index of another spec whose bytes this tensor shares (tied weights).
     pub tied_to: Option<usize>,
 }
 
 impl TensorSpec {
+    /// An untied tensor.
     pub fn new(name: impl Into<String>, dtype: Dtype, shape: Vec<u64>) -> Self {
         TensorSpec {
             name: name.into(),
@@ -61,14 +65,18 @@ pub struct Placement {
     pub spec: usize,
     /// Absolute byte offset in the payload.
     pub byte_offset: u64,
+    /// Bytes it takes.
     pub nbytes: u64,
 }
 
 /// The planned file: its footer, payload size and where each stored tensor's bytes go.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
+    /// The footer (validated, without checksums or extra keys yet).
     pub footer: Footer,
+    /// Payload bytes (where the footer JSON starts).
     pub payload_len: u64,
+    /// Where each stored tensor's bytes go, in payload order by block.
     pub placements: Vec<Placement>,
 }
 
@@ -175,30 +183,31 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
         .map(|&i| {
             let s = &specs[i];
             let owner = s.tied_to.unwrap_or(i);
-            // Every untied spec was given a slot above, and tied specs point at untied ones.
-            let (block, offset) = slot[owner].unwrap_or((0, 0));
-            Record {
-                name: s.name.clone(),
-                shape: s.shape.clone(),
+            // Every untied spec was given a slot above, and tied specs point at untied ones
+            // (checked at the top): a spec without one is a planner bug, reported as such.
+            let (block, offset) = slot[owner].ok_or_else(|| {
+                FormatError::Inconsistent(format!(
+                    "internal error: tensor '{}' was not placed by the planner",
+                    s.name
+                ))
+            })?;
+            Ok(Record::new(
+                s.name.clone(),
+                s.shape.clone(),
                 offset,
-                length: counts[i],
+                counts[i],
                 block,
-            }
+            ))
         })
-        .collect();
+        .collect::<Result<Vec<_>, FormatError>>()?;
     let version = if blocks.len() == 1 {
         FormatVersion::V3
     } else {
         FormatVersion::V4
     };
-    let footer = Footer {
-        version,
-        align_bytes,
-        blocks,
-        records,
-        extra: Map::new(),
-        checksums: None,
-    };
+    let mut footer = Footer::unchecked(version, align_bytes, blocks, records, Map::new());
+    // The same checks a reader makes; they also give each record its byte range.
+    footer.validate(cursor, None, None)?;
     Ok(Layout {
         footer,
         payload_len: cursor,

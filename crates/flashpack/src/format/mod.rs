@@ -1,7 +1,8 @@
 //! The FlashPack file format, as pure functions: dtypes, the layout planner and the footer codec.
 //!
 //! Nothing here does I/O. A file is `[payload][footer JSON][u64 LE JSON length]["FLASHPK\0"]`;
-//! see `FORMAT.md` in the shared docs for the contract.
+//! `docs/FORMAT.md` in the repository is the contract, `docs/ARCHITECTURE.md` how the crate is
+//! built around it.
 //!
 //! ```
 //! use flashpack::format::{plan, Order, TensorSpec, Footer};
@@ -11,7 +12,7 @@
 //!     TensorSpec::new("step", Dtype::I64, vec![]),
 //! ];
 //! let layout = plan(&specs, 128, Order::LargestFirst).unwrap();
-//! let json = layout.footer.encode();
+//! let json = layout.footer.encode().unwrap();
 //! let back = Footer::decode(&json, layout.payload_len).unwrap();
 //! assert_eq!(back, layout.footer);
 //! ```
@@ -70,40 +71,94 @@ pub const DEFAULT_ALIGN_BYTES: u64 = 128;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
     #[error("file is too small ({size} bytes) to hold a FlashPack footer")]
-    TooSmall { size: u64 },
+    /// The file is shorter than a trailer.
+    TooSmall {
+        /// The file's size in bytes.
+        size: u64,
+    },
     #[error("bad magic: the file does not end with \"FLASHPK\\0\" (not a FlashPack file)")]
+    /// The file does not end with the FlashPack magic.
     BadMagic,
     #[error("footer JSON length {json_len} is larger than the {room} bytes before the trailer (truncated or corrupt file)")]
-    JsonLengthTooLarge { json_len: u64, room: u64 },
+    /// The trailer claims a footer longer than the bytes before it.
+    JsonLengthTooLarge {
+        /// The footer length the trailer claims.
+        json_len: u64,
+        /// Bytes before the trailer.
+        room: u64,
+    },
     #[error(
         "footer JSON length {json_len} is over the {max}-byte limit (corrupt or crafted file)"
     )]
-    FooterTooLarge { json_len: u64, max: u64 },
+    /// The trailer claims a footer longer than [`MAX_FOOTER_BYTES`].
+    FooterTooLarge {
+        /// The footer length the trailer claims.
+        json_len: u64,
+        /// The largest footer accepted.
+        max: u64,
+    },
     #[error("footer is not valid UTF-8 JSON: {0}")]
+    /// The footer is not valid JSON, or not shaped as the format says.
     Json(String),
     #[error("unknown format {0:?} (expected \"flashpack_v3\" or \"flashpack_v4\")")]
+    /// The `format` key names a format this version does not read.
     UnknownFormat(String),
     #[error("footer is missing the key {0:?}")]
+    /// A key the format requires is missing.
     MissingKey(&'static str),
     #[error("unknown dtype {0:?}")]
+    /// A dtype name the format does not define.
     UnknownDtype(String),
     #[error("macroblock {block}: {problem}")]
-    Block { block: usize, problem: String },
+    /// A macroblock breaks a rule of the format.
+    Block {
+        /// Index of the block in the footer.
+        block: usize,
+        /// What is wrong with it.
+        problem: String,
+    },
     #[error("macroblocks {a} and {b} overlap")]
-    BlocksOverlap { a: usize, b: usize },
+    /// Two macroblocks share bytes.
+    BlocksOverlap {
+        /// The lower-numbered block.
+        a: usize,
+        /// The higher-numbered block.
+        b: usize,
+    },
     #[error("tensor '{name}': {problem}")]
-    Tensor { name: String, problem: String },
+    /// A tensor's record breaks a rule of the format (or, when packing, its data does not fit its spec).
+    Tensor {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     #[error("tensor name '{0}' appears more than once")]
+    /// Two tensors have the same name.
     DuplicateName(String),
     #[error("{0}")]
+    /// Totals or sizes that do not agree with each other.
     Inconsistent(String),
+    #[error("cannot encode the footer as JSON: {0}")]
+    /// The footer could not be written as JSON.
+    Encode(String),
     #[error("the payload is {actual} bytes but the footer declares {declared}: bytes were added to or removed from the file, which would shift every tensor (corrupt file)")]
-    PayloadSize { declared: u64, actual: u64 },
+    /// The payload is not the size the footer declares.
+    PayloadSize {
+        /// Payload bytes the footer declares.
+        declared: u64,
+        /// Payload bytes the file holds.
+        actual: u64,
+    },
     #[error("no tensors to pack")]
+    /// There is nothing to pack.
     Empty,
     #[error("checksum mismatch in payload bytes {start}..{end}, which hold {tensors}: the file is corrupt")]
+    /// A payload chunk does not match its checksum.
     ChecksumMismatch {
+        /// First payload byte of the chunk.
         start: u64,
+        /// One past its last byte.
         end: u64,
         /// The tensors stored in that range, first one first (e.g. "tensor 'w' and 2 others").
         tensors: String,
@@ -135,7 +190,7 @@ pub(crate) fn gcd(a: u64, b: u64) -> u64 {
 
 /// Byte alignment of a block's start: `lcm(align_bytes, elem_size)`, or `elem_size` when
 /// unaligned; `None` when it overflows (only a crafted `align_bytes` can do that).
-pub fn block_alignment(align_bytes: u64, elem_size: u64) -> Option<u64> {
+pub(crate) fn block_alignment(align_bytes: u64, elem_size: u64) -> Option<u64> {
     if align_bytes == 0 {
         Some(elem_size)
     } else {
@@ -144,7 +199,7 @@ pub fn block_alignment(align_bytes: u64, elem_size: u64) -> Option<u64> {
 }
 
 /// Element alignment of a tensor inside its block (0 = none).
-pub fn element_alignment(align_bytes: u64, elem_size: u64) -> u64 {
+pub(crate) fn element_alignment(align_bytes: u64, elem_size: u64) -> u64 {
     if align_bytes == 0 {
         0
     } else {
@@ -153,7 +208,7 @@ pub fn element_alignment(align_bytes: u64, elem_size: u64) -> u64 {
 }
 
 /// Number of elements of a shape (`[]` is a scalar: 1), or `None` on overflow.
-pub fn numel(shape: &[u64]) -> Option<u64> {
+pub(crate) fn numel(shape: &[u64]) -> Option<u64> {
     shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d))
 }
 

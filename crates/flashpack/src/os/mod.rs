@@ -4,14 +4,14 @@
 //! | | Linux | macOS | Windows |
 //! |---|---|---|---|
 //! | positioned reads/writes | `pread`/`pwrite` | `pread`/`pwrite` | `ReadFile`/`WriteFile` at an offset |
-//! | direct reads ([`open_direct`]) | `O_DIRECT` | `F_NOCACHE` | `FILE_FLAG_NO_BUFFERING` |
+//! | direct reads (`open_direct`) | `O_DIRECT` | `F_NOCACHE` | `FILE_FLAG_NO_BUFFERING` |
 //! | page-cache residency | `mincore` | `mincore` | not available: `Unsupported` |
 //! | same file | device + inode | device + inode | volume serial + file index |
 //! | unnamed staged file | `O_TMPFILE` | named temp file | named temp file |
 //! | replace | `rename` | `rename` | `MoveFileExW(REPLACE_EXISTING)` (tempfile's `persist`) |
 //! | durability | `fsync` | `F_FULLFSYNC` (std's `sync_all`) | `FlushFileBuffers` (std's `sync_all`) |
 //! | writeback hint, populate hint | `sync_file_range`, `MADV_POPULATE_WRITE` | none | none |
-//! | readahead hints ([`advise_sequential`], [`prefetch`]) | `posix_fadvise` | none | none |
+//! | readahead hints (`advise_sequential`, `prefetch`) | `posix_fadvise` | none | none |
 //!
 //! ```
 //! use flashpack::os::Positioned;
@@ -172,6 +172,17 @@ pub(crate) fn sync_dir(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Windows has no page-cache residency query: it says so (and `Auto` reads buffered there,
+    /// see tests/pack_load.rs).
+    #[test]
+    #[cfg(windows)]
+    fn residency_is_unsupported_on_windows() {
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(&[1u8; 4096], 0).unwrap();
+        let err = resident_fraction(&f, 4096).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
+    }
 
     #[test]
     fn positioned_io_reads_and_writes_at_offsets_and_reports_a_short_file() {

@@ -8,8 +8,8 @@
 //! let path = dir.path().join("m.flashpack");
 //! pack(&path, &[PackEntry::new("b", Dtype::U8, vec![3], &[1, 2, 3])], &PackOptions::default()).unwrap();
 //! let f = FlashFile::open(&path).unwrap();
-//! assert_eq!(f.payload_len, 3);
-//! assert_eq!(f.footer.records[0].shape, vec![3]);
+//! assert_eq!(f.payload_len(), 3);
+//! assert_eq!(f.footer().records()[0].shape(), &[3]);
 //! ```
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -21,17 +21,47 @@ use crate::{Error, Footer, Result};
 /// An open FlashPack file with its validated footer.
 #[derive(Debug)]
 pub struct FlashFile {
-    pub path: PathBuf,
-    pub file: File,
-    pub file_len: u64,
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+    pub(crate) file_len: u64,
     /// Bytes before the footer JSON; every block lies inside them.
-    pub payload_len: u64,
-    pub footer: Footer,
+    pub(crate) payload_len: u64,
+    pub(crate) footer: Footer,
     /// The footer exactly as stored.
-    pub footer_json: Vec<u8>,
+    pub(crate) footer_json: Vec<u8>,
 }
 
 impl FlashFile {
+    /// The path the file was opened from (named in errors).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The file's length in bytes when it was opened.
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    /// Bytes before the footer JSON; every block lies inside them.
+    pub fn payload_len(&self) -> u64 {
+        self.payload_len
+    }
+
+    /// The validated footer.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// The footer JSON exactly as stored.
+    pub fn footer_json(&self) -> &[u8] {
+        &self.footer_json
+    }
+
     /// Opens `path` and reads and validates its footer.
     pub fn open(path: impl AsRef<Path>) -> Result<FlashFile> {
         let path = path.as_ref();
@@ -61,10 +91,7 @@ impl FlashFile {
         footer_json
             .try_reserve_exact(json_len as usize)
             .map_err(|e| {
-                Error::Invalid(format!(
-                    "{}: footer of {json_len} bytes: {e}",
-                    path.display()
-                ))
+                Error::out_of_memory(json_len, format!("the footer of {} ({e})", path.display()))
             })?;
         footer_json.resize(json_len as usize, 0);
         file.read_exact_at(&mut footer_json, payload_len)

@@ -3,9 +3,9 @@
 //!
 //! A job is a list of [`Piece`]s: byte ranges of [`WeightFile`]s (whole tensors, or the rows of
 //! one). [`JobPlan`] merges the pieces of each file into spans and lays the spans out one after
-//! another in the job's memory, each on a [`DIRECT_ALIGN`] boundary (so the reads can use
+//! another in the job's memory, each on a `DIRECT_ALIGN` (4096-byte) boundary (so the reads can use
 //! `O_DIRECT`); the chunks of every span, interleaved across files, go to the reader threads.
-//! [`read_host`] fills owned host memory; [`read_device`] streams through the pinned pool into
+//! [`read_host`] fills owned host memory; `read_device` streams through the pinned pool into
 //! device memory, bounded by the pool's limit however many files there are.
 //!
 //! Files may be remote ([`WeightFile::open_location`] with a URL, feature `remote`), alone or
@@ -52,8 +52,11 @@ use crate::{Error, Result};
 /// File bytes `[start, end)` of the job's file number `file`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Piece {
+    /// Index of the file in the job.
     pub file: usize,
+    /// First file byte.
     pub start: u64,
+    /// One past the last file byte.
     pub end: u64,
 }
 
@@ -83,7 +86,7 @@ pub struct JobPlan {
 }
 
 impl JobPlan {
-    /// Plans `pieces` of `files`. Pieces of one file closer than [`DIRECT_ALIGN`] bytes (or
+    /// Plans `pieces` of `files`. Pieces of one file closer than `DIRECT_ALIGN` (4096) bytes (or
     /// overlapping, e.g. tied tensors) are read as one span; every span starts on the
     /// `DIRECT_ALIGN` grid of its file, so up to 4095 bytes before a span are read too.
     /// A piece outside its file's tensor data is an error naming the file.
@@ -202,6 +205,7 @@ impl JobPlan {
         self.len
     }
 
+    /// True when the plan reads nothing.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -328,10 +332,12 @@ impl JobMemory {
         self.0
     }
 
+    /// The bytes read.
     pub fn as_slice(&self) -> &[u8] {
         self.0.as_slice()
     }
 
+    /// The bytes read, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         self.0.as_mut_slice()
     }
@@ -393,7 +399,9 @@ pub fn verify(files: &[&WeightFile], plan: &JobPlan, opts: &LoadOptions) -> Resu
 /// Where piece `piece` of a job goes on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobRegion {
+    /// Index of the piece in the job.
     pub piece: usize,
+    /// Device address its first byte goes to.
     pub dst: u64,
 }
 

@@ -4,7 +4,9 @@
 //! Lazy loads are private mappings: tensors read straight from the page cache, writes to them
 //! make private copies of the touched pages and never reach the file. Eager loads return with every
 //! byte resident. How they read (buffered with readahead, buffered, or `O_DIRECT`) follows the
-//! reader policy in [`crate::settings`]; the bytes are identical either way.
+//! reader policy in the crate's settings (`FLASHPACK_*` environment variables); the bytes are
+//! identical either way. The format is specified in `docs/FORMAT.md`, the reader's design in
+//! `docs/ARCHITECTURE.md`.
 //!
 //! ```
 //! use flashpack::{read::{load, IoMode, LoadOptions}, write::{pack, PackEntry, PackOptions}, Dtype};
@@ -29,10 +31,14 @@ use std::time::{Duration, Instant};
 use memmap2::{MmapMut, MmapOptions};
 
 pub use file::{is_flashpack_file, open_regular, FlashFile};
-pub use pool::{chunk_step, plan_chunks, Chunk, IoCounts, DIRECT_ALIGN};
-pub use residency::resident_fraction;
+#[cfg(fuzzing)]
+pub(crate) use pool::chunk_step;
+pub use pool::IoCounts;
+pub(crate) use pool::{plan_chunks, Chunk, DIRECT_ALIGN};
+pub(crate) use residency::resident_fraction;
 
 use crate::cancel::Cancel;
+use crate::format::Record;
 use crate::progress::progress_bar;
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
@@ -42,7 +48,7 @@ use crate::sink::{
 use crate::{Error, Footer, Result};
 
 /// Share of the payload that must be in the page cache for it to count as hot (plain buffered reads).
-pub const HOT_FRACTION: f64 = 0.9;
+pub(crate) const HOT_FRACTION: f64 = 0.9;
 /// Default eager chunk size.
 pub const DEFAULT_READ_CHUNK_BYTES: usize = 16 << 20;
 
@@ -50,7 +56,7 @@ pub const DEFAULT_READ_CHUNK_BYTES: usize = 16 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum IoMode {
     /// `O_DIRECT` unless the payload is mostly in the page cache (the policy and its
-    /// measurements: [`crate::settings`]).
+    /// measurements: the crate's settings).
     #[default]
     Auto,
     /// `O_DIRECT` wherever the filesystem allows it.
@@ -64,13 +70,15 @@ pub enum IoMode {
 pub struct LoadOptions {
     /// Fill owned memory now (true) or map the file copy-on-write (false).
     pub eager: bool,
+    /// How the eager reader reads.
     pub io: IoMode,
     /// Reader threads (0 = chosen from the core count and the I/O mode).
     pub threads: usize,
+    /// Bytes each reader thread reads at a time.
     pub chunk_bytes: usize,
     /// Show a progress bar on stderr for large loads.
     pub progress: bool,
-    /// Ask for transparent huge pages on eager host memory (see [`HostBuffer::with_pages`]).
+    /// Ask for transparent huge pages on eager host memory (on Linux, for buffers of 2 MiB and more).
     pub huge_pages: bool,
     /// Check every payload chunk against the footer's checksums as it is loaded (an error if
     /// the file has none). Reads then go in the checksum chunks' size.
@@ -98,8 +106,11 @@ impl Default for LoadOptions {
 /// What a load did.
 #[derive(Clone, Debug, Default)]
 pub struct LoadReport {
+    /// Each phase and how long it took, in order.
     pub phases: Vec<(&'static str, Duration)>,
+    /// Reader threads used (0 for a lazy load).
     pub threads: usize,
+    /// Bytes read each way.
     pub io: IoCounts,
 }
 
@@ -114,16 +125,51 @@ enum Memory {
 /// A loaded file: its footer and its payload in memory.
 #[derive(Debug)]
 pub struct Loaded {
-    pub path: PathBuf,
-    pub footer: Footer,
-    pub footer_json: Vec<u8>,
-    pub report: LoadReport,
+    pub(crate) path: PathBuf,
+    pub(crate) footer: Footer,
+    pub(crate) footer_json: Vec<u8>,
+    pub(crate) report: LoadReport,
     /// Never more than the memory holds (checked when the memory was made).
     payload_len: usize,
     memory: Memory,
 }
 
 impl Loaded {
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's validated footer.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// The footer JSON exactly as stored.
+    pub fn footer_json(&self) -> &[u8] {
+        &self.footer_json
+    }
+
+    /// How the load went: its phases, threads and I/O counts.
+    pub fn report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// The tensor names, in the footer's order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.footer.records.iter().map(|r| r.name.as_str())
+    }
+
+    /// Every tensor as `(record, stored bytes)`, in the footer's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Record, &[u8])> {
+        let payload = self.payload();
+        self.footer.records.iter().map(move |r| {
+            let (start, end) = r.byte_range();
+            // In bounds by construction: the footer was validated against this payload's length.
+            (r, &payload[start as usize..end as usize])
+        })
+    }
+
     /// Length of the payload in bytes.
     pub fn payload_len(&self) -> u64 {
         self.payload_len as u64
@@ -180,7 +226,7 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
         ..Default::default()
     };
     let payload_len = usize::try_from(f.payload_len).map_err(|_| {
-        Error::Invalid(format!(
+        Error::Unsupported(format!(
             "{}: payload too large for this platform",
             path.display()
         ))
@@ -197,11 +243,15 @@ fn load_file(f: FlashFile, opts: &LoadOptions, open_time: Duration) -> Result<Lo
         // The footer was checked against the file's size at open; a file that shrank since then
         // maps shorter than its payload.
         if map.len() < payload_len {
-            return Err(Error::Invalid(format!(
-                "{}: the file got shorter while loading ({} bytes mapped, the payload needs {payload_len})",
-                path.display(),
-                map.len()
-            )));
+            // As for a read that runs out of bytes (see pool::read_items).
+            return Err(Error::io(
+                path,
+                format!(
+                    "map (the file got shorter while loading: {} bytes mapped, the payload needs {payload_len})",
+                    map.len()
+                ),
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
         }
         report.phases.push(("mmap_payload", t.elapsed()));
         if let Some(v) = &verifier {
@@ -424,8 +474,12 @@ pub(crate) fn read_owned(
     end: u64,
     opts: &LoadOptions,
 ) -> Result<(HostBuffer, LoadReport)> {
-    let len = usize::try_from(end.saturating_sub(start))
-        .map_err(|_| Error::Invalid(format!("{}: data too large", d.path.display())))?;
+    let len = usize::try_from(end.saturating_sub(start)).map_err(|_| {
+        Error::Unsupported(format!(
+            "{}: data too large for this platform",
+            d.path.display()
+        ))
+    })?;
     let mut buf = HostBuffer::with_pages(len, opts.huge_pages)?;
     let report = read_into(d, start, buf.as_mut_slice(), opts, None)?;
     Ok((buf, report))
@@ -565,7 +619,7 @@ pub(crate) fn footer_verifier<'a>(
         )));
     };
     if !cs.is_supported() {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Unsupported(format!(
             "{path}: checksum algorithm {:?} is not supported by this version",
             cs.algorithm
         )));
@@ -621,7 +675,9 @@ fn verify_in_memory(
 /// What [`verify`] checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Tensors in the file.
     pub tensors: usize,
+    /// Payload bytes checked.
     pub payload_len: u64,
     /// Chunks whose digest was checked (0 when the file has no checksums).
     pub chunks_checked: usize,
@@ -690,4 +746,92 @@ pub fn read_range(
         })?;
     let verifier = opts.verify.then(|| verifier(f)).transpose()?;
     read_into(&f.data(), offset, dst, opts, verifier.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_chunks;
+    use std::panic::catch_unwind;
+
+    /// Rounding the chunk size up to 4 KiB overflows for sizes within 4 KiB of 2^64 (a multiply
+    /// overflow in debug builds, a zero step and a division by zero in release builds). The size
+    /// comes from the caller: Python's `chunk_bytes` and `FLASHPACK_READ_CHUNK_BYTES` reach it.
+    /// (Moved from tests/fuzz_regressions.rs when plan_chunks became internal.)
+    #[test]
+    fn regression_plan_chunks_with_a_chunk_size_near_2_pow_64_does_not_panic() {
+        for chunk_bytes in [usize::MAX, usize::MAX - 4094] {
+            let r = catch_unwind(|| plan_chunks(0, 10_000, chunk_bytes));
+            let chunks = r.unwrap_or_else(|_| {
+                panic!("plan_chunks(0, 10000, {chunk_bytes}) panicked instead of making one chunk")
+            });
+            assert_eq!(chunks.len(), 1, "{chunks:?}");
+            assert_eq!((chunks[0].offset, chunks[0].len), (0, 10_000));
+        }
+    }
+
+    /// Found by the planner target: `Chunking { start: 2^64 - 256, len: .., chunk: Shift(0) }`, and a
+    /// planned block of 2^64 - 2^62 bytes chunked at 2^62. The next chunk boundary after an offset
+    /// within one chunk of 2^64 overflows: a panic in debug builds; in release builds it wraps to 0 and
+    /// the loop never ends (so this runs in a child with a deadline and an address-space limit).
+    #[test]
+    #[cfg(unix)] // the child caps its address space with setrlimit
+    fn regression_plan_chunks_near_the_end_of_the_u64_range_terminates() {
+        use std::process::Command;
+        use std::time::{Duration, Instant};
+        const TEST: &str =
+            "read::tests::regression_plan_chunks_near_the_end_of_the_u64_range_terminates";
+        const CHILD_ENV: &str = "FLASHPACK_FUZZ_REGRESSION_CHILD";
+        let cases: [(u64, u64, usize); 3] = [
+            (u64::MAX - 255, u64::MAX, 4096),
+            (3 << 62, u64::MAX - 7, 1 << 62),
+            (0, u64::MAX, 1 << 62),
+        ];
+        if std::env::var_os(CHILD_ENV).is_some() {
+            let lim = libc::rlimit {
+                rlim_cur: 1 << 30,
+                rlim_max: 1 << 30,
+            };
+            // SAFETY: setrlimit reads the struct; it lowers only this child process's own limit.
+            assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) }, 0);
+            for (start, end, chunk) in cases {
+                let chunks = plan_chunks(start, end, chunk);
+                let mut at = start;
+                for c in &chunks {
+                    assert_eq!(
+                        c.offset, at,
+                        "plan_chunks({start}, {end}, {chunk}): {chunks:?}"
+                    );
+                    at += c.len as u64;
+                }
+                assert_eq!(at, end, "plan_chunks({start}, {end}, {chunk}): {chunks:?}");
+            }
+            return;
+        }
+        let mut proc = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1")
+            .env("RUST_BACKTRACE", "0")
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(s) = proc.try_wait().unwrap() {
+                break Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = proc.kill();
+                let _ = proc.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => panic!(
+                "plan_chunks on ranges ending near 2^64 failed in the child ({s:?}; its panic is \
+                 printed above): the next chunk boundary overflows"
+            ),
+            None => panic!("plan_chunks on a range ending near 2^64 did not return within 20 s"),
+        }
+    }
 }

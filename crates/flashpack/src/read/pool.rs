@@ -170,7 +170,9 @@ impl Verifier<'_> {
 /// Bytes moved each way, for reports and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoCounts {
+    /// Bytes read with `O_DIRECT`.
     pub direct_bytes: u64,
+    /// Bytes read through the page cache.
     pub buffered_bytes: u64,
     /// Bytes the OS was asked to read ahead into the page cache (0 where it has no such hint).
     pub prefetched_bytes: u64,

@@ -3,18 +3,11 @@
 //!
 //! The eager reader uses it to choose buffered reads (cheap copies out of the cache) or
 //! `O_DIRECT` (no double copy, no cache pollution) for a file that must come from disk.
-//!
-//! ```
-//! use std::io::Write;
-//! let mut f = tempfile::NamedTempFile::new().unwrap();
-//! f.write_all(&[7u8; 8192]).unwrap();
-//! let frac = flashpack::read::resident_fraction(f.as_file(), 8192).unwrap();
-//! assert!((0.0..=1.0).contains(&frac));
-//! ```
+
 use std::fs::File;
 
 /// Fraction (0..=1) of the first `len` bytes of `file` that sit in the page cache. Windows has no
 /// such query: there it is an `Unsupported` error (and automatic I/O reads buffered).
-pub fn resident_fraction(file: &File, len: u64) -> std::io::Result<f64> {
+pub(crate) fn resident_fraction(file: &File, len: u64) -> std::io::Result<f64> {
     crate::os::resident_fraction(file, len)
 }

@@ -59,6 +59,7 @@ impl RemoteFile {
         &self.url.url
     }
 
+    /// The object's URL, parsed.
     pub fn parsed_url(&self) -> &RemoteUrl {
         &self.url
     }
@@ -68,6 +69,7 @@ impl RemoteFile {
         self.size
     }
 
+    /// True when the object has no bytes.
     pub fn is_empty(&self) -> bool {
         self.size == 0
     }
@@ -77,6 +79,7 @@ impl RemoteFile {
         self.etag.as_deref()
     }
 
+    /// The settings reads of it use.
     pub fn settings(&self) -> &RemoteSettings {
         &self.settings
     }

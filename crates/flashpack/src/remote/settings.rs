@@ -37,6 +37,7 @@ pub struct RemoteSettings {
     pub connect_timeout: Duration,
     /// First backoff between retries (doubling up to `max_backoff`).
     pub initial_backoff: Duration,
+    /// The longest wait between two retries.
     pub max_backoff: Duration,
 }
 

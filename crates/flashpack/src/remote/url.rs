@@ -18,8 +18,11 @@ pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
 /// Which kind of store a URL names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
+    /// `http://`.
     Http,
+    /// `https://`.
     Https,
+    /// `s3://`.
     S3,
     /// `hf://`: a file of a Hugging Face Hub repository, read over HTTP(S) from the Hub.
     Hf,
@@ -32,6 +35,7 @@ pub enum Scheme {
 pub struct RemoteUrl {
     /// The URL as given (named in every error).
     pub url: String,
+    /// Its scheme.
     pub scheme: Scheme,
     /// `http(s)://host[:port]` for HTTP and the Hub, the bucket name for S3.
     pub base: String,

@@ -259,13 +259,13 @@ impl<D: Device> DeviceSink<'_, D> {
     unsafe fn stage(&self, worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> Result<()> {
         let dev = self.device;
         let Some(w) = self.workers.get(worker) else {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Internal(format!(
                 "reader thread {worker} has no staging buffers ({} workers)",
                 self.workers.len()
             )));
         };
         if len > self.chunk_cap {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Internal(format!(
                 "chunk of {len} bytes exceeds the {}-byte staging buffers",
                 self.chunk_cap
             )));
@@ -290,7 +290,7 @@ impl<D: Device> DeviceSink<'_, D> {
         *next = (k + 1) % slots.len();
         let slot = &mut slots[k];
         let Some(event) = &slot.event else {
-            return Err(Error::Invalid("staging slot without an event".into()));
+            return Err(Error::Internal("staging slot without an event".into()));
         };
         if slot.pending {
             dev.wait_event(event)?;
@@ -301,7 +301,11 @@ impl<D: Device> DeviceSink<'_, D> {
         // above).
         let host = unsafe { std::slice::from_raw_parts_mut(slot.buf.as_ptr(), len) };
         fill(host).map_err(|e| {
-            Error::Invalid(format!("reading chunk at {offset} for {}: {e}", dev.name()))
+            Error::io(
+                format!("payload bytes at {offset} for {}", dev.name()),
+                "read",
+                e,
+            )
         })?;
         let end = offset + len as u64;
         let regions = self.regions.as_slice();

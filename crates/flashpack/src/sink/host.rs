@@ -28,9 +28,8 @@ impl HostBuffer {
     /// 3-4x *slower* to fill than normal pages populated in batches, so they are opt-in
     /// (`LoadOptions::huge_pages`, `FLASHPACK_HUGE_PAGES=1`).
     pub fn with_pages(len: usize, huge_pages: bool) -> Result<HostBuffer> {
-        let map = MmapMut::map_anon(len.max(1)).map_err(|e| {
-            Error::Invalid(format!("cannot allocate {len} bytes of host memory: {e}"))
-        })?;
+        let map = MmapMut::map_anon(len.max(1))
+            .map_err(|e| Error::out_of_memory(len as u64, format!("a load ({e})")))?;
         #[cfg(target_os = "linux")]
         if huge_pages && len >= 2 << 20 {
             // A kernel that refuses the advice just leaves normal pages: the result is ignored.
@@ -86,9 +85,9 @@ impl Sink for HostSink<'_> {
         let start = offset
             .checked_sub(self.base)
             .and_then(|o| usize::try_from(o).ok())
-            .ok_or_else(|| Error::Invalid(format!("chunk offset {offset} is out of range")))?;
+            .ok_or_else(|| Error::Internal(format!("chunk offset {offset} is out of range")))?;
         if start.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Internal(format!(
                 "chunk {start}+{len} is outside the {}-byte destination",
                 self.len
             )));
@@ -97,7 +96,7 @@ impl Sink for HostSink<'_> {
         // and concurrent callers get disjoint ranges (this function's contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) };
         crate::os::populate(dst);
-        fill(dst).map_err(|e| Error::Invalid(format!("reading chunk at {offset}: {e}")))
+        fill(dst).map_err(|e| super::chunk_read_failed(offset, e))
     }
 }
 
@@ -126,12 +125,29 @@ impl Sink for ScratchSink {
         fill: Fill<'_>,
     ) -> Result<()> {
         let slot = self.bufs.get(worker).ok_or_else(|| {
-            Error::Invalid(format!("reader thread {worker} has no scratch buffer"))
+            Error::Internal(format!("reader thread {worker} has no scratch buffer"))
         })?;
         let mut buf = slot.lock().unwrap_or_else(|p| p.into_inner());
         let dst = buf.as_mut_slice().get_mut(..len).ok_or_else(|| {
-            Error::Invalid(format!("chunk of {len} bytes exceeds the scratch buffer"))
+            Error::Internal(format!("chunk of {len} bytes exceeds the scratch buffer"))
         })?;
-        fill(dst).map_err(|e| Error::Invalid(format!("reading chunk at {offset}: {e}")))
+        fill(dst).map_err(|e| super::chunk_read_failed(offset, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HostBuffer;
+    use crate::Error;
+
+    /// Host memory that cannot be had is `OutOfMemory` (Python's MemoryError), not a caller
+    /// error: more than any 64-bit address space holds is refused by every kernel.
+    #[test]
+    fn an_allocation_no_address_space_holds_is_out_of_memory() {
+        let e = HostBuffer::with_pages(usize::MAX / 2, false)
+            .map(drop)
+            .unwrap_err();
+        assert!(matches!(e, Error::OutOfMemory { .. }), "{e:?}");
+        assert!(e.to_string().contains("cannot allocate"), "{e}");
     }
 }

@@ -37,6 +37,12 @@ pub use pool::{PinnedPool, PoolStats, DEFAULT_PINNED_LIMIT};
 /// Reads a chunk's file bytes into the slice it is given.
 pub(crate) type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> std::io::Result<()>;
 
+/// The error a sink returns when `fill` fails: the I/O error, kept as the source. The reader
+/// replaces it with the error that made the fill fail, named by its file (sinks do not know it).
+pub(crate) fn chunk_read_failed(offset: u64, e: std::io::Error) -> crate::Error {
+    crate::Error::io(format!("payload bytes at {offset}"), "read", e)
+}
+
 /// A destination for payload bytes, shared by all reader threads.
 pub(crate) trait Sink: Sync {
     /// Lands payload bytes `[offset, offset + len)`; `worker` is the calling reader thread's index

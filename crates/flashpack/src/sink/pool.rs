@@ -176,7 +176,7 @@ impl PinnedPool {
     pub(crate) fn take(&self, min: usize, max: usize, cap: usize) -> Result<Vec<PinnedBuf<'_>>> {
         let max = max.max(min);
         let need = min.checked_mul(cap).ok_or_else(|| {
-            Error::Invalid(format!("{min} staging buffers of {cap} bytes overflow"))
+            Error::out_of_memory(u64::MAX, format!("{min} staging buffers of {cap} bytes"))
         })?;
         let deadline = Instant::now() + self.wait;
         let mut s = self.lock();
@@ -347,11 +347,11 @@ mod tests {
     impl HostAllocator for TestAlloc {
         fn alloc(&self, len: usize) -> Result<NonNull<u8>> {
             let layout = std::alloc::Layout::from_size_align(len.max(1), 4096)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
+                .map_err(|e| Error::Internal(e.to_string()))?;
             // SAFETY: non-zero size.
             let p = unsafe { std::alloc::alloc(layout) };
             self.live.fetch_add(len, Ordering::SeqCst);
-            NonNull::new(p).ok_or_else(|| Error::Invalid("out of memory".into()))
+            NonNull::new(p).ok_or_else(|| Error::out_of_memory(len as u64, "a test buffer"))
         }
 
         unsafe fn free(&self, ptr: NonNull<u8>, len: usize) {
