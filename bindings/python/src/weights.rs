@@ -12,11 +12,13 @@ use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
 use flashpack::read::job::{self, JobPlan, JobRegion, Piece};
 use flashpack::read::{self, LoadOptions};
 use flashpack::sink::cuda::CudaDevice;
+use flashpack::remote::{self, RemoteError};
 use flashpack::weights::{to_safetensors_dtype, Format, WeightFile};
-use pyo3::exceptions::PyValueError;
+use flashpack::Error;
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::{interruptible, io_dict, io_mode, phases, to_py};
 
@@ -282,4 +284,66 @@ pub(crate) fn read_job_to_cuda<'py>(
         unsafe { job::read_cuda(&refs, &plan, &dev, &regions, &opts) }
     })?;
     Ok((phases(&report.phases), io_dict(py, &report)?))
+}
+
+/// The exception for a URL's failure (`message` names the URL and says what went wrong), as for
+/// a local file: a missing object is `FileNotFoundError`, refused access `PermissionError` (both
+/// with `errno` set), a malformed URL `ValueError`, any other failure an `OSError`.
+pub(crate) fn remote_error(e: &RemoteError, message: String) -> PyErr {
+    match e {
+        RemoteError::NotFound => PyFileNotFoundError::new_err((ENOENT, message)),
+        RemoteError::Denied(_) => PyPermissionError::new_err((EACCES, message)),
+        RemoteError::BadUrl(_) => PyValueError::new_err(message),
+        _ => PyOSError::new_err(message),
+    }
+}
+
+/// A checkpoint's shard at a URL that could not be fetched (`message` names the index and the
+/// shard): as [`remote_error`]; None when the shard's failure is not a remote one.
+pub(crate) fn shard_remote_error(shard: &Error, message: String) -> Option<PyErr> {
+    match shard {
+        Error::Remote { source, .. } => Some(remote_error(source, message)),
+        _ => None,
+    }
+}
+
+/// `errno` values of the `OSError`s for a missing object and refused access (the same on every
+/// platform Python runs on).
+const ENOENT: i32 = 2;
+const EACCES: i32 = 13;
+
+/// True when `location` is a URL the engine reads (`http://`, `https://`, `s3://`, `hf://`)
+/// rather than a local path.
+#[pyfunction]
+pub(crate) fn is_remote(location: &str) -> bool {
+    remote::is_remote(location)
+}
+
+/// The whole object at `url` (a config or an index json), at most `limit` bytes: a larger
+/// object is a ValueError naming the URL and its size, before anything is fetched.
+#[pyfunction]
+pub(crate) fn read_url<'py>(py: Python<'py>, url: &str, limit: u64) -> PyResult<Bound<'py, PyBytes>> {
+    let bytes = py.detach(|| read_small(url, limit)).map_err(to_py)?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+#[cfg(feature = "remote")]
+fn read_small(url: &str, limit: u64) -> flashpack::Result<Vec<u8>> {
+    let file = remote::RemoteFile::open(url)?;
+    if file.len() > limit {
+        return Err(Error::Invalid(format!(
+            "{url}: the object is {} bytes, over the limit of {limit} for a whole-object read",
+            file.len()
+        )));
+    }
+    let len = usize::try_from(file.len())
+        .map_err(|_| Error::Invalid(format!("{url}: too large for this machine")))?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+#[cfg(not(feature = "remote"))]
+fn read_small(url: &str, _limit: u64) -> flashpack::Result<Vec<u8>> {
+    Err(Error::remote(url, RemoteError::NotBuilt))
 }

@@ -18,6 +18,7 @@ import torch
 
 from . import _core
 from .constants import DEFAULT_CHUNK_BYTES, DEFAULT_NUM_STREAMS, DEFAULT_READ_CHUNK_BYTES
+from .remote import is_url, open_flashpack_url, read_flashpack_url
 from .utils import (
     env_flag,
     env_int,
@@ -54,8 +55,11 @@ PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 def get_flashpack_file_metadata(path: PathArg) -> dict[str, Any]:
-    """The footer of a FlashPack file, validated, as a dict."""
-    return json.loads(_core.read_footer(os.fsdecode(path)))
+    """The footer of a FlashPack file (or URL), validated, as a dict."""
+    path = os.fsdecode(path)
+    if is_url(path):
+        return json.loads(open_flashpack_url(path).footer_json)
+    return json.loads(_core.read_footer(path))
 
 
 def is_flashpack_file(path: PathArg) -> bool:
@@ -176,6 +180,9 @@ def read_flashpack_file(
     ``{"format": "checkpoint", "source": path, "index": [records]}`` (records as in a footer,
     each at offset 0 of its own block); ``verify=True`` is refused (safetensors files have no
     checksums).
+
+    ``path`` may be a URL (``https://``, ``s3://``, ...: :mod:`flashpack.remote`), of a file or
+    a checkpoint: fetched with parallel ranged GETs, always eagerly on CPU.
     """
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
     path = os.fsdecode(path)
@@ -184,6 +191,8 @@ def read_flashpack_file(
         raise ValueError(f"Unsupported device: {device}")
     if is_checkpoint_path(path):
         return _read_checkpoint(path, device, silent, eager, verify)
+    if is_url(path):
+        return read_flashpack_url(path, device, silent, eager, verify)
     if device.type == "cuda":
         return _read_to_cuda(path, device, silent, verify)
     if device.type == "mps":

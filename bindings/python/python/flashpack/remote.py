@@ -1,0 +1,97 @@
+"""URLs wherever flashpack takes a path: ``http://``, ``https://``, ``s3://bucket/key`` and
+``hf://org/repo/path/in/repo[@revision]`` (the Hub's file URL).
+
+The engine recognises them (``_core.is_remote``) and reads them: an open fetches only the index
+(a FlashPack footer, a safetensors header) with ranged GETs; a load fetches the tensors' bytes
+with parallel ranged GETs into owned host memory (a URL is never mapped: CPU loads from a URL are
+eager), or through the pinned staging pool straight into CUDA memory (never the whole file in
+host memory). The object's size and ETag are pinned at open. Settings: the
+``FLASHPACK_REMOTE_*`` variables; S3 takes the AWS configuration (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ...), the Hub ``HF_ENDPOINT`` and ``HF_TOKEN``.
+
+Errors name the URL: a missing object is a ``FileNotFoundError``, refused access a
+``PermissionError``, any other failure of the transfer an ``OSError`` saying what went wrong,
+and a corrupt file a ``ValueError``, as for local files.
+
+>>> is_url("s3://bucket/model.safetensors"), is_url("model.safetensors")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import _core
+from .utils import string_to_dtype
+
+if TYPE_CHECKING:
+    from .deserialization import FlashTensorStorage
+
+__all__ = ["is_url", "read_url"]
+
+# Bound on a whole-object read (configs, indexes): nothing larger is fetched into a bytes object.
+SMALL_OBJECT_LIMIT = 64 << 20
+
+
+def is_url(path: object) -> bool:
+    """True when ``path`` is a URL the engine reads (a ``str``; paths and bytes are local)."""
+    return isinstance(path, str) and _core.is_remote(path)
+
+
+def read_url(url: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
+    """The whole object at ``url`` (a config, an index json): at most ``limit`` bytes, else a
+    ValueError naming the URL and its size."""
+    return bytes(_core.read_url(url, limit))
+
+
+def open_flashpack_url(url: str) -> Any:
+    """The engine's handle of the FlashPack file at ``url`` (ValueError naming it when the
+    object is another format)."""
+    handle = _core.open_weights(url)
+    if handle.format != "flashpack":
+        raise ValueError(f"{url}: not a FlashPack file (it is a {handle.format} file)")
+    return handle
+
+
+def read_flashpack_url(
+    url: str, device: torch.device, silent: bool, eager: bool | None, verify: bool
+) -> tuple[FlashTensorStorage, dict[str, Any]]:
+    """``read_flashpack_file`` of a URL: one block tensor per macroblock and the footer. CPU: the
+    payload fetched into owned memory (eager whatever ``eager`` says); CUDA: each block streamed
+    into its own device tensor; MPS: the CPU load, then one copy per block. A safetensors object
+    is read as a checkpoint (one block per tensor), as a ``.safetensors`` path is."""
+    from .deserialization import FlashTensorStorage, _read_checkpoint, reader_options
+    from .loading import TensorEntry, job_options, view_of
+
+    del eager  # a URL is never mapped
+    handle = _core.open_weights(url)
+    if handle.format != "flashpack":
+        return _read_checkpoint(url, device, silent, eager=True, verify=verify)
+    meta = json.loads(handle.footer_json)
+    blocks = handle.blocks
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{url}: cannot load to {device}: torch sees no CUDA device")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        raw = [torch.empty(length, dtype=torch.uint8, device=torch.device("cuda", index)) for _, _, length, _ in blocks]
+        # The engine copies on its own streams: torch's queued work on this memory must be done.
+        torch.cuda.current_stream(index).synchronize()
+        pieces = [(0, off, off + length, t.data_ptr()) for (_, off, length, _), t in zip(blocks, raw) if length]
+        if pieces:
+            _core.read_job_to_cuda([handle], pieces, index, progress=not silent, verify=verify, **reader_options())
+        return FlashTensorStorage(blocks=[t.view(string_to_dtype(d)) for (d, _, _, _), t in zip(blocks, raw)]), meta
+    memory: Any = None
+    if handle.payload_len:
+        memory, _offsets, _phases, _io = _core.read_job(
+            [handle], [(0, 0, handle.payload_len)], progress=not silent, verify=verify, **job_options()
+        )
+    host = [
+        view_of(memory, off, TensorEntry(0, "", string_to_dtype(d), (elems,), off, off + length))
+        for d, off, length, elems in blocks
+    ]
+    if device.type == "mps":
+        return FlashTensorStorage(blocks=[b.to(device) for b in host]), meta
+    return FlashTensorStorage(blocks=host, backing=memory), meta
