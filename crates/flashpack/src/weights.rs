@@ -36,11 +36,13 @@ use crate::progress::progress_bar;
 use crate::read::{
     self, open_regular, DataFile, FlashFile, LoadOptions, LoadReport, Loaded, TensorNames,
 };
+#[cfg(feature = "remote")]
+use crate::remote::weights::{RemoteIndex, RemoteSource};
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
 use crate::sink::{DeviceRegion, HostBuffer};
 use crate::write::{pack, prepare_destination, PackEntry, PackOptions, PackReport, Staged};
-use crate::{Dtype, Error, Result};
+use crate::{Dtype, Error, Footer, Result};
 
 /// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
 pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";
@@ -79,9 +81,46 @@ enum Inner {
         data_start: u64,
         metadata: Option<HashMap<String, String>>,
     },
+    /// A remote object (either format): its index fetched at open, its tensors on load.
+    #[cfg(feature = "remote")]
+    Remote(Box<RemoteSource>),
 }
 
-/// An open, validated weight file (FlashPack or safetensors).
+/// How a weight file's tensor bytes are read (for the reader pool and the job planner).
+pub(crate) enum Backing<'a> {
+    Local(DataFile<'a>),
+    #[cfg(feature = "remote")]
+    Remote {
+        path: &'a Path,
+        source: &'a RemoteSource,
+        names: TensorNames<'a>,
+    },
+}
+
+impl Backing<'_> {
+    pub fn path(&self) -> &Path {
+        match self {
+            Backing::Local(d) => d.path,
+            #[cfg(feature = "remote")]
+            Backing::Remote { path, .. } => path,
+        }
+    }
+
+    pub fn names(&self) -> TensorNames<'_> {
+        match self {
+            Backing::Local(d) => d.names,
+            #[cfg(feature = "remote")]
+            Backing::Remote { names, .. } => *names,
+        }
+    }
+}
+
+/// An open, validated weight file (FlashPack or safetensors), local or remote.
+///
+/// A remote one ([`WeightFile::open_location`] with a URL, feature `remote`) has only its
+/// index in memory (a FlashPack footer or a safetensors header, fetched with ranged GETs); its
+/// tensors are fetched with parallel ranged GETs when loaded, eagerly ([`WeightFile::load`])
+/// or through a job ([`crate::read::job`]). Its [`path`](WeightFile::path) is its URL.
 pub struct WeightFile {
     path: PathBuf,
     inner: Inner,
@@ -147,6 +186,57 @@ pub fn from_safetensors_dtype(d: safetensors::Dtype) -> Option<Dtype> {
 }
 
 impl WeightFile {
+    /// Opens a URL (`http://`, `https://`, `s3://`, `hf://`: see [`crate::remote`]; settings
+    /// from the environment) or else a local path. A URL needs the `remote` cargo feature:
+    /// without it, opening one is [`RemoteError::NotBuilt`](crate::remote::RemoteError).
+    pub fn open_location(location: &str) -> Result<WeightFile> {
+        if !crate::remote::is_remote(location) {
+            return Self::open(location);
+        }
+        #[cfg(feature = "remote")]
+        {
+            Self::open_url(location, crate::remote::RemoteSettings::from_env()?)
+        }
+        #[cfg(not(feature = "remote"))]
+        {
+            Err(Error::remote(
+                location,
+                crate::remote::RemoteError::NotBuilt,
+            ))
+        }
+    }
+
+    /// Opens the remote object at `url` with `settings`: one HEAD (pinning its size and ETag)
+    /// and at most three small ranged GETs for its index, validated as a local file's is.
+    #[cfg(feature = "remote")]
+    pub fn open_url(url: &str, settings: crate::remote::RemoteSettings) -> Result<WeightFile> {
+        let file = crate::remote::RemoteFile::open_with(url, settings)?;
+        let (source, tensors) = RemoteSource::open(file)?;
+        Ok(Self::new(
+            Path::new(url),
+            Inner::Remote(Box::new(source)),
+            tensors,
+        ))
+    }
+
+    /// True for a remote object (opened from a URL).
+    pub fn is_remote(&self) -> bool {
+        match self.inner {
+            #[cfg(feature = "remote")]
+            Inner::Remote(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The pinned remote object (size, ETag, settings), for a remote file.
+    #[cfg(feature = "remote")]
+    pub fn remote(&self) -> Option<&crate::remote::RemoteFile> {
+        match &self.inner {
+            Inner::Remote(r) => Some(&r.file),
+            _ => None,
+        }
+    }
+
     /// Opens a FlashPack file (recognised by its trailing magic) or a safetensors file, and
     /// validates its index against the file's size before anything trusts it.
     pub fn open(path: impl AsRef<Path>) -> Result<WeightFile> {
@@ -247,14 +337,56 @@ impl WeightFile {
         }
     }
 
+    /// The file's path; a remote file's URL.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     pub fn format(&self) -> Format {
-        match self.inner {
+        match &self.inner {
             Inner::Flash(_) => Format::FlashPack,
             Inner::Safetensors { .. } => Format::Safetensors,
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => match r.index {
+                RemoteIndex::Flash { .. } => Format::FlashPack,
+                RemoteIndex::Safetensors { .. } => Format::Safetensors,
+            },
+        }
+    }
+
+    /// The file's size in bytes when it was opened.
+    pub fn file_len(&self) -> u64 {
+        match &self.inner {
+            Inner::Flash(f) => f.file_len,
+            Inner::Safetensors { file_len, .. } => *file_len,
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => r.file.len(),
+        }
+    }
+
+    /// A FlashPack file's footer (local or remote).
+    pub fn footer(&self) -> Option<&Footer> {
+        match &self.inner {
+            Inner::Flash(f) => Some(&f.footer),
+            Inner::Safetensors { .. } => None,
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => match &r.index {
+                RemoteIndex::Flash { footer, .. } => Some(footer),
+                RemoteIndex::Safetensors { .. } => None,
+            },
+        }
+    }
+
+    /// A FlashPack file's footer JSON exactly as stored (local or remote).
+    pub fn footer_json(&self) -> Option<&[u8]> {
+        match &self.inner {
+            Inner::Flash(f) => Some(&f.footer_json),
+            Inner::Safetensors { .. } => None,
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => match &r.index {
+                RemoteIndex::Flash { footer_json, .. } => Some(footer_json),
+                RemoteIndex::Safetensors { .. } => None,
+            },
         }
     }
 
@@ -267,11 +399,12 @@ impl WeightFile {
         self.index.get(name).map(|&i| &self.tensors[i])
     }
 
-    /// The FlashPack file (footer, checksums), when this is one.
+    /// The local FlashPack file (footer, checksums), when this is one ([`footer`](Self::footer)
+    /// for a remote one too).
     pub fn flashpack(&self) -> Option<&FlashFile> {
         match &self.inner {
             Inner::Flash(f) => Some(f),
-            Inner::Safetensors { .. } => None,
+            _ => None,
         }
     }
 
@@ -280,11 +413,12 @@ impl WeightFile {
     pub fn safetensors_metadata(&self) -> Option<HashMap<String, String>> {
         match &self.inner {
             Inner::Safetensors { metadata, .. } => metadata.clone(),
-            Inner::Flash(f) => f
-                .footer
-                .extra
-                .get(SAFETENSORS_METADATA_KEY)
-                .and_then(|v| serde_json::from_value(v.clone()).ok()),
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => match &r.index {
+                RemoteIndex::Safetensors { metadata, .. } => metadata.clone(),
+                RemoteIndex::Flash { .. } => self.footer().and_then(kept_safetensors_metadata),
+            },
+            Inner::Flash(f) => kept_safetensors_metadata(&f.footer),
         }
     }
 
@@ -297,23 +431,66 @@ impl WeightFile {
                 data_start,
                 ..
             } => (*data_start, *file_len),
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => r.data_range(),
         }
     }
 
-    pub(crate) fn data(&self) -> DataFile<'_> {
+    /// Where the tensor bytes are read from.
+    pub(crate) fn backing(&self) -> Backing<'_> {
         match &self.inner {
-            Inner::Flash(f) => f.data(),
-            Inner::Safetensors { file, file_len, .. } => DataFile {
+            Inner::Flash(f) => Backing::Local(f.data()),
+            Inner::Safetensors { file, file_len, .. } => Backing::Local(DataFile {
                 path: &self.path,
                 file,
                 end: *file_len,
                 names: TensorNames::Tensors(&self.tensors),
+            }),
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => Backing::Remote {
+                path: &self.path,
+                source: r,
+                names: match &r.index {
+                    RemoteIndex::Flash { footer, .. } => TensorNames::Footer(footer),
+                    RemoteIndex::Safetensors { .. } => TensorNames::Tensors(&self.tensors),
+                },
             },
         }
     }
 
+    /// A remote file's tensors fetched into owned host memory through the job reader.
+    #[cfg(feature = "remote")]
+    fn load_remote(self, opts: &LoadOptions) -> Result<Weights> {
+        use crate::read::job::{read_host, JobPlan, Piece};
+        let (start, end) = self.data_range();
+        let pieces = [Piece {
+            file: 0,
+            start,
+            end,
+        }];
+        let plan = if opts.verify {
+            JobPlan::verified(&[&self], &pieces)?
+        } else {
+            JobPlan::new(&[&self], &pieces)?
+        };
+        let (memory, report) = read_host(&[&self], &plan, opts)?;
+        // The piece lands at offset(0) of job memory: memory byte 0 is file byte `base`.
+        let base = start - plan.offset(0).unwrap_or(0);
+        Ok(Weights::from_owned(
+            self.path,
+            self.tensors,
+            memory.into_buffer(),
+            base,
+            report,
+        ))
+    }
+
     /// Loads every tensor: lazily (a private copy-on-write mapping) or, with `opts.eager`, into
     /// owned memory with the parallel reader. `opts.verify` needs a FlashPack file with checksums.
+    ///
+    /// A remote file is always loaded eagerly (there is nothing to map), with parallel ranged
+    /// GETs ([`crate::remote::RemoteSettings`]), its checksums checked part by part with
+    /// `opts.verify`.
     pub fn load(self, opts: &LoadOptions) -> Result<Weights> {
         let (path, tensors, index) = (self.path, self.tensors, self.index);
         let (memory, base, report) = match self.inner {
@@ -356,6 +533,16 @@ impl WeightFile {
                     (Memory::Mapped(map), 0, report)
                 }
             }
+            #[cfg(feature = "remote")]
+            inner @ Inner::Remote(_) => {
+                let file = WeightFile {
+                    path,
+                    inner,
+                    tensors,
+                    index,
+                };
+                return file.load_remote(opts);
+            }
         };
         Ok(Weights {
             path,
@@ -388,10 +575,58 @@ impl WeightFile {
                 "{}: safetensors files carry no checksums to verify",
                 self.path.display()
             ))),
-            Inner::Safetensors { .. } => {
-                read::stream_to_device(&self.data(), None, device, regions, opts)
+            Inner::Safetensors { file, file_len, .. } => {
+                let d = DataFile {
+                    path: &self.path,
+                    file,
+                    end: *file_len,
+                    names: TensorNames::Tensors(&self.tensors),
+                };
+                read::stream_to_device(&d, None, device, regions, opts)
             }
+            // SAFETY: the caller upholds this function's contract, which is read_cuda's for the
+            // regions' destinations.
+            #[cfg(feature = "remote")]
+            Inner::Remote(_) => unsafe { self.remote_to_device(device, &regions, opts) },
         }
+    }
+
+    /// [`load_to_device`](Self::load_to_device) of a remote file: a job of one piece per
+    /// region, streamed through the pinned staging pool.
+    ///
+    /// # Safety
+    /// As for `load_to_device`.
+    #[cfg(all(feature = "cuda", feature = "remote"))]
+    unsafe fn remote_to_device(
+        &self,
+        device: &CudaDevice,
+        regions: &[DeviceRegion],
+        opts: &LoadOptions,
+    ) -> Result<LoadReport> {
+        use crate::read::job::{read_cuda, JobPlan, JobRegion, Piece};
+        let mut pieces = Vec::with_capacity(regions.len());
+        let mut dsts = Vec::with_capacity(regions.len());
+        for (k, r) in regions.iter().enumerate() {
+            let end = r.offset.checked_add(r.len).ok_or_else(|| {
+                Error::Invalid(format!("{}: region {k} overflows", self.path.display()))
+            })?;
+            pieces.push(Piece {
+                file: 0,
+                start: r.offset,
+                end,
+            });
+            dsts.push(JobRegion {
+                piece: k,
+                dst: r.dst,
+            });
+        }
+        let plan = if opts.verify {
+            JobPlan::verified(&[self], &pieces)?
+        } else {
+            JobPlan::new(&[self], &pieces)?
+        };
+        // SAFETY: the caller upholds read_cuda's contract on every region's destination.
+        unsafe { read_cuda(&[self], &plan, device, &dsts, opts) }
     }
 
     /// Writes these tensors as a FlashPack file (bytes unchanged; `opts` as for [`pack`]). A
@@ -489,10 +724,7 @@ impl WeightFile {
     /// A private copy-on-write mapping of the whole file (a lazy load: nothing is read until
     /// touched; writes never reach the file), checked to hold every tensor.
     pub fn map_private(&self) -> Result<MmapMut> {
-        let file = match &self.inner {
-            Inner::Flash(f) => &f.file,
-            Inner::Safetensors { file, .. } => file,
-        };
+        let file = self.local_file()?;
         // SAFETY: a private (copy-on-write) mapping, as for lazy loads: writes never reach the
         // file; truncating the file while it is mapped would fault on access (the documented
         // contract of lazy loading), truncation before this point is checked just below.
@@ -500,6 +732,19 @@ impl WeightFile {
             .map_err(|e| Error::io(&self.path, "mmap", e))?;
         self.check_mapped_len(map.len())?;
         Ok(map)
+    }
+
+    /// The open local file; a remote one is an error (it cannot be mapped).
+    fn local_file(&self) -> Result<&File> {
+        match &self.inner {
+            Inner::Flash(f) => Ok(&f.file),
+            Inner::Safetensors { file, .. } => Ok(file),
+            #[cfg(feature = "remote")]
+            Inner::Remote(_) => Err(Error::Invalid(format!(
+                "{}: a URL cannot be mapped; load it eagerly",
+                self.path.display()
+            ))),
+        }
     }
 
     /// A mapping of `len` bytes holds every tensor the file had when opened, or the file got
@@ -518,10 +763,7 @@ impl WeightFile {
     /// A read-only mapping of the whole file, at least as long as the data it had when opened
     /// (every tensor range was checked against that), so tensor slices of it cannot fail.
     fn map_readonly(&self) -> Result<Mmap> {
-        let file = match &self.inner {
-            Inner::Flash(f) => &f.file,
-            Inner::Safetensors { file, .. } => file,
-        };
+        let file = self.local_file()?;
         // SAFETY: a read-only mapping of a file we only read; as for every mapping, truncating
         // the file while it is mapped would fault on access (checked against just below, for
         // truncation before this point).
@@ -530,6 +772,14 @@ impl WeightFile {
         self.check_mapped_len(map.len())?;
         Ok(map)
     }
+}
+
+/// The safetensors `__metadata__` a FlashPack footer kept from a conversion.
+fn kept_safetensors_metadata(footer: &Footer) -> Option<HashMap<String, String>> {
+    footer
+        .extra
+        .get(SAFETENSORS_METADATA_KEY)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
 /// The largest header the `safetensors` crate parses (100 MB); larger is `HeaderTooLarge`.

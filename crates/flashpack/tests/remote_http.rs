@@ -9,7 +9,7 @@ mod server;
 use std::time::{Duration, Instant};
 
 use flashpack::read::LoadOptions;
-use flashpack::remote::{RemoteSettings, RemoteWeightFile};
+use flashpack::remote::RemoteSettings;
 use flashpack::weights::{Format, WeightFile};
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::{Dtype, Error};
@@ -72,7 +72,7 @@ fn files() -> Files {
 }
 
 fn load(url: &str, verify: bool) -> flashpack::Result<flashpack::weights::Weights> {
-    let file = RemoteWeightFile::open_with(url, settings())?;
+    let file = WeightFile::open_url(url, settings())?;
     file.load(&LoadOptions {
         verify,
         ..Default::default()
@@ -109,10 +109,10 @@ fn both_formats_load_bit_exact_with_checksums_checked_on_arrival() {
     ] {
         let server = Server::start(bytes.clone(), Fault::None);
         let url = server.url("dir/model.bin");
-        let file = RemoteWeightFile::open_with(&url, settings()).unwrap();
+        let file = WeightFile::open_url(&url, settings()).unwrap();
         assert_eq!(file.format(), format);
-        assert_eq!(file.remote().len(), bytes.len() as u64);
-        assert_eq!(file.remote().etag(), Some("\"v1\""));
+        assert_eq!(file.remote().unwrap().len(), bytes.len() as u64);
+        assert_eq!(file.remote().unwrap().etag(), Some("\"v1\""));
         // Opening read only the index: one or two small GETs, never the tensors.
         assert!(server.gets() <= 3, "{} GETs to open", server.gets());
         let verify = format == Format::FlashPack;
@@ -302,4 +302,167 @@ fn nginx() -> (tempfile::TempDir, Nginx) {
         std::thread::sleep(Duration::from_millis(20));
     }
     (dir, Nginx { port, child })
+}
+
+/// Jobs (the reader behind checkpoint and Python loads) take remote files like local ones.
+mod jobs {
+    use super::*;
+    use flashpack::cancel::Cancel;
+    use flashpack::read::job::{read_host, JobPlan, Piece};
+
+    /// Every tensor of each file, and a row range of the first file's last tensor.
+    fn pieces(files: &[&WeightFile]) -> Vec<Piece> {
+        let mut out = Vec::new();
+        for (k, f) in files.iter().enumerate() {
+            for t in f.tensors() {
+                out.push(Piece {
+                    file: k,
+                    start: t.start,
+                    end: t.end,
+                });
+            }
+        }
+        let t = files[0].tensors().last().unwrap();
+        out.push(Piece {
+            file: 0,
+            start: t.start + 100,
+            end: t.start + 900,
+        });
+        out
+    }
+
+    fn expected(files: &[&WeightFile], bytes: &[&[u8]], pieces: &[Piece]) -> Vec<Vec<u8>> {
+        let _ = files;
+        pieces
+            .iter()
+            .map(|p| bytes[p.file][p.start as usize..p.end as usize].to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn a_job_of_remote_and_local_files_lands_bit_exact_verified_or_not() {
+        let f = files();
+        let server = Server::start(f.flashpack.clone(), Fault::None);
+        let remote = WeightFile::open_url(&server.url("m.flashpack"), settings()).unwrap();
+        assert!(remote.is_remote());
+        let dir = tempfile::tempdir().unwrap();
+        let local_fp = dir.path().join("l.flashpack");
+        std::fs::write(&local_fp, &f.flashpack).unwrap();
+        let local = WeightFile::open(&local_fp).unwrap();
+        let files = [&remote, &local];
+        let pieces = pieces(&files);
+        let want = expected(&files, &[&f.flashpack, &f.flashpack], &pieces);
+        for verify in [false, true] {
+            let gets = server.gets();
+            let plan = if verify {
+                JobPlan::verified(&files, &pieces).unwrap()
+            } else {
+                JobPlan::new(&files, &pieces).unwrap()
+            };
+            let opts = LoadOptions {
+                verify,
+                chunk_bytes: 8192,
+                ..Default::default()
+            };
+            let (mem, report) = read_host(&files, &plan, &opts).unwrap();
+            for (i, w) in want.iter().enumerate() {
+                assert_eq!(plan.bytes(&mem, i), &w[..], "piece {i} (verify {verify})");
+            }
+            // The remote file's bytes came in 4 KiB ranged GETs.
+            assert!(report.io.remote_bytes > 0);
+            assert!(
+                server.gets() - gets >= (report.io.remote_bytes / 4096) as usize,
+                "{} GETs for {} bytes",
+                server.gets() - gets,
+                report.io.remote_bytes
+            );
+        }
+    }
+
+    #[test]
+    fn a_remote_safetensors_file_in_a_verified_job_is_refused_naming_it() {
+        let f = files();
+        let server = Server::start(f.safetensors.clone(), Fault::None);
+        let url = server.url("m.safetensors");
+        let remote = WeightFile::open_url(&url, settings()).unwrap();
+        let pieces = pieces(&[&remote]);
+        let e = JobPlan::verified(&[&remote], &pieces).err().unwrap();
+        assert!(e.to_string().starts_with(&url), "{e}");
+        // A plain plan cannot be run verified either.
+        let plan = JobPlan::new(&[&remote], &pieces).unwrap();
+        let opts = LoadOptions {
+            verify: true,
+            ..Default::default()
+        };
+        assert!(read_host(&[&remote], &plan, &opts).is_err());
+    }
+
+    #[test]
+    fn a_corrupted_remote_chunk_is_an_error_naming_the_url_and_the_tensor() {
+        let f = files();
+        let mut bad = f.flashpack.clone();
+        bad[5000] ^= 0xff;
+        let server = Server::start(bad, Fault::None);
+        let url = server.url("m.flashpack");
+        let file = WeightFile::open_url(&url, settings()).unwrap();
+        let e = file
+            .load(&LoadOptions {
+                verify: true,
+                ..Default::default()
+            })
+            .err()
+            .expect("a checksum mismatch");
+        let msg = e.to_string();
+        let holder = file_tensor_at(&f.flashpack, 5000);
+        assert!(
+            msg.starts_with(&url) && msg.contains("checksum mismatch") && msg.contains(&holder),
+            "{msg}"
+        );
+        // Without verification the same bytes load (what the server sent).
+        let file = WeightFile::open_url(&url, settings()).unwrap();
+        assert!(file.load(&LoadOptions::default()).is_ok());
+    }
+
+    /// The tensor holding byte `at` of a FlashPack file.
+    fn file_tensor_at(bytes: &[u8], at: u64) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.flashpack");
+        std::fs::write(&p, bytes).unwrap();
+        let f = WeightFile::open(&p).unwrap();
+        let t = f.tensors().iter().find(|t| t.start <= at && at < t.end);
+        format!("'{}'", t.unwrap().name)
+    }
+
+    #[test]
+    fn a_cancelled_remote_job_stops_with_cancelled() {
+        let f = files();
+        let server = Server::start(f.safetensors.clone(), Fault::None);
+        let file = WeightFile::open_url(&server.url("m.safetensors"), settings()).unwrap();
+        let pieces = pieces(&[&file]);
+        let plan = JobPlan::new(&[&file], &pieces).unwrap();
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let gets = server.gets();
+        let opts = LoadOptions {
+            cancel: Some(cancel),
+            ..Default::default()
+        };
+        let e = read_host(&[&file], &plan, &opts).unwrap_err();
+        assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+        assert_eq!(server.gets(), gets, "no GET after the cancellation");
+    }
+
+    #[test]
+    fn a_remote_file_cannot_be_mapped() {
+        let f = files();
+        let server = Server::start(f.safetensors.clone(), Fault::None);
+        let url = server.url("m.safetensors");
+        let file = WeightFile::open_location(&url).unwrap();
+        let e = file.map_private().unwrap_err().to_string();
+        assert!(e.starts_with(&url) && e.contains("cannot be mapped"), "{e}");
+        // A lazy load of a URL is eager.
+        let w = file.load(&LoadOptions::default()).unwrap();
+        assert!(w.is_eager());
+        assert_bit_exact(&w, &f.tensors);
+    }
 }

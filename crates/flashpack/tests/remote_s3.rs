@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use flashpack::read::LoadOptions;
-use flashpack::remote::RemoteWeightFile;
 use flashpack::weights::{Format, WeightFile};
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::{Dtype, Error};
@@ -138,9 +137,12 @@ fn s3_objects_load_bit_exact_in_both_formats() {
         ("m.safetensors", Format::Safetensors),
     ] {
         let url = format!("s3://weights/models/{key}");
-        let file = RemoteWeightFile::open(&url).unwrap();
+        let file = WeightFile::open_location(&url).unwrap();
         assert_eq!(file.format(), format);
-        assert!(file.remote().etag().is_some(), "{url}: no ETag pinned");
+        assert!(
+            file.remote().unwrap().etag().is_some(),
+            "{url}: no ETag pinned"
+        );
         let verify = format == Format::FlashPack;
         let w = file
             .load(&LoadOptions {
@@ -153,7 +155,7 @@ fn s3_objects_load_bit_exact_in_both_formats() {
         }
     }
     let url = "s3://weights/models/absent.safetensors";
-    let e = RemoteWeightFile::open(url).err().expect("a missing key");
+    let e = WeightFile::open_location(url).err().expect("a missing key");
     let msg = e.to_string();
     assert!(
         matches!(e, Error::Remote { .. }) && msg.starts_with(url) && msg.contains("no such object"),

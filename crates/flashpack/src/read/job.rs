@@ -8,6 +8,13 @@
 //! [`read_host`] fills owned host memory; [`read_device`] streams through the pinned pool into
 //! device memory, bounded by the pool's limit however many files there are.
 //!
+//! Files may be remote ([`WeightFile::open_location`] with a URL, feature `remote`), alone or
+//! mixed with local ones: a remote file's chunks are ranged GETs of its pinned version (of
+//! [`RemoteSettings::part_bytes`](crate::remote::RemoteSettings) each, as many in flight as
+//! its `concurrency`), landing in the same sinks, so a device load of a URL never holds more
+//! than the pinned pool's buffers in host memory. A plan made with [`JobPlan::verified`] reads
+//! whole checksum chunks of the FlashPack files, checked as they arrive when `opts.verify`.
+//!
 //! ```
 //! use flashpack::read::job::{read_host, JobPlan, Piece};
 //! use flashpack::read::LoadOptions;
@@ -31,16 +38,15 @@
 //! let (memory, _report) = read_host(&files, &plan, &LoadOptions::default()).unwrap();
 //! assert_eq!(plan.bytes(&memory, 1), &[2, 2, 2]);
 //! ```
-use std::fs::File;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::pool::{self, plan_chunks, IoCounts, Item, Source, DIRECT_ALIGN};
-use super::{fit_staging, reader_setup, DataFile, LoadOptions, LoadReport};
+use super::pool::{self, plan_chunks, IoCounts, Item, Reader, Source, Verifier, DIRECT_ALIGN};
+use super::{device_error_in, fit_staging, footer_verifier, reader_setup, LoadOptions, LoadReport};
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
 use crate::sink::{Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, Regions, Sink};
-use crate::weights::WeightFile;
+use crate::weights::{Backing, Format, WeightFile};
 use crate::{Error, Result};
 
 /// File bytes `[start, end)` of the job's file number `file`.
@@ -71,6 +77,9 @@ pub struct JobPlan {
     /// Per piece, the job-memory offset of its first byte (0 for an empty piece).
     offsets: Vec<u64>,
     len: u64,
+    /// Per file, the checksum chunk its spans are cut on (a plan made by [`JobPlan::verified`]
+    /// for a file with checksums; `None` otherwise).
+    grids: Vec<Option<u64>>,
 }
 
 impl JobPlan {
@@ -79,6 +88,42 @@ impl JobPlan {
     /// `DIRECT_ALIGN` grid of its file, so up to 4095 bytes before a span are read too.
     /// A piece outside its file's tensor data is an error naming the file.
     pub fn new(files: &[&WeightFile], pieces: &[Piece]) -> Result<JobPlan> {
+        Self::plan(files, pieces, vec![None; files.len()])
+    }
+
+    /// As [`new`](Self::new), for a load that checks the FlashPack checksums (`opts.verify`):
+    /// the spans of each file grow to whole checksum chunks. A file that has no checksums
+    /// (or is a safetensors file) is an error naming it, as for a verified load of one file.
+    pub fn verified(files: &[&WeightFile], pieces: &[Piece]) -> Result<JobPlan> {
+        let mut grids = Vec::with_capacity(files.len());
+        for f in files {
+            let footer = match (f.format(), f.footer()) {
+                (Format::FlashPack, Some(footer)) => footer,
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "{}: safetensors files carry no checksums to verify",
+                        f.path().display()
+                    )))
+                }
+            };
+            let (_, payload_len) = f.data_range();
+            let v = footer_verifier(f.path(), footer, payload_len)?;
+            // On the checksum grid and the O_DIRECT one.
+            let grid = lcm(v.checksums.chunk_bytes.max(1), DIRECT_ALIGN)
+                .filter(|&g| g <= MAX_GRAIN as u64)
+                .ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "{}: checksum chunks of {} bytes are too large to read whole",
+                        f.path().display(),
+                        v.checksums.chunk_bytes
+                    ))
+                })?;
+            grids.push(Some(grid));
+        }
+        Self::plan(files, pieces, grids)
+    }
+
+    fn plan(files: &[&WeightFile], pieces: &[Piece], grids: Vec<Option<u64>>) -> Result<JobPlan> {
         for p in pieces {
             let f = files.get(p.file).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -108,14 +153,23 @@ impl JobPlan {
         let mut span_of = vec![0usize; pieces.len()];
         for &i in &order {
             let p = pieces[i];
+            // A verified file's spans are whole checksum chunks (the last one ends with the
+            // payload), so every chunk read is checked whole.
+            let (start, end) = match grids[p.file] {
+                Some(g) => {
+                    let (_, hi) = files[p.file].data_range();
+                    (p.start / g * g, p.end.div_ceil(g).saturating_mul(g).min(hi))
+                }
+                None => (p.start, p.end),
+            };
             match spans.last_mut() {
-                Some(s) if s.file == p.file && p.start <= s.end.saturating_add(DIRECT_ALIGN) => {
-                    s.end = s.end.max(p.end)
+                Some(s) if s.file == p.file && start <= s.end.saturating_add(DIRECT_ALIGN) => {
+                    s.end = s.end.max(end)
                 }
                 _ => spans.push(Span {
                     file: p.file,
-                    start: p.start / DIRECT_ALIGN * DIRECT_ALIGN,
-                    end: p.end,
+                    start: start / DIRECT_ALIGN * DIRECT_ALIGN,
+                    end,
                     at: 0,
                 }),
             }
@@ -139,6 +193,7 @@ impl JobPlan {
             pieces: pieces.to_vec(),
             offsets,
             len: at,
+            grids,
         })
     }
 
@@ -196,7 +251,7 @@ impl JobPlan {
 
     /// A device error with where it happened: the file and tensors of the chunk being copied
     /// (`copying`, job-memory offsets), else every file of the job.
-    fn device_error(&self, datas: &[DataFile<'_>], e: Error, copying: Option<(u64, u64)>) -> Error {
+    fn device_error(&self, datas: &[Backing<'_>], e: Error, copying: Option<(u64, u64)>) -> Error {
         let Error::Device(msg) = e else { return e };
         let span = copying.and_then(|(a, b)| {
             self.spans
@@ -208,9 +263,12 @@ impl JobPlan {
             Some((s, a, b)) => {
                 let end = s.start + (b - s.at).min(s.end - s.start);
                 match datas.get(s.file) {
-                    Some(d) => {
-                        d.device_error(Error::Device(msg), Some((s.start + (a - s.at), end)))
-                    }
+                    Some(d) => device_error_in(
+                        d.path(),
+                        &d.names(),
+                        Error::Device(msg),
+                        Some((s.start + (a - s.at), end)),
+                    ),
                     None => Error::Device(msg),
                 }
             }
@@ -218,7 +276,7 @@ impl JobPlan {
                 let mut files: Vec<String> = datas
                     .iter()
                     .take(3)
-                    .map(|d| d.path.display().to_string())
+                    .map(|d| d.path().display().to_string())
                     .collect();
                 if datas.len() > 3 {
                     files.push(format!("and {} more files", datas.len() - 3));
@@ -228,20 +286,25 @@ impl JobPlan {
         }
     }
 
-    /// The reads: chunks of at most `chunk` bytes, each (file, file offset, job offset, len),
+    /// The reads: chunks of file `k` of at most `chunk(k)` bytes cut on that grid of file
+    /// offsets (so a verified file's chunks are whole checksum chunks, and every chunk but a
+    /// span's edges is aligned for `O_DIRECT`), each (file, file offset, job offset, len),
     /// taken from the files in turn so that they are read in parallel.
-    fn items(&self, chunk: usize) -> Vec<Item> {
+    fn items(&self, chunk: impl Fn(usize) -> usize) -> Vec<Item> {
         let mut per_file: Vec<Vec<Item>> = Vec::new();
         for s in &self.spans {
-            if per_file.last().is_none_or(|v| v[0].file != s.file) {
-                per_file.push(Vec::new());
-            }
-            let list = per_file.last_mut().expect("pushed above");
-            for c in plan_chunks(s.at, s.at + (s.end - s.start), chunk) {
+            let list = match per_file.last_mut() {
+                Some(v) if v.first().is_some_and(|i| i.file == s.file) => v,
+                _ => {
+                    per_file.push(Vec::new());
+                    per_file.last_mut().expect("pushed just above")
+                }
+            };
+            for c in plan_chunks(s.start, s.end, chunk(s.file)) {
                 list.push(Item {
                     file: s.file,
-                    file_offset: s.start + (c.offset - s.at),
-                    at: c.offset,
+                    file_offset: c.offset,
+                    at: s.at + (c.offset - s.start),
                     len: c.len,
                 });
             }
@@ -260,6 +323,10 @@ impl JobPlan {
 pub struct JobMemory(HostBuffer);
 
 impl JobMemory {
+    pub(crate) fn into_buffer(self) -> HostBuffer {
+        self.0
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         self.0.as_slice()
     }
@@ -285,9 +352,10 @@ pub fn read_host(
         ..Default::default()
     };
     let t = Instant::now();
-    let datas: Vec<DataFile<'_>> = files.iter().map(|f| f.data()).collect();
-    let (sources, threads) = sources(&datas, plan, opts);
-    let items = plan.items(opts.chunk_bytes);
+    let datas: Vec<Backing<'_>> = files.iter().map(|f| f.backing()).collect();
+    let verifiers = verifiers(files, plan, opts)?;
+    let (sources, threads, chunks) = sources(&datas, &verifiers, plan, opts);
+    let items = plan.items(|k| chunks[k]);
     report.threads = threads.clamp(1, items.len().max(1));
     let sink = HostSink::with_base(buf.as_mut_slice(), 0);
     report.io = run(&sources, &items, &sink, report.threads, opts)?;
@@ -348,15 +416,27 @@ pub(crate) fn read_device<D: Device>(
     }
     let regions = Regions::new(list, plan.len)
         .map_err(|e| Error::Invalid(format!("device regions of the load: {e}")))?;
-    let datas: Vec<DataFile<'_>> = files.iter().map(|f| f.data()).collect();
-    let (sources, threads) = sources(&datas, plan, opts);
-    let (threads, chunk) = fit_staging(
-        threads,
-        opts.chunk_bytes,
-        DIRECT_ALIGN as usize,
-        device.pool().budget(),
-    )?;
-    let items = plan.items(chunk);
+    let datas: Vec<Backing<'_>> = files.iter().map(|f| f.backing()).collect();
+    let verifiers = verifiers(files, plan, opts)?;
+    let (sources, threads, chunks) = sources(&datas, &verifiers, plan, opts);
+    // One staging buffer size for every file: the largest chunk any file reads, fitted to the
+    // pool (on every verified file's checksum grid), each file's chunks no larger.
+    let grain = if opts.verify {
+        plan.grids
+            .iter()
+            .flatten()
+            .try_fold(DIRECT_ALIGN, |g, &c| lcm(g, c))
+            .filter(|&g| g <= MAX_GRAIN as u64)
+            .ok_or_else(|| {
+                Error::Invalid("the files' checksum chunks do not fit one staging buffer".into())
+            })? as usize
+    } else {
+        DIRECT_ALIGN as usize
+    };
+    let largest = chunks.iter().copied().max().unwrap_or(opts.chunk_bytes);
+    let (threads, chunk) = fit_staging(threads, largest, grain, device.pool().budget())?;
+    // Both are multiples of a verified file's grid, so their minimum is too.
+    let items = plan.items(|k| chunks[k].min(chunk));
     let threads = threads.clamp(1, items.len().max(1));
     let mut report = LoadReport::default();
     report.phases.push(("plan", t.elapsed()));
@@ -373,37 +453,111 @@ pub(crate) fn read_device<D: Device>(
     Ok(report)
 }
 
-/// One read source per file (direct reads where `reader_setup` chooses them for that file; a
-/// file the plan does not read gets none) and the thread count: the largest any file asks for.
+/// The largest checksum grid a device job reads on (its staging buffers are multiples of it).
+const MAX_GRAIN: usize = 1 << 30;
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+fn lcm(a: u64, b: u64) -> Option<u64> {
+    (a / gcd(a, b).max(1)).checked_mul(b)
+}
+
+/// Per file, its checksum verifier when the load verifies (`opts.verify`, which needs a plan
+/// made by [`JobPlan::verified`]).
+fn verifiers<'a>(
+    files: &[&'a WeightFile],
+    plan: &JobPlan,
+    opts: &LoadOptions,
+) -> Result<Vec<Option<Verifier<'a>>>> {
+    if !opts.verify {
+        return Ok(files.iter().map(|_| None).collect());
+    }
+    if plan.grids.iter().any(Option::is_none) {
+        return Err(Error::Invalid(
+            "a verified load needs a plan made by JobPlan::verified (whole checksum chunks)".into(),
+        ));
+    }
+    files
+        .iter()
+        .map(|f| match f.footer() {
+            Some(footer) => footer_verifier(f.path(), footer, f.data_range().1).map(Some),
+            None => Err(Error::Invalid(format!(
+                "{}: safetensors files carry no checksums to verify",
+                f.path().display()
+            ))),
+        })
+        .collect()
+}
+
+/// One read source per file (a local file with direct reads where `reader_setup` chooses them,
+/// and none for a file the plan does not read; a remote object with ranged GETs bounded by its
+/// settings' timeout from now), the thread count (the largest any file asks for: a remote
+/// file its `concurrency`) and each file's chunk size (a remote file's `part_bytes`; with a
+/// verifier, rounded up to whole checksum chunks).
 fn sources<'a>(
-    datas: &'a [DataFile<'a>],
+    datas: &'a [Backing<'a>],
+    verifiers: &'a [Option<Verifier<'a>>],
     plan: &JobPlan,
     opts: &'a LoadOptions,
-) -> (Vec<Source<'a>>, usize) {
+) -> (Vec<Source<'a>>, usize, Vec<usize>) {
     let mut threads = 1;
-    let sources = datas
-        .iter()
-        .enumerate()
-        .map(|(k, d)| {
-            let used = plan.spans.iter().any(|s| s.file == k);
-            let (direct, readahead) = if used {
-                let (direct, n, readahead) = reader_setup(d, opts);
-                threads = threads.max(n);
-                (direct, readahead)
-            } else {
-                (None::<File>, false)
-            };
-            Source {
-                path: d.path,
-                buffered: d.file,
-                direct,
-                readahead,
-                cancel: opts.cancel.as_ref(),
-                verify: None,
+    let mut chunks = Vec::with_capacity(datas.len());
+    let mut sources = Vec::with_capacity(datas.len());
+    for (k, d) in datas.iter().enumerate() {
+        let used = plan.spans.iter().any(|s| s.file == k);
+        let verify = verifiers.get(k).and_then(Option::as_ref);
+        let (reader, chunk) = match d {
+            Backing::Local(d) => {
+                let (direct, readahead) = if used {
+                    let (direct, n, readahead) = reader_setup(d, opts);
+                    threads = threads.max(n);
+                    (direct, readahead)
+                } else {
+                    (None, false)
+                };
+                let reader = Reader::Local {
+                    buffered: d.file,
+                    direct,
+                    readahead,
+                };
+                (reader, opts.chunk_bytes)
             }
-        })
-        .collect();
-    (sources, threads)
+            #[cfg(feature = "remote")]
+            Backing::Remote { source, .. } => {
+                let settings = source.file.settings();
+                if used {
+                    threads = threads.max(settings.concurrency);
+                }
+                let reader = Reader::Remote {
+                    file: &source.file,
+                    deadline: Instant::now() + settings.timeout,
+                };
+                (reader, settings.part_bytes)
+            }
+        };
+        // A verified file's chunks: whole multiples of its grid (see JobPlan::verified).
+        let chunk = match plan.grids.get(k).copied().flatten() {
+            Some(g) if verify.is_some() => {
+                let g = g as usize; // at most MAX_GRAIN
+                chunk.max(1).div_ceil(g).saturating_mul(g)
+            }
+            _ => chunk,
+        };
+        chunks.push(chunk);
+        sources.push(Source {
+            path: d.path(),
+            reader,
+            cancel: opts.cancel.as_ref(),
+            verify,
+        });
+    }
+    (sources, threads, chunks)
 }
 
 /// The reader pool over every file, with one progress bar for the job.

@@ -291,17 +291,28 @@ impl DataFile<'_> {
     /// A device error with the file it happened in, and the tensors of the bytes being copied
     /// when that is known.
     fn device_error(&self, e: Error, copying: Option<(u64, u64)>) -> Error {
-        match e {
-            Error::Device(msg) => Error::Device(match copying {
-                Some((a, b)) => format!(
-                    "{}: {msg} (copying bytes {a}..{b}: {})",
-                    self.path.display(),
-                    self.names.describe(a, b)
-                ),
-                None => format!("{}: {msg}", self.path.display()),
-            }),
-            e => e,
-        }
+        device_error_in(self.path, &self.names, e, copying)
+    }
+}
+
+/// A device error with the file (or URL) it happened in, and the tensors of the bytes being
+/// copied when that is known; other errors unchanged.
+pub(crate) fn device_error_in(
+    path: &Path,
+    names: &TensorNames<'_>,
+    e: Error,
+    copying: Option<(u64, u64)>,
+) -> Error {
+    match e {
+        Error::Device(msg) => Error::Device(match copying {
+            Some((a, b)) => format!(
+                "{}: {msg} (copying bytes {a}..{b}: {})",
+                path.display(),
+                names.describe(a, b)
+            ),
+            None => format!("{}: {msg}", path.display()),
+        }),
+        e => e,
     }
 }
 
@@ -387,14 +398,14 @@ pub(crate) fn stream_to_device<D: Device>(
         e => d.device_error(e, None),
     })?;
     report.threads = sink.workers();
-    let src = pool::Source {
+    let src = pool::Source::local(
         path,
-        buffered: d.file,
+        d.file,
         direct,
         readahead,
-        cancel: opts.cancel.as_ref(),
-        verify: verifier,
-    };
+        opts.cancel.as_ref(),
+        verifier,
+    );
     let read = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref());
     let copying = sink.failed_chunk();
     report.io = read.map_err(|e| d.device_error(e, copying))?;
@@ -440,14 +451,14 @@ fn read_into(
         ..Default::default()
     };
     let bar = progress_bar(opts.progress, end - start, "loading");
-    let src = pool::Source {
-        path: d.path,
-        buffered: d.file,
+    let src = pool::Source::local(
+        d.path,
+        d.file,
         direct,
         readahead,
-        cancel: opts.cancel.as_ref(),
-        verify: verifier,
-    };
+        opts.cancel.as_ref(),
+        verifier,
+    );
     let sink = HostSink::with_base(dst, start);
     report.io = pool::read_chunks(&src, &chunks, &sink, report.threads, bar.as_ref())?;
     if let Some(b) = bar {
@@ -537,8 +548,18 @@ fn device_chunks(
 }
 
 fn verifier(f: &FlashFile) -> Result<pool::Verifier<'_>> {
-    let path = f.path.display();
-    let Some(cs) = &f.footer.checksums else {
+    footer_verifier(&f.path, &f.footer, f.payload_len)
+}
+
+/// The checker of a FlashPack payload against its footer's checksums; an error naming `path`
+/// when the file has none or an algorithm this build does not know.
+pub(crate) fn footer_verifier<'a>(
+    path: &Path,
+    footer: &'a Footer,
+    payload_len: u64,
+) -> Result<pool::Verifier<'a>> {
+    let path = path.display();
+    let Some(cs) = &footer.checksums else {
         return Err(Error::Invalid(format!(
             "{path}: the file has no checksums to verify (it was written without them)"
         )));
@@ -550,9 +571,9 @@ fn verifier(f: &FlashFile) -> Result<pool::Verifier<'_>> {
         )));
     }
     Ok(pool::Verifier {
-        footer: &f.footer,
+        footer,
         checksums: cs,
-        payload_len: f.payload_len,
+        payload_len,
     })
 }
 
@@ -630,14 +651,14 @@ pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport
     let threads = threads.clamp(1, chunks.len().max(1));
     let sink = crate::sink::ScratchSink::new(threads, chunk)?;
     let bar = progress_bar(opts.progress, f.payload_len, "verifying");
-    let src = pool::Source {
-        path: &f.path,
-        buffered: &f.file,
+    let src = pool::Source::local(
+        &f.path,
+        &f.file,
         direct,
         readahead,
-        cancel: opts.cancel.as_ref(),
-        verify: Some(&v),
-    };
+        opts.cancel.as_ref(),
+        Some(&v),
+    );
     pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref())?;
     if let Some(b) = bar {
         b.finish_and_clear();

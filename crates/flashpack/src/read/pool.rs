@@ -63,14 +63,53 @@ pub fn plan_chunks(start: u64, end: u64, chunk_bytes: usize) -> Vec<Chunk> {
 
 /// Where the reads come from.
 pub(crate) struct Source<'a> {
+    /// The file's path, or a remote object's URL (named in errors).
     pub path: &'a Path,
-    pub buffered: &'a File,
-    pub direct: Option<File>,
-    /// Ask the OS to read ahead (see the module doc); for buffered reads of a cold file.
-    pub readahead: bool,
+    pub reader: Reader<'a>,
     pub cancel: Option<&'a Cancel>,
     /// Checks each chunk read from this source against its footer's checksums.
     pub verify: Option<&'a Verifier<'a>>,
+}
+
+/// How a source's bytes are read.
+pub(crate) enum Reader<'a> {
+    /// A local file: positioned reads, `O_DIRECT` through `direct` where it is given.
+    Local {
+        buffered: &'a File,
+        direct: Option<File>,
+        /// Ask the OS to read ahead (see the module doc); for buffered reads of a cold file.
+        readahead: bool,
+    },
+    /// A remote object: each item is one ranged GET of the pinned version (retried and resumed
+    /// by the client), the whole load bounded by `deadline`.
+    #[cfg(feature = "remote")]
+    Remote {
+        file: &'a crate::remote::RemoteFile,
+        deadline: std::time::Instant,
+    },
+}
+
+impl<'a> Source<'a> {
+    /// A local file's source.
+    pub fn local(
+        path: &'a Path,
+        buffered: &'a File,
+        direct: Option<File>,
+        readahead: bool,
+        cancel: Option<&'a Cancel>,
+        verify: Option<&'a Verifier<'a>>,
+    ) -> Source<'a> {
+        Source {
+            path,
+            reader: Reader::Local {
+                buffered,
+                direct,
+                readahead,
+            },
+            cancel,
+            verify,
+        }
+    }
 }
 
 /// `len` bytes of source number `file` from `file_offset` on, landing at sink offset `at`.
@@ -130,6 +169,8 @@ pub struct IoCounts {
     pub buffered_bytes: u64,
     /// Bytes the OS was asked to read ahead into the page cache (0 where it has no such hint).
     pub prefetched_bytes: u64,
+    /// Bytes fetched from remote objects (ranged GETs).
+    pub remote_bytes: u64,
 }
 
 /// Reads every chunk of one source into `sink`, each at its own file offset.
@@ -167,11 +208,20 @@ pub(crate) fn read_items(
     let stop = AtomicBool::new(false);
     let direct_ok: Vec<AtomicBool> = sources
         .iter()
-        .map(|s| AtomicBool::new(s.direct.is_some()))
+        .map(|s| {
+            AtomicBool::new(matches!(
+                s.reader,
+                Reader::Local {
+                    direct: Some(_),
+                    ..
+                }
+            ))
+        })
         .collect();
     let direct_bytes = AtomicU64::new(0);
     let buffered_bytes = AtomicU64::new(0);
     let prefetched_bytes = AtomicU64::new(0);
+    let remote_bytes = AtomicU64::new(0);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let fail = |e: Error| {
         stop.store(true, Ordering::Relaxed);
@@ -187,6 +237,8 @@ pub(crate) fn read_items(
             let (next, stop, direct_ok, fail) = (&next, &stop, &direct_ok, &fail);
             let (direct_bytes, buffered_bytes) = (&direct_bytes, &buffered_bytes);
             let prefetched_bytes = &prefetched_bytes;
+            #[cfg(feature = "remote")]
+            let remote_bytes = &remote_bytes;
             s.spawn(move || loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= items.len() || stop.load(Ordering::Relaxed) {
@@ -203,16 +255,29 @@ pub(crate) fn read_items(
                 }
                 let mut io_error = None;
                 let mut bad_data = None;
-                // Keep the original I/O error (with its OS code) or checksum error for the
-                // report; the sink only needs to know that the fill failed.
+                // Keep the original I/O error (with its OS code), remote error or checksum
+                // error for the report; the sink only needs to know that the fill failed.
                 let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
-                    let ok = &direct_ok[it.file];
-                    read_pieces(src, ok, it.file_offset, dst, direct_bytes, buffered_bytes)
-                        .map_err(|e| {
-                            let marker = std::io::Error::new(e.kind(), "read failed");
-                            io_error = Some(e);
-                            marker
-                        })?;
+                    match &src.reader {
+                        Reader::Local { .. } => {
+                            let ok = &direct_ok[it.file];
+                            read_pieces(src, ok, it.file_offset, dst, direct_bytes, buffered_bytes)
+                                .map_err(|e| {
+                                    let marker = std::io::Error::new(e.kind(), "read failed");
+                                    io_error = Some(e);
+                                    marker
+                                })?
+                        }
+                        #[cfg(feature = "remote")]
+                        Reader::Remote { file, deadline } => {
+                            file.read_until(dst, it.file_offset, *deadline)
+                                .map_err(|e| {
+                                    bad_data = Some(e);
+                                    std::io::Error::other("remote read failed")
+                                })?;
+                            remote_bytes.fetch_add(dst.len() as u64, Ordering::Relaxed);
+                        }
+                    }
                     if let Some(v) = src.verify {
                         v.check(src.path, it.file_offset, dst).map_err(|e| {
                             bad_data = Some(e);
@@ -256,21 +321,34 @@ pub(crate) fn read_items(
         direct_bytes: direct_bytes.into_inner(),
         buffered_bytes: buffered_bytes.into_inner(),
         prefetched_bytes: prefetched_bytes.into_inner(),
+        remote_bytes: remote_bytes.into_inner(),
     })
 }
 
 /// Sequential advice on a source that reads ahead (nothing for the others).
 pub(super) fn start_readahead(src: &Source<'_>) {
-    if src.readahead {
-        crate::os::advise_sequential(src.buffered);
+    if let Reader::Local {
+        buffered,
+        readahead: true,
+        ..
+    } = &src.reader
+    {
+        crate::os::advise_sequential(buffered);
     }
 }
 
 /// Asks the OS to start reading `[offset, offset + len)` of a source that reads ahead (a reader
 /// thread does this for the chunk `threads` places after the one it takes), counting the bytes.
 pub(super) fn prefetch(src: &Source<'_>, offset: u64, len: usize, counted: &AtomicU64) {
-    if src.readahead && crate::os::prefetch(src.buffered, offset, len as u64) {
-        counted.fetch_add(len as u64, Ordering::Relaxed);
+    if let Reader::Local {
+        buffered,
+        readahead: true,
+        ..
+    } = &src.reader
+    {
+        if crate::os::prefetch(buffered, offset, len as u64) {
+            counted.fetch_add(len as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -298,6 +376,7 @@ pub(super) fn read_pieces(
     Ok(())
 }
 
+#[cfg_attr(not(feature = "remote"), allow(irrefutable_let_patterns))]
 fn read_one(
     src: &Source<'_>,
     direct_ok: &AtomicBool,
@@ -306,8 +385,14 @@ fn read_one(
     direct_bytes: &AtomicU64,
     buffered_bytes: &AtomicU64,
 ) -> std::io::Result<()> {
+    let Reader::Local {
+        buffered, direct, ..
+    } = &src.reader
+    else {
+        return Err(std::io::Error::other("not a local file"));
+    };
     let mut done = 0usize;
-    if let Some(direct) = &src.direct {
+    if let Some(direct) = direct {
         let aligned = offset % DIRECT_ALIGN == 0 && (dst.as_ptr() as u64) % DIRECT_ALIGN == 0;
         let n = (dst.len() as u64 / DIRECT_ALIGN * DIRECT_ALIGN) as usize;
         if aligned && n > 0 && direct_ok.load(Ordering::Relaxed) {
@@ -325,8 +410,7 @@ fn read_one(
         }
     }
     if done < dst.len() {
-        src.buffered
-            .read_exact_at(&mut dst[done..], offset + done as u64)?;
+        buffered.read_exact_at(&mut dst[done..], offset + done as u64)?;
         buffered_bytes.fetch_add((dst.len() - done) as u64, Ordering::Relaxed);
     }
     Ok(())

@@ -15,12 +15,17 @@
 //! Without the `remote` cargo feature only URL recognition is built, and opening a URL is
 //! [`RemoteError::NotBuilt`].
 //!
+//! A remote weight file is a [`WeightFile`](crate::weights::WeightFile) like a local one
+//! ([`WeightFile::open_location`](crate::weights::WeightFile::open_location) takes a URL or a
+//! path), and its tensors go through the engine's reader pool and job planner
+//! ([`crate::read::job`]) like a local file's, alone or mixed with local files.
+//!
 //! ```no_run
 //! # #[cfg(feature = "remote")] {
-//! use flashpack::{read::LoadOptions, remote::RemoteWeightFile};
-//! let file = RemoteWeightFile::open("https://example.com/model.safetensors").unwrap();
+//! use flashpack::{read::LoadOptions, weights::WeightFile};
+//! let file = WeightFile::open_location("https://example.com/model.safetensors").unwrap();
 //! println!("{} tensors", file.tensors().len()); // only the header was fetched
-//! let weights = file.load(&LoadOptions::default()).unwrap();
+//! let weights = file.load(&LoadOptions::default()).unwrap(); // always eager for a URL
 //! let w = weights.get("w").unwrap();
 //! # }
 //! ```
@@ -31,16 +36,12 @@ mod url;
 #[cfg(feature = "remote")]
 mod object;
 #[cfg(feature = "remote")]
-mod parts;
-#[cfg(feature = "remote")]
 mod store;
 #[cfg(feature = "remote")]
-mod weights;
+pub(crate) mod weights;
 
 pub use error::RemoteError;
 #[cfg(feature = "remote")]
 pub use object::RemoteFile;
 pub use settings::RemoteSettings;
 pub use url::{is_remote, RemoteUrl, Scheme};
-#[cfg(feature = "remote")]
-pub use weights::RemoteWeightFile;

@@ -1,30 +1,25 @@
-//! A remote weight file (FlashPack or safetensors): its index read with ranged GETs only (a
-//! FlashPack file's trailer and footer, a safetensors file's header), its tensor bytes fetched
-//! by parallel ranged GETs into owned host memory as a [`Weights`], checked against the
-//! FlashPack checksums as they arrive when asked to.
+//! A remote weight file's index (FlashPack or safetensors), read with ranged GETs only: a
+//! FlashPack file's trailer and footer, a safetensors file's header, validated as a local
+//! file's are. [`WeightFile::open_location`](crate::weights::WeightFile::open_location) wraps
+//! it; its tensors are read by the engine's reader pool like a local file's.
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::Instant;
 
-use super::parts::{read_parts, split, PartCheck, PartJob};
-use super::{RemoteFile, RemoteSettings};
+use super::RemoteFile;
 use crate::format::{footer_span, MAGIC, TRAILER_LEN};
-use crate::progress::progress_bar;
-use crate::read::LoadOptions;
-use crate::read::LoadReport;
-use crate::sink::{HostBuffer, HostSink};
-use crate::weights::{
-    from_safetensors_dtype, Format, TensorInfo, Weights, SAFETENSORS_METADATA_KEY,
-};
+use crate::weights::{from_safetensors_dtype, TensorInfo};
 use crate::{Error, Footer, Result};
 
 /// A safetensors header longer than this is refused before it is fetched (the `safetensors`
 /// crate's own limit).
 const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
 
-enum Index {
+/// What the index of a remote weight file says.
+#[derive(Debug)]
+pub(crate) enum RemoteIndex {
     Flash {
         footer: Box<Footer>,
+        /// The footer exactly as stored (a FlashPack checkpoint index records its digest).
+        footer_json: Vec<u8>,
         payload_len: u64,
     },
     Safetensors {
@@ -34,21 +29,15 @@ enum Index {
 }
 
 /// An open remote weight file: the object pinned (size, ETag) and its validated index.
-pub struct RemoteWeightFile {
-    file: RemoteFile,
-    index: Index,
-    tensors: Vec<TensorInfo>,
+#[derive(Debug)]
+pub(crate) struct RemoteSource {
+    pub file: RemoteFile,
+    pub index: RemoteIndex,
 }
 
-impl RemoteWeightFile {
-    /// Opens `url` with the settings from the environment (see [`RemoteSettings`]).
-    pub fn open(url: &str) -> Result<RemoteWeightFile> {
-        Self::open_with(url, RemoteSettings::from_env()?)
-    }
-
-    /// Opens `url` and reads its index: at most three small ranged GETs, never the tensors.
-    pub fn open_with(url: &str, settings: RemoteSettings) -> Result<RemoteWeightFile> {
-        let file = RemoteFile::open_with(url, settings)?;
+impl RemoteSource {
+    /// Reads `file`'s index: at most three small ranged GETs, never the tensors.
+    pub fn open(file: RemoteFile) -> Result<(RemoteSource, Vec<TensorInfo>)> {
         let size = file.len();
         let mut tail = [0u8; TRAILER_LEN as usize];
         if size >= TRAILER_LEN {
@@ -60,135 +49,19 @@ impl RemoteWeightFile {
         open_safetensors(file)
     }
 
-    pub fn url(&self) -> &str {
-        self.file.url()
-    }
-
-    /// The pinned object.
-    pub fn remote(&self) -> &RemoteFile {
-        &self.file
-    }
-
-    pub fn format(&self) -> Format {
-        match self.index {
-            Index::Flash { .. } => Format::FlashPack,
-            Index::Safetensors { .. } => Format::Safetensors,
-        }
-    }
-
-    /// Every tensor, in file order.
-    pub fn tensors(&self) -> &[TensorInfo] {
-        &self.tensors
-    }
-
-    /// The FlashPack footer, when this is a FlashPack file.
-    pub fn footer(&self) -> Option<&Footer> {
-        match &self.index {
-            Index::Flash { footer, .. } => Some(footer),
-            Index::Safetensors { .. } => None,
-        }
-    }
-
-    /// The safetensors `__metadata__` strings (a FlashPack file's, kept from a conversion).
-    pub fn safetensors_metadata(&self) -> Option<HashMap<String, String>> {
-        match &self.index {
-            Index::Safetensors { metadata, .. } => metadata.clone(),
-            Index::Flash { footer, .. } => footer
-                .extra
-                .get(SAFETENSORS_METADATA_KEY)
-                .and_then(|v| serde_json::from_value(v.clone()).ok()),
-        }
-    }
-
     /// Object bytes `[start, end)` that hold every tensor.
     pub fn data_range(&self) -> (u64, u64) {
         match &self.index {
-            Index::Flash { payload_len, .. } => (0, *payload_len),
-            Index::Safetensors { data_start, .. } => (*data_start, self.file.len()),
-        }
-    }
-
-    /// Fetches every tensor into owned host memory with parallel ranged GETs. `opts.verify`
-    /// checks a FlashPack file's checksums part by part as they arrive; `opts.progress`,
-    /// `opts.cancel` and `opts.huge_pages` act as for a local eager load (a remote load is
-    /// always eager). Any failure returns an error and no tensors.
-    pub fn load(self, opts: &LoadOptions) -> Result<Weights> {
-        let settings = self.file.settings().clone();
-        let deadline = Instant::now() + settings.timeout;
-        let (start, end) = self.data_range();
-        let check = self.part_check(opts.verify)?;
-        let t = Instant::now();
-        let len = usize::try_from(end - start).map_err(|_| {
-            Error::Invalid(format!(
-                "{}: a {}-byte load is too large",
-                self.url(),
-                end - start
-            ))
-        })?;
-        let mut buf = HostBuffer::with_pages(len, opts.huge_pages)?;
-        let mut report = LoadReport {
-            phases: vec![("alloc_cpu", t.elapsed())],
-            ..Default::default()
-        };
-        let t = Instant::now();
-        // Parts on the checksum grid when verifying (the grid starts at payload byte 0).
-        let part = match &check {
-            Some(c) => {
-                let cs = c.checksums.chunk_bytes.max(1);
-                (settings.part_bytes as u64).div_ceil(cs).saturating_mul(cs) as usize
-            }
-            None => settings.part_bytes,
-        };
-        let parts = split(0, start, end, 0, part);
-        let bar = progress_bar(opts.progress, end - start, "downloading");
-        let files = [&self.file];
-        let checks = [check];
-        let job = PartJob {
-            files: &files,
-            checks: &checks,
-            threads: settings.concurrency,
-            bar: bar.as_ref(),
-            cancel: opts.cancel.as_ref(),
-            deadline,
-        };
-        report.threads = settings.concurrency.clamp(1, parts.len().max(1));
-        read_parts(&job, &parts, &HostSink::with_base(buf.as_mut_slice(), 0))?;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        report.phases.push(("download", t.elapsed()));
-        let path = PathBuf::from(self.file.url());
-        Ok(Weights::from_owned(path, self.tensors, buf, start, report))
-    }
-
-    fn part_check(&self, verify: bool) -> Result<Option<PartCheck<'_>>> {
-        if !verify {
-            return Ok(None);
-        }
-        match &self.index {
-            Index::Flash {
-                footer,
-                payload_len,
-            } => match &footer.checksums {
-                Some(checksums) => Ok(Some(PartCheck {
-                    footer,
-                    checksums,
-                    payload_len: *payload_len,
-                })),
-                None => Err(Error::Invalid(format!(
-                    "{}: the file has no checksums to verify (it was written without them)",
-                    self.url()
-                ))),
-            },
-            Index::Safetensors { .. } => Err(Error::Invalid(format!(
-                "{}: safetensors files carry no checksums to verify",
-                self.url()
-            ))),
+            RemoteIndex::Flash { payload_len, .. } => (0, *payload_len),
+            RemoteIndex::Safetensors { data_start, .. } => (*data_start, self.file.len()),
         }
     }
 }
 
-fn open_flashpack(file: RemoteFile, tail: [u8; TRAILER_LEN as usize]) -> Result<RemoteWeightFile> {
+fn open_flashpack(
+    file: RemoteFile,
+    tail: [u8; TRAILER_LEN as usize],
+) -> Result<(RemoteSource, Vec<TensorInfo>)> {
     let size = file.len();
     let fmt = |e| Error::format(file.url(), e);
     let (payload_len, json_len) = footer_span(&tail, size).map_err(fmt)?;
@@ -210,18 +83,15 @@ fn open_flashpack(file: RemoteFile, tail: [u8; TRAILER_LEN as usize]) -> Result<
             }
         })
         .collect();
-    let index = Index::Flash {
+    let index = RemoteIndex::Flash {
         footer: Box::new(footer),
+        footer_json: json,
         payload_len,
     };
-    Ok(RemoteWeightFile {
-        file,
-        index,
-        tensors,
-    })
+    Ok((RemoteSource { file, index }, tensors))
 }
 
-fn open_safetensors(file: RemoteFile) -> Result<RemoteWeightFile> {
+fn open_safetensors(file: RemoteFile) -> Result<(RemoteSource, Vec<TensorInfo>)> {
     let size = file.len();
     let bad = |why: String| {
         Error::Invalid(format!(
@@ -293,13 +163,9 @@ fn open_safetensors(file: RemoteFile) -> Result<RemoteWeightFile> {
             "the tensors end at byte {at}, the object at {size}"
         )));
     }
-    let index = Index::Safetensors {
+    let index = RemoteIndex::Safetensors {
         data_start,
         metadata: meta.metadata().clone(),
     };
-    Ok(RemoteWeightFile {
-        file,
-        index,
-        tensors,
-    })
+    Ok((RemoteSource { file, index }, tensors))
 }
