@@ -169,7 +169,7 @@ pub(crate) fn interruptible<T: Send, E: IntoPyErr>(
     }
 }
 
-fn blocks_of(footer: &flashpack::Footer) -> Vec<(&'static str, u64, u64, u64)> {
+pub(crate) fn blocks_of(footer: &flashpack::Footer) -> Vec<(&'static str, u64, u64, u64)> {
     footer
         .blocks
         .iter()

@@ -5,7 +5,7 @@
 //! Python only turns the bytes into tensors.
 use std::collections::HashMap;
 use std::os::raw::{c_int, c_void};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use flashpack::cancel::Cancel;
 use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
@@ -34,9 +34,35 @@ pub(crate) struct PyWeightFile {
 
 #[pymethods]
 impl PyWeightFile {
+    /// The file's path (a `pathlib.Path`), or its URL (a `str`) when it is remote.
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.f.path().to_path_buf()
+    fn path<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        location(py, &self.f, self.f.path())
+    }
+
+    /// True for a remote object (opened from a URL): it cannot be mapped, only read.
+    #[getter]
+    fn is_remote(&self) -> bool {
+        self.f.is_remote()
+    }
+
+    /// A FlashPack file's footer JSON as stored (None for safetensors).
+    #[getter]
+    fn footer_json<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.f.footer_json().map(|j| PyBytes::new(py, j))
+    }
+
+    /// A FlashPack file's validated macroblocks, `[(dtype, offset_bytes, length_bytes,
+    /// length_elems), ...]` as `Payload.blocks` (empty for safetensors).
+    #[getter]
+    fn blocks(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        self.f.footer().map(crate::blocks_of).unwrap_or_default()
+    }
+
+    /// File bytes `(start, end)` that hold every tensor (a FlashPack file's payload).
+    #[getter]
+    fn data_range(&self) -> (u64, u64) {
+        self.f.data_range()
     }
 
     /// "flashpack" or "safetensors".
@@ -86,10 +112,30 @@ impl PyWeightFile {
     }
 }
 
-/// Opens a FlashPack or safetensors file (told apart by content) and validates its index.
+/// `path` as Python shows it: a `pathlib.Path`, or the URL as a `str` for a remote file (a
+/// `Path` would fold its `//`).
+fn location<'py>(py: Python<'py>, f: &WeightFile, path: &Path) -> PyResult<Bound<'py, PyAny>> {
+    if f.is_remote() {
+        return path.to_string_lossy().into_pyobject(py).map(Bound::into_any).map_err(Into::into);
+    }
+    path.into_pyobject(py).map(Bound::into_any).map_err(Into::into)
+}
+
+/// The URL in `path` (a `str` from Python), if it is one the engine reads.
+fn url_of(path: &Path) -> Option<&str> {
+    path.to_str().filter(|s| remote::is_remote(s))
+}
+
+/// Opens a FlashPack or safetensors file (told apart by content) and validates its index:
+/// a local path, or a URL (`http(s)://`, `s3://`, `hf://`), of which only the index is fetched.
 #[pyfunction]
 pub(crate) fn open_weights(py: Python<'_>, path: PathBuf) -> PyResult<PyWeightFile> {
-    let f = py.detach(|| WeightFile::open(&path)).map_err(to_py)?;
+    let f = py
+        .detach(|| match url_of(&path) {
+            Some(url) => WeightFile::open_location(url),
+            None => WeightFile::open(&path),
+        })
+        .map_err(to_py)?;
     Ok(PyWeightFile { f })
 }
 
@@ -98,16 +144,24 @@ pub(crate) fn open_weights(py: Python<'_>, path: PathBuf) -> PyResult<PyWeightFi
 /// `(resolved path, shards)`, the shards sorted by name, each tensor in exactly one of them.
 #[pyfunction]
 #[pyo3(signature = (path, variant=None))]
-pub(crate) fn open_checkpoint(
-    py: Python<'_>,
+pub(crate) fn open_checkpoint<'py>(
+    py: Python<'py>,
     path: PathBuf,
     variant: Option<String>,
-) -> PyResult<(PathBuf, Vec<PyWeightFile>)> {
+) -> PyResult<(Bound<'py, PyAny>, Vec<PyWeightFile>)> {
     let opts = OpenOptions { variant };
+    if let Some(url) = url_of(&path) {
+        // INTERIM until Checkpoint::open_location is merged: one weight file at a URL.
+        let f = py
+            .detach(|| WeightFile::open_location(url))
+            .map_err(to_py)?;
+        let resolved = location(py, &f, f.path())?;
+        return Ok((resolved, vec![PyWeightFile { f }]));
+    }
     let ckpt = py
         .detach(|| Checkpoint::open_with(&path, &opts))
         .map_err(to_py)?;
-    let resolved = ckpt.path().to_path_buf();
+    let resolved = ckpt.path().into_pyobject(py)?.into_any();
     let shards = ckpt
         .into_shards()
         .into_iter()
@@ -175,20 +229,28 @@ impl Memory {
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
 }
 
-fn plan(files: &[&WeightFile], pieces: &[(usize, u64, u64)]) -> PyResult<JobPlan> {
+/// The job reading `pieces` of `files`; `verify`: one that checks the FlashPack checksums of
+/// every chunk it reads (its spans widened to whole checksum chunks).
+fn plan(files: &[&WeightFile], pieces: &[(usize, u64, u64)], verify: bool) -> PyResult<JobPlan> {
     let pieces: Vec<Piece> = pieces
         .iter()
         .map(|&(file, start, end)| Piece { file, start, end })
         .collect();
-    JobPlan::new(files, &pieces).map_err(to_py)
+    if verify {
+        JobPlan::verified(files, &pieces).map_err(to_py)
+    } else {
+        JobPlan::new(files, &pieces).map_err(to_py)
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn job_options(
     io: &str,
     threads: usize,
     chunk_bytes: usize,
     progress: bool,
     huge_pages: bool,
+    verify: bool,
     cancel: &Cancel,
 ) -> PyResult<LoadOptions> {
     Ok(LoadOptions {
@@ -198,15 +260,17 @@ fn job_options(
         chunk_bytes,
         progress,
         huge_pages,
-        verify: false,
+        verify,
         cancel: Some(cancel.clone()),
     })
 }
 
-/// Reads byte ranges `pieces` (`[(file index, start, end), ...]`) of `files` into new owned host
-/// memory as one job. Returns `(memory, offsets, phases, io)`: piece `i` is at `offsets[i]`.
+/// Reads byte ranges `pieces` (`[(file index, start, end), ...]`) of `files` (local, remote or
+/// both) into new owned host memory as one job. Returns `(memory, offsets, phases, io)`: piece
+/// `i` is at `offsets[i]`. `verify` checks the FlashPack checksums of every chunk read (a
+/// ValueError naming the tensor on a mismatch; refused for safetensors files, which have none).
 #[pyfunction]
-#[pyo3(signature = (files, pieces, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, huge_pages=false))]
+#[pyo3(signature = (files, pieces, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, huge_pages=false, verify=false))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(crate) fn read_job<'py>(
     py: Python<'py>,
@@ -217,11 +281,12 @@ pub(crate) fn read_job<'py>(
     chunk_bytes: usize,
     progress: bool,
     huge_pages: bool,
+    verify: bool,
 ) -> PyResult<(Memory, Vec<u64>, Vec<(String, f64)>, Bound<'py, PyDict>)> {
     let refs: Vec<&WeightFile> = files.iter().map(|f| &f.get().f).collect();
-    let plan = plan(&refs, &pieces)?;
+    let plan = plan(&refs, &pieces, verify)?;
     let cancel = Cancel::new();
-    let opts = job_options(io, threads, chunk_bytes, progress, huge_pages, &cancel)?;
+    let opts = job_options(io, threads, chunk_bytes, progress, huge_pages, verify, &cancel)?;
     let (mut memory, report) = interruptible(py, &cancel, || job::read_host(&refs, &plan, &opts))?;
     let offsets = (0..pieces.len())
         .map(|i| plan.offset(i).unwrap_or(0))
@@ -250,8 +315,11 @@ pub(crate) fn read_job<'py>(
 /// call. Nothing here can check that (the driver only refuses unmapped addresses; a wrong
 /// mapped one overwrites other memory), so only `flashpack.loading._load_cuda` calls it, with
 /// the addresses of tensors it has just allocated.
+///
+/// Remote files stream through the same pinned pool (parallel ranged GETs into staging
+/// buffers); `verify` as for [`read_job`].
 #[pyfunction]
-#[pyo3(signature = (files, pieces, device, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false))]
+#[pyo3(signature = (files, pieces, device, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, verify=false))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(crate) fn read_job_to_cuda<'py>(
     py: Python<'py>,
@@ -262,10 +330,11 @@ pub(crate) fn read_job_to_cuda<'py>(
     threads: usize,
     chunk_bytes: usize,
     progress: bool,
+    verify: bool,
 ) -> PyResult<(Vec<(String, f64)>, Bound<'py, PyDict>)> {
     let refs: Vec<&WeightFile> = files.iter().map(|f| &f.get().f).collect();
     let ranges: Vec<(usize, u64, u64)> = pieces.iter().map(|&(f, s, e, _)| (f, s, e)).collect();
-    let plan = plan(&refs, &ranges)?;
+    let plan = plan(&refs, &ranges, verify)?;
     let regions: Vec<JobRegion> = pieces
         .iter()
         .enumerate()
@@ -275,7 +344,7 @@ pub(crate) fn read_job_to_cuda<'py>(
         return Err(PyValueError::new_err("read_job_to_cuda: no pieces to load"));
     }
     let cancel = Cancel::new();
-    let opts = job_options(io, threads, chunk_bytes, progress, false, &cancel)?;
+    let opts = job_options(io, threads, chunk_bytes, progress, false, verify, &cancel)?;
     // Interrupted, the job stops between chunks and waits for the copies in flight.
     let report = interruptible(py, &cancel, || {
         let dev = CudaDevice::new(device)?;

@@ -111,7 +111,7 @@ def test_safe_open_reads_only_what_is_asked(urls: dict[str, str], files: dict[st
         assert f.metadata() == {"format": "pt", "source": "test"}
         for name in ("big", "scalar", "w.bfloat16"):
             assert_same_dict({name: f.get_tensor(name)}, {name: want[name]})
-        assert torch.equal(f.get_slice("big")[10:20], want["big"][10:20])
+        assert_same_dict({"rows": f.get_slice("big")[10:20]}, {"rows": want["big"][10:20]})
         with pytest.raises(KeyError, match=urls["single.safetensors"].replace(".", r"\.")):
             f.get_tensor("absent")
     with flashpack.safe_open(urls["m.flashpack"], framework="pt") as f:
@@ -175,8 +175,9 @@ def test_a_missing_object_is_file_not_found_naming_the_url(nginx: Nginx, s3: S3)
         for load in (flashpack.load_file, flashpack.load_checkpoint, lambda u: flashpack.safe_open(u, "pt")):
             with pytest.raises(FileNotFoundError, match=url.replace(".", r"\.")):
                 load(url)
-        with pytest.raises(FileNotFoundError, match=url.replace(".", r"\.")):
-            assign_from_file(Model(), url.replace(".safetensors", ".flashpack"))
+        flashpack_url = url.replace(".safetensors", ".flashpack")
+        with pytest.raises(FileNotFoundError, match=flashpack_url.replace(".", r"\.")):
+            assign_from_file(Model(), flashpack_url)
 
 
 def test_refused_access_is_permission_error_naming_the_url(nginx: Nginx, files: dict[str, Any]) -> None:  # noqa: F811

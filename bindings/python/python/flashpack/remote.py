@@ -84,9 +84,10 @@ def read_flashpack_url(
             _core.read_job_to_cuda([handle], pieces, index, progress=not silent, verify=verify, **reader_options())
         return FlashTensorStorage(blocks=[t.view(string_to_dtype(d)) for (d, _, _, _), t in zip(blocks, raw)]), meta
     memory: Any = None
-    if handle.payload_len:
+    _, payload_len = handle.data_range
+    if payload_len:
         memory, _offsets, _phases, _io = _core.read_job(
-            [handle], [(0, 0, handle.payload_len)], progress=not silent, verify=verify, **job_options()
+            [handle], [(0, 0, payload_len)], progress=not silent, verify=verify, **job_options()
         )
     host = [
         view_of(memory, off, TensorEntry(0, "", string_to_dtype(d), (elems,), off, off + length))
