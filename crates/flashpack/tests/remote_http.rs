@@ -466,3 +466,280 @@ mod jobs {
         assert_bit_exact(&w, &f.tensors);
     }
 }
+
+#[test]
+fn a_stalled_server_ends_within_the_request_timeout() {
+    let f = files();
+    let server = Server::start(f.safetensors.clone(), Fault::Stall);
+    let url = server.url("m.safetensors");
+    let settings = RemoteSettings {
+        request_timeout: Duration::from_secs(1),
+        retries: 2,
+        ..settings()
+    };
+    let t = Instant::now();
+    let r = WeightFile::open_url(&url, settings).and_then(|w| w.load(&LoadOptions::default()));
+    remote_error(r, &url, "");
+    // Three tries of one second each, and the backoff between them.
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+/// `hf://` URLs: resolved against HF_ENDPOINT, the token sent as a bearer token, the Hub's
+/// redirect to its CDN followed with the Range kept. (One test: it sets the process's
+/// environment.)
+#[test]
+fn hub_urls_resolve_send_the_token_and_follow_the_redirect() {
+    let f = files();
+    let server = Server::start_redirecting(f.flashpack.clone());
+    std::env::set_var("HF_ENDPOINT", format!("http://127.0.0.1:{}", server.port));
+    std::env::set_var("HF_TOKEN", "hf_test_token");
+    let file = WeightFile::open_location("hf://org/repo@v2/sub/m.flashpack").unwrap();
+    assert!(file.is_remote());
+    let w = file
+        .load(&LoadOptions {
+            verify: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_bit_exact(&w, &f.tensors);
+    let requests = server.requests();
+    let hub: Vec<_> = requests
+        .iter()
+        .filter(|r| !r.path.starts_with("/cdn/"))
+        .collect();
+    assert!(!hub.is_empty());
+    for r in &hub {
+        assert_eq!(r.path, "/org/repo/resolve/v2/sub/m.flashpack");
+        assert_eq!(r.header("authorization"), Some("Bearer hf_test_token"));
+    }
+    // Every GET that reached the object after the redirect kept its Range.
+    let cdn_gets: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path.starts_with("/cdn/") && r.method == "GET")
+        .collect();
+    assert!(cdn_gets.len() >= 3, "{requests:?}");
+    assert!(cdn_gets.iter().all(|r| r.header("range").is_some()));
+    // A missing token sends no Authorization header.
+    std::env::remove_var("HF_TOKEN");
+    let before = server.requests().len();
+    WeightFile::open_location("hf://org/repo/m.flashpack").unwrap();
+    let later = server.requests();
+    assert!(later[before..]
+        .iter()
+        .all(|r| r.header("authorization").is_none()));
+    assert_eq!(later[before].path, "/org/repo/resolve/main/m.flashpack");
+    std::env::remove_var("HF_ENDPOINT");
+}
+
+/// Checkpoints at a URL: an index json and its shards beside it, served by nginx.
+mod checkpoints {
+    use super::*;
+    use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
+    use flashpack::read::job::{read_host, JobPlan, Piece};
+    use flashpack::CheckpointError;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// Tensor name -> bytes: 7 tensors over 3 shards.
+    fn tensors() -> BTreeMap<String, Vec<u8>> {
+        (0..7u32)
+            .map(|k| {
+                let n = 1000 + 2500 * k as usize;
+                let bytes = (0..n).map(|i| (i as u32 * 7 + k * 13) as u8).collect();
+                (format!("block{k}.weight"), bytes)
+            })
+            .collect()
+    }
+
+    /// Writes both checkpoints of `tensors` into `dir`: safetensors shards with a diffusers-named
+    /// variant index, and FlashPack shards (with checksums) with a FlashPack index.
+    fn write_checkpoints(dir: &Path, tensors: &BTreeMap<String, Vec<u8>>) {
+        let names: Vec<&String> = tensors.keys().collect();
+        let mut st_files = Vec::new();
+        let mut fp_files = Vec::new();
+        for (k, group) in names.chunks(3).enumerate() {
+            let entries: Vec<PackEntry<'_>> = group
+                .iter()
+                .map(|n| {
+                    let b = &tensors[*n];
+                    PackEntry::new(n.as_str(), Dtype::U8, vec![b.len() as u64], b)
+                })
+                .collect();
+            let fp = dir.join(format!("model-{:05}-of-00003.flashpack", k + 1));
+            let opts = PackOptions {
+                checksums: true,
+                chunk_bytes: 4096,
+                ..Default::default()
+            };
+            pack(&fp, &entries, &opts).unwrap();
+            let st = dir.join(format!(
+                "diffusion_pytorch_model-{:05}-of-00003.fp16.safetensors",
+                k + 1
+            ));
+            WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+            fp_files.push(fp);
+            st_files.push(st);
+        }
+        write_index(
+            &dir.join("diffusion_pytorch_model.safetensors.index.fp16.json"),
+            IndexKind::Safetensors,
+            &st_files,
+            Default::default(),
+        )
+        .unwrap();
+        write_index(
+            &dir.join("model.flashpack.index.json"),
+            IndexKind::FlashPack,
+            &fp_files,
+            Default::default(),
+        )
+        .unwrap();
+    }
+
+    /// Every tensor of the checkpoint, loaded as one job (verified when asked).
+    fn load(c: &Checkpoint, verify: bool) -> BTreeMap<String, Vec<u8>> {
+        let files: Vec<&WeightFile> = c.shards().iter().map(|s| s.file()).collect();
+        let mut names = Vec::new();
+        let mut pieces = Vec::new();
+        for (k, f) in files.iter().enumerate() {
+            for t in f.tensors() {
+                names.push(t.name.clone());
+                pieces.push(Piece {
+                    file: k,
+                    start: t.start,
+                    end: t.end,
+                });
+            }
+        }
+        let plan = if verify {
+            JobPlan::verified(&files, &pieces).unwrap()
+        } else {
+            JobPlan::new(&files, &pieces).unwrap()
+        };
+        let opts = LoadOptions {
+            verify,
+            ..Default::default()
+        };
+        let (mem, _) = read_host(&files, &plan, &opts).unwrap();
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, plan.bytes(&mem, i).to_vec()))
+            .collect()
+    }
+
+    fn kind(e: &flashpack::Error) -> &CheckpointError {
+        match e {
+            flashpack::Error::Checkpoint { source, .. } => source,
+            other => panic!("not a checkpoint error: {other}"),
+        }
+    }
+
+    #[test]
+    fn sharded_checkpoints_load_bit_exact_from_nginx() {
+        let want = tensors();
+        let (dir, nginx) = nginx();
+        let folder = dir.path().join("repo");
+        std::fs::create_dir(&folder).unwrap();
+        write_checkpoints(&folder, &want);
+        let base = format!("http://127.0.0.1:{}/repo", nginx.port);
+        for (index, kind, verify) in [
+            (
+                "diffusion_pytorch_model.safetensors.index.fp16.json",
+                IndexKind::Safetensors,
+                false,
+            ),
+            ("model.flashpack.index.json", IndexKind::FlashPack, true),
+        ] {
+            let url = format!("{base}/{index}");
+            let c = Checkpoint::open_url(&url, settings()).unwrap();
+            assert_eq!(c.index_kind(), Some(kind));
+            assert_eq!(c.index_path().unwrap(), Path::new(&url));
+            assert_eq!(c.shards().len(), 3);
+            assert!(c.shards().iter().all(|s| s.file().is_remote()));
+            assert_eq!(c.len(), want.len());
+            assert_eq!(load(&c, verify), want, "{url}");
+        }
+        // A single weight file at a URL is a one-shard checkpoint.
+        let url = format!("{base}/model-00002-of-00003.flashpack");
+        let c = Checkpoint::open_location(&url, &OpenOptions::default()).unwrap();
+        assert_eq!((c.index_kind(), c.shards().len()), (None, 1));
+        assert_eq!(c.shards()[0].name(), "model-00002-of-00003.flashpack");
+    }
+
+    #[test]
+    fn a_missing_shard_a_changed_shard_and_a_huge_index_are_checkpoint_errors() {
+        let want = tensors();
+        let (dir, nginx) = nginx();
+        write_checkpoints(dir.path(), &want);
+        let base = format!("http://127.0.0.1:{}", nginx.port);
+        // 404 for a shard: ShardMissing, naming the index URL, the shard and a tensor.
+        std::fs::remove_file(
+            dir.path()
+                .join("diffusion_pytorch_model-00002-of-00003.fp16.safetensors"),
+        )
+        .unwrap();
+        let url = format!("{base}/diffusion_pytorch_model.safetensors.index.fp16.json");
+        let e = Checkpoint::open_url(&url, settings()).unwrap_err();
+        assert!(
+            matches!(kind(&e), CheckpointError::ShardMissing { shard, .. }
+                if shard == "diffusion_pytorch_model-00002-of-00003.fp16.safetensors"),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with(&url), "{e}");
+        // A FlashPack shard replaced after its index was written.
+        let other = dir.path().join("model-00003-of-00003.flashpack");
+        pack(
+            &other,
+            &[PackEntry::new("block6.weight", Dtype::U8, vec![4], &[0; 4])],
+            &PackOptions::default(),
+        )
+        .unwrap();
+        let url = format!("{base}/model.flashpack.index.json");
+        let e = Checkpoint::open_url(&url, settings()).unwrap_err();
+        assert!(
+            matches!(kind(&e), CheckpointError::ShardChanged { .. }),
+            "{e}"
+        );
+        // An index over the limit is refused before it is read (a sparse file: no disk used).
+        let huge = std::fs::File::create(dir.path().join("huge.safetensors.index.json")).unwrap();
+        huge.set_len(100_000_001).unwrap();
+        let url = format!("{base}/huge.safetensors.index.json");
+        let t = Instant::now();
+        let e = Checkpoint::open_url(&url, settings()).unwrap_err();
+        assert!(
+            matches!(kind(&e), CheckpointError::IndexTooLarge { .. }),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn faults_while_loading_a_checkpoint_end_in_an_error_naming_the_url() {
+        // One shard behind the fault server that replaces its object mid-load: an error naming
+        // that shard's URL, no partial result; the other shard is local.
+        let want = tensors();
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoints(dir.path(), &want);
+        let shard = dir.path().join("model-00001-of-00003.flashpack");
+        let server = Server::start(std::fs::read(&shard).unwrap(), Fault::ReplaceAfter(3));
+        let url = server.url("model-00001-of-00003.flashpack");
+        let remote = WeightFile::open_url(&url, settings()).unwrap();
+        let local = WeightFile::open(dir.path().join("model-00002-of-00003.flashpack")).unwrap();
+        let files = [&remote, &local];
+        let pieces: Vec<Piece> = files
+            .iter()
+            .enumerate()
+            .flat_map(|(k, f)| {
+                f.tensors().iter().map(move |t| Piece {
+                    file: k,
+                    start: t.start,
+                    end: t.end,
+                })
+            })
+            .collect();
+        let plan = JobPlan::new(&files, &pieces).unwrap();
+        let r = read_host(&files, &plan, &LoadOptions::default());
+        remote_error(r, &url, "changed while it was being read");
+    }
+}

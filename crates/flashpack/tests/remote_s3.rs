@@ -154,6 +154,8 @@ fn s3_objects_load_bit_exact_in_both_formats() {
             assert_eq!(w.get(name).unwrap().data, &bytes[..], "{url}: {name}");
         }
     }
+    sharded_checkpoints(moto.port, &tensors);
+
     let url = "s3://weights/models/absent.safetensors";
     let e = WeightFile::open_location(url).err().expect("a missing key");
     let msg = e.to_string();
@@ -161,4 +163,114 @@ fn s3_objects_load_bit_exact_in_both_formats() {
         matches!(e, Error::Remote { .. }) && msg.starts_with(url) && msg.contains("no such object"),
         "{msg}"
     );
+}
+
+/// A safetensors index with its shards and a FlashPack index with its shards, uploaded under
+/// `ckpt/`, load bit-exact (the FlashPack one verified); an index naming a shard the bucket does
+/// not hold is ShardMissing.
+fn sharded_checkpoints(port: u16, tensors: &[(String, Vec<u8>)]) {
+    use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
+    use flashpack::read::job::{read_host, JobPlan, Piece};
+    let dir = tempfile::tempdir().unwrap();
+    let mut st_files = Vec::new();
+    let mut fp_files = Vec::new();
+    for (k, pair) in tensors.chunks(2).enumerate() {
+        let entries: Vec<PackEntry<'_>> = pair
+            .iter()
+            .map(|(n, b)| PackEntry::new(n.clone(), Dtype::U8, vec![b.len() as u64], b))
+            .collect();
+        let fp = dir.path().join(format!("m-{k}.flashpack"));
+        let opts = PackOptions {
+            checksums: true,
+            chunk_bytes: 4096,
+            ..Default::default()
+        };
+        pack(&fp, &entries, &opts).unwrap();
+        let st = dir.path().join(format!("m-{k}.safetensors"));
+        WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+        fp_files.push(fp);
+        st_files.push(st);
+    }
+    let st_index = dir.path().join("model.safetensors.index.json");
+    write_index(
+        &st_index,
+        IndexKind::Safetensors,
+        &st_files,
+        Default::default(),
+    )
+    .unwrap();
+    let fp_index = dir.path().join("model.flashpack.index.json");
+    write_index(
+        &fp_index,
+        IndexKind::FlashPack,
+        &fp_files,
+        Default::default(),
+    )
+    .unwrap();
+    for path in st_files
+        .iter()
+        .chain(&fp_files)
+        .chain([&st_index, &fp_index])
+    {
+        let name = path.file_name().unwrap().to_str().unwrap();
+        put(
+            port,
+            "weights",
+            &format!("ckpt/{name}"),
+            std::fs::read(path).unwrap(),
+        );
+    }
+    for (index, verify) in [
+        ("model.safetensors.index.json", false),
+        ("model.flashpack.index.json", true),
+    ] {
+        let url = format!("s3://weights/ckpt/{index}");
+        let c = Checkpoint::open_location(&url, &OpenOptions::default()).unwrap();
+        assert_eq!(c.shards().len(), 2, "{url}");
+        let files: Vec<&WeightFile> = c.shards().iter().map(|s| s.file()).collect();
+        let mut names = Vec::new();
+        let mut pieces = Vec::new();
+        for (k, f) in files.iter().enumerate() {
+            for t in f.tensors() {
+                names.push(t.name.clone());
+                pieces.push(Piece {
+                    file: k,
+                    start: t.start,
+                    end: t.end,
+                });
+            }
+        }
+        let plan = if verify {
+            JobPlan::verified(&files, &pieces).unwrap()
+        } else {
+            JobPlan::new(&files, &pieces).unwrap()
+        };
+        let opts = LoadOptions {
+            verify,
+            ..Default::default()
+        };
+        let (mem, _) = read_host(&files, &plan, &opts).unwrap();
+        assert_eq!(names.len(), tensors.len());
+        for (i, name) in names.iter().enumerate() {
+            let want = &tensors.iter().find(|(n, _)| n == name).unwrap().1;
+            assert_eq!(plan.bytes(&mem, i), &want[..], "{url}: {name}");
+        }
+    }
+    // An index whose shard is not in the bucket.
+    put(
+        port,
+        "weights",
+        "ckpt/orphan.safetensors.index.json",
+        br#"{"weight_map": {"t0": "absent.safetensors"}}"#.to_vec(),
+    );
+    let url = "s3://weights/ckpt/orphan.safetensors.index.json";
+    let e = Checkpoint::open_location(url, &OpenOptions::default()).unwrap_err();
+    match &e {
+        Error::Checkpoint { source, .. } => assert!(
+            matches!(**source, flashpack::CheckpointError::ShardMissing { .. }),
+            "{e}"
+        ),
+        other => panic!("{other}"),
+    }
+    assert!(e.to_string().starts_with(url), "{e}");
 }

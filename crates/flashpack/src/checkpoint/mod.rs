@@ -15,6 +15,12 @@
 //! to shard, the index's `metadata`, the total tensor bytes. [`write_index`] writes an index
 //! for a set of files; [`shards`] splits tensors into shards and writes them.
 //!
+//! [`Checkpoint::open_location`] also takes a URL (feature `remote`, see [`crate::remote`]) of
+//! a weight file or of an index json, whose shards are the objects of the same names beside it
+//! (each opened with ranged GETs of its header only, in parallel); every check above applies, a
+//! shard the server does not have is [`CheckpointError::ShardMissing`]. A URL cannot name a
+//! folder (there is no listing to choose an index from).
+//!
 //! ```
 //! use flashpack::checkpoint::{write_index, Checkpoint, IndexKind};
 //! use flashpack::write::{pack, PackEntry, PackOptions};
@@ -116,35 +122,78 @@ impl Checkpoint {
     /// As [`open`](Self::open), choosing a variant in a folder.
     pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Checkpoint> {
         match locate(path.as_ref(), opts.variant.as_deref())? {
-            Located::File(file) => Self::single(file),
-            Located::Index(index) => Self::from_index(index),
+            Located::File(file) => {
+                let wf = WeightFile::open(&file)?;
+                Ok(Self::single(file, wf))
+            }
+            Located::Index(index) => {
+                let parsed = read_index(&index)?;
+                let folder = match index.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let names = shard_names(&parsed);
+                let files = names
+                    .iter()
+                    .map(|name| WeightFile::open(folder.join(name)))
+                    .collect();
+                Self::from_index(index, parsed, files)
+            }
         }
     }
 
-    fn single(path: PathBuf) -> Result<Checkpoint> {
-        let file = WeightFile::open(&path)?;
+    /// Opens a URL (`http(s)://`, `s3://`, `hf://`; feature `remote`) of a weight file or of
+    /// an index json (a name ending in `.json`), or else a local path as
+    /// [`open_with`](Self::open_with) does. An index's shards are the objects of the names it
+    /// lists in the same folder; the index object is refused unread when larger than
+    /// [`index::MAX_INDEX_BYTES`].
+    pub fn open_location(location: &str, opts: &OpenOptions) -> Result<Checkpoint> {
+        if !crate::remote::is_remote(location) {
+            return Self::open_with(location, opts);
+        }
+        #[cfg(feature = "remote")]
+        {
+            remote::open(location, crate::remote::RemoteSettings::from_env()?)
+        }
+        #[cfg(not(feature = "remote"))]
+        {
+            Err(Error::remote(
+                location,
+                crate::remote::RemoteError::NotBuilt,
+            ))
+        }
+    }
+
+    /// As [`open_location`](Self::open_location) for a URL, with `settings`.
+    #[cfg(feature = "remote")]
+    pub fn open_url(url: &str, settings: crate::remote::RemoteSettings) -> Result<Checkpoint> {
+        remote::open(url, settings)
+    }
+
+    fn single(path: PathBuf, file: WeightFile) -> Checkpoint {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let by_name = positions(0, &file);
-        Ok(Checkpoint {
+        Checkpoint {
             path,
             kind: None,
             shards: vec![Shard { name, file }],
             by_name,
             metadata: None,
             unlisted: Vec::new(),
-        })
+        }
     }
 
-    fn from_index(path: PathBuf) -> Result<Checkpoint> {
-        let index = read_index(&path)?;
+    /// The checkpoint of the index at `path` (parsed: `index`), whose shards (in the order of
+    /// [`shard_names`]) were opened as `files`.
+    fn from_index(
+        path: PathBuf,
+        index: IndexFile,
+        files: Vec<Result<WeightFile>>,
+    ) -> Result<Checkpoint> {
         let bad = |source| Error::checkpoint(&path, source);
-        let folder = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
         // Shard name -> its tensors, in index order; shards sorted by name.
         let mut listed: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (tensor, shard) in &index.weight_map {
@@ -159,9 +208,17 @@ impl Checkpoint {
         // Unlisted tensor -> the shard that holds it.
         let mut unlisted: BTreeMap<String, String> = BTreeMap::new();
         let mut by_name = HashMap::with_capacity(index.weight_map.len());
-        for (name, tensors) in &listed {
+        if files.len() != listed.len() {
+            return Err(Error::Invalid(format!(
+                "{}: {} shard files opened for {} shards",
+                path.display(),
+                files.len(),
+                listed.len()
+            )));
+        }
+        for ((name, tensors), opened) in listed.iter().zip(files) {
             let first = tensors[0].to_string();
-            let file = open_shard(&folder.join(name), name, &first).map_err(bad)?;
+            let file = shard_error(opened, name, &first).map_err(bad)?;
             if index.kind == IndexKind::FlashPack {
                 check_flashpack_shard(&file, name, &first, index.files.get(*name)).map_err(bad)?;
             }
@@ -352,13 +409,30 @@ fn read_index(path: &Path) -> Result<IndexFile> {
     IndexFile::parse(&bytes).map_err(|e| Error::checkpoint(path, e))
 }
 
-fn open_shard(
-    path: &Path,
+/// The shard names an index lists, sorted (the order [`Checkpoint::from_index`] takes their
+/// files in).
+fn shard_names(index: &IndexFile) -> Vec<String> {
+    let names: std::collections::BTreeSet<&str> =
+        index.weight_map.iter().map(|(_, s)| s.as_str()).collect();
+    names.into_iter().map(str::to_string).collect()
+}
+
+/// A shard's open result as a checkpoint problem: a file (or object) that does not exist is
+/// `ShardMissing`, anything else `BadShard`.
+fn shard_error(
+    opened: Result<WeightFile>,
     shard: &str,
     tensor: &str,
 ) -> std::result::Result<WeightFile, CheckpointError> {
-    WeightFile::open(path).map_err(|e| match e {
+    opened.map_err(|e| match e {
         Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            CheckpointError::ShardMissing {
+                shard: shard.to_string(),
+                tensor: tensor.to_string(),
+            }
+        }
+        #[cfg(feature = "remote")]
+        Error::Remote { source, .. } if matches!(*source, crate::remote::RemoteError::NotFound) => {
             CheckpointError::ShardMissing {
                 shard: shard.to_string(),
                 tensor: tensor.to_string(),
@@ -383,7 +457,7 @@ fn check_flashpack_shard(
     tensor: &str,
     record: Option<&ShardRecord>,
 ) -> std::result::Result<(), CheckpointError> {
-    let Some(flash) = file.flashpack() else {
+    let (Format::FlashPack, Some(footer_json)) = (file.format(), file.footer_json()) else {
         return Err(CheckpointError::NotAFlashPackShard {
             shard: shard.to_string(),
             tensor: tensor.to_string(),
@@ -397,13 +471,14 @@ fn check_flashpack_shard(
         tensor: tensor.to_string(),
         what,
     };
-    if record.size != flash.file_len {
+    if record.size != file.file_len() {
         return Err(changed(format!(
             "the index records {} bytes, the file has {}",
-            record.size, flash.file_len
+            record.size,
+            file.file_len()
         )));
     }
-    let found = footer_digest(&flash.footer_json);
+    let found = footer_digest(footer_json);
     if !record.footer_xxh3_64.eq_ignore_ascii_case(&found) {
         return Err(changed(format!(
             "its footer's xxh3-64 is {found}, the index records {}",
@@ -413,5 +488,7 @@ fn check_flashpack_shard(
     Ok(())
 }
 
+#[cfg(feature = "remote")]
+mod remote;
 #[cfg(test)]
 mod tests;

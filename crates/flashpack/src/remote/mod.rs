@@ -1,5 +1,6 @@
-//! Remote sources: weight files read straight from `http://`, `https://` and `s3://bucket/key`
-//! URLs into memory, with no copy on local disk.
+//! Remote sources: weight files read straight from `http://`, `https://`, `s3://bucket/key` and
+//! `hf://org/repo[@revision]/path` (a Hugging Face Hub file, see [`RemoteUrl`])
+//! into memory, with no copy on local disk.
 //!
 //! An object is pinned when it is opened ([`RemoteFile`]: its size and ETag; every later read
 //! asks for that ETag and checks what the server reports, so a replaced object is an error,
@@ -44,4 +45,4 @@ pub use error::RemoteError;
 #[cfg(feature = "remote")]
 pub use object::RemoteFile;
 pub use settings::RemoteSettings;
-pub use url::{is_remote, RemoteUrl, Scheme};
+pub use url::{is_remote, RemoteUrl, Scheme, DEFAULT_HF_ENDPOINT};

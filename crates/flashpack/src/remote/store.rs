@@ -1,6 +1,7 @@
 //! The object store client behind a URL and the engine's private async runtime.
 //!
-//! HTTP(S) URLs go to an `object_store` HTTP store rooted at `scheme://host[:port]`; `s3://`
+//! HTTP(S) URLs go to an `object_store` HTTP store rooted at `scheme://host[:port]` (`hf://`
+//! URLs too, at the Hub's address, with the Hub token as a bearer token when set); `s3://`
 //! URLs to its S3 store configured from the environment the way AWS tools are (`AWS_*`
 //! variables, web identity, container and instance credentials; `AWS_ENDPOINT_URL` for
 //! S3-compatible stores, plain `http://` endpoints allowed when named so). Retries with
@@ -10,10 +11,12 @@ use std::sync::{Arc, OnceLock};
 
 use object_store::aws::AmazonS3Builder;
 use object_store::http::HttpBuilder;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientOptions, HeaderMap, HeaderValue, ObjectStore, RetryConfig,
+};
 use tokio::runtime::Runtime;
 
-use super::url::{RemoteUrl, Scheme};
+use super::url::{hub_token, RemoteUrl, Scheme};
 use super::{RemoteError, RemoteSettings};
 
 /// The runtime every remote read runs on (two I/O threads: the work is waiting on sockets).
@@ -62,13 +65,26 @@ pub(crate) fn open_store(
     install_tls_provider();
     let setup = |e: object_store::Error| RemoteError::Setup(e.to_string());
     match url.scheme {
-        Scheme::Http | Scheme::Https => {
+        Scheme::Http | Scheme::Https | Scheme::Hf => {
             let path = object_store::path::Path::from_url_path(&url.key)
                 .map_err(|e| RemoteError::BadUrl(e.to_string()))?;
+            let mut client = client.with_allow_http(url.is_plain_http());
+            // The Hub token goes to the Hub only (reqwest drops it on a redirect to another
+            // host, such as the Hub's CDN).
+            if let (Scheme::Hf, Some(token)) = (url.scheme, hub_token()) {
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                        RemoteError::Setup("HF_TOKEN is not a valid HTTP header value".into())
+                    })?;
+                value.set_sensitive(true);
+                let mut headers = HeaderMap::new();
+                headers.insert("authorization", value);
+                client = client.with_default_headers(headers);
+            }
             let store = HttpBuilder::new()
                 .with_url(url.base.clone())
                 .with_retry(retry)
-                .with_client_options(client.with_allow_http(url.scheme == Scheme::Http))
+                .with_client_options(client)
                 .build()
                 .map_err(setup)?;
             Ok((Arc::new(store), path))

@@ -1,5 +1,8 @@
 //! A small HTTP/1.1 server for the remote tests, on 127.0.0.1 (a free port), serving one object
 //! with `Range`, `HEAD` and `If-Match` the way nginx and S3 do, and injecting faults on demand.
+//! It logs every request (method, path, headers, body bytes sent), and can answer like the
+//! Hugging Face Hub: a 302 to a CDN path for every object.
+#![allow(dead_code)] // each test binary uses part of it
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,29 @@ pub enum Fault {
     ReplaceAfter(usize),
     /// Every request: 403.
     Forbidden,
+    /// Every GET: the headers and a few bytes of the body, then nothing (the connection is
+    /// held open for a minute).
+    Stall,
+}
+
+/// One request as the server saw it.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// (lower-case name, value)
+    pub headers: Vec<(String, String)>,
+    /// Body bytes sent back.
+    pub body_bytes: usize,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 struct State {
@@ -27,6 +53,9 @@ struct State {
     etag: String,
     fault: Fault,
     gets: usize,
+    /// Answer requests outside `/cdn/` with a 302 to `/cdn/<path>` (as the Hub does).
+    redirect: bool,
+    log: Vec<Request>,
 }
 
 pub struct Server {
@@ -37,6 +66,15 @@ pub struct Server {
 impl Server {
     /// Serves `body` at every path, with `fault`.
     pub fn start(body: Vec<u8>, fault: Fault) -> Server {
+        Self::start_with(body, fault, false)
+    }
+
+    /// Serves `body` at `/cdn/<any path>`, every other path answered with a 302 to it.
+    pub fn start_redirecting(body: Vec<u8>) -> Server {
+        Self::start_with(body, Fault::None, true)
+    }
+
+    fn start_with(body: Vec<u8>, fault: Fault, redirect: bool) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = listener.local_addr().expect("local addr").port();
         let state = Arc::new(Mutex::new(State {
@@ -44,6 +82,8 @@ impl Server {
             etag: "\"v1\"".into(),
             fault,
             gets: 0,
+            redirect,
+            log: Vec::new(),
         }));
         let s = state.clone();
         std::thread::spawn(move || {
@@ -62,6 +102,16 @@ impl Server {
     /// GET requests answered so far.
     pub fn gets(&self) -> usize {
         self.state.lock().unwrap().gets
+    }
+
+    /// Every request so far, in order.
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().log.clone()
+    }
+
+    /// Body bytes sent so far.
+    pub fn bytes_sent(&self) -> usize {
+        self.requests().iter().map(|r| r.body_bytes).sum()
     }
 }
 
@@ -82,6 +132,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     }
     let Some(first) = head.first() else { return };
     let method = first.split(' ').next().unwrap_or("").to_string();
+    let path = first.split(' ').nth(1).unwrap_or("").to_string();
     let header = |name: &str| {
         head.iter().skip(1).find_map(|h| {
             let (k, v) = h.split_once(':')?;
@@ -90,20 +141,29 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     };
     let (range, if_match) = (header("range"), header("if-match"));
     let mut st = state.lock().unwrap();
+    let headers = head
+        .iter()
+        .skip(1)
+        .filter_map(|h| {
+            let (k, v) = h.split_once(':')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    st.log.push(Request {
+        method: method.clone(),
+        path: path.clone(),
+        headers,
+        body_bytes: 0,
+    });
+    let entry = st.log.len() - 1;
+    if st.redirect && !path.starts_with("/cdn/") {
+        let h = [format!("Location: /cdn{path}"), "Content-Length: 0".into()];
+        return reply(&mut conn, "302 Found", &h, b"");
+    }
     if method == "GET" {
         st.gets += 1;
     }
     let (len, etag) = (st.body.len() as u64, st.etag.clone());
-    let reply = |conn: &mut TcpStream, status: &str, headers: &[String], body: &[u8]| {
-        let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
-        for h in headers {
-            out.push_str(h);
-            out.push_str("\r\n");
-        }
-        out.push_str("\r\n");
-        let _ = conn.write_all(out.as_bytes());
-        let _ = conn.write_all(body);
-    };
     if st.fault == Fault::Forbidden {
         return reply(
             &mut conn,
@@ -161,6 +221,13 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     };
     let body = st.body[start as usize..=end as usize].to_vec();
     let fault = st.fault;
+    let sent = match fault {
+        Fault::DropMidBody(n) if n > 0 => body.len() / 2,
+        Fault::Truncate => body.len() / 2,
+        Fault::Stall => body.len().min(16),
+        _ => body.len(),
+    };
+    st.log[entry].body_bytes = sent;
     if let Fault::DropMidBody(n) = fault {
         if n > 0 {
             st.fault = Fault::DropMidBody(n - 1);
@@ -193,10 +260,26 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
             &h,
             &body[..body.len() / 2],
         ),
+        Fault::Stall => {
+            reply(&mut conn, "206 Partial Content", &h, &body[..sent]);
+            let _ = conn.flush();
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
         _ => reply(&mut conn, "206 Partial Content", &h, &body),
     }
     // The connection closes here, mid-body for the faults that cut one short.
     let _ = conn.flush();
+}
+
+fn reply(conn: &mut TcpStream, status: &str, headers: &[String], body: &[u8]) {
+    let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
+    for h in headers {
+        out.push_str(h);
+        out.push_str("\r\n");
+    }
+    out.push_str("\r\n");
+    let _ = conn.write_all(out.as_bytes());
+    let _ = conn.write_all(body);
 }
 
 fn parse_range(v: &str) -> Option<(u64, u64)> {
