@@ -189,6 +189,7 @@ fn io_dict<'py>(py: Python<'py>, report: &read::LoadReport) -> PyResult<Bound<'p
     d.set_item("threads", report.threads)?;
     d.set_item("direct_bytes", report.io.direct_bytes)?;
     d.set_item("buffered_bytes", report.io.buffered_bytes)?;
+    d.set_item("remote_bytes", report.io.remote_bytes)?;
     Ok(d)
 }
 

@@ -142,6 +142,8 @@ pub(crate) fn open_weights(py: Python<'_>, path: PathBuf) -> PyResult<PyWeightFi
 /// Opens a checkpoint (a weight file, an index json, or a folder holding one of those; `variant`
 /// picks e.g. `fp16` files in a folder) and validates it: the index and the shards agree. Returns
 /// `(resolved path, shards)`, the shards sorted by name, each tensor in exactly one of them.
+/// A URL names a weight file or an index json (ending in `.json`), whose shards are the objects
+/// beside it; the resolved location is then the URL (a `str`).
 #[pyfunction]
 #[pyo3(signature = (path, variant=None))]
 pub(crate) fn open_checkpoint<'py>(
@@ -150,18 +152,17 @@ pub(crate) fn open_checkpoint<'py>(
     variant: Option<String>,
 ) -> PyResult<(Bound<'py, PyAny>, Vec<PyWeightFile>)> {
     let opts = OpenOptions { variant };
-    if let Some(url) = url_of(&path) {
-        // INTERIM until Checkpoint::open_location is merged: one weight file at a URL.
-        let f = py
-            .detach(|| WeightFile::open_location(url))
-            .map_err(to_py)?;
-        let resolved = location(py, &f, f.path())?;
-        return Ok((resolved, vec![PyWeightFile { f }]));
-    }
+    let url = url_of(&path);
     let ckpt = py
-        .detach(|| Checkpoint::open_with(&path, &opts))
+        .detach(|| match url {
+            Some(url) => Checkpoint::open_location(url, &opts),
+            None => Checkpoint::open_with(&path, &opts),
+        })
         .map_err(to_py)?;
-    let resolved = ckpt.path().into_pyobject(py)?.into_any();
+    let resolved = match url {
+        Some(_) => ckpt.path().to_string_lossy().into_pyobject(py)?.into_any(),
+        None => ckpt.path().into_pyobject(py)?.into_any(),
+    };
     let shards = ckpt
         .into_shards()
         .into_iter()

@@ -382,16 +382,18 @@ def test_a_url_streams_to_the_device_bit_exact_through_the_pinned_pool(
     dtypes = [d for d in sorted(NAME_TO_DTYPE.values(), key=str) if d in st._TYPES.values()]
     sd = {f"t{i}": random_tensor(d, (100_000 + 999 * i,), i) for i, d in enumerate(dtypes)}
     st.save_file(sd, nginx.root / "cuda.safetensors")
+    # Verified reads stage whole 4 MiB checksum chunks (two buffers at least): a larger file.
+    sd["big"] = random_tensor(torch.float32, (6 << 20,), 99)
     pack_to_file(sd, nginx.root / "cuda.flashpack", None)
     ctx = drv.ctx(0)
-    for name, verify in (("cuda.safetensors", False), ("cuda.flashpack", True)):
+    for name, verify, pool in (("cuda.safetensors", False, 1 << 20), ("cuda.flashpack", True, 9 << 20)):
         raw = (nginx.root / name).read_bytes()
         f = _core.open_weights(nginx.url(name))
         assert f.is_remote
         pieces = [(0, s, e, drv.alloc(ctx, e - s)) for _, _, _, _, s, e in f.tensors if e > s]
         flashpack.release_pinned_pool()
         leaked = flashpack.pinned_pool_stats()["leaked"]
-        limit = leaked + (1 << 20)
+        limit = leaked + pool
         _core.set_pinned_pool_limit(limit)
         try:
             _core.read_job_to_cuda([f], pieces, 0, verify=verify)

@@ -120,6 +120,8 @@ def test_safe_open_reads_only_what_is_asked(urls: dict[str, str], files: dict[st
 
 def test_load_checkpoint_of_a_sharded_index_url(urls: dict[str, str], files: dict[str, Any]) -> None:
     index = urls["ckpt/model.safetensors.index.json"]
+    where, handles = _core.open_checkpoint(index)
+    assert where == index and [h.path for h in handles] == [urls[f"ckpt/model-0000{k}-of-00003.safetensors"] for k in (1, 2, 3)]
     assert_same_dict(flashpack.load_checkpoint(index), files["sharded"])
     got = flashpack.load_checkpoint(index, keys=["big", "scalar"])
     assert_same_dict(got, {k: files["sharded"][k] for k in ("big", "scalar")})
@@ -153,7 +155,7 @@ def test_read_url_fetches_a_small_object_whole(nginx: Nginx, s3: S3) -> None:  #
 
 
 def test_hf_urls_resolve_to_the_hub_endpoint(nginx: Nginx, files: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    """``hf://org/repo/file[@revision]`` is ``$HF_ENDPOINT/org/repo/resolve/<revision>/file``
+    """``hf://org/repo[@revision]/file`` is ``$HF_ENDPOINT/org/repo/resolve/<revision>/file``
     (here nginx stands in for the Hub)."""
     for rev in ("main", "v1"):
         dst = nginx.root / "org/repo/resolve" / rev / "model.safetensors"
@@ -162,7 +164,7 @@ def test_hf_urls_resolve_to_the_hub_endpoint(nginx: Nginx, files: dict[str, Any]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{nginx.port}")
     assert remote.is_url("hf://org/repo/model.safetensors")
     assert_same_dict(flashpack.load_file("hf://org/repo/model.safetensors"), files["single"])
-    assert_same_dict(flashpack.load_file("hf://org/repo/model.safetensors@v1"), files["single"])
+    assert_same_dict(flashpack.load_file("hf://org/repo@v1/model.safetensors"), files["single"])
     with pytest.raises(FileNotFoundError, match="hf://org/repo/absent.safetensors"):
         flashpack.load_file("hf://org/repo/absent.safetensors")
 
@@ -224,3 +226,14 @@ def test_urls_are_recognised_by_the_engine() -> None:
         assert remote.is_url(url) and _core.is_remote(url)
     for path in ("model.safetensors", "/tmp/s3://x", "file:///x", b"s3://b/k", Path("s3://b/k")):
         assert not remote.is_url(path)
+
+
+def test_verify_checks_the_checksums_of_a_url_as_parts_arrive(http_urls: dict[str, str], nginx: Nginx, files: dict[str, Any]) -> None:  # noqa: F811
+    storage, meta = read_flashpack_file(http_urls["m.flashpack"], verify=True)
+    assert_same_dict(dict(iterate_from_flash_tensor(storage, meta)), files["flashpack"])
+    raw = bytearray((files["dir"] / "m.flashpack").read_bytes())
+    raw[100] ^= 0xFF  # in the payload (which starts the file)
+    (nginx.root / "flipped.flashpack").write_bytes(bytes(raw))
+    url = nginx.url("flipped.flashpack")
+    with pytest.raises(ValueError, match=url.replace(".", r"\.") + ".*checksum"):
+        read_flashpack_file(url, verify=True)

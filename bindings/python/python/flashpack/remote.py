@@ -1,5 +1,5 @@
 """URLs wherever flashpack takes a path: ``http://``, ``https://``, ``s3://bucket/key`` and
-``hf://org/repo/path/in/repo[@revision]`` (the Hub's file URL).
+``hf://org/repo[@revision]/path/in/repo`` (the Hub's file URL).
 
 The engine recognises them (``_core.is_remote``) and reads them: an open fetches only the index
 (a FlashPack footer, a safetensors header) with ranged GETs; a load fetches the tensors' bytes
