@@ -77,7 +77,7 @@ cuda-standin:
 # `bench` cuda row and the extension's CUDA entry points, against the stand-in. (They are
 # #[ignore]d / skipped in the plain runs, which have no driver.)
 test-cuda-standin: cuda-standin build remote-servers
-	LD_LIBRARY_PATH=$(STANDIN) cargo test -p flashpack --features candle --quiet --test cuda_standin -- --include-ignored
+	LD_LIBRARY_PATH=$(STANDIN) cargo test -p flashpack --features candle,remote --quiet --test cuda_standin -- --include-ignored
 	LD_LIBRARY_PATH=$(STANDIN) cargo test -p flashpack-cli --quiet --test cli -- --include-ignored cuda
 	LD_LIBRARY_PATH=$(STANDIN) FLASHPACK_REQUIRE_STANDIN=1 $(REMOTE_SERVERS_ENV) $(PY) -m pytest bindings/python/tests/test_cuda_standin.py -q -rs -p no:cacheprovider
 
@@ -85,10 +85,10 @@ test-cuda-standin: cuda-standin build remote-servers
 # `cargo check` plus lints, -D warnings) with every feature and target, so the code behind
 # `cfg(target_os = ...)` that Linux never compiles is checked too. Adds the rustup targets itself.
 CROSS_TARGETS ?= aarch64-apple-darwin x86_64-pc-windows-gnu
-# Every feature but the engine's `remote` on macOS: its TLS (ring) compiles C, and this machine
-# has no C compiler for Apple targets (`make wheel` links them with zig). The remote code has no
-# platform-specific part; Linux and Windows check it.
-# (--no-default-features: the extension's default `remote` feature is the engine's.)
+# Every feature but `remote` (the engine's, and the CLI's and the extension's that turn it on,
+# by default) on macOS: its TLS (ring) compiles C, and this machine has no C compiler for Apple
+# targets (`make wheel` links them with zig). The remote code has no platform-specific part;
+# Linux and Windows check it.
 APPLE_CHECK_FEATURES := --no-default-features --features=flashpack/candle,flashpack/cuda,flashpack-cli/candle,flashpack-cli/cuda
 cross-check:
 	rustup target add $(CROSS_TARGETS) >/dev/null

@@ -1,5 +1,6 @@
 //! `flashpack inspect FILE [--index] [--json]`: what a FlashPack or safetensors file holds,
-//! without reading its tensor data (only the footer or header, validated on open).
+//! without reading its tensor data (only the footer or header, validated on open). FILE may be
+//! a URL (`https://`, `s3://`, `hf://`): only the footer or header is fetched, with ranged GETs.
 //!
 //! ```text
 //! $ flashpack inspect model.flashpack
@@ -27,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use flashpack::checkpoint::{Checkpoint, IndexKind};
+use flashpack::checkpoint::IndexKind;
 use flashpack::format::{FormatVersion, FILE_FORMAT_V3, FILE_FORMAT_V4};
 use flashpack::weights::{Format, TensorInfo, WeightFile};
 use serde::Serialize;
@@ -35,6 +36,7 @@ use serde_json::{Map, Value};
 
 use crate::error::{CliError, Result};
 use crate::format::{grouped, shape_text};
+use crate::location::{open_checkpoint, open_file};
 
 /// Everything `inspect --json` prints.
 #[derive(Debug, Serialize)]
@@ -145,9 +147,15 @@ pub struct ShardSummary {
 
 /// `inspect PATH`: the text (or JSON) to print for a weight file, an index json or a folder.
 pub fn inspect(path: &Path, with_index: bool, json: bool) -> Result<String> {
-    let ckpt = Checkpoint::open(path)?;
+    let ckpt = open_checkpoint(path)?;
     let Some(index) = ckpt.index_path() else {
-        let s = summarize(ckpt.path(), with_index)?;
+        let Some(shard) = ckpt.shards().first() else {
+            return Err(CliError::Invalid(format!(
+                "{}: no weight file",
+                path.display()
+            )));
+        };
+        let s = summary_of(shard.file(), with_index);
         return if json {
             to_json(&s, path)
         } else {
@@ -158,7 +166,7 @@ pub fn inspect(path: &Path, with_index: bool, json: bool) -> Result<String> {
     for shard in ckpt.shards() {
         shards.push(ShardSummary {
             name: shard.name().to_string(),
-            summary: summarize(shard.path(), with_index)?,
+            summary: summary_of(shard.file(), with_index),
         });
     }
     let c = CheckpointSummary {
@@ -203,12 +211,15 @@ fn to_json(value: &impl Serialize, path: &Path) -> Result<String> {
         .map_err(|e| CliError::Invalid(format!("{}: cannot encode JSON: {e}", path.display())))
 }
 
-/// Reads the file's footer or header (validated by the engine) into a [`Summary`].
+/// Reads the file's footer or header (validated by the engine) into a [`Summary`]; `path` may
+/// be a URL.
 pub fn summarize(path: &Path, with_index: bool) -> Result<Summary> {
-    let wf = WeightFile::open(path)?;
-    let file_bytes = std::fs::metadata(path)
-        .map_err(|e| CliError::io(path, "stat", e))?
-        .len();
+    Ok(summary_of(&open_file(path)?, with_index))
+}
+
+/// An open file's [`Summary`] (from its footer or header only).
+pub fn summary_of(wf: &WeightFile, with_index: bool) -> Summary {
+    let file_bytes = wf.file_len();
     let tensors = wf.tensors();
     let mut dtypes: BTreeMap<String, DtypeTotals> = BTreeMap::new();
     for t in tensors {
@@ -216,16 +227,16 @@ pub fn summarize(path: &Path, with_index: bool) -> Result<Summary> {
         d.tensors += 1;
         d.bytes += t.end - t.start;
     }
-    let flashpack = wf.flashpack().map(|f| {
-        let footer = &f.footer;
+    let flashpack = wf.footer().map(|footer| {
+        let (_, payload_len) = wf.data_range();
         FlashPackInfo {
             format_version: match footer.version {
                 FormatVersion::V3 => FILE_FORMAT_V3,
                 FormatVersion::V4 => FILE_FORMAT_V4,
             },
             align_bytes: footer.align_bytes,
-            payload_bytes: f.payload_len,
-            footer_bytes: f.file_len - f.payload_len,
+            payload_bytes: payload_len,
+            footer_bytes: file_bytes.saturating_sub(payload_len),
             macroblocks: footer
                 .blocks
                 .iter()
@@ -259,15 +270,12 @@ pub fn summarize(path: &Path, with_index: bool) -> Result<Summary> {
                 shape: t.shape.clone(),
                 start: t.start,
                 end: t.end,
-                macroblock: wf
-                    .flashpack()
-                    .and_then(|f| f.footer.record(&t.name))
-                    .map(|r| r.block),
+                macroblock: wf.footer().and_then(|f| f.record(&t.name)).map(|r| r.block),
             })
             .collect()
     });
-    Ok(Summary {
-        file: path.display().to_string(),
+    Summary {
+        file: wf.path().display().to_string(),
         file_bytes,
         format: match wf.format() {
             Format::FlashPack => "flashpack",
@@ -280,7 +288,7 @@ pub fn summarize(path: &Path, with_index: bool) -> Result<Summary> {
         flashpack,
         safetensors,
         tensors: entries,
-    })
+    }
 }
 
 /// The summary as text, the way the Python `flashpack metadata` prints a footer.

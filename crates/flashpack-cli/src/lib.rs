@@ -23,6 +23,7 @@ pub mod error;
 pub mod format;
 pub mod inspect;
 pub mod interrupt;
+pub mod location;
 pub mod metadata;
 pub mod run;
 pub mod touch;

@@ -14,22 +14,22 @@
 //! ```
 use std::path::Path;
 
-use flashpack::weights::WeightFile;
 use serde_json::Value;
 
 use crate::error::{CliError, Result};
 use crate::format::{grouped, shape_text};
+use crate::location::open_file;
 
 /// The text (or JSON) `metadata` prints for `path`.
 pub fn render(path: &Path, show_index: bool, json: bool) -> Result<String> {
-    let wf = WeightFile::open(path)?;
-    let Some(file) = wf.flashpack() else {
+    let wf = open_file(path)?;
+    let (Some(f), Some(footer_json)) = (wf.footer(), wf.footer_json()) else {
         return Err(CliError::Invalid(format!(
             "{}: not a FlashPack file (`flashpack inspect` reads safetensors headers)",
             path.display()
         )));
     };
-    let mut footer: serde_json::Map<String, Value> = serde_json::from_slice(&file.footer_json)
+    let mut footer: serde_json::Map<String, Value> = serde_json::from_slice(footer_json)
         .map_err(|e| CliError::Invalid(format!("{}: footer JSON: {e}", path.display())))?;
     let index = footer.remove("index");
     if json {
@@ -43,11 +43,10 @@ pub fn render(path: &Path, show_index: bool, json: bool) -> Result<String> {
         });
     }
 
-    let f = &file.footer;
     let mut out = vec![format!(
         "file: {} ({} bytes)",
         path.display(),
-        grouped(file.file_len)
+        grouped(wf.file_len())
     )];
     for (key, value) in &footer {
         match (key.as_str(), &f.checksums) {

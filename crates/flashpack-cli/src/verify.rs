@@ -5,7 +5,9 @@
 //! tensor in its shard and in no other, a FlashPack index's recorded shard sizes and footer
 //! digests), then shard by shard, with a line per shard and one for the total. Only regular
 //! files are opened (a FIFO is refused, never waited on); a cancelled check (the Rust binary's
-//! SIGINT/SIGTERM, Ctrl-C in Python) stops between chunks.
+//! SIGINT/SIGTERM, Ctrl-C in Python) stops between chunks. PATH may be a URL (`https://`,
+//! `s3://`, `hf://`) of a file or an index: a FlashPack object's payload is fetched with
+//! parallel ranged GETs and checked as it arrives, never held whole in memory.
 //!
 //! ```text
 //! $ flashpack verify model.flashpack
@@ -19,20 +21,27 @@
 use std::path::Path;
 
 use flashpack::cancel::Cancel;
-use flashpack::checkpoint::Checkpoint;
+use flashpack::read::job::{self, JobPlan, Piece};
 use flashpack::read::{verify, LoadOptions};
 use flashpack::weights::{Format, WeightFile};
 use flashpack::CheckpointError;
 
-use crate::error::Result;
+use crate::error::{CliError, Result};
 use crate::format::grouped;
+use crate::location::{open_checkpoint, open_file};
 
 /// Checks `path` (a weight file, an index json or a folder holding one); returns the text to
 /// print on success.
 pub fn check(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
-    let ckpt = Checkpoint::open(path)?;
+    let ckpt = open_checkpoint(path)?;
     let Some(index) = ckpt.index_path() else {
-        return check_file(ckpt.path(), progress, cancel);
+        let Some(shard) = ckpt.shards().first() else {
+            return Err(CliError::Invalid(format!(
+                "{}: no weight file",
+                path.display()
+            )));
+        };
+        return check_weight_file(shard.file(), progress, cancel);
     };
     // Loads take a stale index's unlisted tensors from their shards (as the libraries do);
     // `verify` says the index is incomplete.
@@ -55,7 +64,7 @@ pub fn check(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
     )];
     let mut with_checksums = 0;
     for shard in ckpt.shards() {
-        let line = check_file(shard.path(), progress, cancel)?;
+        let line = check_weight_file(shard.file(), progress, cancel)?;
         if line.contains(" checksums match") {
             with_checksums += 1;
         }
@@ -68,9 +77,14 @@ pub fn check(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
     Ok(lines.join("\n"))
 }
 
-/// Checks one weight file; returns the line to print on success.
+/// Checks one weight file (a path or a URL); returns the line to print on success.
 pub fn check_file(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
-    let wf = WeightFile::open(path)?;
+    check_weight_file(&open_file(path)?, progress, cancel)
+}
+
+/// Checks an open weight file; returns the line to print on success.
+pub fn check_weight_file(wf: &WeightFile, progress: bool, cancel: &Cancel) -> Result<String> {
+    let path = wf.path();
     if wf.format() == Format::Safetensors {
         let (start, end) = wf.data_range();
         return Ok(format!(
@@ -81,13 +95,16 @@ pub fn check_file(path: &Path, progress: bool, cancel: &Cancel) -> Result<String
             grouped(end - start)
         ));
     }
-    drop(wf);
     let opts = LoadOptions {
         progress,
         cancel: Some(cancel.clone()),
         ..LoadOptions::default()
     };
-    let r = verify(path, &opts)?;
+    let r = if wf.is_remote() {
+        verify_remote(wf, &opts)?
+    } else {
+        verify(path, &opts)?
+    };
     let size = format!("{} payload bytes", grouped(r.payload_len));
     Ok(match r.algorithm {
         Some(alg) => format!(
@@ -103,4 +120,29 @@ pub fn check_file(path: &Path, progress: bool, cancel: &Cancel) -> Result<String
             r.tensors
         ),
     })
+}
+
+/// [`verify`] of a remote FlashPack object: its payload through the checksum check, fetched
+/// with parallel ranged GETs into per-thread scratch buffers.
+fn verify_remote(wf: &WeightFile, opts: &LoadOptions) -> Result<flashpack::read::VerifyReport> {
+    let (start, end) = wf.data_range();
+    let checksums = wf.footer().and_then(|f| f.checksums.as_ref());
+    let mut report = flashpack::read::VerifyReport {
+        tensors: wf.tensors().len(),
+        payload_len: end,
+        chunks_checked: 0,
+        algorithm: checksums.map(|c| c.algorithm.clone()),
+    };
+    let Some(checksums) = checksums else {
+        return Ok(report);
+    };
+    let pieces = [Piece {
+        file: 0,
+        start,
+        end,
+    }];
+    let plan = JobPlan::verified(&[wf], &pieces)?;
+    job::verify(&[wf], &plan, opts)?;
+    report.chunks_checked = checksums.digests.len();
+    Ok(report)
 }

@@ -939,3 +939,151 @@ fn a_job_over_many_files_lands_bit_exact_and_its_failures_name_the_shard() {
     assert!(to_host(&bufs[7]) == want[7], "after the failures");
     assert_pool_at_rest("after the failed jobs");
 }
+
+/// Remote files to the device (`remote` feature): parts fetched with ranged GETs land in the
+/// pinned staging buffers and are copied on, so a file larger than the pool's limit loads
+/// without ever being whole in host memory; checksums are checked as the parts arrive; a
+/// server fault ends bit-exact (retried) or in an error naming the URL with the pool at rest.
+#[cfg(feature = "remote")]
+mod remote {
+    use super::*;
+    use flashpack::read::job::{read_cuda, JobPlan, JobRegion, Piece};
+    use flashpack::remote::RemoteSettings;
+
+    #[path = "../remote/server.rs"]
+    mod server;
+    use server::{Fault, Server};
+
+    fn settings() -> RemoteSettings {
+        RemoteSettings {
+            concurrency: 4,
+            part_bytes: 65536,
+            retries: 3,
+            timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+        }
+    }
+
+    /// A 2 MiB FlashPack file with checksums (64 KiB chunks), and the same as safetensors.
+    fn files(dir: &Path) -> (PathBuf, PathBuf) {
+        let data: Vec<Vec<u8>> = (0..4u64).map(|i| bytes(i, 512 << 10)).collect();
+        let entries: Vec<PackEntry<'_>> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| PackEntry::new(format!("t{i}"), Dtype::U8, vec![d.len() as u64], d))
+            .collect();
+        let fp = dir.join("r.flashpack");
+        let opts = PackOptions {
+            checksums: true,
+            chunk_bytes: 65536,
+            ..Default::default()
+        };
+        pack(&fp, &entries, &opts).unwrap();
+        let st = dir.join("r.safetensors");
+        WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+        (fp, st)
+    }
+
+    #[test]
+    #[ignore = "runs against the CUDA stand-in: make test-cuda-standin"]
+    fn a_remote_file_larger_than_the_pool_lands_bit_exact_verified() {
+        let _t = turn();
+        let dir = tempfile::tempdir().unwrap();
+        let (fp, _) = files(dir.path());
+        let disk = std::fs::read(&fp).unwrap();
+        // Staging for 2 threads x 2 slots of 64 KiB: a quarter of the file's 2 MiB.
+        release_pinned_pool();
+        set_budget(4 * 65536);
+        for fault in [Fault::None, Fault::DropMidBody(3)] {
+            let server = Server::start(disk.clone(), fault);
+            let file = WeightFile::open_url(&server.url("r.flashpack"), settings()).unwrap();
+            let opts = LoadOptions {
+                verify: true,
+                ..Default::default()
+            };
+            let w = file.load_cuda(0, &opts).unwrap();
+            for ti in file.tensors() {
+                let want = &disk[ti.start as usize..ti.end as usize];
+                assert!(
+                    w.to_host(&ti.name).unwrap() == want,
+                    "{fault:?}: {}",
+                    ti.name
+                );
+            }
+            assert!(w.report.io.remote_bytes >= file.data_range().1);
+            assert_pool_at_rest("after a remote load");
+            let st = pinned_pool().unwrap().stats();
+            assert!(
+                (st.limit - st.leaked) < disk.len() / 4,
+                "the staging limit {st:?} is below the file's size"
+            );
+        }
+    }
+
+    #[test]
+    #[ignore = "runs against the CUDA stand-in: make test-cuda-standin"]
+    fn a_job_mixing_remote_and_local_files_lands_bit_exact_and_a_replaced_object_fails() {
+        let _t = turn();
+        let dir = tempfile::tempdir().unwrap();
+        let (fp, st) = files(dir.path());
+        let st_bytes = std::fs::read(&st).unwrap();
+        let fp_bytes = std::fs::read(&fp).unwrap();
+        release_pinned_pool();
+        set_budget(8 * 65536);
+        let dev = CudaDevice::new(0).unwrap();
+        for fault in [Fault::None, Fault::ReplaceAfter(5)] {
+            let server = Server::start(st_bytes.clone(), fault);
+            let url = server.url("r.safetensors");
+            let remote = WeightFile::open_url(&url, settings()).unwrap();
+            let local = WeightFile::open(&fp).unwrap();
+            let files = [&remote, &local];
+            let raws = [&st_bytes, &fp_bytes];
+            let mut pieces = Vec::new();
+            let mut want = Vec::new();
+            for (k, f) in files.iter().enumerate() {
+                for t in f.tensors() {
+                    pieces.push(Piece {
+                        file: k,
+                        start: t.start,
+                        end: t.end,
+                    });
+                    want.push(raws[k][t.start as usize..t.end as usize].to_vec());
+                }
+            }
+            let plan = JobPlan::new(&files, &pieces).unwrap();
+            let bufs: Vec<DeviceBuffer> = want
+                .iter()
+                .map(|w| DeviceBuffer::alloc(&dev, w.len()).unwrap())
+                .collect();
+            let regions: Vec<JobRegion> = bufs
+                .iter()
+                .enumerate()
+                .map(|(piece, b)| JobRegion {
+                    piece,
+                    dst: b.ptr(),
+                })
+                .collect();
+            // SAFETY: every region is one of the buffers just allocated, which nothing else uses.
+            let r = unsafe { read_cuda(&files, &plan, &dev, &regions, &opts(2, 65536)) };
+            match fault {
+                Fault::None => {
+                    r.unwrap();
+                    for (i, (b, w)) in bufs.iter().zip(&want).enumerate() {
+                        assert!(to_host(b) == *w, "piece {i} differs");
+                    }
+                }
+                _ => {
+                    let msg = r.unwrap_err().to_string();
+                    assert!(
+                        msg.starts_with(&url) && msg.contains("changed while it was being read"),
+                        "{msg}"
+                    );
+                }
+            }
+            assert_pool_at_rest("after a remote job");
+        }
+    }
+}

@@ -3,6 +3,8 @@
 //! nginx (Debian's package, which `make test-remote` installs) for real Range serving.
 #![cfg(feature = "remote")]
 
+#[path = "remote/nginx.rs"]
+mod nginx;
 #[path = "remote/server.rs"]
 mod server;
 
@@ -13,6 +15,7 @@ use flashpack::remote::RemoteSettings;
 use flashpack::weights::{Format, WeightFile};
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::{Dtype, Error};
+use nginx::nginx;
 use server::{Fault, Server};
 
 /// Small parts and quick retries, so a few KiB make many parts and faults end fast.
@@ -237,71 +240,6 @@ fn nginx_serves_both_formats_bit_exact() {
         let w = load(&url, name.ends_with(".flashpack")).unwrap();
         assert_bit_exact(&w, &f.tensors);
     }
-}
-
-/// nginx serving a new temporary folder on a free port; stopped when dropped.
-struct Nginx {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nginx() -> (tempfile::TempDir, Nginx) {
-    let bin = std::env::var("FLASHPACK_NGINX")
-        .ok()
-        .into_iter()
-        .chain(["/usr/sbin/nginx".to_string(), "/usr/bin/nginx".to_string()])
-        .find(|p| std::path::Path::new(p).exists())
-        .expect(
-            "nginx not found: `make test-remote` unpacks Debian's nginx-light (FLASHPACK_NGINX)",
-        );
-    let dir = tempfile::tempdir().unwrap();
-    let run = tempfile::tempdir().unwrap().keep();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let conf = run.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process off; pid {run}/nginx.pid; error_log {run}/error.log;\n\
-             events {{}}\n\
-             http {{ access_log off; client_body_temp_path {run}; proxy_temp_path {run};\n\
-               fastcgi_temp_path {run}; uwsgi_temp_path {run}; scgi_temp_path {run};\n\
-               server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
-            run = run.display(),
-            root = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new(bin)
-        .args([
-            "-p",
-            &run.display().to_string(),
-            "-c",
-            &conf.display().to_string(),
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nginx");
-    let t = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "nginx did not start (see {})",
-            run.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (dir, Nginx { port, child })
 }
 
 /// Jobs (the reader behind checkpoint and Python loads) take remote files like local ones.
@@ -740,6 +678,8 @@ mod checkpoints {
             .collect();
         let plan = JobPlan::new(&files, &pieces).unwrap();
         let r = read_host(&files, &plan, &LoadOptions::default());
-        remote_error(r, &url, "changed while it was being read");
+        let msg = remote_error(r, &url, "changed while it was being read");
+        // The part that failed, by the tensors it holds.
+        assert!(msg.contains("(reading tensor"), "{msg}");
     }
 }

@@ -363,6 +363,32 @@ pub fn read_host(
     Ok((JobMemory(buf), report))
 }
 
+/// Checks the pieces of a plan made by [`JobPlan::verified`] against the files' checksums
+/// without keeping them: each reader thread reads into its own scratch buffer (one chunk), so
+/// a file of any size, local or remote, is checked in bounded memory (`flashpack verify` of a
+/// URL). The first bad chunk is an error naming the file and the tensors it holds.
+pub fn verify(files: &[&WeightFile], plan: &JobPlan, opts: &LoadOptions) -> Result<LoadReport> {
+    plan.check_files(files)?;
+    let opts = LoadOptions {
+        verify: true,
+        ..opts.clone()
+    };
+    let t = Instant::now();
+    let datas: Vec<Backing<'_>> = files.iter().map(|f| f.backing()).collect();
+    let verifiers = verifiers(files, plan, &opts)?;
+    let (sources, threads, chunks) = sources(&datas, &verifiers, plan, &opts);
+    let items = plan.items(|k| chunks[k]);
+    let mut report = LoadReport {
+        threads: threads.clamp(1, items.len().max(1)),
+        ..Default::default()
+    };
+    let largest = items.iter().map(|i| i.len).max().unwrap_or(0);
+    let sink = crate::sink::ScratchSink::new(report.threads, largest)?;
+    report.io = run(&sources, &items, &sink, report.threads, &opts)?;
+    report.phases.push(("verify_checksums", t.elapsed()));
+    Ok(report)
+}
+
 /// Where piece `piece` of a job goes on the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JobRegion {
@@ -529,7 +555,7 @@ fn sources<'a>(
                 (reader, opts.chunk_bytes)
             }
             #[cfg(feature = "remote")]
-            Backing::Remote { source, .. } => {
+            Backing::Remote { source, names, .. } => {
                 let settings = source.file.settings();
                 if used {
                     threads = threads.max(settings.concurrency);
@@ -537,6 +563,7 @@ fn sources<'a>(
                 let reader = Reader::Remote {
                     file: &source.file,
                     deadline: Instant::now() + settings.timeout,
+                    names: *names,
                 };
                 (reader, settings.part_bytes)
             }

@@ -86,6 +86,8 @@ pub(crate) enum Reader<'a> {
     Remote {
         file: &'a crate::remote::RemoteFile,
         deadline: std::time::Instant,
+        /// The object's tensors, to name those of a part that failed.
+        names: super::TensorNames<'a>,
     },
 }
 
@@ -269,10 +271,16 @@ pub(crate) fn read_items(
                                 })?
                         }
                         #[cfg(feature = "remote")]
-                        Reader::Remote { file, deadline } => {
+                        Reader::Remote {
+                            file,
+                            deadline,
+                            names,
+                        } => {
                             file.read_until(dst, it.file_offset, *deadline)
                                 .map_err(|e| {
-                                    bad_data = Some(e);
+                                    let end = it.file_offset + dst.len() as u64;
+                                    let what = names.describe(it.file_offset, end);
+                                    bad_data = Some(remote_context(e, &format!("reading {what}")));
                                     std::io::Error::other("remote read failed")
                                 })?;
                             remote_bytes.fetch_add(dst.len() as u64, Ordering::Relaxed);
@@ -323,6 +331,15 @@ pub(crate) fn read_items(
         prefetched_bytes: prefetched_bytes.into_inner(),
         remote_bytes: remote_bytes.into_inner(),
     })
+}
+
+/// A remote error with what was being done added to its message (other errors unchanged).
+#[cfg(feature = "remote")]
+fn remote_context(e: Error, what: &str) -> Error {
+    match e {
+        Error::Remote { url, source } => Error::remote(url, source.with_context(what)),
+        other => other,
+    }
 }
 
 /// Sequential advice on a source that reads ahead (nothing for the others).

@@ -41,6 +41,18 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// The same failure with `what` was being done (e.g. "reading tensor 'w'") added to its
+    /// message, where the message is free text.
+    pub(crate) fn with_context(self, what: &str) -> RemoteError {
+        match self {
+            RemoteError::Changed(m) => RemoteError::Changed(format!("{m} ({what})")),
+            RemoteError::BadResponse(m) => RemoteError::BadResponse(format!("{m} ({what})")),
+            RemoteError::Unusable(m) => RemoteError::Unusable(format!("{m} ({what})")),
+            RemoteError::Failed(m) => RemoteError::Failed(format!("{m} ({what})")),
+            other => other,
+        }
+    }
+
     /// True when the object itself is at fault (it changed, or the server sent bytes that do
     /// not match the request), not the network or the caller's access.
     pub fn is_data_error(&self) -> bool {

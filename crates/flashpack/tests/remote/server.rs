@@ -55,6 +55,8 @@ struct State {
     gets: usize,
     /// Answer requests outside `/cdn/` with a 302 to `/cdn/<path>` (as the Hub does).
     redirect: bool,
+    /// Objects by path (without the leading `/`): other paths are 404. `None`: `body` everywhere.
+    files: Option<std::collections::HashMap<String, Vec<u8>>>,
     log: Vec<Request>,
 }
 
@@ -74,6 +76,14 @@ impl Server {
         Self::start_with(body, Fault::None, true)
     }
 
+    /// Serves each of `files` (path without the leading `/`, bytes) at its path; any other
+    /// path is 404.
+    pub fn start_files(files: Vec<(String, Vec<u8>)>) -> Server {
+        let server = Self::start_with(Vec::new(), Fault::None, false);
+        server.state.lock().unwrap().files = Some(files.into_iter().collect());
+        server
+    }
+
     fn start_with(body: Vec<u8>, fault: Fault, redirect: bool) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
         let port = listener.local_addr().expect("local addr").port();
@@ -83,6 +93,7 @@ impl Server {
             fault,
             gets: 0,
             redirect,
+            files: None,
             log: Vec::new(),
         }));
         let s = state.clone();
@@ -159,6 +170,15 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     if st.redirect && !path.starts_with("/cdn/") {
         let h = [format!("Location: /cdn{path}"), "Content-Length: 0".into()];
         return reply(&mut conn, "302 Found", &h, b"");
+    }
+    if let Some(files) = &st.files {
+        match files.get(path.trim_start_matches('/')) {
+            Some(b) => st.body = b.clone(),
+            None => {
+                let h = ["Content-Length: 0".to_string()];
+                return reply(&mut conn, "404 Not Found", &h, b"");
+            }
+        }
     }
     if method == "GET" {
         st.gets += 1;
