@@ -237,3 +237,20 @@ def test_verify_checks_the_checksums_of_a_url_as_parts_arrive(http_urls: dict[st
     url = nginx.url("flipped.flashpack")
     with pytest.raises(ValueError, match=url.replace(".", r"\.") + ".*checksum"):
         read_flashpack_file(url, verify=True)
+
+
+def test_the_command_inspects_and_verifies_urls(urls: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    """``flashpack inspect / verify URL`` (the console script, through the Rust command)."""
+    from flashpack.cli import main
+
+    assert main(["inspect", urls["single.safetensors"]]) == 0
+    out = capsys.readouterr().out
+    assert urls["single.safetensors"] in out and "format: safetensors" in out and "tensors: 22" in out, out
+    assert main(["verify", urls["m.flashpack"]]) == 0
+    assert "checksums match" in capsys.readouterr().out
+    assert main(["inspect", urls["ckpt/model.safetensors.index.json"]]) == 0
+    assert "model-00003-of-00003.safetensors" in capsys.readouterr().out
+    absent = urls["m.flashpack"].replace("m.flashpack", "absent.flashpack")
+    assert main(["verify", absent]) != 0
+    err = capsys.readouterr().err
+    assert absent in err and "no such object" in err, err
