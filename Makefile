@@ -144,7 +144,8 @@ bench: build $(S3S_FS)
 # package), which apt installs when missing; maturin writes python3.dll's import library. Each
 # wheel is checked to hold the extension built for its platform, linking only what every such
 # machine has (scripts/check_wheels.py). The GPU machine, which has no Rust toolchain, installs
-# the Linux one of its architecture from dist/.
+# the Linux one of its architecture from dist/ (and runs the remote bench's CUDA rows against
+# dist/s3s-fs, the S3 server copied there).
 WHEEL_TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu aarch64-apple-darwin x86_64-apple-darwin x86_64-pc-windows-gnu
 ZIGLANG ?= ziglang==0.14.1
 wheel: $(DEPS)
@@ -157,6 +158,7 @@ wheel: $(DEPS)
 			$$(case $$t in *windows*) ;; *) echo --zig;; esac) -m bindings/python/Cargo.toml -o dist || exit 1; \
 	done
 	$(PY) scripts/check_wheels.py dist $(WHEEL_TARGETS)
+	$(MAKE) $(S3S_FS) && cp $(S3S_FS) dist/s3s-fs
 	$(PY) -m pip download --quiet --no-deps -d dist/oracle flashpack==0.4.5 accelerate==1.15.0 click || \
 		echo "flashpack 0.4.5 not downloadable: its bench rows will be skipped on the GPU machine"
 	bash scripts/peers-venv.sh --download dist/peers || \
