@@ -11,14 +11,14 @@ use flashpack::cancel::Cancel;
 use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
 use flashpack::read::job::{self, JobPlan, JobRegion, Piece};
 use flashpack::read::{self, LoadOptions};
-use flashpack::sink::cuda::CudaDevice;
 use flashpack::remote::{self, RemoteError};
+use flashpack::sink::cuda::CudaDevice;
 use flashpack::weights::{to_safetensors_dtype, Format, WeightFile};
 use flashpack::Error;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::{interruptible, io_dict, io_mode, phases, to_py};
 
@@ -37,7 +37,7 @@ impl PyWeightFile {
     /// The file's path (a `pathlib.Path`), or its URL (a `str`) when it is remote.
     #[getter]
     fn path<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        location(py, &self.f, self.f.path())
+        location(py, &self.f)
     }
 
     /// True for a remote object (opened from a URL): it cannot be mapped, only read.
@@ -114,11 +114,11 @@ impl PyWeightFile {
 
 /// `path` as Python shows it: a `pathlib.Path`, or the URL as a `str` for a remote file (a
 /// `Path` would fold its `//`).
-fn location<'py>(py: Python<'py>, f: &WeightFile, path: &Path) -> PyResult<Bound<'py, PyAny>> {
+fn location<'py>(py: Python<'py>, f: &WeightFile) -> PyResult<Bound<'py, PyAny>> {
     if f.is_remote() {
-        return path.to_string_lossy().into_pyobject(py).map(Bound::into_any).map_err(Into::into);
+        return Ok(PyString::new(py, &f.path().to_string_lossy()).into_any());
     }
-    path.into_pyobject(py).map(Bound::into_any).map_err(Into::into)
+    f.path().into_pyobject(py).map(Bound::into_any)
 }
 
 /// The URL in `path` (a `str` from Python), if it is one the engine reads.
@@ -287,7 +287,15 @@ pub(crate) fn read_job<'py>(
     let refs: Vec<&WeightFile> = files.iter().map(|f| &f.get().f).collect();
     let plan = plan(&refs, &pieces, verify)?;
     let cancel = Cancel::new();
-    let opts = job_options(io, threads, chunk_bytes, progress, huge_pages, verify, &cancel)?;
+    let opts = job_options(
+        io,
+        threads,
+        chunk_bytes,
+        progress,
+        huge_pages,
+        verify,
+        &cancel,
+    )?;
     let (mut memory, report) = interruptible(py, &cancel, || job::read_host(&refs, &plan, &opts))?;
     let offsets = (0..pieces.len())
         .map(|i| plan.offset(i).unwrap_or(0))
@@ -392,7 +400,11 @@ pub(crate) fn is_remote(location: &str) -> bool {
 /// The whole object at `url` (a config or an index json), at most `limit` bytes: a larger
 /// object is a ValueError naming the URL and its size, before anything is fetched.
 #[pyfunction]
-pub(crate) fn read_url<'py>(py: Python<'py>, url: &str, limit: u64) -> PyResult<Bound<'py, PyBytes>> {
+pub(crate) fn read_url<'py>(
+    py: Python<'py>,
+    url: &str,
+    limit: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
     let bytes = py.detach(|| read_small(url, limit)).map_err(to_py)?;
     Ok(PyBytes::new(py, &bytes))
 }
