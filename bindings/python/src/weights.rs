@@ -391,10 +391,10 @@ const ENOENT: i32 = 2;
 const EACCES: i32 = 13;
 
 /// True when `location` is a URL the engine reads (`http://`, `https://`, `s3://`, `hf://`)
-/// rather than a local path.
+/// rather than a local path (any path, a name that is not UTF-8 included).
 #[pyfunction]
-pub(crate) fn is_remote(location: &str) -> bool {
-    remote::is_remote(location)
+pub(crate) fn is_remote(location: PathBuf) -> bool {
+    url_of(&location).is_some()
 }
 
 /// The whole object at `url` (a config or an index json), at most `limit` bytes: a larger

@@ -6,6 +6,7 @@ every failure must name the URL and map to the exception a local file would give
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -254,3 +255,8 @@ def test_the_command_inspects_and_verifies_urls(urls: dict[str, str], capsys: py
     assert main(["verify", absent]) != 0
     err = capsys.readouterr().err
     assert absent in err and "no such object" in err, err
+
+
+def test_a_path_that_is_not_utf8_is_no_url() -> None:
+    name = b"/tmp/caf\xe9://x.safetensors"
+    assert not remote.is_url(name) and not remote.is_url(os.fsdecode(name))
