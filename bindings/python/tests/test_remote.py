@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 import flashpack
-from flashpack import FlashPackMixin, _core, assign_from_file, pack_to_file, read_flashpack_file, remote
+from flashpack import FlashPackMixin, _core, assign_from_file, get_flashpack_file_metadata, pack_to_file, read_flashpack_file, remote
 from flashpack.deserialization import iterate_from_flash_tensor
 from remote_servers import S3, Nginx, free_port, nginx, s3  # noqa: F401 - fixtures
 from test_load_checkpoint import save_sharded
@@ -133,6 +133,7 @@ def test_load_checkpoint_of_a_sharded_index_url(urls: dict[str, str], files: dic
 def test_read_flashpack_file_and_assign_from_file(urls: dict[str, str], files: dict[str, Any]) -> None:
     storage, meta = read_flashpack_file(urls["m.flashpack"])
     assert_same_dict(dict(iterate_from_flash_tensor(storage, meta)), files["flashpack"])
+    assert get_flashpack_file_metadata(urls["m.flashpack"]) == meta == get_flashpack_file_metadata(files["dir"] / "m.flashpack")
     storage, meta = read_flashpack_file(urls["single.safetensors"])
     assert meta["format"] == "checkpoint"
     assert_same_dict(dict(iterate_from_flash_tensor(storage, meta)), files["single"])
@@ -144,6 +145,11 @@ def test_read_flashpack_file_and_assign_from_file(urls: dict[str, str], files: d
     assert_same_dict(dict(loaded.state_dict()), dict(want))
     x = torch.randn(3, 64)
     assert torch.equal(loaded.b(loaded.a(x)), files["model"].b(files["model"].a(x)))
+
+
+def test_distributed_assign_of_a_url_points_to_load_checkpoint(http_urls: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match=r"load_checkpoint\(\.\.\., use_distributed_loading=True\)"):
+        assign_from_file(Model(), http_urls["model.flashpack"], use_distributed_loading=True)
 
 
 def test_read_url_fetches_a_small_object_whole(nginx: Nginx, s3: S3) -> None:  # noqa: F811

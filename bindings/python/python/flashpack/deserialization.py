@@ -370,10 +370,10 @@ def assign_from_file(
     """
     path_str = os.fsdecode(path)
     device = _resolve_device(device if device is not None else _default_device(model))
-    if use_distributed_loading and is_checkpoint_path(path_str):
+    if use_distributed_loading and (is_checkpoint_path(path_str) or is_url(path_str)):
         raise ValueError(
-            f"{path_str}: use_distributed_loading is supported for FlashPack files only here; use "
-            "flashpack.load_checkpoint(..., use_distributed_loading=True) for this checkpoint, or convert it "
+            f"{path_str}: use_distributed_loading is supported for FlashPack files only here (local ones); use "
+            "flashpack.load_checkpoint(..., use_distributed_loading=True) for this checkpoint or URL, or convert it "
             "with `flashpack convert`"
         )
     if use_distributed_loading:
