@@ -93,7 +93,7 @@ APPLE_CHECK_FEATURES := --no-default-features --features=flashpack/candle,flashp
 cross-check:
 	rustup target add $(CROSS_TARGETS) >/dev/null
 	for t in $(CROSS_TARGETS); do \
-		case $$t in *apple*) f=$(APPLE_CHECK_FEATURES);; *) f=--all-features;; esac; \
+		case $$t in *apple*) f="$(APPLE_CHECK_FEATURES)";; *) f=--all-features;; esac; \
 		cargo clippy -p flashpack -p flashpack-cli -p flashpack-python --all-targets $$f \
 			--target $$t --quiet -- -D warnings || exit 1; \
 	done

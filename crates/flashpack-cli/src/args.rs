@@ -11,6 +11,7 @@
 //! flashpack metadata model.flashpack -i
 //! flashpack inspect model.safetensors --json
 //! flashpack verify model.flashpack
+//! flashpack inspect https://example.com/model.safetensors      # the header only, ranged GETs
 //! ```
 use std::path::PathBuf;
 
@@ -47,7 +48,7 @@ pub enum Command {
     Revert(RevertArgs),
     /// Print a FlashPack file's footer (the original package's command).
     Metadata {
-        /// A FlashPack file.
+        /// A FlashPack file (or its URL).
         path: PathBuf,
         /// List every tensor.
         #[arg(short = 'i', long)]
@@ -59,7 +60,8 @@ pub enum Command {
     /// Summarize a FlashPack footer or a safetensors header: format, blocks, checksums, tensors;
     /// for a checkpoint of several files, each shard and the total.
     Inspect {
-        /// A FlashPack or safetensors file, an index json, or a folder holding one of those.
+        /// A FlashPack or safetensors file, an index json, or a folder holding one of those; or
+        /// the URL (https://, s3://, hf://org/repo/path) of a file or an index.
         file: PathBuf,
         /// List every tensor: name, dtype, shape and byte range in the file.
         #[arg(short, long, visible_alias = "show-index")]
@@ -71,7 +73,8 @@ pub enum Command {
     /// Check a FlashPack file's footer, layout and checksums, or a safetensors file's header;
     /// for a checkpoint of several files, its index against its shards, then each shard.
     Verify {
-        /// A FlashPack or safetensors file, an index json, or a folder holding one of those.
+        /// A FlashPack or safetensors file, an index json, or a folder holding one of those; or
+        /// the URL (https://, s3://, hf://org/repo/path) of a file or an index.
         file: PathBuf,
     },
     /// Load throughput of one file (hot page cache, every byte touched) vs the peers.
@@ -92,7 +95,8 @@ pub enum Command {
 pub struct ConvertArgs {
     /// A .safetensors or .flashpack file, a sharded checkpoint's index json, a folder of
     /// weights (one index or one weight file), a torch file (.bin/.pt/.pth/.ckpt), a model
-    /// folder, or a Hugging Face Hub repository id.
+    /// folder, a Hugging Face Hub repository id, or the URL (https://, s3://, hf://) of a
+    /// weight file or an index json.
     pub path_or_repo_id: PathBuf,
     /// The output file (written atomically), or a folder: for a file, default beside it with
     /// the output's extension; for a model folder, the folder itself. With --sharded or

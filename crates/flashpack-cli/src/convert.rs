@@ -11,7 +11,10 @@
 //! goes beside SRC. A FlashPack repack keeps the footer's extra keys (those the format does not
 //! interpret). `--ignore-*` leave tensors out of a FlashPack output. A checkpoint of several
 //! files (an index json, or a folder holding one), and any output of several files
-//! (`--sharded`, `--max-shard-size`), go through [`crate::checkpoint`].
+//! (`--sharded`, `--max-shard-size`), go through [`crate::checkpoint`]. SRC may be a URL
+//! (`https://`, `s3://`, `hf://`) of a file or an index: its tensors are fetched into memory
+//! with parallel ranged GETs, then written as from a local file (default DST: the current
+//! folder).
 //!
 //! ```text
 //! $ flashpack convert model.safetensors model.flashpack
@@ -126,7 +129,10 @@ pub fn convert(req: &Request) -> Result<Converted> {
     let opts = OpenOptions {
         variant: req.variant.clone(),
     };
-    let ckpt = Checkpoint::open_with(&req.src, &opts)?;
+    let ckpt = match crate::location::url(&req.src) {
+        Some(url) => Checkpoint::open_location(url, &opts)?,
+        None => Checkpoint::open_with(&req.src, &opts)?,
+    };
     if ckpt.index_path().is_some() || req.sharded_output() {
         return crate::checkpoint::convert(req, ckpt);
     }
@@ -146,7 +152,9 @@ pub fn convert(req: &Request) -> Result<Converted> {
 /// Converts the one weight file `src` (opened from `req.src`).
 fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
     let t = Instant::now();
+    // Beside the source; a URL's output goes to the current folder.
     let mut dst = req.dst.clone().unwrap_or_else(|| match req.src.parent() {
+        _ if src.is_remote() => PathBuf::from("."),
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     });
@@ -195,17 +203,19 @@ fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
                 checksums: req.checksums,
                 progress: req.progress,
                 // A repack keeps the footer keys the format does not interpret.
-                extra: src
-                    .flashpack()
-                    .map(|f| f.footer.extra.clone())
-                    .unwrap_or_default(),
+                extra: src.footer().map(|f| f.extra.clone()).unwrap_or_default(),
                 cancel: req.cancel.clone(),
                 ..PackOptions::default()
             };
             let report = if req.ignore.is_empty() {
                 src.to_flashpack(&dst, &opts)?
             } else {
-                pack_filtered(WeightFile::open(&req.src)?, &dst, opts, &req.ignore)?
+                pack_filtered(
+                    crate::location::open_file(&req.src)?,
+                    &dst,
+                    opts,
+                    &req.ignore,
+                )?
             };
             phases.clone_from(&report.phases);
             let version = match report.footer.version {

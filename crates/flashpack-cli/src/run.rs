@@ -102,42 +102,58 @@ pub fn run(cli: &Cli, cancel: &Cancel) -> Result<Outcome> {
 fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
     let src = &a.path_or_repo_id;
     let mut engine_src = src.clone();
-    match std::fs::metadata(src) {
-        Ok(m) if m.is_dir() => match folder_route(a)? {
-            FolderRoute::Python(reason) => return Outcome::python(reason),
-            FolderRoute::Engine(folder) => engine_src = folder,
-        },
-        // A FIFO, socket or device: the engine's own refusal (never opened blocking).
-        Ok(m) if !m.is_file() => {
-            return Err(flashpack::read::open_regular(src).err().map_or_else(
-                || CliError::Invalid(format!("{}: not a regular file or a folder", src.display())),
-                CliError::from,
-            ))
-        }
-        Ok(_) => {
-            if a.use_transformers || a.use_diffusers {
-                return Err(CliError::Invalid(format!(
-                    "{}: --use-transformers/--use-diffusers need a model folder or a Hub id, not a file",
-                    src.display()
-                )));
-            }
-            if a.subfolder.is_some() || a.variant.is_some() {
-                return Err(CliError::Invalid(format!(
-                    "{}: --subfolder and --variant apply to model folders and Hub ids, not a file",
-                    src.display()
-                )));
-            }
-            if has_suffix(src, &TORCH_SUFFIXES) {
-                return Outcome::python(format!("{}: reading a torch file", src.display()));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !looks_like_a_path(src) => {
-            return Outcome::python(format!(
-                "{}: no such file or folder here, so a Hugging Face Hub repository id",
+    if crate::location::url(src).is_some() {
+        // A URL names a weight file or an index: read by the engine, like a local file.
+        if a.use_transformers || a.use_diffusers || a.subfolder.is_some() {
+            return Err(CliError::Invalid(format!(
+                "{}: --use-transformers, --use-diffusers and --subfolder need a model folder or \
+                 a Hub id, not a URL",
                 src.display()
-            ))
+            )));
         }
-        Err(e) => return Err(CliError::io(src, "open", e)),
+    } else {
+        match std::fs::metadata(src) {
+            Ok(m) if m.is_dir() => match folder_route(a)? {
+                FolderRoute::Python(reason) => return Outcome::python(reason),
+                FolderRoute::Engine(folder) => engine_src = folder,
+            },
+            // A FIFO, socket or device: the engine's own refusal (never opened blocking).
+            Ok(m) if !m.is_file() => {
+                return Err(flashpack::read::open_regular(src).err().map_or_else(
+                    || {
+                        CliError::Invalid(format!(
+                            "{}: not a regular file or a folder",
+                            src.display()
+                        ))
+                    },
+                    CliError::from,
+                ))
+            }
+            Ok(_) => {
+                if a.use_transformers || a.use_diffusers {
+                    return Err(CliError::Invalid(format!(
+                        "{}: --use-transformers/--use-diffusers need a model folder or a Hub id, not a file",
+                        src.display()
+                    )));
+                }
+                if a.subfolder.is_some() || a.variant.is_some() {
+                    return Err(CliError::Invalid(format!(
+                        "{}: --subfolder and --variant apply to model folders and Hub ids, not a file",
+                        src.display()
+                    )));
+                }
+                if has_suffix(src, &TORCH_SUFFIXES) {
+                    return Outcome::python(format!("{}: reading a torch file", src.display()));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !looks_like_a_path(src) => {
+                return Outcome::python(format!(
+                    "{}: no such file or folder here, so a Hugging Face Hub repository id",
+                    src.display()
+                ))
+            }
+            Err(e) => return Err(CliError::io(src, "open", e)),
+        }
     }
     if let Some(dtype) = &a.dtype {
         return Outcome::python(format!(

@@ -179,3 +179,45 @@ fn a_checkpoint_index_url_is_inspected_and_verified_shard_by_shard() {
         "{err}"
     );
 }
+
+#[test]
+fn convert_of_a_url_writes_the_same_tensors_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fp, st) = files(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    // safetensors at a URL -> FlashPack, FlashPack at a URL -> safetensors (bit-exact).
+    for (bytes, name, dest) in [
+        (&st, "m.safetensors", "from-url.flashpack"),
+        (&fp, "m.flashpack", "from-url.safetensors"),
+    ] {
+        let server = Server::start(bytes.clone(), Fault::None);
+        let url = server.url(name);
+        let dest = out.path().join(dest);
+        let report = ok(flashpack(&["convert", &url, dest.to_str().unwrap()]));
+        assert!(report.starts_with(&url), "{report}");
+        let local = WeightFile::open(dir.path().join(name)).unwrap();
+        let local = local.load(&Default::default()).unwrap();
+        let written = WeightFile::open(&dest)
+            .unwrap()
+            .load(&Default::default())
+            .unwrap();
+        assert_eq!(written.tensors().len(), 4);
+        for t in local.iter() {
+            assert_eq!(written.get(t.name).unwrap().data, t.data, "{}", t.name);
+        }
+    }
+    // The safetensors written from the FlashPack URL is the file the local conversion writes.
+    assert_eq!(
+        std::fs::read(out.path().join("from-url.safetensors")).unwrap(),
+        st
+    );
+    // Flags that need a model folder are refused for a URL.
+    let server = Server::start(st.clone(), Fault::None);
+    let err = fails(flashpack(&[
+        "convert",
+        &server.url("m.safetensors"),
+        "--subfolder",
+        "unet",
+    ]));
+    assert!(err.contains("not a URL"), "{err}");
+}

@@ -632,8 +632,10 @@ impl WeightFile {
     /// Writes these tensors as a FlashPack file (bytes unchanged; `opts` as for [`pack`]). A
     /// safetensors file's `__metadata__` goes into the footer key [`SAFETENSORS_METADATA_KEY`],
     /// so converting back restores it.
+    ///
+    /// A remote file's tensors are fetched into memory first (the conversion needs them all).
     pub fn to_flashpack(&self, dest: impl AsRef<Path>, opts: &PackOptions) -> Result<PackReport> {
-        let map = self.map_readonly()?;
+        let data = self.data_bytes(opts.progress, opts.cancel.as_ref())?;
         let mut opts = opts.clone();
         if let Some(meta) = self.safetensors_metadata() {
             let value = serde_json::to_value(meta).map_err(|e| {
@@ -641,18 +643,19 @@ impl WeightFile {
             })?;
             opts.extra.insert(SAFETENSORS_METADATA_KEY.into(), value);
         }
-        let entries: Vec<PackEntry<'_>> = self
+        let entries = self
             .tensors
             .iter()
             .map(|t| {
-                PackEntry::new(
+                let bytes = data.tensor(&self.path, t)?;
+                Ok(PackEntry::new(
                     t.name.clone(),
                     t.dtype,
                     t.shape.clone(),
-                    &map[t.start as usize..t.end as usize],
-                )
+                    bytes,
+                ))
             })
-            .collect();
+            .collect::<Result<Vec<PackEntry<'_>>>>()?;
         pack(dest.as_ref(), &entries, &opts)
     }
 
@@ -685,7 +688,7 @@ impl WeightFile {
         let dir = prepare_destination(dest)?;
         let cancel = opts.cancel.as_ref();
         cancel::check(cancel, dest)?;
-        let map = self.map_readonly()?;
+        let data = self.data_bytes(opts.progress, cancel)?;
         let tmp = Staged::create(&dir, dest)?;
         let file = tmp.file();
         let total = header.len() as u64 + data_len;
@@ -700,7 +703,7 @@ impl WeightFile {
         let bar = progress_bar(opts.progress, total, "writing");
         let mut at = header.len() as u64;
         for (t, _, _) in &order {
-            for piece in map[t.start as usize..t.end as usize].chunks(SAFETENSORS_PIECE) {
+            for piece in data.tensor(&self.path, t)?.chunks(SAFETENSORS_PIECE) {
                 cancel::check(cancel, dest)?;
                 write(piece, at)?;
                 crate::os::start_writeback(file, at, piece.len());
@@ -732,6 +735,35 @@ impl WeightFile {
             .map_err(|e| Error::io(&self.path, "mmap", e))?;
         self.check_mapped_len(map.len())?;
         Ok(map)
+    }
+
+    /// Every tensor's bytes: a read-only mapping of a local file, or a remote file's tensor data
+    /// fetched into owned memory (with a progress bar when asked; stopped by `cancel`).
+    fn data_bytes(&self, progress: bool, cancel: Option<&Cancel>) -> Result<DataBytes> {
+        #[cfg(feature = "remote")]
+        if self.is_remote() {
+            use crate::read::job::{read_host, JobPlan, Piece};
+            let (start, end) = self.data_range();
+            let pieces = [Piece {
+                file: 0,
+                start,
+                end,
+            }];
+            let plan = JobPlan::new(&[self], &pieces)?;
+            let opts = LoadOptions {
+                progress,
+                cancel: cancel.cloned(),
+                ..LoadOptions::default()
+            };
+            let (memory, _) = read_host(&[self], &plan, &opts)?;
+            let base = start - plan.offset(0).unwrap_or(0);
+            return Ok(DataBytes::Owned {
+                memory: memory.into_buffer(),
+                base,
+            });
+        }
+        let _ = (progress, cancel);
+        Ok(DataBytes::Mapped(self.map_readonly()?))
     }
 
     /// The open local file; a remote one is an error (it cannot be mapped).
@@ -771,6 +803,39 @@ impl WeightFile {
             .map_err(|e| Error::io(&self.path, "mmap", e))?;
         self.check_mapped_len(map.len())?;
         Ok(map)
+    }
+}
+
+/// A whole file's tensor bytes, to convert it (see `WeightFile::data_bytes`).
+enum DataBytes {
+    /// A read-only mapping of the whole file (checked to hold every tensor).
+    Mapped(Mmap),
+    /// Owned memory whose first byte is file byte `base`, holding every tensor.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    Owned { memory: HostBuffer, base: u64 },
+}
+
+impl DataBytes {
+    /// Tensor `t`'s bytes (of the file at `path`, named in the error of a range not held).
+    fn tensor(&self, path: &Path, t: &TensorInfo) -> Result<&[u8]> {
+        let (bytes, base) = match self {
+            DataBytes::Mapped(m) => (&m[..], 0),
+            DataBytes::Owned { memory, base } => (memory.as_slice(), *base),
+        };
+        let range = t
+            .start
+            .checked_sub(base)
+            .zip(t.end.checked_sub(base))
+            .and_then(|(a, b)| Some(usize::try_from(a).ok()?..usize::try_from(b).ok()?));
+        range.and_then(|r| bytes.get(r)).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: tensor '{}' (bytes {}..{}) is not in the data read",
+                path.display(),
+                t.name,
+                t.start,
+                t.end
+            ))
+        })
     }
 }
 

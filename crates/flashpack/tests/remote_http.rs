@@ -457,6 +457,23 @@ fn hub_urls_resolve_send_the_token_and_follow_the_redirect() {
         .collect();
     assert!(cdn_gets.len() >= 3, "{requests:?}");
     assert!(cdn_gets.iter().all(|r| r.header("range").is_some()));
+    // A CDN on another host never sees the token (the client drops it on the redirect).
+    let cdn = Server::start(f.flashpack.clone(), Fault::None);
+    let hub = Server::start_redirecting_to(&format!("http://127.0.0.1:{}", cdn.port));
+    std::env::set_var("HF_ENDPOINT", format!("http://127.0.0.1:{}", hub.port));
+    let file = WeightFile::open_location("hf://org/repo/m.flashpack").unwrap();
+    assert_bit_exact(&file.load(&LoadOptions::default()).unwrap(), &f.tensors);
+    assert!(hub
+        .requests()
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer hf_test_token")));
+    let at_cdn = cdn.requests();
+    assert!(at_cdn.len() >= 3, "{at_cdn:?}");
+    assert!(
+        at_cdn.iter().all(|r| r.header("authorization").is_none()),
+        "{at_cdn:?}"
+    );
+    std::env::set_var("HF_ENDPOINT", format!("http://127.0.0.1:{}", server.port));
     // A missing token sends no Authorization header.
     std::env::remove_var("HF_TOKEN");
     let before = server.requests().len();

@@ -1,6 +1,7 @@
 //! Remote loads from `s3://` URLs against moto's S3 server, started by the test on 127.0.0.1
-//! (a free port) from the venv `make test-remote` builds (FLASHPACK_MOTO_SERVER). The engine
-//! finds the store the way AWS tools do: `AWS_ENDPOINT_URL` and the `AWS_*` credentials.
+//! (a free port) from the venv `make test-remote` builds (target/moto-venv, or
+//! FLASHPACK_MOTO_SERVER). The engine finds the store the way AWS tools do: `AWS_ENDPOINT_URL`
+//! and the `AWS_*` credentials.
 #![cfg(feature = "remote")]
 
 use std::io::{Read, Write};
@@ -27,8 +28,19 @@ impl Drop for Moto {
 }
 
 fn moto() -> Moto {
+    // The venv `make test-remote` builds, unless FLASHPACK_MOTO_SERVER names another.
+    let default = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/moto-venv/bin/moto_server"
+    );
     let bin = std::env::var("FLASHPACK_MOTO_SERVER")
-        .expect("FLASHPACK_MOTO_SERVER: moto_server of the venv `make test-remote` builds");
+        .ok()
+        .into_iter()
+        .chain([default.to_string()])
+        .find(|p| std::path::Path::new(p).exists())
+        .expect(
+            "no moto_server: `make test-remote` builds its venv (or set FLASHPACK_MOTO_SERVER)",
+        );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -323,6 +323,7 @@ impl JobPlan {
 pub struct JobMemory(HostBuffer);
 
 impl JobMemory {
+    #[cfg(feature = "remote")]
     pub(crate) fn into_buffer(self) -> HostBuffer {
         self.0
     }

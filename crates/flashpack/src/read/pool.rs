@@ -6,6 +6,9 @@
 //! thread will take after this round), so the device gets large requests ahead of the readers.
 //! Each thread checks the source's [`Cancel`] before each chunk and between the [`READ_PIECE`]
 //! reads a chunk is made of, so a cancelled load stops after at most one piece per thread.
+//! A remote source (feature `remote`) reads each item with one ranged GET of its pinned object
+//! (retried and resumed by the client) into the same sinks; cancellation is checked between
+//! items, and a failed part's error names the URL and the tensors it holds.
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

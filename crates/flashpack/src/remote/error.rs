@@ -43,6 +43,7 @@ pub enum RemoteError {
 impl RemoteError {
     /// The same failure with `what` was being done (e.g. "reading tensor 'w'") added to its
     /// message, where the message is free text.
+    #[cfg(feature = "remote")]
     pub(crate) fn with_context(self, what: &str) -> RemoteError {
         match self {
             RemoteError::Changed(m) => RemoteError::Changed(format!("{m} ({what})")),

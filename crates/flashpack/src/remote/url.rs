@@ -187,6 +187,7 @@ fn hub_url(url: &str, rest: &str, endpoint: &str) -> Result<RemoteUrl, RemoteErr
 }
 
 /// The Hub token from the environment (`HF_TOKEN`, else `HUGGING_FACE_HUB_TOKEN`), if set.
+#[cfg(feature = "remote")]
 pub(crate) fn hub_token() -> Option<String> {
     ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
         .iter()

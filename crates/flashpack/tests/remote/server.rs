@@ -55,6 +55,8 @@ struct State {
     gets: usize,
     /// Answer requests outside `/cdn/` with a 302 to `/cdn/<path>` (as the Hub does).
     redirect: bool,
+    /// Where the 302 points: `http://host:port` of another server, or this one (`None`).
+    redirect_to: Option<String>,
     /// Objects by path (without the leading `/`): other paths are 404. `None`: `body` everywhere.
     files: Option<std::collections::HashMap<String, Vec<u8>>>,
     log: Vec<Request>,
@@ -76,6 +78,14 @@ impl Server {
         Self::start_with(body, Fault::None, true)
     }
 
+    /// Answers every request with a 302 to `{target}/cdn/<path>` (another server: the Hub's
+    /// CDN is another host).
+    pub fn start_redirecting_to(target: &str) -> Server {
+        let server = Self::start_with(Vec::new(), Fault::None, true);
+        server.state.lock().unwrap().redirect_to = Some(target.to_string());
+        server
+    }
+
     /// Serves each of `files` (path without the leading `/`, bytes) at its path; any other
     /// path is 404.
     pub fn start_files(files: Vec<(String, Vec<u8>)>) -> Server {
@@ -93,6 +103,7 @@ impl Server {
             fault,
             gets: 0,
             redirect,
+            redirect_to: None,
             files: None,
             log: Vec::new(),
         }));
@@ -168,7 +179,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     });
     let entry = st.log.len() - 1;
     if st.redirect && !path.starts_with("/cdn/") {
-        let h = [format!("Location: /cdn{path}"), "Content-Length: 0".into()];
+        let to = st.redirect_to.clone().unwrap_or_default();
+        let h = [
+            format!("Location: {to}/cdn{path}"),
+            "Content-Length: 0".into(),
+        ];
         return reply(&mut conn, "302 Found", &h, b"");
     }
     if let Some(files) = &st.files {
