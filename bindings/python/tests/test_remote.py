@@ -266,3 +266,23 @@ def test_the_command_inspects_and_verifies_urls(urls: dict[str, str], capsys: py
 def test_a_path_that_is_not_utf8_is_no_url() -> None:
     name = b"/tmp/caf\xe9://x.safetensors"
     assert not remote.is_url(name) and not remote.is_url(os.fsdecode(name))
+
+
+def test_from_pretrained_flashpack_takes_hf_repository_ids_not_folder_urls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hf://org/repo[@revision]`` is the Hub repository (here an offline cache); a URL of a
+    folder cannot be listed, so it is refused, naming what works instead."""
+    from hf_testing import minilm_dir, offline_hub, populate_hub_cache, same_bits
+    from test_integrations_transformers import FlashPackBertModel
+
+    model = FlashPackBertModel.from_pretrained(str(minilm_dir()))
+    model.save_pretrained_flashpack(tmp_path / "fp")
+    populate_hub_cache(offline_hub(monkeypatch, tmp_path / "cache"), "someone/minilm", tmp_path / "fp")
+    want = model.state_dict()
+    for name in ("hf://someone/minilm", "hf://someone/minilm@main"):
+        loaded = FlashPackBertModel.from_pretrained_flashpack(name)
+        assert all(same_bits(t, want[n]) for n, t in loaded.state_dict().items()), name
+    for url in ("s3://bucket/models/minilm", "https://example.com/models/minilm", "hf://someone/minilm/model.flashpack"):
+        with pytest.raises(ValueError, match="assign_from_file"):
+            FlashPackBertModel.from_pretrained_flashpack(url)

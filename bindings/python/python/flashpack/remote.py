@@ -20,6 +20,7 @@ and a corrupt file a ``ValueError``, as for local files.
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -45,6 +46,23 @@ def read_url(url: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
     """The whole object at ``url`` (a config, an index json): at most ``limit`` bytes, else a
     ValueError naming the URL and its size."""
     return bytes(_core.read_url(url, limit))
+
+
+def hub_model_id(name: str | os.PathLike[str], revision: str | None) -> tuple[str | os.PathLike[str], str | None]:
+    """What ``from_pretrained_flashpack`` takes as a model: ``hf://org/repo[@revision]`` is the Hub
+    repository ``org/repo`` (at ``revision``); any other URL is a ValueError (a folder at a URL
+    has no listing to find its files by); a path or a plain Hub id is returned as it is."""
+    if not isinstance(name, str) or not is_url(name):
+        return name, revision
+    if name.lower().startswith("hf://"):
+        repo, _, rev = name[len("hf://") :].strip("/").partition("@")
+        if repo.count("/") == 1 and "/" not in rev:
+            return repo, rev or revision
+    raise ValueError(
+        f"{name}: from_pretrained_flashpack takes a local folder or a Hub repository (org/repo, or "
+        "hf://org/repo[@revision]), not a URL of a folder or a file; load weights at a URL with "
+        "flashpack.assign_from_file(model, url) or flashpack.load_checkpoint(url)"
+    )
 
 
 def open_flashpack_url(url: str) -> Any:
