@@ -483,6 +483,51 @@ fn hub_urls_resolve_send_the_token_and_follow_the_redirect() {
         .iter()
         .all(|r| r.header("authorization").is_none()));
     assert_eq!(later[before].path, "/org/repo/resolve/main/m.flashpack");
+
+    // A sharded checkpoint on the Hub: its shards resolved beside the index, same revision.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("m-1.flashpack"),
+        dir.path().join("m-2.flashpack"),
+    );
+    std::fs::write(&a, &f.flashpack).unwrap();
+    pack(
+        &b,
+        &[PackEntry::new("other", Dtype::U8, vec![3], &[1, 2, 3])],
+        &PackOptions::default(),
+    )
+    .unwrap();
+    let index = dir.path().join("model.safetensors.index.json");
+    flashpack::checkpoint::write_index(
+        &index,
+        flashpack::checkpoint::IndexKind::Safetensors,
+        &[a.clone(), b.clone()],
+        Default::default(),
+    )
+    .unwrap();
+    let files = [&index, &a, &b]
+        .iter()
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            (
+                format!("org/repo/resolve/r1/unet/{name}"),
+                std::fs::read(p).unwrap(),
+            )
+        })
+        .collect();
+    let hub = Server::start_files(files);
+    std::env::set_var("HF_ENDPOINT", format!("http://127.0.0.1:{}", hub.port));
+    let c = flashpack::checkpoint::Checkpoint::open_location(
+        "hf://org/repo@r1/unet/model.safetensors.index.json",
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(c.shards().len(), 2);
+    assert_eq!(
+        c.shards()[1].path(),
+        std::path::Path::new("hf://org/repo@r1/unet/m-2.flashpack")
+    );
+    assert_eq!(c.len(), f.tensors.len() + 1);
     std::env::remove_var("HF_ENDPOINT");
 }
 
