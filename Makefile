@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust test-remote test-python test-cuda-standin cuda-standin lint public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
+.PHONY: all venv build demo test test-rust remote-servers test-remote test-python test-cuda-standin cuda-standin lint public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
 
 all: build
 
@@ -59,22 +59,25 @@ test-rust: $(DEPS)
 MOTO_VENV ?= target/moto-venv
 MOTO ?= moto[server]==5.*
 NGINX ?= $(firstword $(wildcard /usr/sbin/nginx /usr/bin/nginx) $(abspath target/nginx/usr/sbin/nginx))
-test-remote:
+# The servers, installed when missing (also for the Python URL tests: test-python).
+remote-servers:
 	test -x $(NGINX) || { $(SUDO) apt-get update -qq && mkdir -p target/nginx && \
 		cd target/nginx && apt-get download -qq nginx 2>/dev/null && dpkg -x nginx_*.deb . ; }
-	cargo test -p flashpack --features remote --quiet --lib remote
-	FLASHPACK_NGINX=$(NGINX) cargo test -p flashpack --features remote --quiet --test remote_http
 	test -x $(MOTO_VENV)/bin/moto_server || { python3 -m venv $(MOTO_VENV) && \
 		$(MOTO_VENV)/bin/pip install --quiet '$(MOTO)'; }
-	FLASHPACK_MOTO_SERVER=$(abspath $(MOTO_VENV))/bin/moto_server \
-		cargo test -p flashpack --features remote --quiet --test remote_s3
+REMOTE_SERVERS_ENV = FLASHPACK_NGINX=$(NGINX) FLASHPACK_MOTO_SERVER=$(abspath $(MOTO_VENV))/bin/moto_server
+test-remote: remote-servers
+	cargo test -p flashpack --features remote --quiet --lib remote
+	$(REMOTE_SERVERS_ENV) cargo test -p flashpack --features remote --quiet --test remote_http
+	$(REMOTE_SERVERS_ENV) cargo test -p flashpack --features remote --quiet --test remote_s3
 
 # Bit-exact exchange with PyPI flashpack 0.4.5 (its own venv, .venv-oracle, built by the test).
 interop: build
 	$(PY) -m pytest bindings/python/tests/test_interop.py -q -rs
 
-test-python: build
-	$(PY) -m pytest bindings/python/tests -q -rs
+# The URL tests (test_remote.py) start nginx and moto's S3 server themselves.
+test-python: build remote-servers
+	$(REMOTE_SERVERS_ENV) $(PY) -m pytest bindings/python/tests -q -rs
 
 # A strict stand-in for the CUDA driver (test-only, never shipped): with
 # LD_LIBRARY_PATH=target/cuda-standin every program of ours loads it in place of libcuda.
@@ -89,18 +92,19 @@ cuda-standin:
 # The CUDA path with real driver calls on any machine: the engine's CUDA tests, the CLI's
 # `bench` cuda row and the extension's CUDA entry points, against the stand-in. (They are
 # #[ignore]d / skipped in the plain runs, which have no driver.)
-test-cuda-standin: cuda-standin build
+test-cuda-standin: cuda-standin build remote-servers
 	LD_LIBRARY_PATH=$(STANDIN) cargo test -p flashpack --features candle,remote --quiet --test cuda_standin -- --include-ignored
 	LD_LIBRARY_PATH=$(STANDIN) cargo test -p flashpack-cli --quiet --test cli -- --include-ignored cuda
-	LD_LIBRARY_PATH=$(STANDIN) FLASHPACK_REQUIRE_STANDIN=1 $(PY) -m pytest bindings/python/tests/test_cuda_standin.py -q -rs -p no:cacheprovider
+	LD_LIBRARY_PATH=$(STANDIN) FLASHPACK_REQUIRE_STANDIN=1 $(REMOTE_SERVERS_ENV) $(PY) -m pytest bindings/python/tests/test_cuda_standin.py -q -rs -p no:cacheprovider
 
 # The engine, the CLI and the extension for macOS (Apple silicon) and Windows: clippy (a
 # `cargo check` plus lints, -D warnings) with every feature and target, so the code behind
 # `cfg(target_os = ...)` that Linux never compiles is checked too. Adds the rustup targets itself.
 CROSS_TARGETS ?= aarch64-apple-darwin x86_64-pc-windows-gnu
-# Every feature but `remote` (the engine's, and the CLI's that turns it on) on macOS: its TLS
-# (ring) compiles C, and this machine has no C compiler for Apple targets (`make wheel` links
-# them with zig). The remote code has no platform-specific part; Linux and Windows check it.
+# Every feature but `remote` (the engine's, and the CLI's and the extension's that turn it on,
+# by default) on macOS: its TLS (ring) compiles C, and this machine has no C compiler for Apple
+# targets (`make wheel` links them with zig). The remote code has no platform-specific part;
+# Linux and Windows check it.
 APPLE_CHECK_FEATURES := --no-default-features --features=flashpack/candle,flashpack/cuda,flashpack-cli/candle,flashpack-cli/cuda
 cross-check:
 	rustup target add $(CROSS_TARGETS) >/dev/null
@@ -137,11 +141,18 @@ test: lint test-rust test-remote cross-check test-windows test-cuda-standin test
 # Side-by-side load/pack benchmark against the peers and the machine's ceilings (BENCHMARKS.md).
 # bench_checkpoint.py: a >= 2 GiB sharded safetensors checkpoint vs the checkpoint loaders of PyPI
 # (in .venv-peers, scripts/peers-venv.sh); bench_hf.py loads the same folder with from_pretrained.
+# bench_remote.py: a >= 2 GiB safetensors file from a local S3 server (s3s-fs, built from
+# crates.io into target/s3s: 0.14.1 is the newest that builds with this Rust) by ours, the Run:ai
+# streamer and download-then-load.
 BENCH_CHECKPOINT_DIR ?= .bench/checkpoint-model
-bench: build
+S3S_FS := target/s3s/bin/s3s-fs
+$(S3S_FS):
+	cargo install s3s-fs@0.14.1 --features binary --locked --quiet --root target/s3s
+bench: build $(S3S_FS)
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 	$(PY) scripts/bench_checkpoint.py --work $(BENCH_CHECKPOINT_DIR) $(BENCH_CHECKPOINT_ARGS)
 	$(PY) scripts/bench_hf.py --out $${OUT:-.bench}/hf --work .bench/hf-models --checkpoint $(BENCH_CHECKPOINT_DIR) $(BENCH_HF_ARGS)
+	$(PY) scripts/bench_remote.py --s3s-fs $(S3S_FS) $(BENCH_REMOTE_ARGS)
 
 # abi3 wheels (CPython 3.11+) for every supported platform: Linux x86_64/aarch64 (manylinux2014)
 # and macOS arm64/x86_64 cross-linked with zig (PyPI ziglang, installed into the venv); Windows
@@ -149,7 +160,8 @@ bench: build
 # package), which apt installs when missing; maturin writes python3.dll's import library. Each
 # wheel is checked to hold the extension built for its platform, linking only what every such
 # machine has (scripts/check_wheels.py). The GPU machine, which has no Rust toolchain, installs
-# the Linux one of its architecture from dist/.
+# the Linux one of its architecture from dist/ (and runs the remote bench's CUDA rows against
+# dist/s3s-fs, the S3 server copied there).
 WHEEL_TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu aarch64-apple-darwin x86_64-apple-darwin x86_64-pc-windows-gnu
 ZIGLANG ?= ziglang==0.14.1
 wheel: $(DEPS)
@@ -162,6 +174,7 @@ wheel: $(DEPS)
 			$$(case $$t in *windows*) ;; *) echo --zig;; esac) -m bindings/python/Cargo.toml -o dist || exit 1; \
 	done
 	$(PY) scripts/check_wheels.py dist $(WHEEL_TARGETS)
+	$(MAKE) $(S3S_FS) && cp $(S3S_FS) dist/s3s-fs
 	$(PY) -m pip download --quiet --no-deps -d dist/oracle flashpack==0.4.5 accelerate==1.15.0 click || \
 		echo "flashpack 0.4.5 not downloadable: its bench rows will be skipped on the GPU machine"
 	bash scripts/peers-venv.sh --download dist/peers || \

@@ -11,7 +11,8 @@
 # Then the checkpoint bench (scripts/bench_checkpoint.py, 4 safetensors shards of the same size):
 # ours load_checkpoint(device="cuda") against the pinned host-to-device peak (target >= 0.9x) and
 # against InstantTensor, fastsafetensors, Run:ai and safetensors on the same files (target: faster
-# than InstantTensor), cold and hot; results in $OUT/checkpoint.
+# than InstantTensor), cold and hot; results in $OUT/checkpoint. Then the remote bench's CUDA rows
+# (scripts/bench_remote.py --device cuda; results in $OUT/remote).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-.bench/gpu-check}
@@ -52,4 +53,14 @@ status=0
 "$PY" scripts/bench.py --size-gib "$size" --out "${BENCH_DIR:-.bench/gpu-bench}" 2>&1 | tee "$OUT/bench-run.log" || status=1
 "$PY" scripts/bench_checkpoint.py --size-gib "$size" --shards 4 --work "${BENCH_DIR:-.bench/gpu-bench}/checkpoint-model" \
     2>&1 | tee "$OUT/bench-checkpoint.log" || status=1
+# The remote bench's CUDA rows: the same file from s3s-fs on this machine (dist/s3s-fs, which
+# `make wheel` copies there), ours vs Run:ai vs download-then-load, to the GPU.
+if ! "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo "no CUDA device: the remote bench's CUDA rows are skipped" | tee "$OUT/bench-remote.log"
+elif [[ ! -x dist/s3s-fs ]]; then
+    echo "dist/s3s-fs missing (make wheel copies it): the remote bench's CUDA rows are skipped" | tee "$OUT/bench-remote.log"
+else
+    "$PY" scripts/bench_remote.py --device cuda --size-gib "$size" --s3s-fs dist/s3s-fs \
+        --work "${BENCH_DIR:-.bench/gpu-bench}/remote" 2>&1 | tee "$OUT/bench-remote.log" || status=1
+fi
 exit $status

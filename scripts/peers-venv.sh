@@ -24,8 +24,11 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PEERS_VENV="${PEERS_VENV:-$REPO/.venv-peers}"
 PROJECT_VENV="${PROJECT_VENV:-$REPO/.venv}"
 # package==version and the light dependencies each imports (torch and numpy come from the project
-# venv; fastsafetensors declares typer, which only its command line uses).
-PEERS=("runai-model-streamer==0.17.1:humanize" "fastsafetensors==0.5.0:" "instanttensor==0.2.2:")
+# venv; fastsafetensors declares typer, which only its command line uses). runai-model-streamer-s3:
+# Run:ai's S3 backend for scripts/bench_remote.py; boto3 (its dependency, listed with its own for
+# --download) is also that bench's download-then-load row.
+PEERS=("runai-model-streamer==0.17.1:humanize" "fastsafetensors==0.5.0:" "instanttensor==0.2.2:"
+    "runai-model-streamer-s3==0.17.1:boto3,botocore,s3transfer,jmespath,python-dateutil,six,urllib3")
 
 log() { echo "peers-venv: $*" >&2; }
 [[ -x "$PROJECT_VENV/bin/python" ]] || { log "project venv not found at $PROJECT_VENV"; exit 1; }

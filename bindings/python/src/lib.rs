@@ -56,6 +56,8 @@ fn to_py(e: Error) -> PyErr {
             None => PyOSError::new_err(e.to_string()),
         },
         Error::NotAFile { .. } => PyOSError::new_err(e.to_string()),
+        // A URL's object missing, refused or not transferred (see weights::remote_error).
+        Error::Remote { ref source, .. } => weights::remote_error(source, e.to_string()),
         Error::Checkpoint { ref source, .. } => match source.as_ref() {
             // A shard the index names that is not there: FileNotFoundError, as for a missing
             // file.
@@ -63,6 +65,10 @@ fn to_py(e: Error) -> PyErr {
             // A shard the OS would not read: an OSError (its subclass for the OS's code), with
             // the index and the shard named.
             CheckpointError::BadShard { source, .. } if !e.is_data_error() => {
+                // A shard at a URL that could not be fetched: as for the URL itself.
+                if let Some(err) = weights::shard_remote_error(source, e.to_string()) {
+                    return err;
+                }
                 match os_code(source) {
                     Some(code) => PyOSError::new_err((code, e.to_string())),
                     None => PyOSError::new_err(e.to_string()),
@@ -248,7 +254,7 @@ fn records_of(footer: &flashpack::Footer) -> Vec<Record> {
 /// engine (Python never parses or re-derives the footer JSON; `json` is kept for the public
 /// metadata dict of the original API).
 #[pyclass(module = "flashpack._core", frozen, name = "Footer")]
-struct PyFooter {
+pub(crate) struct PyFooter {
     json: Vec<u8>,
     format: &'static str,
     align_bytes: u64,
@@ -260,7 +266,7 @@ struct PyFooter {
 }
 
 impl PyFooter {
-    fn new(
+    pub(crate) fn new(
         py: Python<'_>,
         footer: &flashpack::Footer,
         json: &[u8],
@@ -385,6 +391,7 @@ fn io_dict<'py>(py: Python<'py>, report: &read::LoadReport) -> PyResult<Bound<'p
     d.set_item("threads", report.threads)?;
     d.set_item("direct_bytes", report.io.direct_bytes)?;
     d.set_item("buffered_bytes", report.io.buffered_bytes)?;
+    d.set_item("remote_bytes", report.io.remote_bytes)?;
     Ok(d)
 }
 
@@ -830,6 +837,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(weights::write_checkpoint_index, m)?)?;
     m.add_function(wrap_pyfunction!(weights::read_job, m)?)?;
     m.add_function(wrap_pyfunction!(weights::read_job_to_cuda, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::is_remote, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::read_url, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -5,18 +5,20 @@
 //! Python only turns the bytes into tensors.
 use std::collections::HashMap;
 use std::os::raw::{c_int, c_void};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use flashpack::cancel::Cancel;
 use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
 use flashpack::read::job::{self, JobPlan, JobRegion, Piece};
 use flashpack::read::{self, LoadOptions};
+use flashpack::remote::{self, RemoteError};
 use flashpack::sink::cuda::CudaDevice;
 use flashpack::weights::{to_safetensors_dtype, Format, WeightFile};
-use pyo3::exceptions::PyValueError;
+use flashpack::Error;
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::{interruptible, io_dict, io_mode, phases, to_py};
 
@@ -32,9 +34,33 @@ pub(crate) struct PyWeightFile {
 
 #[pymethods]
 impl PyWeightFile {
+    /// The file's path (a `pathlib.Path`), or its URL (a `str`) when it is remote.
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.f.path().to_path_buf()
+    fn path<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        location(py, &self.f)
+    }
+
+    /// True for a remote object (opened from a URL): it cannot be mapped, only read.
+    #[getter]
+    fn is_remote(&self) -> bool {
+        self.f.is_remote()
+    }
+
+    /// A FlashPack file's validated footer, as `Payload.footer` (None for safetensors).
+    #[getter]
+    fn footer(&self, py: Python<'_>) -> PyResult<Option<Py<crate::PyFooter>>> {
+        match (self.f.footer(), self.f.footer_json()) {
+            (Some(footer), Some(json)) => {
+                crate::PyFooter::new(py, footer, json, self.f.data_range().1).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// File bytes `(start, end)` that hold every tensor (a FlashPack file's payload).
+    #[getter]
+    fn data_range(&self) -> (u64, u64) {
+        self.f.data_range()
     }
 
     /// "flashpack" or "safetensors".
@@ -84,28 +110,57 @@ impl PyWeightFile {
     }
 }
 
-/// Opens a FlashPack or safetensors file (told apart by content) and validates its index.
+/// `path` as Python shows it: a `pathlib.Path`, or the URL as a `str` for a remote file (a
+/// `Path` would fold its `//`).
+fn location<'py>(py: Python<'py>, f: &WeightFile) -> PyResult<Bound<'py, PyAny>> {
+    if f.is_remote() {
+        return Ok(PyString::new(py, &f.path().to_string_lossy()).into_any());
+    }
+    f.path().into_pyobject(py).map(Bound::into_any)
+}
+
+/// The URL in `path` (a `str` from Python), if it is one the engine reads.
+fn url_of(path: &Path) -> Option<&str> {
+    path.to_str().filter(|s| remote::is_remote(s))
+}
+
+/// Opens a FlashPack or safetensors file (told apart by content) and validates its index:
+/// a local path, or a URL (`http(s)://`, `s3://`, `hf://`), of which only the index is fetched.
 #[pyfunction]
 pub(crate) fn open_weights(py: Python<'_>, path: PathBuf) -> PyResult<PyWeightFile> {
-    let f = py.detach(|| WeightFile::open(&path)).map_err(to_py)?;
+    let f = py
+        .detach(|| match url_of(&path) {
+            Some(url) => WeightFile::open_location(url),
+            None => WeightFile::open(&path),
+        })
+        .map_err(to_py)?;
     Ok(PyWeightFile { f })
 }
 
 /// Opens a checkpoint (a weight file, an index json, or a folder holding one of those; `variant`
 /// picks e.g. `fp16` files in a folder) and validates it: the index and the shards agree. Returns
 /// `(resolved path, shards)`, the shards sorted by name, each tensor in exactly one of them.
+/// A URL names a weight file or an index json (ending in `.json`), whose shards are the objects
+/// beside it; the resolved location is then the URL (a `str`).
 #[pyfunction]
 #[pyo3(signature = (path, variant=None))]
-pub(crate) fn open_checkpoint(
-    py: Python<'_>,
+pub(crate) fn open_checkpoint<'py>(
+    py: Python<'py>,
     path: PathBuf,
     variant: Option<String>,
-) -> PyResult<(PathBuf, Vec<PyWeightFile>)> {
+) -> PyResult<(Bound<'py, PyAny>, Vec<PyWeightFile>)> {
     let opts = OpenOptions { variant };
+    let url = url_of(&path);
     let ckpt = py
-        .detach(|| Checkpoint::open_with(&path, &opts))
+        .detach(|| match url {
+            Some(url) => Checkpoint::open_location(url, &opts),
+            None => Checkpoint::open_with(&path, &opts),
+        })
         .map_err(to_py)?;
-    let resolved = ckpt.path().to_path_buf();
+    let resolved = match url {
+        Some(_) => ckpt.path().to_string_lossy().into_pyobject(py)?.into_any(),
+        None => ckpt.path().into_pyobject(py)?.into_any(),
+    };
     let shards = ckpt
         .into_shards()
         .into_iter()
@@ -173,20 +228,28 @@ impl Memory {
     unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {}
 }
 
-fn plan(files: &[&WeightFile], pieces: &[(usize, u64, u64)]) -> PyResult<JobPlan> {
+/// The job reading `pieces` of `files`; `verify`: one that checks the FlashPack checksums of
+/// every chunk it reads (its spans widened to whole checksum chunks).
+fn plan(files: &[&WeightFile], pieces: &[(usize, u64, u64)], verify: bool) -> PyResult<JobPlan> {
     let pieces: Vec<Piece> = pieces
         .iter()
         .map(|&(file, start, end)| Piece { file, start, end })
         .collect();
-    JobPlan::new(files, &pieces).map_err(to_py)
+    if verify {
+        JobPlan::verified(files, &pieces).map_err(to_py)
+    } else {
+        JobPlan::new(files, &pieces).map_err(to_py)
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn job_options(
     io: &str,
     threads: usize,
     chunk_bytes: usize,
     progress: bool,
     huge_pages: bool,
+    verify: bool,
     cancel: &Cancel,
 ) -> PyResult<LoadOptions> {
     Ok(LoadOptions {
@@ -196,15 +259,17 @@ fn job_options(
         chunk_bytes,
         progress,
         huge_pages,
-        verify: false,
+        verify,
         cancel: Some(cancel.clone()),
     })
 }
 
-/// Reads byte ranges `pieces` (`[(file index, start, end), ...]`) of `files` into new owned host
-/// memory as one job. Returns `(memory, offsets, phases, io)`: piece `i` is at `offsets[i]`.
+/// Reads byte ranges `pieces` (`[(file index, start, end), ...]`) of `files` (local, remote or
+/// both) into new owned host memory as one job. Returns `(memory, offsets, phases, io)`: piece
+/// `i` is at `offsets[i]`. `verify` checks the FlashPack checksums of every chunk read (a
+/// ValueError naming the tensor on a mismatch; refused for safetensors files, which have none).
 #[pyfunction]
-#[pyo3(signature = (files, pieces, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, huge_pages=false))]
+#[pyo3(signature = (files, pieces, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, huge_pages=false, verify=false))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(crate) fn read_job<'py>(
     py: Python<'py>,
@@ -215,11 +280,20 @@ pub(crate) fn read_job<'py>(
     chunk_bytes: usize,
     progress: bool,
     huge_pages: bool,
+    verify: bool,
 ) -> PyResult<(Memory, Vec<u64>, Vec<(String, f64)>, Bound<'py, PyDict>)> {
     let refs: Vec<&WeightFile> = files.iter().map(|f| &f.get().f).collect();
-    let plan = plan(&refs, &pieces)?;
+    let plan = plan(&refs, &pieces, verify)?;
     let cancel = Cancel::new();
-    let opts = job_options(io, threads, chunk_bytes, progress, huge_pages, &cancel)?;
+    let opts = job_options(
+        io,
+        threads,
+        chunk_bytes,
+        progress,
+        huge_pages,
+        verify,
+        &cancel,
+    )?;
     let (mut memory, report) = interruptible(py, &cancel, || job::read_host(&refs, &plan, &opts))?;
     let offsets = (0..pieces.len())
         .map(|i| plan.offset(i).unwrap_or(0))
@@ -248,8 +322,11 @@ pub(crate) fn read_job<'py>(
 /// call. Nothing here can check that (the driver only refuses unmapped addresses; a wrong
 /// mapped one overwrites other memory), so only `flashpack.loading._load_cuda` calls it, with
 /// the addresses of tensors it has just allocated.
+///
+/// Remote files stream through the same pinned pool (parallel ranged GETs into staging
+/// buffers); `verify` as for [`read_job`].
 #[pyfunction]
-#[pyo3(signature = (files, pieces, device, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false))]
+#[pyo3(signature = (files, pieces, device, io="auto", threads=0, chunk_bytes=read::DEFAULT_READ_CHUNK_BYTES, progress=false, verify=false))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(crate) fn read_job_to_cuda<'py>(
     py: Python<'py>,
@@ -260,10 +337,11 @@ pub(crate) fn read_job_to_cuda<'py>(
     threads: usize,
     chunk_bytes: usize,
     progress: bool,
+    verify: bool,
 ) -> PyResult<(Vec<(String, f64)>, Bound<'py, PyDict>)> {
     let refs: Vec<&WeightFile> = files.iter().map(|f| &f.get().f).collect();
     let ranges: Vec<(usize, u64, u64)> = pieces.iter().map(|&(f, s, e, _)| (f, s, e)).collect();
-    let plan = plan(&refs, &ranges)?;
+    let plan = plan(&refs, &ranges, verify)?;
     let regions: Vec<JobRegion> = pieces
         .iter()
         .enumerate()
@@ -273,7 +351,7 @@ pub(crate) fn read_job_to_cuda<'py>(
         return Err(PyValueError::new_err("read_job_to_cuda: no pieces to load"));
     }
     let cancel = Cancel::new();
-    let opts = job_options(io, threads, chunk_bytes, progress, false, &cancel)?;
+    let opts = job_options(io, threads, chunk_bytes, progress, false, verify, &cancel)?;
     // Interrupted, the job stops between chunks and waits for the copies in flight.
     let report = interruptible(py, &cancel, || {
         let dev = CudaDevice::new(device)?;
@@ -282,4 +360,70 @@ pub(crate) fn read_job_to_cuda<'py>(
         unsafe { job::read_cuda(&refs, &plan, &dev, &regions, &opts) }
     })?;
     Ok((phases(&report.phases), io_dict(py, &report)?))
+}
+
+/// The exception for a URL's failure (`message` names the URL and says what went wrong), as for
+/// a local file: a missing object is `FileNotFoundError`, refused access `PermissionError` (both
+/// with `errno` set), a malformed URL `ValueError`, any other failure an `OSError`.
+pub(crate) fn remote_error(e: &RemoteError, message: String) -> PyErr {
+    match e {
+        RemoteError::NotFound => PyFileNotFoundError::new_err((ENOENT, message)),
+        RemoteError::Denied(_) => PyPermissionError::new_err((EACCES, message)),
+        RemoteError::BadUrl(_) => PyValueError::new_err(message),
+        _ => PyOSError::new_err(message),
+    }
+}
+
+/// A checkpoint's shard at a URL that could not be fetched (`message` names the index and the
+/// shard): as [`remote_error`]; None when the shard's failure is not a remote one.
+pub(crate) fn shard_remote_error(shard: &Error, message: String) -> Option<PyErr> {
+    match shard {
+        Error::Remote { source, .. } => Some(remote_error(source, message)),
+        _ => None,
+    }
+}
+
+/// `errno` values of the `OSError`s for a missing object and refused access (the same on every
+/// platform Python runs on).
+const ENOENT: i32 = 2;
+const EACCES: i32 = 13;
+
+/// True when `location` is a URL the engine reads (`http://`, `https://`, `s3://`, `hf://`)
+/// rather than a local path (any path, a name that is not UTF-8 included).
+#[pyfunction]
+pub(crate) fn is_remote(location: PathBuf) -> bool {
+    url_of(&location).is_some()
+}
+
+/// The whole object at `url` (a config or an index json), at most `limit` bytes: a larger
+/// object is a ValueError naming the URL and its size, before anything is fetched.
+#[pyfunction]
+pub(crate) fn read_url<'py>(
+    py: Python<'py>,
+    url: &str,
+    limit: u64,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let bytes = py.detach(|| read_small(url, limit)).map_err(to_py)?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+#[cfg(feature = "remote")]
+fn read_small(url: &str, limit: u64) -> flashpack::Result<Vec<u8>> {
+    let file = remote::RemoteFile::open(url)?;
+    if file.len() > limit {
+        return Err(Error::Invalid(format!(
+            "{url}: the object is {} bytes, over the limit of {limit} for a whole-object read",
+            file.len()
+        )));
+    }
+    let len = usize::try_from(file.len())
+        .map_err(|_| Error::Invalid(format!("{url}: too large for this machine")))?;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, 0)?;
+    Ok(buf)
+}
+
+#[cfg(not(feature = "remote"))]
+fn read_small(url: &str, _limit: u64) -> flashpack::Result<Vec<u8>> {
+    Err(Error::remote(url, RemoteError::NotBuilt))
 }

@@ -25,6 +25,7 @@ import torch
 import flashpack
 from flashpack import _core, pack_to_file
 from flashpack.utils import NAME_TO_DTYPE
+from remote_servers import nginx  # noqa: F401 - the fixture of the URL test
 from test_roundtrip import random_tensor
 
 
@@ -362,3 +363,45 @@ def test_a_job_with_a_piece_outside_its_file_is_refused_naming_it(drv: Driver, t
         _, _, _, _, s, _ = f.tensors[0]
         _core.read_job_to_cuda([f], [(0, s, s + 64, ptr), (0, s + 32, s + 96, ptr)], 0)
     drv.free(drv.ctx(0), ptr)
+
+
+# ---- a URL streamed to the device (flashpack.load_file("https://...", device="cuda")) ---------
+
+
+def test_a_url_streams_to_the_device_bit_exact_through_the_pinned_pool(
+    drv: Driver,
+    nginx: Any,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What ``load_file(url, device="cuda")`` does: parallel ranged GETs into pinned staging
+    buffers, copied to the device, within the pool's limit (never the whole file in host
+    memory); a FlashPack file's checksums checked as the parts arrive."""
+    import safetensors.torch as st
+
+    monkeypatch.setenv("FLASHPACK_REMOTE_PART_BYTES", str(64 << 10))
+    dtypes = [d for d in sorted(NAME_TO_DTYPE.values(), key=str) if d in st._TYPES.values()]
+    sd = {f"t{i}": random_tensor(d, (100_000 + 999 * i,), i) for i, d in enumerate(dtypes)}
+    st.save_file(sd, nginx.root / "cuda.safetensors")
+    # Verified reads stage whole 4 MiB checksum chunks (two buffers at least): a larger file.
+    sd["big"] = random_tensor(torch.float32, (6 << 20,), 99)
+    pack_to_file(sd, nginx.root / "cuda.flashpack", None)
+    ctx = drv.ctx(0)
+    for name, verify, pool in (("cuda.safetensors", False, 1 << 20), ("cuda.flashpack", True, 9 << 20)):
+        raw = (nginx.root / name).read_bytes()
+        f = _core.open_weights(nginx.url(name))
+        assert f.is_remote
+        pieces = [(0, s, e, drv.alloc(ctx, e - s)) for _, _, _, _, s, e in f.tensors if e > s]
+        flashpack.release_pinned_pool()
+        leaked = flashpack.pinned_pool_stats()["leaked"]
+        limit = leaked + pool
+        _core.set_pinned_pool_limit(limit)
+        try:
+            _core.read_job_to_cuda([f], pieces, 0, verify=verify)
+            stats = flashpack.pinned_pool_stats()
+        finally:
+            _core.set_pinned_pool_limit(1 << 30)
+        # Within a pool limit of a fraction of the file: it never was in host memory whole.
+        assert 0 < stats["allocated"] <= limit - leaked < len(raw) // 2, stats
+        for _, s, e, ptr in pieces:
+            assert drv.read(ctx, ptr, e - s) == raw[s:e], f"{name}: bytes {s}..{e} differ"
+            drv.free(ctx, ptr)

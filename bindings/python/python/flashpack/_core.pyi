@@ -121,10 +121,19 @@ class File:
     ) -> dict[str, int]: ...
 
 class WeightFile:
-    """An open, validated FlashPack or safetensors file (told apart by content)."""
+    """An open, validated FlashPack or safetensors file (told apart by content): local, or at a
+    URL (only its index fetched)."""
 
     @property
-    def path(self) -> Path: ...
+    def path(self) -> Path | str:
+        """The local path, or the URL (a ``str``) of a remote file."""
+    @property
+    def is_remote(self) -> bool: ...
+    @property
+    def footer(self) -> Footer | None:
+        """A FlashPack file's validated footer (None for safetensors)."""
+    @property
+    def data_range(self) -> tuple[int, int]: ...
     @property
     def format(self) -> Literal["flashpack", "safetensors"]: ...
     @property
@@ -141,8 +150,12 @@ class Memory:
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
 def open(path: _Path) -> File: ...
-def open_weights(path: _Path) -> WeightFile: ...
-def open_checkpoint(path: _Path, variant: str | None = None) -> tuple[Path, list[WeightFile]]: ...
+def open_weights(path: _Path) -> WeightFile:
+    """A local path, or a URL (``http(s)://``, ``s3://``, ``hf://``)."""
+def open_checkpoint(path: _Path, variant: str | None = None) -> tuple[Path | str, list[WeightFile]]:
+    """A local path, or the URL of a weight file or an index json (shards: the objects beside it)."""
+def is_remote(location: _Path) -> bool: ...
+def read_url(url: str, limit: int) -> bytes: ...
 def write_checkpoint_index(path: _Path, kind: Literal["safetensors", "flashpack"], files: Sequence[_Path]) -> None: ...
 def read_job(
     files: Sequence[WeightFile],
@@ -152,6 +165,7 @@ def read_job(
     chunk_bytes: int = ...,
     progress: bool = False,
     huge_pages: bool = False,
+    verify: bool = False,
 ) -> tuple[Memory, list[int], _Phases, dict[str, int]]: ...
 def read_job_to_cuda(
     files: Sequence[WeightFile],
@@ -161,6 +175,7 @@ def read_job_to_cuda(
     threads: int = 0,
     chunk_bytes: int = ...,
     progress: bool = False,
+    verify: bool = False,
 ) -> tuple[_Phases, dict[str, int]]:
     """UNSAFE, private: writes ``end - start`` bytes to each raw device address of ``pieces``.
     The addresses are not checked against any tensor (only that the driver maps them and that

@@ -24,6 +24,7 @@ from .distributed import (
     resolve_strategy,
 )
 from .loading import load_checkpoint
+from .remote import is_url, open_flashpack_url, read_flashpack_url
 from .settings import reader_options
 from .storage import (
     FlashTensorStorage,
@@ -46,8 +47,11 @@ PathArg = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 def get_flashpack_file_metadata(path: PathArg) -> dict[str, Any]:
-    """The footer of a FlashPack file, validated, as a dict."""
-    return footer_metadata(_core.read_footer(os.fsdecode(path)))
+    """The footer of a FlashPack file (or URL), validated, as a dict."""
+    path = os.fsdecode(path)
+    if is_url(path):
+        return footer_metadata(open_flashpack_url(path).footer)
+    return footer_metadata(_core.read_footer(path))
 
 
 def is_flashpack_file(path: PathArg) -> bool:
@@ -151,6 +155,9 @@ def read_flashpack_file(
     ``{"format": "checkpoint", "source": path, "index": [records]}`` (records as in a footer,
     each at offset 0 of its own block); ``verify=True`` is refused (safetensors files have no
     checksums).
+
+    ``path`` may be a URL (``https://``, ``s3://``, ...: :mod:`flashpack.remote`), of a file or
+    a checkpoint: fetched with parallel ranged GETs, always eagerly on CPU.
     """
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
     path = os.fsdecode(path)
@@ -167,6 +174,11 @@ def read_storage(
         raise ValueError(f"Unsupported device: {device}")
     if is_checkpoint_path(path):
         return _read_checkpoint(path, device, silent, eager, verify)
+    if is_url(path):
+        handle = _core.open_weights(path)
+        if handle.footer is None:  # a safetensors object: read as a checkpoint, as a .safetensors path is
+            return _read_checkpoint(path, device, silent, eager=True, verify=verify)
+        return read_flashpack_url(handle, device, silent, verify)
     if device.type == "cuda":
         return _read_to_cuda(path, device, silent, verify)
     if device.type == "mps":
@@ -382,10 +394,10 @@ def _read_distributed(
 ) -> FlashTensorStorage:
     """``assign_from_file(use_distributed_loading=True)``'s read: join (or form) the process
     group, then read the FlashPack file once for every rank."""
-    if is_checkpoint_path(path):
+    if is_checkpoint_path(path) or is_url(path):
         raise ValueError(
-            f"{path}: use_distributed_loading is supported for FlashPack files only here; use "
-            "flashpack.load_checkpoint(..., use_distributed_loading=True) for this checkpoint, or convert it "
+            f"{path}: use_distributed_loading is supported for FlashPack files only here (local ones); use "
+            "flashpack.load_checkpoint(..., use_distributed_loading=True) for this checkpoint or URL, or convert it "
             "with `flashpack convert`"
         )
     maybe_init_distributed(rank=rank, local_rank=local_rank, world_size=world_size, device=device)

@@ -118,13 +118,14 @@ def load_entries(
 ) -> list[torch.Tensor]:
     """The tensors of ``entries`` (of files ``handles``) on ``device``, read as one job.
 
-    CPU lazy: views of one copy-on-write mapping per file (nothing read now). CPU eager: one
-    owned buffer filled by the engine's reader pool across all files. MPS (any other device):
+    CPU lazy: views of one copy-on-write mapping per file (nothing read now). CPU eager (always
+    when a file is a URL: URLs are never mapped): one owned buffer filled by the engine's reader
+    pool across all files (parallel ranged GETs for URLs). MPS (any other device):
     that buffer, then one copy per distinct byte range. CUDA: one new tensor per distinct byte
     range, streamed through the pinned pool. On a device, tied tensors (one byte range under
     several names) stay one tensor, as they are on CPU.
     """
-    if device.type == "cpu" and not eager:
+    if device.type == "cpu" and not eager and not any(h.is_remote for h in handles):
         maps = {k: handles[k].map() for k in sorted({e.file for e in entries})}
         return [view_of(maps[e.file], e.start, e) for e in entries]
     if device.type == "cuda":
@@ -189,6 +190,10 @@ def load_file(
 
     ``use_distributed_loading=True`` (in a ``torch.distributed`` job, or under torchrun): rank 0
     reads the file and broadcasts the bytes; every rank gets the same dict on ``device``.
+
+    ``filename`` may be a URL (``https://``, ``http://``, ``s3://bucket/key``,
+    ``hf://org/repo/file``; see :mod:`flashpack.remote`): read with parallel ranged GETs, eagerly
+    on CPU, straight into CUDA memory through the pinned pool on CUDA.
     """
     dev = resolve_device(device)
     if use_distributed_loading:
@@ -224,6 +229,9 @@ def load_checkpoint(
     raises ValueError naming the index, the shard and the tensor (a shard the index lists that is
     not there: FileNotFoundError; OSError when the OS refuses a read). ``use_distributed_loading`` as for :func:`load_file` (rank 0 reads all shards as one
     job and broadcasts).
+
+    ``path`` may be a URL (see :func:`load_file`) of a weight file or of an index json, whose
+    shards are the objects beside it.
     """
     dev = resolve_device(device)
     if use_distributed_loading:

@@ -34,7 +34,8 @@ class safe_open:  # noqa: N801 - the name safetensors users know
     ``f.keys()`` (sorted by name, as safetensors' ``keys()`` is), ``f.offset_keys()`` (in the
     order of the tensors' bytes in the file), ``f.metadata()`` (the ``__metadata__`` strings or None),
     ``f.get_tensor(name)``, ``f.get_slice(name)`` (``.get_shape()``, ``.get_dtype()``, ``[...]``).
-    Works for ``.safetensors`` and ``.flashpack`` files. Each call reads only its bytes (see the
+    Works for ``.safetensors`` and ``.flashpack`` files, local or at a URL (``https://``,
+    ``s3://``, ...: the open fetches only the header, each read only its ranges). Each call reads only its bytes (see the
     module docs for what a slice costs); a missing name is a :class:`TensorNotFoundError` (a
     KeyError, also a ValueError) naming the file; safetensors raises its ``SafetensorError``.
     """

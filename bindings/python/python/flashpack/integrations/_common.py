@@ -19,6 +19,7 @@ import torch
 
 from .. import _core, deserialization, serialization
 from ..mixin import parameters_on_meta
+from ..remote import hub_model_id
 from ..options import PACK_OPTIONS, Options, with_options
 from ..utils import atomic_path, filter_state_dict, get_module_and_attribute, staged_files, string_to_dtype
 
@@ -69,7 +70,8 @@ def resolve_model_dir(
     whole: bool = False,
 ) -> Path:
     """A local directory for ``name_or_path``: itself when it is one, else the snapshot of that Hub
-    repository (downloaded, or taken from the cache when offline / ``local_files_only``).
+    repository (downloaded, or taken from the cache when offline / ``local_files_only``);
+    ``hf://org/repo[@revision]`` names a Hub repository too (other URLs: ValueError).
 
     Only what a load reads is fetched (:func:`hub_patterns`): configs, indexes and tokenizer
     files, FlashPack files, and the libraries' safetensors weights of ``variant`` (with
@@ -82,6 +84,7 @@ def resolve_model_dir(
     for compatibility with the original signatures; huggingface_hub no longer uses them.
     """
     del local_dir_use_symlinks, proxies, resume_download, user_agent
+    name_or_path, revision = hub_model_id(name_or_path, revision)  # hf://org/repo[@revision]
     path = Path(name_or_path)
     if path.is_dir():
         return path

@@ -1,0 +1,104 @@
+"""URLs wherever flashpack takes a path: ``http://``, ``https://``, ``s3://bucket/key`` and
+``hf://org/repo[@revision]/path/in/repo`` (the Hub's file URL).
+
+The engine recognises them (``_core.is_remote``) and reads them: an open fetches only the index
+(a FlashPack footer, a safetensors header) with ranged GETs; a load fetches the tensors' bytes
+with parallel ranged GETs into owned host memory (a URL is never mapped: CPU loads from a URL are
+eager), or through the pinned staging pool straight into CUDA memory (never the whole file in
+host memory). The object's size and ETag are pinned at open. Settings: the
+``FLASHPACK_REMOTE_*`` variables; S3 takes the AWS configuration (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ...), the Hub ``HF_ENDPOINT`` and ``HF_TOKEN``.
+
+Errors name the URL: a missing object is a ``FileNotFoundError``, refused access a
+``PermissionError``, any other failure of the transfer an ``OSError`` saying what went wrong,
+and a corrupt file a ``ValueError``, as for local files.
+
+>>> is_url("s3://bucket/model.safetensors"), is_url("model.safetensors")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from . import _core
+from .loading import job_options
+from .settings import reader_options
+from .storage import FlashTensorStorage, view_bytes
+from .utils import string_to_dtype
+
+__all__ = ["is_url", "read_url"]
+
+# Bound on a whole-object read (configs, indexes): nothing larger is fetched into a bytes object.
+SMALL_OBJECT_LIMIT = 64 << 20
+
+
+def is_url(path: object) -> bool:
+    """True when ``path`` is a URL the engine reads (a ``str``; paths and bytes are local)."""
+    return isinstance(path, str) and _core.is_remote(path)
+
+
+def read_url(url: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
+    """The whole object at ``url`` (a config, an index json): at most ``limit`` bytes, else a
+    ValueError naming the URL and its size."""
+    return bytes(_core.read_url(url, limit))
+
+
+def hub_model_id(name: str | os.PathLike[str], revision: str | None) -> tuple[str | os.PathLike[str], str | None]:
+    """What ``from_pretrained_flashpack`` takes as a model: ``hf://org/repo[@revision]`` is the Hub
+    repository ``org/repo`` (at ``revision``); any other URL is a ValueError (a folder at a URL
+    has no listing to find its files by); a path or a plain Hub id is returned as it is."""
+    if not isinstance(name, str) or not is_url(name):
+        return name, revision
+    if name.lower().startswith("hf://"):
+        repo, _, rev = name[len("hf://") :].strip("/").partition("@")
+        if repo.count("/") == 1 and "/" not in rev:
+            return repo, rev or revision
+    raise ValueError(
+        f"{name}: from_pretrained_flashpack takes a local folder or a Hub repository (org/repo, or "
+        "hf://org/repo[@revision]), not a URL of a folder or a file; load weights at a URL with "
+        "flashpack.assign_from_file(model, url) or flashpack.load_checkpoint(url)"
+    )
+
+
+def open_flashpack_url(url: str) -> Any:
+    """The engine's handle of the FlashPack file at ``url`` (ValueError naming it when the
+    object is another format)."""
+    handle = _core.open_weights(url)
+    if handle.format != "flashpack":
+        raise ValueError(f"{url}: not a FlashPack file (it is a {handle.format} file)")
+    return handle
+
+
+def read_flashpack_url(handle: Any, device: torch.device, silent: bool, verify: bool) -> FlashTensorStorage:
+    """``read_storage`` of a FlashPack file at a URL (``handle``: its ``_core.open_weights``):
+    one block tensor per macroblock, with the engine's footer. CPU: the payload fetched into
+    owned memory (a URL is never mapped); CUDA: each block streamed into its own device tensor;
+    MPS: the CPU load, then one copy per block."""
+    url = handle.path
+    footer = handle.footer
+    blocks = footer.blocks
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{url}: cannot load to {device}: torch sees no CUDA device")
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        raw = [torch.empty(length, dtype=torch.uint8, device=torch.device("cuda", index)) for _, _, length, _ in blocks]
+        # The engine copies on its own streams: torch's queued work on this memory must be done.
+        torch.cuda.current_stream(index).synchronize()
+        pieces = [(0, off, off + length, t.data_ptr()) for (_, off, length, _), t in zip(blocks, raw) if length]
+        if pieces:
+            _core.read_job_to_cuda([handle], pieces, index, progress=not silent, verify=verify, **reader_options())
+        views = [t.view(string_to_dtype(d)) for (d, _, _, _), t in zip(blocks, raw)]
+        return FlashTensorStorage(blocks=views, footer=footer, records=footer.records)
+    memory: Any = None
+    if footer.payload_len:
+        memory, _offsets, _phases, _io = _core.read_job(
+            [handle], [(0, 0, footer.payload_len)], progress=not silent, verify=verify, **job_options()
+        )
+    host = [view_bytes(memory, off, length, string_to_dtype(d), (elems,)) for d, off, length, elems in blocks]
+    if device.type == "mps":
+        return FlashTensorStorage(blocks=[b.to(device) for b in host], footer=footer, records=footer.records)
+    return FlashTensorStorage(blocks=host, backing=memory, footer=footer, records=footer.records)
