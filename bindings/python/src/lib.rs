@@ -839,6 +839,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(weights::read_job_to_cuda, m)?)?;
     m.add_function(wrap_pyfunction!(weights::is_remote, m)?)?;
     m.add_function(wrap_pyfunction!(weights::read_url, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::verify_url, m)?)?;
+    m.add_function(wrap_pyfunction!(weights::url_size, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -396,15 +396,111 @@ pub(crate) fn is_remote(location: PathBuf) -> bool {
 }
 
 /// The whole object at `url` (a config or an index json), at most `limit` bytes: a larger
-/// object is a ValueError naming the URL and its size, before anything is fetched.
+/// object is a ValueError naming the URL and its size, before anything is fetched. Ctrl-C stops
+/// the wait at once (KeyboardInterrupt): the request, which has no chunks to stop between,
+/// is left to end by its own timeout on a thread of its own, its result dropped.
 #[pyfunction]
 pub(crate) fn read_url<'py>(
     py: Python<'py>,
     url: &str,
     limit: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let bytes = py.detach(|| read_small(url, limit)).map_err(to_py)?;
+    let cancel = Cancel::new();
+    let bytes = interruptible(py, &cancel, || {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let owned = url.to_string();
+        std::thread::Builder::new()
+            .name("flashpack-read-url".into())
+            .spawn(move || {
+                let _ = tx.send(read_small(&owned, limit));
+            })
+            .map_err(|e| Error::Internal(format!("{url}: cannot start a thread: {e}")))?;
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(20)) {
+                Ok(result) => return result,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
+                    return Err(Error::Cancelled { path: url.into() })
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Internal(format!("{url}: the read ended without a result")))
+                }
+            }
+        }
+    })?;
     Ok(PyBytes::new(py, &bytes))
+}
+
+/// The size in bytes of the object at `url` (one HEAD request): a missing object is a
+/// FileNotFoundError naming the URL, refused access a PermissionError. For probing which of
+/// a model folder's files exist at a URL.
+#[pyfunction]
+pub(crate) fn url_size(py: Python<'_>, url: &str) -> PyResult<u64> {
+    py.detach(|| remote_size(url)).map_err(to_py)
+}
+
+#[cfg(feature = "remote")]
+fn remote_size(url: &str) -> flashpack::Result<u64> {
+    remote::RemoteFile::open(url).map(|f| f.len())
+}
+
+#[cfg(not(feature = "remote"))]
+fn remote_size(url: &str) -> flashpack::Result<u64> {
+    Err(Error::remote(url, RemoteError::NotBuilt))
+}
+
+/// Checks the remote FlashPack file at `url` without keeping it: its footer and layout (as
+/// every open does), then every payload chunk against its checksum as the parts arrive
+/// (parallel ranged GETs into per-thread scratch buffers, so memory stays bounded). Returns
+/// `{"tensors", "payload_len", "chunks_checked", "algorithm"}` as `verify` does for a path;
+/// a corrupt chunk is a ValueError naming the URL and the tensors in it; Ctrl-C stops it.
+#[pyfunction]
+#[pyo3(signature = (url, threads=0, progress=false))]
+pub(crate) fn verify_url<'py>(
+    py: Python<'py>,
+    url: &str,
+    threads: usize,
+    progress: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let cancel = Cancel::new();
+    let opts = LoadOptions {
+        threads,
+        progress,
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
+    let report = interruptible(py, &cancel, || {
+        let wf = WeightFile::open_location(url)?;
+        let Some(footer) = wf.footer() else {
+            return Err(Error::Invalid(format!(
+                "{url}: not a FlashPack file (a safetensors file has no checksums to verify)"
+            )));
+        };
+        let checksums = footer.checksums();
+        let (start, end) = wf.data_range();
+        let report = read::VerifyReport {
+            tensors: wf.tensors().len(),
+            payload_len: end,
+            chunks_checked: checksums.map_or(0, |c| c.digests.len()),
+            algorithm: checksums.map(|c| c.algorithm.clone()),
+        };
+        if checksums.is_some() && end > start {
+            let pieces = [Piece {
+                file: 0,
+                start,
+                end,
+            }];
+            let plan = JobPlan::verified(&[&wf], &pieces)?;
+            job::verify(&[&wf], &plan, &opts)?;
+        }
+        Ok(report)
+    })?;
+    let d = PyDict::new(py);
+    d.set_item("tensors", report.tensors)?;
+    d.set_item("payload_len", report.payload_len)?;
+    d.set_item("chunks_checked", report.chunks_checked)?;
+    d.set_item("algorithm", report.algorithm)?;
+    Ok(d)
 }
 
 #[cfg(feature = "remote")]

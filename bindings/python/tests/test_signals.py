@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -187,3 +188,46 @@ def test_a_handler_that_does_not_raise_runs_during_the_pack_which_completes(tmp_
     with open(source, "rb") as f:
         head = torch.frombuffer(bytearray(f.read(MIB)), dtype=torch.uint8)
     assert loaded.numel() == size and torch.equal(loaded[:MIB], head)
+
+
+URL_CHILD = r"""
+import json, signal, sys
+from flashpack import _core
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+print("START", flush=True)
+try:
+    _core.read_url(sys.argv[1], 1 << 20)
+    outcome = "completed"
+except BaseException as e:
+    outcome = type(e).__name__
+print(json.dumps({"outcome": outcome}), flush=True)
+"""
+
+
+def test_ctrl_c_stops_a_whole_object_read_of_a_url_that_never_answers() -> None:
+    """``_core.read_url`` (configs and indexes at a URL) waits on a server that accepts the
+    connection and never answers; the request's own timeout is 10 minutes. Ctrl-C must end the
+    call with KeyboardInterrupt at once (the child is given 60 s: a hang detector only)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(60)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/config.json"
+        env = {**os.environ, "FLASHPACK_REMOTE_REQUEST_TIMEOUT_SECS": "600", "FLASHPACK_REMOTE_TIMEOUT_SECS": "600"}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", URL_CHILD, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "START", proc.stderr.read() if proc.stderr else ""
+            conn, _ = server.accept()  # the child's request is under way
+            with conn:
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == {"outcome": "KeyboardInterrupt"}, (out, err)

@@ -155,7 +155,12 @@ def open_weights(path: _Path) -> WeightFile:
 def open_checkpoint(path: _Path, variant: str | None = None) -> tuple[Path | str, list[WeightFile]]:
     """A local path, or the URL of a weight file or an index json (shards: the objects beside it)."""
 def is_remote(location: _Path) -> bool: ...
-def read_url(url: str, limit: int) -> bytes: ...
+def read_url(url: str, limit: int) -> bytes:
+    """The whole object (at most ``limit`` bytes); Ctrl-C stops the wait."""
+def url_size(url: str) -> int:
+    """The object's size (one HEAD request); FileNotFoundError when it is missing."""
+def verify_url(url: str, threads: int = 0, progress: bool = False) -> dict[str, Any]:
+    """``verify`` of a FlashPack file at a URL (parts fetched in parallel, checked as they arrive)."""
 def write_checkpoint_index(path: _Path, kind: Literal["safetensors", "flashpack"], files: Sequence[_Path]) -> None: ...
 def read_job(
     files: Sequence[WeightFile],

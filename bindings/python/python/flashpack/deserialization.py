@@ -239,8 +239,15 @@ def verify_flashpack_file(path: PathArg, silent: bool = True) -> dict[str, Any]:
     Returns ``{"tensors", "payload_len", "chunks_checked", "algorithm"}`` (``chunks_checked`` is 0
     for a file written without checksums). A corrupt file raises ValueError naming the first
     tensor in the bad chunk; an unreadable one raises OSError.
+
+    ``path`` may be a URL (``https://``, ``s3://``, ...: :mod:`flashpack.remote`): the payload is
+    fetched with parallel ranged GETs and checked as the parts arrive, never kept whole in memory
+    (errors name the URL, as for :func:`read_flashpack_file`).
     """
-    return dict(_core.verify(os.fsdecode(path), progress=not silent))
+    path = os.fsdecode(path)
+    if is_url(path):
+        return dict(_core.verify_url(path, progress=not silent))
+    return dict(_core.verify(path, progress=not silent))
 
 
 def release_pinned_pool() -> int:
