@@ -246,6 +246,33 @@ def test_verify_checks_the_checksums_of_a_url_as_parts_arrive(http_urls: dict[st
         read_flashpack_file(url, verify=True)
 
 
+def test_verify_flashpack_file_of_a_url_checks_every_checksum(urls: dict[str, str], files: dict[str, Any]) -> None:
+    """``verify_flashpack_file(url)`` checks the file at the URL as ``verify_flashpack_file(path)``
+    checks the same file on disk (parts fetched in parallel, checked as they arrive)."""
+    from flashpack.deserialization import verify_flashpack_file
+
+    local = verify_flashpack_file(files["dir"] / "m.flashpack")
+    assert local["chunks_checked"] >= 1 and local["algorithm"]
+    assert verify_flashpack_file(urls["m.flashpack"]) == local
+    single = urls["single.safetensors"]
+    with pytest.raises(ValueError, match=single.replace(".", r"\.") + ".*not a FlashPack file"):
+        verify_flashpack_file(single)
+    absent = urls["m.flashpack"].replace("m.flashpack", "absent.flashpack")
+    with pytest.raises(FileNotFoundError, match=absent.replace(".", r"\.")):
+        verify_flashpack_file(absent)
+
+
+def test_verify_flashpack_file_of_a_url_names_the_url_of_a_corrupt_byte(nginx: Nginx, files: dict[str, Any]) -> None:  # noqa: F811
+    from flashpack.deserialization import verify_flashpack_file
+
+    raw = bytearray((files["dir"] / "m.flashpack").read_bytes())
+    raw[len(raw) // 3] ^= 0x01  # one bit, in the payload (which starts the file)
+    (nginx.root / "one-bit.flashpack").write_bytes(bytes(raw))
+    url = nginx.url("one-bit.flashpack")
+    with pytest.raises(ValueError, match=url.replace(".", r"\.") + ".*checksum"):
+        verify_flashpack_file(url)
+
+
 def test_the_command_inspects_and_verifies_urls(urls: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     """``flashpack inspect / verify URL`` (the console script, through the Rust command)."""
     from flashpack.cli import main
@@ -268,11 +295,11 @@ def test_a_path_that_is_not_utf8_is_no_url() -> None:
     assert not remote.is_url(name) and not remote.is_url(os.fsdecode(name))
 
 
-def test_from_pretrained_flashpack_takes_hf_repository_ids_not_folder_urls(
+def test_from_pretrained_flashpack_takes_hf_repository_ids_and_refuses_file_urls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``hf://org/repo[@revision]`` is the Hub repository (here an offline cache); a URL of a
-    folder cannot be listed, so it is refused, naming what works instead."""
+    """``hf://org/repo[@revision]`` is the Hub repository (here an offline cache); the URL of one
+    file is refused, naming what reads one (folders at a URL: test_remote_models.py)."""
     from hf_testing import minilm_dir, offline_hub, populate_hub_cache, same_bits
     from test_integrations_transformers import FlashPackBertModel
 
@@ -283,6 +310,6 @@ def test_from_pretrained_flashpack_takes_hf_repository_ids_not_folder_urls(
     for name in ("hf://someone/minilm", "hf://someone/minilm@main"):
         loaded = FlashPackBertModel.from_pretrained_flashpack(name)
         assert all(same_bits(t, want[n]) for n, t in loaded.state_dict().items()), name
-    for url in ("s3://bucket/models/minilm", "https://example.com/models/minilm", "hf://someone/minilm/model.flashpack"):
+    for url in ("s3://bucket/models/minilm/model.safetensors", "https://example.com/m/config.json", "hf://someone/minilm/model.flashpack"):
         with pytest.raises(ValueError, match="assign_from_file"):
             FlashPackBertModel.from_pretrained_flashpack(url)

@@ -9,6 +9,10 @@ host memory). The object's size and ETag are pinned at open. Settings: the
 ``FLASHPACK_REMOTE_*`` variables; S3 takes the AWS configuration (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ...), the Hub ``HF_ENDPOINT`` and ``HF_TOKEN``.
 
+``from_pretrained_flashpack`` takes the URL of a model folder too (:func:`model_folder_url`):
+its configs are fetched whole by name, its weights found by probing names (:func:`url_exists`)
+and read from the URL.
+
 Errors name the URL: a missing object is a ``FileNotFoundError``, refused access a
 ``PermissionError``, any other failure of the transfer an ``OSError`` saying what went wrong,
 and a corrupt file a ``ValueError``, as for local files.
@@ -30,7 +34,7 @@ from .settings import reader_options
 from .storage import FlashTensorStorage, view_bytes
 from .utils import string_to_dtype
 
-__all__ = ["is_url", "read_url"]
+__all__ = ["is_url", "read_url", "url_exists"]
 
 # Bound on a whole-object read (configs, indexes): nothing larger is fetched into a bytes object.
 SMALL_OBJECT_LIMIT = 64 << 20
@@ -47,21 +51,50 @@ def read_url(url: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
     return bytes(_core.read_url(url, limit))
 
 
+def url_exists(url: str) -> bool:
+    """True when there is an object at ``url`` (one HEAD request), False when there is none;
+    any other failure (refused access, an unreachable host) raises, naming the URL."""
+    try:
+        _core.url_size(url)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def join_url(base: str, *names: str) -> str:
+    """The URL of ``names`` (``/``-separated paths) in the folder at ``base``."""
+    return "/".join([base.rstrip("/"), *(n.strip("/") for n in names if n.strip("/"))])
+
+
+# What a URL of one file ends with: from_pretrained_flashpack takes folders.
+FILE_SUFFIXES = (".flashpack", ".safetensors", ".json", ".bin", ".pt", ".pth")
+
+
 def hub_model_id(name: str | os.PathLike[str], revision: str | None) -> tuple[str | os.PathLike[str], str | None]:
     """What ``from_pretrained_flashpack`` takes as a model: ``hf://org/repo[@revision]`` is the Hub
-    repository ``org/repo`` (at ``revision``); any other URL is a ValueError (a folder at a URL
-    has no listing to find its files by); a path or a plain Hub id is returned as it is."""
-    if not isinstance(name, str) or not is_url(name):
-        return name, revision
-    if name.lower().startswith("hf://"):
+    repository ``org/repo`` (at ``revision``); a path, a plain Hub id or the URL of a folder
+    (:func:`model_folder_url`) is returned as it is."""
+    if isinstance(name, str) and name.lower().startswith("hf://"):
         repo, _, rev = name[len("hf://") :].strip("/").partition("@")
         if repo.count("/") == 1 and "/" not in rev:
             return repo, rev or revision
-    raise ValueError(
-        f"{name}: from_pretrained_flashpack takes a local folder or a Hub repository (org/repo, or "
-        "hf://org/repo[@revision]), not a URL of a folder or a file; load weights at a URL with "
-        "flashpack.assign_from_file(model, url) or flashpack.load_checkpoint(url)"
-    )
+    return name, revision
+
+
+def model_folder_url(name: str | os.PathLike[str]) -> str | None:
+    """The URL of a model folder (``https://host/models/llama``, ``s3://bucket/models/llama``,
+    ``hf://org/repo/subfolder``) whose files ``from_pretrained_flashpack`` fetches by their
+    names (a URL has no listing); None for a path, a Hub id or ``hf://org/repo[@revision]``
+    (a Hub repository). The URL of a file is a ValueError saying what reads one."""
+    if not isinstance(name, str) or not is_url(name) or hub_model_id(name, None)[0] != name:
+        return None
+    if name.rstrip("/").lower().endswith(FILE_SUFFIXES):
+        raise ValueError(
+            f"{name}: from_pretrained_flashpack takes a model folder (a local one, a Hub repository or the URL "
+            "of a folder), not the URL of a file; load weights at a URL with flashpack.assign_from_file(model, url) "
+            "or flashpack.load_checkpoint(url)"
+        )
+    return name.rstrip("/")
 
 
 def open_flashpack_url(url: str) -> Any:

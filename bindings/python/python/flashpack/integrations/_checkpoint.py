@@ -13,7 +13,9 @@ names), or the library's safetensors weights: one file (``model.safetensors`` /
 then the safetensors weights in the order the library itself picks them (transformers: the file
 named by ``config.json``'s ``transformers_weights`` if any, else the single file before the
 index; diffusers: the index before the single file), so a folder holding both loads the weights
-``from_pretrained`` loads.
+``from_pretrained`` loads. A folder at a URL (``https://``, ``s3://``) has no listing: the same
+names are probed there, one HEAD request each (:func:`exists`), and the weights found are read
+from the URL.
 
 >>> import tempfile
 >>> from pathlib import Path
@@ -29,12 +31,13 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
 
 from ..loading import load_checkpoint
+from ..remote import join_url, url_exists
 from ._common import FLASHPACK_WEIGHTS_NAME
 
 
@@ -86,42 +89,65 @@ def candidate_names(names: WeightNames, variant: str | None) -> list[str]:
     return [with_variant(names.flashpack_index, variant), *(single + index if names.single_first else index + single)]
 
 
-def explicit_weights(folder: Path, names: WeightNames) -> Path | None:
-    """The weights file ``config.json`` names under the library's key (transformers'
+# Where a model's files are: a local folder, or the URL of one (``https://``, ``s3://``, ``hf://``).
+Location = Path | str
+
+
+def at(folder: Location, name: str) -> Location:
+    """The file ``name`` (``/``-separated) of ``folder``."""
+    return join_url(folder, name) if isinstance(folder, str) else folder / name
+
+
+def exists(location: Location) -> bool:
+    """A file at a path, or an object at a URL (one HEAD request)."""
+    return url_exists(location) if isinstance(location, str) else location.is_file()
+
+
+def explicit_weights(folder: Location, names: WeightNames, config: Path | None = None) -> Location | None:
+    """The weights file the model's config names under the library's key (transformers'
     ``transformers_weights``), checked as the library checks it: a safetensors file or index
-    inside ``folder``. None when there is no such key."""
-    config = folder / "config.json"
-    if names.explicit_key is None or not config.is_file():
+    inside ``folder``. ``config``: the config.json to read (default ``folder/config.json``; for
+    a folder at a URL, its local copy). None when there is no such key."""
+    if config is None:
+        config = folder / "config.json" if isinstance(folder, Path) else None
+    if names.explicit_key is None or config is None or not config.is_file():
         return None
+    shown = at(folder, "config.json")
     try:
         value = json.loads(config.read_text(encoding="utf-8")).get(names.explicit_key)
     except (OSError, ValueError, AttributeError) as e:
-        raise OSError(f"{config}: cannot read it: {e}") from e
+        raise OSError(f"{shown}: cannot read it: {e}") from e
     if value is None:
         return None
     if not isinstance(value, str) or not value.endswith((".safetensors", ".safetensors.index.json")):
         raise ValueError(
-            f"{config}: {names.explicit_key} must name a safetensors file (*.safetensors) or index "
+            f"{shown}: {names.explicit_key} must name a safetensors file (*.safetensors) or index "
             f"(*.safetensors.index.json), got {value!r}"
         )
-    path = folder / value
-    base = os.path.abspath(folder)
-    if os.path.commonpath([base, os.path.abspath(path)]) != base:
-        raise ValueError(f"{config}: {names.explicit_key} must name a file inside the model folder, got {value!r}")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file (named by {names.explicit_key} in {config})")
+    if isinstance(folder, str):
+        inside = not PurePosixPath(value).is_absolute() and ".." not in PurePosixPath(value).parts
+    else:
+        base = os.path.abspath(folder)
+        inside = os.path.commonpath([base, os.path.abspath(folder / value)]) == base
+    if not inside:
+        raise ValueError(f"{shown}: {names.explicit_key} must name a file inside the model folder, got {value!r}")
+    path = at(folder, value)
+    if not exists(path):
+        raise FileNotFoundError(f"{path}: no such file (named by {names.explicit_key} in {shown})")
     return path
 
 
-def find_weights(folder: Path, names: WeightNames, variant: str | None = None) -> Path:
-    """The weights of the model in ``folder``: ``model.flashpack`` when there is one (it wins,
+def find_weights(folder: Location, names: WeightNames, variant: str | None = None, config: Path | None = None) -> Location:
+    """The weights of the model in ``folder`` (a path, or the URL of a folder, whose files are
+    probed by name: ``config`` is then the local copy of its config.json): ``model.flashpack``
+    when there is one (it wins,
     whatever ``variant`` says: a warning says so when a ``variant`` is asked for), else for
     ``variant`` the multi-file FlashPack index, else the library's safetensors weights in the
     library's order (:func:`candidate_names`; for transformers, the file that ``config.json``'s
     ``transformers_weights`` names comes first). Raises ``FileNotFoundError`` naming everything
     looked for."""
-    flashpack = folder / FLASHPACK_WEIGHTS_NAME
-    if flashpack.is_file():
+    flashpack = at(folder, FLASHPACK_WEIGHTS_NAME)
+    if exists(flashpack):
         if variant:
             warnings.warn(
                 f"{flashpack}: loading it, not the weights of variant {variant!r} (a model.flashpack file "
@@ -130,30 +156,32 @@ def find_weights(folder: Path, names: WeightNames, variant: str | None = None) -
             )
         return flashpack
     candidates = candidate_names(names, variant)
-    if (folder / candidates[0]).is_file():
-        return folder / candidates[0]
-    explicit = explicit_weights(folder, names)
+    if exists(at(folder, candidates[0])):
+        return at(folder, candidates[0])
+    explicit = explicit_weights(folder, names, config)
     if explicit is not None:
         return explicit
     for name in candidates[1:]:
-        if (folder / name).is_file():
-            return folder / name
+        if exists(at(folder, name)):
+            return at(folder, name)
     wanted = ", ".join([FLASHPACK_WEIGHTS_NAME, *candidates])
-    files = folder.iterdir() if folder.is_dir() else iter(())
-    present = sorted(p.name for p in files if p.name.endswith((".safetensors", ".json", ".bin", ".pt", ".pth")))
-    hint = f" (it holds {', '.join(present)})" if present else ""
+    hint = ""
+    if isinstance(folder, Path):
+        files = folder.iterdir() if folder.is_dir() else iter(())
+        present = sorted(p.name for p in files if p.name.endswith((".safetensors", ".json", ".bin", ".pt", ".pth")))
+        hint = f" (it holds {', '.join(present)})" if present else ""
     raise FileNotFoundError(
-        f"{folder / FLASHPACK_WEIGHTS_NAME}: no {FLASHPACK_WEIGHTS_NAME} here, and no {names.library} safetensors "
+        f"{flashpack}: no {FLASHPACK_WEIGHTS_NAME} here, and no {names.library} safetensors "
         f"weights{f' for variant {variant!r}' if variant else ''} either: looked for {wanted}{hint}"
     )
 
 
-def is_flashpack(path: Path) -> bool:
-    return path.name == FLASHPACK_WEIGHTS_NAME
+def is_flashpack(path: Location) -> bool:
+    return (path.name if isinstance(path, Path) else path.rsplit("/", 1)[-1]) == FLASHPACK_WEIGHTS_NAME
 
 
 def load_weights(
-    path: Path,
+    path: Location,
     device: str | torch.device | None,
     options: dict[str, Any],
 ) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import torch
 
 from .. import _core, deserialization, serialization
 from ..mixin import parameters_on_meta
-from ..remote import hub_model_id
+from ..remote import SMALL_OBJECT_LIMIT, hub_model_id, is_url, join_url, model_folder_url, open_flashpack_url, read_url
 from ..options import PACK_OPTIONS, Options, with_options
 from ..utils import atomic_path, filter_state_dict, get_module_and_attribute, staged_files, string_to_dtype
 
@@ -84,6 +85,11 @@ def resolve_model_dir(
     for compatibility with the original signatures; huggingface_hub no longer uses them.
     """
     del local_dir_use_symlinks, proxies, resume_download, user_agent
+    if model_folder_url(name_or_path) is not None:
+        raise ValueError(
+            f"{name_or_path}: this load needs a local folder or a Hub repository; the URL of a model folder is read "
+            "by the models' from_pretrained_flashpack (its config and weights, fetched by name), not here"
+        )
     name_or_path, revision = hub_model_id(name_or_path, revision)  # hf://org/repo[@revision]
     path = Path(name_or_path)
     if path.is_dir():
@@ -215,10 +221,45 @@ def missing_weight_files(folder: Path, variant: str | None, plain_dirs: list[str
 HUB_OPTIONS = Options(resolve_model_dir, skip=("name_or_path", "variant", "plain_fallback", "whole"))
 
 
+@contextmanager
+def model_folder(
+    name_or_path: str | os.PathLike[str],
+    files: tuple[str, ...],
+    *,
+    variant: str | None = None,
+    **hub: Any,
+) -> Iterator[tuple[Path, Path | str]]:
+    """The folder of a model (``subfolder`` of it when ``hub`` has one) as ``(local folder with
+    its configs, where its weights are)``: for a folder or a Hub repository both are the local
+    folder (:func:`resolve_model_dir`); for the URL of a folder (:func:`~flashpack.remote.model_folder_url`)
+    its ``files`` (``config.json`` first, required; the others when present) are fetched whole
+    (bounded) into a temporary folder, removed when the block ends, and the weights stay at
+    the URL, to be found by name and read by the engine."""
+    subfolder = hub.get("subfolder")
+    url = model_folder_url(name_or_path)
+    if url is None:
+        folder = resolve_model_dir(name_or_path, variant=variant, **hub)
+        folder = folder / subfolder if subfolder else folder
+        yield folder, folder
+        return
+    where = join_url(url, subfolder) if subfolder else url
+    with tempfile.TemporaryDirectory(prefix="flashpack-remote-") as tmp:
+        for k, name in enumerate(files):
+            try:
+                data = read_url(join_url(where, name), SMALL_OBJECT_LIMIT)
+            except FileNotFoundError:
+                if k == 0:
+                    raise
+                continue
+            (Path(tmp) / name).write_bytes(data)
+        yield Path(tmp), where
+
+
 def read_footer(path: str | os.PathLike[str]) -> _core.Footer:
-    """The validated footer of the FlashPack file ``path``: read once per model load, then passed
-    to :func:`build_dtype` and :func:`load_into_model`."""
-    return _core.read_footer(os.fsdecode(path))
+    """The validated footer of the FlashPack file ``path`` (or URL): read once per model load,
+    then passed to :func:`build_dtype` and :func:`load_into_model`."""
+    path = os.fsdecode(path)
+    return open_flashpack_url(path).footer if is_url(path) else _core.read_footer(path)
 
 
 def file_float_dtype(footer: _core.Footer) -> torch.dtype | None:

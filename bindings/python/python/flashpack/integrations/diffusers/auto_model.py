@@ -12,7 +12,8 @@ from typing import Any
 import diffusers
 from diffusers import ModelMixin
 
-from .._common import HUB_OPTIONS, flashpack_subclass, resolve_model_dir
+from ...remote import model_folder_url
+from .._common import HUB_OPTIONS, flashpack_subclass, model_folder, resolve_model_dir
 from .model import FlashPackDiffusersModelMixin
 
 
@@ -103,10 +104,22 @@ class AutoFlashPackModel:
     ) -> Any:
         """Load a model folder (or Hub id) with the class its config names, the FlashPack
         mixin added: with ``use_flashpack`` from ``model.flashpack`` (``from_pretrained_flashpack``),
-        else with the library's own ``from_pretrained``."""
+        else with the library's own ``from_pretrained``. The URL of a model folder
+        (``https://``, ``s3://``) is read with ``use_flashpack`` only (its config fetched to pick
+        the class, its weights read by the engine from the URL)."""
         if pretrained_model_or_path is None:
             raise TypeError("from_pretrained needs a model folder or a Hub repository id")
         hub = HUB_OPTIONS.pop(kwargs)
+        url = model_folder_url(pretrained_model_or_path)
+        if url is not None:
+            if not use_flashpack:
+                raise ValueError(
+                    f"{url}: the library's own from_pretrained reads a local folder or a Hub repository; load a model "
+                    "folder at a URL with from_pretrained_flashpack (or from_pretrained(..., use_flashpack=True))"
+                )
+            with model_folder(url, ("config.json",), subfolder=subfolder) as (config_folder, _):
+                model_cls = model_class_for(config_folder, None)
+            return model_cls.from_pretrained_flashpack(url, subfolder=subfolder, **kwargs)
         # The library's own from_pretrained reads the folder as it likes (.bin, other names): the whole
         # snapshot (or subfolder) for it; only what the engine reads for use_flashpack.
         folder = resolve_model_dir(

@@ -15,7 +15,7 @@ from diffusers import ModelMixin
 
 from ...mixin import FlashPackMixin
 from ...options import LOAD_OPTIONS, with_options
-from .._checkpoint import DIFFUSERS_NAMES, find_weights, is_flashpack, load_weights
+from .._checkpoint import DIFFUSERS_NAMES, Location, find_weights, is_flashpack, load_weights
 from .._common import (
     HUB_OPTIONS,
     SavePretrainedFlashPack,
@@ -23,10 +23,10 @@ from .._common import (
     build_on_meta,
     library_class,
     load_into_model,
+    model_folder,
     pop_cast_dtype,
     read_footer,
     requested_dtype,
-    resolve_model_dir,
     rewrite_json,
     save_model_folder,
     to_dtype,
@@ -62,16 +62,21 @@ def load_diffusers_model(
     override config values."""
     dtype = pop_cast_dtype(kwargs)
     variant = kwargs.pop("variant", None)
-    folder = resolve_model_dir(pretrained_model_name_or_path, variant=variant, **HUB_OPTIONS.pick(options))
-    subfolder = options.get("subfolder")
-    path = find_weights(folder / subfolder if subfolder else folder, DIFFUSERS_NAMES, variant)
-    if not is_flashpack(path):
-        dtype = to_dtype(dtype)
-        return load_diffusers_checkpoint(cls, path, device=device, dtype=dtype, options=options, kwargs=kwargs)
-    config = cls.load_config(path.parent)
-    footer = read_footer(path)
-    model = build_on_meta(lambda: cls.from_config(config, **kwargs), build_dtype(footer))
-    return load_into_model(model, path, footer, device=device, dtype=requested_dtype(dtype), **LOAD_OPTIONS.pick(options))
+    hub = HUB_OPTIONS.pick(options)
+    with model_folder(pretrained_model_name_or_path, ("config.json",), variant=variant, **hub) as (folder, where):
+        path = find_weights(where, DIFFUSERS_NAMES, variant)
+        if not is_flashpack(path):
+            dtype = to_dtype(dtype)
+            return load_diffusers_checkpoint(
+                cls, path, device=device, dtype=dtype, options=options, kwargs=kwargs, folder=folder, where=where
+            )
+        config = cls.load_config(folder)
+        footer = read_footer(path)
+        model = build_on_meta(lambda: cls.from_config(config, **kwargs), build_dtype(footer))
+        model = load_into_model(model, path, footer, device=device, dtype=requested_dtype(dtype), **LOAD_OPTIONS.pick(options))
+        if isinstance(where, str):
+            model.register_to_config(_name_or_path=where)
+        return model
 
 
 def legacy_renames(model: ModelMixin, names: list[str]) -> dict[str, str]:
@@ -88,12 +93,14 @@ def legacy_renames(model: ModelMixin, names: list[str]) -> dict[str, str]:
 
 def load_diffusers_checkpoint(
     cls: type[ModelMixin],
-    path: Path,
+    path: Location,
     *,
     device: str | torch.device | None,
     dtype: torch.dtype | None,
     options: dict[str, Any],
     kwargs: dict[str, Any],
+    folder: Path | None = None,
+    where: Location | None = None,
 ) -> Any:
     """Load an ordinary diffusers folder's safetensors weights (``path``: one file or an index)
     into ``cls`` built from the folder's config, with diffusers' rules: built in ``dtype`` (or
@@ -102,8 +109,11 @@ def load_diffusers_checkpoint(
     ones included) to the built tensor's dtype; legacy
     attention-block names renamed by the library's own conversion; unexpected tensors warned
     about (an error with ``strict=True``); a parameter missing from the checkpoint is an error, and
-    so is a quantized checkpoint (diffusers' quantizers are not applied here)."""
-    config = cls.load_config(path.parent)
+    so is a quantized checkpoint (diffusers' quantizers are not applied here). ``folder`` holds
+    the config (default: the folder of ``path``), ``where`` is the model's ``_name_or_path``
+    (default ``folder``; the URL of a folder at a URL)."""
+    folder = Path(path).parent if folder is None else folder
+    config = cls.load_config(folder)
     if config.get("quantization_config"):
         raise ValueError(
             f"{path}: a quantized checkpoint (quantization_config in its config) needs diffusers' quantizers: "
@@ -144,7 +154,7 @@ def load_diffusers_checkpoint(
         raise ValueError(f"{path}: cannot load into {cls.__name__}: {e}") from e
     if device is not None and torch.device(device).type != "cpu":
         model.to(device)  # buffers computed in __init__ live on the CPU until now
-    model.register_to_config(_name_or_path=os.fspath(path.parent))
+    model.register_to_config(_name_or_path=os.fspath(folder if where is None else where))
     return model.eval()
 
 
@@ -166,7 +176,9 @@ class FlashPackDiffusersModelMixin(ModelMixin, SavePretrainedFlashPack, FlashPac
         flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> Any:
-        """Load a model from a directory or a Hub id: one saved with ``save_pretrained_flashpack``
+        """Load a model from a directory, a Hub id or the URL of a folder (``https://``,
+        ``s3://``: its config fetched by name, its weights read from the URL by the engine):
+        one saved with ``save_pretrained_flashpack``
         (``model.flashpack``, which wins when the folder has one), or an ordinary diffusers folder
         (``diffusion_pytorch_model.safetensors``, sharded, or those of ``variant``) read through
         the engine with diffusers' loading rules (see :func:`load_diffusers_checkpoint`).

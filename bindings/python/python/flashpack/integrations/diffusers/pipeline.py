@@ -24,6 +24,7 @@ import torch
 from diffusers import DiffusionPipeline, ModelMixin
 
 from ...options import LOAD_OPTIONS, OPTION, PACK_OPTIONS, with_options
+from ...remote import model_folder_url
 from .._common import (
     HUB_OPTIONS,
     add_mixin,
@@ -299,6 +300,13 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         component with an optional "default"); the rest go to ``from_pretrained``. With
         ``device`` the whole pipeline is moved there.
         """
+        if model_folder_url(pretrained_model_name_or_path) is not None:
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: a pipeline cannot be loaded from a URL: diffusers reads its other "
+                "components (scheduler, tokenizer, ...) from a local folder, and a URL has no listing to fetch them by; "
+                "download the pipeline folder, or load each model component from its folder URL with "
+                "from_pretrained_flashpack(url, subfolder=...) and pass it to the pipeline's from_pretrained"
+            )
         torch_dtype = pop_cast_dtype(kwargs)
         variant = kwargs.get("variant")
         hub = HUB_OPTIONS.pick(flashpack_options)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedConfig, PreTrai
 
 from ...mixin import FlashPackMixin
 from ...options import LOAD_OPTIONS, with_options
-from .._checkpoint import TRANSFORMERS_NAMES, find_weights, is_flashpack, load_weights
+from .._checkpoint import TRANSFORMERS_NAMES, Location, find_weights, is_flashpack, load_weights
 from .._common import (
     HUB_OPTIONS,
     SavePretrainedFlashPack,
@@ -23,10 +24,10 @@ from .._common import (
     build_on_meta,
     library_class,
     load_into_model,
+    model_folder,
     pop_cast_dtype,
     read_footer,
     requested_dtype,
-    resolve_model_dir,
     save_model_folder,
 )
 
@@ -57,14 +58,20 @@ def save_transformers_model(
 def load_transformers_model(
     build: Callable[[], ModelT],
     config: PreTrainedConfig,
-    path: Path,
+    path: Location,
     *,
     device: str | torch.device | None,
     dtype: torch.dtype | str | None,
     assign_kwargs: dict[str, Any],
+    folder: Path | None = None,
+    where: Location | None = None,
 ) -> ModelT:
     """Construct with ``build`` (parameters on meta, floats in the file's dtype), fill from
-    ``path``, load the generation config beside it, cast to ``dtype`` if one was asked for."""
+    ``path`` (a file or a URL), load the generation config of ``folder`` (default: the one
+    beside ``path``), cast to ``dtype`` if one was asked for; a folder at a URL (``where``) is
+    the model's ``name_or_path``."""
+    if folder is None:
+        folder = Path(path).parent
     cast_to = requested_dtype(dtype)
     footer = read_footer(path)
     config.dtype = build_dtype(footer)
@@ -72,22 +79,29 @@ def load_transformers_model(
     load_into_model(model, path, footer, device=device, dtype=cast_to, **assign_kwargs)
     if cast_to is not None:
         model.config.dtype = cast_to
-    if model.can_generate() and (path.parent / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(path.parent)
+    if model.can_generate() and (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    if isinstance(where, str):
+        model.config.name_or_path = where
     return model
 
 
-def find_model_weights(
+# What a model folder at a URL must have (config.json) and may have that a load reads.
+TRANSFORMERS_FILES = ("config.json", "generation_config.json")
+
+
+@contextmanager
+def model_weights(
     pretrained_model_name_or_path: str | os.PathLike[str], options: dict[str, Any], variant: str | None
-) -> tuple[Path, Path]:
-    """The model's folder (a local one, or in the Hub repository's snapshot; ``subfolder`` of it
-    when given) and its weights:
-    ``model.flashpack`` when it has one, else its safetensors index or file for ``variant``
-    (``options``: the hub options)."""
-    folder = resolve_model_dir(pretrained_model_name_or_path, variant=variant, **HUB_OPTIONS.pick(options))
-    subfolder = options.get("subfolder")
-    folder = folder / subfolder if subfolder else folder
-    return folder, find_weights(folder, TRANSFORMERS_NAMES, variant)
+) -> Iterator[tuple[Path, Location, Location]]:
+    """The model's folder (a local one, in the Hub repository's snapshot, or the temporary copy
+    of the configs of a folder at a URL; ``subfolder`` of it when given) and its weights (a
+    path, or a URL): ``model.flashpack`` when it has one, else its safetensors index or file
+    for ``variant`` (``options``: the hub options), and where the folder is (the folder, or its
+    URL: the model's ``name_or_path``). The temporary copy lasts for the block."""
+    hub = HUB_OPTIONS.pick(options)
+    with model_folder(pretrained_model_name_or_path, TRANSFORMERS_FILES, variant=variant, **hub) as (folder, where):
+        yield folder, find_weights(where, TRANSFORMERS_NAMES, variant, config=folder / "config.json"), where
 
 
 # Keyword arguments that transformers' ``from_pretrained`` takes for itself before it reads the
@@ -104,12 +118,13 @@ def load_transformers_checkpoint(
     from_pretrained: Callable[..., Any],
     load_config: Callable[..., Any],
     folder: Path,
-    weights: Path,
+    weights: Location,
     *model_args: Any,
     device: str | torch.device | None,
     dtype: torch.dtype | str | None,
     config: PreTrainedConfig | None,
     options: dict[str, Any],
+    where: Location | None = None,
     **kwargs: Any,
 ) -> Any:
     """Load an ordinary transformers model folder (``weights``: its safetensors file or index):
@@ -122,7 +137,7 @@ def load_transformers_checkpoint(
 
     ``load_config`` reads the folder's config (the rest of ``kwargs`` overriding its values, then
     going to the model's ``__init__``, as with ``from_pretrained``); ``generation_config.json``
-    is read when there is one. ``options`` are the load options (see :func:`load_weights`):
+    is read when there is one; ``where`` (default ``folder``) is the model's ``name_or_path``. ``options`` are the load options (see :func:`load_weights`):
     ``strict=True`` turns missing, unexpected or mismatched keys into an error; a weight
     conversion that the library reports as failed always is one."""
     library_kwargs = {name: kwargs.pop(name) for name in FROM_PRETRAINED_KWARGS if name in kwargs}
@@ -148,7 +163,7 @@ def load_transformers_checkpoint(
         )
     except RuntimeError as e:  # e.g. a weight conversion that failed (its report, logged above, names the keys)
         raise RuntimeError(f"{weights}: transformers could not load this checkpoint: {e}") from e
-    model.config.name_or_path = os.fspath(folder)
+    model.config.name_or_path = os.fspath(where if where is not None else folder)
     problems = {what: info.get(what) for what in ("conversion_errors", "error_msgs") if info.get(what)}
     if options.get("strict"):
         for what in ("missing_keys", "unexpected_keys", "mismatched_keys"):
@@ -179,7 +194,9 @@ class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, 
         flashpack_options: dict[str, Any],
         **kwargs: Any,
     ) -> Any:
-        """Load a model from a directory or a Hub id: one saved with ``save_pretrained_flashpack``
+        """Load a model from a directory, a Hub id or the URL of a folder (``https://``,
+        ``s3://``: its configs fetched by name, its weights read from the URL by the engine):
+        one saved with ``save_pretrained_flashpack``
         (``model.flashpack``, which wins when the folder has one), or an ordinary transformers
         folder (``model.safetensors``, sharded with ``model.safetensors.index.json``, or those of
         ``variant``), read through the engine (see :func:`load_transformers_checkpoint`).
@@ -194,21 +211,24 @@ class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, 
         config (as with ``from_pretrained``).
         """
         dtype = pop_cast_dtype(kwargs)
-        folder, path = find_model_weights(pretrained_model_name_or_path, flashpack_options, kwargs.pop("variant", None))
         config_class = cls.config_class if cls.config_class is not PreTrainedConfig else None
         loader = config_class or AutoConfig
-        if not is_flashpack(path):
-            return load_transformers_checkpoint(
-                cls.from_pretrained, loader.from_pretrained, folder, path, *model_args, device=device, dtype=dtype,
-                config=config, options=flashpack_options, **kwargs,
-            )  # fmt: skip
-        if config is None:
-            config, kwargs = loader.from_pretrained(path.parent, return_unused_kwargs=True, **kwargs)
-        return load_transformers_model(
-            lambda: cls(config, *model_args, **kwargs),
-            config,
-            path,
-            device=device,
-            dtype=dtype,
-            assign_kwargs=LOAD_OPTIONS.pick(flashpack_options),
-        )
+        variant = kwargs.pop("variant", None)
+        with model_weights(pretrained_model_name_or_path, flashpack_options, variant) as (folder, path, where):
+            if not is_flashpack(path):
+                return load_transformers_checkpoint(
+                    cls.from_pretrained, loader.from_pretrained, folder, path, *model_args, device=device, dtype=dtype,
+                    config=config, options=flashpack_options, where=where, **kwargs,
+                )  # fmt: skip
+            if config is None:
+                config, kwargs = loader.from_pretrained(folder, return_unused_kwargs=True, **kwargs)
+            return load_transformers_model(
+                lambda: cls(config, *model_args, **kwargs),
+                config,
+                path,
+                device=device,
+                dtype=dtype,
+                assign_kwargs=LOAD_OPTIONS.pick(flashpack_options),
+                folder=folder,
+                where=where,
+            )

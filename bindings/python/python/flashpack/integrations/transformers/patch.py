@@ -29,9 +29,9 @@ from .._patches import PatchError, add_classmethod, wrap_classmethod
 from .._checkpoint import is_flashpack
 from .model import (
     FlashPackTransformersModelMixin,
-    find_model_weights,
     load_transformers_checkpoint,
     load_transformers_model,
+    model_weights,
 )
 
 
@@ -54,30 +54,31 @@ def _auto_from_pretrained_flashpack(
     (sharded, ``variant``) is read through the engine and loaded by the auto class's own
     ``from_pretrained`` (see ``load_transformers_checkpoint``)."""
     dtype = pop_cast_dtype(kwargs)
-    folder, path = find_model_weights(pretrained_model_name_or_path, flashpack_options, kwargs.pop("variant", None))
-    if not is_flashpack(path):
+    with model_weights(pretrained_model_name_or_path, flashpack_options, kwargs.pop("variant", None)) as (folder, path, where):
+        if not is_flashpack(path):
+            if config is None:
+                config, kwargs = AutoConfig.from_pretrained(
+                    folder, return_unused_kwargs=True, trust_remote_code=trust_remote_code, **kwargs
+                )
+            model_class, config = auto_model_class(auto_cls, config, folder)
+            loaded = load_transformers_checkpoint(
+                model_class.from_pretrained, AutoConfig.from_pretrained, folder, path, device=device, dtype=dtype,
+                config=config, options=flashpack_options, where=where, **kwargs,
+            )  # fmt: skip
+            return _with_mixin(loaded)
         if config is None:
             config, kwargs = AutoConfig.from_pretrained(
                 folder, return_unused_kwargs=True, trust_remote_code=trust_remote_code, **kwargs
             )
-        model_class, config = auto_model_class(auto_cls, config, folder)
-        loaded = load_transformers_checkpoint(
-            model_class.from_pretrained, AutoConfig.from_pretrained, folder, path, device=device, dtype=dtype,
-            config=config, options=flashpack_options, **kwargs,
+
+        def build() -> PreTrainedModel:
+            model = auto_cls.from_config(config, trust_remote_code=trust_remote_code, dtype=config.dtype, **kwargs)
+            return add_mixin(model, FlashPackTransformersModelMixin)
+
+        return load_transformers_model(
+            build, config, path, device=device, dtype=dtype, assign_kwargs=LOAD_OPTIONS.pick(flashpack_options),
+            folder=folder, where=where,
         )  # fmt: skip
-        return _with_mixin(loaded)
-    if config is None:
-        config, kwargs = AutoConfig.from_pretrained(
-            path.parent, return_unused_kwargs=True, trust_remote_code=trust_remote_code, **kwargs
-        )
-
-    def build() -> PreTrainedModel:
-        model = auto_cls.from_config(config, trust_remote_code=trust_remote_code, dtype=config.dtype, **kwargs)
-        return add_mixin(model, FlashPackTransformersModelMixin)
-
-    return load_transformers_model(
-        build, config, path, device=device, dtype=dtype, assign_kwargs=LOAD_OPTIONS.pick(flashpack_options)
-    )
 
 
 def auto_model_class(auto_cls: type, config: PreTrainedConfig, folder: Path) -> tuple[type, PreTrainedConfig]:
