@@ -423,7 +423,9 @@ pub(crate) fn read_url<'py>(
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Internal(format!("{url}: the read ended without a result")))
+                    return Err(Error::Internal(format!(
+                        "{url}: the read ended without a result"
+                    )))
                 }
             }
         }

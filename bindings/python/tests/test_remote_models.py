@@ -182,7 +182,11 @@ def test_what_a_folder_url_cannot_give_is_a_clear_error(http_base: str) -> None:
         FlashPackLlamaForCausalLM.from_pretrained_flashpack(f"{http_base}/llama/model.safetensors")
 
 
-def test_a_folder_in_a_hub_repository_by_its_hf_url(nginx: Nginx, folders: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_a_folder_in_a_hub_repository_by_its_hf_url(
+    nginx: Nginx,  # noqa: F811
+    folders: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """``hf://org/repo[@revision]/folder`` is a folder at a URL (nginx stands in for the Hub:
     ``$HF_ENDPOINT/org/repo/resolve/<revision>/folder/<file>``); ``hf://org/repo`` stays a Hub
     repository, fetched by huggingface_hub (test_remote.py)."""

@@ -137,7 +137,9 @@ def explicit_weights(folder: Location, names: WeightNames, config: Path | None =
     return path
 
 
-def find_weights(folder: Location, names: WeightNames, variant: str | None = None, config: Path | None = None) -> Location:
+def find_weights(
+    folder: Location, names: WeightNames, variant: str | None = None, config: Path | None = None
+) -> Location:
     """The weights of the model in ``folder`` (a path, or the URL of a folder, whose files are
     probed by name: ``config`` is then the local copy of its config.json): ``model.flashpack``
     when there is one (it wins,

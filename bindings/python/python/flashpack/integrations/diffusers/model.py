@@ -73,7 +73,8 @@ def load_diffusers_model(
         config = cls.load_config(folder)
         footer = read_footer(path)
         model = build_on_meta(lambda: cls.from_config(config, **kwargs), build_dtype(footer))
-        model = load_into_model(model, path, footer, device=device, dtype=requested_dtype(dtype), **LOAD_OPTIONS.pick(options))
+        cast = requested_dtype(dtype)
+        model = load_into_model(model, path, footer, device=device, dtype=cast, **LOAD_OPTIONS.pick(options))
         if isinstance(where, str):
             model.register_to_config(_name_or_path=where)
         return model

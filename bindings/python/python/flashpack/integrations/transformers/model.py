@@ -137,7 +137,8 @@ def load_transformers_checkpoint(
 
     ``load_config`` reads the folder's config (the rest of ``kwargs`` overriding its values, then
     going to the model's ``__init__``, as with ``from_pretrained``); ``generation_config.json``
-    is read when there is one; ``where`` (default ``folder``) is the model's ``name_or_path``. ``options`` are the load options (see :func:`load_weights`):
+    is read when there is one; ``where`` (default ``folder``) is the model's ``name_or_path``.
+    ``options`` are the load options (see :func:`load_weights`):
     ``strict=True`` turns missing, unexpected or mismatched keys into an error; a weight
     conversion that the library reports as failed always is one."""
     library_kwargs = {name: kwargs.pop(name) for name in FROM_PRETRAINED_KWARGS if name in kwargs}

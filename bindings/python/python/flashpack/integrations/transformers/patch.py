@@ -54,7 +54,8 @@ def _auto_from_pretrained_flashpack(
     (sharded, ``variant``) is read through the engine and loaded by the auto class's own
     ``from_pretrained`` (see ``load_transformers_checkpoint``)."""
     dtype = pop_cast_dtype(kwargs)
-    with model_weights(pretrained_model_name_or_path, flashpack_options, kwargs.pop("variant", None)) as (folder, path, where):
+    variant = kwargs.pop("variant", None)
+    with model_weights(pretrained_model_name_or_path, flashpack_options, variant) as (folder, path, where):
         if not is_flashpack(path):
             if config is None:
                 config, kwargs = AutoConfig.from_pretrained(
