@@ -46,7 +46,7 @@ use super::{device_error_in, fit_staging, footer_verifier, reader_setup, LoadOpt
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
 use crate::sink::{Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, Regions, Sink};
-use crate::weights::{Backing, Format, WeightFile};
+use crate::weights::{no_checksums, Backing, Format, WeightFile};
 use crate::{Error, Result};
 
 /// File bytes `[start, end)` of the job's file number `file`.
@@ -102,12 +102,7 @@ impl JobPlan {
         for f in files {
             let footer = match (f.format(), f.footer()) {
                 (Format::FlashPack, Some(footer)) => footer,
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "{}: safetensors files carry no checksums to verify",
-                        f.path().display()
-                    )))
-                }
+                _ => return Err(no_checksums(f.path())),
             };
             let (_, payload_len) = f.data_range();
             let v = footer_verifier(f.path(), footer, payload_len)?;
@@ -522,10 +517,7 @@ fn verifiers<'a>(
         .iter()
         .map(|f| match f.footer() {
             Some(footer) => footer_verifier(f.path(), footer, f.data_range().1).map(Some),
-            None => Err(Error::Invalid(format!(
-                "{}: safetensors files carry no checksums to verify",
-                f.path().display()
-            ))),
+            None => Err(no_checksums(f.path())),
         })
         .collect()
 }
