@@ -211,7 +211,7 @@ impl Checkpoint {
         let mut unlisted: BTreeMap<String, String> = BTreeMap::new();
         let mut by_name = HashMap::with_capacity(index.weight_map.len());
         if files.len() != listed.len() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Internal(format!(
                 "{}: {} shard files opened for {} shards",
                 path.display(),
                 files.len(),

@@ -79,8 +79,9 @@ pub fn write_index(
             "files": records,
         }),
     };
-    let mut text = serde_json::to_vec_pretty(&doc)
-        .map_err(|e| Error::Invalid(format!("{}: cannot encode the index: {e}", dest.display())))?;
+    let mut text = serde_json::to_vec_pretty(&doc).map_err(|e| {
+        Error::Internal(format!("{}: cannot encode the index: {e}", dest.display()))
+    })?;
     text.push(b'\n');
     write_atomically(dest, &text)
 }

@@ -110,7 +110,7 @@ impl JobPlan {
             let grid = lcm(v.checksums.chunk_bytes.max(1), DIRECT_ALIGN)
                 .filter(|&g| g <= MAX_GRAIN as u64)
                 .ok_or_else(|| {
-                    Error::Invalid(format!(
+                    Error::Unsupported(format!(
                         "{}: checksum chunks of {} bytes are too large to read whole",
                         f.path().display(),
                         v.checksums.chunk_bytes
@@ -346,8 +346,8 @@ pub fn read_host(
 ) -> Result<(JobMemory, LoadReport)> {
     plan.check_files(files)?;
     let t = Instant::now();
-    let len = usize::try_from(plan.len)
-        .map_err(|_| Error::Invalid(format!("a {}-byte load is too large", plan.len)))?;
+    let len =
+        usize::try_from(plan.len).map_err(|_| Error::out_of_memory(plan.len, "a job's pieces"))?;
     let mut buf = HostBuffer::with_pages(len, opts.huge_pages)?;
     let mut report = LoadReport {
         phases: vec![("alloc_cpu", t.elapsed())],
@@ -458,7 +458,9 @@ pub(crate) fn read_device<D: Device>(
             .try_fold(DIRECT_ALIGN, |g, &c| lcm(g, c))
             .filter(|&g| g <= MAX_GRAIN as u64)
             .ok_or_else(|| {
-                Error::Invalid("the files' checksum chunks do not fit one staging buffer".into())
+                Error::Unsupported(
+                    "the files' checksum chunks do not fit one staging buffer".into(),
+                )
             })? as usize
     } else {
         DIRECT_ALIGN as usize

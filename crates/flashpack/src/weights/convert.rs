@@ -3,7 +3,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::safetensors_file::{safetensors_entry, safetensors_header};
+use super::safetensors_file::{safetensors_entry, safetensors_header, HeaderEntry};
 use super::{TensorInfo, WeightFile, SAFETENSORS_METADATA_KEY};
 use crate::cancel::{self, Cancel};
 use crate::progress::progress_bar;
@@ -34,7 +34,7 @@ impl WeightFile {
         let mut opts = opts.clone();
         if let Some(meta) = self.safetensors_metadata() {
             let value = serde_json::to_value(meta).map_err(|e| {
-                Error::Invalid(format!("{}: __metadata__: {e}", self.path.display()))
+                Error::Internal(format!("{}: __metadata__: {e}", self.path.display()))
             })?;
             opts.extra.insert(SAFETENSORS_METADATA_KEY.into(), value);
         }
@@ -71,14 +71,7 @@ impl WeightFile {
         opts: &SafetensorsOptions,
     ) -> Result<()> {
         let dest = dest.as_ref();
-        let mut order = Vec::with_capacity(self.tensors.len());
-        for t in &self.tensors {
-            let (dtype, shape) = safetensors_entry(&self.path, &t.name, t.dtype, &t.shape)?;
-            order.push((t, dtype, shape));
-        }
-        order.sort_by(|(a, da, _), (b, db, _)| db.cmp(da).then_with(|| a.name.cmp(&b.name)));
-        let (header, data_len) = safetensors_header(&order, self.safetensors_metadata())
-            .map_err(|e| Error::Invalid(format!("{}: {e}", dest.display())))?;
+        let (order, header, data_len) = self.safetensors_layout(dest)?;
 
         let dir = prepare_destination(dest)?;
         let cancel = opts.cancel.as_ref();
@@ -97,7 +90,7 @@ impl WeightFile {
         write(&header, 0)?;
         let bar = progress_bar(opts.progress, total, "writing");
         let mut at = header.len() as u64;
-        for (t, _, _) in &order {
+        for t in order {
             for piece in data.tensor(&self.path, t)?.chunks(SAFETENSORS_PIECE) {
                 cancel::check(cancel, dest)?;
                 write(piece, at)?;
@@ -117,6 +110,30 @@ impl WeightFile {
             Some(c) => c.commit(dest, || tmp.commit(dest)),
             None => tmp.commit(dest),
         }
+    }
+
+    /// The tensors in the order the `safetensors` crate writes them (by dtype alignment, then
+    /// name), the header of a file of them (to be written at `dest`) and the data's length.
+    fn safetensors_layout(&self, dest: &Path) -> Result<(Vec<&TensorInfo>, Vec<u8>, u64)> {
+        let mut order = Vec::with_capacity(self.tensors.len());
+        for t in &self.tensors {
+            let (dtype, shape) = safetensors_entry(&self.path, &t.name, t.dtype, &t.shape)?;
+            let len = usize::try_from(t.end - t.start).map_err(|_| {
+                Error::Unsupported(format!(
+                    "{}: tensor '{}' is beyond this platform's usize",
+                    self.path.display(),
+                    t.name
+                ))
+            })?;
+            order.push((t, (t.name.clone(), dtype, shape, len)));
+        }
+        order.sort_by(|(a, (_, da, _, _)), (b, (_, db, _, _))| {
+            db.cmp(da).then_with(|| a.name.cmp(&b.name))
+        });
+        let (tensors, entries): (Vec<&TensorInfo>, Vec<HeaderEntry>) = order.into_iter().unzip();
+        let (header, data_len) = safetensors_header(entries, self.safetensors_metadata())
+            .map_err(|e| Error::safetensors(dest, e))?;
+        Ok((tensors, header, data_len))
     }
 
     /// Every tensor's bytes: a read-only mapping of a local file, or a remote file's tensor data
@@ -172,7 +189,7 @@ impl DataBytes {
             .zip(t.end.checked_sub(base))
             .and_then(|(a, b)| Some(usize::try_from(a).ok()?..usize::try_from(b).ok()?));
         range.and_then(|r| bytes.get(r)).ok_or_else(|| {
-            Error::Invalid(format!(
+            Error::Internal(format!(
                 "{}: tensor '{}' (bytes {}..{}) is not in the data read",
                 path.display(),
                 t.name,

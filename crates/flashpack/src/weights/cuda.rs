@@ -55,8 +55,9 @@ impl WeightFile {
         use crate::sink::cuda::DeviceBuffer;
         let device = CudaDevice::new(ordinal)?;
         let (start, end) = self.data_range();
-        let len = usize::try_from(end - start)
-            .map_err(|_| Error::Invalid(format!("{}: data too large", self.path.display())))?;
+        let len = usize::try_from(end - start).map_err(|_| {
+            Error::out_of_memory(end - start, format!("{}: the tensors", self.path.display()))
+        })?;
         let buffer = DeviceBuffer::alloc(&device, len)?;
         let region = DeviceRegion {
             offset: start,

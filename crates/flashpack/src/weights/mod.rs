@@ -49,8 +49,10 @@ pub use convert::SafetensorsOptions;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaWeights;
 pub use load::{TensorView, Weights};
-pub(crate) use safetensors_file::safetensors_entry;
 pub use safetensors_file::{from_safetensors_dtype, to_safetensors_dtype};
+pub(crate) use safetensors_file::{safetensors_entry, safetensors_header, HeaderEntry};
+#[cfg(feature = "remote")]
+pub(crate) use safetensors_file::{stored_dtype, MAX_SAFETENSORS_HEADER};
 
 /// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
 pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";
@@ -378,7 +380,7 @@ impl WeightFile {
             Inner::Flash(f) => Ok(&f.file),
             Inner::Safetensors { file, .. } => Ok(file),
             #[cfg(feature = "remote")]
-            Inner::Remote(_) => Err(Error::Invalid(format!(
+            Inner::Remote(_) => Err(Error::Unsupported(format!(
                 "{}: a URL cannot be mapped; load it eagerly",
                 self.path.display()
             ))),
@@ -390,10 +392,14 @@ impl WeightFile {
     fn check_mapped_len(&self, len: usize) -> Result<()> {
         let (_, end) = self.data_range();
         if (len as u64) < end {
-            return Err(Error::Invalid(format!(
-                "{}: the file got shorter since it was opened ({len} bytes, its tensors need {end})",
-                self.path.display()
-            )));
+            // As for a read that runs out of bytes (see read::pool).
+            return Err(Error::io(
+                &self.path,
+                format!(
+                    "map (the file got shorter since it was opened: {len} bytes, its tensors need {end})"
+                ),
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
         }
         Ok(())
     }

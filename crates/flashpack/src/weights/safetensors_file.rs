@@ -7,7 +7,7 @@ use std::path::Path;
 use memmap2::{Mmap, MmapOptions};
 
 use super::{Inner, TensorInfo, WeightFile};
-use crate::{Dtype, Error, Result};
+use crate::{Dtype, Error, Result, SafetensorsError};
 
 /// A tensor's safetensors dtype and shape, or an error naming `file` and the tensor when
 /// safetensors cannot store it (its dtype, or a dimension beyond `usize`).
@@ -18,7 +18,7 @@ pub(crate) fn safetensors_entry(
     shape: &[u64],
 ) -> Result<(safetensors::Dtype, Vec<usize>)> {
     let st = to_safetensors_dtype(dtype).ok_or_else(|| {
-        Error::Invalid(format!(
+        Error::Unsupported(format!(
             "{}: tensor '{name}': {dtype} cannot be stored in safetensors",
             file.display()
         ))
@@ -27,7 +27,12 @@ pub(crate) fn safetensors_entry(
         .iter()
         .map(|&d| usize::try_from(d))
         .collect::<std::result::Result<Vec<usize>, _>>()
-        .map_err(|_| Error::Invalid(format!("tensor '{name}': shape too large")))?;
+        .map_err(|_| {
+            Error::Unsupported(format!(
+                "{}: tensor '{name}': a dimension of {shape:?} is beyond this platform's usize",
+                file.display()
+            ))
+        })?;
     Ok((st, shape))
 }
 
@@ -58,6 +63,17 @@ pub fn to_safetensors_dtype(d: Dtype) -> Option<safetensors::Dtype> {
     })
 }
 
+/// Our dtype for tensor `name`'s safetensors dtype in the file at `path` (a local path or a
+/// URL), or [`Error::Unsupported`] naming both.
+pub(crate) fn stored_dtype(path: &Path, name: &str, dtype: safetensors::Dtype) -> Result<Dtype> {
+    from_safetensors_dtype(dtype).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{}: tensor '{name}': dtype {dtype:?} is not supported",
+            path.display()
+        ))
+    })
+}
+
 /// Our dtype for safetensors', where the format stores it (sub-byte types are not stored).
 pub fn from_safetensors_dtype(d: safetensors::Dtype) -> Option<Dtype> {
     Dtype::ALL
@@ -69,37 +85,21 @@ pub fn from_safetensors_dtype(d: safetensors::Dtype) -> Option<Dtype> {
 impl WeightFile {
     /// Opens a local safetensors file (`file`, `file_len` bytes long) at `path`.
     pub(super) fn open_safetensors(path: &Path, file: File, file_len: u64) -> Result<WeightFile> {
-        let bad = |why: String| {
-            Error::Invalid(format!(
-                "{}: not a FlashPack file (no magic) nor a valid safetensors file: {why}",
-                path.display()
-            ))
-        };
         if file_len < 8 {
-            return Err(bad(format!("{file_len} bytes is too small")));
+            let e = SafetensorsError::TooSmall { len: file_len };
+            return Err(Error::safetensors(path, e));
         }
         // SAFETY: a read-only private mapping used only to hand the safetensors parser a slice of
         // the whole file (it checks the header and every offset against the file's length); only
         // the header's pages are read here.
         let map: Mmap =
             unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
-        let (n, meta) = safetensors::SafeTensors::read_metadata(&map).map_err(|e| {
-            let why = match explain_safetensors_error(&e, &map) {
-                Some(what) => format!("{e}: {what}"),
-                None => e.to_string(),
-            };
-            bad(why)
-        })?;
+        let (n, meta) = safetensors::SafeTensors::read_metadata(&map)
+            .map_err(|e| Error::safetensors(path, header_error(e, &map)))?;
         let data_start = 8 + n as u64;
         let mut tensors = Vec::new();
         for (name, info) in meta.tensors() {
-            let dtype = from_safetensors_dtype(info.dtype).ok_or_else(|| {
-                Error::Invalid(format!(
-                    "{}: tensor '{name}': dtype {:?} is not supported",
-                    path.display(),
-                    info.dtype
-                ))
-            })?;
+            let dtype = stored_dtype(path, &name, info.dtype)?;
             tensors.push(TensorInfo {
                 name,
                 dtype,
@@ -119,13 +119,31 @@ impl WeightFile {
     }
 }
 
-/// The largest header the `safetensors` crate parses (100 MB); larger is `HeaderTooLarge`.
-const MAX_SAFETENSORS_HEADER: usize = 100_000_000;
+/// The largest header the `safetensors` crate parses or writes (100 MB); larger is
+/// `HeaderTooLarge`.
+pub(crate) const MAX_SAFETENSORS_HEADER: usize = 100_000_000;
 
-/// The tensor a `safetensors` error is about, for the errors that do not name it (a bad tensor
-/// entry, a range past the end of the file); `None` for every other error, so that the header
-/// is parsed again only where the crate already accepted its size.
-fn explain_safetensors_error(e: &safetensors::SafeTensorError, file: &[u8]) -> Option<String> {
+/// The `safetensors` crate's refusal of `file`'s header, with the tensor at fault named where
+/// the crate's error does not name it (see [`explain_safetensors_error`]).
+fn header_error(source: safetensors::SafeTensorError, file: &[u8]) -> SafetensorsError {
+    let (tensor, detail) = match explain_safetensors_error(&source, file) {
+        Some((tensor, detail)) => (Some(tensor), Some(detail)),
+        None => (None, None),
+    };
+    SafetensorsError::Header {
+        tensor,
+        detail,
+        source,
+    }
+}
+
+/// The tensor a `safetensors` error is about and what is wrong with it, for the errors that do
+/// not name it (a bad tensor entry, a range past the end of the file); `None` for every other
+/// error, so that the header is parsed again only where the crate already accepted its size.
+fn explain_safetensors_error(
+    e: &safetensors::SafeTensorError,
+    file: &[u8],
+) -> Option<(String, String)> {
     use safetensors::SafeTensorError as E;
     match e {
         E::TensorInvalidInfo | E::MetadataIncompleteBuffer | E::ValidationOverflow => {
@@ -139,7 +157,7 @@ fn explain_safetensors_error(e: &safetensors::SafeTensorError, file: &[u8]) -> O
 /// a shape and dtype that do not match its byte range, or a range past the end of the file
 /// (the `safetensors` crate's errors for these do not name the tensor). A header longer than
 /// [`MAX_SAFETENSORS_HEADER`] is not parsed.
-fn explain_bad_tensor(file: &[u8]) -> Option<String> {
+fn explain_bad_tensor(file: &[u8]) -> Option<(String, String)> {
     let n = usize::try_from(u64::from_le_bytes(file.get(..8)?.try_into().ok()?)).ok()?;
     if n > MAX_SAFETENSORS_HEADER {
         return None;
@@ -161,53 +179,63 @@ fn explain_bad_tensor(file: &[u8]) -> Option<String> {
             .and_then(|n| n.checked_mul(t.dtype.bitsize()));
         let (s, e) = t.data_offsets;
         let end = data_start.saturating_add(e);
-        match bits {
-            Some(b) if b % 8 == 0 && e.checked_sub(s) == Some(b / 8) => (end > file.len())
-                .then(|| {
+        let why = match bits {
+            Some(b) if b % 8 == 0 && e.checked_sub(s) == Some(b / 8) => {
+                (end > file.len()).then(|| {
                     format!(
-                        "tensor '{name}' ends at byte {end}, past the end of the {}-byte file (truncated?)",
+                        "it ends at byte {end}, past the end of the {}-byte file (truncated?)",
                         file.len()
                     )
-                }),
+                })
+            }
             _ => Some(format!(
-                "tensor '{name}': its shape {:?} and dtype {:?} do not fit its data_offsets {s}..{e}",
+                "its shape {:?} and dtype {:?} do not fit its data_offsets {s}..{e}",
                 t.shape, t.dtype
             )),
-        }
+        };
+        why.map(|why| (name.clone(), why))
     })
 }
 
-/// The largest header the `safetensors` crate writes or reads.
-const SAFETENSORS_MAX_HEADER: usize = 100_000_000;
+/// One tensor of a safetensors file to be written: its name, dtype, shape and byte length.
+pub(crate) type HeaderEntry = (String, safetensors::Dtype, Vec<usize>, usize);
 
 /// A safetensors file's first bytes (u64 header length, JSON header padded with spaces to a
-/// multiple of 8) for tensors in `order`, and the length of the data after it. The JSON comes
-/// from the `safetensors` crate's own `Metadata`, so the file is the one it would write.
-pub(super) fn safetensors_header(
-    order: &[(&TensorInfo, safetensors::Dtype, Vec<usize>)],
+/// multiple of 8) for the tensors of `entries` stored back to back in that order, and the
+/// length of the data after it. The JSON comes from the `safetensors` crate's own `Metadata`,
+/// so the file is the one it would write.
+pub(crate) fn safetensors_header(
+    entries: Vec<HeaderEntry>,
     metadata: Option<HashMap<String, String>>,
-) -> std::result::Result<(Vec<u8>, u64), String> {
+) -> std::result::Result<(Vec<u8>, u64), SafetensorsError> {
     use safetensors::tensor::{Metadata, TensorInfo as StInfo};
     let mut offset = 0usize;
-    let mut infos = Vec::with_capacity(order.len());
-    for (t, dtype, shape) in order {
-        let len = usize::try_from(t.end - t.start).map_err(|e| e.to_string())?;
+    let mut infos = Vec::with_capacity(entries.len());
+    for (name, dtype, shape, len) in entries {
+        let end = offset
+            .checked_add(len)
+            .ok_or(SafetensorsError::HeaderTooLarge {
+                len: usize::MAX,
+                limit: MAX_SAFETENSORS_HEADER,
+            })?;
         let info = StInfo {
-            dtype: *dtype,
-            shape: shape.clone(),
-            data_offsets: (offset, offset + len),
+            dtype,
+            shape,
+            data_offsets: (offset, end),
         };
-        offset += len;
-        infos.push((t.name.clone(), info));
+        offset = end;
+        infos.push((name, info));
     }
-    let metadata = Metadata::new(metadata, infos).map_err(|e| e.to_string())?;
-    let mut json = serde_json::to_vec(&metadata).map_err(|e| e.to_string())?;
+    let encode =
+        |e: Box<dyn std::error::Error + Send + Sync>| SafetensorsError::Encode { source: e };
+    let metadata = Metadata::new(metadata, infos).map_err(|e| encode(e.into()))?;
+    let mut json = serde_json::to_vec(&metadata).map_err(|e| encode(e.into()))?;
     json.resize(json.len().next_multiple_of(8), b' ');
-    if json.len() > SAFETENSORS_MAX_HEADER {
-        return Err(format!(
-            "the safetensors header would be {} bytes, over the format's limit of {SAFETENSORS_MAX_HEADER}",
-            json.len()
-        ));
+    if json.len() > MAX_SAFETENSORS_HEADER {
+        return Err(SafetensorsError::HeaderTooLarge {
+            len: json.len(),
+            limit: MAX_SAFETENSORS_HEADER,
+        });
     }
     let mut header = (json.len() as u64).to_le_bytes().to_vec();
     header.extend_from_slice(&json);
@@ -231,8 +259,9 @@ mod tests {
     #[test]
     fn only_the_errors_about_a_tensor_parse_the_header_again() {
         let file = bad_entry();
-        let why = explain_safetensors_error(&E::TensorInvalidInfo, &file).unwrap();
-        assert!(why.contains("tensor 'w'"), "{why}");
+        let (tensor, why) = explain_safetensors_error(&E::TensorInvalidInfo, &file).unwrap();
+        assert_eq!(tensor, "w");
+        assert!(why.contains("do not fit its data_offsets 0..8"), "{why}");
         for e in [E::HeaderTooLarge, E::HeaderTooSmall, E::InvalidHeaderLength] {
             assert_eq!(explain_safetensors_error(&e, &file), None, "{e:?}");
         }
