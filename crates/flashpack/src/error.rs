@@ -404,3 +404,39 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_wrapped_json_error_is_kept_as_the_source() {
+        let json = serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err();
+        let e = Error::safetensors(
+            "m.safetensors",
+            SafetensorsError::HeaderJson { source: json },
+        );
+        let inner = e.source().and_then(|s| s.source()).expect("a source");
+        assert!(inner.downcast_ref::<serde_json::Error>().is_some());
+    }
+
+    #[cfg(feature = "candle")]
+    #[test]
+    fn a_wrapped_candle_error_is_kept_as_the_source() {
+        let candle =
+            candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, &candle_core::Device::Cpu)
+                .and_then(|t| t.reshape((4, 2)))
+                .unwrap_err();
+        let e = Error::Candle {
+            path: "m.flashpack".into(),
+            tensor: "w".into(),
+            source: Box::new(candle),
+        };
+        assert!(e.to_string().contains("tensor 'w'"), "{e}");
+        // The boxed payload is the source (thiserror hands out the Box itself).
+        let inner = e.source().expect("a source");
+        assert!(inner.downcast_ref::<Box<candle_core::Error>>().is_some());
+    }
+}
