@@ -248,6 +248,23 @@ fn forbidden_is_an_error_saying_access_denied() {
     let server = Server::start(vec![0; 64], Fault::Forbidden);
     let url = server.url("m.safetensors");
     remote_error(load(&url, false), &url, "access denied");
+    // The HTTP client's error stays reachable as the source.
+    use std::error::Error as _;
+    let e = load(&url, false).err().expect("an error");
+    let Error::Remote { source, .. } = &e else {
+        panic!("not a remote error: {e:?}")
+    };
+    assert!(
+        matches!(
+            source.as_ref(),
+            flashpack::remote::RemoteError::Denied {
+                source: Some(_),
+                ..
+            }
+        ),
+        "{source:?}"
+    );
+    assert!(e.source().and_then(|s| s.source()).is_some(), "{e:?}");
 }
 
 #[test]
