@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// An error from the HTTP or object-store client, kept as a [`RemoteError`]'s source.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A remote read's failure (the URL is in the enclosing [`Error::Remote`](crate::Error::Remote)).
 #[derive(Debug, thiserror::Error)]
