@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::RemoteFile;
 use crate::format::{footer_span, MAGIC, TRAILER_LEN};
-use crate::weights::{stored_dtype, TensorInfo};
+use crate::weights::{explain_bad_entry, stored_dtype, TensorInfo};
 use crate::{Error, Footer, Result, SafetensorsError};
 
 /// A safetensors header longer than this is refused before it is fetched (the `safetensors`
@@ -149,8 +149,16 @@ fn read_header(file: &RemoteFile, url: &Path) -> Result<(u64, safetensors::tenso
     // Bounded by MAX_SAFETENSORS_HEADER just above.
     let mut header = vec![0u8; n as usize];
     file.read_exact_at(&mut header, 8)?;
-    let meta = serde_json::from_slice(&header)
-        .map_err(|source| bad(SafetensorsError::HeaderJson { source }))?;
+    let meta = serde_json::from_slice(&header).map_err(|source| {
+        // Name the tensor at fault where the parser's error does not.
+        let bad_entry = usize::try_from(size)
+            .ok()
+            .and_then(|len| explain_bad_entry(&header, 8 + header.len(), len));
+        bad(match bad_entry {
+            Some((tensor, detail)) => SafetensorsError::BadTensor { tensor, detail },
+            None => SafetensorsError::HeaderJson { source },
+        })
+    })?;
     Ok((8 + n, meta))
 }
 

@@ -163,8 +163,17 @@ fn explain_bad_tensor(file: &[u8]) -> Option<(String, String)> {
         return None;
     }
     let data_start = 8usize.checked_add(n)?;
-    let header: HashMap<String, serde_json::Value> =
-        serde_json::from_slice(file.get(8..data_start)?).ok()?;
+    explain_bad_entry(file.get(8..data_start)?, data_start, file.len())
+}
+
+/// As [`explain_bad_tensor`], from the header's JSON, the offset of the first tensor byte and
+/// the file's length (for a file that is not all in memory).
+pub(crate) fn explain_bad_entry(
+    header: &[u8],
+    data_start: usize,
+    file_len: usize,
+) -> Option<(String, String)> {
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(header).ok()?;
     let mut tensors: Vec<(&String, safetensors::tensor::TensorInfo)> = header
         .iter()
         .filter(|(name, _)| name.as_str() != "__metadata__")
@@ -181,10 +190,9 @@ fn explain_bad_tensor(file: &[u8]) -> Option<(String, String)> {
         let end = data_start.saturating_add(e);
         let why = match bits {
             Some(b) if b % 8 == 0 && e.checked_sub(s) == Some(b / 8) => {
-                (end > file.len()).then(|| {
+                (end > file_len).then(|| {
                     format!(
-                        "it ends at byte {end}, past the end of the {}-byte file (truncated?)",
-                        file.len()
+                        "it ends at byte {end}, past the end of the {file_len}-byte file (truncated?)"
                     )
                 })
             }
