@@ -368,7 +368,7 @@ pub(crate) fn read_job_to_cuda<'py>(
 pub(crate) fn remote_error(e: &RemoteError, message: String) -> PyErr {
     match e {
         RemoteError::NotFound => PyFileNotFoundError::new_err((ENOENT, message)),
-        RemoteError::Denied(_) => PyPermissionError::new_err((EACCES, message)),
+        RemoteError::Denied { .. } => PyPermissionError::new_err((EACCES, message)),
         RemoteError::BadUrl(_) => PyValueError::new_err(message),
         _ => PyOSError::new_err(message),
     }

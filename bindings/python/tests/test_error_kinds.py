@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flashpack import pack_to_file, read_flashpack_file
+from flashpack import pack_to_file, read_flashpack_file, safe_open
 from flashpack.deserialization import verify_flashpack_file
 
 
@@ -47,3 +47,23 @@ def test_a_checksum_algorithm_this_build_does_not_know_is_not_implemented(tmp_pa
     _rewrite_footer(path, lambda f: f["checksums"].update(algorithm="sha-512"))
     with pytest.raises(NotImplementedError, match="sha-512"):
         verify_flashpack_file(path)
+
+
+def _safetensors(path: Path, header: dict, data: bytes) -> Path:
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    return path
+
+
+def test_a_corrupt_safetensors_header_is_a_value_error_naming_file_and_tensor(tmp_path: Path) -> None:
+    # 'w' says float32 [4] (16 bytes) over an 8-byte range.
+    path = _safetensors(tmp_path / "bad.safetensors", {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, bytes(8))
+    with pytest.raises(ValueError, match=r"bad\.safetensors.*tensor 'w'"):
+        safe_open(path, framework="pt")
+
+
+def test_a_safetensors_dtype_this_build_does_not_read_is_not_implemented(tmp_path: Path) -> None:
+    # F4 (4-bit MXFP4) is valid safetensors that this build has no dtype for.
+    path = _safetensors(tmp_path / "f4.safetensors", {"q": {"dtype": "F4", "shape": [2], "data_offsets": [0, 1]}}, bytes(1))
+    with pytest.raises(NotImplementedError, match=r"f4\.safetensors.*tensor 'q'"):
+        safe_open(path, framework="pt")

@@ -56,6 +56,16 @@ pub enum Error {
         #[source]
         source: FormatError,
     },
+    /// A safetensors file is not valid (or tensors cannot be written as one): `source` says
+    /// what is wrong and names the tensor at fault where one is.
+    #[error("{}: {source}", path.display())]
+    Safetensors {
+        /// The file (or URL) concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<SafetensorsError>,
+    },
     /// A checkpoint (an index json and its shard files, or a folder holding one) is not usable:
     /// `path` is the index file (or the folder, or the single weight file), `source` says what
     /// is wrong and names the shard and the tensor.
@@ -112,6 +122,89 @@ pub enum Error {
     /// A broken internal invariant: a bug in this crate, reported instead of a panic.
     #[error("internal error (a bug, please report it): {0}")]
     Internal(String),
+}
+
+/// What is wrong with a safetensors file, or with tensors to be written as one (see
+/// [`Error::Safetensors`], which names the file).
+#[derive(Debug, thiserror::Error)]
+pub enum SafetensorsError {
+    /// The file is too short to hold a safetensors header length (8 bytes).
+    #[error("{NOT_A_WEIGHT_FILE}: {len} bytes is too small")]
+    TooSmall {
+        /// The file's size in bytes.
+        len: u64,
+    },
+    /// The header length is over the format's limit or past the end of the file.
+    #[error("{NOT_A_WEIGHT_FILE}: header length {header_len} is over the limit or past the end of the {len}-byte file")]
+    HeaderLength {
+        /// The header length the file's first 8 bytes give.
+        header_len: u64,
+        /// The file's size in bytes.
+        len: u64,
+    },
+    /// The `safetensors` crate refused the header (its error is `source`); `tensor` and
+    /// `detail` name the tensor at fault and why, where one could be found.
+    #[error("{NOT_A_WEIGHT_FILE}: {source}{}", at_fault(.tensor, .detail))]
+    Header {
+        /// The tensor at fault, where the header names one.
+        tensor: Option<String>,
+        /// What is wrong with that tensor.
+        detail: Option<String>,
+        /// The `safetensors` crate's error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// The header is not JSON shaped like a safetensors header.
+    #[error("{NOT_A_WEIGHT_FILE}: header: {source}")]
+    HeaderJson {
+        /// The JSON parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A tensor's entry does not fit the file: its shape and dtype do not match its byte range,
+    /// or its bytes are not where the tensors before it end.
+    #[error("{NOT_A_WEIGHT_FILE}: tensor '{tensor}': {detail}")]
+    BadTensor {
+        /// The tensor concerned.
+        tensor: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The tensors' data does not end where the file ends.
+    #[error("{NOT_A_WEIGHT_FILE}: the tensors end at byte {tensors_end}, the file at {len}")]
+    TrailingBytes {
+        /// One past the last tensor's last byte.
+        tensors_end: u64,
+        /// The file's size in bytes.
+        len: u64,
+    },
+    /// The header of a file to be written cannot be built (the `safetensors` crate's or the
+    /// JSON encoder's error is `source`).
+    #[error("cannot build the safetensors header: {source}")]
+    Encode {
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The header of a file to be written would be over the format's limit.
+    #[error("the safetensors header would be {len} bytes, over the format's limit of {limit}")]
+    HeaderTooLarge {
+        /// The header's length in bytes.
+        len: usize,
+        /// The largest header the format allows.
+        limit: usize,
+    },
+}
+
+const NOT_A_WEIGHT_FILE: &str = "not a FlashPack file (no magic) nor a valid safetensors file";
+
+/// ": tensor 'name': why" for a header error that names its tensor, else nothing.
+fn at_fault(tensor: &Option<String>, detail: &Option<String>) -> String {
+    match (tensor, detail) {
+        (Some(t), Some(d)) => format!(": tensor '{t}': {d}"),
+        (Some(t), None) => format!(": tensor '{t}'"),
+        _ => String::new(),
+    }
 }
 
 /// What is wrong with a checkpoint (see [`Error::Checkpoint`], which names the index file).
@@ -251,6 +344,14 @@ impl Error {
         }
     }
 
+    /// Wraps a safetensors problem with the file (or URL) it was found in.
+    pub fn safetensors(path: impl AsRef<Path>, source: SafetensorsError) -> Self {
+        Error::Safetensors {
+            path: path.as_ref().to_path_buf(),
+            source: Box::new(source),
+        }
+    }
+
     /// Wraps a remote-read problem with the object's URL.
     pub fn remote(url: impl Into<String>, source: crate::remote::RemoteError) -> Self {
         Error::Remote {
@@ -301,5 +402,41 @@ impl Error {
             },
             _ => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn a_wrapped_json_error_is_kept_as_the_source() {
+        let json = serde_json::from_slice::<serde_json::Value>(b"{").unwrap_err();
+        let e = Error::safetensors(
+            "m.safetensors",
+            SafetensorsError::HeaderJson { source: json },
+        );
+        let inner = e.source().and_then(|s| s.source()).expect("a source");
+        assert!(inner.downcast_ref::<serde_json::Error>().is_some());
+    }
+
+    #[cfg(feature = "candle")]
+    #[test]
+    fn a_wrapped_candle_error_is_kept_as_the_source() {
+        let candle =
+            candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, &candle_core::Device::Cpu)
+                .and_then(|t| t.reshape((4, 2)))
+                .unwrap_err();
+        let e = Error::Candle {
+            path: "m.flashpack".into(),
+            tensor: "w".into(),
+            source: Box::new(candle),
+        };
+        assert!(e.to_string().contains("tensor 'w'"), "{e}");
+        // The boxed payload is the source (thiserror hands out the Box itself).
+        let inner = e.source().expect("a source");
+        assert!(inner.downcast_ref::<Box<candle_core::Error>>().is_some());
     }
 }

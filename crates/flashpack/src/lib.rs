@@ -48,7 +48,7 @@ pub mod sink;
 pub mod weights;
 pub mod write;
 
-pub use error::{CheckpointError, Error, Result};
+pub use error::{CheckpointError, Error, Result, SafetensorsError};
 pub use format::{Dtype, Footer, FormatError};
 
 /// Internals the fuzz targets (crates/flashpack/fuzz) check directly. Built only under

@@ -156,6 +156,49 @@ fn an_empty_tensor_at_the_start_of_the_next_one_loads_bit_exact() {
 }
 
 #[test]
+fn a_corrupt_remote_safetensors_header_is_a_safetensors_error_keeping_the_json_error() {
+    use std::error::Error as _;
+    let header = br#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]"#; // cut short
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0; 8]);
+    let server = Server::start(bytes, Fault::None);
+    let url = server.url("m.safetensors");
+    let e = WeightFile::open_url(&url, settings())
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(&e, Error::Safetensors { source, .. }
+            if matches!(source.as_ref(), flashpack::SafetensorsError::HeaderJson { .. })),
+        "{e:?}"
+    );
+    assert!(e.to_string().starts_with(&url), "{e}");
+    let inner = e.source().and_then(|s| s.source()).expect("a source");
+    assert!(
+        inner.downcast_ref::<serde_json::Error>().is_some(),
+        "{inner:?}"
+    );
+}
+
+#[test]
+fn a_remote_tensor_whose_shape_does_not_fit_its_bytes_is_named() {
+    let header = br#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header);
+    bytes.extend_from_slice(&[0; 8]);
+    let server = Server::start(bytes, Fault::None);
+    let url = server.url("m.safetensors");
+    let e = WeightFile::open_url(&url, settings())
+        .err()
+        .expect("an error");
+    assert!(
+        matches!(&e, Error::Safetensors { source, .. }
+            if matches!(source.as_ref(), flashpack::SafetensorsError::BadTensor { tensor, .. } if tensor == "w")),
+        "{e:?}"
+    );
+}
+
+#[test]
 fn a_connection_dropped_mid_body_resumes_and_loads_bit_exact() {
     let f = files();
     let server = Server::start(f.flashpack.clone(), Fault::DropMidBody(3));
@@ -205,6 +248,23 @@ fn forbidden_is_an_error_saying_access_denied() {
     let server = Server::start(vec![0; 64], Fault::Forbidden);
     let url = server.url("m.safetensors");
     remote_error(load(&url, false), &url, "access denied");
+    // The HTTP client's error stays reachable as the source.
+    use std::error::Error as _;
+    let e = load(&url, false).err().expect("an error");
+    let Error::Remote { source, .. } = &e else {
+        panic!("not a remote error: {e:?}")
+    };
+    assert!(
+        matches!(
+            source.as_ref(),
+            flashpack::remote::RemoteError::Denied {
+                source: Some(_),
+                ..
+            }
+        ),
+        "{source:?}"
+    );
+    assert!(e.source().and_then(|s| s.source()).is_some(), "{e:?}");
 }
 
 #[test]

@@ -46,11 +46,44 @@ pub fn locate(path: &Path, variant: Option<&str>) -> Result<Located> {
             Located::File(path.to_path_buf())
         });
     }
+    let (indexes, files) = candidates(path, variant)?;
+    match (indexes.len(), files.len()) {
+        (1, _) => Ok(Located::Index(path.join(&indexes[0]))),
+        (0, 1) => Ok(Located::File(path.join(&files[0]))),
+        (0, 0) => {
+            let looked_for = match variant {
+                None => "no *.safetensors.index.json, *.flashpack.index.json, *.safetensors or \
+                         *.flashpack file"
+                    .to_string(),
+                Some(v) => format!(
+                    "no *.safetensors.index.{v}.json, *.flashpack.index.{v}.json, \
+                     *.{v}.safetensors or *.{v}.flashpack file"
+                ),
+            };
+            Err(Error::checkpoint(
+                path,
+                CheckpointError::NothingFound { looked_for },
+            ))
+        }
+        _ => {
+            let mut candidates = if indexes.is_empty() { files } else { indexes };
+            candidates.sort();
+            Err(Error::checkpoint(
+                path,
+                CheckpointError::Ambiguous { candidates },
+            ))
+        }
+    }
+}
+
+/// The names of the index jsons and of the weight files of `variant` in `folder` (regular
+/// files, through symbolic links; names that are not UTF-8 are skipped).
+fn candidates(folder: &Path, variant: Option<&str>) -> Result<(Vec<String>, Vec<String>)> {
     let mut indexes = Vec::new();
     let mut files = Vec::new();
-    let entries = std::fs::read_dir(path).map_err(|e| Error::io(path, "list", e))?;
+    let entries = std::fs::read_dir(folder).map_err(|e| Error::io(folder, "list", e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| Error::io(path, "list", e))?;
+        let entry = entry.map_err(|e| Error::io(folder, "list", e))?;
         let Ok(name) = entry.file_name().into_string() else {
             continue; // not UTF-8: not a name any index or library writes
         };
@@ -67,34 +100,7 @@ pub fn locate(path: &Path, variant: Option<&str>) -> Result<Located> {
             files.push(name);
         }
     }
-    let chosen = match (indexes.len(), files.len()) {
-        (1, _) => Located::Index(path.join(&indexes[0])),
-        (0, 1) => Located::File(path.join(&files[0])),
-        (0, 0) => {
-            let looked_for = match variant {
-                None => "no *.safetensors.index.json, *.flashpack.index.json, *.safetensors or \
-                         *.flashpack file"
-                    .to_string(),
-                Some(v) => format!(
-                    "no *.safetensors.index.{v}.json, *.flashpack.index.{v}.json, \
-                     *.{v}.safetensors or *.{v}.flashpack file"
-                ),
-            };
-            return Err(Error::checkpoint(
-                path,
-                CheckpointError::NothingFound { looked_for },
-            ));
-        }
-        _ => {
-            let mut candidates = if indexes.is_empty() { files } else { indexes };
-            candidates.sort();
-            return Err(Error::checkpoint(
-                path,
-                CheckpointError::Ambiguous { candidates },
-            ));
-        }
-    };
-    Ok(chosen)
+    Ok((indexes, files))
 }
 
 /// `Some(variant)` when `name` is an index json's name: `Some(None)` for

@@ -211,7 +211,7 @@ impl Checkpoint {
         let mut unlisted: BTreeMap<String, String> = BTreeMap::new();
         let mut by_name = HashMap::with_capacity(index.weight_map.len());
         if files.len() != listed.len() {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Internal(format!(
                 "{}: {} shard files opened for {} shards",
                 path.display(),
                 files.len(),
@@ -224,36 +224,7 @@ impl Checkpoint {
             if index.kind == IndexKind::FlashPack {
                 check_flashpack_shard(&file, name, &first, index.files.get(*name)).map_err(bad)?;
             }
-            for t in tensors {
-                if file.tensor(t).is_none() {
-                    return Err(bad(CheckpointError::TensorNotInShard {
-                        tensor: t.to_string(),
-                        shard: name.to_string(),
-                    }));
-                }
-            }
-            for t in file.tensors() {
-                if let Some(earlier) = unlisted.get(&t.name) {
-                    return Err(bad(CheckpointError::TensorInTwoShards {
-                        tensor: t.name.clone(),
-                        listed: earlier.clone(),
-                        other: name.to_string(),
-                    }));
-                }
-                match shard_of.get(t.name.as_str()) {
-                    Some(s) if s == name => {}
-                    Some(s) => {
-                        return Err(bad(CheckpointError::TensorInTwoShards {
-                            tensor: t.name.clone(),
-                            listed: s.to_string(),
-                            other: name.to_string(),
-                        }))
-                    }
-                    None => {
-                        unlisted.insert(t.name.clone(), name.to_string());
-                    }
-                }
-            }
+            check_shard_tensors(name, tensors, &file, &shard_of, &mut unlisted).map_err(bad)?;
             by_name.extend(positions(shards.len(), &file));
             shards.push(Shard {
                 name: name.to_string(),
@@ -493,5 +464,43 @@ fn check_flashpack_shard(
 
 #[cfg(feature = "remote")]
 mod remote;
+
+/// Checks shard `shard`'s tensors against the index: every tensor the index lists in it
+/// (`listed`) is there, and none it holds is listed in another shard or was already found,
+/// unlisted, in an earlier shard. Tensors no shard is listed for are added to `unlisted`
+/// (tensor -> shard).
+fn check_shard_tensors(
+    shard: &str,
+    listed: &[&str],
+    file: &WeightFile,
+    shard_of: &HashMap<&str, &str>,
+    unlisted: &mut BTreeMap<String, String>,
+) -> std::result::Result<(), CheckpointError> {
+    if let Some(t) = listed.iter().find(|t| file.tensor(t).is_none()) {
+        return Err(CheckpointError::TensorNotInShard {
+            tensor: t.to_string(),
+            shard: shard.to_string(),
+        });
+    }
+    for t in file.tensors() {
+        let elsewhere = match shard_of.get(t.name.as_str()) {
+            Some(&s) if s == shard => None,
+            Some(&s) => Some(s.to_string()),
+            None => unlisted.get(&t.name).cloned(),
+        };
+        if let Some(listed) = elsewhere {
+            return Err(CheckpointError::TensorInTwoShards {
+                tensor: t.name.clone(),
+                listed,
+                other: shard.to_string(),
+            });
+        }
+        if !shard_of.contains_key(t.name.as_str()) {
+            unlisted.insert(t.name.clone(), shard.to_string());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;

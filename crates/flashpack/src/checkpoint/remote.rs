@@ -77,7 +77,7 @@ fn open_shards(
         .zip(names)
         .map(|(slot, name)| {
             slot.into_inner().ok().flatten().unwrap_or_else(|| {
-                Err(Error::Invalid(format!(
+                Err(Error::Internal(format!(
                     "{}: shard '{name}' was not opened",
                     index.url
                 )))

@@ -13,14 +13,12 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::cancel::{self, Cancel};
-use crate::weights::{safetensors_entry, TensorView};
+use crate::weights::{safetensors_entry, safetensors_header, HeaderEntry, TensorView};
 use crate::write::{prepare_destination, Staged};
 use crate::{Error, Result};
 
 /// Tensor bytes written per call (and per cancellation check).
 const PIECE: usize = 4 << 20;
-/// The largest header the `safetensors` crate writes or reads.
-const MAX_HEADER: usize = 100_000_000;
 
 /// Splits tensors of byte sizes `sizes` (in order) into consecutive shards of at most
 /// `max_bytes` each, as transformers' `save_pretrained` does: a tensor that does not fit in the
@@ -60,40 +58,23 @@ pub fn write_safetensors(
     metadata: Option<HashMap<String, String>>,
     cancel: Option<&Cancel>,
 ) -> Result<()> {
-    use safetensors::tensor::{Metadata, TensorInfo};
     let mut order = Vec::with_capacity(tensors.len());
     for t in tensors {
         let (dtype, shape) = safetensors_entry(dest, t.name, t.dtype, t.shape)?;
-        order.push((t, dtype, shape));
+        order.push((t, (t.name.to_string(), dtype, shape, t.data.len())));
     }
-    order.sort_by(|(a, da, _), (b, db, _)| db.cmp(da).then_with(|| a.name.cmp(b.name)));
-    let mut offset = 0usize;
-    let mut infos = Vec::with_capacity(order.len());
-    for (t, dtype, shape) in &order {
-        let info = TensorInfo {
-            dtype: *dtype,
-            shape: shape.clone(),
-            data_offsets: (offset, offset + t.data.len()),
-        };
-        offset += t.data.len();
-        infos.push((t.name.to_string(), info));
-    }
-    let header_error = |e: String| Error::Invalid(format!("{}: {e}", dest.display()));
-    let meta = Metadata::new(metadata, infos).map_err(|e| header_error(e.to_string()))?;
-    let mut json = serde_json::to_vec(&meta).map_err(|e| header_error(e.to_string()))?;
-    json.resize(json.len().next_multiple_of(8), b' ');
-    if json.len() > MAX_HEADER {
-        return Err(header_error(format!(
-            "the safetensors header would be {} bytes, over the format's limit of {MAX_HEADER}",
-            json.len()
-        )));
-    }
+    order.sort_by(|(a, (_, da, _, _)), (b, (_, db, _, _))| {
+        db.cmp(da).then_with(|| a.name.cmp(b.name))
+    });
+    let (order, entries): (Vec<&TensorView<'_>>, Vec<HeaderEntry>) = order.into_iter().unzip();
+    let (header, data_len) =
+        safetensors_header(entries, metadata).map_err(|e| Error::safetensors(dest, e))?;
 
     let dir = prepare_destination(dest)?;
     cancel::check(cancel, dest)?;
     let tmp = Staged::create(&dir, dest)?;
     let file = tmp.file();
-    let total = 8 + json.len() as u64 + offset as u64;
+    let total = header.len() as u64 + data_len;
     file.set_len(total)
         .map_err(|e| Error::io(dest, "set the new file's length", e))?;
     let write = |bytes: &[u8], at: u64| {
@@ -101,10 +82,9 @@ pub fn write_safetensors(
         file.write_all_at(bytes, at)
             .map_err(|e| Error::io(dest, "write", e))
     };
-    write(&(json.len() as u64).to_le_bytes(), 0)?;
-    write(&json, 8)?;
-    let mut at = 8 + json.len() as u64;
-    for (t, _, _) in &order {
+    write(&header, 0)?;
+    let mut at = header.len() as u64;
+    for t in order {
         for piece in t.data.chunks(PIECE) {
             cancel::check(cancel, dest)?;
             write(piece, at)?;

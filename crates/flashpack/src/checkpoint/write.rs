@@ -26,63 +26,93 @@ pub fn write_index(
     files: &[PathBuf],
     mut metadata: Map<String, Value>,
 ) -> Result<()> {
-    let bad = |source| Error::checkpoint(dest, source);
-    let folder = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut weight_map: BTreeMap<String, String> = BTreeMap::new();
-    let mut records: BTreeMap<String, ShardRecord> = BTreeMap::new();
-    let mut total = 0u64;
-    for path in files {
-        let name = shard_name(&folder, path)?;
-        let file = WeightFile::open(path)?;
-        let first = file.tensors().first().map(|t| t.name.clone());
-        check_shard_name(&name, first.as_deref().unwrap_or("")).map_err(bad)?;
-        if kind == IndexKind::FlashPack {
-            let Some(flash) = file.flashpack() else {
-                return Err(bad(CheckpointError::NotAFlashPackShard {
-                    shard: name,
-                    tensor: first.unwrap_or_default(),
-                }));
-            };
-            records.insert(
-                name.clone(),
-                ShardRecord {
-                    size: flash.file_len,
-                    footer_xxh3_64: footer_digest(&flash.footer_json),
-                },
-            );
-        }
-        for t in file.tensors() {
-            total += t.end - t.start;
-            if let Some(listed) = weight_map.insert(t.name.clone(), name.clone()) {
-                return Err(bad(CheckpointError::TensorInTwoShards {
-                    tensor: t.name.clone(),
-                    listed,
-                    other: name,
-                }));
-            }
-        }
-    }
-    if weight_map.is_empty() {
-        return Err(bad(CheckpointError::Empty));
-    }
-    metadata.insert("total_size".into(), total.into());
+    let contents = IndexContents::of(dest, kind, files)?;
+    metadata.insert("total_size".into(), contents.total.into());
     let doc = match kind {
-        IndexKind::Safetensors => json!({"metadata": metadata, "weight_map": weight_map}),
+        IndexKind::Safetensors => {
+            json!({"metadata": metadata, "weight_map": contents.weight_map})
+        }
         IndexKind::FlashPack => json!({
             "format": FLASHPACK_INDEX_FORMAT,
             "version": FLASHPACK_INDEX_VERSION,
             "metadata": metadata,
-            "weight_map": weight_map,
-            "files": records,
+            "weight_map": contents.weight_map,
+            "files": contents.records,
         }),
     };
-    let mut text = serde_json::to_vec_pretty(&doc)
-        .map_err(|e| Error::Invalid(format!("{}: cannot encode the index: {e}", dest.display())))?;
+    let mut text = serde_json::to_vec_pretty(&doc).map_err(|e| {
+        Error::Internal(format!("{}: cannot encode the index: {e}", dest.display()))
+    })?;
     text.push(b'\n');
     write_atomically(dest, &text)
+}
+
+/// What an index of some weight files says: which shard holds each tensor, each FlashPack
+/// shard's size and footer digest, and the tensor bytes of all files.
+struct IndexContents {
+    weight_map: BTreeMap<String, String>,
+    records: BTreeMap<String, ShardRecord>,
+    total: u64,
+}
+
+impl IndexContents {
+    /// Opens and validates every file (for an index to be written at `dest`): each a plain
+    /// name inside the index's folder, a FlashPack file for a FlashPack index, no tensor in two.
+    fn of(dest: &Path, kind: IndexKind, files: &[PathBuf]) -> Result<IndexContents> {
+        let bad = |source| Error::checkpoint(dest, source);
+        let folder = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut contents = IndexContents {
+            weight_map: BTreeMap::new(),
+            records: BTreeMap::new(),
+            total: 0,
+        };
+        for path in files {
+            let name = shard_name(&folder, path)?;
+            let file = WeightFile::open(path)?;
+            let first = file.tensors().first().map(|t| t.name.clone());
+            check_shard_name(&name, first.as_deref().unwrap_or("")).map_err(bad)?;
+            if kind == IndexKind::FlashPack {
+                let Some(flash) = file.flashpack() else {
+                    return Err(bad(CheckpointError::NotAFlashPackShard {
+                        shard: name,
+                        tensor: first.unwrap_or_default(),
+                    }));
+                };
+                let record = ShardRecord {
+                    size: flash.file_len,
+                    footer_xxh3_64: footer_digest(&flash.footer_json),
+                };
+                contents.records.insert(name.clone(), record);
+            }
+            contents.add_tensors(&name, &file).map_err(bad)?;
+        }
+        if contents.weight_map.is_empty() {
+            return Err(bad(CheckpointError::Empty));
+        }
+        Ok(contents)
+    }
+
+    /// Maps `file`'s tensors to shard `name`, refusing a tensor already mapped to another.
+    fn add_tensors(
+        &mut self,
+        name: &str,
+        file: &WeightFile,
+    ) -> std::result::Result<(), CheckpointError> {
+        for t in file.tensors() {
+            self.total += t.end - t.start;
+            if let Some(listed) = self.weight_map.insert(t.name.clone(), name.to_string()) {
+                return Err(CheckpointError::TensorInTwoShards {
+                    tensor: t.name.clone(),
+                    listed,
+                    other: name.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `path`'s name relative to the index's `folder`, with `/` separators. The folders are

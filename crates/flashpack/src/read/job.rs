@@ -46,7 +46,7 @@ use super::{device_error_in, fit_staging, footer_verifier, reader_setup, LoadOpt
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
 use crate::sink::{Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, Regions, Sink};
-use crate::weights::{Backing, Format, WeightFile};
+use crate::weights::{no_checksums, Backing, Format, WeightFile};
 use crate::{Error, Result};
 
 /// File bytes `[start, end)` of the job's file number `file`.
@@ -102,12 +102,7 @@ impl JobPlan {
         for f in files {
             let footer = match (f.format(), f.footer()) {
                 (Format::FlashPack, Some(footer)) => footer,
-                _ => {
-                    return Err(Error::Invalid(format!(
-                        "{}: safetensors files carry no checksums to verify",
-                        f.path().display()
-                    )))
-                }
+                _ => return Err(no_checksums(f.path())),
             };
             let (_, payload_len) = f.data_range();
             let v = footer_verifier(f.path(), footer, payload_len)?;
@@ -115,7 +110,7 @@ impl JobPlan {
             let grid = lcm(v.checksums.chunk_bytes.max(1), DIRECT_ALIGN)
                 .filter(|&g| g <= MAX_GRAIN as u64)
                 .ok_or_else(|| {
-                    Error::Invalid(format!(
+                    Error::Unsupported(format!(
                         "{}: checksum chunks of {} bytes are too large to read whole",
                         f.path().display(),
                         v.checksums.chunk_bytes
@@ -351,8 +346,8 @@ pub fn read_host(
 ) -> Result<(JobMemory, LoadReport)> {
     plan.check_files(files)?;
     let t = Instant::now();
-    let len = usize::try_from(plan.len)
-        .map_err(|_| Error::Invalid(format!("a {}-byte load is too large", plan.len)))?;
+    let len =
+        usize::try_from(plan.len).map_err(|_| Error::out_of_memory(plan.len, "a job's pieces"))?;
     let mut buf = HostBuffer::with_pages(len, opts.huge_pages)?;
     let mut report = LoadReport {
         phases: vec![("alloc_cpu", t.elapsed())],
@@ -463,7 +458,9 @@ pub(crate) fn read_device<D: Device>(
             .try_fold(DIRECT_ALIGN, |g, &c| lcm(g, c))
             .filter(|&g| g <= MAX_GRAIN as u64)
             .ok_or_else(|| {
-                Error::Invalid("the files' checksum chunks do not fit one staging buffer".into())
+                Error::Unsupported(
+                    "the files' checksum chunks do not fit one staging buffer".into(),
+                )
             })? as usize
     } else {
         DIRECT_ALIGN as usize
@@ -522,10 +519,7 @@ fn verifiers<'a>(
         .iter()
         .map(|f| match f.footer() {
             Some(footer) => footer_verifier(f.path(), footer, f.data_range().1).map(Some),
-            None => Err(Error::Invalid(format!(
-                "{}: safetensors files carry no checksums to verify",
-                f.path().display()
-            ))),
+            None => Err(no_checksums(f.path())),
         })
         .collect()
 }

@@ -2,6 +2,9 @@
 //! with the object's URL.
 use std::time::Duration;
 
+/// An error from the HTTP or object-store client, kept as a [`RemoteError`]'s source.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A remote read's failure (the URL is in the enclosing [`Error::Remote`](crate::Error::Remote)).
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -11,15 +14,29 @@ pub enum RemoteError {
     /// This build has no remote support (the engine's `remote` cargo feature is off).
     #[error("remote sources are not built into this program (cargo feature `remote`)")]
     NotBuilt,
-    /// The client could not be set up (TLS, credentials, configuration).
-    #[error("cannot set up the client: {0}")]
-    Setup(String),
+    /// The client could not be set up (TLS, credentials, configuration); `source` is the
+    /// store's (or runtime's) error where there is one.
+    #[error("cannot set up the client: {reason}")]
+    Setup {
+        /// What went wrong, with its causes.
+        reason: String,
+        /// The underlying error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The server says there is no such object.
     #[error("no such object (404 Not Found)")]
     NotFound,
-    /// The server refused access (401/403), e.g. missing or wrong credentials.
-    #[error("access denied: {0}")]
-    Denied(String),
+    /// The server refused access (401/403), e.g. missing or wrong credentials; `source` is
+    /// the HTTP client's error.
+    #[error("access denied: {reason}")]
+    Denied {
+        /// What the server said, with its causes.
+        reason: String,
+        /// The underlying error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The object changed after it was opened (its size or ETag differ, or the server answered
     /// 412 to the pinned ETag): the load stops rather than mix two versions.
     #[error("the object changed while it was being read: {0}")]
@@ -31,9 +48,15 @@ pub enum RemoteError {
     #[error("{0}")]
     Unusable(String),
     /// The request failed, after retrying where retrying could help (5xx, resets, timeouts,
-    /// unreachable host).
-    #[error("request failed: {0}")]
-    Failed(String),
+    /// unreachable host); `source` is the store's error.
+    #[error("request failed: {reason}")]
+    Failed {
+        /// What went wrong (and where), with its causes.
+        reason: String,
+        /// The underlying error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The whole read did not finish within the time bound
     /// (`FLASHPACK_REMOTE_TIMEOUT_SECS`).
     #[error("timed out after {0:?}")]
@@ -49,7 +72,10 @@ impl RemoteError {
             RemoteError::Changed(m) => RemoteError::Changed(format!("{m} ({what})")),
             RemoteError::BadResponse(m) => RemoteError::BadResponse(format!("{m} ({what})")),
             RemoteError::Unusable(m) => RemoteError::Unusable(format!("{m} ({what})")),
-            RemoteError::Failed(m) => RemoteError::Failed(format!("{m} ({what})")),
+            RemoteError::Failed { reason, source } => RemoteError::Failed {
+                reason: format!("{reason} ({what})"),
+                source,
+            },
             other => other,
         }
     }

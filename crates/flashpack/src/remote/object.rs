@@ -132,9 +132,10 @@ impl RemoteFile {
             ..Default::default()
         };
         let in_range = |e| match classify(e) {
-            RemoteError::Failed(why) => {
-                RemoteError::Failed(format!("bytes {}..{}: {why}", range.start, range.end))
-            }
+            RemoteError::Failed { reason, source } => RemoteError::Failed {
+                reason: format!("bytes {}..{}: {reason}", range.start, range.end),
+                source,
+            },
             other => other,
         };
         let got = self
@@ -191,13 +192,22 @@ fn classify(e: object_store::Error) -> RemoteError {
     match e {
         E::NotFound { .. } => RemoteError::NotFound,
         E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
-            RemoteError::Denied(chain(source.as_ref()))
+            RemoteError::Denied {
+                reason: chain(source.as_ref()),
+                source: Some(source),
+            }
         }
         E::Precondition { .. } => RemoteError::Changed(
             "the server no longer has the version (ETag) that was opened (412)".into(),
         ),
-        E::Generic { source, .. } => RemoteError::Failed(chain(source.as_ref())),
-        other => RemoteError::Failed(chain(&other)),
+        E::Generic { source, .. } => RemoteError::Failed {
+            reason: chain(source.as_ref()),
+            source: Some(source),
+        },
+        other => RemoteError::Failed {
+            reason: chain(&other),
+            source: Some(Box::new(other)),
+        },
     }
 }
 

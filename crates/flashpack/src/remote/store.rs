@@ -33,7 +33,10 @@ pub(crate) fn runtime() -> Result<&'static Runtime, RemoteError> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| RemoteError::Setup(format!("async runtime: {e}")))
+        .map_err(|e| RemoteError::Setup {
+            reason: format!("async runtime: {e}"),
+            source: None,
+        })
 }
 
 /// reqwest is built without a default TLS provider; ring is ours. Another library in the
@@ -46,10 +49,7 @@ fn install_tls_provider() {
 }
 
 /// The store holding `url`'s object, and the object's path in it.
-pub(crate) fn open_store(
-    url: &RemoteUrl,
-    settings: &RemoteSettings,
-) -> Result<(Arc<dyn ObjectStore>, object_store::path::Path), RemoteError> {
+pub(crate) fn open_store(url: &RemoteUrl, settings: &RemoteSettings) -> Result<Store, RemoteError> {
     let retry = RetryConfig {
         backoff: BackoffConfig {
             init_backoff: settings.initial_backoff,
@@ -63,55 +63,79 @@ pub(crate) fn open_store(
         .with_timeout(settings.request_timeout)
         .with_connect_timeout(settings.connect_timeout);
     install_tls_provider();
-    let setup = |e: object_store::Error| RemoteError::Setup(e.to_string());
     match url.scheme {
-        Scheme::Http | Scheme::Https | Scheme::Hf => {
-            let path = object_store::path::Path::from_url_path(&url.key)
-                .map_err(|e| RemoteError::BadUrl(e.to_string()))?;
-            let mut client = client.with_allow_http(url.is_plain_http());
-            // The Hub token goes to the Hub only (reqwest drops it on a redirect to another
-            // host, such as the Hub's CDN).
-            if let (Scheme::Hf, Some(token)) = (url.scheme, hub_token()) {
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                        RemoteError::Setup("HF_TOKEN is not a valid HTTP header value".into())
-                    })?;
-                value.set_sensitive(true);
-                let mut headers = HeaderMap::new();
-                headers.insert("authorization", value);
-                client = client.with_default_headers(headers);
-            }
-            let store = HttpBuilder::new()
-                .with_url(url.base.clone())
-                .with_retry(retry)
-                .with_client_options(client)
-                .build()
-                .map_err(setup)?;
-            Ok((Arc::new(store), path))
-        }
-        Scheme::S3 => {
-            let path = object_store::path::Path::parse(&url.key)
-                .map_err(|e| RemoteError::BadUrl(e.to_string()))?;
-            let mut builder = AmazonS3Builder::from_env()
-                .with_bucket_name(url.base.clone())
-                .with_retry(retry);
-            let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
-                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-                .ok();
-            let plain_http = endpoint
-                .as_deref()
-                .is_some_and(|e| e.starts_with("http://"));
-            if let Some(e) = endpoint {
-                // Path-style requests (`endpoint/bucket/key`), as S3-compatible stores expect.
-                builder = builder
-                    .with_endpoint(e)
-                    .with_virtual_hosted_style_request(false);
-            }
-            let store = builder
-                .with_client_options(client.with_allow_http(plain_http))
-                .build()
-                .map_err(setup)?;
-            Ok((Arc::new(store), path))
-        }
+        Scheme::Http | Scheme::Https | Scheme::Hf => http_store(url, client, retry),
+        Scheme::S3 => s3_store(url, client, retry),
     }
+}
+
+type Store = (Arc<dyn ObjectStore>, object_store::path::Path);
+
+fn setup(e: object_store::Error) -> RemoteError {
+    RemoteError::Setup {
+        reason: e.to_string(),
+        source: Some(Box::new(e)),
+    }
+}
+
+/// An HTTP(S) store for `url` (the Hub's, with `HF_TOKEN` sent to the Hub only).
+fn http_store(
+    url: &RemoteUrl,
+    client: ClientOptions,
+    retry: RetryConfig,
+) -> Result<Store, RemoteError> {
+    let path = object_store::path::Path::from_url_path(&url.key)
+        .map_err(|e| RemoteError::BadUrl(e.to_string()))?;
+    let mut client = client.with_allow_http(url.is_plain_http());
+    // The Hub token goes to the Hub only (reqwest drops it on a redirect to another host, such
+    // as the Hub's CDN).
+    if let (Scheme::Hf, Some(token)) = (url.scheme, hub_token()) {
+        let mut value =
+            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| RemoteError::Setup {
+                reason: "HF_TOKEN is not a valid HTTP header value".into(),
+                source: None,
+            })?;
+        value.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", value);
+        client = client.with_default_headers(headers);
+    }
+    let store = HttpBuilder::new()
+        .with_url(url.base.clone())
+        .with_retry(retry)
+        .with_client_options(client)
+        .build()
+        .map_err(setup)?;
+    Ok((Arc::new(store), path))
+}
+
+/// An S3 store for `url`'s bucket, configured from the environment (`AWS_*`; an
+/// `AWS_ENDPOINT_URL[_S3]` makes path-style requests to an S3-compatible store).
+fn s3_store(
+    url: &RemoteUrl,
+    client: ClientOptions,
+    retry: RetryConfig,
+) -> Result<Store, RemoteError> {
+    let path = object_store::path::Path::parse(&url.key)
+        .map_err(|e| RemoteError::BadUrl(e.to_string()))?;
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(url.base.clone())
+        .with_retry(retry);
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok();
+    let plain_http = endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    if let Some(e) = endpoint {
+        // Path-style requests (`endpoint/bucket/key`), as S3-compatible stores expect.
+        builder = builder
+            .with_endpoint(e)
+            .with_virtual_hosted_style_request(false);
+    }
+    let store = builder
+        .with_client_options(client.with_allow_http(plain_http))
+        .build()
+        .map_err(setup)?;
+    Ok((Arc::new(store), path))
 }

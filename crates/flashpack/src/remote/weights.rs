@@ -3,15 +3,16 @@
 //! file's are. [`WeightFile::open_location`](crate::weights::WeightFile::open_location) wraps
 //! it; its tensors are read by the engine's reader pool like a local file's.
 use std::collections::HashMap;
+use std::path::Path;
 
 use super::RemoteFile;
 use crate::format::{footer_span, MAGIC, TRAILER_LEN};
-use crate::weights::{from_safetensors_dtype, TensorInfo};
-use crate::{Error, Footer, Result};
+use crate::weights::{explain_bad_entry, stored_dtype, TensorInfo};
+use crate::{Error, Footer, Result, SafetensorsError};
 
 /// A safetensors header longer than this is refused before it is fetched (the `safetensors`
 /// crate's own limit).
-const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+const MAX_SAFETENSORS_HEADER: u64 = crate::weights::MAX_SAFETENSORS_HEADER as u64;
 
 /// What the index of a remote weight file says.
 #[derive(Debug)]
@@ -91,58 +92,15 @@ fn open_flashpack(
     Ok((RemoteSource { file, index }, tensors))
 }
 
+/// A remote safetensors file: its header fetched and parsed, every tensor entry checked, and
+/// the tensors checked to lie back to back up to the object's end.
 fn open_safetensors(file: RemoteFile) -> Result<(RemoteSource, Vec<TensorInfo>)> {
-    let size = file.len();
-    let bad = |why: String| {
-        Error::Invalid(format!(
-            "{}: not a FlashPack file (no magic) nor a valid safetensors file: {why}",
-            file.url()
-        ))
-    };
-    if size < 8 {
-        return Err(bad(format!("{size} bytes is too small")));
-    }
-    let mut n_bytes = [0u8; 8];
-    file.read_exact_at(&mut n_bytes, 0)?;
-    let n = u64::from_le_bytes(n_bytes);
-    if n > MAX_SAFETENSORS_HEADER || n > size - 8 {
-        return Err(bad(format!(
-            "header length {n} is over the limit or past the end of the {size}-byte object"
-        )));
-    }
-    // Bounded by MAX_SAFETENSORS_HEADER just above.
-    let mut header = vec![0u8; n as usize];
-    file.read_exact_at(&mut header, 8)?;
-    let meta: safetensors::tensor::Metadata =
-        serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
-    let data_start = 8 + n;
+    let url = Path::new(file.url());
+    let bad = |e: SafetensorsError| Error::safetensors(url, e);
+    let (data_start, meta) = read_header(&file, url)?;
     let mut tensors = Vec::new();
     for (name, info) in meta.tensors() {
-        let dtype = from_safetensors_dtype(info.dtype).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}: tensor '{name}': dtype {:?} is not supported",
-                file.url(),
-                info.dtype
-            ))
-        })?;
-        let (s, e) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
-        let bits = info
-            .shape
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
-            .and_then(|k| k.checked_mul(info.dtype.bitsize() as u64));
-        if s > e || bits.is_none_or(|b| b % 8 != 0 || b / 8 != e - s) {
-            return Err(bad(format!(
-                "tensor '{name}': its shape and dtype need a different number of bytes than its data_offsets give"
-            )));
-        }
-        tensors.push(TensorInfo {
-            name,
-            dtype,
-            shape: info.shape.iter().map(|&d| d as u64).collect(),
-            start: data_start + s,
-            end: data_start + e,
-        });
+        tensors.push(tensor_entry(url, name, info, data_start)?);
     }
     // By start, then end: an empty tensor shares its start with the tensor after it (as
     // safetensors writes `z: [0, 0]` before `a: [0, 16]`) and must come first.
@@ -151,21 +109,88 @@ fn open_safetensors(file: RemoteFile) -> Result<(RemoteSource, Vec<TensorInfo>)>
     let mut at = data_start;
     for t in &tensors {
         if t.start != at {
-            return Err(bad(format!(
-                "tensor '{}' does not start where the one before it ends",
-                t.name
-            )));
+            return Err(bad(SafetensorsError::BadTensor {
+                tensor: t.name.clone(),
+                detail: "it does not start where the one before it ends".into(),
+            }));
         }
         at = t.end;
     }
-    if at != size {
-        return Err(bad(format!(
-            "the tensors end at byte {at}, the object at {size}"
-        )));
+    if at != file.len() {
+        return Err(bad(SafetensorsError::TrailingBytes {
+            tensors_end: at,
+            len: file.len(),
+        }));
     }
     let index = RemoteIndex::Safetensors {
         data_start,
         metadata: meta.metadata().clone(),
     };
     Ok((RemoteSource { file, index }, tensors))
+}
+
+/// The header of a remote safetensors file (its length checked before it is fetched) and the
+/// file offset of its first tensor byte.
+fn read_header(file: &RemoteFile, url: &Path) -> Result<(u64, safetensors::tensor::Metadata)> {
+    let bad = |e: SafetensorsError| Error::safetensors(url, e);
+    let size = file.len();
+    if size < 8 {
+        return Err(bad(SafetensorsError::TooSmall { len: size }));
+    }
+    let mut n_bytes = [0u8; 8];
+    file.read_exact_at(&mut n_bytes, 0)?;
+    let n = u64::from_le_bytes(n_bytes);
+    if n > MAX_SAFETENSORS_HEADER || n > size - 8 {
+        return Err(bad(SafetensorsError::HeaderLength {
+            header_len: n,
+            len: size,
+        }));
+    }
+    // Bounded by MAX_SAFETENSORS_HEADER just above.
+    let mut header = vec![0u8; n as usize];
+    file.read_exact_at(&mut header, 8)?;
+    let meta = serde_json::from_slice(&header).map_err(|source| {
+        // Name the tensor at fault where the parser's error does not.
+        let bad_entry = usize::try_from(size)
+            .ok()
+            .and_then(|len| explain_bad_entry(&header, 8 + header.len(), len));
+        bad(match bad_entry {
+            Some((tensor, detail)) => SafetensorsError::BadTensor { tensor, detail },
+            None => SafetensorsError::HeaderJson { source },
+        })
+    })?;
+    Ok((8 + n, meta))
+}
+
+/// Tensor `name` of the remote safetensors file at `url`, its dtype supported and its shape
+/// and dtype matching its byte range (the data starts at file byte `data_start`).
+fn tensor_entry(
+    url: &Path,
+    name: String,
+    info: &safetensors::tensor::TensorInfo,
+    data_start: u64,
+) -> Result<TensorInfo> {
+    let dtype = stored_dtype(url, &name, info.dtype)?;
+    let (s, e) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
+    let bits = info
+        .shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .and_then(|k| k.checked_mul(info.dtype.bitsize() as u64));
+    if s > e || bits.is_none_or(|b| b % 8 != 0 || b / 8 != e - s) {
+        return Err(Error::safetensors(
+            url,
+            SafetensorsError::BadTensor {
+                tensor: name,
+                detail: "its shape and dtype need a different number of bytes than its data_offsets give".into(),
+            },
+        ));
+    }
+    Ok(TensorInfo {
+        name,
+        dtype,
+        shape: info.shape.iter().map(|&d| d as u64).collect(),
+        start: data_start + s,
+        end: data_start + e,
+    })
 }

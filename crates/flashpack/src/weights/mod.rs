@@ -1,0 +1,436 @@
+//! One API over FlashPack and safetensors files: list tensors, load them lazily (a private
+//! mapping) or eagerly (the parallel reader, `O_DIRECT` when cold), stream them to a device, and
+//! convert either way, bit-exact.
+//!
+//! A safetensors file goes through the same engine as a FlashPack file: its header (parsed and
+//! validated by the `safetensors` crate) becomes the same list of byte ranges, so an eager or
+//! device load reads it at FlashPack speed without converting it first.
+//!
+//! ```
+//! use flashpack::weights::{Format, WeightFile};
+//! use flashpack::{read::LoadOptions, write::{pack, PackEntry, PackOptions}, Dtype};
+//! let dir = tempfile::tempdir().unwrap();
+//! let fp = dir.path().join("m.flashpack");
+//! let w: Vec<u8> = (0..24u8).collect();
+//! pack(&fp, &[PackEntry::new("w", Dtype::F32, vec![2, 3], &w)], &PackOptions::default()).unwrap();
+//!
+//! // FlashPack -> safetensors -> FlashPack, and both load the same bytes.
+//! let st = dir.path().join("m.safetensors");
+//! WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+//! let file = WeightFile::open(&st).unwrap();
+//! assert_eq!(file.format(), Format::Safetensors);
+//! assert_eq!(file.tensor("w").unwrap().shape, vec![2, 3]);
+//! let eager = file.load(&LoadOptions { eager: true, ..Default::default() }).unwrap();
+//! assert_eq!(eager.get("w").unwrap().data, &w[..]);
+//! ```
+//!
+//! One concept per file: this module opens a file and answers what it holds;
+//! `safetensors_file` parses and writes safetensors headers, `load` holds loaded tensors,
+//! `convert` writes either format from the other, `cuda` loads straight to a GPU.
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapMut, MmapOptions};
+
+use crate::format::MAGIC;
+use crate::read::{open_regular, DataFile, FlashFile, TensorNames};
+#[cfg(feature = "remote")]
+use crate::remote::weights::{RemoteIndex, RemoteSource};
+use crate::{Dtype, Error, Footer, Result};
+
+mod convert;
+#[cfg(feature = "cuda")]
+mod cuda;
+mod load;
+mod safetensors_file;
+
+pub use convert::SafetensorsOptions;
+#[cfg(feature = "cuda")]
+pub use cuda::CudaWeights;
+pub use load::{TensorView, Weights};
+#[cfg(feature = "remote")]
+pub(crate) use safetensors_file::{explain_bad_entry, stored_dtype, MAX_SAFETENSORS_HEADER};
+pub use safetensors_file::{from_safetensors_dtype, to_safetensors_dtype};
+pub(crate) use safetensors_file::{safetensors_entry, safetensors_header, HeaderEntry};
+
+/// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
+pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";
+
+/// A weight file's format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// A FlashPack file.
+    FlashPack,
+    /// A safetensors file.
+    Safetensors,
+}
+
+/// One tensor of a file: where its bytes are (file offsets `[start, end)`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The tensor's name.
+    pub name: String,
+    /// Its stored element type.
+    pub dtype: Dtype,
+    /// Its shape (`[]` for a scalar).
+    pub shape: Vec<u64>,
+    /// File offset of its first byte.
+    pub start: u64,
+    /// One past its last byte.
+    pub end: u64,
+}
+
+enum Inner {
+    Flash(FlashFile),
+    Safetensors {
+        file: File,
+        file_len: u64,
+        data_start: u64,
+        metadata: Option<HashMap<String, String>>,
+    },
+    /// A remote object (either format): its index fetched at open, its tensors on load.
+    #[cfg(feature = "remote")]
+    Remote(Box<RemoteSource>),
+}
+
+/// How a weight file's tensor bytes are read (for the reader pool and the job planner).
+pub(crate) enum Backing<'a> {
+    Local(DataFile<'a>),
+    #[cfg(feature = "remote")]
+    Remote {
+        path: &'a Path,
+        source: &'a RemoteSource,
+        names: TensorNames<'a>,
+    },
+}
+
+impl Backing<'_> {
+    pub fn path(&self) -> &Path {
+        match self {
+            Backing::Local(d) => d.path,
+            #[cfg(feature = "remote")]
+            Backing::Remote { path, .. } => path,
+        }
+    }
+
+    pub fn names(&self) -> TensorNames<'_> {
+        match self {
+            Backing::Local(d) => d.names,
+            #[cfg(feature = "remote")]
+            Backing::Remote { names, .. } => *names,
+        }
+    }
+}
+
+/// An open, validated weight file (FlashPack or safetensors), local or remote.
+///
+/// A remote one ([`WeightFile::open_location`] with a URL, feature `remote`) has only its
+/// index in memory (a FlashPack footer or a safetensors header, fetched with ranged GETs); its
+/// tensors are fetched with parallel ranged GETs when loaded, eagerly ([`WeightFile::load`])
+/// or through a job ([`crate::read::job`]). Its [`path`](WeightFile::path) is its URL.
+pub struct WeightFile {
+    path: PathBuf,
+    inner: Inner,
+    tensors: Vec<TensorInfo>,
+    index: HashMap<String, usize>,
+}
+
+impl WeightFile {
+    /// Opens a URL (`http://`, `https://`, `s3://`, `hf://`: see [`crate::remote`]; settings
+    /// from the environment) or else a local path. A URL needs the `remote` cargo feature:
+    /// without it, opening one is [`RemoteError::NotBuilt`](crate::remote::RemoteError).
+    pub fn open_location(location: &str) -> Result<WeightFile> {
+        if !crate::remote::is_remote(location) {
+            return Self::open(location);
+        }
+        #[cfg(feature = "remote")]
+        {
+            Self::open_url(location, crate::remote::RemoteSettings::from_env()?)
+        }
+        #[cfg(not(feature = "remote"))]
+        {
+            Err(Error::remote(
+                location,
+                crate::remote::RemoteError::NotBuilt,
+            ))
+        }
+    }
+
+    /// Opens the remote object at `url` with `settings`: one HEAD (pinning its size and ETag)
+    /// and at most three small ranged GETs for its index, validated as a local file's is.
+    #[cfg(feature = "remote")]
+    pub fn open_url(url: &str, settings: crate::remote::RemoteSettings) -> Result<WeightFile> {
+        let file = crate::remote::RemoteFile::open_with(url, settings)?;
+        let (source, tensors) = RemoteSource::open(file)?;
+        Ok(Self::new(
+            Path::new(url),
+            Inner::Remote(Box::new(source)),
+            tensors,
+        ))
+    }
+
+    /// True for a remote object (opened from a URL).
+    pub fn is_remote(&self) -> bool {
+        match self.inner {
+            #[cfg(feature = "remote")]
+            Inner::Remote(_) => true,
+            _ => false,
+        }
+    }
+
+    /// The pinned remote object (size, ETag, settings), for a remote file.
+    #[cfg(feature = "remote")]
+    pub fn remote(&self) -> Option<&crate::remote::RemoteFile> {
+        match &self.inner {
+            Inner::Remote(r) => Some(&r.file),
+            _ => None,
+        }
+    }
+
+    /// Opens a FlashPack file (recognised by its trailing magic) or a safetensors file, and
+    /// validates its index against the file's size before anything trusts it.
+    pub fn open(path: impl AsRef<Path>) -> Result<WeightFile> {
+        let path = path.as_ref();
+        let file = open_regular(path)?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat", e))?
+            .len();
+        let mut tail = [0u8; 8];
+        let is_flash = file_len >= 16 && {
+            use crate::os::Positioned;
+            file.read_exact_at(&mut tail, file_len - 8).is_ok() && &tail == MAGIC
+        };
+        if is_flash {
+            let f = FlashFile::from_file(path, file)?;
+            let tensors = f
+                .footer
+                .records
+                .iter()
+                .map(|r| {
+                    let (start, end) = f.footer.byte_range(r);
+                    TensorInfo {
+                        name: r.name.clone(),
+                        dtype: f.footer.blocks[r.block].dtype,
+                        shape: r.shape.clone(),
+                        start,
+                        end,
+                    }
+                })
+                .collect();
+            return Ok(Self::new(path, Inner::Flash(f), tensors));
+        }
+        Self::open_safetensors(path, file, file_len)
+    }
+
+    fn new(path: &Path, inner: Inner, tensors: Vec<TensorInfo>) -> WeightFile {
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        WeightFile {
+            path: path.to_path_buf(),
+            inner,
+            tensors,
+            index,
+        }
+    }
+
+    /// The file's path; a remote file's URL.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's format.
+    pub fn format(&self) -> Format {
+        match &self.inner {
+            Inner::Flash(_) => Format::FlashPack,
+            Inner::Safetensors { .. } => Format::Safetensors,
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => match r.index {
+                RemoteIndex::Flash { .. } => Format::FlashPack,
+                RemoteIndex::Safetensors { .. } => Format::Safetensors,
+            },
+        }
+    }
+
+    /// The file's size in bytes when it was opened.
+    pub fn file_len(&self) -> u64 {
+        match &self.inner {
+            Inner::Flash(f) => f.file_len,
+            Inner::Safetensors { file_len, .. } => *file_len,
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => r.file.len(),
+        }
+    }
+
+    /// A FlashPack file's footer (local or remote).
+    pub fn footer(&self) -> Option<&Footer> {
+        match &self.inner {
+            Inner::Flash(f) => Some(&f.footer),
+            Inner::Safetensors { .. } => None,
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => match &r.index {
+                RemoteIndex::Flash { footer, .. } => Some(footer),
+                RemoteIndex::Safetensors { .. } => None,
+            },
+        }
+    }
+
+    /// A FlashPack file's footer JSON exactly as stored (local or remote).
+    pub fn footer_json(&self) -> Option<&[u8]> {
+        match &self.inner {
+            Inner::Flash(f) => Some(&f.footer_json),
+            Inner::Safetensors { .. } => None,
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => match &r.index {
+                RemoteIndex::Flash { footer_json, .. } => Some(footer_json),
+                RemoteIndex::Safetensors { .. } => None,
+            },
+        }
+    }
+
+    /// Every tensor, in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// The tensor called `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The local FlashPack file (footer, checksums), when this is one ([`footer`](Self::footer)
+    /// for a remote one too).
+    pub fn flashpack(&self) -> Option<&FlashFile> {
+        match &self.inner {
+            Inner::Flash(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The safetensors `__metadata__` strings: a safetensors file's own, or those a FlashPack
+    /// file kept from the safetensors file it was converted from.
+    pub fn safetensors_metadata(&self) -> Option<HashMap<String, String>> {
+        match &self.inner {
+            Inner::Safetensors { metadata, .. } => metadata.clone(),
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => match &r.index {
+                RemoteIndex::Safetensors { metadata, .. } => metadata.clone(),
+                RemoteIndex::Flash { .. } => self.footer().and_then(kept_safetensors_metadata),
+            },
+            Inner::Flash(f) => kept_safetensors_metadata(&f.footer),
+        }
+    }
+
+    /// File bytes `[start, end)` that hold every tensor.
+    pub fn data_range(&self) -> (u64, u64) {
+        match &self.inner {
+            Inner::Flash(f) => (0, f.payload_len),
+            Inner::Safetensors {
+                file_len,
+                data_start,
+                ..
+            } => (*data_start, *file_len),
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => r.data_range(),
+        }
+    }
+
+    /// Where the tensor bytes are read from.
+    pub(crate) fn backing(&self) -> Backing<'_> {
+        match &self.inner {
+            Inner::Flash(f) => Backing::Local(f.data()),
+            Inner::Safetensors { file, file_len, .. } => Backing::Local(DataFile {
+                path: &self.path,
+                file,
+                end: *file_len,
+                names: TensorNames::Tensors(&self.tensors),
+            }),
+            #[cfg(feature = "remote")]
+            Inner::Remote(r) => Backing::Remote {
+                path: &self.path,
+                source: r,
+                names: match &r.index {
+                    RemoteIndex::Flash { footer, .. } => TensorNames::Footer(footer),
+                    RemoteIndex::Safetensors { .. } => TensorNames::Tensors(&self.tensors),
+                },
+            },
+        }
+    }
+
+    /// A private copy-on-write mapping of the whole file (a lazy load: nothing is read until
+    /// touched; writes never reach the file), checked to hold every tensor.
+    pub fn map_private(&self) -> Result<MmapMut> {
+        let file = self.local_file()?;
+        // SAFETY: a private (copy-on-write) mapping, as for lazy loads: writes never reach the
+        // file; truncating the file while it is mapped would fault on access (the documented
+        // contract of lazy loading), truncation before this point is checked just below.
+        let map = unsafe { MmapOptions::new().map_copy(file) }
+            .map_err(|e| Error::io(&self.path, "mmap", e))?;
+        self.check_mapped_len(map.len())?;
+        Ok(map)
+    }
+
+    /// The open local file; a remote one is an error (it cannot be mapped).
+    fn local_file(&self) -> Result<&File> {
+        match &self.inner {
+            Inner::Flash(f) => Ok(&f.file),
+            Inner::Safetensors { file, .. } => Ok(file),
+            #[cfg(feature = "remote")]
+            Inner::Remote(_) => Err(Error::Unsupported(format!(
+                "{}: a URL cannot be mapped; load it eagerly",
+                self.path.display()
+            ))),
+        }
+    }
+
+    /// A mapping of `len` bytes holds every tensor the file had when opened, or the file got
+    /// shorter since (an error, never a slice past the mapping).
+    fn check_mapped_len(&self, len: usize) -> Result<()> {
+        let (_, end) = self.data_range();
+        if (len as u64) < end {
+            // As for a read that runs out of bytes (see read::pool).
+            return Err(Error::io(
+                &self.path,
+                format!(
+                    "map (the file got shorter since it was opened: {len} bytes, its tensors need {end})"
+                ),
+                std::io::ErrorKind::UnexpectedEof.into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A read-only mapping of the whole file, at least as long as the data it had when opened
+    /// (every tensor range was checked against that), so tensor slices of it cannot fail.
+    fn map_readonly(&self) -> Result<Mmap> {
+        let file = self.local_file()?;
+        // SAFETY: a read-only mapping of a file we only read; as for every mapping, truncating
+        // the file while it is mapped would fault on access (checked against just below, for
+        // truncation before this point).
+        let map = unsafe { MmapOptions::new().map(file) }
+            .map_err(|e| Error::io(&self.path, "mmap", e))?;
+        self.check_mapped_len(map.len())?;
+        Ok(map)
+    }
+}
+
+/// The safetensors `__metadata__` a FlashPack footer kept from a conversion.
+fn kept_safetensors_metadata(footer: &Footer) -> Option<HashMap<String, String>> {
+    footer
+        .extra
+        .get(SAFETENSORS_METADATA_KEY)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+/// The error of a verified load of a file without checksums (a safetensors file): the caller
+/// asked for a check the file has no data for.
+pub(crate) fn no_checksums(path: &Path) -> Error {
+    Error::Invalid(format!(
+        "{}: safetensors files carry no checksums to verify",
+        path.display()
+    ))
+}
