@@ -85,8 +85,6 @@ pub(crate) trait Device: Sync {
     /// The device bound to a thread; dropping it restores what was bound before.
     type Binding;
 
-    /// Name for messages, e.g. `cuda:0`.
-    fn name(&self) -> String;
     /// Binds the device to the calling thread (e.g. pushes its context) until the returned
     /// value is dropped. Every call below needs the device bound on the calling thread.
     fn bind(&self) -> Result<Self::Binding>;
@@ -300,13 +298,7 @@ impl<D: Device> DeviceSink<'_, D> {
         // worker lock we hold), and no copy reads it any more (its last copy's event completed
         // above).
         let host = unsafe { std::slice::from_raw_parts_mut(slot.buf.as_ptr(), len) };
-        fill(host).map_err(|e| {
-            Error::io(
-                format!("payload bytes at {offset} for {}", dev.name()),
-                "read",
-                e,
-            )
-        })?;
+        fill(host)?;
         let end = offset + len as u64;
         let regions = self.regions.as_slice();
         let first = regions.partition_point(|r| r.end() <= offset);
