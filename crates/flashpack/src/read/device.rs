@@ -4,54 +4,10 @@ use std::time::Instant;
 
 use super::data::{reader_setup, DataFile};
 use super::pool::{self, plan_chunks, Chunk, DIRECT_ALIGN};
-#[cfg(feature = "cuda")]
-use super::verify::verifier;
-#[cfg(feature = "cuda")]
-use super::FlashFile;
 use super::{LoadOptions, LoadReport};
 use crate::progress::progress_bar;
-#[cfg(feature = "cuda")]
-use crate::sink::cuda::CudaDevice;
 use crate::sink::{Device, DeviceRegion, DeviceSink, Regions, SLOTS_PER_WORKER};
 use crate::{Error, Result};
-
-/// Streams the payload bytes that `regions` name from an open file into CUDA memory, through
-/// pinned staging buffers; returns when every copy has completed. The calling thread's current
-/// CUDA context is the same afterwards, whether the load succeeded or failed.
-///
-/// Regions may cover any part of the payload (typically one per macroblock); the bytes between
-/// regions that lie within one chunk are read and skipped. Regions are checked (inside the
-/// payload, no overlap) before anything is read. The staging memory is bounded by the pinned
-/// pool: when `threads x 2 x chunk_bytes` would exceed what it can give, the chunk size (down to
-/// 1 MiB) and then the thread count are reduced.
-///
-/// # Safety
-/// For every region, `dst..dst + len` must be memory on `device` that the caller owns and that
-/// nothing else reads or writes until this call returns (e.g. freshly allocated tensors after
-/// the framework's stream was synchronized). Use [`WeightFile::load_cuda`] for a safe load into
-/// memory this crate allocates.
-///
-/// [`WeightFile::load_cuda`]: crate::weights::WeightFile::load_cuda
-///
-/// Raw device addresses cannot reach a load from safe code:
-/// ```compile_fail,E0133
-/// use flashpack::read::{load_to_device, FlashFile, LoadOptions};
-/// use flashpack::sink::{cuda::CudaDevice, DeviceRegion};
-/// fn load(file: &FlashFile, dev: &CudaDevice) {
-///     let region = DeviceRegion { offset: 0, len: 4, dst: 0x1000 };
-///     let _ = load_to_device(file, dev, vec![region], &LoadOptions::default());
-/// }
-/// ```
-#[cfg(feature = "cuda")]
-pub unsafe fn load_to_device(
-    f: &FlashFile,
-    device: &CudaDevice,
-    regions: Vec<DeviceRegion>,
-    opts: &LoadOptions,
-) -> Result<LoadReport> {
-    let verifier = opts.verify.then(|| verifier(f)).transpose()?;
-    stream_to_device(&f.data(), verifier.as_ref(), device, regions, opts)
-}
 
 /// The device load behind [`load_to_device`], for any [`Device`] and [`DataFile`]: region
 /// offsets are offsets in `d`'s data, and the caller upholds `load_to_device`'s contract on

@@ -152,28 +152,3 @@ pub(super) fn read_into(
     report.phases.push(("read_payload", t.elapsed()));
     Ok(report)
 }
-
-/// Reads payload bytes `[offset, offset + dst.len())` of an open file into `dst` with the eager
-/// reader (threads, `O_DIRECT` when the file is not cached), e.g. one rank's shard of a
-/// distributed load. With `opts.verify` the range must start on the checksum grid and end on it
-/// (or at the payload's end), and every checksum chunk in it is checked.
-pub fn read_range(
-    f: &FlashFile,
-    offset: u64,
-    dst: &mut [u8],
-    opts: &LoadOptions,
-) -> Result<LoadReport> {
-    offset
-        .checked_add(dst.len() as u64)
-        .filter(|&e| e <= f.payload_len)
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}: range {offset}+{} lies outside the {}-byte payload",
-                f.path.display(),
-                dst.len(),
-                f.payload_len
-            ))
-        })?;
-    let verifier = opts.verify.then(|| verifier(f)).transpose()?;
-    read_into(&f.data(), offset, dst, opts, verifier.as_ref())
-}

@@ -34,19 +34,16 @@ use std::time::{Duration, Instant};
 use memmap2::MmapMut;
 
 pub(crate) use data::{device_error_in, DataFile, TensorNames};
-#[cfg(feature = "cuda")]
-pub use device::load_to_device;
 pub(crate) use device::stream_to_device;
 pub use file::{is_flashpack_file, open_regular, FlashFile};
 pub(crate) use host::read_owned;
-pub use host::read_range;
 #[cfg(any(fuzzing, test))]
 pub(crate) use pool::plan_chunks;
 pub use pool::IoCounts;
 #[cfg(fuzzing)]
 pub(crate) use pool::{chunk_step, Chunk};
 pub(crate) use residency::resident_fraction;
-pub use verify::{verify, VerifyReport};
+pub use verify::VerifyReport;
 // For the job reader (`job.rs`), which shares these steps.
 use data::reader_setup;
 use device::fit_staging;
@@ -55,8 +52,14 @@ use verify::footer_verifier;
 
 use crate::cancel::Cancel;
 use crate::format::Record;
+#[cfg(feature = "cuda")]
+use crate::sink::cuda::CudaDevice;
+#[cfg(feature = "cuda")]
+use crate::sink::DeviceRegion;
 use crate::sink::HostBuffer;
-use crate::{Footer, Result};
+use crate::{Error, Footer, Result};
+use host::read_into;
+use verify::verifier;
 
 /// Share of the payload that must be in the page cache for it to count as hot (plain buffered reads).
 pub(crate) const HOT_FRACTION: f64 = 0.9;
@@ -228,6 +231,77 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
 pub fn load_open(f: FlashFile, opts: &LoadOptions) -> Result<Loaded> {
     load_file(f, opts, Duration::ZERO)
 }
+/// Streams the payload bytes that `regions` name from an open file into CUDA memory, through
+/// pinned staging buffers; returns when every copy has completed. The calling thread's current
+/// CUDA context is the same afterwards, whether the load succeeded or failed.
+///
+/// Regions may cover any part of the payload (typically one per macroblock); the bytes between
+/// regions that lie within one chunk are read and skipped. Regions are checked (inside the
+/// payload, no overlap) before anything is read. The staging memory is bounded by the pinned
+/// pool: when `threads x 2 x chunk_bytes` would exceed what it can give, the chunk size (down to
+/// 1 MiB) and then the thread count are reduced.
+///
+/// # Safety
+/// For every region, `dst..dst + len` must be memory on `device` that the caller owns and that
+/// nothing else reads or writes until this call returns (e.g. freshly allocated tensors after
+/// the framework's stream was synchronized). Use [`WeightFile::load_cuda`] for a safe load into
+/// memory this crate allocates.
+///
+/// [`WeightFile::load_cuda`]: crate::weights::WeightFile::load_cuda
+///
+/// Raw device addresses cannot reach a load from safe code:
+/// ```compile_fail,E0133
+/// use flashpack::read::{load_to_device, FlashFile, LoadOptions};
+/// use flashpack::sink::{cuda::CudaDevice, DeviceRegion};
+/// fn load(file: &FlashFile, dev: &CudaDevice) {
+///     let region = DeviceRegion { offset: 0, len: 4, dst: 0x1000 };
+///     let _ = load_to_device(file, dev, vec![region], &LoadOptions::default());
+/// }
+/// ```
+#[cfg(feature = "cuda")]
+pub unsafe fn load_to_device(
+    f: &FlashFile,
+    device: &CudaDevice,
+    regions: Vec<DeviceRegion>,
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    let verifier = opts.verify.then(|| verifier(f)).transpose()?;
+    stream_to_device(&f.data(), verifier.as_ref(), device, regions, opts)
+}
+
+/// Checks a file without loading it anywhere: the footer and layout (as every open does), then
+/// every payload chunk against its checksum, reading with the eager reader's threads and I/O
+/// mode into small per-thread buffers. A file without checksums passes with
+/// `chunks_checked == 0`; a bad chunk is an error naming the first tensor it holds.
+pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport> {
+    verify::verify_file(path.as_ref(), opts)
+}
+
+/// Reads payload bytes `[offset, offset + dst.len())` of an open file into `dst` with the eager
+/// reader (threads, `O_DIRECT` when the file is not cached), e.g. one rank's shard of a
+/// distributed load. With `opts.verify` the range must start on the checksum grid and end on it
+/// (or at the payload's end), and every checksum chunk in it is checked.
+pub fn read_range(
+    f: &FlashFile,
+    offset: u64,
+    dst: &mut [u8],
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    offset
+        .checked_add(dst.len() as u64)
+        .filter(|&e| e <= f.payload_len)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: range {offset}+{} lies outside the {}-byte payload",
+                f.path.display(),
+                dst.len(),
+                f.payload_len
+            ))
+        })?;
+    let verifier = opts.verify.then(|| verifier(f)).transpose()?;
+    read_into(&f.data(), offset, dst, opts, verifier.as_ref())
+}
+
 #[cfg(test)]
 mod tests {
     use super::plan_chunks;

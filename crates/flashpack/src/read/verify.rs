@@ -80,7 +80,7 @@ pub(super) fn verify_in_memory(
     }
 }
 
-/// What [`verify`] checked.
+/// What [`verify`](super::verify()) checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyReport {
     /// Tensors in the file.
@@ -93,12 +93,9 @@ pub struct VerifyReport {
     pub algorithm: Option<String>,
 }
 
-/// Checks a file without loading it anywhere: the footer and layout (as every open does), then
-/// every payload chunk against its checksum, reading with the eager reader's threads and I/O
-/// mode into small per-thread buffers. A file without checksums passes with
-/// `chunks_checked == 0`; a bad chunk is an error naming the first tensor it holds.
-pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport> {
-    let f = FlashFile::open(path.as_ref())?;
+/// [`super::verify`]'s body.
+pub(super) fn verify_file(path: &Path, opts: &LoadOptions) -> Result<VerifyReport> {
+    let f = FlashFile::open(path)?;
     let mut report = VerifyReport {
         tensors: f.footer.records.len(),
         payload_len: f.payload_len,
