@@ -398,57 +398,9 @@ impl Footer {
         };
         let align_bytes = take_u64(&mut map, "align_bytes")?.unwrap_or(0);
         let total_elems = take_u64(&mut map, "total_elems")?;
-        let (version, blocks) = match format.as_str() {
-            FILE_FORMAT_V3 => {
-                let dtype = match map.remove("target_dtype") {
-                    Some(Value::String(s)) => s.parse::<Dtype>()?,
-                    Some(other) => return Err(FormatError::UnknownDtype(other.to_string())),
-                    None => return Err(FormatError::MissingKey("target_dtype")),
-                };
-                let elems = total_elems.ok_or(FormatError::MissingKey("total_elems"))?;
-                let bytes = elems
-                    .checked_mul(dtype.size() as u64)
-                    .ok_or_else(|| FormatError::block(0, "total_elems overflows"))?;
-                (
-                    FormatVersion::V3,
-                    vec![Macroblock {
-                        dtype,
-                        offset_bytes: 0,
-                        length_bytes: bytes,
-                        length_elems: elems,
-                    }],
-                )
-            }
-            FILE_FORMAT_V4 => {
-                let raw = map
-                    .remove("macroblocks")
-                    .ok_or(FormatError::MissingKey("macroblocks"))?;
-                let Value::Array(items) = raw else {
-                    return Err(FormatError::Json("\"macroblocks\" is not a list".into()));
-                };
-                if items.is_empty() {
-                    return Err(FormatError::Json("\"macroblocks\" is empty".into()));
-                }
-                let blocks = items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, item)| parse_block(i, item))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (FormatVersion::V4, blocks)
-            }
-            other => return Err(FormatError::UnknownFormat(other.to_string())),
-        };
+        let (version, blocks) = take_layout(&format, &mut map, total_elems)?;
         let total_payload_bytes = take_u64(&mut map, "total_payload_bytes")?;
-        let index = match map.remove("index") {
-            Some(Value::Array(items)) => items,
-            Some(_) => return Err(FormatError::Json("\"index\" is not a list".into())),
-            None => return Err(FormatError::MissingKey("index")),
-        };
-        let records = index
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| parse_record(i, item))
-            .collect::<Result<Vec<_>, _>>()?;
+        let records = take_index(&mut map)?;
         // Checked after the layout, so that a payload of the wrong size is reported as such.
         let checksums = map.remove(CHECKSUMS_KEY);
         let mut footer = Footer::unchecked(version, align_bytes, blocks, records, map);
@@ -470,45 +422,33 @@ impl Footer {
         total_payload_bytes: Option<u64>,
     ) -> Result<(), FormatError> {
         for (i, b) in self.blocks.iter().enumerate() {
-            let size = b.dtype.size() as u64;
-            if b.length_elems.checked_mul(size) != Some(b.length_bytes) {
-                return Err(FormatError::block(
-                    i,
-                    format!(
-                        "length_bytes {} is not length_elems {} x {} bytes ({})",
-                        b.length_bytes, b.length_elems, size, b.dtype
-                    ),
-                ));
-            }
-            match b.offset_bytes.checked_add(b.length_bytes) {
-                Some(end) if end <= payload_len => {}
-                _ => {
-                    return Err(FormatError::block(
-                        i,
-                        format!(
-                            "bytes {}..{} lie past the end of the {payload_len}-byte payload (truncated or corrupt file)",
-                            b.offset_bytes,
-                            b.offset_bytes.saturating_add(b.length_bytes)
-                        ),
-                    ))
-                }
-            }
-            let align = block_alignment(self.align_bytes, size).ok_or_else(|| {
-                FormatError::block(
-                    i,
-                    format!("align_bytes {} overflows its alignment", self.align_bytes),
-                )
-            })?;
-            if b.offset_bytes % align != 0 {
-                return Err(FormatError::block(
-                    i,
-                    format!(
-                        "offset {} is not a multiple of its alignment {align}",
-                        b.offset_bytes
-                    ),
-                ));
-            }
+            check_block(i, b, self.align_bytes, payload_len)?;
         }
+        self.check_blocks_disjoint()?;
+        self.check_totals(total_elems, total_payload_bytes)?;
+        let mut names = HashMap::with_capacity(self.records.len());
+        let mut ranges = Vec::with_capacity(self.records.len());
+        for (i, r) in self.records.iter().enumerate() {
+            if names.insert(r.name.clone(), i).is_some() {
+                return Err(FormatError::DuplicateName(r.name.clone()));
+            }
+            ranges.push(self.check_record(r)?);
+        }
+        for (r, bytes) in self.records.iter_mut().zip(ranges) {
+            r.bytes = bytes;
+        }
+        self.by_name = names;
+        if self.payload_end() != payload_len {
+            return Err(FormatError::PayloadSize {
+                declared: self.payload_end(),
+                actual: payload_len,
+            });
+        }
+        Ok(())
+    }
+
+    /// No two non-empty blocks share a byte.
+    fn check_blocks_disjoint(&self) -> Result<(), FormatError> {
         let mut order: Vec<usize> = (0..self.blocks.len())
             .filter(|&i| self.blocks[i].length_bytes > 0)
             .collect();
@@ -522,6 +462,15 @@ impl Footer {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The optional totals agree with the blocks.
+    fn check_totals(
+        &self,
+        total_elems: Option<u64>,
+        total_payload_bytes: Option<u64>,
+    ) -> Result<(), FormatError> {
         if let Some(total) = total_elems {
             if total != self.total_elems() {
                 return Err(FormatError::Inconsistent(format!(
@@ -538,77 +487,171 @@ impl Footer {
                 )));
             }
         }
-        let mut names = HashMap::with_capacity(self.records.len());
-        let mut ranges = Vec::with_capacity(self.records.len());
-        for (i, r) in self.records.iter().enumerate() {
-            if names.insert(r.name.clone(), i).is_some() {
-                return Err(FormatError::DuplicateName(r.name.clone()));
-            }
-            let Some(block) = self.blocks.get(r.block) else {
-                return Err(FormatError::tensor(
-                    &r.name,
-                    format!(
-                        "macroblock {} does not exist (the file has {})",
-                        r.block,
-                        self.blocks.len()
-                    ),
-                ));
-            };
-            match numel(&r.shape) {
-                Some(n) if n == r.length => {}
-                _ => {
-                    return Err(FormatError::tensor(
-                        &r.name,
-                        format!(
-                            "shape {:?} does not hold length {} elements",
-                            r.shape, r.length
-                        ),
-                    ))
-                }
-            }
-            match r.offset.checked_add(r.length) {
-                Some(end) if end <= block.length_elems => {}
-                _ => {
-                    return Err(FormatError::tensor(
-                        &r.name,
-                        format!(
-                            "elements {}..{} lie outside macroblock {} of {} elements",
-                            r.offset,
-                            r.offset.saturating_add(r.length),
-                            r.block,
-                            block.length_elems
-                        ),
-                    ))
-                }
-            }
-            let align = element_alignment(self.align_bytes, block.dtype.size() as u64);
-            if align != 0 && r.offset % align != 0 {
-                return Err(FormatError::tensor(
-                    &r.name,
-                    format!(
-                        "offset {} is not aligned to {align} elements (align_bytes {})",
-                        r.offset, self.align_bytes
-                    ),
-                ));
-            }
-            // Cannot overflow: the elements lie inside the block (checked just above), whose
-            // length_elems x size is its length_bytes and whose end lies in the payload.
-            let size = block.dtype.size() as u64;
-            let start = block.offset_bytes + r.offset * size;
-            ranges.push((start, start + r.length * size));
-        }
-        for (r, bytes) in self.records.iter_mut().zip(ranges) {
-            r.bytes = bytes;
-        }
-        self.by_name = names;
-        if self.payload_end() != payload_len {
-            return Err(FormatError::PayloadSize {
-                declared: self.payload_end(),
-                actual: payload_len,
-            });
-        }
         Ok(())
     }
+
+    /// Checks one record against the (already checked) blocks; returns its payload byte range.
+    fn check_record(&self, r: &Record) -> Result<(u64, u64), FormatError> {
+        let Some(block) = self.blocks.get(r.block) else {
+            return Err(FormatError::tensor(
+                &r.name,
+                format!(
+                    "macroblock {} does not exist (the file has {})",
+                    r.block,
+                    self.blocks.len()
+                ),
+            ));
+        };
+        if numel(&r.shape) != Some(r.length) {
+            return Err(FormatError::tensor(
+                &r.name,
+                format!(
+                    "shape {:?} does not hold length {} elements",
+                    r.shape, r.length
+                ),
+            ));
+        }
+        if r.offset
+            .checked_add(r.length)
+            .is_none_or(|end| end > block.length_elems)
+        {
+            return Err(FormatError::tensor(
+                &r.name,
+                format!(
+                    "elements {}..{} lie outside macroblock {} of {} elements",
+                    r.offset,
+                    r.offset.saturating_add(r.length),
+                    r.block,
+                    block.length_elems
+                ),
+            ));
+        }
+        let align = element_alignment(self.align_bytes, block.dtype.size() as u64);
+        if align != 0 && r.offset % align != 0 {
+            return Err(FormatError::tensor(
+                &r.name,
+                format!(
+                    "offset {} is not aligned to {align} elements (align_bytes {})",
+                    r.offset, self.align_bytes
+                ),
+            ));
+        }
+        // Cannot overflow: the elements lie inside the block (checked just above), whose
+        // length_elems x size is its length_bytes and whose end lies in the payload.
+        let size = block.dtype.size() as u64;
+        let start = block.offset_bytes + r.offset * size;
+        Ok((start, start + r.length * size))
+    }
+}
+
+/// Checks block `i` on its own: its byte length matches its elements, it lies inside the
+/// payload, and its offset is aligned.
+fn check_block(
+    i: usize,
+    b: &Macroblock,
+    align_bytes: u64,
+    payload_len: u64,
+) -> Result<(), FormatError> {
+    let size = b.dtype.size() as u64;
+    if b.length_elems.checked_mul(size) != Some(b.length_bytes) {
+        return Err(FormatError::block(
+            i,
+            format!(
+                "length_bytes {} is not length_elems {} x {} bytes ({})",
+                b.length_bytes, b.length_elems, size, b.dtype
+            ),
+        ));
+    }
+    if b.offset_bytes
+        .checked_add(b.length_bytes)
+        .is_none_or(|end| end > payload_len)
+    {
+        return Err(FormatError::block(
+            i,
+            format!(
+                "bytes {}..{} lie past the end of the {payload_len}-byte payload (truncated or corrupt file)",
+                b.offset_bytes,
+                b.offset_bytes.saturating_add(b.length_bytes)
+            ),
+        ));
+    }
+    let align = block_alignment(align_bytes, size).ok_or_else(|| {
+        FormatError::block(
+            i,
+            format!("align_bytes {align_bytes} overflows its alignment"),
+        )
+    })?;
+    if b.offset_bytes % align != 0 {
+        return Err(FormatError::block(
+            i,
+            format!(
+                "offset {} is not a multiple of its alignment {align}",
+                b.offset_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The blocks a footer of `format` declares: v3's single block of `target_dtype` x
+/// `total_elems`, or v4's `macroblocks` list.
+fn take_layout(
+    format: &str,
+    map: &mut Map<String, Value>,
+    total_elems: Option<u64>,
+) -> Result<(FormatVersion, Vec<Macroblock>), FormatError> {
+    match format {
+        FILE_FORMAT_V3 => {
+            let dtype = match map.remove("target_dtype") {
+                Some(Value::String(s)) => s.parse::<Dtype>()?,
+                Some(other) => return Err(FormatError::UnknownDtype(other.to_string())),
+                None => return Err(FormatError::MissingKey("target_dtype")),
+            };
+            let elems = total_elems.ok_or(FormatError::MissingKey("total_elems"))?;
+            let bytes = elems
+                .checked_mul(dtype.size() as u64)
+                .ok_or_else(|| FormatError::block(0, "total_elems overflows"))?;
+            let block = Macroblock {
+                dtype,
+                offset_bytes: 0,
+                length_bytes: bytes,
+                length_elems: elems,
+            };
+            Ok((FormatVersion::V3, vec![block]))
+        }
+        FILE_FORMAT_V4 => {
+            let raw = map
+                .remove("macroblocks")
+                .ok_or(FormatError::MissingKey("macroblocks"))?;
+            let Value::Array(items) = raw else {
+                return Err(FormatError::Json("\"macroblocks\" is not a list".into()));
+            };
+            if items.is_empty() {
+                return Err(FormatError::Json("\"macroblocks\" is empty".into()));
+            }
+            let blocks = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| parse_block(i, item))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((FormatVersion::V4, blocks))
+        }
+        other => Err(FormatError::UnknownFormat(other.to_string())),
+    }
+}
+
+/// The footer's `index`: one record per tensor, not yet checked against the blocks.
+fn take_index(map: &mut Map<String, Value>) -> Result<Vec<Record>, FormatError> {
+    let index = match map.remove("index") {
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(FormatError::Json("\"index\" is not a list".into())),
+        None => return Err(FormatError::MissingKey("index")),
+    };
+    index
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| parse_record(i, item))
+        .collect()
 }
 
 fn take_u64(map: &mut Map<String, Value>, key: &'static str) -> Result<Option<u64>, FormatError> {

@@ -15,7 +15,7 @@
 //! assert_eq!(layout.placements.len(), 1); // stored once
 //! assert_eq!(layout.footer.records()[0].offset(), layout.footer.records()[1].offset());
 //! ```
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::Map;
 
@@ -85,6 +85,37 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
     if specs.is_empty() {
         return Err(FormatError::Empty);
     }
+    let counts = element_counts(specs)?;
+    check_ties(specs)?;
+    let mut ordered: Vec<usize> = (0..specs.len()).collect();
+    if order == Order::LargestFirst {
+        ordered.sort_by(|&a, &b| counts[b].cmp(&counts[a])); // stable: ties keep the given order
+    }
+    let groups = group_by_dtype(specs, &ordered);
+    let placed = place_blocks(&groups, &counts, align_bytes, specs.len())?;
+    if placed.payload_len == 0 {
+        return Err(FormatError::Inconsistent(
+            "nothing to pack: every tensor is empty".into(),
+        ));
+    }
+    let records = index_records(specs, &ordered, &groups, &counts, &placed.slot)?;
+    let version = if placed.blocks.len() == 1 {
+        FormatVersion::V3
+    } else {
+        FormatVersion::V4
+    };
+    let mut footer = Footer::unchecked(version, align_bytes, placed.blocks, records, Map::new());
+    // The same checks a reader makes; they also give each record its byte range.
+    footer.validate(placed.payload_len, None, None)?;
+    Ok(Layout {
+        footer,
+        payload_len: placed.payload_len,
+        placements: placed.placements,
+    })
+}
+
+/// Each spec's element count; an error for a repeated name or a size that overflows.
+fn element_counts(specs: &[TensorSpec]) -> Result<Vec<u64>, FormatError> {
     let mut seen = HashSet::with_capacity(specs.len());
     let mut counts = Vec::with_capacity(specs.len());
     for s in specs {
@@ -97,59 +128,85 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
             .ok_or_else(|| FormatError::tensor(&s.name, "byte size overflows"))?;
         counts.push(n);
     }
+    Ok(counts)
+}
+
+/// Every tie points at an untied tensor of the same dtype and shape.
+fn check_ties(specs: &[TensorSpec]) -> Result<(), FormatError> {
     for s in specs {
-        if let Some(t) = s.tied_to {
-            let target = specs.get(t).ok_or_else(|| {
-                FormatError::tensor(
-                    &s.name,
-                    format!("is tied to tensor #{t}, which does not exist"),
-                )
-            })?;
-            if target.tied_to.is_some() || target.dtype != s.dtype || target.shape != s.shape {
-                return Err(FormatError::tensor(
-                    &s.name,
-                    format!("cannot be tied to '{}': it must be an untied tensor of the same dtype and shape", target.name),
-                ));
-            }
+        let Some(t) = s.tied_to else { continue };
+        let target = specs.get(t).ok_or_else(|| {
+            FormatError::tensor(
+                &s.name,
+                format!("is tied to tensor #{t}, which does not exist"),
+            )
+        })?;
+        if target.tied_to.is_some() || target.dtype != s.dtype || target.shape != s.shape {
+            return Err(FormatError::tensor(
+                &s.name,
+                format!("cannot be tied to '{}': it must be an untied tensor of the same dtype and shape", target.name),
+            ));
         }
     }
+    Ok(())
+}
 
-    let mut ordered: Vec<usize> = (0..specs.len()).collect();
-    if order == Order::LargestFirst {
-        ordered.sort_by(|&a, &b| counts[b].cmp(&counts[a])); // stable: ties keep the given order
-    }
-
-    let mut dtype_order: Vec<Dtype> = Vec::new();
-    let mut members: HashMap<Dtype, Vec<usize>> = HashMap::new();
-    for &i in &ordered {
+/// One group per dtype, in order of each dtype's first appearance in `ordered`: the dtype and
+/// its stored (untied) specs in that order.
+fn group_by_dtype(specs: &[TensorSpec], ordered: &[usize]) -> Vec<(Dtype, Vec<usize>)> {
+    let mut groups: Vec<(Dtype, Vec<usize>)> = Vec::new();
+    for &i in ordered {
         let d = specs[i].dtype;
-        members.entry(d).or_insert_with(|| {
-            dtype_order.push(d);
-            Vec::new()
-        });
+        let k = match groups.iter().position(|(g, _)| *g == d) {
+            Some(k) => k,
+            None => {
+                groups.push((d, Vec::new()));
+                groups.len() - 1
+            }
+        };
         if specs[i].tied_to.is_none() {
-            members.entry(d).or_default().push(i);
+            groups[k].1.push(i);
         }
     }
+    groups
+}
 
+/// The blocks, laid out one after another, each aligned, with its tensors aligned inside.
+struct Placed {
+    blocks: Vec<Macroblock>,
+    /// Per spec: its (block, element offset), for stored specs.
+    slot: Vec<Option<(usize, u64)>>,
+    placements: Vec<Placement>,
+    /// Where the last block ends.
+    payload_len: u64,
+}
+
+fn place_blocks(
+    groups: &[(Dtype, Vec<usize>)],
+    counts: &[u64],
+    align_bytes: u64,
+    n_specs: usize,
+) -> Result<Placed, FormatError> {
     let overflow = || FormatError::Inconsistent("the payload size overflows".into());
-    let mut blocks = Vec::with_capacity(dtype_order.len());
-    let mut slot: Vec<Option<(usize, u64)>> = vec![None; specs.len()]; // (block, element offset)
-    let mut placements = Vec::with_capacity(specs.len());
-    let mut cursor = 0u64;
-    for (block_id, dtype) in dtype_order.iter().enumerate() {
+    let mut placed = Placed {
+        blocks: Vec::with_capacity(groups.len()),
+        slot: vec![None; n_specs],
+        placements: Vec::with_capacity(n_specs),
+        payload_len: 0,
+    };
+    for (block_id, (dtype, members)) in groups.iter().enumerate() {
         let size = dtype.size() as u64;
         let offset_bytes = round_up(
-            cursor,
+            placed.payload_len,
             block_alignment(align_bytes, size).ok_or_else(overflow)?,
         )
         .ok_or_else(overflow)?;
         let align_elems = element_alignment(align_bytes, size);
         let mut elems = 0u64;
-        for &i in members.get(dtype).map(Vec::as_slice).unwrap_or_default() {
+        for &i in members {
             elems = round_up(elems, align_elems).ok_or_else(overflow)?;
-            slot[i] = Some((block_id, elems));
-            placements.push(Placement {
+            placed.slot[i] = Some((block_id, elems));
+            placed.placements.push(Placement {
                 spec: i,
                 byte_offset: offset_bytes
                     .checked_add(elems.checked_mul(size).ok_or_else(overflow)?)
@@ -159,32 +216,36 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
             elems = elems.checked_add(counts[i]).ok_or_else(overflow)?;
         }
         let length_bytes = elems.checked_mul(size).ok_or_else(overflow)?;
-        blocks.push(Macroblock {
+        placed.blocks.push(Macroblock {
             dtype: *dtype,
             offset_bytes,
             length_bytes,
             length_elems: elems,
         });
-        cursor = offset_bytes
+        placed.payload_len = offset_bytes
             .checked_add(length_bytes)
             .ok_or_else(overflow)?;
     }
-    if cursor == 0 {
-        return Err(FormatError::Inconsistent(
-            "nothing to pack: every tensor is empty".into(),
-        ));
-    }
+    Ok(placed)
+}
 
-    // The index lists blocks in order and, inside each, tensors in the planned order (as the
-    // original writer does; tied records sit where their own name sorts).
-    let records = dtype_order
+/// The index: blocks in order and, inside each, tensors in the planned order (as the original
+/// writer does; tied records sit where their own name sorts, pointing at their target's slot).
+fn index_records(
+    specs: &[TensorSpec],
+    ordered: &[usize],
+    groups: &[(Dtype, Vec<usize>)],
+    counts: &[u64],
+    slot: &[Option<(usize, u64)>],
+) -> Result<Vec<Record>, FormatError> {
+    groups
         .iter()
-        .flat_map(|dtype| ordered.iter().filter(move |&&i| specs[i].dtype == *dtype))
+        .flat_map(|(dtype, _)| ordered.iter().filter(move |&&i| specs[i].dtype == *dtype))
         .map(|&i| {
             let s = &specs[i];
             let owner = s.tied_to.unwrap_or(i);
-            // Every untied spec was given a slot above, and tied specs point at untied ones
-            // (checked at the top): a spec without one is a planner bug, reported as such.
+            // Every untied spec was given a slot, and tied specs point at untied ones (checked
+            // first): a spec without one is a planner bug, reported as such.
             let (block, offset) = slot[owner].ok_or_else(|| {
                 FormatError::Inconsistent(format!(
                     "internal error: tensor '{}' was not placed by the planner",
@@ -199,18 +260,5 @@ pub fn plan(specs: &[TensorSpec], align_bytes: u64, order: Order) -> Result<Layo
                 block,
             ))
         })
-        .collect::<Result<Vec<_>, FormatError>>()?;
-    let version = if blocks.len() == 1 {
-        FormatVersion::V3
-    } else {
-        FormatVersion::V4
-    };
-    let mut footer = Footer::unchecked(version, align_bytes, blocks, records, Map::new());
-    // The same checks a reader makes; they also give each record its byte range.
-    footer.validate(cursor, None, None)?;
-    Ok(Layout {
-        footer,
-        payload_len: cursor,
-        placements,
-    })
+        .collect()
 }

@@ -12,7 +12,6 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use indicatif::ProgressBar;
 
@@ -95,6 +94,17 @@ pub(crate) enum Reader<'a> {
 }
 
 impl<'a> Source<'a> {
+    /// True for a local file with a direct handle.
+    fn reads_direct(&self) -> bool {
+        matches!(
+            self.reader,
+            Reader::Local {
+                direct: Some(_),
+                ..
+            }
+        )
+    }
+
     /// A local file's source.
     pub fn local(
         path: &'a Path,
@@ -202,8 +212,8 @@ pub(crate) fn read_chunks(
 
 /// The reader pool: `threads` threads take the next item, read it from its source into the
 /// sink (checking it when the source has a verifier), and all stop on the first error or
-/// cancellation. The error names the item's file (a device error is left to the caller, which
-/// knows the failed chunk).
+/// cancellation. Each thread returns its error as a value; the first one raised wins. It names
+/// the item's file (a device error is left to the caller, which knows the failed chunk).
 pub(crate) fn read_items(
     sources: &[Source<'_>],
     items: &[Item],
@@ -211,131 +221,171 @@ pub(crate) fn read_items(
     threads: usize,
     bar: Option<&ProgressBar>,
 ) -> Result<IoCounts> {
-    let next = AtomicUsize::new(0);
-    let stop = AtomicBool::new(false);
-    let direct_ok: Vec<AtomicBool> = sources
-        .iter()
-        .map(|s| {
-            AtomicBool::new(matches!(
-                s.reader,
-                Reader::Local {
-                    direct: Some(_),
-                    ..
-                }
-            ))
-        })
-        .collect();
-    let direct_bytes = AtomicU64::new(0);
-    let buffered_bytes = AtomicU64::new(0);
-    let prefetched_bytes = AtomicU64::new(0);
-    let remote_bytes = AtomicU64::new(0);
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let fail = |e: Error| {
-        stop.store(true, Ordering::Relaxed);
-        if let Ok(mut slot) = first_error.lock() {
-            slot.get_or_insert(e);
-        }
-    };
     let threads = threads.clamp(1, items.len().max(1));
+    let pool = Pool {
+        sources,
+        items,
+        sink,
+        threads,
+        bar,
+        next: AtomicUsize::new(0),
+        first_failed: AtomicUsize::new(NONE_FAILED),
+        direct_ok: sources
+            .iter()
+            .map(|s| AtomicBool::new(s.reads_direct()))
+            .collect(),
+        counts: Counters::default(),
+    };
     sources.iter().for_each(start_readahead);
-
-    std::thread::scope(|s| {
-        for worker in 0..threads {
-            let (next, stop, direct_ok, fail) = (&next, &stop, &direct_ok, &fail);
-            let (direct_bytes, buffered_bytes) = (&direct_bytes, &buffered_bytes);
-            let prefetched_bytes = &prefetched_bytes;
-            #[cfg(feature = "remote")]
-            let remote_bytes = &remote_bytes;
-            s.spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= items.len() || stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let it = items[i];
-                let src = &sources[it.file];
-                if let Err(e) = crate::cancel::check(src.cancel, src.path) {
-                    return fail(e);
-                }
-                if let Some(ahead) = items.get(i + threads) {
-                    let s = &sources[ahead.file];
-                    prefetch(s, ahead.file_offset, ahead.len, prefetched_bytes);
-                }
-                let mut io_error = None;
-                let mut bad_data = None;
-                // Keep the original I/O error (with its OS code), remote error or checksum
-                // error for the report; the sink only needs to know that the fill failed.
-                let mut fill = |dst: &mut [u8]| -> std::io::Result<()> {
-                    match &src.reader {
-                        Reader::Local { .. } => {
-                            let ok = &direct_ok[it.file];
-                            read_pieces(src, ok, it.file_offset, dst, direct_bytes, buffered_bytes)
-                                .map_err(|e| {
-                                    let marker = std::io::Error::new(e.kind(), "read failed");
-                                    io_error = Some(e);
-                                    marker
-                                })?
-                        }
-                        #[cfg(feature = "remote")]
-                        Reader::Remote {
-                            file,
-                            deadline,
-                            names,
-                        } => {
-                            file.read_until(dst, it.file_offset, *deadline)
-                                .map_err(|e| {
-                                    let end = it.file_offset + dst.len() as u64;
-                                    let what = names.describe(it.file_offset, end);
-                                    bad_data = Some(remote_context(e, &format!("reading {what}")));
-                                    std::io::Error::other("remote read failed")
-                                })?;
-                            remote_bytes.fetch_add(dst.len() as u64, Ordering::Relaxed);
-                        }
-                    }
-                    if let Some(v) = src.verify {
-                        v.check(src.path, it.file_offset, dst).map_err(|e| {
-                            bad_data = Some(e);
-                            std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk")
-                        })?;
-                    }
-                    Ok(())
-                };
-                // SAFETY: each item is taken once (fetch_add above) and the planners give
-                // items non-overlapping sink ranges, so concurrent calls get disjoint ranges.
-                let result = unsafe { sink.write_chunk(worker, it.at, it.len, &mut fill) };
-                if let Err(e) = result {
-                    let e = match (io_error, bad_data) {
-                        (Some(io), _) if io.kind() == std::io::ErrorKind::Interrupted => {
-                            crate::cancel::check(src.cancel, src.path)
-                                .err()
-                                .unwrap_or_else(|| Error::io(src.path, "read", io))
-                        }
-                        // Every read was checked against the file's length at open, so running
-                        // out of bytes means the file shrank during the load.
-                        (Some(io), _) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                            Error::io(src.path, "read (the file got shorter while loading)", io)
-                        }
-                        (Some(io), _) => Error::io(src.path, "read", io),
-                        (None, Some(bad)) => bad,
-                        // A device error: named by the caller, which knows the failed chunk.
-                        (None, None) => e,
-                    };
-                    return fail(e);
-                }
-                if let Some(b) = bar {
-                    b.inc(it.len as u64);
-                }
-            });
-        }
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|worker| {
+                let pool = &pool;
+                s.spawn(move || pool.run(worker))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
     });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
+    let first = pool.first_failed.load(Ordering::Relaxed);
+    if let Some(Err(e)) = results.into_iter().nth(first) {
         return Err(e);
     }
-    Ok(IoCounts {
-        direct_bytes: direct_bytes.into_inner(),
-        buffered_bytes: buffered_bytes.into_inner(),
-        prefetched_bytes: prefetched_bytes.into_inner(),
-        remote_bytes: remote_bytes.into_inner(),
-    })
+    Ok(pool.counts.into_counts())
+}
+
+/// No worker has failed (see [`Pool::first_failed`]).
+const NONE_FAILED: usize = usize::MAX;
+
+/// The shared state of one [`read_items`] call.
+struct Pool<'a, 's> {
+    sources: &'a [Source<'s>],
+    items: &'a [Item],
+    sink: &'a dyn Sink,
+    threads: usize,
+    bar: Option<&'a ProgressBar>,
+    /// The next item to take.
+    next: AtomicUsize,
+    /// The worker whose error is reported: the first to fail. Once set, the others stop
+    /// before their next item.
+    first_failed: AtomicUsize,
+    /// Per source: `O_DIRECT` still allowed (cleared when the filesystem refuses it).
+    direct_ok: Vec<AtomicBool>,
+    counts: Counters,
+}
+
+/// [`IoCounts`] shared by the reader threads.
+#[derive(Default)]
+struct Counters {
+    direct: AtomicU64,
+    buffered: AtomicU64,
+    prefetched: AtomicU64,
+    remote: AtomicU64,
+}
+
+impl Counters {
+    fn into_counts(self) -> IoCounts {
+        IoCounts {
+            direct_bytes: self.direct.into_inner(),
+            buffered_bytes: self.buffered.into_inner(),
+            prefetched_bytes: self.prefetched.into_inner(),
+            remote_bytes: self.remote.into_inner(),
+        }
+    }
+}
+
+impl Pool<'_, '_> {
+    /// One reader thread: items until none is left or a worker failed. On its own failure it
+    /// claims "first" if nobody has yet, which stops the others.
+    fn run(&self, worker: usize) -> Result<()> {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::Relaxed);
+            if i >= self.items.len() || self.first_failed.load(Ordering::Relaxed) != NONE_FAILED {
+                return Ok(());
+            }
+            if let Err(e) = self.read_item(worker, i) {
+                let _ = self.first_failed.compare_exchange(
+                    NONE_FAILED,
+                    worker,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                return Err(e);
+            }
+        }
+    }
+
+    /// Item `i`: checks for cancellation, asks for readahead of the item this thread takes
+    /// next round, and lands the item in the sink.
+    fn read_item(&self, worker: usize, i: usize) -> Result<()> {
+        let it = self.items[i];
+        let src = &self.sources[it.file];
+        crate::cancel::check(src.cancel, src.path)?;
+        if let Some(ahead) = self.items.get(i + self.threads) {
+            let s = &self.sources[ahead.file];
+            prefetch(s, ahead.file_offset, ahead.len, &self.counts.prefetched);
+        }
+        let mut fill = |dst: &mut [u8]| self.fill(it, dst);
+        // SAFETY: each item is taken once (fetch_add in `run`) and the planners give items
+        // non-overlapping sink ranges, so concurrent calls get disjoint ranges.
+        unsafe { self.sink.write_chunk(worker, it.at, it.len, &mut fill) }?;
+        if let Some(b) = self.bar {
+            b.inc(it.len as u64);
+        }
+        Ok(())
+    }
+
+    /// Reads item `it`'s bytes into `dst` (the sink's memory for it) and checks them when its
+    /// source has a verifier. The error names the file (or URL) and keeps its source.
+    fn fill(&self, it: Item, dst: &mut [u8]) -> Result<()> {
+        let src = &self.sources[it.file];
+        match &src.reader {
+            Reader::Local { .. } => {
+                let c = &self.counts;
+                let ok = &self.direct_ok[it.file];
+                read_pieces(src, ok, it.file_offset, dst, &c.direct, &c.buffered)
+                    .map_err(|e| read_error(src, e))?
+            }
+            #[cfg(feature = "remote")]
+            Reader::Remote {
+                file,
+                deadline,
+                names,
+            } => {
+                file.read_until(dst, it.file_offset, *deadline)
+                    .map_err(|e| {
+                        let end = it.file_offset + dst.len() as u64;
+                        let what = names.describe(it.file_offset, end);
+                        remote_context(e, &format!("reading {what}"))
+                    })?;
+                self.counts
+                    .remote
+                    .fetch_add(dst.len() as u64, Ordering::Relaxed);
+            }
+        }
+        match src.verify {
+            Some(v) => v.check(src.path, it.file_offset, dst),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The error for a failed local read of `src`: cancellation when the read stopped for it, the
+/// file shrinking when it ran out of bytes, otherwise the OS error.
+fn read_error(src: &Source<'_>, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::Interrupted => crate::cancel::check(src.cancel, src.path)
+            .err()
+            .unwrap_or_else(|| Error::io(src.path, "read", e)),
+        // Every read was checked against the file's length at open, so running out of bytes
+        // means the file shrank during the load.
+        std::io::ErrorKind::UnexpectedEof => {
+            Error::io(src.path, "read (the file got shorter while loading)", e)
+        }
+        _ => Error::io(src.path, "read", e),
+    }
 }
 
 /// A remote error with what was being done added to its message (other errors unchanged).

@@ -281,10 +281,6 @@ impl Device for CudaDevice {
     type Event = CudaEvent;
     type Binding = CtxGuard;
 
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-
     fn bind(&self) -> Result<CtxGuard> {
         CtxGuard::push(self.ctx, &self.name)
     }

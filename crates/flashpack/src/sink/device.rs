@@ -85,8 +85,6 @@ pub(crate) trait Device: Sync {
     /// The device bound to a thread; dropping it restores what was bound before.
     type Binding;
 
-    /// Name for messages, e.g. `cuda:0`.
-    fn name(&self) -> String;
     /// Binds the device to the calling thread (e.g. pushes its context) until the returned
     /// value is dropped. Every call below needs the device bound on the calling thread.
     fn bind(&self) -> Result<Self::Binding>;
@@ -251,13 +249,29 @@ impl<D: Device> Sink for DeviceSink<'_, D> {
     }
 }
 
-impl<D: Device> DeviceSink<'_, D> {
+impl<'a, D: Device> DeviceSink<'a, D> {
     /// Fills this worker's next staging buffer with the chunk and enqueues its copies.
     ///
     /// # Safety
     /// As [`Sink::write_chunk`].
     unsafe fn stage(&self, worker: usize, offset: u64, len: usize, fill: Fill<'_>) -> Result<()> {
-        let dev = self.device;
+        let w = self.worker(worker, len)?;
+        let _bound = self.device.bind()?;
+        let mut guard = w.lock().unwrap_or_else(|p| p.into_inner());
+        let (stream, slot) = self.ready_slot(&mut guard)?;
+        // SAFETY: the buffer holds `capacity() >= len` bytes (checked in `worker`), is owned by
+        // this slot (whose worker lock we hold), and no copy reads it any more (`ready_slot`
+        // waited for its last copy's event).
+        let host = unsafe { std::slice::from_raw_parts_mut(slot.buf.as_ptr(), len) };
+        fill(host)?;
+        // SAFETY: `host` is this slot's staging buffer, left untouched until the event
+        // recorded after these copies completes; the regions are the caller's writable device
+        // memory (this function's contract).
+        unsafe { self.enqueue_copies(host, offset, stream, slot) }
+    }
+
+    /// Reader thread `worker`'s staging buffers, for a chunk of `len` bytes.
+    fn worker(&self, worker: usize, len: usize) -> Result<&Mutex<Worker<'a, D::Stream, D::Event>>> {
         let Some(w) = self.workers.get(worker) else {
             return Err(Error::Internal(format!(
                 "reader thread {worker} has no staging buffers ({} workers)",
@@ -270,13 +284,21 @@ impl<D: Device> DeviceSink<'_, D> {
                 self.chunk_cap
             )));
         }
-        let _bound = dev.bind()?;
-        let mut guard = w.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(w)
+    }
+
+    /// The worker's stream (created with its events on first use) and its next slot, free:
+    /// the copies that last read it have completed. The device must be bound.
+    fn ready_slot<'w>(
+        &self,
+        w: &'w mut Worker<'a, D::Stream, D::Event>,
+    ) -> Result<(&'w D::Stream, &'w mut Slot<'a, D::Event>)> {
+        let dev = self.device;
         let Worker {
             stream,
             slots,
             next,
-        } = &mut *guard;
+        } = w;
         let stream = match stream {
             Some(s) => s,
             None => {
@@ -296,18 +318,24 @@ impl<D: Device> DeviceSink<'_, D> {
             dev.wait_event(event)?;
             slot.pending = false;
         }
-        // SAFETY: the buffer holds `capacity() >= len` bytes, is owned by this slot (whose
-        // worker lock we hold), and no copy reads it any more (its last copy's event completed
-        // above).
-        let host = unsafe { std::slice::from_raw_parts_mut(slot.buf.as_ptr(), len) };
-        fill(host).map_err(|e| {
-            Error::io(
-                format!("payload bytes at {offset} for {}", dev.name()),
-                "read",
-                e,
-            )
-        })?;
-        let end = offset + len as u64;
+        Ok((stream, slot))
+    }
+
+    /// Enqueues the copies of the staged chunk (payload bytes `[offset, offset + host.len())`)
+    /// to every region it overlaps, then records the slot's event after them.
+    ///
+    /// # Safety
+    /// `host` is `slot`'s buffer and stays untouched until the recorded event completes; every
+    /// region's destination is device memory the caller may write.
+    unsafe fn enqueue_copies(
+        &self,
+        host: &[u8],
+        offset: u64,
+        stream: &D::Stream,
+        slot: &mut Slot<'a, D::Event>,
+    ) -> Result<()> {
+        let dev = self.device;
+        let end = offset + host.len() as u64;
         let regions = self.regions.as_slice();
         let first = regions.partition_point(|r| r.end() <= offset);
         let mut copied = false;
@@ -331,7 +359,7 @@ impl<D: Device> DeviceSink<'_, D> {
             }
             copied = true;
         }
-        if copied {
+        if let (true, Some(event)) = (copied, &slot.event) {
             dev.record(event, stream)?;
         }
         Ok(())

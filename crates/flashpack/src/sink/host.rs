@@ -96,7 +96,7 @@ impl Sink for HostSink<'_> {
         // and concurrent callers get disjoint ranges (this function's contract).
         let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) };
         crate::os::populate(dst);
-        fill(dst).map_err(|e| super::chunk_read_failed(offset, e))
+        fill(dst)
     }
 }
 
@@ -120,7 +120,7 @@ impl Sink for ScratchSink {
     unsafe fn write_chunk(
         &self,
         worker: usize,
-        offset: u64,
+        _offset: u64,
         len: usize,
         fill: Fill<'_>,
     ) -> Result<()> {
@@ -131,7 +131,7 @@ impl Sink for ScratchSink {
         let dst = buf.as_mut_slice().get_mut(..len).ok_or_else(|| {
             Error::Internal(format!("chunk of {len} bytes exceeds the scratch buffer"))
         })?;
-        fill(dst).map_err(|e| super::chunk_read_failed(offset, e))
+        fill(dst)
     }
 }
 

@@ -34,14 +34,9 @@ pub(crate) use device::{Device, DeviceSink, Regions, SLOTS_PER_WORKER};
 pub(crate) use host::{HostBuffer, HostSink, ScratchSink};
 pub use pool::{PinnedPool, PoolStats, DEFAULT_PINNED_LIMIT};
 
-/// Reads a chunk's file bytes into the slice it is given.
-pub(crate) type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> std::io::Result<()>;
-
-/// The error a sink returns when `fill` fails: the I/O error, kept as the source. The reader
-/// replaces it with the error that made the fill fail, named by its file (sinks do not know it).
-pub(crate) fn chunk_read_failed(offset: u64, e: std::io::Error) -> crate::Error {
-    crate::Error::io(format!("payload bytes at {offset}"), "read", e)
-}
+/// Reads a chunk's file bytes into the slice it is given. Its error is already the one to
+/// report (naming the file and what failed); a sink returns it unchanged.
+pub(crate) type Fill<'a> = &'a mut dyn FnMut(&mut [u8]) -> crate::Result<()>;
 
 /// A destination for payload bytes, shared by all reader threads.
 pub(crate) trait Sink: Sync {

@@ -211,14 +211,18 @@ impl PinnedPool {
             s.idle.append(&mut out);
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Invalid(format!(
-                    "waited {} s for {need} bytes of pinned staging memory that other loads hold \
-                     ({} of the {}-byte limit in use{})",
-                    self.wait.as_secs(),
-                    s.allocated - s.idle.iter().map(|b| b.cap).sum::<usize>(),
-                    s.limit,
-                    leaked_note(s.leaked)
-                )));
+                // Not a caller mistake: the memory exists but other loads hold it.
+                return Err(Error::out_of_memory(
+                    need as u64,
+                    format!(
+                        "pinned staging buffers (waited {} s while other loads hold {} of the \
+                         {}-byte limit{})",
+                        self.wait.as_secs(),
+                        s.allocated - s.idle.iter().map(|b| b.cap).sum::<usize>(),
+                        s.limit,
+                        leaked_note(s.leaked)
+                    ),
+                ));
             }
             s = self
                 .returned
@@ -452,7 +456,10 @@ mod tests {
         let (p, _) = pool(4 * 4096);
         let p = p.with_wait(Duration::from_millis(200));
         let held = p.take(4, 4, 4096).unwrap();
-        let err = p.take(2, 2, 4096).unwrap_err().to_string();
+        let err = p.take(2, 2, 4096).unwrap_err();
+        // Nothing is wrong with the caller's request: the memory is taken (Python's MemoryError).
+        assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
+        let err = err.to_string();
         assert!(err.contains("other loads hold"), "{err}");
         drop(held);
         assert_eq!(p.take(2, 2, 4096).unwrap().len(), 2);

@@ -17,8 +17,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::cancel::Cancel;
@@ -130,18 +129,12 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
     phases.push(("build_index", t.elapsed()));
 
     let t = Instant::now();
-    let dir = prepare_destination(dest)?;
-    let cancel = opts.cancel.as_ref();
-    crate::cancel::check(cancel, dest)?;
-    let tmp = Staged::create(&dir, dest)?;
-    let file = tmp.file();
-    file.set_len(layout.payload_len)
-        .map_err(|e| Error::io(dest, "set the new file's length", e))?;
+    let tmp = create_staged(dest, layout.payload_len, opts)?;
     phases.push(("create_file", t.elapsed()));
 
     let t = Instant::now();
     let digests = write_payload(
-        file,
+        tmp.file(),
         dest,
         entries,
         &layout.placements,
@@ -152,29 +145,46 @@ pub fn pack(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Resul
     phases.push(("write_payload", t.elapsed()));
 
     let t = Instant::now();
-    crate::cancel::check(cancel, dest)?;
+    crate::cancel::check(opts.cancel.as_ref(), dest)?;
+    let trailer_len = append_footer(tmp.file(), dest, &layout)?;
+    phases.push(("append_footer", t.elapsed()));
+
+    let t = Instant::now();
+    match opts.cancel.as_ref() {
+        Some(c) => c.commit(dest, || tmp.commit(dest))?,
+        None => tmp.commit(dest)?,
+    }
+    phases.push(("atomic_rename", t.elapsed()));
+
+    Ok(PackReport {
+        footer: layout.footer,
+        payload_len: layout.payload_len,
+        file_len: layout.payload_len + trailer_len,
+        phases,
+    })
+}
+
+/// The new file next to `dest` (renamed over it only once complete), `payload_len` bytes long.
+fn create_staged(dest: &Path, payload_len: u64, opts: &PackOptions) -> Result<Staged> {
+    let dir = prepare_destination(dest)?;
+    crate::cancel::check(opts.cancel.as_ref(), dest)?;
+    let tmp = Staged::create(&dir, dest)?;
+    tmp.file()
+        .set_len(payload_len)
+        .map_err(|e| Error::io(dest, "set the new file's length", e))?;
+    Ok(tmp)
+}
+
+/// Writes the footer and trailer after the payload and makes the file durable; returns their
+/// length.
+fn append_footer(file: &File, dest: &Path, layout: &Layout) -> Result<u64> {
     let trailer = trailer(&layout.footer).map_err(|e| Error::format(dest, e))?;
     let mut f: &File = file;
     f.write_all_at(&trailer, layout.payload_len)
         .map_err(|e| Error::io(dest, "write footer", e))?;
     f.flush().map_err(|e| Error::io(dest, "flush", e))?;
     file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
-    phases.push(("append_footer", t.elapsed()));
-
-    let t = Instant::now();
-    match cancel {
-        Some(c) => c.commit(dest, || tmp.commit(dest))?,
-        None => tmp.commit(dest)?,
-    }
-    phases.push(("atomic_rename", t.elapsed()));
-
-    let file_len = layout.payload_len + trailer.len() as u64;
-    Ok(PackReport {
-        footer: layout.footer,
-        payload_len: layout.payload_len,
-        file_len,
-        phases,
-    })
+    Ok(trailer.len() as u64)
 }
 
 /// The name errors of [`pack_to_writer`] give the destination.
@@ -412,6 +422,8 @@ fn write_zeros(out: &mut impl Write, mut n: u64) -> std::io::Result<()> {
 /// Writes every tensor's bytes at its placement, one payload chunk per job (so threads share
 /// big tensors evenly), and returns each chunk's digest when checksums are on. A chunk's digest
 /// covers its bytes in order, zero padding included, hashed from the very copy that is written.
+/// Each writer thread returns its error as a value; the first one raised wins and stops the
+/// others before their next chunk.
 fn write_payload(
     file: &File,
     dest: &Path,
@@ -420,7 +432,6 @@ fn write_payload(
     payload_len: u64,
     opts: &PackOptions,
 ) -> Result<Option<Vec<u64>>> {
-    let segments = segments(entries, placements);
     let step = opts.chunk_bytes;
     let jobs = chunk_jobs(dest, payload_len, step)?;
     let threads = match opts.threads {
@@ -430,77 +441,127 @@ fn write_payload(
         n => n,
     }
     .clamp(1, jobs.max(1));
-    let digests: Vec<AtomicU64> = (0..if opts.checksums { jobs } else { 0 })
-        .map(|_| AtomicU64::new(0))
+    let w = PayloadWriter {
+        file,
+        dest,
+        segments: segments(entries, placements),
+        step,
+        payload_len,
+        jobs,
+        opts,
+        digests: (0..if opts.checksums { jobs } else { 0 })
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+        bar: progress_bar(opts.progress, payload_len, "packing"),
+        next: AtomicUsize::new(0),
+        first_failed: AtomicUsize::new(NONE_FAILED),
+    };
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|worker| {
+                let w = &w;
+                s.spawn(move || w.run(worker))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(Error::io(
+                        dest,
+                        "write payload",
+                        std::io::Error::other("writer thread panicked"),
+                    ))
+                })
+            })
+            .collect()
+    });
+    if let Some(b) = &w.bar {
+        b.finish_and_clear();
+    }
+    // The first failure; else (none claimed first) a thread that panicked.
+    let first = w.first_failed.load(Ordering::Relaxed);
+    let mut errors: Vec<(usize, Error)> = results
+        .into_iter()
+        .enumerate()
+        .filter_map(|(k, r)| r.err().map(|e| (k, e)))
         .collect();
-    let bar = progress_bar(opts.progress, payload_len, "packing");
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let write_job = |k: usize, bounce: &mut Vec<u8>| -> std::io::Result<()> {
-        let mut put = |at: u64, bytes: &[u8]| file.write_all_at(bytes, at);
+    if !errors.is_empty() {
+        let at = errors.iter().position(|(k, _)| *k == first).unwrap_or(0);
+        return Err(errors.swap_remove(at).1);
+    }
+    Ok(opts
+        .checksums
+        .then(|| w.digests.into_iter().map(AtomicU64::into_inner).collect()))
+}
+
+/// No writer thread has failed (see [`PayloadWriter::first_failed`]).
+const NONE_FAILED: usize = usize::MAX;
+
+/// The shared state of one [`write_payload`].
+struct PayloadWriter<'a, 'e> {
+    file: &'a File,
+    dest: &'a Path,
+    /// `(payload offset, bytes)` of every stored tensor, in payload order.
+    segments: Vec<(u64, &'e [u8])>,
+    step: u64,
+    payload_len: u64,
+    jobs: usize,
+    opts: &'a PackOptions,
+    /// Per chunk: its digest (when checksums are on).
+    digests: Vec<AtomicU64>,
+    bar: Option<indicatif::ProgressBar>,
+    /// The next chunk to write.
+    next: AtomicUsize,
+    /// The thread whose error is reported: the first to fail. Once set, the others stop.
+    first_failed: AtomicUsize,
+}
+
+impl PayloadWriter<'_, '_> {
+    /// One writer thread: chunks until none is left or a thread failed.
+    fn run(&self, worker: usize) -> Result<()> {
+        let mut bounce = Vec::new();
+        loop {
+            let k = self.next.fetch_add(1, Ordering::Relaxed);
+            if k >= self.jobs || self.first_failed.load(Ordering::Relaxed) != NONE_FAILED {
+                return Ok(());
+            }
+            if let Err(e) = self.write_job(k, &mut bounce) {
+                let _ = self.first_failed.compare_exchange(
+                    NONE_FAILED,
+                    worker,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                return Err(e);
+            }
+        }
+    }
+
+    /// Writes chunk `k` (after checking for cancellation), keeps its digest and starts its
+    /// writeback.
+    fn write_job(&self, k: usize, bounce: &mut Vec<u8>) -> Result<()> {
+        crate::cancel::check(self.opts.cancel.as_ref(), self.dest)?;
+        let mut put = |at: u64, bytes: &[u8]| self.file.write_all_at(bytes, at);
         let digest = write_chunk(
-            &segments,
+            &self.segments,
             k,
-            step,
-            payload_len,
-            opts.checksums,
+            self.step,
+            self.payload_len,
+            self.opts.checksums,
             bounce,
             &mut put,
-        )?;
+        )
+        .map_err(|e| Error::io(self.dest, "write payload", e))?;
         if let Some(d) = digest {
-            digests[k].store(d, Ordering::Relaxed);
+            self.digests[k].store(d, Ordering::Relaxed);
         }
-        let start = k as u64 * step;
-        let end = (start + step).min(payload_len);
-        crate::os::start_writeback(file, start, (end - start) as usize);
-        if let Some(b) = &bar {
+        let start = k as u64 * self.step;
+        let end = (start + self.step).min(self.payload_len);
+        crate::os::start_writeback(self.file, start, (end - start) as usize);
+        if let Some(b) = &self.bar {
             b.inc(end - start);
         }
         Ok(())
-    };
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let fail = |e: Error| {
-        failed.store(true, Ordering::Relaxed);
-        let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(e);
-    };
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut bounce = Vec::new();
-                    loop {
-                        let k = next.fetch_add(1, Ordering::Relaxed);
-                        if k >= jobs || failed.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        if let Err(e) = crate::cancel::check(opts.cancel.as_ref(), dest) {
-                            return fail(e);
-                        }
-                        if let Err(e) = write_job(k, &mut bounce) {
-                            return fail(Error::io(dest, "write payload", e));
-                        }
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            if w.join().is_err() {
-                fail(Error::io(
-                    dest,
-                    "write payload",
-                    std::io::Error::other("writer thread panicked"),
-                ));
-            }
-        }
-    });
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(opts
-            .checksums
-            .then(|| digests.into_iter().map(AtomicU64::into_inner).collect())),
     }
 }
