@@ -12,13 +12,9 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use crate::cancel::{self, Cancel};
-use crate::weights::{safetensors_entry, safetensors_header, HeaderEntry, TensorView};
-use crate::write::{prepare_destination, Staged};
+use crate::cancel::Cancel;
+use crate::weights::{write_safetensors_file, TensorView};
 use crate::{Error, Result};
-
-/// Tensor bytes written per call (and per cancellation check).
-const PIECE: usize = 4 << 20;
 
 /// Splits tensors of byte sizes `sizes` (in order) into consecutive shards of at most
 /// `max_bytes` each, as transformers' `save_pretrained` does: a tensor that does not fit in the
@@ -58,46 +54,7 @@ pub fn write_safetensors(
     metadata: Option<HashMap<String, String>>,
     cancel: Option<&Cancel>,
 ) -> Result<()> {
-    let mut order = Vec::with_capacity(tensors.len());
-    for t in tensors {
-        let (dtype, shape) = safetensors_entry(dest, t.name, t.dtype, t.shape)?;
-        order.push((t, (t.name.to_string(), dtype, shape, t.data.len())));
-    }
-    order.sort_by(|(a, (_, da, _, _)), (b, (_, db, _, _))| {
-        db.cmp(da).then_with(|| a.name.cmp(b.name))
-    });
-    let (order, entries): (Vec<&TensorView<'_>>, Vec<HeaderEntry>) = order.into_iter().unzip();
-    let (header, data_len) =
-        safetensors_header(entries, metadata).map_err(|e| Error::safetensors(dest, e))?;
-
-    let dir = prepare_destination(dest)?;
-    cancel::check(cancel, dest)?;
-    let tmp = Staged::create(&dir, dest)?;
-    let file = tmp.file();
-    let total = header.len() as u64 + data_len;
-    file.set_len(total)
-        .map_err(|e| Error::io(dest, "set the new file's length", e))?;
-    let write = |bytes: &[u8], at: u64| {
-        use crate::os::Positioned;
-        file.write_all_at(bytes, at)
-            .map_err(|e| Error::io(dest, "write", e))
-    };
-    write(&header, 0)?;
-    let mut at = header.len() as u64;
-    for t in order {
-        for piece in t.data.chunks(PIECE) {
-            cancel::check(cancel, dest)?;
-            write(piece, at)?;
-            crate::os::start_writeback(file, at, piece.len());
-            at += piece.len() as u64;
-        }
-    }
-    cancel::check(cancel, dest)?;
-    file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
-    match cancel {
-        Some(c) => c.commit(dest, || tmp.commit(dest)),
-        None => tmp.commit(dest),
-    }
+    write_safetensors_file(dest, tensors, metadata, cancel, false)
 }
 
 /// A folder written beside its destination (`.packtmp_*`, hidden) and renamed into place when

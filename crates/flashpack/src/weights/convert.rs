@@ -3,12 +3,11 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use super::safetensors_file::{safetensors_entry, safetensors_header, HeaderEntry};
-use super::{TensorInfo, WeightFile, SAFETENSORS_METADATA_KEY};
-use crate::cancel::{self, Cancel};
-use crate::progress::progress_bar;
+use super::safetensors_file::{safetensors_entry, write_safetensors_file};
+use super::{TensorInfo, TensorView, WeightFile, SAFETENSORS_METADATA_KEY};
+use crate::cancel::Cancel;
 use crate::sink::HostBuffer;
-use crate::write::{pack, prepare_destination, PackEntry, PackOptions, PackReport, Staged};
+use crate::write::{pack, prepare_destination, PackEntry, PackOptions, PackReport};
 use crate::{Error, Result};
 
 /// How [`WeightFile::to_safetensors_with`] writes.
@@ -19,9 +18,6 @@ pub struct SafetensorsOptions {
     /// Checked between pieces and before the new file replaces the destination.
     pub cancel: Option<Cancel>,
 }
-
-/// Tensor bytes written per call (and per cancellation check).
-const SAFETENSORS_PIECE: usize = 4 << 20;
 
 impl WeightFile {
     /// Writes these tensors as a FlashPack file (bytes unchanged; `opts` as for [`pack`]). A
@@ -70,70 +66,28 @@ impl WeightFile {
         dest: impl AsRef<Path>,
         opts: &SafetensorsOptions,
     ) -> Result<()> {
-        let dest = dest.as_ref();
-        let (order, header, data_len) = self.safetensors_layout(dest)?;
-
-        let dir = prepare_destination(dest)?;
-        let cancel = opts.cancel.as_ref();
-        cancel::check(cancel, dest)?;
-        let data = self.data_bytes(opts.progress, cancel)?;
-        let tmp = Staged::create(&dir, dest)?;
-        let file = tmp.file();
-        let total = header.len() as u64 + data_len;
-        file.set_len(total)
-            .map_err(|e| Error::io(dest, "set the new file's length", e))?;
-        let write = |bytes: &[u8], at: u64| {
-            use crate::os::Positioned;
-            file.write_all_at(bytes, at)
-                .map_err(|e| Error::io(dest, "write", e))
-        };
-        write(&header, 0)?;
-        let bar = progress_bar(opts.progress, total, "writing");
-        let mut at = header.len() as u64;
-        for t in order {
-            for piece in data.tensor(&self.path, t)?.chunks(SAFETENSORS_PIECE) {
-                cancel::check(cancel, dest)?;
-                write(piece, at)?;
-                crate::os::start_writeback(file, at, piece.len());
-                at += piece.len() as u64;
-                if let Some(b) = &bar {
-                    b.inc(piece.len() as u64);
-                }
-            }
-        }
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
-        cancel::check(cancel, dest)?;
-        file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
-        match cancel {
-            Some(c) => c.commit(dest, || tmp.commit(dest)),
-            None => tmp.commit(dest),
-        }
-    }
-
-    /// The tensors in the order the `safetensors` crate writes them (by dtype alignment, then
-    /// name), the header of a file of them (to be written at `dest`) and the data's length.
-    fn safetensors_layout(&self, dest: &Path) -> Result<(Vec<&TensorInfo>, Vec<u8>, u64)> {
-        let mut order = Vec::with_capacity(self.tensors.len());
+        // Refused before anything is fetched or written: a tensor safetensors cannot store
+        // (naming this file), a destination that cannot be written.
         for t in &self.tensors {
-            let (dtype, shape) = safetensors_entry(&self.path, &t.name, t.dtype, &t.shape)?;
-            let len = usize::try_from(t.end - t.start).map_err(|_| {
-                Error::Unsupported(format!(
-                    "{}: tensor '{}' is beyond this platform's usize",
-                    self.path.display(),
-                    t.name
-                ))
-            })?;
-            order.push((t, (t.name.clone(), dtype, shape, len)));
+            safetensors_entry(&self.path, &t.name, t.dtype, &t.shape)?;
         }
-        order.sort_by(|(a, (_, da, _, _)), (b, (_, db, _, _))| {
-            db.cmp(da).then_with(|| a.name.cmp(&b.name))
-        });
-        let (tensors, entries): (Vec<&TensorInfo>, Vec<HeaderEntry>) = order.into_iter().unzip();
-        let (header, data_len) = safetensors_header(entries, self.safetensors_metadata())
-            .map_err(|e| Error::safetensors(dest, e))?;
-        Ok((tensors, header, data_len))
+        prepare_destination(dest.as_ref())?;
+        let cancel = opts.cancel.as_ref();
+        let data = self.data_bytes(opts.progress, cancel)?;
+        let views = self
+            .tensors
+            .iter()
+            .map(|t| {
+                Ok(TensorView {
+                    name: &t.name,
+                    dtype: t.dtype,
+                    shape: &t.shape,
+                    data: data.tensor(&self.path, t)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let metadata = self.safetensors_metadata();
+        write_safetensors_file(dest.as_ref(), &views, metadata, cancel, opts.progress)
     }
 
     /// Every tensor's bytes: a read-only mapping of a local file, or a remote file's tensor data

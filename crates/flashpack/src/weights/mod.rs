@@ -49,10 +49,10 @@ pub use convert::SafetensorsOptions;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaWeights;
 pub use load::{TensorView, Weights};
+pub(crate) use safetensors_file::write_safetensors_file;
 #[cfg(feature = "remote")]
 pub(crate) use safetensors_file::{explain_bad_entry, stored_dtype, MAX_SAFETENSORS_HEADER};
 pub use safetensors_file::{from_safetensors_dtype, to_safetensors_dtype};
-pub(crate) use safetensors_file::{safetensors_entry, safetensors_header, HeaderEntry};
 
 /// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
 pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";

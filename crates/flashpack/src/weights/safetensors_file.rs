@@ -6,7 +6,10 @@ use std::path::Path;
 
 use memmap2::{Mmap, MmapOptions};
 
-use super::{Inner, TensorInfo, WeightFile};
+use super::{Inner, TensorInfo, TensorView, WeightFile};
+use crate::cancel::{self, Cancel};
+use crate::progress::progress_bar;
+use crate::write::{prepare_destination, Staged};
 use crate::{Dtype, Error, Result, SafetensorsError};
 
 /// A tensor's safetensors dtype and shape, or an error naming `file` and the tensor when
@@ -248,6 +251,69 @@ pub(crate) fn safetensors_header(
     let mut header = (json.len() as u64).to_le_bytes().to_vec();
     header.extend_from_slice(&json);
     Ok((header, offset as u64))
+}
+
+/// Tensor bytes written per call (and per cancellation check).
+const WRITE_PIECE: usize = 4 << 20;
+
+/// Writes `tensors` as the safetensors file `dest`, bytes unchanged, laid out as the
+/// `safetensors` crate lays a file out (by dtype alignment, then name), with `metadata` as its
+/// `__metadata__`. Atomic like a pack: written unnamed beside `dest` and linked over it only
+/// when complete and synced; `cancel` stops it between 4 MiB pieces with `dest` as it was.
+pub(crate) fn write_safetensors_file(
+    dest: &Path,
+    tensors: &[TensorView<'_>],
+    metadata: Option<HashMap<String, String>>,
+    cancel: Option<&Cancel>,
+    progress: bool,
+) -> Result<()> {
+    let mut order = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        let (dtype, shape) = safetensors_entry(dest, t.name, t.dtype, t.shape)?;
+        order.push((t, (t.name.to_string(), dtype, shape, t.data.len())));
+    }
+    order.sort_by(|(a, (_, da, _, _)), (b, (_, db, _, _))| {
+        db.cmp(da).then_with(|| a.name.cmp(b.name))
+    });
+    let (order, entries): (Vec<&TensorView<'_>>, Vec<HeaderEntry>) = order.into_iter().unzip();
+    let (header, data_len) =
+        safetensors_header(entries, metadata).map_err(|e| Error::safetensors(dest, e))?;
+
+    let dir = prepare_destination(dest)?;
+    cancel::check(cancel, dest)?;
+    let tmp = Staged::create(&dir, dest)?;
+    let file = tmp.file();
+    let total = header.len() as u64 + data_len;
+    file.set_len(total)
+        .map_err(|e| Error::io(dest, "set the new file's length", e))?;
+    let write = |bytes: &[u8], at: u64| {
+        use crate::os::Positioned;
+        file.write_all_at(bytes, at)
+            .map_err(|e| Error::io(dest, "write", e))
+    };
+    write(&header, 0)?;
+    let bar = progress_bar(progress, total, "writing");
+    let mut at = header.len() as u64;
+    for t in order {
+        for piece in t.data.chunks(WRITE_PIECE) {
+            cancel::check(cancel, dest)?;
+            write(piece, at)?;
+            crate::os::start_writeback(file, at, piece.len());
+            at += piece.len() as u64;
+            if let Some(b) = &bar {
+                b.inc(piece.len() as u64);
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    cancel::check(cancel, dest)?;
+    file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
+    match cancel {
+        Some(c) => c.commit(dest, || tmp.commit(dest)),
+        None => tmp.commit(dest),
+    }
 }
 
 #[cfg(test)]
