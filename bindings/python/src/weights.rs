@@ -473,28 +473,12 @@ pub(crate) fn verify_url<'py>(
     };
     let report = interruptible(py, &cancel, || {
         let wf = WeightFile::open_location(url)?;
-        let Some(footer) = wf.footer() else {
+        if wf.format() != Format::FlashPack {
             return Err(Error::Invalid(format!(
                 "{url}: not a FlashPack file (a safetensors file has no checksums to verify)"
             )));
-        };
-        let checksums = footer.checksums();
-        let (start, end) = wf.data_range();
-        let report = read::VerifyReport {
-            tensors: wf.tensors().len(),
-            payload_len: end,
-            chunks_checked: checksums.map_or(0, |c| c.digests.len()),
-            algorithm: checksums.map(|c| c.algorithm.clone()),
-        };
-        if checksums.is_some() && end > start {
-            let pieces = [Piece {
-                file: 0,
-                start,
-                end,
-            }];
-            let plan = JobPlan::verified(&[&wf], &pieces)?;
-            job::verify(&[&wf], &plan, &opts)?;
         }
+        let report = wf.verify(&opts)?;
         Ok(report)
     })?;
     let d = PyDict::new(py);

@@ -21,8 +21,7 @@
 use std::path::Path;
 
 use flashpack::cancel::Cancel;
-use flashpack::read::job::{self, JobPlan, Piece};
-use flashpack::read::{verify, LoadOptions};
+use flashpack::read::LoadOptions;
 use flashpack::weights::{Format, WeightFile};
 use flashpack::CheckpointError;
 
@@ -100,11 +99,7 @@ pub fn check_weight_file(wf: &WeightFile, progress: bool, cancel: &Cancel) -> Re
         cancel: Some(cancel.clone()),
         ..LoadOptions::default()
     };
-    let r = if wf.is_remote() {
-        verify_remote(wf, &opts)?
-    } else {
-        verify(path, &opts)?
-    };
+    let r = wf.verify(&opts)?;
     let size = format!("{} payload bytes", grouped(r.payload_len));
     Ok(match r.algorithm {
         Some(alg) => format!(
@@ -120,29 +115,4 @@ pub fn check_weight_file(wf: &WeightFile, progress: bool, cancel: &Cancel) -> Re
             r.tensors
         ),
     })
-}
-
-/// [`verify`] of a remote FlashPack object: its payload through the checksum check, fetched
-/// with parallel ranged GETs into per-thread scratch buffers.
-fn verify_remote(wf: &WeightFile, opts: &LoadOptions) -> Result<flashpack::read::VerifyReport> {
-    let (start, end) = wf.data_range();
-    let checksums = wf.footer().and_then(|f| f.checksums());
-    let mut report = flashpack::read::VerifyReport {
-        tensors: wf.tensors().len(),
-        payload_len: end,
-        chunks_checked: 0,
-        algorithm: checksums.map(|c| c.algorithm.clone()),
-    };
-    let Some(checksums) = checksums else {
-        return Ok(report);
-    };
-    let pieces = [Piece {
-        file: 0,
-        start,
-        end,
-    }];
-    let plan = JobPlan::verified(&[wf], &pieces)?;
-    job::verify(&[wf], &plan, opts)?;
-    report.chunks_checked = checksums.digests.len();
-    Ok(report)
 }

@@ -119,6 +119,39 @@ impl Weights {
 }
 
 impl WeightFile {
+    /// Checks a FlashPack file's payload against its footer's checksums without keeping it
+    /// (per-thread scratch buffers): a local file as [`read::verify`] does, a remote one with
+    /// parallel ranged GETs through the job reader. A file without checksums gets a report with
+    /// no chunks checked; a safetensors file (no checksums at all) is an error.
+    pub fn verify(&self, opts: &LoadOptions) -> Result<read::VerifyReport> {
+        let Some(footer) = self.footer() else {
+            return Err(super::no_checksums(&self.path));
+        };
+        if !self.is_remote() {
+            return read::verify(&self.path, opts);
+        }
+        let (start, end) = self.data_range();
+        let checksums = footer.checksums();
+        let mut report = read::VerifyReport {
+            tensors: self.tensors.len(),
+            payload_len: end,
+            chunks_checked: 0,
+            algorithm: checksums.map(|c| c.algorithm.clone()),
+        };
+        if let (Some(checksums), true) = (checksums, end > start) {
+            use crate::read::job::{self, JobPlan, Piece};
+            let pieces = [Piece {
+                file: 0,
+                start,
+                end,
+            }];
+            let plan = JobPlan::verified(&[self], &pieces)?;
+            job::verify(&[self], &plan, opts)?;
+            report.chunks_checked = checksums.digests.len();
+        }
+        Ok(report)
+    }
+
     /// A remote file's tensors fetched into owned host memory through the job reader.
     #[cfg(feature = "remote")]
     fn load_remote(self, opts: &LoadOptions) -> Result<Weights> {
