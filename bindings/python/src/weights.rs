@@ -498,8 +498,10 @@ fn read_small(url: &str, limit: u64) -> flashpack::Result<Vec<u8>> {
             file.len()
         )));
     }
-    let len = usize::try_from(file.len())
-        .map_err(|_| Error::Invalid(format!("{url}: too large for this machine")))?;
+    let len = usize::try_from(file.len()).map_err(|_| Error::OutOfMemory {
+        bytes: file.len(),
+        what: format!("{url}: a whole-object read"),
+    })?;
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, 0)?;
     Ok(buf)
