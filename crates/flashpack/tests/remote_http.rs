@@ -3,6 +3,8 @@
 //! nginx (Debian's package, which `make test-remote` installs) for real Range serving.
 #![cfg(feature = "remote")]
 
+#[path = "remote/checkpoint_job.rs"]
+mod checkpoint_job;
 #[path = "remote/nginx.rs"]
 mod nginx;
 #[path = "remote/server.rs"]
@@ -656,37 +658,7 @@ mod checkpoints {
         .unwrap();
     }
 
-    /// Every tensor of the checkpoint, loaded as one job (verified when asked).
-    fn load(c: &Checkpoint, verify: bool) -> BTreeMap<String, Vec<u8>> {
-        let files: Vec<&WeightFile> = c.shards().iter().map(|s| s.file()).collect();
-        let mut names = Vec::new();
-        let mut pieces = Vec::new();
-        for (k, f) in files.iter().enumerate() {
-            for t in f.tensors() {
-                names.push(t.name.clone());
-                pieces.push(Piece {
-                    file: k,
-                    start: t.start,
-                    end: t.end,
-                });
-            }
-        }
-        let plan = if verify {
-            JobPlan::verified(&files, &pieces).unwrap()
-        } else {
-            JobPlan::new(&files, &pieces).unwrap()
-        };
-        let opts = LoadOptions {
-            verify,
-            ..Default::default()
-        };
-        let (mem, _) = read_host(&files, &plan, &opts).unwrap();
-        names
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| (n, plan.bytes(&mem, i).to_vec()))
-            .collect()
-    }
+    use super::checkpoint_job::load;
 
     fn kind(e: &flashpack::Error) -> &CheckpointError {
         match e {

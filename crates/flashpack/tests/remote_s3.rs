@@ -4,6 +4,9 @@
 //! and the `AWS_*` credentials.
 #![cfg(feature = "remote")]
 
+#[path = "remote/checkpoint_job.rs"]
+mod checkpoint_job;
+
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -182,7 +185,6 @@ fn s3_objects_load_bit_exact_in_both_formats() {
 /// not hold is ShardMissing.
 fn sharded_checkpoints(port: u16, tensors: &[(String, Vec<u8>)]) {
     use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
-    use flashpack::read::job::{read_host, JobPlan, Piece};
     let dir = tempfile::tempdir().unwrap();
     let mut st_files = Vec::new();
     let mut fp_files = Vec::new();
@@ -239,33 +241,11 @@ fn sharded_checkpoints(port: u16, tensors: &[(String, Vec<u8>)]) {
         let url = format!("s3://weights/ckpt/{index}");
         let c = Checkpoint::open_location(&url, &OpenOptions::default()).unwrap();
         assert_eq!(c.shards().len(), 2, "{url}");
-        let files: Vec<&WeightFile> = c.shards().iter().map(|s| s.file()).collect();
-        let mut names = Vec::new();
-        let mut pieces = Vec::new();
-        for (k, f) in files.iter().enumerate() {
-            for t in f.tensors() {
-                names.push(t.name.clone());
-                pieces.push(Piece {
-                    file: k,
-                    start: t.start,
-                    end: t.end,
-                });
-            }
-        }
-        let plan = if verify {
-            JobPlan::verified(&files, &pieces).unwrap()
-        } else {
-            JobPlan::new(&files, &pieces).unwrap()
-        };
-        let opts = LoadOptions {
-            verify,
-            ..Default::default()
-        };
-        let (mem, _) = read_host(&files, &plan, &opts).unwrap();
-        assert_eq!(names.len(), tensors.len());
-        for (i, name) in names.iter().enumerate() {
+        let got = checkpoint_job::load(&c, verify);
+        assert_eq!(got.len(), tensors.len());
+        for (name, bytes) in &got {
             let want = &tensors.iter().find(|(n, _)| n == name).unwrap().1;
-            assert_eq!(plan.bytes(&mem, i), &want[..], "{url}: {name}");
+            assert_eq!(bytes, want, "{url}: {name}");
         }
     }
     // An index whose shard is not in the bucket.
