@@ -33,6 +33,9 @@
 //! The file format is specified in `docs/FORMAT.md` and the engine's design in
 //! `docs/ARCHITECTURE.md`, both in the repository.
 #![deny(missing_docs)]
+// docs.rs builds every feature with `--cfg docsrs` on nightly: each feature-gated item is labelled
+// with the feature it needs (rustdoc's automatic `doc(cfg)`), as `make lint` checks.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 pub mod cancel;
 #[cfg(feature = "candle")]
 pub mod candle;

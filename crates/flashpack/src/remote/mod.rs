@@ -2,9 +2,9 @@
 //! `hf://org/repo[@revision]/path` (a Hugging Face Hub file, see [`RemoteUrl`])
 //! into memory, with no copy on local disk.
 //!
-//! An object is pinned when it is opened ([`RemoteFile`]: its size and ETag; every later read
-//! asks for that ETag and checks what the server reports, so a replaced object is an error,
-//! never a mix of versions). A weight file's index comes from small ranged GETs only (a
+//! An object is pinned when it is opened (`RemoteFile`, built with the `remote` feature: its size
+//! and ETag; every later read asks for that ETag and checks what the server reports, so a
+//! replaced object is an error, never a mix of versions). A weight file's index comes from small ranged GETs only (a
 //! FlashPack trailer and footer, a safetensors header: what `inspect` needs), its tensors from
 //! parallel ranged GETs ([`RemoteSettings`]: concurrency, part size, retries, time bounds) into
 //! the same sinks local reads fill. Retries with backoff on 5xx answers, resets and timeouts
