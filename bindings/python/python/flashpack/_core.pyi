@@ -7,8 +7,8 @@ files and arguments) or ``RuntimeError`` (the CUDA driver).
 """
 
 import os
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from typing_extensions import Buffer
@@ -152,15 +152,20 @@ class Memory:
 def open(path: _Path) -> File: ...
 def open_weights(path: _Path) -> WeightFile:
     """A local path, or a URL (``http(s)://``, ``s3://``, ``hf://``)."""
+
 def open_checkpoint(path: _Path, variant: str | None = None) -> tuple[Path | str, list[WeightFile]]:
     """A local path, or the URL of a weight file or an index json (shards: the objects beside it)."""
+
 def is_remote(location: _Path) -> bool: ...
 def read_url(url: str, limit: int) -> bytes:
     """The whole object (at most ``limit`` bytes); Ctrl-C stops the wait."""
+
 def url_size(url: str) -> int:
     """The object's size (one HEAD request); FileNotFoundError when it is missing."""
+
 def verify_url(url: str, threads: int = 0, progress: bool = False) -> dict[str, Any]:
     """``verify`` of a FlashPack file at a URL (parts fetched in parallel, checked as they arrive)."""
+
 def write_checkpoint_index(path: _Path, kind: Literal["safetensors", "flashpack"], files: Sequence[_Path]) -> None: ...
 def read_job(
     files: Sequence[WeightFile],
@@ -187,6 +192,7 @@ def read_job_to_cuda(
     the pieces do not overlap): a wrong one overwrites other device memory. Call it through
     ``flashpack.load_file`` / ``load_checkpoint(device="cuda")``, which pass addresses of
     tensors they have just allocated, contiguous and exactly that long."""
+
 def load(
     path: _Path,
     eager: bool = False,

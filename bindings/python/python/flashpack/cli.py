@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("flashpack: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # every failure becomes one line (and a traceback with -v)
+    except Exception as e:  # noqa: BLE001 - every failure becomes one line (and a traceback with -v)
         if verbose:
             traceback.print_exc()
         print(f"flashpack: error: {one_line(e)}", file=sys.stderr)

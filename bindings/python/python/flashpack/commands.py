@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from . import _core
 
@@ -77,7 +77,9 @@ def convert_to_flashpack_from_state_dict(
 
     kept = filter_state_dict(state_dict, ignore_names, ignore_prefixes, ignore_suffixes)
     if not kept:
-        raise CommandError(f"{os.fspath(destination_path)}: every tensor was left out by ignore_names/prefixes/suffixes")
+        raise CommandError(
+            f"{os.fspath(destination_path)}: every tensor was left out by ignore_names/prefixes/suffixes"
+        )
     pack_to_file(kept, destination_path, parse_dtype(dtype), silent=silent, **pack_options)
     return os.fspath(destination_path)
 
@@ -173,8 +175,19 @@ def convert_to_flashpack(
     if not isinstance(source, (str, os.PathLike)):
         if destination_path is None:
             raise TypeError("destination_path is required to convert a model or a state dict")
-        convert = convert_to_flashpack_from_model if hasattr(source, "state_dict") else convert_to_flashpack_from_state_dict
-        return convert(source, destination_path, dtype, ignore_names, ignore_prefixes, ignore_suffixes, silent)  # type: ignore[arg-type]
+        if hasattr(source, "state_dict"):  # a model (anything with a state_dict: duck-typed as one)
+            return convert_to_flashpack_from_model(
+                cast("torch.nn.Module", source),
+                destination_path,
+                dtype,
+                ignore_names,
+                ignore_prefixes,
+                ignore_suffixes,
+                silent,
+            )
+        return convert_to_flashpack_from_state_dict(
+            source, destination_path, dtype, ignore_names, ignore_prefixes, ignore_suffixes, silent
+        )
     if dtype is not None and not isinstance(dtype, str):
         from .utils import dtype_to_string
 
@@ -275,8 +288,18 @@ def pack_options(args: dict[str, Any], quiet: bool) -> dict[str, Any]:
     return options
 
 
-def ignored(args: dict[str, Any]) -> dict[str, list[str] | None]:
-    return {key: args[key] or None for key in ("ignore_names", "ignore_prefixes", "ignore_suffixes")}
+class _Ignored(TypedDict):
+    ignore_names: list[str] | None
+    ignore_prefixes: list[str] | None
+    ignore_suffixes: list[str] | None
+
+
+def ignored(args: dict[str, Any]) -> _Ignored:
+    return _Ignored(
+        ignore_names=args["ignore_names"] or None,
+        ignore_prefixes=args["ignore_prefixes"] or None,
+        ignore_suffixes=args["ignore_suffixes"] or None,
+    )
 
 
 def convert_in_python(args: dict[str, Any], library_kwargs: dict[str, Any], quiet: bool) -> Done:
@@ -339,7 +362,8 @@ def revert_to_torch(source: Path, destination: Path, quiet: bool) -> Done:
     """Write a FlashPack file as a torch file (``torch.save`` of the state dict), atomically."""
     import torch
 
-    from .deserialization import read_storage, revert_storage
+    from .deserialization import read_storage
+    from .storage import revert_storage
     from .utils import atomic_path
 
     storage = read_storage(os.fsdecode(source), torch.device("cpu"), silent=quiet)
@@ -381,7 +405,7 @@ class _WriteErrors(io.FileIO):
 
 
 def library_of(config_path: Path) -> str | None:
-    """"diffusers" / "transformers" for a model config that names one of them, else None."""
+    """ "diffusers" / "transformers" for a model config that names one of them, else None."""
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -2,8 +2,10 @@
 
 import struct
 
-# The defaults of settings read from the environment live with those settings (flashpack.settings).
-from .settings import DEFAULT_READ_CHUNK_BYTES, DEFAULT_SHARD_BYTES  # noqa: F401
+# The defaults of settings read from the environment live with those settings (flashpack.settings);
+# re-exported here, under the original package's module.
+from .settings import DEFAULT_READ_CHUNK_BYTES as DEFAULT_READ_CHUNK_BYTES
+from .settings import DEFAULT_SHARD_BYTES as DEFAULT_SHARD_BYTES
 
 MAGIC = b"FLASHPK\0"
 U64LE = struct.Struct("<Q")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,19 +19,21 @@ from . import _core, settings
 from .constants import DEFAULT_CHUNK_BYTES, DEFAULT_NUM_STREAMS
 from .distributed import (
     maybe_init_distributed,
-    read_flashpack_file_distributed,  # noqa: F401  (the original's module path)
     read_storage_distributed,
     resolve_strategy,
 )
+from .distributed import (
+    read_flashpack_file_distributed as read_flashpack_file_distributed,  # re-exported: the original's module path
+)
 from .loading import load_checkpoint
-from .remote import is_url, open_flashpack_url, read_flashpack_url
+from .remote import flashpack_url_footer, is_url, read_flashpack_url
 from .settings import reader_options
 from .storage import (
     FlashTensorStorage,
     footer_metadata,
     metadata_of,
     placements,
-    revert_storage,  # noqa: F401  (commands' revert_to_torch)
+    revert_storage,
     views,
 )
 from .utils import (
@@ -50,7 +52,7 @@ def get_flashpack_file_metadata(path: PathArg) -> dict[str, Any]:
     """The footer of a FlashPack file (or URL), validated, as a dict."""
     path = os.fsdecode(path)
     if is_url(path):
-        return footer_metadata(open_flashpack_url(path).footer)
+        return footer_metadata(flashpack_url_footer(path))
     return footer_metadata(_core.read_footer(path))
 
 
@@ -215,10 +217,12 @@ def _read_to_cuda(path: str, device: torch.device, silent: bool, verify: bool) -
         # The caching allocator may hand out memory that kernels queued on torch's stream still
         # use; the engine copies on its own streams, so that work must be finished first.
         torch.cuda.current_stream(device).synchronize()
-    regions = [(offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(footer.blocks, raw) if length]
+    regions = [
+        (offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(footer.blocks, raw, strict=True) if length
+    ]
     phases, _io = handle.to_cuda(index, regions, progress=not silent, verify=verify, **reader_options())
     print_phases(phases, silent)
-    blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(footer.blocks, raw)]
+    blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(footer.blocks, raw, strict=True)]
     return FlashTensorStorage(blocks=blocks, footer=footer, records=footer.records)
 
 
@@ -356,14 +360,23 @@ def assign_from_file(
     device = _resolve_device(device if device is not None else _default_device(model))
     if use_distributed_loading:
         storage = _read_distributed(
-            path_str, device, silent, verify, distributed_sharded, distributed_shard_strategy, rank, local_rank, world_size
+            path_str,
+            device,
+            silent,
+            verify,
+            distributed_sharded,
+            distributed_shard_strategy,
+            rank,
+            local_rank,
+            world_size,
         )
     else:
         del num_streams, chunk_bytes  # the engine sizes its reads
         storage = read_storage(path_str, device, silent=silent, eager=eager, verify=verify)
     if keep_flash_ref_on_model:
-        model._flash_shared_storage = storage
-        model._flash_shared_storage_meta = metadata_of(storage, path_str)
+        # torch types Module.__setattr__'s value as Tensor | Module; a Module takes any attribute.
+        model._flash_shared_storage = storage  # type: ignore[assignment]  # plain attribute (see above)
+        model._flash_shared_storage_meta = metadata_of(storage, path_str)  # type: ignore[assignment]  # same
 
     filters = (ignore_names, ignore_prefixes, ignore_suffixes)
     with timer("build_lookups", silent):
@@ -428,7 +441,7 @@ def _assign_tensors(
     model: torch.nn.Module,
     storage: FlashTensorStorage,
     params: dict[str, torch.nn.Parameter],
-    buffers: dict[str, torch.Tensor | None],
+    buffers: Mapping[str, torch.Tensor | None],
     filters: tuple[list[str] | None, list[str] | None, list[str] | None],
     coerce_dtype: bool,
 ) -> _Assigned:

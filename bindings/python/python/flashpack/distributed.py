@@ -39,6 +39,7 @@ SHARD_GRID = SHARD_ALIGN_BYTES
 # Largest single broadcast message.
 BROADCAST_PIECE = 256 << 20
 
+
 def _timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=settings.dist_timeout_s())
 
@@ -200,7 +201,7 @@ def _decide(src: int, sharded: bool, shard_strategy: str | None, verify: bool, g
         except Exception as e:  # noqa: BLE001 - reported on every rank below
             box[0] = {"error": f"{type(e).__name__}: {e}"}
     dist.broadcast_object_list(box, src=src, group=group)
-    config = box[0]
+    config: dict[str, Any] = box[0]
     if "error" in config:
         raise RuntimeError(f"distributed load: rank {src} could not plan it: {config['error']}")
     return config
@@ -234,7 +235,9 @@ def _open_everywhere(path: str, src: int, sharded: bool, silent: bool, group: An
 def _share_footer(handle: Any, src: int, group: Any) -> _core.Footer:
     """Rank ``src``'s footer on every rank: its own where a rank opened the file (the same, as
     checked), else decoded and validated from what ``src`` broadcast."""
-    box = [(handle.footer.json, handle.payload_len) if dist.get_rank() == src and handle is not None else None]
+    box: list[Any] = [
+        (handle.footer.json, handle.payload_len) if dist.get_rank() == src and handle is not None else None
+    ]
     dist.broadcast_object_list(box, src=src, group=group)
     footer_json, payload_len = box[0]
     return handle.footer if handle is not None else _core.Footer.decode(footer_json, payload_len)
@@ -335,13 +338,13 @@ def load_weights_distributed(
         try:
             with timer("read_payload", silent):
                 memory, layout = read()
-        except BaseException as e:  # any failure (a TypeError, Ctrl-C...) must reach every rank now
+        except BaseException as e:  # noqa: BLE001 - any failure (a TypeError, Ctrl-C...) must reach every rank now
             status, error = f"{type(e).__name__}: {e}", e
     try:
         _agree(status, f"rank {src} read the weights", group)
     except RuntimeError as agreed:
         if error is not None and not isinstance(error, Exception):
-            raise error  # KeyboardInterrupt / SystemExit stay themselves where they happened
+            raise error from None  # KeyboardInterrupt / SystemExit stay themselves where they happened
         raise agreed from error
     finally:
         # No reference cycle exception -> traceback -> this frame, which holds the process
@@ -352,7 +355,9 @@ def load_weights_distributed(
     layout = box[0]
     total = max((off + n for _, _, _, off, n in layout), default=0)
     if rank == src and device.type == "cpu":
-        buffer = torch.frombuffer(memory, dtype=torch.uint8, count=total) if total else torch.empty(0, dtype=torch.uint8)
+        buffer = (
+            torch.frombuffer(memory, dtype=torch.uint8, count=total) if total else torch.empty(0, dtype=torch.uint8)
+        )
     else:
         buffer = torch.empty(total, dtype=torch.uint8, device=device)
         if rank == src and total:

@@ -27,7 +27,7 @@ from .utils import dtype_to_string, string_to_dtype
 PathArg = str | os.PathLike[str]
 DeviceArg = str | int | torch.device
 
-__all__ = ["load_file", "load_checkpoint", "TensorNotFoundError"]
+__all__ = ["TensorNotFoundError", "load_checkpoint", "load_file"]
 
 
 class TensorNotFoundError(KeyError, ValueError):
@@ -60,12 +60,12 @@ class TensorEntry:
         return self.end - self.start
 
 
-def open_weights(path: PathArg) -> Any:
+def open_weights(path: PathArg) -> _core.WeightFile:
     """The engine's handle of a FlashPack or safetensors file (validated)."""
     return _core.open_weights(os.fsdecode(path))
 
 
-def entries_of(handle: Any, file: int = 0) -> list[TensorEntry]:
+def entries_of(handle: _core.WeightFile, file: int = 0) -> list[TensorEntry]:
     """The tensors of an open file in file order."""
     out = []
     for name, dtype, st_dtype, shape, start, end in handle.tensors:
@@ -110,7 +110,7 @@ def _progress(progress: bool | None) -> bool:
 
 
 def load_entries(
-    handles: Sequence[Any],
+    handles: Sequence[_core.WeightFile],
     entries: Sequence[TensorEntry],
     device: torch.device,
     eager: bool,
@@ -132,7 +132,7 @@ def load_entries(
         return _load_cuda(handles, entries, device, progress)
     pieces = [(e.file, e.start, e.end) for e in entries]
     memory, offsets, _phases, _io = _core.read_job(list(handles), pieces, progress=progress, **job_options())
-    tensors = [view_of(memory, off, e) for off, e in zip(offsets, entries)]
+    tensors = [view_of(memory, off, e) for off, e in zip(offsets, entries, strict=True)]
     if device.type == "cpu":
         return tensors
     out, _ = _one_per_range(entries, lambda k, _: tensors[k].to(device))
@@ -159,7 +159,7 @@ def _one_per_range(
 
 
 def _load_cuda(
-    handles: Sequence[Any], entries: Sequence[TensorEntry], device: torch.device, progress: bool
+    handles: Sequence[_core.WeightFile], entries: Sequence[TensorEntry], device: torch.device, progress: bool
 ) -> list[torch.Tensor]:
     """One CUDA tensor per distinct byte range (tied tensors of a FlashPack file stay one
     tensor), filled by one engine job through the pinned staging pool."""
@@ -201,7 +201,7 @@ def load_file(
     handle = open_weights(filename)
     entries = entries_of(handle)
     tensors = load_entries([handle], entries, dev, eager, progress=False)
-    return {e.name: t for e, t in zip(entries, tensors)}
+    return {e.name: t for e, t in zip(entries, tensors, strict=True)}
 
 
 def load_checkpoint(
@@ -223,12 +223,12 @@ def load_checkpoint(
     parallel) and, for CUDA, through one pinned staging pool, so memory stays bounded as for one
     file; ``progress`` shows one bar for the whole job (default: when stderr is a terminal).
     ``keys`` loads only those tensors (:class:`TensorNotFoundError`, a KeyError, naming any the
-    checkpoint lacks). ``device``
-    and ``eager`` as for :func:`load_file`. ``variant`` (e.g. ``"fp16"``) picks
-    ``*.safetensors.index.fp16.json`` / ``*.fp16.safetensors`` in a folder. A bad index or shard
-    raises ValueError naming the index, the shard and the tensor (a shard the index lists that is
-    not there: FileNotFoundError; OSError when the OS refuses a read). ``use_distributed_loading`` as for :func:`load_file` (rank 0 reads all shards as one
-    job and broadcasts).
+    checkpoint lacks). ``device`` and ``eager`` as for :func:`load_file`. ``variant`` (e.g.
+    ``"fp16"``) picks ``*.safetensors.index.fp16.json`` / ``*.fp16.safetensors`` in a folder. A
+    bad index or shard raises ValueError naming the index, the shard and the tensor (a shard the
+    index lists that is not there: FileNotFoundError; OSError when the OS refuses a read).
+    ``use_distributed_loading`` as for :func:`load_file` (rank 0 reads all shards as one job and
+    broadcasts).
 
     ``path`` may be a URL (see :func:`load_file`) of a weight file or of an index json, whose
     shards are the objects beside it.
@@ -239,10 +239,12 @@ def load_checkpoint(
     where, handles = _core.open_checkpoint(os.fsdecode(path), variant)
     entries = select_entries(where, handles, keys)
     tensors = load_entries(handles, entries, dev, eager, _progress(progress))
-    return {e.name: t for e, t in zip(entries, tensors)}
+    return {e.name: t for e, t in zip(entries, tensors, strict=True)}
 
 
-def select_entries(where: PathArg, handles: Sequence[Any], keys: Iterable[str] | None) -> list[TensorEntry]:
+def select_entries(
+    where: PathArg, handles: Sequence[_core.WeightFile], keys: Iterable[str] | None
+) -> list[TensorEntry]:
     """The tensors to load from a checkpoint's shards (the engine checked that each tensor is in
     exactly one of them): all, or only ``keys`` (TensorNotFoundError naming any the checkpoint lacks)."""
     chosen = {e.name: e for k, h in enumerate(handles) for e in entries_of(h, k)}
@@ -255,7 +257,9 @@ def select_entries(where: PathArg, handles: Sequence[Any], keys: Iterable[str] |
     return [chosen[k] for k in wanted]
 
 
-def _open_checkpoint(path: PathArg, variant: str | None, keys: Iterable[str] | None) -> tuple[list[Any], list[TensorEntry]]:
+def _open_checkpoint(
+    path: PathArg, variant: str | None, keys: Iterable[str] | None
+) -> tuple[list[_core.WeightFile], list[TensorEntry]]:
     where, handles = _core.open_checkpoint(os.fsdecode(path), variant)
     return handles, select_entries(where, handles, keys)
 
@@ -273,7 +277,10 @@ def _distributed(open_: Any, device: torch.device, progress: bool = False) -> di
             entries = [e for k, h in enumerate(handles) for e in entries_of(h, k)]
         pieces = [(e.file, e.start, e.end) for e in entries]
         memory, offsets, _phases, _io = _core.read_job(handles, pieces, progress=progress, **job_options())
-        layout = [(e.name, dtype_to_string(e.dtype), list(e.shape), off, e.nbytes) for e, off in zip(entries, offsets)]
+        layout = [
+            (e.name, dtype_to_string(e.dtype), list(e.shape), off, e.nbytes)
+            for e, off in zip(entries, offsets, strict=True)
+        ]
         return memory, layout
 
     return load_weights_distributed(read, device)

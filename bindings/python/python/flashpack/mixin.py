@@ -14,16 +14,15 @@ from typing import Any, ClassVar
 import torch
 
 from . import deserialization, serialization
-from .deserialization import assign_from_file  # noqa: F401  (diffusers' own FlashPack support calls flashpack.mixin.assign_from_file)
+from .deserialization import assign_from_file as assign_from_file  # re-export: diffusers calls it from here
 from .options import LOAD_OPTIONS, OPTION, PACK_OPTIONS, with_options
-
 
 # parameters_on_meta: the threads inside it (a depth per thread), and the patch of
 # `torch.nn.Module.register_parameter` installed while any thread is.
 _on_meta = threading.local()
 _patch_lock = threading.Lock()
 _patch_users = 0
-_unpatched: Callable[..., None] | None = None
+_unpatched: Callable[..., None] = torch.nn.Module.register_parameter  # what the patch calls
 
 
 def _register_parameter(module: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
@@ -31,7 +30,7 @@ def _register_parameter(module: torch.nn.Module, name: str, param: torch.nn.Para
     meta device in the threads inside it, unchanged in the others."""
     if getattr(_on_meta, "depth", 0) and param is not None and not param.is_meta:
         param = type(param)(param.detach().to("meta"), requires_grad=param.requires_grad)
-    _unpatched(module, name, param)  # type: ignore[misc]
+    _unpatched(module, name, param)
 
 
 @contextmanager
@@ -51,7 +50,8 @@ def parameters_on_meta() -> Iterator[None]:
     with _patch_lock:
         if _patch_users == 0:
             _unpatched = torch.nn.Module.register_parameter
-            torch.nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign, assignment]
+            # The patch: a plain function in place of the method (mypy sees an unbound method's type there).
+            torch.nn.Module.register_parameter = _register_parameter  # type: ignore[method-assign, assignment]  # the patch
         _patch_users += 1
     _on_meta.depth = getattr(_on_meta, "depth", 0) + 1
     try:
@@ -62,7 +62,7 @@ def parameters_on_meta() -> Iterator[None]:
             _patch_users -= 1
             if _patch_users == 0:
                 # _unpatched stays set: a thread outside any block may be inside the patch still.
-                torch.nn.Module.register_parameter = _unpatched  # type: ignore[method-assign, assignment]
+                torch.nn.Module.register_parameter = _unpatched  # type: ignore[method-assign]  # undoing the patch
 
 
 class FlashPackMixin:
@@ -106,7 +106,7 @@ class FlashPackMixin:
             if key in accepted:
                 init_kwargs[key] = options[key]
         with parameters_on_meta():
-            model = init_fn(*args, **init_kwargs)
+            model: Any = init_fn(*args, **init_kwargs)  # the class's, or init_fn's, result
 
         for key in ("ignore_names", "ignore_prefixes", "ignore_suffixes"):
             options[key] = options[key] or getattr(cls, f"flashpack_{key}")

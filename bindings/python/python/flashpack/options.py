@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import deserialization, serialization
 
@@ -140,7 +140,9 @@ def with_options(*sets: Options, defaults: Mapping[str, Any] | None = None) -> C
             call_kwargs[OPTIONS_ARGUMENT] = {name: arguments[name] for name in option_names}
             return fn(*call_args, **call_kwargs)
 
-        wrapper.__signature__ = public  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+        # What inspect.signature reports (and so help() and the bound checks above): the function's
+        # own parameters plus the options.
+        wrapper.__signature__ = public  # type: ignore[attr-defined]  # functions take it; typeshed has no such field
+        return cast(F, wrapper)
 
     return decorate

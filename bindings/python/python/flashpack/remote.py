@@ -97,22 +97,26 @@ def model_folder_url(name: str | os.PathLike[str]) -> str | None:
     return name.rstrip("/")
 
 
-def open_flashpack_url(url: str) -> Any:
-    """The engine's handle of the FlashPack file at ``url`` (ValueError naming it when the
+def flashpack_url_footer(url: str) -> _core.Footer:
+    """The validated footer of the FlashPack file at ``url`` (ValueError naming it when the
     object is another format)."""
     handle = _core.open_weights(url)
-    if handle.format != "flashpack":
+    if handle.footer is None:  # a safetensors object
         raise ValueError(f"{url}: not a FlashPack file (it is a {handle.format} file)")
-    return handle
+    return handle.footer
 
 
-def read_flashpack_url(handle: Any, device: torch.device, silent: bool, verify: bool) -> FlashTensorStorage:
+def read_flashpack_url(
+    handle: _core.WeightFile, device: torch.device, silent: bool, verify: bool
+) -> FlashTensorStorage:
     """``read_storage`` of a FlashPack file at a URL (``handle``: its ``_core.open_weights``):
     one block tensor per macroblock, with the engine's footer. CPU: the payload fetched into
     owned memory (a URL is never mapped); CUDA: each block streamed into its own device tensor;
     MPS: the CPU load, then one copy per block."""
     url = handle.path
     footer = handle.footer
+    if footer is None:
+        raise ValueError(f"{url}: not a FlashPack file (it is a {handle.format} file)")
     blocks = footer.blocks
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -121,10 +125,12 @@ def read_flashpack_url(handle: Any, device: torch.device, silent: bool, verify: 
         raw = [torch.empty(length, dtype=torch.uint8, device=torch.device("cuda", index)) for _, _, length, _ in blocks]
         # The engine copies on its own streams: torch's queued work on this memory must be done.
         torch.cuda.current_stream(index).synchronize()
-        pieces = [(0, off, off + length, t.data_ptr()) for (_, off, length, _), t in zip(blocks, raw) if length]
+        pieces = [
+            (0, off, off + length, t.data_ptr()) for (_, off, length, _), t in zip(blocks, raw, strict=True) if length
+        ]
         if pieces:
             _core.read_job_to_cuda([handle], pieces, index, progress=not silent, verify=verify, **reader_options())
-        views = [t.view(string_to_dtype(d)) for (d, _, _, _), t in zip(blocks, raw)]
+        views = [t.view(string_to_dtype(d)) for (d, _, _, _), t in zip(blocks, raw, strict=True)]
         return FlashTensorStorage(blocks=views, footer=footer, records=footer.records)
     memory: Any = None
     if footer.payload_len:

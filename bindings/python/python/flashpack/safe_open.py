@@ -25,7 +25,7 @@ from .loading import (
     resolve_device,
 )
 
-__all__ = ["safe_open", "TensorSlice"]
+__all__ = ["TensorSlice", "safe_open"]
 
 
 class safe_open:  # noqa: N801 - the name safetensors users know
@@ -35,14 +35,16 @@ class safe_open:  # noqa: N801 - the name safetensors users know
     order of the tensors' bytes in the file), ``f.metadata()`` (the ``__metadata__`` strings or None),
     ``f.get_tensor(name)``, ``f.get_slice(name)`` (``.get_shape()``, ``.get_dtype()``, ``[...]``).
     Works for ``.safetensors`` and ``.flashpack`` files, local or at a URL (``https://``,
-    ``s3://``, ...: the open fetches only the header, each read only its ranges). Each call reads only its bytes (see the
-    module docs for what a slice costs); a missing name is a :class:`TensorNotFoundError` (a
+    ``s3://``, ...: the open fetches only the header, each read only its ranges). Each call reads
+    only its bytes (see the module docs for what a slice costs); a missing name is a :class:`TensorNotFoundError` (a
     KeyError, also a ValueError) naming the file; safetensors raises its ``SafetensorError``.
     """
 
     def __init__(self, filename: PathArg, framework: str = "pt", device: DeviceArg = "cpu") -> None:
         if framework not in ("pt", "torch", "pytorch"):
-            raise ValueError(f"framework {framework!r} is not supported: flashpack.safe_open returns torch tensors ('pt')")
+            raise ValueError(
+                f"framework {framework!r} is not supported: flashpack.safe_open returns torch tensors ('pt')"
+            )
         self._device = resolve_device(device)
         self._handle = open_weights(filename)
         self._entries = {e.name: e for e in entries_of(self._handle)}
@@ -131,4 +133,3 @@ class TensorSlice:
             raise ValueError("step must be greater than zero")
         stop = max(start, stop)
         return self._owner._read_rows(e, start, stop)[(slice(0, stop - start, step), *rest)]
-

@@ -16,7 +16,7 @@ from . import _core
 from .constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
 from .utils import dtype_to_string, print_phases
 
-_Entry = tuple[str, str, list[int], object, "int | None"]
+_Entry = tuple[str, str, list[int], "memoryview | None", "int | None"]
 
 
 def _storage_key(t: torch.Tensor) -> tuple[object, ...] | None:
@@ -104,9 +104,7 @@ def pack_to_file(
             raise ValueError(f"'{name}' is a {type(tensor).__name__}, not a tensor")
         key = _storage_key(tensor)
         tied_to = first_by_key.get(key) if key is not None else None
-        stored_dtype = (
-            target_dtype if target_dtype is not None and tensor.is_floating_point() else tensor.dtype
-        )
+        stored_dtype = target_dtype if target_dtype is not None and tensor.is_floating_point() else tensor.dtype
         shape = list(tensor.shape)
         if tied_to is not None:
             entries.append((name, dtype_to_string(stored_dtype), shape, None, tied_to))
@@ -115,7 +113,7 @@ def pack_to_file(
             first_by_key[key] = len(entries)
         data = _stored_bytes(name, tensor, target_dtype)
         keep_alive.append(data)
-        entries.append((name, dtype_to_string(stored_dtype), shape, data.numpy(), None))
+        entries.append((name, dtype_to_string(stored_dtype), shape, data.numpy().data, None))
     prepare = time.perf_counter() - start
 
     threads = max(1, min(num_workers, os.cpu_count() or 1))

@@ -46,7 +46,8 @@ class FlashTensorStorage:
 def footer_metadata(footer: _core.Footer) -> dict[str, Any]:
     """The footer as the original API's dict (its JSON as stored). The one place Python reads
     footer JSON; everything else uses the engine's decoded :class:`flashpack._core.Footer`."""
-    return json.loads(footer.json)
+    metadata: dict[str, Any] = json.loads(footer.json)
+    return metadata
 
 
 def metadata_of(storage: FlashTensorStorage, path: str) -> dict[str, Any]:

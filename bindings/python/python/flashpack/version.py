@@ -7,4 +7,4 @@ version = __version__
 version_tuple = __version_tuple__ = tuple(int(p) if p.isdigit() else p for p in __version__.split("."))
 commit_id = __commit_id__ = None
 
-__all__ = ["__version__", "__version_tuple__", "version", "version_tuple", "__commit_id__", "commit_id"]
+__all__ = ["__commit_id__", "__version__", "__version_tuple__", "commit_id", "version", "version_tuple"]

@@ -55,7 +55,10 @@ class WeightNames:
 
 
 TRANSFORMERS_NAMES = WeightNames(
-    "transformers", "model.safetensors", "model.safetensors.index.json", "model.flashpack.index.json",
+    "transformers",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model.flashpack.index.json",
     single_first=True,
     explicit_key="transformers_weights",
 )
@@ -187,10 +190,10 @@ def load_weights(
     device: str | torch.device | None,
     options: dict[str, Any],
 ) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file or index (or a multi-file FlashPack index), on ``device`` (CPU by default), read by the
-    engine as one job (:func:`flashpack.load_checkpoint`: lazy copy-on-write on the CPU unless
-    ``eager``, streamed through pinned memory to CUDA), for a model folder loaded with
-    ``from_pretrained_flashpack``. Of the load ``options`` (those of
+    """The tensors of a safetensors file or index (or a multi-file FlashPack index), on ``device``
+    (CPU by default), read by the engine as one job (:func:`flashpack.load_checkpoint`: lazy
+    copy-on-write on the CPU unless ``eager``, streamed through pinned memory to CUDA), for a
+    model folder loaded with ``from_pretrained_flashpack``. Of the load ``options`` (those of
     ``assign_from_file``), ``eager`` and ``silent`` apply, ``ignore_names`` / ``ignore_prefixes`` /
     ``ignore_suffixes`` leave tensors out; ``verify`` and distributed loading need a FlashPack
     file and are refused; the CUDA tuning knobs are the engine's own here."""

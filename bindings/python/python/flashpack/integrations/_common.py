@@ -20,13 +20,22 @@ import torch
 
 from .. import _core, deserialization, serialization
 from ..mixin import parameters_on_meta
-from ..remote import SMALL_OBJECT_LIMIT, hub_model_id, is_url, join_url, model_folder_url, open_flashpack_url, read_url
 from ..options import PACK_OPTIONS, Options, with_options
+from ..remote import (
+    SMALL_OBJECT_LIMIT,
+    flashpack_url_footer,
+    hub_model_id,
+    is_url,
+    join_url,
+    model_folder_url,
+    read_url,
+)
 from ..utils import atomic_path, filter_state_dict, get_module_and_attribute, staged_files, string_to_dtype
 
 FLASHPACK_WEIGHTS_NAME = "model.flashpack"
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+ObjT = TypeVar("ObjT")
 
 # Keyword arguments that ask for a dtype to cast the loaded floating-point tensors to: the
 # libraries' ``dtype`` / ``torch_dtype``, and the original's ``target_dtype`` (as in its
@@ -107,11 +116,11 @@ def resolve_model_dir(
                 snapshot_download(
                     repo_id,
                     revision=revision,
-                    cache_dir=cache_dir,
+                    cache_dir=None if cache_dir is None else os.fspath(cache_dir),
                     token=token,
                     local_files_only=local_files_only,
                     force_download=force_download,
-                    local_dir=local_dir,
+                    local_dir=None if local_dir is None else os.fspath(local_dir),
                     allow_patterns=patterns,
                     library_name="flashpack",
                 )
@@ -259,7 +268,7 @@ def read_footer(path: str | os.PathLike[str]) -> _core.Footer:
     """The validated footer of the FlashPack file ``path`` (or URL): read once per model load,
     then passed to :func:`build_dtype` and :func:`load_into_model`."""
     path = os.fsdecode(path)
-    return open_flashpack_url(path).footer if is_url(path) else _core.read_footer(path)
+    return flashpack_url_footer(path) if is_url(path) else _core.read_footer(path)
 
 
 def file_float_dtype(footer: _core.Footer) -> torch.dtype | None:
@@ -371,10 +380,10 @@ def load_into_model(
     return model
 
 
-_SUBCLASSES: dict[tuple[type, type], type] = {}
+_SUBCLASSES: dict[tuple[type[Any], type[Any]], type[Any]] = {}
 
 
-def flashpack_subclass(base: type, mixin: type) -> type:
+def flashpack_subclass(base: type[Any], mixin: type[Any]) -> type[Any]:
     """``base`` with ``mixin`` added; ``base`` itself if it already has it. The same pair always
     gives the same class. It keeps ``base``'s name, module and qualified name, so that what the
     libraries write from ``type(model).__name__`` (diffusers' ``_class_name``, transformers'
@@ -388,7 +397,7 @@ def flashpack_subclass(base: type, mixin: type) -> type:
     return _SUBCLASSES[key]
 
 
-def add_mixin(obj: Any, mixin: type) -> Any:
+def add_mixin(obj: ObjT, mixin: type[Any]) -> ObjT:
     """Give an existing object (a model the library has just built) ``mixin``, in place, by
     moving it to :func:`flashpack_subclass` of its class (the mixins add methods, no state)."""
     if not isinstance(obj, mixin):
@@ -396,13 +405,14 @@ def add_mixin(obj: Any, mixin: type) -> Any:
     return obj
 
 
-def library_class(cls: type, library: Any, root: type) -> type | None:
+def library_class(cls: type[Any], library: Any, root: type[Any]) -> type[Any] | None:
     """The first class in ``cls``'s MRO that ``library`` exports by its name and that derives from
     ``root`` (e.g. ``UNet2DModel`` for a user's ``FlashPackUNet2DModel``)."""
     for klass in cls.__mro__:
         if klass is root or not issubclass(klass, root):
             continue
-        if getattr(library, klass.__name__, None) is klass:
+        exported: object = getattr(library, klass.__name__, None)
+        if exported is klass:
             return klass
     return None
 

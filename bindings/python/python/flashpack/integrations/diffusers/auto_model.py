@@ -7,7 +7,7 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import diffusers
 from diffusers import ModelMixin
@@ -27,7 +27,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _transformers_class(config: dict[str, Any], where: Path) -> type:
+def _transformers_class(config: dict[str, Any], where: Path) -> type[Any]:
     import transformers
 
     from ..transformers import FlashPackTransformersModelMixin
@@ -38,13 +38,15 @@ def _transformers_class(config: dict[str, Any], where: Path) -> type:
             return flashpack_subclass(cls, FlashPackTransformersModelMixin)
     auto_config = transformers.AutoConfig.for_model(**config)
     try:
-        cls = transformers.MODEL_MAPPING[type(auto_config)]
+        # transformers annotates its lazy mappings' values as (slow, fast) pairs, the shape of its
+        # tokenizer mapping; a model mapping gives the class.
+        cls = cast(type[Any], transformers.MODEL_MAPPING[type(auto_config)])
     except KeyError:
         raise ValueError(f"{where}: transformers has no model class for model_type {config['model_type']!r}") from None
     return flashpack_subclass(cls, FlashPackTransformersModelMixin)
 
 
-def _library_class(library: str, class_name: str, where: Path) -> type:
+def _library_class(library: str, class_name: str, where: Path) -> type[Any]:
     if library == "transformers":
         import transformers
 
@@ -61,7 +63,7 @@ def _library_class(library: str, class_name: str, where: Path) -> type:
     raise ValueError(f"{where}: {library}.{class_name} is not a diffusers or transformers model class")
 
 
-def model_class_for(folder: Path, subfolder: str | None) -> type:
+def model_class_for(folder: Path, subfolder: str | None) -> type[Any]:
     """The FlashPack model class for a model folder: from ``model_index.json`` (for a pipeline
     component) or from the component's ``config.json`` (``_class_name`` or ``model_type``)."""
     index = folder / "model_index.json"

@@ -7,7 +7,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import diffusers
 import torch
@@ -163,7 +163,7 @@ class FlashPackDiffusersModelMixin(ModelMixin, SavePretrainedFlashPack, FlashPac
     """Mix into a diffusers model class: ``class FlashPackUNet2DModel(UNet2DModel,
     FlashPackDiffusersModelMixin)``."""
 
-    flashpack_init_method: str | None = "from_config"
+    flashpack_init_method: ClassVar[str | None] = "from_config"
 
     _flashpack_save = staticmethod(save_diffusers_model)
 

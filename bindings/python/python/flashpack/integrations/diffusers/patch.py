@@ -33,7 +33,7 @@ from .pipeline import FlashPackDiffusionPipeline, with_flashpack_mixin
 
 @with_options(HUB_OPTIONS, LOAD_OPTIONS)
 def _auto_from_pretrained_flashpack(
-    cls: type,
+    cls: type[Any],
     pretrained_model_or_path: str | os.PathLike[str],
     device: str | torch.device | None = None,
     *,
@@ -46,15 +46,16 @@ def _auto_from_pretrained_flashpack(
         pretrained_model_or_path, device=device, **flashpack_options, **kwargs
     )
 
+
 def _returns_flashpack_models(original: Callable[..., Any]) -> Callable[..., Any]:
-    def patched(cls: type, *args: Any, **kwargs: Any) -> Any:
+    def patched(cls: type[Any], *args: Any, **kwargs: Any) -> Any:
         return with_flashpack_mixin(original(cls, *args, **kwargs))
 
     return patched
 
 
 def _from_pretrained(original: Callable[..., Any]) -> Callable[..., Any]:
-    def patched(cls: type, *args: Any, use_flashpack: bool = False, **kwargs: Any) -> Any:
+    def patched(cls: type[Any], *args: Any, use_flashpack: bool = False, **kwargs: Any) -> Any:
         if use_flashpack:
             return cls.from_pretrained_flashpack(*args, **kwargs)
         return with_flashpack_mixin(original(cls, *args, **kwargs))
@@ -63,7 +64,7 @@ def _from_pretrained(original: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _pipeline_from_pretrained(original: Callable[..., Any]) -> Callable[..., Any]:
-    def patched(cls: type, *args: Any, **kwargs: Any) -> Any:
+    def patched(cls: type[Any], *args: Any, **kwargs: Any) -> Any:
         pipeline = original(cls, *args, **kwargs)
         for component in pipeline.components.values():
             with_flashpack_mixin(component)

@@ -25,6 +25,7 @@ from diffusers import DiffusionPipeline, ModelMixin
 
 from ...options import LOAD_OPTIONS, OPTION, PACK_OPTIONS, with_options
 from ...remote import model_folder_url
+from .._checkpoint import DIFFUSERS_NAMES, TRANSFORMERS_NAMES, find_weights, is_flashpack
 from .._common import (
     HUB_OPTIONS,
     add_mixin,
@@ -35,7 +36,6 @@ from .._common import (
     resolve_model_dir,
     rewrite_json,
 )
-from .._checkpoint import DIFFUSERS_NAMES, TRANSFORMERS_NAMES, find_weights, is_flashpack
 from .model import FlashPackDiffusersModelMixin
 
 try:
@@ -43,9 +43,9 @@ try:
 
     from ..transformers import FlashPackTransformersModelMixin
 
-    _FLASHPACK_MODEL_TYPES: tuple[type, ...] = (FlashPackDiffusersModelMixin, FlashPackTransformersModelMixin)
+    _FLASHPACK_MODEL_TYPES: tuple[type[Any], ...] = (FlashPackDiffusersModelMixin, FlashPackTransformersModelMixin)
 except ImportError:  # transformers is optional
-    transformers = None  # type: ignore[assignment]
+    transformers = None  # type: ignore[assignment]  # None: the optional module is not installed
     _FLASHPACK_MODEL_TYPES = (FlashPackDiffusersModelMixin,)
 
 DTypeArg = torch.dtype | dict[str, torch.dtype] | None
@@ -112,28 +112,30 @@ def _save_component(component: Any, folder: Path, name: str, options: dict[str, 
     return True
 
 
-def _flashpack_hint(annotation: Any) -> type | None:
+def _flashpack_hint(annotation: Any) -> type[Any] | None:
     """The FlashPack model class named by a pipeline ``__init__`` annotation (``X`` or ``X | None``)."""
-    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or typing.get_origin(
-        annotation
-    ) is typing.Union else (annotation,)
+    candidates = (
+        typing.get_args(annotation)
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union
+        else (annotation,)
+    )
     for candidate in candidates:
         if isinstance(candidate, type) and issubclass(candidate, _FLASHPACK_MODEL_TYPES):
             return candidate
     return None
 
 
-def _flashpack_components(pipeline_class: type) -> dict[str, type]:
+def _flashpack_components(pipeline_class: type[Any]) -> dict[str, type[Any]]:
     """Components whose ``__init__`` annotation names a FlashPack model class."""
     try:
         hints = typing.get_type_hints(pipeline_class.__init__)
-    except Exception:  # unresolvable string annotations: nothing to learn from them
+    except Exception:  # noqa: BLE001 - an unresolvable string annotation raises anything: nothing to learn from it
         return {}
     found = {name: _flashpack_hint(annotation) for name, annotation in hints.items()}
     return {name: cls for name, cls in found.items() if cls is not None}
 
 
-def _declared_plain_components(pipeline_class: type) -> dict[str, type]:
+def _declared_plain_components(pipeline_class: type[Any]) -> dict[str, type[Any]]:
     """Components that a pipeline class's own ``__init__`` (a user's, not a library pipeline's)
     annotates with a plain diffusers or transformers model class: loaded through the engine from
     safetensors all the same, but as that class."""
@@ -141,7 +143,7 @@ def _declared_plain_components(pipeline_class: type) -> dict[str, type]:
         return {}
     try:
         hints = typing.get_type_hints(pipeline_class.__init__)
-    except Exception:  # unresolvable string annotations: nothing to learn from them
+    except Exception:  # noqa: BLE001 - an unresolvable string annotation raises anything: nothing to learn from it
         return {}
     model_types = (ModelMixin, transformers.PreTrainedModel) if transformers is not None else (ModelMixin,)
     return {
@@ -151,14 +153,14 @@ def _declared_plain_components(pipeline_class: type) -> dict[str, type]:
     }
 
 
-def _mixin_loader(model_class: type) -> Any:
+def _mixin_loader(model_class: type[Any]) -> Any:
     """The function behind the matching mixin's ``from_pretrained_flashpack``, to call with a
     plain ``model_class`` as its ``cls`` (the loaders need only the library's class methods)."""
     mixin = FlashPackDiffusersModelMixin if issubclass(model_class, ModelMixin) else FlashPackTransformersModelMixin
     return mixin.__dict__["from_pretrained_flashpack"].__func__
 
 
-def _component_class(library: str, class_name: str, where: Path) -> type:
+def _component_class(library: str, class_name: str, where: Path) -> type[Any]:
     """The class ``model_index.json`` names for a component, with the FlashPack mixin added."""
     if library == "transformers":
         if transformers is None:
@@ -238,7 +240,10 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
             elif not is_main_process:
                 continue
             elif not _save_component(component, folder, name, options):
-                warnings.warn(f"pipeline component {name!r} ({type(component).__name__}) has no save_pretrained; not saved")
+                warnings.warn(
+                    f"pipeline component {name!r} ({type(component).__name__}) has no save_pretrained; not saved",
+                    stacklevel=2,
+                )
                 index_entries[name] = [None, None]
         if not is_main_process:
             return
@@ -295,16 +300,16 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         weights, single, sharded or of ``variant``) is loaded with its class's
         ``from_pretrained_flashpack`` (through the engine, straight onto ``device``); the other
         components and the pipeline itself come from diffusers' ``from_pretrained``, which
-        receives those models already loaded. The options of ``assign_from_file`` and ``dtype`` / ``torch_dtype`` /
-        ``target_dtype`` apply to the FlashPack components (each a value, or a dict per
+        receives those models already loaded. The options of ``assign_from_file`` and ``dtype`` /
+        ``torch_dtype`` / ``target_dtype`` apply to the FlashPack components (each a value, or a dict per
         component with an optional "default"); the rest go to ``from_pretrained``. With
         ``device`` the whole pipeline is moved there.
         """
         if model_folder_url(pretrained_model_name_or_path) is not None:
             raise ValueError(
                 f"{pretrained_model_name_or_path}: a pipeline cannot be loaded from a URL: diffusers reads its other "
-                "components (scheduler, tokenizer, ...) from a local folder, and a URL has no listing to fetch them by; "
-                "download the pipeline folder, or load each model component from its folder URL with "
+                "components (scheduler, tokenizer, ...) from a local folder, and a URL has no listing to fetch them "
+                "by; download the pipeline folder, or load each model component from its folder URL with "
                 "from_pretrained_flashpack(url, subfolder=...) and pass it to the pipeline's from_pretrained"
             )
         torch_dtype = pop_cast_dtype(kwargs)
@@ -349,7 +354,7 @@ class FlashPackDiffusionPipeline(DiffusionPipeline):
         return pipeline
 
 
-def _pipeline_class(cls: type, index: dict[str, Any], index_path: Path) -> type:
+def _pipeline_class(cls: type[Any], index: dict[str, Any], index_path: Path) -> type[Any]:
     """``cls`` when it declares its components; for ``FlashPackDiffusionPipeline`` or
     ``DiffusionPipeline`` itself, the diffusers pipeline named by ``_class_name`` with the
     FlashPack mixin added."""

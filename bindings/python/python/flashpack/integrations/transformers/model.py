@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import transformers
@@ -34,9 +34,7 @@ from .._common import (
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)
 
 
-def save_transformers_model(
-    model: PreTrainedModel, save_directory: str | os.PathLike[str], **options: Any
-) -> None:
+def save_transformers_model(model: PreTrainedModel, save_directory: str | os.PathLike[str], **options: Any) -> None:
     """Write ``config.json`` (and ``generation_config.json`` for generative models) plus
     ``model.flashpack`` into ``save_directory``, for any transformers model (options: those of
     :func:`save_model_folder`)."""
@@ -159,8 +157,13 @@ def load_transformers_checkpoint(
     state_dict = load_weights(weights, device, options)
     try:
         model, info = from_pretrained(
-            None, *model_args, config=config, state_dict=state_dict, output_loading_info=True,
-            **library_kwargs, **kwargs,
+            None,
+            *model_args,
+            config=config,
+            state_dict=state_dict,
+            output_loading_info=True,
+            **library_kwargs,
+            **kwargs,
         )
     except RuntimeError as e:  # e.g. a weight conversion that failed (its report, logged above, names the keys)
         raise RuntimeError(f"{weights}: transformers could not load this checkpoint: {e}") from e
@@ -180,7 +183,7 @@ class FlashPackTransformersModelMixin(PreTrainedModel, SavePretrainedFlashPack, 
     """Mix into a transformers model class: ``class FlashPackBertModel(BertModel,
     FlashPackTransformersModelMixin)``."""
 
-    flashpack_init_method: str | None = "from_config"
+    flashpack_init_method: ClassVar[str | None] = "from_config"
 
     _flashpack_save = staticmethod(save_transformers_model)
 

@@ -7,7 +7,8 @@ each class gains ``from_pretrained_flashpack`` for folders written by it
 (``from_pretrained(..., use_flashpack=True)`` does the same, as in the original).
 
 transformers defines these classmethods on most auto classes separately (the others inherit
-them), so each class that defines one is wrapped, all through :mod:`flashpack.integrations._patches` (idempotent, undone by
+them), so each class that defines one is wrapped, all through
+:mod:`flashpack.integrations._patches` (idempotent, undone by
 ``flashpack.integrations.unpatch_integrations()``). A model keeps its class's name, so
 ``save_pretrained`` still writes ``architectures`` that plain transformers reads.
 """
@@ -24,9 +25,9 @@ import transformers
 from transformers import AutoConfig, PreTrainedConfig, PreTrainedModel
 
 from ...options import LOAD_OPTIONS, with_options
+from .._checkpoint import is_flashpack
 from .._common import HUB_OPTIONS, add_mixin, pop_cast_dtype
 from .._patches import PatchError, add_classmethod, wrap_classmethod
-from .._checkpoint import is_flashpack
 from .model import (
     FlashPackTransformersModelMixin,
     load_transformers_checkpoint,
@@ -37,7 +38,7 @@ from .model import (
 
 @with_options(HUB_OPTIONS, LOAD_OPTIONS)
 def _auto_from_pretrained_flashpack(
-    auto_cls: type,
+    auto_cls: type[Any],
     pretrained_model_name_or_path: str | os.PathLike[str],
     device: str | torch.device | None = None,
     *,
@@ -45,14 +46,15 @@ def _auto_from_pretrained_flashpack(
     trust_remote_code: bool = False,
     flashpack_options: dict[str, Any],
     **kwargs: Any,
-) -> PreTrainedModel:
+) -> Any:
     """Like ``AutoModel*.from_pretrained``, the class coming from the config, and the returned
-    model that class with ``FlashPackTransformersModelMixin`` added. For a folder saved with
-    ``save_pretrained_flashpack`` (``model.flashpack`` wins when there is one) the model is built
-    with the auto class's ``from_config`` and filled from the file (``dtype`` / ``torch_dtype`` /
-    ``target_dtype`` cast floating-point tensors after loading); an ordinary safetensors folder
-    (sharded, ``variant``) is read through the engine and loaded by the auto class's own
-    ``from_pretrained`` (see ``load_transformers_checkpoint``)."""
+    model (or ``(model, loading_info)``, with ``output_loading_info=True``) that class with
+    ``FlashPackTransformersModelMixin`` added. For a folder saved with ``save_pretrained_flashpack``
+    (``model.flashpack`` wins when there is one) the model is built with the auto class's
+    ``from_config`` and filled from the file (``dtype`` / ``torch_dtype`` / ``target_dtype`` cast
+    floating-point tensors after loading); an ordinary safetensors folder (sharded, ``variant``)
+    is read through the engine and loaded by the auto class's own ``from_pretrained`` (see
+    ``load_transformers_checkpoint``)."""
     dtype = pop_cast_dtype(kwargs)
     variant = kwargs.pop("variant", None)
     with model_weights(pretrained_model_name_or_path, flashpack_options, variant) as (folder, path, where):
@@ -73,7 +75,9 @@ def _auto_from_pretrained_flashpack(
             )
 
         def build() -> PreTrainedModel:
-            model = auto_cls.from_config(config, trust_remote_code=trust_remote_code, dtype=config.dtype, **kwargs)
+            model: PreTrainedModel = auto_cls.from_config(
+                config, trust_remote_code=trust_remote_code, dtype=config.dtype, **kwargs
+            )
             return add_mixin(model, FlashPackTransformersModelMixin)
 
         return load_transformers_model(
@@ -82,7 +86,7 @@ def _auto_from_pretrained_flashpack(
         )  # fmt: skip
 
 
-def auto_model_class(auto_cls: type, config: PreTrainedConfig, folder: Path) -> tuple[type, PreTrainedConfig]:
+def auto_model_class(auto_cls: type[Any], config: PreTrainedConfig, folder: Path) -> tuple[type[Any], PreTrainedConfig]:
     """The model class ``auto_cls`` picks for ``config`` and the config it builds it with, as its
     ``from_config`` / ``from_pretrained`` do (a composite config gives its text config to a
     text-only class). Models with remote code are refused: only ``from_pretrained`` runs them."""
@@ -112,14 +116,14 @@ def _with_mixin(result: Any) -> Any:
 
 
 def _from_config(original: Callable[..., Any]) -> Callable[..., Any]:
-    def patched(cls: type, *args: Any, **kwargs: Any) -> Any:
+    def patched(cls: type[Any], *args: Any, **kwargs: Any) -> Any:
         return _with_mixin(original(cls, *args, **kwargs))
 
     return patched
 
 
 def _from_pretrained(original: Callable[..., Any]) -> Callable[..., Any]:
-    def patched(cls: type, *args: Any, use_flashpack: bool = False, **kwargs: Any) -> Any:
+    def patched(cls: type[Any], *args: Any, use_flashpack: bool = False, **kwargs: Any) -> Any:
         if use_flashpack:
             return cls.from_pretrained_flashpack(*args, **kwargs)
         return _with_mixin(original(cls, *args, **kwargs))
@@ -127,7 +131,7 @@ def _from_pretrained(original: Callable[..., Any]) -> Callable[..., Any]:
     return patched
 
 
-def auto_model_classes() -> list[type]:
+def auto_model_classes() -> list[type[Any]]:
     """transformers' public ``AutoModel*`` classes."""
     classes = []
     for name in dir(transformers):
@@ -144,7 +148,7 @@ def auto_model_classes() -> list[type]:
     return classes
 
 
-def defining_class(cls: type, name: str) -> type:
+def defining_class(cls: type[Any], name: str) -> type[Any]:
     """The class in ``cls``'s MRO whose own namespace defines ``name`` (``cls`` when none does,
     so that wrapping it reports what is missing)."""
     return next((klass for klass in cls.__mro__ if name in klass.__dict__), cls)
