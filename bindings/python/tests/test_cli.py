@@ -237,18 +237,6 @@ def test_flashpack_and_its_cli_work_without_diffusers_and_transformers(source: P
     assert "flashpack: error: this needs diffusers, which is not installed" in done.stderr
 
 
-def test_readme_commands_parse() -> None:
-    import re
-    import shlex
-
-    blocks = re.findall(r"```(?:bash|console)\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    commands = [line.split("#")[0] for block in blocks for line in block.splitlines() if line.startswith("flashpack ")]
-    assert len(commands) >= 10
-    for command in commands:  # clap stops at --help once everything before it has parsed
-        outcome = _core.cli([*shlex.split(command)[1:], "--help"])
-        assert outcome["kind"] == "exit" and outcome["code"] == 0, (command, outcome["stderr"])
-
-
 def test_verify_ok_corrupt_and_without_checksums(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["convert", str(source), str(tmp_path / "ok.flashpack")]) == 0
     capsys.readouterr()
