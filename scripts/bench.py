@@ -14,16 +14,21 @@ What it does, in one run:
 * measures the ceilings on the same file: page-cache -> user copy rate (``dd bs=16M`` of the hot
   file), O_DIRECT sequential disk rate (``dd iflag=direct bs=16M``) and, with CUDA, the pinned
   host -> device peak (one big copy from pinned memory);
-* loads each file with each loader, cold (the file's pages evicted with fsync +
-  posix_fadvise(DONTNEED), checked with fincore when present) and hot (file read once first),
+* loads each file with each loader (the lazy ones; eager ones: ours, 0.4.5's parallel read,
+  safetensors' ``load`` of the file's bytes, ``torch.load`` without mmap; with CUDA, to the
+  GPU), cold (the file's pages evicted with fsync + posix_fadvise(DONTNEED), checked with
+  fincore when present) and hot (file read once first),
   each measurement in a FRESH subprocess that loads, then touches every byte (a sum over int64
   views, the same for all loaders) and reports its peak RSS (VmHWM; getrusage's ru_maxrss is
   inherited across execve on Linux, so it would report the parent's peak);
 * with cargo available, builds the Rust CLI (release) and adds its ``flashpack bench`` of the
   safetensors file: ours (Rust API) vs the safetensors crate and candle, in one process, hot;
-* prints a table with the ratio to the relevant ceiling and to flashpack 0.4.5 in the same mode,
-  and writes results.json, table.txt and bench.png into the results folder ($OUT if set, else
-  --out). The big weight files are removed at the end.
+* prints one table per kind of load, like with like (CPU lazy, CPU eager, checksum check, GPU;
+  scripts/tables.py): hot and cold side by side, the ceiling as a row and each row's share of it,
+  and how many times faster ours is than each row (row time / ours); then the pack table (every
+  format timed to durability; its ceiling a plain write + fsync of the same bytes). Writes
+  results.json, table.txt and bench.png into the results folder ($OUT if set, else --out). The
+  big weight files are removed at the end.
 
 Timing: "call" is the loader call; "touch" the first pass over every byte (page faults for
 lazy loaders), "sum-only" a second pass over the now-resident memory (the summation cost alone,
@@ -44,10 +49,16 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+import tables  # noqa: E402  (page cache, ceilings, the comparison tables)
+from tables import drop_cache as evict  # noqa: E402
+from tables import resident_fraction, warm
+
 MiB = 1 << 20
 GiB = 1 << 30
 
@@ -144,6 +155,7 @@ def child_load(loader: str, path: str) -> dict:
         import flashpack  # noqa: F401
         from flashpack.deserialization import iterate_from_flash_tensor, read_flashpack_file, revert_from_file
     elif loader.startswith("safetensors"):
+        from safetensors.torch import load as load_bytes
         from safetensors.torch import load_file
     base_rss = _maxrss_bytes()
 
@@ -170,8 +182,12 @@ def child_load(loader: str, path: str) -> dict:
     elif loader == "safetensors-cuda":
         sd = load_file(path, device="cuda")
         torch.cuda.synchronize()
+    elif loader == "safetensors-eager":
+        sd = load_bytes(Path(path).read_bytes())
     elif loader == "torch-mmap":
         sd = torch.load(path, mmap=True, weights_only=True)
+    elif loader == "torch-eager":
+        sd = torch.load(path, weights_only=True)
     else:
         raise SystemExit(f"unknown loader {loader}")
     t1 = time.perf_counter()
@@ -243,36 +259,6 @@ def child_pack(fmt: str, path: str, size_bytes: int) -> dict:
 # --------------------------------------------------------------------------------------------
 # Parent side
 # --------------------------------------------------------------------------------------------
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def warm(path: Path) -> None:
-    buf = bytearray(16 * MiB)
-    with open(path, "rb", buffering=0) as f:
-        while f.readinto(buf):
-            pass
-
-
-def resident_fraction(path: Path) -> float | None:
-    """Fraction of the file in the page cache (fincore from util-linux), None if unknown."""
-    if not shutil.which("fincore"):
-        return None
-    try:
-        out = subprocess.run(
-            ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-            capture_output=True, text=True, timeout=30,
-        ).stdout.strip()
-        return int(out) / max(1, path.stat().st_size)
-    except Exception:
-        return None
 
 
 def dd_rate(path: Path, direct: bool) -> dict:
@@ -409,6 +395,17 @@ LOADERS = [
      "flashpack 0.4.5 + CPU_PARALLEL_READ=1"),
     ("safetensors", "safetensors", "project", {}, "safetensors load_file"),
     ("torch-mmap", "torch", "project", {}, "torch.load(mmap=True)"),
+    ("safetensors-eager", "safetensors", "project", {}, "safetensors load(read_bytes())"),
+    ("torch-eager", "torch", "project", {}, "torch.load (no mmap)"),
+]
+# The tables: like with like, ours first in each (the reference of its table's ratios).
+GROUPS = [
+    ("CPU lazy loads: the file memory-mapped, its pages read when first touched",
+     ["ours-lazy", "flashpack045", "safetensors", "torch-mmap"]),
+    ("CPU eager loads: every byte copied into memory the tensors own",
+     ["ours-eager", "ours-eager-verify", "flashpack045-parallel", "safetensors-eager", "torch-eager"]),
+    ("Checksum check: every byte read and hashed, nothing loaded", ["ours-verify"]),
+    ("GPU loads: every byte in device memory", ["ours-cuda", "flashpack045-cuda", "safetensors-cuda"]),
 ]
 CUDA_LOADERS = [
     ("ours-cuda", "ours", "project", {}, "ours read_flashpack_file(cuda)"),
@@ -417,21 +414,9 @@ CUDA_LOADERS = [
 ]
 # Extra environment for a format's pack child (the oracle's PYTHONPATH on the GPU machine).
 PACK_ENV: dict[str, dict] = {}
-# The flashpack 0.4.5 row each loader is compared to.
-PEER_OF = {"ours-eager": "flashpack045-parallel", "ours-eager-verify": "flashpack045-parallel", "flashpack045-parallel": "flashpack045-parallel",
-           "ours-cuda": "flashpack045-cuda", "flashpack045-cuda": "flashpack045-cuda",
-           "safetensors-cuda": "flashpack045-cuda"}
 EXT = {"ours": "ours.flashpack", "ours-nocs": "nocs.flashpack", "flashpack045": "v045.flashpack",
        "safetensors": "safetensors",
        "torch": "pt"}
-
-
-def fmt_table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths)))
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), sep] + [line(r) for r in rows])
 
 
 def rust_cli_bench(path: Path, repeats: int) -> dict:
@@ -455,21 +440,32 @@ def rust_cli_bench(path: Path, repeats: int) -> dict:
     return json.loads(p.stdout)
 
 
-def rust_cli_lines(r: dict) -> tuple[list[str], list[str]]:
-    """The Rust CLI's rows as a table (lines) and the headline ratios (targets)."""
+RUST_GROUPS = [
+    ("eager (copied into owned memory)", ["ours-eager", "safetensors", "candle"]),
+    ("lazy (a private copy-on-write mapping; no lazy peer in this bench)", ["ours-lazy"]),
+    ("GPU (no GPU peer in this bench)", ["ours-cuda"]),
+]
+
+
+def rust_cli_lines(r: dict, payload: int, page_cache_gbps: float | None) -> tuple[list[str], list[str]]:
+    """The Rust CLI's rows as tables, like with like (lines), and the headline ratios (targets)."""
     if "rows" not in r:
         return [f"  {r.get('skipped') or r.get('error')}"], []
-    rows = []
-    for row in r["rows"]:
-        if "gbps" not in row:
-            rows.append([row["label"], "-", "-", "-", "-", "-", f"{row.get('skipped') or row.get('error')}"[:70]])
-            continue
-        vs = row.get("vs", {})
-        rows.append([row["label"], f"{row['total_s']:.3f}", f"{row['call_s']:.3f}", f"{row['gbps']:.2f}",
-                     f"{vs['safetensors']:.2f}x" if "safetensors" in vs else "-",
-                     f"{vs['candle']:.2f}x" if "candle" in vs else "-", ""])
-    table = fmt_table(rows, ["row", "total s", "call s", "GB/s", "vs safetensors crate", "vs candle", ""])
-    lines = [*table.splitlines(), f"checksums agree: {r.get('checksums_agree')}; what each row touches:"]
+    by_key = {row["key"]: row for row in r["rows"]}
+    ceiling = tables.ceiling_row("ceiling: dd bs=16M of the hot file", {"hot": page_cache_gbps}, payload)
+    lines: list[str] = []
+    for title, keys in RUST_GROUPS:
+        rows = []
+        for key in (k for k in keys if k in by_key):
+            row = by_key[key]
+            if "total_s" not in row:
+                rows.append(tables.Row(row["label"], note=f"{row.get('skipped') or row.get('error')}"[:70]))
+            else:
+                rows.append(tables.Row(row["label"], {"hot": row["total_s"]}, extra=[f"{row['call_s']:.3f}"]))
+        if rows:
+            lines += tables.table(title, payload, rows[0].label, rows, ceiling, modes=["hot"],
+                                  extra=["call s"], short="ours")  # fmt: skip
+    lines.append(f"checksums agree: {r.get('checksums_agree')}; what each row touches:")
     lines += [f"  {row['label']}: {row['touched']}" for row in r["rows"]]
     eager = next((row for row in r["rows"] if row["key"] == "ours-eager" and "vs" in row), None)
     targets = []
@@ -479,6 +475,39 @@ def rust_cli_lines(r: dict) -> tuple[list[str], list[str]]:
                        + ", ".join(f"{vs[k]:.2f}x vs {k}" for k in ("safetensors", "candle") if k in vs)
                        + " (peer time / ours)")
     return lines, targets
+
+
+def load_tables(results: dict, payload: int) -> list[str]:
+    """The load results as one table per group of GROUPS (ours first: the reference)."""
+    labels = {name: label for name, _, _, _, label in LOADERS + CUDA_LOADERS}
+    ceil = results["ceilings"]
+    pc, od = ceil["page_cache_copy"].get("gbps"), ceil["odirect_disk"].get("gbps")
+    h2d = ceil["pinned_h2d"].get("gbps")
+    cpu_ceiling = tables.ceiling_row("ceiling: dd bs=16M (hot) / O_DIRECT dd (cold)", {"hot": pc, "cold": od}, payload)
+    gpu_ceiling = tables.ceiling_row(
+        "ceiling: min(dd hot / O_DIRECT cold, pinned H2D)",
+        {"hot": min(pc, h2d) if pc and h2d else None, "cold": min(od, h2d) if od and h2d else None}, payload)
+
+    def hot_cold(got: dict[str, dict], cell: Callable[[dict], str]) -> str:
+        return "/".join(cell(got[m]) if "eff_s" in got[m] else "-" for m in ("hot", "cold"))
+
+    lines: list[str] = []
+    for title, names in GROUPS:
+        rows = []
+        for name in names:
+            got = {m: results["load"].get(f"{name}/{m}", {}) for m in ("hot", "cold")}
+            if not any("eff_s" in r for r in got.values()):
+                why = next((r.get("skipped") or r.get("error") for r in got.values() if r), "not run")
+                rows.append(tables.Row(labels[name], note="skipped: " + str(why).splitlines()[-1][:80]))
+                continue
+            rows.append(tables.Row(labels[name], {m: r.get("eff_s") for m, r in got.items()}, extra=[
+                hot_cold(got, lambda r: f"{r['load_s']:.3f}"),
+                hot_cold(got, lambda r: f"{(r['peak_rss'] - r['base_rss']) / MiB:.0f}"),
+            ]))  # fmt: skip
+        lines += ["", *tables.table(
+            title, payload, labels[names[0]], rows, gpu_ceiling if names[0].endswith("cuda") else cpu_ceiling,
+            extra=["call s hot/cold", "RSS-base MiB hot/cold"], short="ours")]  # fmt: skip
+    return lines
 
 
 def main() -> int:
@@ -577,6 +606,13 @@ def main() -> int:
     direct = [dd_rate(ref, direct=True) for _ in range(max(1, repeats))]
     results["ceilings"]["page_cache_copy"] = best_rate(hot)
     results["ceilings"]["odirect_disk"] = best_rate(direct)
+    # The pack table's ceiling: a plain write() of the same bytes to a new file, then fsync.
+    data = ref.read_bytes()
+    scratch = work / "bench-plain-write.bin"
+    best_s = min(tables.plain_write_s(data, scratch) for _ in range(max(2, repeats)))
+    scratch.unlink()
+    results["ceilings"]["plain_write_fsync"] = {"bytes": len(data), "s": best_s, "gbps": len(data) / best_s / 1e9}
+    del data
     if has_cuda:
         try:
             results["ceilings"]["pinned_h2d"] = h2d_peak(payload)
@@ -638,48 +674,38 @@ def main() -> int:
     if "rows" not in results["rust_cli"]:
         log(f"bench: Rust CLI rows skipped: {results['rust_cli']}")
 
-    # ---- table ----------------------------------------------------------------------------
+    # ---- tables -----------------------------------------------------------------------------
     ceil = results["ceilings"]
     pc = ceil["page_cache_copy"].get("gbps")
     od = ceil["odirect_disk"].get("gbps")
     fm = ceil.get("fresh_memory_fill", {}).get("gbps")
     h2d = ceil["pinned_h2d"].get("gbps")
-    rows = []
-    for key, r in results["load"].items():
-        name, mode = key.split("/")
-        if "eff_s" not in r:
-            rows.append([f"{r.get('label', name)} [{mode}]", "-", "-", "-", "-", "-", "-", "-",
-                         "skipped: " + str(r.get("skipped") or r.get("error", "?"))[:60]])
-            continue
-        gbps = payload / r["eff_s"] / 1e9
-        r["gbps"] = gbps
-        # Cold loads are bound by the disk, hot CUDA loads by host->device copies.
-        c = od if mode == "cold" else (h2d if name.endswith("cuda") else pc)
-        cname = "O_DIRECT" if mode == "cold" else ("h2d" if name.endswith("cuda") else "dd hot")
-        peer = results["load"].get(f"{PEER_OF.get(name, 'flashpack045')}/{mode}", {})
-        vs = f"{peer['eff_s'] / r['eff_s']:.2f}x" if "eff_s" in peer else "-"
-        rows.append([
-            f"{r['label']} [{mode}]", f"{r['eff_s']:.3f}", f"{r['load_s']:.3f}",
-            f"{r['touch2_s']:.3f}", f"{gbps:.2f}",
-            f"{r['peak_rss'] / MiB:.0f}", f"{(r['peak_rss'] - r['base_rss']) / MiB:.0f}",
-            f"{gbps / c:.2f}x {cname}" if c else "-", vs,
-        ])
-    header = ["loader [mode]", "total s", "call s", "sum-only s", "GB/s", "peak RSS MiB", "RSS-base MiB",
-              "vs ceiling", "vs 0.4.5"]
-    load_table = fmt_table(rows, header)
+    for r in results["load"].values():
+        if "eff_s" in r:
+            r["gbps"] = payload / r["eff_s"] / 1e9
+    load_lines = load_tables(results, payload)
 
-    prow = []
     p045 = results["pack"].get("flashpack045", {}).get("pack_s")
     pst = results["pack"].get("safetensors", {}).get("pack_s")
+    pack_labels = {"ours": "ours pack_to_file", "ours-nocs": "ours, checksums=False",
+                   "flashpack045": "flashpack 0.4.5 pack_to_file", "safetensors": "safetensors save_file",
+                   "torch": "torch.save"}  # fmt: skip
+    prow = []
     for fmt, r in results["pack"].items():
         if "pack_s" not in r:
-            prow.append([fmt, "-", "-", "-", "-", str(r.get("error", ""))[:60]])
+            prow.append(tables.Row(pack_labels.get(fmt, fmt), note=str(r.get("error", ""))[:60]))
             continue
-        prow.append([fmt, f"{r['pack_s']:.3f}", f"{r['bytes'] / r['pack_s'] / 1e9:.2f}",
-                     f"{r['file_bytes'] / MiB:.1f}",
-                     f"{p045 / r['pack_s']:.2f}x" if p045 else "-",
-                     f"{pst / r['pack_s']:.2f}x" if pst else "-"])
-    pack_table = fmt_table(prow, ["pack", "s", "GB/s", "file MiB", "vs 0.4.5", "vs safetensors"])
+        mib = f"{r['file_bytes'] / MiB:.1f}"
+        prow.append(tables.Row(pack_labels.get(fmt, fmt), {"durable": r["pack_s"]}, extra=[mib]))
+    wc = ceil["plain_write_fsync"]
+    pack_lines = tables.table(
+        "Pack: every file written and fsynced before the clock stops (peers: their save, then an fsync), "
+        "each in a fresh process after an untimed save",
+        payload, pack_labels["ours"], prow,
+        tables.Row("ceiling: plain write() + fsync", {"durable": wc["s"]}, wc["bytes"]), modes=["durable"],
+        extra=["file MiB"], what="format", short="ours",
+        footer=["ours writes a checksum per 4 MiB (checksums=False: without) and renames a temporary file into place"],
+    )  # fmt: skip
 
     ceil_lines = [
         f"page-cache -> user copy (dd bs=16M, hot): {pc and f'{pc:.2f} GB/s'}",
@@ -687,6 +713,7 @@ def main() -> int:
         f"faults like every eager loader): {fm and f'{fm:.2f} GB/s'}",
         f"O_DIRECT sequential disk (dd iflag=direct bs=16M): {od and f'{od:.2f} GB/s'}",
         f"pinned host -> device peak: {f'{h2d:.2f} GB/s' if h2d else ceil['pinned_h2d']}",
+        f"plain write() of the same bytes to a new file + fsync (the pack's ceiling): {wc['gbps']:.2f} GB/s",
         f"eviction check: buffered dd right after fadvise(DONTNEED): "
         f"{cold_buffered.get('gbps', 0):.2f} GB/s; fincore resident after evict: "
         f"{results['checks']['resident_after_evict']}",
@@ -728,7 +755,7 @@ def main() -> int:
     if ours_pack and pst:
         targets.append(f"pack vs safetensors save_file: {pst / ours_pack:.2f}x (target >= 1.0x)")
 
-    rust_lines, rust_targets = rust_cli_lines(results["rust_cli"])
+    rust_lines, rust_targets = rust_cli_lines(results["rust_cli"], payload, pc)
     targets += rust_targets
 
     text = "\n".join([
@@ -737,8 +764,9 @@ def main() -> int:
         f"machine: {info.get('cpu')}, {info.get('nproc')} cpus, {info.get('ram_gib')} GiB RAM, "
         f"{info.get('filesystem')}, gpu: {info.get('gpu', 'none')}",
         "", "Ceilings", *("  " + x for x in ceil_lines),
-        "", "Loads (every byte touched; total s = loader call + first pass summing every byte)", load_table,
-        "", "Pack", pack_table,
+        "", "Loads: every byte touched; s = loader call + a first pass summing every byte "
+        "(call s: the call alone); best of the repeats, each in a fresh process", *load_lines,
+        "", *pack_lines,
         "", "Rust CLI: flashpack bench on the .safetensors file (hot, one process, best of "
         f"{repeats}; GB/s over call + a pass summing every byte)", *rust_lines,
         "", "Targets (reported, not asserted)", *("  " + x for x in targets),

@@ -26,8 +26,11 @@ venv). Each measurement runs in a FRESH subprocess that loads, then sums every b
 the same pass for every loader), then sums again (resident: the summing cost alone). **total** =
 load call + first pass. Cold = every shard evicted first (fsync + posix_fadvise(DONTNEED),
 checked with fincore), hot = every shard read once first. The best of --repeats by total is
-reported; "vs best peer" divides the best peer's total (same device and mode) by the row's
-(above 1 = faster than every peer). Every loader's byte sum must agree, else the run fails.
+reported. One table per kind of load, like with like (CPU lazy, CPU eager, GPU;
+scripts/tables.py): hot and cold side by side, the ceiling (dd of the hot shards / O_DIRECT dd;
+for the GPU, also the pinned host -> device peak) as a row and each row's share of it, and how
+many times faster ours is than each row (row total / ours). Every loader's byte sum must agree,
+else the run fails.
 
 Results: RESULTS/bench_checkpoint.json and table.txt (RESULTS = $OUT/checkpoint if $OUT is set,
 else --out).
@@ -47,7 +50,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent))
-import bench  # noqa: E402  (shared helpers: eviction, touch pass, dd, machine info)
+import bench  # noqa: E402  (shared helpers: touch pass, dd, machine info)
+import tables  # noqa: E402  (page cache, the comparison tables)
 
 MiB, GiB = 1 << 20, 1 << 30
 
@@ -342,10 +346,10 @@ def main() -> int:
         return {"s": secs, "gbps": payload / secs / 1e9}
 
     for s in shards:
-        bench.evict(s)
+        tables.drop_cache(s)
     ceilings = {"direct_disk": dd_all(True)}
     for s in shards:
-        bench.warm(s)
+        tables.warm(s)
     ceilings["dd_hot"] = dd_all(False)
     if has_cuda:
         ceilings["h2d_pinned_peak"] = bench.h2d_peak(payload)
@@ -373,8 +377,8 @@ def main() -> int:
                 if "error" in results["load"].get(key, {}):
                     continue
                 for s in shards:
-                    (bench.evict if mode == "cold" else bench.warm)(s)
-                res = [bench.resident_fraction(s) for s in shards]
+                    (tables.drop_cache if mode == "cold" else tables.warm)(s)
+                res = [tables.resident_fraction(s) for s in shards]
                 resident = None if None in res else round(
                     sum(min(1.0, f) * s.stat().st_size for f, s in zip(res, shards)) / payload, 3)
                 load_avg = os.getloadavg()[0]
@@ -407,46 +411,45 @@ def main() -> int:
     return 1 if "checksums_disagree" in results else 0
 
 
+GROUPS = [
+    ("CPU lazy loads: the shards memory-mapped, their pages read when first touched", ["ours-lazy", "safetensors"]),
+    ("CPU eager loads: every byte copied into memory the tensors own",
+     ["ours-eager", "ours-eager-buffered", "runai", "fastsafetensors", "instanttensor"]),
+    ("GPU loads: every byte in device memory",
+     ["ours-cuda", "safetensors-cuda", "runai-cuda", "fastsafetensors-cuda", "instanttensor-cuda"]),
+]  # fmt: skip
+
+
 def format_table(results: dict, payload: int) -> str:
-    """The results table, with each row's ratio to the best peer in the same device and mode."""
-    loads = results["load"]
+    """The results, one table per kind of load (ours first: the reference of the ratios)."""
+    loads, ceil = results["load"], results["ceilings"]
     labels = {n: label for n, _, _, label in LOADERS}
-    devices = {n: dev for n, _, dev, _ in LOADERS}
-
-    def best_peer(dev: str, mode: str) -> tuple[str, float] | None:
-        peers = [(n, v["total_s"]) for k, v in loads.items() if "total_s" in v
-                 for n, m in [k.split(":")] if n not in OURS and m == mode and devices[n] == dev]  # fmt: skip
-        return min(peers, key=lambda x: x[1]) if peers else None
-
-    ceil = results["ceilings"]
-
-    def vs_ceiling(dev: str, mode: str, gbps: float) -> str:
-        key, tag = (("h2d_pinned_peak", "H2D peak") if dev == "cuda" else
-                    ("direct_disk", "O_DIRECT") if mode == "cold" else ("dd_hot", "dd hot"))  # fmt: skip
-        c = ceil.get(key, {}).get("gbps")
-        return f"{gbps / c:.2f}x {tag}" if c else "-"
-
-    head = (f"{'loader [mode]':48s} {'total s':>8s} {'call s':>8s} {'GB/s':>6s} {'RSS-base MiB':>12s}"
-            f"  {'vs ceiling':>15s}  vs best peer")  # fmt: skip
-    rows = [head]
-    for name, _, dev, _ in LOADERS:
-        for mode in ("cold", "hot"):
-            v = loads.get(f"{name}:{mode}")
-            if v is None:
-                continue
-            tag = f"{labels[name]} [{mode}]"
-            if "error" in v:
-                rows.append(f"{tag:48s} failed: {v['error'].splitlines()[-1][:80] if v['error'] else '?'}")
-                continue
-            bp = best_peer(dev, mode)
-            ratio = f"{bp[1] / v['total_s']:.2f}x ({bp[0]})" if bp else "-"
-            rss = (v["peak_rss"] - v["base_rss"]) / MiB
-            gbps = payload / v["total_s"] / 1e9
-            rows.append(f"{tag:48s} {v['total_s']:8.3f} {v['load_s']:8.3f} {gbps:6.2f}"
-                        f" {rss:12.0f}  {vs_ceiling(dev, mode, gbps):>15s}  {ratio}")  # fmt: skip
-    for name, why in results["skipped"].items():
-        rows.append(f"({labels[name]}: skipped, {why})")
-    return "\n".join(rows)
+    hot, cold = ceil.get("dd_hot", {}).get("gbps"), ceil.get("direct_disk", {}).get("gbps")
+    h2d = ceil.get("h2d_pinned_peak", {}).get("gbps")
+    cpu_ceiling = tables.ceiling_row("ceiling: dd of the shards, hot / O_DIRECT", {"hot": hot, "cold": cold}, payload)
+    gpu_ceiling = tables.ceiling_row(
+        "ceiling: min(that, pinned H2D)",
+        {"hot": min(hot, h2d) if hot and h2d else None, "cold": min(cold, h2d) if cold and h2d else None}, payload)  # fmt: skip
+    lines: list[str] = []
+    for title, names in GROUPS:
+        rows = []
+        for name in names:
+            got = {m: loads.get(f"{name}:{m}", {}) for m in ("hot", "cold")}
+            if name in results["skipped"]:
+                rows.append(tables.Row(labels[name], note=f"skipped: {results['skipped'][name]}"))
+            elif not any(got.values()):
+                continue  # not asked for (--only)
+            elif not any("total_s" in v for v in got.values()):
+                err = next((v.get("error") for v in got.values() if v.get("error")), "") or "?"
+                rows.append(tables.Row(labels[name], note=f"failed: {err.splitlines()[-1][:80]}"))
+            else:
+                rss = "/".join(f"{(v['peak_rss'] - v['base_rss']) / MiB:.0f}" if "total_s" in v else "-" for v in got.values())
+                rows.append(tables.Row(labels[name], {m: v.get("total_s") for m, v in got.items()}, extra=[rss]))
+        if rows:
+            ours = labels[names[0]]
+            lines += ["", *tables.table(title, payload, ours, rows, gpu_ceiling if "GPU" in title else cpu_ceiling,
+                                        extra=["RSS-base MiB hot/cold"], short="ours")]  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

