@@ -15,27 +15,20 @@ import argparse
 import json
 import mmap
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 
+from tables import drop_cache, resident_fraction
+
 MiB = 1 << 20
 
 
 def evict(path: str) -> float | None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    if not shutil.which("fincore"):
-        return None
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
-                         capture_output=True, text=True).stdout.strip()
-    return int(out) / os.path.getsize(path)
+    """Drops the file's pages; the fraction still resident (None without fincore)."""
+    drop_cache(path)
+    return resident_fraction(path)
 
 
 def run(path: str, mode: str, threads: int, piece: int, hint: str) -> float:
