@@ -216,7 +216,8 @@ bench: build $(S3S_FS)
 	$(PY) scripts/bench_remote.py --s3s-fs $(S3S_FS) $(BENCH_REMOTE_ARGS)
 
 # abi3 wheels (CPython 3.11+) for every supported platform: Linux x86_64/aarch64 (manylinux2014)
-# and macOS arm64/x86_64 cross-linked with zig (PyPI ziglang, installed into the venv); Windows
+# and macOS arm64/x86_64 cross-linked with zig (PyPI ziglang, installed into the venv; the two
+# system frameworks the TLS verifier links come from stubs in scripts/macos-frameworks); Windows
 # x86_64 linked by MinGW (the zig route writes a wrong export name for a module inside a
 # package), which apt installs when missing; maturin writes python3.dll's import library. Each
 # wheel is checked to hold the extension built for its platform, linking only what every such
@@ -227,6 +228,7 @@ WHEEL_TARGETS ?= x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu aarch64-appl
 wheel: $(DEPS) $(ZIG) mingw $(addprefix rust-target-,$(WHEEL_TARGETS))
 	rm -f dist/flashpack-*.whl
 	for t in $(WHEEL_TARGETS); do \
+		case $$t in *apple*) export RUSTFLAGS="-C link-arg=-F$(abspath scripts/macos-frameworks)";; *) unset RUSTFLAGS;; esac; \
 		PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --quiet --target $$t \
 			$$(case $$t in *windows*) ;; *) echo --zig;; esac) -m bindings/python/Cargo.toml -o dist || exit 1; \
 	done
