@@ -43,6 +43,6 @@ pub(crate) mod weights;
 
 pub use error::RemoteError;
 #[cfg(feature = "remote")]
-pub use object::RemoteFile;
-pub use settings::RemoteSettings;
+pub use object::{RemoteFile, VersionPin};
+pub use settings::{RemoteSettings, CANCEL_POLL};
 pub use url::{is_remote, RemoteUrl, Scheme, DEFAULT_HF_ENDPOINT};

@@ -16,6 +16,7 @@
 //! ```
 use std::time::Duration;
 
+use crate::cancel::Cancel;
 use crate::{Error, Result};
 
 /// Remote read settings (see the module documentation for the variables and defaults).
@@ -39,7 +40,15 @@ pub struct RemoteSettings {
     pub initial_backoff: Duration,
     /// The longest wait between two retries.
     pub max_backoff: Duration,
+    /// Stops every open and read of objects opened with these settings once cancelled (a
+    /// Ctrl-C handler's): the requests in flight, their retries and back-off waits are dropped
+    /// within [`CANCEL_POLL`] and the call returns [`Error::Cancelled`] naming the URL. A load
+    /// also stops for its own [`LoadOptions::cancel`](crate::read::LoadOptions::cancel).
+    pub cancel: Option<Cancel>,
 }
+
+/// How often a remote request in flight looks at its [`Cancel`]s.
+pub const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 impl Default for RemoteSettings {
     fn default() -> Self {
@@ -52,13 +61,14 @@ impl Default for RemoteSettings {
             connect_timeout: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            cancel: None,
         }
     }
 }
 
 impl RemoteSettings {
     /// The defaults, overridden by the `FLASHPACK_REMOTE_*` variables that are set; a variable
-    /// that is not a positive whole number is an error naming it.
+    /// that is not a positive whole number is an error naming it. No [`cancel`](Self::cancel).
     pub fn from_env() -> Result<RemoteSettings> {
         let d = RemoteSettings::default();
         // Clamped to a year, so a deadline of `Instant::now() + timeout` cannot overflow.
@@ -74,6 +84,11 @@ impl RemoteSettings {
             request_timeout: secs("FLASHPACK_REMOTE_REQUEST_TIMEOUT_SECS", d.request_timeout)?,
             ..d
         })
+    }
+
+    /// These settings, stopped by `cancel` (see [`cancel`](Self::cancel)).
+    pub fn with_cancel(self, cancel: Option<Cancel>) -> RemoteSettings {
+        RemoteSettings { cancel, ..self }
     }
 }
 
