@@ -5,11 +5,10 @@
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
-//! let seen = Arc::new(Mutex::new(Vec::new()));
+//! let seen = Arc::new(Mutex::new(Vec::<String>::new()));
 //! let s = seen.clone();
 //! flashpack::warning::set_handler(Some(Box::new(move |m: &str| s.lock().unwrap().push(m.to_string()))));
-//! flashpack::warning::warn("something to know");
-//! assert!(seen.lock().unwrap().iter().any(|m| m == "something to know"));
+//! // ... open remote files: their warnings land in `seen` ...
 //! flashpack::warning::set_handler(None); // back to standard error
 //! ```
 use std::sync::RwLock;
@@ -27,7 +26,8 @@ pub fn set_handler(handler: Option<Handler>) {
 }
 
 /// Reports `message` to the installed handler, or to standard error.
-pub fn warn(message: &str) {
+#[cfg_attr(not(feature = "remote"), allow(dead_code))] // the only warnings so far are remote ones
+pub(crate) fn warn(message: &str) {
     let slot = HANDLER.read().unwrap_or_else(|p| p.into_inner());
     match slot.as_ref() {
         Some(h) => h(message),

@@ -8,8 +8,7 @@
 //! validators are compared with the pinned ones, so a replaced object is an error, never a mix
 //! of versions; `VersionPin` says what one-second time stamps and servers without validators
 //! leave open). A [`Cancel`](crate::cancel::Cancel) (in [`RemoteSettings::cancel`] or a load's
-//! options) drops the requests in flight, their retries and back-off waits within
-//! [`CANCEL_POLL`]. A weight file's index comes from small ranged GETs only (a
+//! options) drops the requests in flight, their retries and back-off waits within 20 ms. A weight file's index comes from small ranged GETs only (a
 //! FlashPack trailer and footer, a safetensors header: what `inspect` needs), its tensors from
 //! parallel ranged GETs ([`RemoteSettings`]: concurrency, part size, retries, time bounds) into
 //! the same sinks local reads fill. Retries with backoff on 5xx answers, resets and timeouts
@@ -49,5 +48,5 @@ pub(crate) mod weights;
 pub use error::RemoteError;
 #[cfg(feature = "remote")]
 pub use object::{RemoteFile, VersionPin};
-pub use settings::{RemoteSettings, CANCEL_POLL};
+pub use settings::RemoteSettings;
 pub use url::{is_remote, RemoteUrl, Scheme, DEFAULT_HF_ENDPOINT};

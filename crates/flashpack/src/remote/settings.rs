@@ -51,6 +51,7 @@ pub struct RemoteSettings {
 }
 
 /// How often a remote request in flight looks at its [`Cancel`]s.
+#[cfg(feature = "remote")]
 pub(crate) const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 impl Default for RemoteSettings {
