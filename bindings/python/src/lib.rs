@@ -814,6 +814,18 @@ fn prepare_pack_destination(py: Python<'_>, path: std::path::PathBuf) -> PyResul
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The engine's warnings (e.g. a server with no ETag or Last-Modified) as Python
+    // RuntimeWarnings, so `warnings` filters and pytest.warns see them.
+    flashpack::warning::set_handler(Some(Box::new(|message: &str| {
+        Python::attach(|py| {
+            let category = py.get_type::<pyo3::exceptions::PyRuntimeWarning>();
+            let text = std::ffi::CString::new(message.replace('\0', " ")).unwrap_or_default();
+            if let Err(e) = PyErr::warn(py, &category, &text, 1) {
+                // A filter that turns warnings into errors: the message is not lost.
+                e.write_unraisable(py, None);
+            }
+        })
+    })));
     m.add_class::<Payload>()?;
     m.add_class::<File>()?;
     m.add_class::<PyFooter>()?;

@@ -128,13 +128,43 @@ fn url_of(path: &Path) -> Option<&str> {
 /// a local path, or a URL (`http(s)://`, `s3://`, `hf://`), of which only the index is fetched.
 #[pyfunction]
 pub(crate) fn open_weights(py: Python<'_>, path: PathBuf) -> PyResult<PyWeightFile> {
-    let f = py
-        .detach(|| match url_of(&path) {
-            Some(url) => WeightFile::open_location(url),
-            None => WeightFile::open(&path),
-        })
-        .map_err(to_py)?;
+    let f = match url_of(&path) {
+        // Ctrl-C stops the requests at once (a stalled server included).
+        Some(url) => {
+            let cancel = Cancel::new();
+            interruptible(py, &cancel, || open_file_url(url, &cancel))?
+        }
+        None => py.detach(|| WeightFile::open(&path)).map_err(to_py)?,
+    };
     Ok(PyWeightFile { f })
+}
+
+/// Opens the weight file at `url`, its requests stopped by `cancel`.
+#[cfg(feature = "remote")]
+fn open_file_url(url: &str, cancel: &Cancel) -> flashpack::Result<WeightFile> {
+    WeightFile::open_url(url, settings(cancel)?)
+}
+
+#[cfg(not(feature = "remote"))]
+fn open_file_url(url: &str, _cancel: &Cancel) -> flashpack::Result<WeightFile> {
+    WeightFile::open_location(url)
+}
+
+/// Opens the checkpoint at `url`, its requests stopped by `cancel`.
+#[cfg(feature = "remote")]
+fn open_checkpoint_url(url: &str, cancel: &Cancel) -> flashpack::Result<Checkpoint> {
+    Checkpoint::open_url(url, settings(cancel)?)
+}
+
+#[cfg(not(feature = "remote"))]
+fn open_checkpoint_url(url: &str, _cancel: &Cancel) -> flashpack::Result<Checkpoint> {
+    Checkpoint::open_location(url, &OpenOptions::default())
+}
+
+/// Remote settings from the environment, stopped by `cancel` (a Ctrl-C during the call).
+#[cfg(feature = "remote")]
+fn settings(cancel: &Cancel) -> flashpack::Result<remote::RemoteSettings> {
+    Ok(remote::RemoteSettings::from_env()?.with_cancel(Some(cancel.clone())))
 }
 
 /// Opens a checkpoint (a weight file, an index json, or a folder holding one of those; `variant`
@@ -151,12 +181,15 @@ pub(crate) fn open_checkpoint<'py>(
 ) -> PyResult<(Bound<'py, PyAny>, Vec<PyWeightFile>)> {
     let opts = OpenOptions { variant };
     let url = url_of(&path);
-    let ckpt = py
-        .detach(|| match url {
-            Some(url) => Checkpoint::open_location(url, &opts),
-            None => Checkpoint::open_with(&path, &opts),
-        })
-        .map_err(to_py)?;
+    let ckpt = match url {
+        Some(url) => {
+            let cancel = Cancel::new();
+            interruptible(py, &cancel, || open_checkpoint_url(url, &cancel))?
+        }
+        None => py
+            .detach(|| Checkpoint::open_with(&path, &opts))
+            .map_err(to_py)?,
+    };
     let resolved = match url {
         Some(_) => ckpt.path().to_string_lossy().into_pyobject(py)?.into_any(),
         None => ckpt.path().into_pyobject(py)?.into_any(),
@@ -397,8 +430,7 @@ pub(crate) fn is_remote(location: PathBuf) -> bool {
 
 /// The whole object at `url` (a config or an index json), at most `limit` bytes: a larger
 /// object is a ValueError naming the URL and its size, before anything is fetched. Ctrl-C stops
-/// the wait at once (KeyboardInterrupt): the request, which has no chunks to stop between,
-/// is left to end by its own timeout on a thread of its own, its result dropped.
+/// it at once (KeyboardInterrupt): the request in flight is dropped.
 #[pyfunction]
 pub(crate) fn read_url<'py>(
     py: Python<'py>,
@@ -406,30 +438,7 @@ pub(crate) fn read_url<'py>(
     limit: u64,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let cancel = Cancel::new();
-    let bytes = interruptible(py, &cancel, || {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let owned = url.to_string();
-        std::thread::Builder::new()
-            .name("flashpack-read-url".into())
-            .spawn(move || {
-                let _ = tx.send(read_small(&owned, limit));
-            })
-            .map_err(|e| Error::Internal(format!("{url}: cannot start a thread: {e}")))?;
-        loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(20)) {
-                Ok(result) => return result,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
-                    return Err(Error::Cancelled { path: url.into() })
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Internal(format!(
-                        "{url}: the read ended without a result"
-                    )))
-                }
-            }
-        }
-    })?;
+    let bytes = interruptible(py, &cancel, || read_small(url, limit, &cancel))?;
     Ok(PyBytes::new(py, &bytes))
 }
 
@@ -438,16 +447,17 @@ pub(crate) fn read_url<'py>(
 /// a model folder's files exist at a URL.
 #[pyfunction]
 pub(crate) fn url_size(py: Python<'_>, url: &str) -> PyResult<u64> {
-    py.detach(|| remote_size(url)).map_err(to_py)
+    let cancel = Cancel::new();
+    interruptible(py, &cancel, || remote_size(url, &cancel))
 }
 
 #[cfg(feature = "remote")]
-fn remote_size(url: &str) -> flashpack::Result<u64> {
-    remote::RemoteFile::open(url).map(|f| f.len())
+fn remote_size(url: &str, cancel: &Cancel) -> flashpack::Result<u64> {
+    remote::RemoteFile::open_with(url, settings(cancel)?).map(|f| f.len())
 }
 
 #[cfg(not(feature = "remote"))]
-fn remote_size(url: &str) -> flashpack::Result<u64> {
+fn remote_size(url: &str, _cancel: &Cancel) -> flashpack::Result<u64> {
     Err(Error::remote(url, RemoteError::NotBuilt))
 }
 
@@ -472,7 +482,7 @@ pub(crate) fn verify_url<'py>(
         ..Default::default()
     };
     let report = interruptible(py, &cancel, || {
-        let wf = WeightFile::open_location(url)?;
+        let wf = open_file_url(url, &cancel)?;
         if wf.format() != Format::FlashPack {
             return Err(Error::Invalid(format!(
                 "{url}: not a FlashPack file (a safetensors file has no checksums to verify)"
@@ -490,8 +500,8 @@ pub(crate) fn verify_url<'py>(
 }
 
 #[cfg(feature = "remote")]
-fn read_small(url: &str, limit: u64) -> flashpack::Result<Vec<u8>> {
-    let file = remote::RemoteFile::open(url)?;
+fn read_small(url: &str, limit: u64, cancel: &Cancel) -> flashpack::Result<Vec<u8>> {
+    let file = remote::RemoteFile::open_with(url, settings(cancel)?)?;
     if file.len() > limit {
         return Err(Error::Invalid(format!(
             "{url}: the object is {} bytes, over the limit of {limit} for a whole-object read",
@@ -508,6 +518,6 @@ fn read_small(url: &str, limit: u64) -> flashpack::Result<Vec<u8>> {
 }
 
 #[cfg(not(feature = "remote"))]
-fn read_small(url: &str, _limit: u64) -> flashpack::Result<Vec<u8>> {
+fn read_small(url: &str, _limit: u64, _cancel: &Cancel) -> flashpack::Result<Vec<u8>> {
     Err(Error::remote(url, RemoteError::NotBuilt))
 }

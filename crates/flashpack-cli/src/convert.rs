@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use flashpack::cancel::Cancel;
-use flashpack::checkpoint::{Checkpoint, OpenOptions, Shard};
+use flashpack::checkpoint::{OpenOptions, Shard};
 use flashpack::format::{FormatVersion, DEFAULT_ALIGN_BYTES};
 use flashpack::read::LoadOptions;
 use flashpack::weights::{Format, SafetensorsOptions, WeightFile, SAFETENSORS_METADATA_KEY};
@@ -129,10 +129,8 @@ pub fn convert(req: &Request) -> Result<Converted> {
     let opts = OpenOptions {
         variant: req.variant.clone(),
     };
-    let ckpt = match crate::location::url(&req.src) {
-        Some(url) => Checkpoint::open_location(url, &opts)?,
-        None => Checkpoint::open_with(&req.src, &opts)?,
-    };
+    let cancel = req.cancel.clone().unwrap_or_default();
+    let ckpt = crate::location::open_checkpoint_with(&req.src, &opts, &cancel)?;
     if ckpt.index_path().is_some() || req.sharded_output() {
         return crate::checkpoint::convert(req, ckpt);
     }
@@ -211,7 +209,7 @@ fn convert_file(req: &Request, src: WeightFile) -> Result<Converted> {
                 src.to_flashpack(&dst, &opts)?
             } else {
                 pack_filtered(
-                    crate::location::open_file(&req.src)?,
+                    crate::location::open_file(&req.src, &req.cancel.clone().unwrap_or_default())?,
                     &dst,
                     opts,
                     &req.ignore,

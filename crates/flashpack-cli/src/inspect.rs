@@ -36,6 +36,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{CliError, Result};
 use crate::format::{grouped, shape_text};
+use flashpack::cancel::Cancel;
+
 use crate::location::{open_checkpoint, open_file};
 
 /// Everything `inspect --json` prints.
@@ -149,8 +151,8 @@ pub struct ShardSummary {
 }
 
 /// `inspect PATH`: the text (or JSON) to print for a weight file, an index json or a folder.
-pub fn inspect(path: &Path, with_index: bool, json: bool) -> Result<String> {
-    let ckpt = open_checkpoint(path)?;
+pub fn inspect(path: &Path, with_index: bool, json: bool, cancel: &Cancel) -> Result<String> {
+    let ckpt = open_checkpoint(path, cancel)?;
     let Some(index) = ckpt.index_path() else {
         let Some(shard) = ckpt.shards().first() else {
             return Err(CliError::Invalid(format!(
@@ -216,8 +218,8 @@ fn to_json(value: &impl Serialize, path: &Path) -> Result<String> {
 
 /// Reads the file's footer or header (validated by the engine) into a [`Summary`]; `path` may
 /// be a URL.
-pub fn summarize(path: &Path, with_index: bool) -> Result<Summary> {
-    Ok(summary_of(&open_file(path)?, with_index))
+pub fn summarize(path: &Path, with_index: bool, cancel: &Cancel) -> Result<Summary> {
+    Ok(summary_of(&open_file(path, cancel)?, with_index))
 }
 
 /// An open file's [`Summary`] (from its footer or header only).

@@ -3,6 +3,7 @@
 //! default `remote` feature; without it a URL is an error saying so).
 use std::path::Path;
 
+use flashpack::cancel::Cancel;
 use flashpack::checkpoint::{Checkpoint, OpenOptions};
 use flashpack::weights::WeightFile;
 
@@ -13,18 +14,57 @@ pub fn url(path: &Path) -> Option<&str> {
     path.to_str().filter(|s| flashpack::remote::is_remote(s))
 }
 
-/// Opens a weight file, an index json or a folder holding one; or a URL of a file or an index.
-pub fn open_checkpoint(path: &Path) -> Result<Checkpoint> {
+/// Opens a weight file, an index json or a folder holding one; or a URL of a file or an index
+/// (`cancel` stops its requests at once, e.g. at a stalled server).
+pub fn open_checkpoint(path: &Path, cancel: &Cancel) -> Result<Checkpoint> {
+    open_checkpoint_with(path, &OpenOptions::default(), cancel)
+}
+
+/// As [`open_checkpoint`], choosing a variant in a local folder.
+pub fn open_checkpoint_with(
+    path: &Path,
+    opts: &OpenOptions,
+    cancel: &Cancel,
+) -> Result<Checkpoint> {
     Ok(match url(path) {
-        Some(u) => Checkpoint::open_location(u, &OpenOptions::default())?,
-        None => Checkpoint::open(path)?,
+        Some(u) => open_checkpoint_url(u, cancel)?,
+        None => Checkpoint::open_with(path, opts)?,
     })
 }
 
-/// Opens one weight file, local or at a URL (only its footer or header is read).
-pub fn open_file(path: &Path) -> Result<WeightFile> {
+/// Opens one weight file, local or at a URL (only its footer or header is read; `cancel` stops
+/// the requests at once).
+pub fn open_file(path: &Path, cancel: &Cancel) -> Result<WeightFile> {
     Ok(match url(path) {
-        Some(u) => WeightFile::open_location(u)?,
+        Some(u) => open_file_url(u, cancel)?,
         None => WeightFile::open(path)?,
     })
+}
+
+/// Settings from the environment, stopped by `cancel`.
+#[cfg(feature = "remote")]
+fn settings(cancel: &Cancel) -> flashpack::Result<flashpack::remote::RemoteSettings> {
+    Ok(flashpack::remote::RemoteSettings::from_env()?.with_cancel(Some(cancel.clone())))
+}
+
+#[cfg(feature = "remote")]
+fn open_checkpoint_url(url: &str, cancel: &Cancel) -> flashpack::Result<Checkpoint> {
+    Checkpoint::open_url(url, settings(cancel)?)
+}
+
+#[cfg(feature = "remote")]
+fn open_file_url(url: &str, cancel: &Cancel) -> flashpack::Result<WeightFile> {
+    WeightFile::open_url(url, settings(cancel)?)
+}
+
+/// Without the `remote` feature a URL is an error saying so.
+#[cfg(not(feature = "remote"))]
+fn open_checkpoint_url(url: &str, _cancel: &Cancel) -> flashpack::Result<Checkpoint> {
+    Checkpoint::open_location(url, &OpenOptions::default())
+}
+
+/// Without the `remote` feature a URL is an error saying so.
+#[cfg(not(feature = "remote"))]
+fn open_file_url(url: &str, _cancel: &Cancel) -> flashpack::Result<WeightFile> {
+    WeightFile::open_location(url)
 }

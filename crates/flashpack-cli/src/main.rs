@@ -28,11 +28,17 @@ use flashpack_cli::error::{print_line, Result};
 use flashpack_cli::interrupt;
 use flashpack_cli::run::{needs_python_message, run, Outcome};
 
-/// Commands that read or write whole files stop cleanly on SIGINT/SIGTERM; the others keep the
-/// default behaviour of those signals (they write nothing).
+/// Commands that read or write whole files, and those that read a URL, stop cleanly on
+/// SIGINT/SIGTERM (a URL's requests are dropped at once, exit status 130 for SIGINT); the
+/// others keep the default behaviour of those signals (they write nothing).
 fn cancel_for(cli: &Cli) -> Result<Cancel> {
-    match cli.command {
+    match &cli.command {
         Command::Convert(_) | Command::Revert(_) | Command::Verify { .. } => interrupt::watch(),
+        Command::Inspect { file: p, .. } | Command::Metadata { path: p, .. }
+            if flashpack_cli::location::url(p).is_some() =>
+        {
+            interrupt::watch()
+        }
         _ => Ok(Cancel::new()),
     }
 }

@@ -18,11 +18,13 @@ use serde_json::Value;
 
 use crate::error::{CliError, Result};
 use crate::format::{grouped, shape_text};
+use flashpack::cancel::Cancel;
+
 use crate::location::open_file;
 
 /// The text (or JSON) `metadata` prints for `path`.
-pub fn render(path: &Path, show_index: bool, json: bool) -> Result<String> {
-    let wf = open_file(path)?;
+pub fn render(path: &Path, show_index: bool, json: bool, cancel: &Cancel) -> Result<String> {
+    let wf = open_file(path, cancel)?;
     let (Some(f), Some(footer_json)) = (wf.footer(), wf.footer_json()) else {
         return Err(CliError::Invalid(format!(
             "{}: not a FlashPack file (`flashpack inspect` reads safetensors headers)",

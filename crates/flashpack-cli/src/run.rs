@@ -78,9 +78,9 @@ pub fn run(cli: &Cli, cancel: &Cancel) -> Result<Outcome> {
             path,
             show_index,
             json,
-        } => Outcome::done(metadata::render(path, *show_index, *json)?),
+        } => Outcome::done(metadata::render(path, *show_index, *json, cancel)?),
         Command::Inspect { file, index, json } => {
-            Outcome::done(inspect::inspect(file, *index, *json)?)
+            Outcome::done(inspect::inspect(file, *index, *json, cancel)?)
         }
         Command::Verify { file } => Outcome::done(verify::check(file, progress, cancel)?),
         Command::Bench {

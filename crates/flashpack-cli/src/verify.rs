@@ -32,7 +32,7 @@ use crate::location::{open_checkpoint, open_file};
 /// Checks `path` (a weight file, an index json or a folder holding one); returns the text to
 /// print on success.
 pub fn check(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
-    let ckpt = open_checkpoint(path)?;
+    let ckpt = open_checkpoint(path, cancel)?;
     let Some(index) = ckpt.index_path() else {
         let Some(shard) = ckpt.shards().first() else {
             return Err(CliError::Invalid(format!(
@@ -78,7 +78,7 @@ pub fn check(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
 
 /// Checks one weight file (a path or a URL); returns the line to print on success.
 pub fn check_file(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
-    check_weight_file(&open_file(path)?, progress, cancel)
+    check_weight_file(&open_file(path, cancel)?, progress, cancel)
 }
 
 /// Checks an open weight file; returns the line to print on success.

@@ -221,3 +221,66 @@ fn convert_of_a_url_writes_the_same_tensors_locally() {
     ]));
     assert!(err.contains("not a URL"), "{err}");
 }
+
+/// SIGINT stops `inspect`, `verify` and `convert` of a URL within about a second whatever the
+/// server does (no answer at all, a stalled body, a slow one), with exit status 130 and no
+/// output file or temporary file left.
+#[cfg(target_os = "linux")]
+#[test]
+fn sigint_stops_a_command_on_a_url_at_once_with_status_130() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (fp, _) = files(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("out.safetensors");
+    // (command, fault, GETs served before the fault, GETs to wait for before the signal)
+    let cases: [(&[&str], Fault, usize, usize); 3] = [
+        (&["inspect"], Fault::Silent, 0, 0),
+        (&["verify"], Fault::Stall, 2, 3),
+        (
+            &["convert", "", dest.to_str().unwrap()],
+            Fault::Slow(4096),
+            2,
+            3,
+        ),
+    ];
+    for (args, fault, after, wait_for) in cases {
+        let server = Server::start(fp.clone(), fault).with_fault_after(after);
+        let url = server.url("m.flashpack");
+        let mut argv: Vec<&str> = args.to_vec();
+        match argv.iter_mut().find(|a| a.is_empty()) {
+            Some(slot) => *slot = &url,
+            None => argv.push(&url),
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flashpack"))
+            .arg("--quiet")
+            .args(&argv)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the flashpack binary");
+        // Until the command is waiting on the faulty server (a hang detector bounds it).
+        let started = Instant::now();
+        while server.requests().len() <= wait_for || server.gets() < wait_for {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{argv:?}: never got there"
+            );
+            assert!(child.try_wait().unwrap().is_none(), "{argv:?}: ended early");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(200)); // the signal watcher is up
+        let sent = Instant::now();
+        // SAFETY: a plain kill(2) of our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let o = child.wait_with_output().unwrap();
+        let took = sent.elapsed();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        eprintln!("SIGINT to exit, {}: {took:?}", argv[0]);
+        assert_eq!(o.status.code(), Some(130), "{argv:?}: {err}");
+        assert!(err.contains("interrupted by SIGINT"), "{err}");
+        assert!(took < Duration::from_secs(3), "{argv:?}: {took:?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

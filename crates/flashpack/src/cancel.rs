@@ -31,6 +31,15 @@ pub struct Cancel {
     inner: Arc<Inner>,
 }
 
+/// Two handles are equal when they are the same request (clones of one [`Cancel`]).
+impl PartialEq for Cancel {
+    fn eq(&self, other: &Cancel) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+impl Eq for Cancel {}
+
 #[derive(Debug, Default)]
 struct Inner {
     requested: AtomicBool,

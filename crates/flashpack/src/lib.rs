@@ -48,6 +48,7 @@ pub mod read;
 pub mod remote;
 mod settings;
 pub mod sink;
+pub mod warning;
 pub mod weights;
 pub mod write;
 

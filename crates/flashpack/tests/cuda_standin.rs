@@ -964,6 +964,7 @@ mod remote {
             connect_timeout: Duration::from_secs(2),
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_millis(100),
+            cancel: None,
         }
     }
 

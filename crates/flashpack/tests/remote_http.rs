@@ -18,7 +18,7 @@ use flashpack::weights::{Format, WeightFile};
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::{Dtype, Error};
 use nginx::nginx;
-use server::{Fault, Server};
+use server::{Fault, Server, Validators};
 
 /// Small parts and quick retries, so a few KiB make many parts and faults end fast.
 fn settings() -> RemoteSettings {
@@ -31,6 +31,7 @@ fn settings() -> RemoteSettings {
         connect_timeout: Duration::from_secs(2),
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
+        cancel: None,
     }
 }
 
@@ -776,4 +777,300 @@ mod checkpoints {
         // The part that failed, by the tensors it holds.
         assert!(msg.contains("(reading tensor"), "{msg}");
     }
+}
+
+// ---- Versions without a strong ETag: pinned by Last-Modified, compared on every response ----
+
+/// Warnings the engine gave that name `url` (the handler collects every test's warnings).
+fn warnings_about(url: &str) -> Vec<String> {
+    use std::sync::{Mutex, OnceLock};
+    static SEEN: OnceLock<std::sync::Arc<Mutex<Vec<String>>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(|| {
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        flashpack::warning::set_handler(Some(Box::new(move |m: &str| {
+            s.lock().unwrap().push(m.to_string())
+        })));
+        seen
+    });
+    let all = seen.lock().unwrap();
+    all.iter().filter(|m| m.contains(url)).cloned().collect()
+}
+
+#[test]
+fn last_modified_only_pins_the_version_and_a_replacement_is_an_error() {
+    let f = files();
+    for conditional in [true, false] {
+        for (bytes, name) in [
+            (&f.flashpack, "m.flashpack"),
+            (&f.safetensors, "m.safetensors"),
+        ] {
+            // Replaced (same size, a newer Last-Modified) after the index was read.
+            let server =
+                Server::start(bytes.clone(), Fault::ReplaceAfter(3)).with_validators(Validators {
+                    conditional,
+                    ..Validators::LAST_MODIFIED
+                });
+            let url = server.url(name);
+            let msg = remote_error(load(&url, false), &url, "changed while it was being read");
+            if !conditional {
+                // A server that ignores If-Unmodified-Since: the response's date gives it away.
+                assert!(msg.contains("Last-Modified"), "{msg}");
+            }
+            // Every data GET asked for the pinned date, none for an ETag.
+            let gets: Vec<_> = server
+                .requests()
+                .into_iter()
+                .filter(|r| r.method == "GET")
+                .collect();
+            assert!(gets.iter().all(|r| r.header("if-match").is_none()));
+            assert!(gets
+                .iter()
+                .all(|r| r.header("if-unmodified-since") == Some("Sun, 29 Nov 2026 12:00:00 GMT")));
+        }
+    }
+    // Unreplaced, the same server loads bit-exact.
+    let server = Server::start(f.safetensors.clone(), Fault::None)
+        .with_validators(Validators::LAST_MODIFIED);
+    assert_bit_exact(
+        &load(&server.url("m.safetensors"), false).unwrap(),
+        &f.tensors,
+    );
+}
+
+#[test]
+fn a_weak_etag_is_compared_on_every_response_never_sent_as_if_match() {
+    let f = files();
+    let weak = Validators {
+        etag: Some(true),
+        ..Validators::STRONG
+    };
+    let server = Server::start(f.safetensors.clone(), Fault::None).with_validators(weak);
+    let url = server.url("m.safetensors");
+    let file = WeightFile::open_url(&url, settings()).unwrap();
+    assert_eq!(file.remote().unwrap().etag(), Some("W/\"v1\""));
+    assert_eq!(
+        file.remote().unwrap().version_pin(),
+        flashpack::remote::VersionPin::Weak
+    );
+    assert_bit_exact(&file.load(&LoadOptions::default()).unwrap(), &f.tensors);
+    assert!(server
+        .requests()
+        .iter()
+        .all(|r| r.header("if-match").is_none()));
+    // Replaced, at a server that ignores the date condition: the weak ETag differs.
+    let server =
+        Server::start(f.safetensors.clone(), Fault::ReplaceAfter(3)).with_validators(Validators {
+            conditional: false,
+            ..weak
+        });
+    let url = server.url("m.safetensors");
+    let msg = remote_error(load(&url, false), &url, "changed while it was being read");
+    assert!(
+        msg.contains("W/\"v1\"") && msg.contains("W/\"v2\""),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_validator_that_differs_on_some_responses_is_an_error() {
+    let f = files();
+    for validators in [Validators::STRONG, Validators::LAST_MODIFIED] {
+        // Every third GET reports the other version's validators (same bytes).
+        let server = Server::start(f.safetensors.clone(), Fault::FlakyValidators(3))
+            .with_validators(Validators {
+                conditional: false,
+                ..validators
+            });
+        let url = server.url("m.safetensors");
+        remote_error(load(&url, false), &url, "changed while it was being read");
+    }
+}
+
+#[test]
+fn without_any_validator_a_load_warns_and_checks_flashpack_checksums() {
+    let f = files();
+    let _ = warnings_about(""); // installs the collecting handler before any open
+
+    // FlashPack: replaced after the index was read; verify not asked for, checked anyway.
+    let server = Server::start(f.flashpack.clone(), Fault::ReplaceAfter(3))
+        .with_validators(Validators::NONE);
+    let url = server.url("m.flashpack");
+    let file = WeightFile::open_url(&url, settings()).unwrap();
+    assert!(file.checks_by_default());
+    let Err(e) = file.load(&LoadOptions::default()) else {
+        panic!("{url}: a replaced object loaded")
+    };
+    let msg = e.to_string();
+    assert!(msg.starts_with(&url) && msg.contains("checksum"), "{msg}");
+    let warned = warnings_about(&url);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(warned[0].contains("no ETag or Last-Modified"), "{warned:?}");
+    // Unreplaced, it loads bit-exact (the checks pass).
+    let server = Server::start(f.flashpack.clone(), Fault::None).with_validators(Validators::NONE);
+    assert_bit_exact(
+        &load(&server.url("m.flashpack"), false).unwrap(),
+        &f.tensors,
+    );
+    // safetensors: nothing to check with; the warning says so.
+    let server =
+        Server::start(f.safetensors.clone(), Fault::None).with_validators(Validators::NONE);
+    let url = server.url("m.safetensors");
+    assert_bit_exact(&load(&url, false).unwrap(), &f.tensors);
+    let warned = warnings_about(&url);
+    assert!(
+        warned.len() == 1 && warned[0].contains("no checksums"),
+        "{warned:?}"
+    );
+    // A server with a strong ETag: no warning, no default checks.
+    let server = Server::start(f.flashpack.clone(), Fault::None);
+    let url = server.url("m.flashpack");
+    assert!(!WeightFile::open_url(&url, settings())
+        .unwrap()
+        .checks_by_default());
+    assert!(warnings_about(&url).is_empty());
+}
+
+/// Last-Modified has one-second resolution: a replacement within the same second is invisible
+/// to it. A FlashPack file pinned only by it is checked against its checksums by default, so
+/// the replacement is still an error (a safetensors file has no such check: documented).
+#[test]
+fn a_replacement_within_the_same_second_is_caught_by_flashpack_checksums() {
+    let f = files();
+    let server =
+        Server::start(f.flashpack.clone(), Fault::ReplaceAfter(3)).with_validators(Validators {
+            same_second: true,
+            ..Validators::LAST_MODIFIED
+        });
+    let url = server.url("m.flashpack");
+    let Err(e) = load(&url, false) else {
+        panic!("{url}: a replaced object loaded")
+    };
+    let e = e.to_string();
+    assert!(e.starts_with(&url) && e.contains("checksum"), "{e}");
+}
+
+// ---- Cancellation: within about a second in every phase ----
+
+/// Generous for a busy machine; the aim is well under a second.
+const CANCEL_BOUND: Duration = Duration::from_secs(3);
+
+/// Runs `work` while another thread cancels `cancel` once `when` returns true (polled every
+/// 10 ms); returns the result and how long `work` took to return after the cancel.
+fn cancelled_after<T>(
+    cancel: &flashpack::cancel::Cancel,
+    when: impl Fn() -> bool + Send + Sync,
+    work: impl FnOnce() -> flashpack::Result<T>,
+) -> (flashpack::Result<T>, Duration) {
+    let at = std::sync::Mutex::new(None);
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            let start = Instant::now();
+            while !when() && start.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            *at.lock().unwrap() = Some(Instant::now());
+            cancel.cancel();
+        });
+        work()
+    });
+    let at = at.lock().unwrap().expect("the cancel was sent");
+    (out, at.elapsed())
+}
+
+fn assert_cancelled<T>(r: flashpack::Result<T>, url: &str, took: Duration, phase: &str) {
+    eprintln!("cancel latency, {phase}: {took:?}");
+    match r {
+        Err(Error::Cancelled { path }) => assert_eq!(path.to_str(), Some(url)),
+        Err(e) => panic!("{phase}: not a cancellation: {e}"),
+        Ok(_) => panic!("{phase}: finished despite the cancel"),
+    }
+    assert!(took < CANCEL_BOUND, "{phase}: {took:?} after the cancel");
+}
+
+/// After a cancelled load, the next one in the process works.
+fn next_load_works(f: &Files) {
+    let server = Server::start(f.safetensors.clone(), Fault::None);
+    assert_bit_exact(
+        &load(&server.url("m.safetensors"), false).unwrap(),
+        &f.tensors,
+    );
+}
+
+#[test]
+fn a_cancel_stops_an_open_at_a_silent_server() {
+    let f = files();
+    let server = Server::start(f.flashpack.clone(), Fault::Silent);
+    let url = server.url("m.flashpack");
+    let cancel = flashpack::cancel::Cancel::new();
+    let s = settings().with_cancel(Some(cancel.clone()));
+    let t = Instant::now();
+    let (r, took) = cancelled_after(
+        &cancel,
+        || t.elapsed() > Duration::from_millis(300),
+        || WeightFile::open_url(&url, s),
+    );
+    assert_cancelled(r, &url, took, "open (HEAD unanswered)");
+    assert_eq!(server.gets(), 0, "the open got past its HEAD");
+    // The index GETs: the HEAD and the first GET (the trailer) answered, the footer's not.
+    let server = Server::start(f.flashpack.clone(), Fault::Silent).with_fault_after(1);
+    let url = server.url("m.flashpack");
+    let s = settings().with_cancel(Some(flashpack::cancel::Cancel::new()));
+    let cancel = s.cancel.clone().unwrap();
+    let (r, took) = cancelled_after(
+        &cancel,
+        || server.gets() >= 2,
+        || flashpack::checkpoint::Checkpoint::open_url(&url, s),
+    );
+    assert_cancelled(r, &url, took, "checkpoint open");
+    next_load_works(&f);
+}
+
+#[test]
+fn a_cancel_stops_a_load_of_slow_parts_and_a_stalled_server() {
+    let f = files();
+    for (fault, phase) in [
+        (Fault::Slow(2000), "reading parts slowly"),
+        (Fault::Stall, "stalled server"),
+    ] {
+        // The index is read normally (three GETs); every data GET after it is slow or stalls.
+        let server = Server::start(f.safetensors.clone(), fault).with_fault_after(3);
+        let url = server.url("m.safetensors");
+        let file = WeightFile::open_url(&url, settings()).unwrap();
+        let cancel = flashpack::cancel::Cancel::new();
+        let opts = LoadOptions {
+            cancel: Some(cancel.clone()),
+            ..Default::default()
+        };
+        let (r, took) = cancelled_after(&cancel, || server.gets() >= 5, || file.load(&opts));
+        assert_cancelled(r, &url, took, phase);
+    }
+    next_load_works(&f);
+}
+
+#[test]
+fn a_cancel_stops_a_load_during_back_off_and_no_retry_starts() {
+    let f = files();
+    // Opening a safetensors file takes three GETs (tail, header length, header).
+    let server = Server::start(f.safetensors.clone(), Fault::Unavailable(100)).with_fault_after(3);
+    let url = server.url("m.safetensors");
+    // Long back-off: the cancel comes while every reader waits to retry.
+    let s = RemoteSettings {
+        initial_backoff: Duration::from_secs(4),
+        max_backoff: Duration::from_secs(8),
+        ..settings()
+    };
+    let file = WeightFile::open_url(&url, s).unwrap();
+    let cancel = flashpack::cancel::Cancel::new();
+    let opts = LoadOptions {
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
+    let (r, took) = cancelled_after(&cancel, || server.gets() >= 5, || file.load(&opts));
+    assert_cancelled(r, &url, took, "back-off");
+    let gets = server.gets();
+    // Past the back-off the retries would have come after.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(server.gets(), gets, "a retry started after the cancel");
+    next_load_works(&f);
 }

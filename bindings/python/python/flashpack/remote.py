@@ -5,7 +5,9 @@ The engine recognises them (``_core.is_remote``) and reads them: an open fetches
 (a FlashPack footer, a safetensors header) with ranged GETs; a load fetches the tensors' bytes
 with parallel ranged GETs into owned host memory (a URL is never mapped: CPU loads from a URL are
 eager), or through the pinned staging pool straight into CUDA memory (never the whole file in
-host memory). The object's size and ETag are pinned at open. Settings: the
+host memory). The object's size and version (ETag, else Last-Modified) are pinned at open: a
+replaced object is an error, and a server with neither gets a RuntimeWarning naming the URL;
+Ctrl-C stops any phase within about a second. Settings: the
 ``FLASHPACK_REMOTE_*`` variables; S3 takes the AWS configuration (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ...), the Hub ``HF_ENDPOINT`` and ``HF_TOKEN``.
 

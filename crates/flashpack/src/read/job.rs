@@ -91,33 +91,26 @@ impl JobPlan {
     /// `DIRECT_ALIGN` grid of its file, so up to 4095 bytes before a span are read too.
     /// A piece outside its file's tensor data is an error naming the file.
     pub fn new(files: &[&WeightFile], pieces: &[Piece]) -> Result<JobPlan> {
-        Self::plan(files, pieces, vec![None; files.len()])
+        // A remote FlashPack file whose version is not pinned by a strong ETag is checked
+        // against its checksums on every load (see `WeightFile::checks_by_default`).
+        let grids = files
+            .iter()
+            .map(|f| match f.checks_by_default() {
+                true => grid(f).map(Some),
+                false => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Self::plan(files, pieces, grids)
     }
 
     /// As [`new`](Self::new), for a load that checks the FlashPack checksums (`opts.verify`):
     /// the spans of each file grow to whole checksum chunks. A file that has no checksums
     /// (or is a safetensors file) is an error naming it, as for a verified load of one file.
     pub fn verified(files: &[&WeightFile], pieces: &[Piece]) -> Result<JobPlan> {
-        let mut grids = Vec::with_capacity(files.len());
-        for f in files {
-            let footer = match (f.format(), f.footer()) {
-                (Format::FlashPack, Some(footer)) => footer,
-                _ => return Err(no_checksums(f.path())),
-            };
-            let (_, payload_len) = f.data_range();
-            let v = footer_verifier(f.path(), footer, payload_len)?;
-            // On the checksum grid and the O_DIRECT one.
-            let grid = lcm(v.checksums.chunk_bytes.max(1), DIRECT_ALIGN)
-                .filter(|&g| g <= MAX_GRAIN as u64)
-                .ok_or_else(|| {
-                    Error::Unsupported(format!(
-                        "{}: checksum chunks of {} bytes are too large to read whole",
-                        f.path().display(),
-                        v.checksums.chunk_bytes
-                    ))
-                })?;
-            grids.push(Some(grid));
-        }
+        let grids = files
+            .iter()
+            .map(|f| grid(f).map(Some))
+            .collect::<Result<_>>()?;
         Self::plan(files, pieces, grids)
     }
 
@@ -451,11 +444,12 @@ pub(crate) fn read_device<D: Device>(
     let (sources, threads, chunks) = sources(&datas, &verifiers, plan, opts);
     // One staging buffer size for every file: the largest chunk any file reads, fitted to the
     // pool (on every verified file's checksum grid), each file's chunks no larger.
-    let grain = if opts.verify {
+    let grain = if verifiers.iter().any(Option::is_some) {
         plan.grids
             .iter()
-            .flatten()
-            .try_fold(DIRECT_ALIGN, |g, &c| lcm(g, c))
+            .zip(&verifiers)
+            .filter_map(|(g, v)| v.as_ref().and(*g))
+            .try_fold(DIRECT_ALIGN, lcm)
             .filter(|&g| g <= MAX_GRAIN as u64)
             .ok_or_else(|| {
                 Error::Unsupported(
@@ -485,6 +479,26 @@ pub(crate) fn read_device<D: Device>(
     Ok(report)
 }
 
+/// The grid a verified read of `f` is cut on: its checksum chunks and the `O_DIRECT` alignment.
+/// A file without checksums (or a safetensors file) is an error naming it.
+fn grid(f: &WeightFile) -> Result<u64> {
+    let footer = match (f.format(), f.footer()) {
+        (Format::FlashPack, Some(footer)) => footer,
+        _ => return Err(no_checksums(f.path())),
+    };
+    let (_, payload_len) = f.data_range();
+    let v = footer_verifier(f.path(), footer, payload_len)?;
+    lcm(v.checksums.chunk_bytes.max(1), DIRECT_ALIGN)
+        .filter(|&g| g <= MAX_GRAIN as u64)
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "{}: checksum chunks of {} bytes are too large to read whole",
+                f.path().display(),
+                v.checksums.chunk_bytes
+            ))
+        })
+}
+
 /// The largest checksum grid a device job reads on (its staging buffers are multiples of it).
 const MAX_GRAIN: usize = 1 << 30;
 
@@ -501,14 +515,24 @@ fn lcm(a: u64, b: u64) -> Option<u64> {
 }
 
 /// Per file, its checksum verifier when the load verifies (`opts.verify`, which needs a plan
-/// made by [`JobPlan::verified`]).
+/// made by [`JobPlan::verified`]), or, without `opts.verify`, for each file checked by default
+/// (a remote FlashPack file not pinned by a strong ETag, its plan cut on its checksum grid).
 fn verifiers<'a>(
     files: &[&'a WeightFile],
     plan: &JobPlan,
     opts: &LoadOptions,
 ) -> Result<Vec<Option<Verifier<'a>>>> {
     if !opts.verify {
-        return Ok(files.iter().map(|_| None).collect());
+        return files
+            .iter()
+            .zip(&plan.grids)
+            .map(|(f, g)| match (f.checks_by_default(), g, f.footer()) {
+                (true, Some(_), Some(footer)) => {
+                    footer_verifier(f.path(), footer, f.data_range().1).map(Some)
+                }
+                _ => Ok(None),
+            })
+            .collect();
     }
     if plan.grids.iter().any(Option::is_none) {
         return Err(Error::Invalid(

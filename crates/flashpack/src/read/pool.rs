@@ -7,8 +7,9 @@
 //! Each thread checks the source's [`Cancel`] before each chunk and between the [`READ_PIECE`]
 //! reads a chunk is made of, so a cancelled load stops after at most one piece per thread.
 //! A remote source (feature `remote`) reads each item with one ranged GET of its pinned object
-//! (retried and resumed by the client) into the same sinks; cancellation is checked between
-//! items, and a failed part's error names the URL and the tensors it holds.
+//! (retried and resumed by the client) into the same sinks; a cancellation drops the requests
+//! in flight, their retries and back-off waits at once (see [`crate::remote::RemoteFile`]), and
+//! a failed part's error names the URL and the tensors it holds.
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -354,7 +355,7 @@ impl Pool<'_, '_> {
                 deadline,
                 names,
             } => {
-                file.read_until(dst, it.file_offset, *deadline)
+                file.read_until(dst, it.file_offset, *deadline, src.cancel)
                     .map_err(|e| {
                         let end = it.file_offset + dst.len() as u64;
                         let what = names.describe(it.file_offset, end);

@@ -37,8 +37,9 @@ pub enum RemoteError {
         #[source]
         source: Option<BoxError>,
     },
-    /// The object changed after it was opened (its size or ETag differ, or the server answered
-    /// 412 to the pinned ETag): the load stops rather than mix two versions.
+    /// The object changed after it was opened (its size or validators differ, or the server
+    /// answered 412 to the pinned ETag or Last-Modified): the load stops rather than mix two
+    /// versions.
     #[error("the object changed while it was being read: {0}")]
     Changed(String),
     /// The server's answer does not match the request (a range, a length, a missing size).

@@ -3,8 +3,12 @@
 //! into memory, with no copy on local disk.
 //!
 //! An object is pinned when it is opened (`RemoteFile`, built with the `remote` feature: its size
-//! and ETag; every later read asks for that ETag and checks what the server reports, so a
-//! replaced object is an error, never a mix of versions). A weight file's index comes from small ranged GETs only (a
+//! and what the server offers to tell versions apart: a strong ETag asked for with `If-Match`,
+//! else its Last-Modified asked for with `If-Unmodified-Since`; every response's size and
+//! validators are compared with the pinned ones, so a replaced object is an error, never a mix
+//! of versions; `VersionPin` says what one-second time stamps and servers without validators
+//! leave open). A [`Cancel`](crate::cancel::Cancel) (in [`RemoteSettings::cancel`] or a load's
+//! options) drops the requests in flight, their retries and back-off waits within 20 ms. A weight file's index comes from small ranged GETs only (a
 //! FlashPack trailer and footer, a safetensors header: what `inspect` needs), its tensors from
 //! parallel ranged GETs ([`RemoteSettings`]: concurrency, part size, retries, time bounds) into
 //! the same sinks local reads fill. Retries with backoff on 5xx answers, resets and timeouts
@@ -43,6 +47,6 @@ pub(crate) mod weights;
 
 pub use error::RemoteError;
 #[cfg(feature = "remote")]
-pub use object::RemoteFile;
+pub use object::{RemoteFile, VersionPin};
 pub use settings::RemoteSettings;
 pub use url::{is_remote, RemoteUrl, Scheme, DEFAULT_HF_ENDPOINT};

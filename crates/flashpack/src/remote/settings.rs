@@ -1,4 +1,4 @@
-//! How remote reads behave: parallelism, part size, retries and time bounds. Read from the
+//! How remote reads behave: parallelism, part size, retries, back-off and time bounds. Read from the
 //! environment by [`RemoteSettings::from_env`] (each call reads it afresh).
 //!
 //! | variable | meaning | default |
@@ -8,6 +8,8 @@
 //! | `FLASHPACK_REMOTE_RETRIES` | retries of one request (5xx, reset, timeout) | 8 |
 //! | `FLASHPACK_REMOTE_TIMEOUT_SECS` | bound on one whole open or load | 3600 |
 //! | `FLASHPACK_REMOTE_REQUEST_TIMEOUT_SECS` | bound on one request (retried when hit) | 120 |
+//! | `FLASHPACK_REMOTE_INITIAL_BACKOFF_MS` | first wait before a retry | 100 |
+//! | `FLASHPACK_REMOTE_MAX_BACKOFF_MS` | longest wait before a retry | 5000 |
 //!
 //! ```
 //! use flashpack::remote::RemoteSettings;
@@ -16,6 +18,7 @@
 //! ```
 use std::time::Duration;
 
+use crate::cancel::Cancel;
 use crate::{Error, Result};
 
 /// Remote read settings (see the module documentation for the variables and defaults).
@@ -35,11 +38,21 @@ pub struct RemoteSettings {
     pub request_timeout: Duration,
     /// Bound on connecting to the server.
     pub connect_timeout: Duration,
-    /// First backoff between retries (doubling up to `max_backoff`).
+    /// First backoff between retries (each later one drawn at random up to twice the one
+    /// before, at most `max_backoff`).
     pub initial_backoff: Duration,
     /// The longest wait between two retries.
     pub max_backoff: Duration,
+    /// Stops every open and read of objects opened with these settings once cancelled (a
+    /// Ctrl-C handler's): the requests in flight, their retries and back-off waits are dropped
+    /// within 20 ms and the call returns [`Error::Cancelled`] naming the URL. A load
+    /// also stops for its own [`LoadOptions::cancel`](crate::read::LoadOptions::cancel).
+    pub cancel: Option<Cancel>,
 }
+
+/// How often a remote request in flight looks at its [`Cancel`]s.
+#[cfg(feature = "remote")]
+pub(crate) const CANCEL_POLL: Duration = Duration::from_millis(20);
 
 impl Default for RemoteSettings {
     fn default() -> Self {
@@ -52,13 +65,14 @@ impl Default for RemoteSettings {
             connect_timeout: Duration::from_secs(10),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            cancel: None,
         }
     }
 }
 
 impl RemoteSettings {
     /// The defaults, overridden by the `FLASHPACK_REMOTE_*` variables that are set; a variable
-    /// that is not a positive whole number is an error naming it.
+    /// that is not a positive whole number is an error naming it. No [`cancel`](Self::cancel).
     pub fn from_env() -> Result<RemoteSettings> {
         let d = RemoteSettings::default();
         // Clamped to a year, so a deadline of `Instant::now() + timeout` cannot overflow.
@@ -66,14 +80,26 @@ impl RemoteSettings {
         let secs = |name, default: Duration| -> Result<Duration> {
             Ok(number(name)?.map_or(default, |n| Duration::from_secs((n as u64).min(MAX_SECS))))
         };
+        let millis = |name, default: Duration| -> Result<Duration> {
+            Ok(number(name)?.map_or(default, |n| {
+                Duration::from_millis((n as u64).min(MAX_SECS * 1000))
+            }))
+        };
         Ok(RemoteSettings {
             concurrency: number("FLASHPACK_REMOTE_CONCURRENCY")?.unwrap_or(d.concurrency),
             part_bytes: number("FLASHPACK_REMOTE_PART_BYTES")?.unwrap_or(d.part_bytes),
             retries: number("FLASHPACK_REMOTE_RETRIES")?.unwrap_or(d.retries),
             timeout: secs("FLASHPACK_REMOTE_TIMEOUT_SECS", d.timeout)?,
             request_timeout: secs("FLASHPACK_REMOTE_REQUEST_TIMEOUT_SECS", d.request_timeout)?,
+            initial_backoff: millis("FLASHPACK_REMOTE_INITIAL_BACKOFF_MS", d.initial_backoff)?,
+            max_backoff: millis("FLASHPACK_REMOTE_MAX_BACKOFF_MS", d.max_backoff)?,
             ..d
         })
+    }
+
+    /// These settings, stopped by `cancel` (see [`cancel`](Self::cancel)).
+    pub fn with_cancel(self, cancel: Option<Cancel>) -> RemoteSettings {
+        RemoteSettings { cancel, ..self }
     }
 }
 
@@ -98,7 +124,7 @@ mod tests {
 
     #[test]
     fn variables_override_defaults_or_say_what_is_wrong() {
-        // A variable no other test sets.
+        // Variables no other test sets.
         let name = "FLASHPACK_REMOTE_PART_BYTES";
         std::env::set_var(name, " 4096 ");
         assert_eq!(RemoteSettings::from_env().unwrap().part_bytes, 4096);
@@ -108,6 +134,14 @@ mod tests {
             assert!(e.contains(name) && e.contains(bad), "{e}");
         }
         std::env::remove_var(name);
+        // The back-off variables are milliseconds.
+        std::env::set_var("FLASHPACK_REMOTE_INITIAL_BACKOFF_MS", "250");
+        std::env::set_var("FLASHPACK_REMOTE_MAX_BACKOFF_MS", "30000");
+        let s = RemoteSettings::from_env().unwrap();
+        assert_eq!(s.initial_backoff, Duration::from_millis(250));
+        assert_eq!(s.max_backoff, Duration::from_secs(30));
+        std::env::remove_var("FLASHPACK_REMOTE_INITIAL_BACKOFF_MS");
+        std::env::remove_var("FLASHPACK_REMOTE_MAX_BACKOFF_MS");
         assert_eq!(
             RemoteSettings::from_env().unwrap(),
             RemoteSettings::default()

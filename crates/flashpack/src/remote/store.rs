@@ -8,6 +8,7 @@
 //! exponential backoff are the store's: 5xx answers, resets and timeouts, a body cut short
 //! resumed from the last byte received with its `Content-Range` checked.
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::http::HttpBuilder;
@@ -50,10 +51,13 @@ fn install_tls_provider() {
 
 /// The store holding `url`'s object, and the object's path in it.
 pub(crate) fn open_store(url: &RemoteUrl, settings: &RemoteSettings) -> Result<Store, RemoteError> {
+    // The store draws each wait from [init, 2 x the previous one], capped at the max: an empty
+    // range (a zero init, or a max under half the init) would panic there.
+    let init_backoff = settings.initial_backoff.max(Duration::from_millis(1));
     let retry = RetryConfig {
         backoff: BackoffConfig {
-            init_backoff: settings.initial_backoff,
-            max_backoff: settings.max_backoff,
+            init_backoff,
+            max_backoff: settings.max_backoff.max(init_backoff),
             base: 2.0,
         },
         max_retries: settings.retries,

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::RemoteFile;
+use super::{RemoteFile, VersionPin};
 use crate::format::{footer_span, MAGIC, TRAILER_LEN};
 use crate::weights::{explain_bad_entry, stored_dtype, TensorInfo};
 use crate::{Error, Footer, Result, SafetensorsError};
@@ -37,17 +37,24 @@ pub(crate) struct RemoteSource {
 }
 
 impl RemoteSource {
-    /// Reads `file`'s index: at most three small ranged GETs, never the tensors.
+    /// Reads `file`'s index: at most three small ranged GETs, never the tensors. A server that
+    /// offers no validator to pin the version by gets a warning naming the URL (see
+    /// [`crate::warning`]).
     pub fn open(file: RemoteFile) -> Result<(RemoteSource, Vec<TensorInfo>)> {
         let size = file.len();
         let mut tail = [0u8; TRAILER_LEN as usize];
         if size >= TRAILER_LEN {
             file.read_exact_at(&mut tail, size - TRAILER_LEN)?;
         }
-        if size >= TRAILER_LEN && &tail[8..] == MAGIC {
-            return open_flashpack(file, tail);
+        let opened = if size >= TRAILER_LEN && &tail[8..] == MAGIC {
+            open_flashpack(file, tail)?
+        } else {
+            open_safetensors(file)?
+        };
+        if opened.0.file.version_pin() == VersionPin::None {
+            crate::warning::warn(&unpinned_warning(&opened.0));
         }
-        open_safetensors(file)
+        Ok(opened)
     }
 
     /// Object bytes `[start, end)` that hold every tensor.
@@ -57,6 +64,28 @@ impl RemoteSource {
             RemoteIndex::Safetensors { data_start, .. } => (*data_start, self.file.len()),
         }
     }
+}
+
+/// The warning for an object whose server sends neither an ETag nor a Last-Modified.
+fn unpinned_warning(source: &RemoteSource) -> String {
+    let checked = match &source.index {
+        RemoteIndex::Flash { footer, .. } if footer.checksums.is_some() => {
+            "its FlashPack checksums are checked as the parts arrive, so a replaced object is \
+             an error"
+        }
+        RemoteIndex::Flash { .. } => {
+            "the file has no checksums either: a replacement of the same size would go unnoticed"
+        }
+        RemoteIndex::Safetensors { .. } => {
+            "a safetensors file has no checksums: a replacement of the same size would go \
+             unnoticed"
+        }
+    };
+    format!(
+        "{}: the server sends no ETag or Last-Modified, so a change of the object during a \
+         load cannot be seen from its version; {checked}",
+        source.file.url()
+    )
 }
 
 fn open_flashpack(

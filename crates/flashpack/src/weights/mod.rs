@@ -179,6 +179,22 @@ impl WeightFile {
         }
     }
 
+    /// True for a remote FlashPack file with checksums whose server offers no strong ETag to
+    /// pin its version by (only a Last-Modified of one-second resolution, a weak ETag, or
+    /// nothing): every load checks its checksums as the parts arrive, `verify` or not, so a
+    /// replacement the validators cannot see is still an error, never a mix of versions.
+    pub fn checks_by_default(&self) -> bool {
+        #[cfg(feature = "remote")]
+        if let Inner::Remote(r) = &self.inner {
+            let has_checksums = self
+                .footer()
+                .and_then(|f| f.checksums.as_ref())
+                .is_some_and(|c| c.is_supported());
+            return has_checksums && r.file.version_pin() != crate::remote::VersionPin::ETag;
+        }
+        false
+    }
+
     /// The pinned remote object (size, ETag, settings), for a remote file.
     #[cfg(feature = "remote")]
     pub fn remote(&self) -> Option<&crate::remote::RemoteFile> {

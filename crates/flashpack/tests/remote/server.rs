@@ -26,6 +26,62 @@ pub enum Fault {
     /// Every GET: the headers and a few bytes of the body, then nothing (the connection is
     /// held open for a minute).
     Stall,
+    /// Every request (HEAD too): no answer at all, the connection held open for a minute.
+    Silent,
+    /// Every GET: the body at about this many bytes a second.
+    Slow(usize),
+    /// Every `n`-th GET reports the other version's validators (ETag, Last-Modified) with this
+    /// version's bytes, as a load balancer in front of servers that disagree would.
+    FlakyValidators(usize),
+}
+
+/// Which validators the server sends, and whether it honours conditional requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validators {
+    /// An ETag: `Some(false)` strong (`"v1"`), `Some(true)` weak (`W/"v1"`), `None` none.
+    pub etag: Option<bool>,
+    /// A Last-Modified (one second later for each new version, unless `same_second`).
+    pub last_modified: bool,
+    /// A replacement keeps the original's Last-Modified second.
+    pub same_second: bool,
+    /// `If-Match` and `If-Unmodified-Since` are honoured (412); else ignored, as many static
+    /// servers do.
+    pub conditional: bool,
+}
+
+impl Validators {
+    /// As nginx and S3: a strong ETag and a Last-Modified, conditions honoured.
+    pub const STRONG: Validators = Validators {
+        etag: Some(false),
+        last_modified: true,
+        same_second: false,
+        conditional: true,
+    };
+    /// No ETag, only a Last-Modified (conditions honoured).
+    pub const LAST_MODIFIED: Validators = Validators {
+        etag: None,
+        ..Validators::STRONG
+    };
+    /// No validator at all.
+    pub const NONE: Validators = Validators {
+        etag: None,
+        last_modified: false,
+        ..Validators::STRONG
+    };
+}
+
+/// The `Last-Modified` of `version` (1, 2, ...) under `v`.
+fn last_modified(v: &Validators, version: u32) -> String {
+    let s = if v.same_second { 0 } else { version - 1 };
+    format!("Sun, 29 Nov 2026 12:00:{s:02} GMT")
+}
+
+/// The `ETag` of `version` under `v`, if it sends one.
+fn etag_of(v: &Validators, version: u32) -> Option<String> {
+    v.etag.map(|weak| match weak {
+        true => format!("W/\"v{version}\""),
+        false => format!("\"v{version}\""),
+    })
 }
 
 /// One request as the server saw it.
@@ -50,7 +106,11 @@ impl Request {
 
 struct State {
     body: Vec<u8>,
-    etag: String,
+    /// The object's version: 1, then 2 once replaced.
+    version: u32,
+    validators: Validators,
+    /// Faults apply to GETs after this many.
+    fault_after: usize,
     fault: Fault,
     gets: usize,
     /// Answer requests outside `/cdn/` with a 302 to `/cdn/<path>` (as the Hub does).
@@ -99,7 +159,9 @@ impl Server {
         let port = listener.local_addr().expect("local addr").port();
         let state = Arc::new(Mutex::new(State {
             body,
-            etag: "\"v1\"".into(),
+            version: 1,
+            validators: Validators::STRONG,
+            fault_after: 0,
             fault,
             gets: 0,
             redirect,
@@ -115,6 +177,18 @@ impl Server {
             }
         });
         Server { port, state }
+    }
+
+    /// Sends `validators` (set before the first request).
+    pub fn with_validators(self, validators: Validators) -> Server {
+        self.state.lock().unwrap().validators = validators;
+        self
+    }
+
+    /// The fault starts after `n` GETs (set before the first request).
+    pub fn with_fault_after(self, n: usize) -> Server {
+        self.state.lock().unwrap().fault_after = n;
+        self
     }
 
     pub fn url(&self, name: &str) -> String {
@@ -162,6 +236,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         })
     };
     let (range, if_match) = (header("range"), header("if-match"));
+    let if_unmodified = header("if-unmodified-since");
     let mut st = state.lock().unwrap();
     let headers = head
         .iter()
@@ -198,7 +273,28 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     if method == "GET" {
         st.gets += 1;
     }
-    let (len, etag) = (st.body.len() as u64, st.etag.clone());
+    // A GET after the first `fault_after` ones has the fault; a HEAD only when it starts at once.
+    let faulty = match method.as_str() {
+        "GET" => st.gets > st.fault_after,
+        _ => st.fault_after == 0,
+    };
+    if faulty && st.fault == Fault::Silent {
+        drop(st);
+        std::thread::sleep(std::time::Duration::from_secs(60));
+        return;
+    }
+    let v = st.validators;
+    let len = st.body.len() as u64;
+    let validators = |version: u32| {
+        let mut h = Vec::new();
+        if let Some(e) = etag_of(&v, version) {
+            h.push(format!("ETag: {e}"));
+        }
+        if v.last_modified {
+            h.push(format!("Last-Modified: {}", last_modified(&v, version)));
+        }
+        h
+    };
     if st.fault == Fault::Forbidden {
         return reply(
             &mut conn,
@@ -208,12 +304,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         );
     }
     if method == "HEAD" {
-        let h = [
+        let mut h = vec![
             format!("Content-Length: {len}"),
-            format!("ETag: {etag}"),
             "Accept-Ranges: bytes".into(),
-            "Last-Modified: Sun, 29 Nov 2026 12:00:00 GMT".into(),
         ];
+        h.extend(validators(st.version));
         return reply(&mut conn, "200 OK", &h, b"");
     }
     if method != "GET" {
@@ -225,6 +320,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         );
     }
     match st.fault {
+        _ if !faulty => {}
         Fault::Unavailable(n) if n > 0 => {
             st.fault = Fault::Unavailable(n - 1);
             return reply(
@@ -236,13 +332,21 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         }
         Fault::ReplaceAfter(n) if st.gets > n => {
             st.body.iter_mut().for_each(|b| *b = b.wrapping_add(1));
-            st.etag = "\"v2\"".into();
+            st.version = 2;
             st.fault = Fault::None;
         }
         _ => {}
     }
-    let etag = st.etag.clone();
-    if if_match.as_deref().is_some_and(|m| m != etag && m != "*") {
+    // If-Match compares strongly: a weak ETag never matches (RFC 9110, 13.1.1).
+    let etag = etag_of(&v, st.version).filter(|e| !e.starts_with("W/"));
+    let mismatch = if_match
+        .as_deref()
+        .is_some_and(|m| m != "*" && Some(m) != etag.as_deref());
+    // If-Unmodified-Since: one of the dates this server sent, older than the current one.
+    let newer = if_unmodified.as_deref().is_some_and(|d| {
+        (1..st.version).any(|old| last_modified(&v, old) == d) && last_modified(&v, st.version) != d
+    });
+    if v.conditional && (mismatch || newer) {
         return reply(
             &mut conn,
             "412 Precondition Failed",
@@ -255,7 +359,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
         None => (0, len - 1),
     };
     let body = st.body[start as usize..=end as usize].to_vec();
-    let fault = st.fault;
+    let fault = if faulty { st.fault } else { Fault::None };
+    let shown_version = match fault {
+        Fault::FlakyValidators(n) if st.gets % n == 0 => 3 - st.version,
+        _ => st.version,
+    };
     let sent = match fault {
         Fault::DropMidBody(n) if n > 0 => body.len() / 2,
         Fault::Truncate => body.len() / 2,
@@ -274,12 +382,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
     } else {
         (start, end)
     };
-    let h = [
+    let mut h = vec![
         format!("Content-Length: {}", body.len()),
         format!("Content-Range: bytes {}-{}/{len}", shown.0, shown.1),
-        format!("ETag: {etag}"),
-        "Last-Modified: Sun, 29 Nov 2026 12:00:00 GMT".into(),
     ];
+    h.extend(validators(shown_version));
     match fault {
         Fault::DropMidBody(n) if n > 0 => {
             reply(
@@ -299,6 +406,16 @@ fn serve(conn: TcpStream, state: &Mutex<State>) {
             reply(&mut conn, "206 Partial Content", &h, &body[..sent]);
             let _ = conn.flush();
             std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+        Fault::Slow(rate) => {
+            reply(&mut conn, "206 Partial Content", &h, b"");
+            // In tenths of a second: `rate / 10` bytes each.
+            for piece in body.chunks((rate / 10).max(1)) {
+                if conn.write_all(piece).and_then(|()| conn.flush()).is_err() {
+                    return; // the client went away
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
         }
         _ => reply(&mut conn, "206 Partial Content", &h, &body),
     }
