@@ -45,9 +45,10 @@ def make_model(folder: Path, seed: int, intermediate_size: int = 256) -> None:
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: k + 3 for k, w in enumerate(WORDS)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>").save_pretrained(
-        folder
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
     )
+    fast.save_pretrained(folder)
     config = LlamaConfig(
         vocab_size=len(vocab),
         hidden_size=128,
@@ -59,7 +60,7 @@ def make_model(folder: Path, seed: int, intermediate_size: int = 256) -> None:
         tie_word_embeddings=False,
         bos_token_id=1,
         eos_token_id=2,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
@@ -139,7 +140,7 @@ def good(folders: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     """Greedy ids of: 0 vLLM's default loader; 1 flashpack on the safetensors shards (saving a
     restart); 2 the multi-file FlashPack folder; 3 model.flashpack (verified); 4 the restart
     save (verified); 5 the perturbed model."""
-    jobs = [
+    jobs: list[dict[str, Any]] = [
         {"model": str(folders["st"]), "load_format": "auto"},
         {
             "model": str(folders["st"]),

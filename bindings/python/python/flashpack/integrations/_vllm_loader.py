@@ -49,7 +49,8 @@ from ..settings import reader_options
 from ..version import __version__ as flashpack_version
 from ._checkpoint import TRANSFORMERS_NAMES, find_weights
 
-logger = init_logger(__name__)
+# Under vLLM's logger namespace, so its handler prints these lines (in its format) as it prints its own.
+logger = init_logger("vllm.model_executor.model_loader.flashpack")
 
 # Options of --model-loader-extra-config, with their types.
 _COMMON_OPTIONS: dict[str, type | tuple[type, ...]] = {
