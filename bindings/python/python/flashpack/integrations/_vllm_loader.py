@@ -379,7 +379,7 @@ class FlashPackRestartLoader(BaseModelLoader):  # type: ignore[misc]
             if len(cuda) != len(targets) or len({t.device for t in cuda}) != 1:
                 raise ValueError(f"{handle.path}: the model's parameters are on several devices")
             pieces, seen = [], set()
-            for e, t in zip(entries, targets):
+            for e, t in zip(entries, targets, strict=True):
                 if not t.is_contiguous() or t.nbytes != e.nbytes:
                     raise ValueError(f"{handle.path}: parameter {e.name} is not one contiguous tensor of its size")
                 if t.data_ptr() in seen or e.nbytes == 0:
@@ -392,5 +392,5 @@ class FlashPackRestartLoader(BaseModelLoader):  # type: ignore[misc]
             return
         memory = handle.map()
         with torch.no_grad():
-            for e, t in zip(entries, targets):
+            for e, t in zip(entries, targets, strict=True):
                 t.copy_(view_of(memory, e.start, e))
