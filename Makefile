@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 export CARGO_TERM_COLOR := never
 
-.PHONY: all venv build demo test test-rust remote-servers test-remote test-python test-cuda-standin cuda-standin lint lint-python vllm-venv test-vllm public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
+.PHONY: all venv build demo test test-rust remote-servers test-remote test-python test-cuda-standin cuda-standin lint lint-python vllm-venv vllm-install test-vllm public-api cross-check test-windows interop bench gpu-check wheel fuzz clean
 .PHONY: mingw wine nginx moto rust-components
 
 all: build
@@ -150,10 +150,13 @@ VLLM_VENV ?= .venv-vllm
 vllm-venv: $(DEPS)
 	@test -f $(VLLM_VENV)/.vllm-stamp || echo "setting up $(VLLM_VENV) (first run: vLLM's CPU build and its torch, ~3 GB, a few minutes)"
 	@$(call quietly,vllm-venv,VLLM_VENV=$(VLLM_VENV) PROJECT_VENV=$(VENV) bash scripts/vllm-venv.sh)
-test-vllm: vllm-venv
-	rm -rf target/vllm-wheel
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --quiet -m bindings/python/Cargo.toml -o target/vllm-wheel
+# Our package from a freshly built wheel into .venv-vllm (for test-vllm and the vLLM bench).
+vllm-install: vllm-venv
+	@rm -rf target/vllm-wheel
+	@echo "building the wheel for $(VLLM_VENV)"
+	@$(call quietly,vllm-wheel,PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/maturin build --release --quiet -m bindings/python/Cargo.toml -o target/vllm-wheel)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps --force-reinstall target/vllm-wheel/flashpack-*.whl
+test-vllm: vllm-install
 	$(VLLM_VENV)/bin/python -m pytest bindings/python/tests_vllm -q -rs -p no:cacheprovider
 
 # The URL tests (test_remote.py) start nginx and moto's S3 server themselves.
@@ -218,16 +221,18 @@ test: lint test-rust test-remote cross-check test-windows test-cuda-standin test
 # (in .venv-peers, scripts/peers-venv.sh); bench_hf.py loads the same folder with from_pretrained.
 # bench_remote.py: a >= 2 GiB safetensors file from a local S3 server (s3s-fs, built from
 # crates.io into target/s3s: 0.14.1 is the newest that builds with this Rust) by ours, the Run:ai
-# streamer and download-then-load.
+# streamer and download-then-load. bench_vllm.py: vLLM on CPU (in .venv-vllm) loading a >= 1 GiB
+# random Llama with its own load formats and ours (docs/serving.md).
 BENCH_CHECKPOINT_DIR ?= .bench/checkpoint-model
 S3S_FS := target/s3s/bin/s3s-fs
 $(S3S_FS):
 	cargo install s3s-fs@0.14.1 --features binary --locked --quiet --root target/s3s
-bench: build $(S3S_FS)
+bench: build $(S3S_FS) vllm-install
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 	$(PY) scripts/bench_checkpoint.py --work $(BENCH_CHECKPOINT_DIR) $(BENCH_CHECKPOINT_ARGS)
 	$(PY) scripts/bench_hf.py --out $${OUT:-.bench}/hf --work .bench/hf-models --checkpoint $(BENCH_CHECKPOINT_DIR) $(BENCH_HF_ARGS)
 	$(PY) scripts/bench_remote.py --s3s-fs $(S3S_FS) $(BENCH_REMOTE_ARGS)
+	$(VLLM_VENV)/bin/python scripts/bench_vllm.py --work .bench/vllm-model --out $${OUT:-.bench}/vllm $(BENCH_VLLM_ARGS)
 
 # abi3 wheels (CPython 3.11+) for every supported platform: Linux x86_64/aarch64 (manylinux2014)
 # and macOS arm64/x86_64 cross-linked with zig (PyPI ziglang, installed into the venv; the two

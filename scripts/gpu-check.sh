@@ -12,7 +12,8 @@
 # ours load_checkpoint(device="cuda") against the pinned host-to-device peak (target >= 0.9x) and
 # against InstantTensor, fastsafetensors, Run:ai and safetensors on the same files (target: faster
 # than InstantTensor), cold and hot; results in $OUT/checkpoint. Then the remote bench's CUDA rows
-# (scripts/bench_remote.py --device cuda; results in $OUT/remote).
+# (scripts/bench_remote.py --device cuda; results in $OUT/remote), and the vLLM rows when a CUDA
+# vLLM is there (VLLM_CUDA_PY; results in $OUT/vllm).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OUT=${OUT:-.bench/gpu-check}
@@ -62,5 +63,13 @@ elif [[ ! -x dist/s3s-fs ]]; then
 else
     "$PY" scripts/bench_remote.py --device cuda --size-gib "$size" --s3s-fs dist/s3s-fs \
         --work "${BENCH_DIR:-.bench/gpu-bench}/remote" 2>&1 | tee "$OUT/bench-remote.log" || status=1
+fi
+# The vLLM rows (scripts/bench_vllm.py) on the GPU: a CUDA build of vLLM with flashpack installed
+# (the GPU machine has no registry: provision it and name its python in VLLM_CUDA_PY).
+if [[ -x "${VLLM_CUDA_PY:-}" ]]; then
+    "$VLLM_CUDA_PY" scripts/bench_vllm.py --work "${BENCH_DIR:-.bench/gpu-bench}/vllm-model" --size-gib "$size" \
+        --out "$OUT/vllm" 2>&1 | tee "$OUT/bench-vllm.log" || status=1
+else
+    echo "vLLM bench skipped: no CUDA vLLM here (set VLLM_CUDA_PY to its python)" | tee "$OUT/bench-vllm.log"
 fi
 exit $status
