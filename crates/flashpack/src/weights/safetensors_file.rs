@@ -139,8 +139,10 @@ impl WeightFile {
                 Err(u) => unloadable.push(u),
             }
         }
-        tensors.sort_by(|a, b| (a.start, &a.name).cmp(&(b.start, &b.name)));
-        unloadable.sort_by(|a, b| (a.start, &a.name).cmp(&(b.start, &b.name)));
+        // By start, then end (as safetensors orders them: an empty tensor shares its start with
+        // the tensor after it and comes first), then name.
+        tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
+        unloadable.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
         let inner = Inner::Safetensors {
             file,
             file_len,
