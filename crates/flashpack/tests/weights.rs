@@ -370,7 +370,7 @@ fn safetensors_output_is_the_file_the_safetensors_crate_writes() {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = ts
         .iter()
         .map(|(name, dtype, shape, bytes)| {
-            let shape = shape.iter().map(|&d| d as usize).collect();
+            let shape = safetensors_shape(*dtype, shape).unwrap();
             let view = safetensors::tensor::TensorView::new(
                 to_safetensors_dtype(*dtype).unwrap(),
                 shape,
