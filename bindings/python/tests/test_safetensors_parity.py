@@ -15,6 +15,7 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
+from remote_servers import Nginx, nginx  # noqa: F401 - fixture
 from safetensors import SafetensorError
 from safetensors.torch import save_file
 
@@ -342,3 +343,198 @@ def test_fp4_packs_from_torch_and_loads_back(tmp_path: Path) -> None:
     assert loaded["w"].dtype == FP4 and loaded["w"].shape == (4, 8)  # not cast: torch cannot cast fp4
     assert raw_bytes(loaded["w"]) == raw_bytes(sd["w"])
     assert loaded["s"].dtype == torch.bfloat16
+
+
+# -- fp4 through the Hugging Face path and over HTTP ----------------------------------------------
+
+try:
+    import transformers
+except ImportError:  # pragma: no cover - the venv has it
+    transformers = None
+
+needs_transformers = pytest.mark.skipif(FP4 is None or transformers is None, reason="needs transformers and fp4")
+
+
+def _fp4_llama_class() -> type[Any]:
+    """A Llama whose MLP down projections also hold an NVFP4-style copy of their weight: the
+    packed fp4 values (``weight_packed``, two per byte) and one e8m0 scale per 32 values
+    (``weight_scale``), as persistent buffers. (torch cannot matmul fp4; forward never reads
+    them.) The FlashPack mixin is mixed in; ``save_pretrained`` names the class in config.json."""
+    from flashpack.integrations.transformers import FlashPackTransformersModelMixin
+
+    class Fp4Llama(transformers.LlamaForCausalLM, FlashPackTransformersModelMixin):  # type: ignore[misc,name-defined]
+        def __init__(self, config: Any) -> None:
+            super().__init__(config)
+            out, cols = config.hidden_size, config.intermediate_size
+            for layer in self.model.layers:
+                proj = layer.mlp.down_proj
+                proj.register_buffer("weight_packed", torch.zeros(out, cols // 2, dtype=torch.uint8).view(FP4))
+                scale = torch.zeros(out, cols // 32, dtype=torch.uint8).view(torch.float8_e8m0fnu)
+                proj.register_buffer("weight_scale", scale)
+
+    return Fp4Llama
+
+
+def _fp4_llama(intermediate: int = 64) -> Any:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=intermediate, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = _fp4_llama_class()(config).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, b in model.named_buffers():
+            if b.dtype in (FP4, torch.float8_e8m0fnu):  # random bits: every fp4 and e8m0 code
+                b.view(torch.uint8).copy_(torch.randint(0, 256, b.shape, dtype=torch.uint8, generator=g))
+    return model
+
+
+def _fp4_llama_folders(root: Path, intermediate: int = 64) -> dict[str, Path]:
+    """The fp4 Llama as ``save_pretrained`` writes it (one file; sharded, the fp4 tensors in
+    shards of their own and beside others) and converted by ``flashpack convert`` (the
+    sharded checkpoint's index to one model.flashpack; to a sharded FlashPack checkpoint) next
+    to the library's config.json."""
+    model = _fp4_llama(intermediate)
+    model.save_pretrained(root / "single")
+    model.save_pretrained(root / "sharded", max_shard_size="4KB")
+    assert len(list((root / "sharded").glob("model-*-of-*.safetensors"))) >= 4
+    index = str(root / "sharded" / "model.safetensors.index.json")
+    from flashpack.cli import main as cli_main
+
+    assert cli_main(["convert", "--quiet", index, str(root / "converted" / "model.flashpack")]) == 0
+    assert cli_main(["convert", "--quiet", index, str(root / "converted-sharded"), "--sharded"]) == 0
+    for name in ("converted", "converted-sharded"):
+        for config in ("config.json", "generation_config.json"):
+            (root / name / config).write_bytes((root / "single" / config).read_bytes())
+    return {"single": root / "single", "sharded": root / "sharded", "converted": root / "converted",
+            "converted-sharded": root / "converted-sharded"}  # fmt: skip
+
+
+def _fp4_reference(folder: Path) -> dict[str, torch.Tensor]:
+    """What the libraries load from a folder of the fp4 Llama's safetensors files: every tensor
+    of the library's own ``LlamaForCausalLM.from_pretrained`` (parameters, the tied lm_head, the
+    non-persistent rotary buffer; the fp4/e8m0 buffers are keys it does not expect), and the
+    fp4 and e8m0 tensors as ``safetensors.torch.load_file`` reads them from the files.
+
+    transformers' own load of the fp4 class cannot be the reference: it reads each tensor
+    through safetensors' ``get_slice(name)[...]``, which safetensors 0.8 cannot do for F4 (it
+    views the bytes with the header's 4-bit shape: "shape '[16, 64]' is invalid for input of
+    size 512"; see test_fp4_slices_index_torchs_packed_shape)."""
+    reference = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+    tensors = dict(reference.named_parameters(remove_duplicate=False))
+    tensors.update(reference.named_buffers(remove_duplicate=False))
+    for f in sorted(folder.glob("*.safetensors")):
+        for name, t in safetensors.torch.load_file(f).items():
+            if t.dtype in (FP4, torch.float8_e8m0fnu):
+                assert name not in tensors
+                tensors[name] = t
+    return dict(sorted(tensors.items()))
+
+
+def _assert_fp4_llama(ours: Any, reference: dict[str, torch.Tensor]) -> None:
+    """Every parameter and buffer of ``ours`` (tied, non-persistent and fp4 ones included) is the
+    reference's, bit for bit: dtype, shape and bytes."""
+    got = dict(ours.named_parameters(remove_duplicate=False))
+    got.update(ours.named_buffers(remove_duplicate=False))
+    assert sorted(got) == sorted(reference)
+    fp4 = [n for n, t in got.items() if t.dtype == FP4]
+    assert len(fp4) == 2 and all(got[n].shape == (16, 32) for n in fp4)
+    assert_same_dicts({n: got[n] for n in reference}, reference)
+    assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    assert not ours.training
+
+
+@pytest.fixture(scope="module")
+def fp4_llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if FP4 is None or transformers is None:
+        pytest.skip("needs transformers and fp4")
+    return _fp4_llama_folders(tmp_path_factory.mktemp("fp4-llama"))
+
+
+@needs_transformers
+@pytest.mark.parametrize("layout", ["single", "sharded", "converted", "converted-sharded"])
+def test_fp4_llama_through_from_pretrained_flashpack_bit_for_bit(fp4_llama: dict[str, Path], layout: str) -> None:
+    """A Llama checkpoint holding fp4 (and e8m0) tensors loads with ``from_pretrained_flashpack``
+    from the library's files (one, sharded) and from their FlashPack conversions exactly as the
+    libraries load those files (see _fp4_reference)."""
+    with pytest.raises(RuntimeError, match="is invalid for input of size"):
+        _fp4_llama_class().from_pretrained(fp4_llama["single"])  # what transformers + safetensors 0.8 do
+    reference = _fp4_reference(fp4_llama["sharded"])
+    ours = _fp4_llama_class().from_pretrained_flashpack(fp4_llama[layout])
+    _assert_fp4_llama(ours, reference)
+    assert_same_dicts(_fp4_reference(fp4_llama["single"]), reference)  # the two saves hold the same
+    with torch.no_grad():
+        ids = torch.tensor([[1, 5, 9, 3, 2, 7]])
+        library = transformers.LlamaForCausalLM.from_pretrained(fp4_llama["single"])
+        assert torch.equal(ours(ids).logits, library(ids).logits)
+
+
+@needs_transformers
+def test_fp4_llama_saved_with_save_pretrained_flashpack_loads_back(fp4_llama: dict[str, Path], tmp_path: Path) -> None:
+    """The fp4 Llama as FlashPack's mixin writes it (from a model loaded from safetensors) loads
+    back bit for bit, its fp4 tensors stored uncast."""
+    loaded = _fp4_llama_class().from_pretrained_flashpack(fp4_llama["sharded"])
+    loaded.save_pretrained_flashpack(tmp_path / "fp")
+    stored = flashpack.load_file(tmp_path / "fp" / "model.flashpack")
+    assert stored["model.layers.0.mlp.down_proj.weight_packed"].dtype == FP4
+    again = _fp4_llama_class().from_pretrained_flashpack(tmp_path / "fp")
+    _assert_fp4_llama(again, _fp4_reference(fp4_llama["single"]))
+
+
+@pytest.fixture
+def _small_remote_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 KiB ranged GETs (each fp4 tensor below spans several), quick retries."""
+    monkeypatch.setenv("FLASHPACK_REMOTE_PART_BYTES", str(16 << 10))
+    monkeypatch.setenv("FLASHPACK_REMOTE_RETRIES", "2")
+    monkeypatch.setenv("FLASHPACK_REMOTE_REQUEST_TIMEOUT_SECS", "20")
+
+
+@needs_fp4
+@pytest.mark.usefixtures("_small_remote_parts")
+def test_fp4_over_http_loads_as_the_local_file(nginx: Nginx, tmp_path: Path) -> None:  # noqa: F811
+    """A safetensors file with fp4 tensors (with every other dtype, an fp4 tensor larger than a
+    ranged GET, at an odd offset) served by nginx loads bit for bit as safetensors loads the
+    local file; so does its FlashPack conversion; a file with tensors torch cannot hold refuses
+    them by name as the local file does."""
+    sd = every_dtype()
+    g = torch.Generator().manual_seed(3)
+    sd["fp4_big"] = torch.randint(0, 256, (300, 171), dtype=torch.uint8, generator=g).view(FP4)
+    sd["u8_odd"] = torch.arange(7, dtype=torch.uint8)
+    local = tmp_path / "fp4.safetensors"
+    save_file(sd, local, metadata={"format": "pt"})
+    convert_to_flashpack(local, tmp_path / "fp4.flashpack")
+    bad = unloadable_file(tmp_path)
+    for f in (local, tmp_path / "fp4.flashpack", bad):
+        (nginx.root / "fp4" / f.name).parent.mkdir(parents=True, exist_ok=True)
+        (nginx.root / "fp4" / f.name).write_bytes(f.read_bytes())
+    theirs = safetensors.torch.load_file(local)
+    assert theirs["fp4_big"].dtype == FP4 and theirs["fp4_big"].shape == (300, 171)
+    assert_same_dicts(flashpack.load_file(nginx.url("fp4/fp4.safetensors")), theirs)
+    ours = flashpack.load_file(nginx.url("fp4/fp4.flashpack"))
+    assert_same_dicts({k: ours[k] for k in theirs}, theirs)
+    url = nginx.url(f"fp4/{bad.name}")
+    with pytest.raises(flashpack.UnsupportedTensorError, match=r"'b'.*F6_E2M3"):
+        flashpack.load_file(url)
+    with safetensors.safe_open(bad, "pt") as g_:
+        wanted = {k: g_.get_tensor(k) for k in ("e", "a")}
+    assert_same_dicts(flashpack.load_checkpoint(url, keys=["e", "a"]), wanted)
+
+
+@needs_transformers
+@pytest.mark.usefixtures("_small_remote_parts")
+def test_fp4_llama_at_a_url_loads_as_the_local_folder(nginx: Nginx, tmp_path: Path) -> None:  # noqa: F811
+    """The fp4 Llama's folders served by nginx load with ``from_pretrained_flashpack(url)`` as
+    the libraries load the folder on disk."""
+    folders = _fp4_llama_folders(tmp_path / "src", intermediate=2048)  # fp4 tensors of 16 KiB
+    reference = _fp4_reference(folders["sharded"])
+    for name, folder in folders.items():
+        for f in folder.iterdir():
+            (nginx.root / "fp4-llama" / name).mkdir(parents=True, exist_ok=True)
+            (nginx.root / "fp4-llama" / name / f.name).write_bytes(f.read_bytes())
+        ours = _fp4_llama_class().from_pretrained_flashpack(nginx.url(f"fp4-llama/{name}"))
+        got = dict(ours.named_parameters(remove_duplicate=False))
+        got.update(ours.named_buffers(remove_duplicate=False))
+        assert sorted(got) == sorted(reference), name
+        assert_same_dicts({n: got[n] for n in reference}, reference)
+        assert got["model.layers.1.mlp.down_proj.weight_packed"].shape == (16, 1024)
