@@ -47,11 +47,14 @@ fn to_py(e: Error) -> PyErr {
                 let text = text
                     .strip_suffix(&format!(" (os error {code})"))
                     .unwrap_or(&text);
-                PyOSError::new_err((
-                    code,
-                    format!("{text} ({op})"),
-                    path.as_os_str().to_os_string(),
-                ))
+                // As Python's own `open` words it (`[Errno 2] No such file or directory:
+                // 'model.safetensors'`); another operation (read, mmap, ...) is named after
+                // the OS's words.
+                let strerror = match op.as_ref() {
+                    "open" => text.to_string(),
+                    op => format!("{text} ({op})"),
+                };
+                PyOSError::new_err((code, strerror, path.as_os_str().to_os_string()))
             }
             None => PyOSError::new_err(e.to_string()),
         },

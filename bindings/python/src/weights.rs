@@ -13,7 +13,7 @@ use flashpack::read::job::{self, JobPlan, JobRegion, Piece};
 use flashpack::read::{self, LoadOptions};
 use flashpack::remote::{self, RemoteError};
 use flashpack::sink::cuda::CudaDevice;
-use flashpack::weights::{to_safetensors_dtype, Format, WeightFile};
+use flashpack::weights::{safetensors_shape, to_safetensors_dtype, Format, WeightFile};
 use flashpack::Error;
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::ffi;
@@ -22,9 +22,22 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 
 use crate::{interruptible, io_dict, io_mode, phases, to_py};
 
-/// One tensor of a weight file: `(name, dtype, safetensors dtype or None, shape, start, end)`,
-/// `start..end` its bytes in the file.
-type TensorRow = (String, &'static str, Option<String>, Vec<u64>, u64, u64);
+/// One tensor of a weight file: `(name, dtype, safetensors dtype or None, shape, start, end,
+/// safetensors shape or None)`, `start..end` its bytes in the file; the safetensors shape
+/// differs from `shape` for fp4 only (it counts 4-bit values, `shape` counts bytes).
+type TensorRow = (
+    String,
+    &'static str,
+    Option<String>,
+    Vec<u64>,
+    u64,
+    u64,
+    Option<Vec<usize>>,
+);
+
+/// A tensor that cannot be loaded: `(name, safetensors dtype, header shape, start, end,
+/// message)`, the message naming the file, the tensor, its dtype and why.
+type UnloadableRow = (String, String, Vec<u64>, u64, u64, String);
 
 /// An open, validated weight file (FlashPack or safetensors).
 #[pyclass(module = "flashpack._core", name = "WeightFile", frozen)]
@@ -86,6 +99,28 @@ impl PyWeightFile {
                     t.shape.clone(),
                     t.start,
                     t.end,
+                    safetensors_shape(t.dtype, &t.shape),
+                )
+            })
+            .collect()
+    }
+
+    /// The tensors of a safetensors file that cannot be loaded (a dtype torch lacks, F6_E2M3
+    /// and F6_E3M2; F4 with an odd last dimension), in file order: listed by `keys()`, an
+    /// error when asked for.
+    #[getter]
+    fn unloadable(&self) -> Vec<UnloadableRow> {
+        self.f
+            .unloadable()
+            .iter()
+            .map(|u| {
+                (
+                    u.name.clone(),
+                    u.dtype.clone(),
+                    u.shape.clone(),
+                    u.start,
+                    u.end,
+                    self.f.unloadable_error(u).to_string(),
                 )
             })
             .collect()

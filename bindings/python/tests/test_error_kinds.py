@@ -62,8 +62,12 @@ def test_a_corrupt_safetensors_header_is_a_value_error_naming_file_and_tensor(tm
         safe_open(path, framework="pt")
 
 
-def test_a_safetensors_dtype_this_build_does_not_read_is_not_implemented(tmp_path: Path) -> None:
-    # F4 (4-bit MXFP4) is valid safetensors that this build has no dtype for.
-    path = _safetensors(tmp_path / "f4.safetensors", {"q": {"dtype": "F4", "shape": [2], "data_offsets": [0, 1]}}, bytes(1))
-    with pytest.raises(NotImplementedError, match=r"f4\.safetensors.*tensor 'q'"):
-        safe_open(path, framework="pt")
+def test_a_safetensors_dtype_torch_lacks_is_not_implemented_when_asked_for(tmp_path: Path) -> None:
+    # F6_E2M3 (6-bit MXFP6) is valid safetensors that torch has no dtype for: the file opens, the
+    # tensor is refused by name (F4, 4-bit MXFP4, loads as float4_e2m1fn_x2).
+    header = {"q": {"dtype": "F6_E2M3", "shape": [4], "data_offsets": [0, 3]}}
+    path = _safetensors(tmp_path / "f6.safetensors", header, bytes(3))
+    with safe_open(path, framework="pt") as f:
+        assert f.keys() == ["q"]
+        with pytest.raises(NotImplementedError, match=r"f6\.safetensors.*tensor 'q'.*F6_E2M3"):
+            f.get_tensor("q")

@@ -34,9 +34,9 @@ def assert_bit_equal(a: torch.Tensor, b: torch.Tensor) -> None:
     assert torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
-def test_all_21_dtypes_are_known_to_this_torch() -> None:
-    assert len(_core.dtype_names()) == 21
-    assert len(NAME_TO_DTYPE) == 21
+def test_all_22_dtypes_are_known_to_this_torch() -> None:
+    assert len(_core.dtype_names()) == 22
+    assert len(NAME_TO_DTYPE) == 22
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)

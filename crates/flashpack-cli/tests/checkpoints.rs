@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use flashpack::checkpoint::Checkpoint;
-use flashpack::weights::{to_safetensors_dtype, WeightFile};
+use flashpack::weights::{safetensors_shape, to_safetensors_dtype, WeightFile};
 use flashpack::Dtype;
 use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
@@ -70,12 +70,17 @@ fn every_dtype() -> Tensors {
             continue;
         };
         let seed = i as u64 + 1;
+        // Header shapes: fp4's counts 4-bit values (our byte shape's last dimension doubled);
+        // a 0-dim fp4 pair has none.
+        let header = |shape: &[u64]| safetensors_shape(d, shape).unwrap();
         t.insert(
             format!("m.{d}"),
-            (sd, vec![3, 5], bytes(15 * d.size(), seed)),
+            (sd, header(&[3, 5]), bytes(15 * d.size(), seed)),
         );
-        t.insert(format!("s.{d}"), (sd, vec![], bytes(d.size(), seed + 100)));
-        t.insert(format!("e.{d}"), (sd, vec![2, 0], vec![]));
+        if d != Dtype::F4E2M1X2 {
+            t.insert(format!("s.{d}"), (sd, vec![], bytes(d.size(), seed + 100)));
+        }
+        t.insert(format!("e.{d}"), (sd, header(&[2, 0]), vec![]));
     }
     t.insert(
         "big.weight".into(),
@@ -116,7 +121,7 @@ fn read_checkpoint(path: &Path) -> Tensors {
             .load(&flashpack::read::LoadOptions::default())
             .unwrap();
         for t in w.iter() {
-            let shape = t.shape.iter().map(|&d| d as usize).collect();
+            let shape = safetensors_shape(t.dtype, t.shape).unwrap();
             let entry = (
                 to_safetensors_dtype(t.dtype).unwrap(),
                 shape,

@@ -27,7 +27,8 @@ use crate::weights::{TensorView, WeightFile, Weights};
 use crate::{Dtype, Error, Result};
 
 /// candle's dtype for a stored dtype (`uint16` is widened to `u32` and `bool` read as `u8`,
-/// as candle's own safetensors loader does); `None` where candle has no such type.
+/// as candle's own safetensors loader does; packed fp4 is candle's `F4`, whose shape counts
+/// 4-bit values, as safetensors' does); `None` where candle has no such type.
 pub fn candle_dtype(d: Dtype) -> Option<DType> {
     Some(match d {
         Dtype::U8 | Dtype::Bool => DType::U8,
@@ -41,6 +42,7 @@ pub fn candle_dtype(d: Dtype) -> Option<DType> {
         Dtype::F64 => DType::F64,
         Dtype::F8E4M3 => DType::F8E4M3,
         Dtype::F8E8M0 => DType::F8E8M0,
+        Dtype::F4E2M1X2 => DType::F4,
         _ => return None,
     })
 }
@@ -69,6 +71,24 @@ pub fn to_tensor(path: &Path, view: &TensorView<'_>, device: &Device) -> Result<
         })?;
     let err = |e| candle_err(path, view.name, e);
     match view.dtype {
+        Dtype::F4E2M1X2 => {
+            // candle's F4 has no element size of its own: made as candle's safetensors loader
+            // makes it, from a safetensors view (shape in 4-bit values, last dimension doubled).
+            use candle_core::safetensors::Load;
+            let shape =
+                crate::weights::safetensors_shape(view.dtype, view.shape).ok_or_else(|| {
+                    Error::Unsupported(format!(
+                        "{}: tensor '{}': a 0-dim float4_e2m1fn_x2 has no candle shape",
+                        path.display(),
+                        view.name
+                    ))
+                })?;
+            let st = safetensors::tensor::TensorView::new(safetensors::Dtype::F4, shape, view.data)
+                .map_err(|e| {
+                    Error::Unsupported(format!("{}: tensor '{}': {e}", path.display(), view.name))
+                })?;
+            st.load(device).map_err(err)
+        }
         Dtype::U16 => {
             let wide: Vec<u32> = view
                 .data

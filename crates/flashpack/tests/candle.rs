@@ -87,3 +87,22 @@ fn pack_and_safetensors_give_candles_own_tensors() {
         "{err}"
     );
 }
+
+#[test]
+fn fp4_is_candles_f4_with_its_own_loaders_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes: Vec<u8> = (0..12).collect();
+    let fp = dir.path().join("fp4.flashpack");
+    let entries = [PackEntry::new("q", Dtype::F4E2M1X2, vec![2, 6], &bytes)];
+    pack(&fp, &entries, &PackOptions::default()).unwrap();
+    let st = dir.path().join("fp4.safetensors");
+    WeightFile::open(&fp).unwrap().to_safetensors(&st).unwrap();
+    let theirs = candle_core::safetensors::load(&st, &Device::Cpu).unwrap();
+    for path in [&fp, &st] {
+        let ours = flashpack::candle::load(path, &Device::Cpu, &LoadOptions::default()).unwrap();
+        let (a, b) = (&ours["q"], &theirs["q"]);
+        assert_eq!(a.dtype(), DType::F4);
+        assert_eq!((a.dtype(), a.dims()), (b.dtype(), b.dims()));
+        assert_eq!(a.dims(), &[2, 12]);
+    }
+}

@@ -513,7 +513,14 @@ fn missing_or_malformed_keys_are_rejected() {
 #[test]
 fn unknown_dtypes_are_rejected() {
     let s = Scratch::new();
-    for d in ["float4_e2m1fn_x2", "torch.float32", "Float32", "fp32", ""] {
+    for d in [
+        "float4_e2m1fn_x3",
+        "float6_e2m3fn",
+        "torch.float32",
+        "Float32",
+        "fp32",
+        "",
+    ] {
         let p = s.json_file(
             &v4_payload(),
             &v4_with(|v| v["macroblocks"][1]["dtype"] = json!(d)),

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use flashpack::read::{IoMode, LoadOptions};
-use flashpack::weights::{to_safetensors_dtype, Format, WeightFile};
+use flashpack::weights::{safetensors_shape, to_safetensors_dtype, Format, WeightFile};
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::Dtype;
 use safetensors::SafeTensors;
@@ -63,13 +63,116 @@ fn check_st(path: &Path, ts: &[(String, Dtype, Vec<u64>, Vec<u8>)]) {
     for (name, dtype, shape, bytes) in ts {
         let v = st.tensor(name).unwrap();
         assert_eq!(v.dtype(), to_safetensors_dtype(*dtype).unwrap(), "{name}");
+        // fp4's header shape counts 4-bit values: our last dimension (bytes) doubled.
         assert_eq!(
-            v.shape().iter().map(|&d| d as u64).collect::<Vec<_>>(),
-            *shape,
+            v.shape(),
+            safetensors_shape(*dtype, shape).unwrap(),
             "{name}"
         );
         assert!(v.data() == &bytes[..], "{name}: bytes differ");
     }
+}
+
+/// A safetensors file written by hand: `(name, dtype, header shape, bytes)` back to back.
+fn write_raw_safetensors(path: &Path, ts: &[(&str, &str, Vec<u64>, usize)]) {
+    let mut header = serde_json::Map::new();
+    let mut at = 0;
+    for (name, dtype, shape, len) in ts {
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [at, at + len]}),
+        );
+        at += len;
+    }
+    let mut json = serde_json::to_vec(&header).unwrap();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut file = (json.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(&json);
+    file.extend((0..at).map(|i| i as u8));
+    std::fs::write(path, file).unwrap();
+}
+
+#[test]
+fn fp4_is_held_as_torch_holds_it_two_values_per_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("fp4.safetensors");
+    write_raw_safetensors(&st, &[("x", "F4", vec![2, 6], 6), ("v", "F4", vec![4], 2)]);
+    let f = WeightFile::open(&st).unwrap();
+    let x = f.tensor("x").unwrap();
+    assert_eq!(
+        (x.dtype, x.shape.clone(), x.end - x.start),
+        (Dtype::F4E2M1X2, vec![2, 3], 6)
+    );
+    assert_eq!(f.tensor("v").unwrap().shape, vec![2]);
+    assert!(f.unloadable().is_empty());
+    // Through FlashPack and back: the same file, byte for byte.
+    let fp = dir.path().join("fp4.flashpack");
+    f.to_flashpack(&fp, &PackOptions::default()).unwrap();
+    let packed = WeightFile::open(&fp).unwrap();
+    assert_eq!(packed.tensor("x").unwrap().shape, vec![2, 3]);
+    assert_eq!(
+        packed.footer().unwrap().blocks()[0].dtype(),
+        Dtype::F4E2M1X2
+    );
+    let back = dir.path().join("back.safetensors");
+    packed.to_safetensors(&back).unwrap();
+    let raw = std::fs::read(&back).unwrap();
+    let v = SafeTensors::deserialize(&raw).unwrap();
+    assert_eq!(v.tensor("x").unwrap().shape(), &[2, 6]);
+    assert_eq!(v.tensor("x").unwrap().dtype(), safetensors::Dtype::F4);
+    assert_eq!(
+        v.tensor("x").unwrap().data(),
+        &(0..6).collect::<Vec<u8>>()[..]
+    );
+    // A 0-dim fp4 pair has no safetensors shape: refused, naming the tensor.
+    let zero = dir.path().join("zero.flashpack");
+    write_flashpack(&zero, &[("z".into(), Dtype::F4E2M1X2, vec![], vec![7])]);
+    let e = WeightFile::open(&zero)
+        .unwrap()
+        .to_safetensors(dir.path().join("z.safetensors"))
+        .unwrap_err();
+    assert!(e.to_string().contains("'z'"), "{e}");
+}
+
+#[test]
+fn tensors_torch_cannot_hold_are_listed_and_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let st = dir.path().join("f6.safetensors");
+    write_raw_safetensors(
+        &st,
+        &[
+            ("a", "F32", vec![1], 4),
+            ("b", "F6_E2M3", vec![4], 3),
+            ("odd", "F4", vec![2, 3], 3),
+            ("c", "I8", vec![2], 2),
+        ],
+    );
+    let f = WeightFile::open(&st).unwrap();
+    let names: Vec<_> = f.tensors().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a", "c"]);
+    let bad: Vec<_> = f
+        .unloadable()
+        .iter()
+        .map(|u| (u.name.as_str(), u.dtype.as_str()))
+        .collect();
+    assert_eq!(bad, [("b", "F6_E2M3"), ("odd", "F4")]);
+    assert!(f.contains("b") && f.contains("a") && !f.contains("zz"));
+    assert_eq!(f.unloadable()[1].shape, vec![2, 3]);
+    let e = f.check_loadable().unwrap_err().to_string();
+    assert!(
+        e.contains("f6.safetensors") && e.contains("'b'") && e.contains("F6_E2M3"),
+        "{e}"
+    );
+    let e = f.unloadable_error(&f.unloadable()[1]).to_string();
+    assert!(e.contains("'odd'") && e.contains("even"), "{e}");
+    // Loading or converting the whole file fails as safetensors' load_file does.
+    let fp = dir.path().join("f6.flashpack");
+    assert!(f.to_flashpack(&fp, &PackOptions::default()).is_err());
+    assert!(!fp.exists());
+    assert!(WeightFile::open(&st)
+        .unwrap()
+        .load(&LoadOptions::default())
+        .is_err());
 }
 
 #[test]
@@ -267,7 +370,7 @@ fn safetensors_output_is_the_file_the_safetensors_crate_writes() {
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = ts
         .iter()
         .map(|(name, dtype, shape, bytes)| {
-            let shape = shape.iter().map(|&d| d as usize).collect();
+            let shape = safetensors_shape(*dtype, shape).unwrap();
             let view = safetensors::tensor::TensorView::new(
                 to_safetensors_dtype(*dtype).unwrap(),
                 shape,

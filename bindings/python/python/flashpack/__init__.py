@@ -17,7 +17,7 @@ from .deserialization import (
     set_pinned_pool_limit,
 )
 from .integrations import patch_integrations
-from .loading import TensorNotFoundError, load_checkpoint, load_file
+from .loading import TensorNotFoundError, UnsupportedTensorError, load_checkpoint, load_file
 from .mixin import FlashPackMixin
 from .safe_open import safe_open
 from .serialization import pack_to_file
@@ -26,6 +26,7 @@ from .version import __commit_id__, __version__, __version_tuple__, commit_id, v
 __all__ = [
     "FlashPackMixin",
     "TensorNotFoundError",
+    "UnsupportedTensorError",
     "__commit_id__",
     "__version__",
     "__version_tuple__",

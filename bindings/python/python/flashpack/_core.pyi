@@ -19,8 +19,11 @@ _Path = str | os.PathLike[str]
 _Io = Literal["auto", "direct", "buffered"]
 # (dtype name, offset in bytes, length in bytes, length in elements), one per macroblock.
 _Block = tuple[str, int, int, int]
-# (name, dtype, safetensors dtype or None, shape, start, end): one tensor, bytes start..end of its file.
-_Tensor = tuple[str, str, str | None, list[int], int, int]
+# (name, dtype, safetensors dtype or None, shape, start, end, safetensors shape or None): one tensor,
+# bytes start..end of its file; the safetensors shape counts 4-bit values for fp4 (shape counts bytes).
+_Tensor = tuple[str, str, str | None, list[int], int, int, list[int] | None]
+# (name, safetensors dtype, header shape, start, end, message): a tensor torch cannot hold.
+_Unloadable = tuple[str, str, list[int], int, int, str]
 # (phase name, seconds)
 _Phases = list[tuple[str, float]]
 
@@ -138,6 +141,8 @@ class WeightFile:
     def format(self) -> Literal["flashpack", "safetensors"]: ...
     @property
     def tensors(self) -> list[_Tensor]: ...
+    @property
+    def unloadable(self) -> list[_Unloadable]: ...
     @property
     def metadata(self) -> dict[str, str] | None: ...
     def map(self) -> Memory: ...

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from . import _core, settings
 from .settings import reader_options
@@ -27,20 +28,44 @@ from .utils import dtype_to_string, string_to_dtype
 PathArg = str | os.PathLike[str]
 DeviceArg = str | int | torch.device
 
-__all__ = ["TensorNotFoundError", "load_checkpoint", "load_file"]
+__all__ = ["TensorNotFoundError", "UnsupportedTensorError", "load_checkpoint", "load_file"]
+
+#: The ``backend=`` values safetensors 0.8 accepts, and what each means here: ``"mmap"`` (the
+#: default) loads on CPU lazily, as views of a copy-on-write mapping of the file (unless
+#: ``eager=True``); ``"pread"`` reads the bytes now, into owned memory, with the engine's reader
+#: pool (``eager=True``). CUDA loads stream through the pinned staging pool and URLs are read
+#: with ranged GETs whichever it is.
+BACKENDS = ("mmap", "pread")
 
 
-class TensorNotFoundError(KeyError, ValueError):
+def check_backend(backend: str) -> bool:
+    """True when ``backend`` asks for an eager read (``"pread"``); an unknown one is refused as
+    safetensors refuses it (its ``SafetensorError``, the same words)."""
+    if backend not in BACKENDS:
+        expected = ", ".join(f'"{b}"' for b in BACKENDS)
+        raise SafetensorError(f'backend "{backend}" is invalid (expected one of: {expected})')
+    return backend == "pread"
+
+
+class TensorNotFoundError(KeyError, ValueError, SafetensorError):
     """A tensor asked for by name that the file or checkpoint does not hold.
 
-    A ``KeyError`` (a lookup by name that failed, as in a dict) and, for code written against
-    earlier releases, a ``ValueError``. ``safetensors.safe_open(...).get_tensor`` raises its own
-    ``SafetensorError`` (an ``Exception``) here, which is neither. The message names the file and
-    the tensor (``str()`` gives it without ``KeyError``'s quotes).
+    A ``KeyError`` (a lookup by name that failed, as in a dict), for code written against
+    earlier releases a ``ValueError``, and for code written against safetensors its
+    ``SafetensorError`` (what ``safetensors.safe_open(...).get_tensor`` raises here). The message
+    names the file and the tensor (``str()`` gives it without ``KeyError``'s quotes).
     """
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+
+class UnsupportedTensorError(NotImplementedError, SafetensorError):
+    """A tensor the file holds that torch cannot hold: a dtype torch lacks (safetensors'
+    ``F6_E2M3``, ``F6_E3M2``), or ``F4`` with an odd last dimension (torch's
+    ``float4_e2m1fn_x2`` holds two values per byte). The file opens and its other tensors load;
+    the message (the engine's) names the file, the tensor, its dtype and why. A
+    ``NotImplementedError`` and safetensors' ``SafetensorError`` (what safetensors raises)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +79,7 @@ class TensorEntry:
     start: int
     end: int
     st_dtype: str | None = None
+    st_shape: tuple[int, ...] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -68,13 +94,46 @@ def open_weights(path: PathArg) -> _core.WeightFile:
 def entries_of(handle: _core.WeightFile, file: int = 0) -> list[TensorEntry]:
     """The tensors of an open file in file order."""
     out = []
-    for name, dtype, st_dtype, shape, start, end in handle.tensors:
+    for name, dtype, st_dtype, shape, start, end, st_shape in handle.tensors:
         try:
             torch_dtype = string_to_dtype(dtype)
         except ValueError:
             raise ValueError(f"{handle.path}: tensor '{name}': dtype {dtype} has no torch equivalent") from None
-        out.append(TensorEntry(file, name, torch_dtype, tuple(shape), start, end, st_dtype))
+        st = tuple(st_shape) if st_shape is not None else None
+        out.append(TensorEntry(file, name, torch_dtype, tuple(shape), start, end, st_dtype, st))
     return out
+
+
+@dataclass(frozen=True)
+class UnloadableEntry:
+    """A tensor of an open file that cannot be loaded (see :class:`UnsupportedTensorError`):
+    its safetensors dtype and header shape, its bytes, and the engine's message."""
+
+    name: str
+    st_dtype: str
+    st_shape: tuple[int, ...]
+    start: int
+    end: int
+    message: str
+
+    def error(self) -> UnsupportedTensorError:
+        return UnsupportedTensorError(self.message)
+
+
+def unloadable_of(handle: _core.WeightFile) -> list[UnloadableEntry]:
+    """The tensors of an open file that cannot be loaded, in file order."""
+    return [UnloadableEntry(n, d, tuple(shape), s, e, m) for n, d, shape, s, e, m in handle.unloadable]
+
+
+def check_loadable(handles: Sequence[_core.WeightFile], names: Iterable[str] | None = None) -> None:
+    """Raises the first unloadable tensor's error: of all of ``handles``' tensors (``names``
+    None: a whole-file load, which fails as ``safetensors.torch.load_file`` does), or of
+    ``names``."""
+    wanted = None if names is None else set(names)
+    for h in handles:
+        for u in unloadable_of(h):
+            if wanted is None or u.name in wanted:
+                raise u.error()
 
 
 def resolve_device(device: DeviceArg | None) -> torch.device:
@@ -174,7 +233,12 @@ def _load_cuda(
 
 
 def load_file(
-    filename: PathArg, device: DeviceArg = "cpu", *, eager: bool = False, use_distributed_loading: bool = False
+    filename: PathArg,
+    device: DeviceArg = "cpu",
+    *,
+    backend: str = "mmap",
+    eager: bool = False,
+    use_distributed_loading: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Load a ``.safetensors`` or ``.flashpack`` file as a dict name -> tensor, like
     ``safetensors.torch.load_file`` (same names, dtypes, shapes and bytes; 0-dim tensors stay
@@ -188,6 +252,12 @@ def load_file(
     copies. A bad file raises ValueError (OSError for OS errors) naming the file and the tensor;
     Ctrl-C stops an eager or CUDA load between chunks.
 
+    ``backend`` takes safetensors 0.8's values (so ``safetensors.torch.load_model`` can call this
+    in place of its own): ``"mmap"`` (default) as above, ``"pread"`` the same as ``eager=True``;
+    another value is a ``safetensors.SafetensorError``, as there. A tensor torch cannot hold
+    (safetensors' ``F6_E2M3``/``F6_E3M2``, ``F4`` with an odd last dimension) fails the load with
+    :class:`UnsupportedTensorError` naming it (``safe_open`` still serves the others).
+
     ``use_distributed_loading=True`` (in a ``torch.distributed`` job, or under torchrun): rank 0
     reads the file and broadcasts the bytes; every rank gets the same dict on ``device``.
 
@@ -195,10 +265,12 @@ def load_file(
     ``hf://org/repo/file``; see :mod:`flashpack.remote`): read with parallel ranged GETs, eagerly
     on CPU, straight into CUDA memory through the pinned pool on CUDA.
     """
+    eager = check_backend(backend) or eager
     dev = resolve_device(device)
     if use_distributed_loading:
         return _distributed(lambda: ([open_weights(filename)], None), dev)
     handle = open_weights(filename)
+    check_loadable([handle])
     entries = entries_of(handle)
     tensors = load_entries([handle], entries, dev, eager, progress=False)
     return {e.name: t for e, t in zip(entries, tensors, strict=True)}
@@ -249,8 +321,10 @@ def select_entries(
     exactly one of them): all, or only ``keys`` (TensorNotFoundError naming any the checkpoint lacks)."""
     chosen = {e.name: e for k, h in enumerate(handles) for e in entries_of(h, k)}
     if keys is None:
+        check_loadable(handles)
         return list(chosen.values())
     wanted = list(dict.fromkeys([keys] if isinstance(keys, str) else keys))
+    check_loadable(handles, wanted)
     missing = [k for k in wanted if k not in chosen]
     if missing:
         raise TensorNotFoundError(f"{where}: the checkpoint has no tensor {', '.join(repr(m) for m in missing)}")
@@ -274,6 +348,7 @@ def _distributed(open_: Any, device: torch.device, progress: bool = False) -> di
     def read() -> tuple[Any, list[tuple[str, str, list[int], int, int]]]:
         handles, entries = open_()
         if entries is None:
+            check_loadable(handles)
             entries = [e for k, h in enumerate(handles) for e in entries_of(h, k)]
         pieces = [(e.file, e.start, e.end) for e in entries]
         memory, offsets, _phases, _io = _core.read_job(handles, pieces, progress=progress, **job_options())

@@ -26,12 +26,22 @@ def _storage_key(t: torch.Tensor) -> tuple[object, ...] | None:
     return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
+# Packed sub-byte floats (two values per byte): torch reports them as floating point but cannot
+# cast them, and the engine's table does not count them as castable; they keep their dtype.
+_PACKED_FLOATS = {d for d in (getattr(torch, "float4_e2m1fn_x2", None),) if d is not None}
+
+
+def _castable(t: torch.Tensor) -> bool:
+    """True for the tensors a ``target_dtype`` cast applies to."""
+    return t.is_floating_point() and t.dtype not in _PACKED_FLOATS
+
+
 def _stored_bytes(name: str, t: torch.Tensor, target_dtype: torch.dtype | None) -> torch.Tensor:
     """The tensor as it is stored: CPU, contiguous, cast if it is floating point, viewed as bytes."""
     if t.is_meta:
         raise ValueError(f"tensor '{name}' is on the meta device and has no data to pack")
     t = t.detach()
-    if target_dtype is not None and t.is_floating_point() and t.dtype != target_dtype:
+    if target_dtype is not None and _castable(t) and t.dtype != target_dtype:
         t = t.to(dtype=target_dtype)
     t = t.to("cpu").contiguous()
     return t.reshape(-1).view(torch.uint8)
@@ -104,7 +114,7 @@ def pack_to_file(
             raise ValueError(f"'{name}' is a {type(tensor).__name__}, not a tensor")
         key = _storage_key(tensor)
         tied_to = first_by_key.get(key) if key is not None else None
-        stored_dtype = target_dtype if target_dtype is not None and tensor.is_floating_point() else tensor.dtype
+        stored_dtype = target_dtype if target_dtype is not None and _castable(tensor) else tensor.dtype
         shape = list(tensor.shape)
         if tied_to is not None:
             entries.append((name, dtype_to_string(stored_dtype), shape, None, tied_to))

@@ -111,3 +111,24 @@ def torchrun_world_size() -> int:
 def torchrun_local_rank() -> int:
     """torchrun's ``LOCAL_RANK`` (0 when unset)."""
     return env_int("LOCAL_RANK", 0)
+
+
+class EnvironmentOverrides:
+    """A ``with`` block during which the given variables hold the given values (``None``: left
+    as they are), restored (or removed) when it ends. For callers that must hand settings to
+    loads which read them from the environment (the vLLM loader's reader options)."""
+
+    def __init__(self, values: dict[str, str | None]) -> None:
+        self.values = {k: v for k, v in values.items() if v is not None}
+        self.saved: dict[str, str | None] = {}
+
+    def __enter__(self) -> None:
+        self.saved = {k: os.environ.get(k) for k in self.values}
+        os.environ.update(self.values)
+
+    def __exit__(self, *exc: object) -> None:
+        for k, old in self.saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old

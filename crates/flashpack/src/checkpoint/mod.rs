@@ -476,7 +476,7 @@ fn check_shard_tensors(
     shard_of: &HashMap<&str, &str>,
     unlisted: &mut BTreeMap<String, String>,
 ) -> std::result::Result<(), CheckpointError> {
-    if let Some(t) = listed.iter().find(|t| file.tensor(t).is_none()) {
+    if let Some(t) = listed.iter().find(|t| !file.contains(t)) {
         return Err(CheckpointError::TensorNotInShard {
             tensor: t.to_string(),
             shard: shard.to_string(),

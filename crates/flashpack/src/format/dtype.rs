@@ -1,4 +1,11 @@
-//! The dtype table: the 21 stored dtypes, their names in the footer and their element sizes.
+//! The dtype table: the 22 stored dtypes, their names in the footer and their element sizes.
+//!
+//! Every element is a whole number of bytes, so byte ranges are always `elements * size`.
+//! The one packed sub-byte type, fp4 (`float4_e2m1fn_x2`), is held as torch holds it: one
+//! element is one byte carrying two 4-bit e2m1 values (the first in the low nibble), and a
+//! shape counts those bytes (torch's shape). safetensors' `F4` counts 4-bit values instead, so
+//! its header shape is this shape with the last dimension doubled (see
+//! [`crate::weights::safetensors_shape`]).
 //!
 //! ```
 //! use flashpack::Dtype;
@@ -32,7 +39,8 @@ macro_rules! dtypes {
                 match self { $( Dtype::$variant => $size, )* }
             }
 
-            /// Real floating-point types (the ones a `target_dtype` cast applies to).
+            /// Real floating-point types (the ones a `target_dtype` cast applies to); packed fp4
+            /// is not one (torch cannot cast a pair of values held in one byte).
             pub fn is_floating_point(self) -> bool {
                 match self { $( Dtype::$variant => $float, )* }
             }
@@ -72,6 +80,7 @@ dtypes! {
     I8 = "int8", 1, false;
     U8 = "uint8", 1, false;
     Bool = "bool", 1, false;
+    F4E2M1X2 = "float4_e2m1fn_x2", 1, false;
 }
 
 impl fmt::Display for Dtype {
@@ -85,12 +94,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_has_21_unique_names_that_round_trip() {
-        assert_eq!(Dtype::ALL.len(), 21);
+    fn table_has_22_unique_names_that_round_trip() {
+        assert_eq!(Dtype::ALL.len(), 22);
         let mut names: Vec<_> = Dtype::ALL.iter().map(|d| d.name()).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 21);
+        assert_eq!(names.len(), 22);
         for d in Dtype::ALL {
             assert_eq!(d.name().parse::<Dtype>().unwrap(), *d);
         }

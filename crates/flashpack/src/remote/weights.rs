@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::{RemoteFile, VersionPin};
 use crate::format::{footer_span, MAGIC, TRAILER_LEN};
-use crate::weights::{explain_bad_entry, stored_dtype, TensorInfo};
+use crate::weights::{explain_bad_entry, tensor_entry, TensorInfo, UnloadableTensor};
 use crate::{Error, Footer, Result, SafetensorsError};
 
 /// A safetensors header longer than this is refused before it is fetched (the `safetensors`
@@ -40,7 +40,7 @@ impl RemoteSource {
     /// Reads `file`'s index: at most three small ranged GETs, never the tensors. A server that
     /// offers no validator to pin the version by gets a warning naming the URL (see
     /// [`crate::warning`]).
-    pub fn open(file: RemoteFile) -> Result<(RemoteSource, Vec<TensorInfo>)> {
+    pub fn open(file: RemoteFile) -> Result<Opened> {
         let size = file.len();
         let mut tail = [0u8; TRAILER_LEN as usize];
         if size >= TRAILER_LEN {
@@ -88,10 +88,10 @@ fn unpinned_warning(source: &RemoteSource) -> String {
     )
 }
 
-fn open_flashpack(
-    file: RemoteFile,
-    tail: [u8; TRAILER_LEN as usize],
-) -> Result<(RemoteSource, Vec<TensorInfo>)> {
+/// An opened remote file, its tensors, and those of a safetensors file that cannot be loaded.
+pub(crate) type Opened = (RemoteSource, Vec<TensorInfo>, Vec<UnloadableTensor>);
+
+fn open_flashpack(file: RemoteFile, tail: [u8; TRAILER_LEN as usize]) -> Result<Opened> {
     let size = file.len();
     let fmt = |e| Error::format(file.url(), e);
     let (payload_len, json_len) = footer_span(&tail, size).map_err(fmt)?;
@@ -118,32 +118,34 @@ fn open_flashpack(
         footer_json: json,
         payload_len,
     };
-    Ok((RemoteSource { file, index }, tensors))
+    Ok((RemoteSource { file, index }, tensors, Vec::new()))
 }
 
 /// A remote safetensors file: its header fetched and parsed, every tensor entry checked, and
 /// the tensors checked to lie back to back up to the object's end.
-fn open_safetensors(file: RemoteFile) -> Result<(RemoteSource, Vec<TensorInfo>)> {
+fn open_safetensors(file: RemoteFile) -> Result<Opened> {
     let url = Path::new(file.url());
     let bad = |e: SafetensorsError| Error::safetensors(url, e);
     let (data_start, meta) = read_header(&file, url)?;
     let mut tensors = Vec::new();
     for (name, info) in meta.tensors() {
-        tensors.push(tensor_entry(url, name, info, data_start)?);
+        tensors.push(checked_entry(url, name, info, data_start)?);
     }
     // By start, then end: an empty tensor shares its start with the tensor after it (as
     // safetensors writes `z: [0, 0]` before `a: [0, 16]`) and must come first.
-    tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
-    // The data is the tensors back to back from the header's end to the object's end.
+    tensors.sort_by(|a, b| span(a).cmp(&span(b)));
+    // The data is the tensors (loadable or not) back to back from the header's end to the
+    // object's end.
     let mut at = data_start;
     for t in &tensors {
-        if t.start != at {
+        let (start, end, name) = span(t);
+        if start != at {
             return Err(bad(SafetensorsError::BadTensor {
-                tensor: t.name.clone(),
+                tensor: name.to_string(),
                 detail: "it does not start where the one before it ends".into(),
             }));
         }
-        at = t.end;
+        at = end;
     }
     if at != file.len() {
         return Err(bad(SafetensorsError::TrailingBytes {
@@ -155,7 +157,15 @@ fn open_safetensors(file: RemoteFile) -> Result<(RemoteSource, Vec<TensorInfo>)>
         data_start,
         metadata: meta.metadata().clone(),
     };
-    Ok((RemoteSource { file, index }, tensors))
+    let mut loadable = Vec::new();
+    let mut unloadable = Vec::new();
+    for t in tensors {
+        match t {
+            Ok(t) => loadable.push(t),
+            Err(u) => unloadable.push(u),
+        }
+    }
+    Ok((RemoteSource { file, index }, loadable, unloadable))
 }
 
 /// The header of a remote safetensors file (its length checked before it is fetched) and the
@@ -191,15 +201,23 @@ fn read_header(file: &RemoteFile, url: &Path) -> Result<(u64, safetensors::tenso
     Ok((8 + n, meta))
 }
 
-/// Tensor `name` of the remote safetensors file at `url`, its dtype supported and its shape
-/// and dtype matching its byte range (the data starts at file byte `data_start`).
-fn tensor_entry(
+/// A tensor's bytes and name, loadable or not.
+fn span(t: &std::result::Result<TensorInfo, UnloadableTensor>) -> (u64, u64, &str) {
+    match t {
+        Ok(t) => (t.start, t.end, &t.name),
+        Err(u) => (u.start, u.end, &u.name),
+    }
+}
+
+/// Tensor `name` of the remote safetensors file at `url`, its shape and dtype matching its
+/// byte range (the data starts at file byte `data_start`): as the engine holds it, or as an
+/// unloadable tensor (see [`tensor_entry`]).
+fn checked_entry(
     url: &Path,
     name: String,
     info: &safetensors::tensor::TensorInfo,
     data_start: u64,
-) -> Result<TensorInfo> {
-    let dtype = stored_dtype(url, &name, info.dtype)?;
+) -> Result<std::result::Result<TensorInfo, UnloadableTensor>> {
     let (s, e) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
     let bits = info
         .shape
@@ -215,11 +233,5 @@ fn tensor_entry(
             },
         ));
     }
-    Ok(TensorInfo {
-        name,
-        dtype,
-        shape: info.shape.iter().map(|&d| d as u64).collect(),
-        start: data_start + s,
-        end: data_start + e,
-    })
+    Ok(tensor_entry(name, info, data_start + s, data_start + e))
 }

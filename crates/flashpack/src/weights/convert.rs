@@ -26,6 +26,7 @@ impl WeightFile {
     ///
     /// A remote file's tensors are fetched into memory first (the conversion needs them all).
     pub fn to_flashpack(&self, dest: impl AsRef<Path>, opts: &PackOptions) -> Result<PackReport> {
+        self.check_loadable()?;
         let data = self.data_bytes(opts.progress, opts.cancel.as_ref())?;
         let mut opts = opts.clone();
         if let Some(meta) = self.safetensors_metadata() {
@@ -68,6 +69,7 @@ impl WeightFile {
     ) -> Result<()> {
         // Refused before anything is fetched or written: a tensor safetensors cannot store
         // (naming this file), a destination that cannot be written.
+        self.check_loadable()?;
         for t in &self.tensors {
             safetensors_entry(&self.path, &t.name, t.dtype, &t.shape)?;
         }

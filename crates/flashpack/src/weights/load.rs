@@ -184,8 +184,10 @@ impl WeightFile {
     ///
     /// A remote file is always loaded eagerly (there is nothing to map), with parallel ranged
     /// GETs ([`crate::remote::RemoteSettings`]), its checksums checked part by part with
-    /// `opts.verify`.
+    /// `opts.verify`. A safetensors tensor the engine cannot load ([`UnloadableTensor`](super::UnloadableTensor)) fails
+    /// it, naming the tensor, as `safetensors.torch.load_file` fails.
     pub fn load(self, opts: &LoadOptions) -> Result<Weights> {
+        self.check_loadable()?;
         let (path, tensors, index) = (self.path, self.tensors, self.index);
         let (memory, base, report) = match self.inner {
             Inner::Flash(f) => {
@@ -214,6 +216,7 @@ impl WeightFile {
                     inner,
                     tensors,
                     index,
+                    unloadable: Vec::new(),
                 };
                 return file.load_remote(opts);
             }

@@ -51,8 +51,8 @@ pub use cuda::CudaWeights;
 pub use load::{TensorView, Weights};
 pub(crate) use safetensors_file::write_safetensors_file;
 #[cfg(feature = "remote")]
-pub(crate) use safetensors_file::{explain_bad_entry, stored_dtype, MAX_SAFETENSORS_HEADER};
-pub use safetensors_file::{from_safetensors_dtype, to_safetensors_dtype};
+pub(crate) use safetensors_file::{explain_bad_entry, tensor_entry, MAX_SAFETENSORS_HEADER};
+pub use safetensors_file::{from_safetensors_dtype, safetensors_shape, to_safetensors_dtype};
 
 /// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
 pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";
@@ -79,6 +79,26 @@ pub struct TensorInfo {
     pub start: u64,
     /// One past its last byte.
     pub end: u64,
+}
+
+/// A tensor of a safetensors file that the engine lists but cannot load: its dtype has no
+/// torch type (`F6_E2M3`, `F6_E3M2`), or it is `F4` with an odd last dimension (torch's
+/// `float4_e2m1fn_x2` holds two values per byte). The file still opens, its other tensors
+/// load, and asking for this one is [`WeightFile::unloadable_error`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnloadableTensor {
+    /// The tensor's name.
+    pub name: String,
+    /// Its safetensors dtype name (`"F6_E2M3"`).
+    pub dtype: String,
+    /// Its shape as the header gives it.
+    pub shape: Vec<u64>,
+    /// File offset of its first byte.
+    pub start: u64,
+    /// One past its last byte.
+    pub end: u64,
+    /// Why it cannot be loaded.
+    pub reason: String,
 }
 
 enum Inner {
@@ -134,6 +154,7 @@ pub struct WeightFile {
     inner: Inner,
     tensors: Vec<TensorInfo>,
     index: HashMap<String, usize>,
+    unloadable: Vec<UnloadableTensor>,
 }
 
 impl WeightFile {
@@ -162,12 +183,11 @@ impl WeightFile {
     #[cfg(feature = "remote")]
     pub fn open_url(url: &str, settings: crate::remote::RemoteSettings) -> Result<WeightFile> {
         let file = crate::remote::RemoteFile::open_with(url, settings)?;
-        let (source, tensors) = RemoteSource::open(file)?;
-        Ok(Self::new(
-            Path::new(url),
-            Inner::Remote(Box::new(source)),
-            tensors,
-        ))
+        let (source, tensors, unloadable) = RemoteSource::open(file)?;
+        Ok(
+            Self::new(Path::new(url), Inner::Remote(Box::new(source)), tensors)
+                .with_unloadable(unloadable),
+        )
     }
 
     /// True for a remote object (opened from a URL).
@@ -251,7 +271,13 @@ impl WeightFile {
             inner,
             tensors,
             index,
+            unloadable: Vec::new(),
         }
+    }
+
+    fn with_unloadable(mut self, unloadable: Vec<UnloadableTensor>) -> WeightFile {
+        self.unloadable = unloadable;
+        self
     }
 
     /// The file's path; a remote file's URL.
@@ -316,6 +342,37 @@ impl WeightFile {
     /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// The tensors of a safetensors file that cannot be loaded (in file order), not among
+    /// [`tensors`](Self::tensors): see [`UnloadableTensor`].
+    pub fn unloadable(&self) -> &[UnloadableTensor] {
+        &self.unloadable
+    }
+
+    /// True when the file holds a tensor called `name`, loadable or not.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name) || self.unloadable.iter().any(|u| u.name == name)
+    }
+
+    /// Every tensor can be loaded, or the error of the first that cannot (what loading or
+    /// converting the whole file fails with, as `safetensors.torch.load_file` does).
+    pub fn check_loadable(&self) -> Result<()> {
+        match self.unloadable.first() {
+            Some(t) => Err(self.unloadable_error(t)),
+            None => Ok(()),
+        }
+    }
+
+    /// The error of asking for unloadable tensor `t`: [`Error::Unsupported`] naming the file,
+    /// the tensor, its dtype and why.
+    pub fn unloadable_error(&self, t: &UnloadableTensor) -> Error {
+        Error::Unsupported(format!(
+            "{}: tensor '{}': {}",
+            self.path.display(),
+            t.name,
+            t.reason
+        ))
     }
 
     /// The local FlashPack file (footer, checksums), when this is one ([`footer`](Self::footer)

@@ -6,37 +6,75 @@ use std::path::Path;
 
 use memmap2::{Mmap, MmapOptions};
 
-use super::{Inner, TensorInfo, TensorView, WeightFile};
+use super::{Inner, TensorInfo, TensorView, UnloadableTensor, WeightFile};
 use crate::cancel::{self, Cancel};
 use crate::progress::progress_bar;
 use crate::write::{prepare_destination, Staged};
 use crate::{Dtype, Error, Result, SafetensorsError};
 
-/// A tensor's safetensors dtype and shape, or an error naming `file` and the tensor when
-/// safetensors cannot store it (its dtype, or a dimension beyond `usize`).
+/// A tensor's safetensors dtype and header shape, or an error naming `file` and the tensor
+/// when safetensors cannot store it (its dtype, a 0-dim fp4 pair, or a dimension beyond
+/// `usize`).
 pub(crate) fn safetensors_entry(
     file: &Path,
     name: &str,
     dtype: Dtype,
     shape: &[u64],
 ) -> Result<(safetensors::Dtype, Vec<usize>)> {
-    let st = to_safetensors_dtype(dtype).ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{}: tensor '{name}': {dtype} cannot be stored in safetensors",
-            file.display()
+    let unsupported =
+        |why: String| Error::Unsupported(format!("{}: tensor '{name}': {why}", file.display()));
+    let st = to_safetensors_dtype(dtype)
+        .ok_or_else(|| unsupported(format!("{dtype} cannot be stored in safetensors")))?;
+    let shape = safetensors_shape(dtype, shape).ok_or_else(|| {
+        unsupported(format!(
+            "{dtype} of shape {shape:?} has no safetensors shape (a 0-dim fp4 pair, or a \
+             dimension beyond this platform's usize)"
         ))
     })?;
-    let shape = shape
-        .iter()
-        .map(|&d| usize::try_from(d))
-        .collect::<std::result::Result<Vec<usize>, _>>()
-        .map_err(|_| {
-            Error::Unsupported(format!(
-                "{}: tensor '{name}': a dimension of {shape:?} is beyond this platform's usize",
-                file.display()
-            ))
-        })?;
     Ok((st, shape))
+}
+
+/// The safetensors header shape of a tensor of ours: the same, except for packed fp4
+/// (`float4_e2m1fn_x2`, one byte per two values), whose last dimension safetensors counts in
+/// 4-bit values (twice ours). `None` for a 0-dim fp4 pair (safetensors has no shape for it)
+/// or a dimension beyond `usize`.
+pub fn safetensors_shape(dtype: Dtype, shape: &[u64]) -> Option<Vec<usize>> {
+    let mut out = shape
+        .iter()
+        .map(|&d| usize::try_from(d).ok())
+        .collect::<Option<Vec<usize>>>()?;
+    if dtype == Dtype::F4E2M1X2 {
+        let last = out.last_mut()?;
+        *last = last.checked_mul(2)?;
+    }
+    Some(out)
+}
+
+/// How the engine holds a safetensors tensor of dtype `dtype` and header shape `shape`: our
+/// dtype and shape (fp4's last dimension halved: two values per byte), or why it cannot (a
+/// dtype torch has no type for, F6_E2M3 and F6_E3M2; fp4 with an odd last dimension, which
+/// torch's `float4_e2m1fn_x2` cannot hold). Such a tensor is listed as unloadable: the file
+/// still opens and its other tensors load.
+pub(crate) fn from_safetensors_entry(
+    dtype: safetensors::Dtype,
+    shape: &[usize],
+) -> std::result::Result<(Dtype, Vec<u64>), String> {
+    let ours = from_safetensors_dtype(dtype).ok_or_else(|| {
+        format!("dtype {dtype:?} is not supported: torch has no such dtype (nor does safetensors.torch)")
+    })?;
+    let mut shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    if ours == Dtype::F4E2M1X2 {
+        match shape.last_mut() {
+            Some(last) if *last % 2 == 0 => *last /= 2,
+            _ => {
+                return Err(format!(
+                    "dtype F4 of shape {shape:?} cannot be loaded: torch's float4_e2m1fn_x2 \
+                     holds two values per byte, so the last dimension must be even"
+                ))
+            }
+        }
+    }
+    Ok((ours, shape))
 }
 
 /// safetensors' dtype for ours, where safetensors has one.
@@ -62,22 +100,13 @@ pub fn to_safetensors_dtype(d: Dtype) -> Option<safetensors::Dtype> {
         Dtype::I8 => S::I8,
         Dtype::U8 => S::U8,
         Dtype::Bool => S::BOOL,
+        Dtype::F4E2M1X2 => S::F4,
         Dtype::C128 | Dtype::C32 => return None,
     })
 }
 
-/// Our dtype for tensor `name`'s safetensors dtype in the file at `path` (a local path or a
-/// URL), or [`Error::Unsupported`] naming both.
-pub(crate) fn stored_dtype(path: &Path, name: &str, dtype: safetensors::Dtype) -> Result<Dtype> {
-    from_safetensors_dtype(dtype).ok_or_else(|| {
-        Error::Unsupported(format!(
-            "{}: tensor '{name}': dtype {dtype:?} is not supported",
-            path.display()
-        ))
-    })
-}
-
-/// Our dtype for safetensors', where the format stores it (sub-byte types are not stored).
+/// Our dtype for safetensors', where we have one (`F4` is `float4_e2m1fn_x2`; the 6-bit
+/// types have none).
 pub fn from_safetensors_dtype(d: safetensors::Dtype) -> Option<Dtype> {
     Dtype::ALL
         .iter()
@@ -101,24 +130,53 @@ impl WeightFile {
             .map_err(|e| Error::safetensors(path, header_error(e, &map)))?;
         let data_start = 8 + n as u64;
         let mut tensors = Vec::new();
+        let mut unloadable = Vec::new();
         for (name, info) in meta.tensors() {
-            let dtype = stored_dtype(path, &name, info.dtype)?;
-            tensors.push(TensorInfo {
-                name,
-                dtype,
-                shape: info.shape.iter().map(|&d| d as u64).collect(),
-                start: data_start + info.data_offsets.0 as u64,
-                end: data_start + info.data_offsets.1 as u64,
-            });
+            let start = data_start + info.data_offsets.0 as u64;
+            let end = data_start + info.data_offsets.1 as u64;
+            match tensor_entry(name, info, start, end) {
+                Ok(t) => tensors.push(t),
+                Err(u) => unloadable.push(u),
+            }
         }
-        tensors.sort_by(|a, b| (a.start, &a.name).cmp(&(b.start, &b.name)));
+        // By start, then end (as safetensors orders them: an empty tensor shares its start with
+        // the tensor after it and comes first), then name.
+        tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
+        unloadable.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
         let inner = Inner::Safetensors {
             file,
             file_len,
             data_start,
             metadata: meta.metadata().clone(),
         };
-        Ok(Self::new(path, inner, tensors))
+        Ok(Self::new(path, inner, tensors).with_unloadable(unloadable))
+    }
+}
+
+/// Tensor `name` of a safetensors file (bytes `start..end` of the file), as the engine holds
+/// it, or as an unloadable tensor saying why (see [`from_safetensors_entry`]).
+pub(crate) fn tensor_entry(
+    name: String,
+    info: &safetensors::tensor::TensorInfo,
+    start: u64,
+    end: u64,
+) -> std::result::Result<TensorInfo, UnloadableTensor> {
+    match from_safetensors_entry(info.dtype, &info.shape) {
+        Ok((dtype, shape)) => Ok(TensorInfo {
+            name,
+            dtype,
+            shape,
+            start,
+            end,
+        }),
+        Err(reason) => Err(UnloadableTensor {
+            name,
+            dtype: format!("{:?}", info.dtype),
+            shape: info.shape.iter().map(|&d| d as u64).collect(),
+            start,
+            end,
+            reason,
+        }),
     }
 }
 
@@ -328,6 +386,44 @@ mod tests {
         file.extend_from_slice(header);
         file.extend_from_slice(&[0; 8]);
         file
+    }
+
+    #[test]
+    fn fp4_shapes_count_values_there_and_bytes_here() {
+        use safetensors::Dtype as S;
+        assert_eq!(
+            from_safetensors_entry(S::F4, &[3, 8]).unwrap(),
+            (Dtype::F4E2M1X2, vec![3, 4])
+        );
+        assert_eq!(
+            from_safetensors_entry(S::F4, &[2, 0]).unwrap(),
+            (Dtype::F4E2M1X2, vec![2, 0])
+        );
+        assert!(from_safetensors_entry(S::F4, &[2, 3])
+            .unwrap_err()
+            .contains("even"));
+        assert!(from_safetensors_entry(S::F6_E2M3, &[4])
+            .unwrap_err()
+            .contains("F6_E2M3"));
+        assert!(from_safetensors_entry(S::F6_E3M2, &[4])
+            .unwrap_err()
+            .contains("F6_E3M2"));
+        assert_eq!(
+            from_safetensors_entry(S::F8_E8M0, &[5]).unwrap(),
+            (Dtype::F8E8M0, vec![5])
+        );
+        assert_eq!(
+            safetensors_shape(Dtype::F4E2M1X2, &[3, 4]),
+            Some(vec![3, 8])
+        );
+        assert_eq!(safetensors_shape(Dtype::F4E2M1X2, &[]), None);
+        assert_eq!(safetensors_shape(Dtype::F32, &[]), Some(vec![]));
+        for d in Dtype::ALL {
+            if let Some(st) = to_safetensors_dtype(*d) {
+                assert_eq!(from_safetensors_dtype(st), Some(*d));
+                assert_eq!(st.bitsize(), d.size() * 8 / if st == S::F4 { 2 } else { 1 });
+            }
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ from vllm.model_executor.model_loader.weight_utils import download_weights_from_
 from .. import _core, serialization
 from ..deserialization import set_pinned_pool_limit
 from ..loading import entries_of, load_checkpoint, open_weights, view_of
-from ..settings import reader_options
+from ..settings import EnvironmentOverrides, reader_options
 from ..version import __version__ as flashpack_version
 from ._checkpoint import TRANSFORMERS_NAMES, find_weights
 
@@ -109,20 +109,10 @@ def engine_settings(options: dict[str, Any]) -> Iterator[None]:
         "FLASHPACK_READ_THREADS": str(options["threads"]) if "threads" in options else None,
         "FLASHPACK_READ_CHUNK_BYTES": str(options["chunk_bytes"]) if "chunk_bytes" in options else None,
     }
-    saved = {k: os.environ.get(k) for k, v in env.items() if v is not None}
-    for k, v in env.items():
-        if v is not None:
-            os.environ[k] = v
-    if "pinned_pool_bytes" in options:
-        set_pinned_pool_limit(options["pinned_pool_bytes"])
-    try:
+    with EnvironmentOverrides(env):
+        if "pinned_pool_bytes" in options:
+            set_pinned_pool_limit(options["pinned_pool_bytes"])
         yield
-    finally:
-        for k, old in saved.items():
-            if old is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = old
 
 
 def model_folder(model_config: ModelConfig, load_config: LoadConfig, patterns: list[str]) -> Path:
