@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import tables
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 ROWS = [
@@ -91,12 +93,7 @@ def drop_pages(folder: Path) -> None:
     """Push the folder's files out of the page cache: fsync, then posix_fadvise(DONTNEED)."""
     for f in folder.iterdir():
         if f.is_file():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+            tables.drop_cache(f)
 
 
 class Timings(logging.Handler):
