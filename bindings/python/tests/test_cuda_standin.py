@@ -326,11 +326,11 @@ def test_a_job_over_many_safetensors_files_lands_bit_exact_within_the_pool_limit
         path = tmp_path / f"model-{k}.safetensors"
         st.save_file(sd, path)
         files.append(_core.open_weights(str(path)))
-        want.update({n: path.read_bytes()[s:e] for n, _, _, _, s, e in files[-1].tensors})
+        want.update({n: path.read_bytes()[s:e] for n, _, _, _, s, e, _ in files[-1].tensors})
     ctx = drv.ctx(0)
     pieces, where = [], {}
     for k, f in enumerate(files):
-        for name, _, _, _, start, end in f.tensors:
+        for name, _, _, _, start, end, _ in f.tensors:
             ptr = drv.alloc(ctx, end - start)
             pieces.append((k, start, end, ptr))
             where[name] = (ptr, end - start)
@@ -360,7 +360,7 @@ def test_a_job_with_a_piece_outside_its_file_is_refused_naming_it(drv: Driver, t
     with pytest.raises(ValueError, match="m.safetensors"):
         _core.read_job_to_cuda([f], [(0, 0, 10_000, ptr)], 0)
     with pytest.raises(ValueError, match="overlap"):
-        _, _, _, _, s, _ = f.tensors[0]
+        _, _, _, _, s, _, _ = f.tensors[0]
         _core.read_job_to_cuda([f], [(0, s, s + 64, ptr), (0, s + 32, s + 96, ptr)], 0)
     drv.free(drv.ctx(0), ptr)
 
@@ -390,7 +390,7 @@ def test_a_url_streams_to_the_device_bit_exact_through_the_pinned_pool(
         raw = (nginx.root / name).read_bytes()
         f = _core.open_weights(nginx.url(name))
         assert f.is_remote
-        pieces = [(0, s, e, drv.alloc(ctx, e - s)) for _, _, _, _, s, e in f.tensors if e > s]
+        pieces = [(0, s, e, drv.alloc(ctx, e - s)) for _, _, _, _, s, e, _ in f.tensors if e > s]
         flashpack.release_pinned_pool()
         leaked = flashpack.pinned_pool_stats()["leaked"]
         limit = leaked + pool
