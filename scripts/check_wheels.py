@@ -93,7 +93,8 @@ def check(dist: Path, target: str) -> str:
         raise SystemExit(f"{target}: expected one abi3 wheel tagged {tag_re} in {dist}, found {[w.name for w in wheels]}")
     wheel = wheels[0]
     with zipfile.ZipFile(wheel) as z:
-        exts = [n for n in z.namelist() if n.startswith("flashpack/_core")]
+        # The extension module itself (its type stub, _core.pyi, ships beside it).
+        exts = [n for n in z.namelist() if n.startswith("flashpack/_core") and n.endswith((".so", ".pyd"))]
         if exts != [ext]:
             raise SystemExit(f"{wheel.name}: expected the extension {ext}, found {exts}")
         blob = z.read(ext)
