@@ -27,6 +27,7 @@ FP_VERSION="${ORACLE_FLASHPACK_VERSION:-0.4.5}"
 ACCELERATE_VERSION="1.15.0"
 
 log() { echo "oracle-venv: $*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/venv-lib.sh"
 
 if [[ ! -x "$PROJECT_VENV/bin/python" ]]; then
     log "project venv not found at $PROJECT_VENV (set PROJECT_VENV)"
@@ -73,19 +74,7 @@ fi
 
 # Start from scratch whenever the stamp is missing or stale (half-built venv,
 # other project venv, other version). Only ever remove something that is a venv.
-if [[ -e "$ORACLE_VENV" ]]; then
-    if [[ -f "$ORACLE_VENV/pyvenv.cfg" ]]; then
-        rm -rf "$ORACLE_VENV"
-    elif [[ -n "$(ls -A "$ORACLE_VENV" 2>/dev/null)" ]]; then
-        log "$ORACLE_VENV exists and is not a venv; refusing to touch it"
-        exit 1
-    fi
-fi
-
-# Same interpreter as the project venv: torch is a compiled extension.
-BASE_PY="$("$PROJECT_VENV/bin/python" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
-log "creating $ORACLE_VENV with $BASE_PY"
-"$BASE_PY" -m venv "$ORACLE_VENV"
+fresh_venv "$ORACLE_VENV" "$PROJECT_VENV"
 OPY="$ORACLE_VENV/bin/python"
 PIP=("$OPY" -m pip --disable-pip-version-check --no-input -q)
 

@@ -31,6 +31,7 @@ PEERS=("runai-model-streamer==0.17.1:humanize" "fastsafetensors==0.5.0:" "instan
     "runai-model-streamer-s3==0.17.1:boto3,botocore,s3transfer,jmespath,python-dateutil,six,urllib3")
 
 log() { echo "peers-venv: $*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/venv-lib.sh"
 [[ -x "$PROJECT_VENV/bin/python" ]] || { log "project venv not found at $PROJECT_VENV"; exit 1; }
 
 if [[ "${1:-}" == "--download" ]]; then
@@ -55,17 +56,7 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$STAMP_WANT" && -f "$PTH" && -x "$PEE
     echo "$PEERS_VENV"
     exit 0
 fi
-if [[ -e "$PEERS_VENV" ]]; then
-    if [[ -f "$PEERS_VENV/pyvenv.cfg" ]]; then
-        rm -rf "$PEERS_VENV"
-    elif [[ -n "$(ls -A "$PEERS_VENV" 2>/dev/null)" ]]; then
-        log "$PEERS_VENV exists and is not a venv; refusing to touch it"
-        exit 1
-    fi
-fi
-BASE_PY="$("$PROJECT_VENV/bin/python" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
-log "creating $PEERS_VENV with $BASE_PY"
-"$BASE_PY" -m venv "$PEERS_VENV"
+fresh_venv "$PEERS_VENV" "$PROJECT_VENV"
 PIP=("$PEERS_VENV/bin/python" -m pip --disable-pip-version-check --no-input -q)
 printf '%s' "$PROJECT_SITE" >"$PTH"
 : >"$PEERS_VENV/.peers-missing"

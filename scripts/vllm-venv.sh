@@ -33,6 +33,7 @@ PYTEST_VERSION="8.4.2"
 PEERS=("runai-model-streamer==0.17.1:humanize" "fastsafetensors==0.5.0:")
 
 log() { echo "vllm-venv: $*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/venv-lib.sh"
 
 [[ -x "$PROJECT_VENV/bin/python" ]] || { log "project venv not found at $PROJECT_VENV (set PROJECT_VENV)"; exit 1; }
 
@@ -56,17 +57,7 @@ if fast_path_ok; then
 fi
 
 T0=$(date +%s)
-if [[ -e "$VLLM_VENV" ]]; then
-    if [[ -f "$VLLM_VENV/pyvenv.cfg" ]]; then
-        rm -rf "$VLLM_VENV"
-    elif [[ -n "$(ls -A "$VLLM_VENV" 2>/dev/null)" ]]; then
-        log "$VLLM_VENV exists and is not a venv; refusing to touch it"
-        exit 1
-    fi
-fi
-BASE_PY="$("$PROJECT_VENV/bin/python" -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
-log "creating $VLLM_VENV with $BASE_PY"
-"$BASE_PY" -m venv "$VLLM_VENV"
+fresh_venv "$VLLM_VENV" "$PROJECT_VENV"
 VPY="$VLLM_VENV/bin/python"
 PIP=("$VPY" -m pip --disable-pip-version-check --no-input -q)
 PIP_LOG="$(mktemp)"
