@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::driver::*;
+use crate::handles::handles;
 use crate::stream::{Event, Op, Stream};
 
 pub type CUdevice = c_int;
@@ -53,7 +54,7 @@ fn stream_in_ctx(name: &str, h: CUstream) -> Result<std::sync::Arc<Stream>, CUre
     let d = driver();
     let ctx = d.need_ctx()?;
     let h = handle(h).inspect_err(|_| d.violation(format!("{name}: null stream")))?;
-    let st = d.stream(h)?;
+    let st = handles().stream(h)?;
     if st.ctx != ctx {
         d.violation(format!("{name}: stream of another context"));
         return Err(INVALID_CONTEXT);
@@ -67,7 +68,7 @@ fn stream_in_ctx(name: &str, h: CUstream) -> Result<std::sync::Arc<Stream>, CUre
 fn event_in_ctx(name: &str, h: CUevent) -> Result<std::sync::Arc<Event>, CUresult> {
     let d = driver();
     let ctx = d.need_ctx()?;
-    let ev = d.event(handle(h)?)?;
+    let ev = handles().event(handle(h)?)?;
     if ev.ctx != ctx {
         d.violation(format!("{name}: event of another context"));
         return Err(INVALID_CONTEXT);
@@ -352,7 +353,7 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
             pinned,
             dst: alloc,
             dst_off: off,
-            due: Instant::now() + crate::stream::delay(),
+            due: Instant::now() + delay(),
             digest,
         });
         Ok(())
@@ -373,7 +374,7 @@ pub unsafe extern "C" fn cuStreamCreate(ps: *mut CUstream, _flags: c_uint) -> CU
             return Err(OUT_OF_MEMORY);
         }
         let st = Stream::start(ctx).ok_or(OUT_OF_MEMORY)?;
-        let h = d.add_stream(st);
+        let h = handles().add_stream(st);
         // SAFETY: output pointer per the driver contract.
         unsafe { out(ps, h as CUstream) }
     })
@@ -383,7 +384,7 @@ pub unsafe extern "C" fn cuStreamCreate(ps: *mut CUstream, _flags: c_uint) -> CU
 pub unsafe extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
     call("cuStreamDestroy", || {
         stream_in_ctx("cuStreamDestroy", stream)?;
-        driver().remove_stream(stream as usize)?.close();
+        handles().remove_stream(stream as usize)?.close();
         Ok(())
     })
 }
@@ -423,7 +424,7 @@ pub unsafe extern "C" fn cuEventCreate(pe: *mut CUevent, _flags: c_uint) -> CUre
         if pe.is_null() {
             return Err(INVALID_VALUE);
         }
-        let h = d.add_event(Event::new(ctx));
+        let h = handles().add_event(Event::new(ctx));
         // SAFETY: output pointer per the driver contract.
         unsafe { out(pe, h as CUevent) }
     })
@@ -433,7 +434,7 @@ pub unsafe extern "C" fn cuEventCreate(pe: *mut CUevent, _flags: c_uint) -> CUre
 pub unsafe extern "C" fn cuEventDestroy_v2(event: CUevent) -> CUresult {
     call("cuEventDestroy", || {
         event_in_ctx("cuEventDestroy", event)?;
-        driver().remove_event(event as usize).map(drop)
+        handles().remove_event(event as usize).map(drop)
     })
 }
 
@@ -527,7 +528,7 @@ pub unsafe extern "C" fn standin_fail(kind: *const c_char, nth: u64) -> c_int {
 /// Sets how long after it is enqueued a copy completes.
 #[no_mangle]
 pub extern "C" fn standin_set_delay_us(us: u64) {
-    crate::stream::set_delay(Duration::from_micros(us));
+    set_delay(Duration::from_micros(us));
 }
 
 /// Clears call counts, violations and armed failures.
@@ -540,7 +541,7 @@ pub extern "C" fn standin_reset() {
 /// returns its length; call again with a larger buffer when the length is `>= cap`.
 #[no_mangle]
 pub unsafe extern "C" fn standin_record(buf: *mut c_char, cap: usize) -> usize {
-    let json = driver().record();
+    let json = driver().record(handles().counts());
     if !buf.is_null() && cap > 0 {
         let n = json.len().min(cap - 1);
         // SAFETY: `buf` holds `cap` writable bytes per this function's contract; n + 1 <= cap.

@@ -1,11 +1,10 @@
 //! The stand-in's process-wide state: devices, contexts, allocations, handles, call counts,
 //! injected failures and the violations it saw.
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
-
-use crate::stream::{Event, Stream};
 
 /// A driver result code (`CUresult`); only values the real driver defines are ever returned.
 pub type CUresult = u32;
@@ -65,9 +64,6 @@ const CTX_BASE: usize = 0xC7_0000;
 /// Device addresses start here and are spaced so that an overrun lands in no allocation.
 const DPTR_BASE: u64 = 0x5d00_0000_0000;
 const DPTR_GAP: u64 = 1 << 20;
-/// Stream and event handles are small integers from here.
-const HANDLE_BASE: usize = 0x5_0000;
-
 /// Calls whose N-th occurrence can be made to fail.
 pub const FAIL_KINDS: &[&str] = &[
     "copy",
@@ -104,9 +100,6 @@ struct State {
     device: BTreeMap<u64, Arc<DeviceAlloc>>,
     device_used: Vec<u64>,
     next_dptr: u64,
-    streams: HashMap<usize, Arc<Stream>>,
-    events: HashMap<usize, Arc<Event>>,
-    next_handle: usize,
     thread_ctx: BTreeMap<String, usize>,
 }
 
@@ -116,6 +109,18 @@ pub struct Driver {
     state: Mutex<State>,
     /// Signalled when copies that read pinned memory complete.
     host_done: Condvar,
+}
+
+static DELAY_US: AtomicU64 = AtomicU64::new(300);
+
+/// Sets how long after it is enqueued a copy completes (streams read it as they run).
+pub fn set_delay(d: Duration) {
+    DELAY_US.store(d.as_micros() as u64, Ordering::Relaxed);
+}
+
+/// How long after it is enqueued a copy completes.
+pub fn delay() -> Duration {
+    Duration::from_micros(DELAY_US.load(Ordering::Relaxed))
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -130,7 +135,7 @@ pub fn driver() -> &'static Driver {
     static DRIVER: OnceLock<Driver> = OnceLock::new();
     DRIVER.get_or_init(|| {
         let devices = env_u64("CUDA_STANDIN_DEVICES", 2) as usize;
-        crate::stream::set_delay(Duration::from_micros(env_u64("CUDA_STANDIN_DELAY_US", 300)));
+        set_delay(Duration::from_micros(env_u64("CUDA_STANDIN_DELAY_US", 300)));
         let mut inject = BTreeMap::new();
         for item in std::env::var("CUDA_STANDIN_FAIL")
             .unwrap_or_default()
@@ -155,9 +160,6 @@ pub fn driver() -> &'static Driver {
                 device: BTreeMap::new(),
                 device_used: vec![0; devices],
                 next_dptr: DPTR_BASE,
-                streams: HashMap::new(),
-                events: HashMap::new(),
-                next_handle: HANDLE_BASE,
                 thread_ctx: BTreeMap::new(),
             }),
             host_done: Condvar::new(),
@@ -421,42 +423,8 @@ impl Driver {
         })
     }
 
-    // --- handles ---
-
-    pub fn add_stream(&self, st: Arc<Stream>) -> usize {
-        let mut s = self.lock();
-        s.next_handle += 1;
-        let h = s.next_handle;
-        s.streams.insert(h, st);
-        h
-    }
-
-    pub fn stream(&self, h: usize) -> Result<Arc<Stream>, CUresult> {
-        self.lock().streams.get(&h).cloned().ok_or(INVALID_HANDLE)
-    }
-
-    pub fn remove_stream(&self, h: usize) -> Result<Arc<Stream>, CUresult> {
-        self.lock().streams.remove(&h).ok_or(INVALID_HANDLE)
-    }
-
-    pub fn add_event(&self, ev: Arc<Event>) -> usize {
-        let mut s = self.lock();
-        s.next_handle += 1;
-        let h = s.next_handle;
-        s.events.insert(h, ev);
-        h
-    }
-
-    pub fn event(&self, h: usize) -> Result<Arc<Event>, CUresult> {
-        self.lock().events.get(&h).cloned().ok_or(INVALID_HANDLE)
-    }
-
-    pub fn remove_event(&self, h: usize) -> Result<Arc<Event>, CUresult> {
-        self.lock().events.remove(&h).ok_or(INVALID_HANDLE)
-    }
-
     /// The JSON record tests read.
-    pub fn record(&self) -> String {
+    pub fn record(&self, handles: (usize, usize)) -> String {
         let s = self.lock();
         let device_bytes: u64 = s.device_used.iter().sum();
         serde_json::json!({
@@ -466,12 +434,12 @@ impl Driver {
             "pinned_bytes": s.host.values().map(|h| h.len).sum::<usize>(),
             "device_allocs": s.device.len(),
             "device_bytes": device_bytes,
-            "streams": s.streams.len(),
-            "events": s.events.len(),
+            "streams": handles.0,
+            "events": handles.1,
             "retained": s.retained,
             "armed": s.inject,
             "thread_contexts": s.thread_ctx,
-            "delay_us": crate::stream::delay().as_micros() as u64,
+            "delay_us": delay().as_micros() as u64,
         })
         .to_string()
     }

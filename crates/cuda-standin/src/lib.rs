@@ -38,4 +38,5 @@
 //! ```
 pub mod api;
 mod driver;
+mod handles;
 mod stream;

@@ -1,23 +1,13 @@
 //! Streams and events: each stream is a worker thread that runs its queue in order, each copy no
 //! earlier than the stand-in's delay after it was enqueued, so work completes late as on a GPU.
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::driver::{driver, DeviceAlloc};
-
-static DELAY_US: AtomicU64 = AtomicU64::new(300);
-
-pub fn set_delay(d: Duration) {
-    DELAY_US.store(d.as_micros() as u64, Ordering::Relaxed);
-}
-
-pub fn delay() -> Duration {
-    Duration::from_micros(DELAY_US.load(Ordering::Relaxed))
-}
 
 /// Work queued on a stream.
 pub enum Op {
