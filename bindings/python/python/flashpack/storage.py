@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from . import _core
+from . import _engine
 from .utils import is_ignored_tensor_name
 
 
@@ -28,9 +28,9 @@ class FlashTensorStorage:
     # What a distributed load did on this rank (strategy, bytes read), else None.
     io: dict[str, Any] | None = None
     # The file's footer as the engine decoded it (None for a checkpoint or a bare tensor).
-    footer: _core.Footer | None = field(default=None, repr=False)
+    footer: _engine.Footer | None = field(default=None, repr=False)
     # Where each tensor sits in ``blocks``: the footer's records, or one per block for a checkpoint.
-    records: list[_core.Record] | None = field(default=None, repr=False)
+    records: list[_engine.Record] | None = field(default=None, repr=False)
 
     def block(self, idx: int) -> torch.Tensor:
         return self.blocks[idx]
@@ -43,9 +43,9 @@ class FlashTensorStorage:
         return self.blocks[0].device if self.blocks else torch.device("cpu")
 
 
-def footer_metadata(footer: _core.Footer) -> dict[str, Any]:
+def footer_metadata(footer: _engine.Footer) -> dict[str, Any]:
     """The footer as the original API's dict (its JSON as stored). The one place Python reads
-    footer JSON; everything else uses the engine's decoded :class:`flashpack._core.Footer`."""
+    footer JSON; everything else uses the engine's decoded :class:`flashpack._engine.Footer`."""
     metadata: dict[str, Any] = json.loads(footer.json)
     return metadata
 
@@ -67,7 +67,7 @@ def metadata_of(storage: FlashTensorStorage, path: str) -> dict[str, Any]:
 _Placement = tuple[str, int, int, int, tuple[int, ...], Any]
 
 
-def placements(records: list[_core.Record]) -> Iterator[_Placement]:
+def placements(records: list[_engine.Record]) -> Iterator[_Placement]:
     """The placements of a footer's (or a checkpoint's) records, for :func:`views`."""
     return ((r.name, r.block, r.offset, r.length, tuple(r.shape), r) for r in records)
 
