@@ -198,11 +198,6 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def cuda_available() -> bool:
-    """True when the engine was built with CUDA loads and finds a driver."""
-    return bool(_core.cuda_available())
-
-
 def release_pinned_pool() -> int:
     """Free the pinned host staging buffers that CUDA loads keep for reuse; returns bytes freed."""
     return int(_core.release_pinned_pool())

@@ -8,7 +8,6 @@ blocks become typed tensors (zero-copy views of that memory) and records become 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from .loading import load_checkpoint
 from .remote import flashpack_url_footer, is_url, read_flashpack_url
 from .storage import (
     FlashTensorStorage,
+    block_views,
     footer_metadata,
     metadata_of,
     placements,
@@ -69,21 +69,6 @@ def resolve_shard_strategy(strategy: str | None = None) -> str:
     """A sharded distributed load's strategy: ``strategy``, else ``FLASHPACK_SHARD_STRATEGY``,
     else "contiguous"; ValueError for an unknown name."""
     return resolve_strategy(False, strategy)[1]
-
-
-def _block_tensors(payload: _engine.Payload) -> list[torch.Tensor]:
-    blocks = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for dtype_name, offset, length_bytes, _ in payload.footer.blocks:
-            dtype = string_to_dtype(dtype_name)
-            if length_bytes == 0:
-                blocks.append(torch.empty(0, dtype=dtype))
-                continue
-            raw = torch.frombuffer(payload, dtype=torch.uint8, count=length_bytes, offset=offset)
-            block = raw.view(dtype)
-            blocks.append(block)
-    return blocks
 
 
 CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".flashpack")
@@ -182,7 +167,7 @@ def read_storage(
     payload = _engine.load_payload(path, eager=eager, progress=not silent, verify=verify)
     print_phases(payload.phases, silent)
     with timer("make_blocks", silent):
-        blocks = _block_tensors(payload)
+        blocks = block_views(payload, payload.footer.blocks)
     footer = payload.footer
     return FlashTensorStorage(blocks=blocks, backing=payload, footer=footer, records=footer.records)
 

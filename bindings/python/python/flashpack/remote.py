@@ -32,7 +32,7 @@ import torch
 
 from . import _engine
 from ._engine import string_to_dtype
-from .storage import FlashTensorStorage, view_bytes
+from .storage import FlashTensorStorage, block_views
 
 __all__ = ["is_url", "read_url", "url_exists"]
 
@@ -127,7 +127,7 @@ def read_flashpack_url(
     memory: Any = None
     if footer.payload_len:
         memory, _offsets = _engine.read_host([handle], [(0, 0, footer.payload_len)], not silent, verify)
-    host = [view_bytes(memory, off, length, string_to_dtype(d), (elems,)) for d, off, length, elems in blocks]
+    host = block_views(memory, blocks)
     if device.type == "mps":
         return FlashTensorStorage(blocks=[b.to(device) for b in host], footer=footer, records=footer.records)
     return FlashTensorStorage(blocks=host, backing=memory, footer=footer, records=footer.records)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from . import _engine
+from ._engine import string_to_dtype
 from .utils import is_ignored_tensor_name
 
 
@@ -107,3 +108,9 @@ def view_bytes(memory: Any, offset: int, nbytes: int, dtype: torch.dtype, shape:
         warnings.simplefilter("ignore")
         raw = torch.frombuffer(memory, dtype=torch.uint8, count=nbytes, offset=offset)
     return raw.view(dtype).view(shape)
+
+
+def block_views(memory: Any, blocks: list[tuple[str, int, int, int]]) -> list[torch.Tensor]:
+    """One 1-D tensor per block of a footer (``(dtype name, offset, bytes, elements)``), viewing
+    ``memory`` (loaded payload bytes, anything with the buffer protocol) without a copy."""
+    return [view_bytes(memory, off, n, string_to_dtype(d), (-1,) if n else (0,)) for d, off, n, _ in blocks]
