@@ -230,7 +230,7 @@ def test_eager_loads_honour_flashpack_huge_pages(
         asked.append(bool(kw.get("huge_pages")))
         return read_job(*args, **kw)
 
-    monkeypatch.setattr(flashpack.loading._core, "read_job", recording)
+    monkeypatch.setattr(flashpack._engine._core, "read_job", recording)
     for flag in ("1", "0"):
         monkeypatch.setenv("FLASHPACK_HUGE_PAGES", flag)
         assert_same_dict(flashpack.load_file(path, eager=True), sd)

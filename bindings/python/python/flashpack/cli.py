@@ -1,6 +1,6 @@
 """The ``flashpack`` command of the Python package: the same command as the Rust binary.
 
-Its parser and every engine-side subcommand are the binary's (``flashpack._core.cli``): ``convert``
+Its parser and every engine-side subcommand are the binary's (``flashpack._engine.run_command``): ``convert``
 of safetensors and FlashPack files (bit-exact, ``__metadata__`` kept), ``revert`` to safetensors,
 ``metadata``, ``inspect``, ``verify``, ``bench``. What needs Python comes back from there and is
 done by :mod:`flashpack.commands`: torch files, ``--dtype`` casts, model folders
@@ -24,7 +24,8 @@ import re
 import sys
 import traceback
 
-from . import _core
+from . import _engine
+from .commands import CommandError, carry_out
 
 _VERBOSE = re.compile(r"^(--verbose|-[a-zA-Z]*v[a-zA-Z]*)$")
 
@@ -39,8 +40,6 @@ def one_line(error: BaseException) -> str:
     else:
         text = str(error)
     text = " ".join(text.split()) or type(error).__name__
-    from .commands import CommandError
-
     return text if isinstance(error, (CommandError, OSError, ValueError)) else f"{type(error).__name__}: {text}"
 
 
@@ -51,17 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     verbose = any(_VERBOSE.match(a) for a in options)
     sys.stdout.flush()  # the engine may print (bench) straight to the same stream
     try:
-        outcome = _core.cli(args)
+        outcome = _engine.run_command(args)
         if outcome["kind"] == "exit":
             sys.stdout.write(outcome["stdout"])
             sys.stderr.write(outcome["stderr"])
             return int(outcome["code"])
-        if outcome["kind"] == "done":
-            report = outcome["stdout"]
-        else:
-            from .commands import carry_out
-
-            report = carry_out(json.loads(outcome["request"])).report
+        done = outcome["kind"] == "done"
+        report = outcome["stdout"] if done else carry_out(json.loads(outcome["request"])).report
     except KeyboardInterrupt:
         print("flashpack: interrupted", file=sys.stderr)
         return 130

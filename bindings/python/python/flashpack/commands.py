@@ -1,7 +1,7 @@
 """What the ``flashpack`` command does that needs Python, and the original package's Python API
 for it (``convert_to_flashpack``, ``revert_from_flashpack``, ...).
 
-The command line itself is the engine's (``flashpack._core.cli``, the Rust binary's parser and
+The command line itself is the engine's (``flashpack._engine.run_command``, the Rust binary's parser and
 subcommands): it converts safetensors and FlashPack files bit-exactly and hands over here only
 what needs torch, transformers, diffusers or the Hub: torch files (``.bin``/``.pt``/``.pth``/
 ``.ckpt``), ``--dtype`` casts, model folders and Hub ids. The API functions route the same way,
@@ -32,7 +32,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
-from . import _core
+from . import _engine
+from .deserialization import read_storage, revert_from_file
+from .serialization import pack_to_file
+from .storage import revert_storage
+from .utils import NAME_TO_DTYPE, atomic_path, dtype_to_string, filter_state_dict
 
 if TYPE_CHECKING:
     import torch
@@ -72,9 +76,6 @@ def convert_to_flashpack_from_state_dict(
 ) -> str:
     """Pack a state dict (floating-point tensors cast to ``dtype``, the ``ignore_*`` ones left
     out) into ``destination_path``; ``pack_options`` are those of ``pack_to_file``."""
-    from .serialization import pack_to_file
-    from .utils import filter_state_dict
-
     kept = filter_state_dict(state_dict, ignore_names, ignore_prefixes, ignore_suffixes)
     if not kept:
         raise CommandError(
@@ -189,8 +190,6 @@ def convert_to_flashpack(
             source, destination_path, dtype, ignore_names, ignore_prefixes, ignore_suffixes, silent
         )
     if dtype is not None and not isinstance(dtype, str):
-        from .utils import dtype_to_string
-
         dtype = dtype_to_string(dtype)
     argv = ["convert", os.fspath(source)]
     argv += [os.fspath(destination_path)] if destination_path is not None else []
@@ -223,7 +222,7 @@ def revert_from_flashpack(
 
 def run_quietly(argv: list[str], library_kwargs: dict[str, Any]) -> Path:
     """Run a command line (as the ``flashpack`` command would, printing nothing); the path written."""
-    outcome = _core.cli(["--quiet", *argv])
+    outcome = _engine.run_command(["--quiet", *argv])
     if outcome["kind"] == "exit":
         raise CommandError(" ".join(str(outcome["stderr"] or outcome["stdout"]).split()))
     if outcome["kind"] == "done":
@@ -241,7 +240,7 @@ class Done:
 
 def carry_out(request: dict[str, Any], library_kwargs: dict[str, Any] | None = None) -> Done:
     """Do what the engine handed over (``request``: the parsed command line, see
-    ``flashpack._core.cli``). ``library_kwargs`` go to the library's ``from_pretrained``."""
+    ``flashpack._engine.run_command``). ``library_kwargs`` go to the library's ``from_pretrained``."""
     args = request["command"]
     start = time.perf_counter()
     with phase_output(request["verbose"]):
@@ -268,8 +267,6 @@ def phase_output(verbose: bool) -> Iterator[None]:
 def parse_dtype(name: torch.dtype | str | None) -> torch.dtype | None:
     """A floating-point torch dtype from a dtype or a name (``bf16``, ``bfloat16``, ``torch.float16``)."""
     import torch
-
-    from .utils import NAME_TO_DTYPE
 
     if name is None or isinstance(name, torch.dtype):
         return name
@@ -361,10 +358,6 @@ def convert_in_python(args: dict[str, Any], library_kwargs: dict[str, Any], quie
 def revert_to_torch(source: Path, destination: Path, quiet: bool) -> Done:
     """Write a FlashPack file as a torch file (``torch.save`` of the state dict), atomically."""
     import torch
-
-    from .deserialization import read_storage
-    from .storage import revert_storage
-    from .utils import atomic_path
 
     storage = read_storage(os.fsdecode(source), torch.device("cpu"), silent=quiet)
     state_dict = revert_storage(storage)
@@ -462,8 +455,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError) as e:
             raise CommandError(f"{path}: cannot read safetensors file: {e}") from e
     if suffix == ".flashpack":
-        from .deserialization import revert_from_file
-
         return revert_from_file(path)
     try:
         try:

@@ -8,28 +8,28 @@ blocks become typed tensors (zero-copy views of that memory) and records become 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from . import _core, settings
+from . import _engine, settings
+from ._engine import pinned_pool_stats as pinned_pool_stats  # public here (and in flashpack)
+from ._engine import release_pinned_pool as release_pinned_pool
+from ._engine import resolve_device, string_to_dtype
+from ._engine import set_pinned_pool_limit as set_pinned_pool_limit
+from ._process_group import maybe_init_distributed
 from .constants import DEFAULT_CHUNK_BYTES, DEFAULT_NUM_STREAMS
-from .distributed import (
-    maybe_init_distributed,
-    read_storage_distributed,
-    resolve_strategy,
-)
 from .distributed import (
     read_flashpack_file_distributed as read_flashpack_file_distributed,  # re-exported: the original's module path
 )
+from .distributed import read_storage_distributed, resolve_strategy
 from .loading import load_checkpoint
 from .remote import flashpack_url_footer, is_url, read_flashpack_url
-from .settings import reader_options
 from .storage import (
     FlashTensorStorage,
+    block_views,
     footer_metadata,
     metadata_of,
     placements,
@@ -41,7 +41,6 @@ from .utils import (
     human_num_elements,
     is_ignored_tensor_name,
     print_phases,
-    string_to_dtype,
     timer,
 )
 
@@ -53,14 +52,14 @@ def get_flashpack_file_metadata(path: PathArg) -> dict[str, Any]:
     path = os.fsdecode(path)
     if is_url(path):
         return footer_metadata(flashpack_url_footer(path))
-    return footer_metadata(_core.read_footer(path))
+    return footer_metadata(_engine.read_footer(path))
 
 
 def is_flashpack_file(path: PathArg) -> bool:
     """True when ``path`` is a readable, valid FlashPack file (a regular file: a FIFO or device is
     never opened for reading)."""
     try:
-        _core.read_footer(os.fsdecode(path))
+        _engine.read_footer(path)
     except (OSError, ValueError):
         return False
     return True
@@ -70,26 +69,6 @@ def resolve_shard_strategy(strategy: str | None = None) -> str:
     """A sharded distributed load's strategy: ``strategy``, else ``FLASHPACK_SHARD_STRATEGY``,
     else "contiguous"; ValueError for an unknown name."""
     return resolve_strategy(False, strategy)[1]
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    device = torch.device("cpu") if device is None else torch.device(device)
-    return torch.device("cpu") if device.type == "meta" else device
-
-
-def _block_tensors(payload: _core.Payload) -> list[torch.Tensor]:
-    blocks = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for dtype_name, offset, length_bytes, _ in payload.footer.blocks:
-            dtype = string_to_dtype(dtype_name)
-            if length_bytes == 0:
-                blocks.append(torch.empty(0, dtype=dtype))
-                continue
-            raw = torch.frombuffer(payload, dtype=torch.uint8, count=length_bytes, offset=offset)
-            block = raw.view(dtype)
-            blocks.append(block)
-    return blocks
 
 
 CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".flashpack")
@@ -124,7 +103,7 @@ def _read_checkpoint(
         eager = settings.cpu_parallel_read()
     tensors = load_checkpoint(path, device, eager=eager, progress=not silent)
     blocks = [t.reshape(-1) for t in tensors.values()]
-    records = [_core.Record(name, list(t.shape), k, 0, t.numel()) for k, (name, t) in enumerate(tensors.items())]
+    records = [_engine.Record(name, list(t.shape), k, 0, t.numel()) for k, (name, t) in enumerate(tensors.items())]
     return FlashTensorStorage(blocks=blocks, records=records)
 
 
@@ -163,7 +142,7 @@ def read_flashpack_file(
     """
     del metadata, chunk_bytes, num_streams  # the engine validates the file's own footer and sizes its reads
     path = os.fsdecode(path)
-    storage = read_storage(path, _resolve_device(device), silent, eager, verify)
+    storage = read_storage(path, resolve_device(device, path, meta_to_cpu=True), silent, eager, verify)
     return storage, metadata_of(storage, path)
 
 
@@ -171,13 +150,11 @@ def read_storage(
     path: str, device: torch.device, silent: bool = True, eager: bool | None = None, verify: bool = False
 ) -> FlashTensorStorage:
     """:func:`read_flashpack_file` without the metadata dict: the storage carries the engine's
-    footer and records."""
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"Unsupported device: {device}")
+    footer and records. ``device`` is resolved (:func:`flashpack._engine.resolve_device`)."""
     if is_checkpoint_path(path):
         return _read_checkpoint(path, device, silent, eager, verify)
     if is_url(path):
-        handle = _core.open_weights(path)
+        handle = _engine.open_weights(path)
         if handle.footer is None:  # a safetensors object: read as a checkpoint, as a .safetensors path is
             return _read_checkpoint(path, device, silent, eager=True, verify=verify)
         return read_flashpack_url(handle, device, silent, verify)
@@ -187,17 +164,10 @@ def read_storage(
         return _read_to_mps(path, device, silent, verify)
     if eager is None:
         eager = settings.cpu_parallel_read()
-    payload = _core.load(
-        path,
-        eager=eager,
-        **reader_options(),
-        progress=not silent,
-        huge_pages=settings.huge_pages(),
-        verify=verify,
-    )
+    payload = _engine.load_payload(path, eager=eager, progress=not silent, verify=verify)
     print_phases(payload.phases, silent)
     with timer("make_blocks", silent):
-        blocks = _block_tensors(payload)
+        blocks = block_views(payload, payload.footer.blocks)
     footer = payload.footer
     return FlashTensorStorage(blocks=blocks, backing=payload, footer=footer, records=footer.records)
 
@@ -205,22 +175,13 @@ def read_storage(
 def _read_to_cuda(path: str, device: torch.device, silent: bool, verify: bool) -> FlashTensorStorage:
     """Stream the file's blocks into one new CUDA tensor per block, through the engine's pinned
     staging buffers (host memory never holds the whole payload)."""
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"{path}: cannot load to {device}: torch sees no CUDA device")
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    device = torch.device("cuda", index)
     with timer("read_metadata", silent):
-        handle = _core.open(path)
+        handle = _engine.open_file(path)
         footer = handle.footer
     with timer("alloc_device", silent):
         raw = [torch.empty(length, dtype=torch.uint8, device=device) for _, _, length, _ in footer.blocks]
-        # The caching allocator may hand out memory that kernels queued on torch's stream still
-        # use; the engine copies on its own streams, so that work must be finished first.
-        torch.cuda.current_stream(device).synchronize()
-    regions = [
-        (offset, length, t.data_ptr()) for (_, offset, length, _), t in zip(footer.blocks, raw, strict=True) if length
-    ]
-    phases, _io = handle.to_cuda(index, regions, progress=not silent, verify=verify, **reader_options())
+    regions = [(offset, t) for (_, offset, _, _), t in zip(footer.blocks, raw, strict=True)]
+    phases, _io = _engine.file_to_cuda(handle, regions, device, progress=not silent, verify=verify)
     print_phases(phases, silent)
     blocks = [t.view(string_to_dtype(dtype)) for (dtype, _, _, _), t in zip(footer.blocks, raw, strict=True)]
     return FlashTensorStorage(blocks=blocks, footer=footer, records=footer.records)
@@ -229,8 +190,6 @@ def _read_to_cuda(path: str, device: torch.device, silent: bool, verify: bool) -
 def _read_to_mps(path: str, device: torch.device, silent: bool, verify: bool) -> FlashTensorStorage:
     """Apple silicon: an eager read into host memory (the engine has no Metal sink), then one
     copy per block onto the MPS device."""
-    if not torch.backends.mps.is_available():
-        raise RuntimeError(f"{path}: cannot load to {device}: torch sees no MPS device")
     host = read_storage(path, torch.device("cpu"), silent=silent, eager=True, verify=verify)
     with timer("copy_to_mps", silent):
         blocks = [block.to(device) for block in host.blocks]
@@ -248,28 +207,7 @@ def verify_flashpack_file(path: PathArg, silent: bool = True) -> dict[str, Any]:
     fetched with parallel ranged GETs and checked as the parts arrive, never kept whole in memory
     (errors name the URL, as for :func:`read_flashpack_file`).
     """
-    path = os.fsdecode(path)
-    if is_url(path):
-        return dict(_core.verify_url(path, progress=not silent))
-    return dict(_core.verify(path, progress=not silent))
-
-
-def release_pinned_pool() -> int:
-    """Free the pinned host staging buffers that CUDA loads keep for reuse; returns bytes freed."""
-    return int(_core.release_pinned_pool())
-
-
-def pinned_pool_stats() -> dict[str, int]:
-    """Pinned staging memory in bytes: allocated (in use plus idle), idle, leaked (given up after
-    a failed CUDA operation: never reused, still counted against the limit), peak and the limit."""
-    return dict(_core.pinned_pool_stats())
-
-
-def set_pinned_pool_limit(limit_bytes: int) -> None:
-    """Bound the pinned staging memory of CUDA loads (default 1 GiB, or
-    ``FLASHPACK_PINNED_POOL_BYTES`` as set when the pool was first used; the variable is read
-    once). Idle buffers over the new bound are freed now, busy ones when their load ends."""
-    _core.set_pinned_pool_limit(int(limit_bytes))
+    return _engine.verify(path, progress=not silent)
 
 
 def iterate_from_flash_tensor(
@@ -357,7 +295,7 @@ def assign_from_file(
     storage), ``verify`` and ``use_distributed_loading`` are refused for them.
     """
     path_str = os.fsdecode(path)
-    device = _resolve_device(device if device is not None else _default_device(model))
+    device = resolve_device(device if device is not None else _default_device(model), path_str, meta_to_cpu=True)
     if use_distributed_loading:
         storage = _read_distributed(
             path_str,

@@ -16,7 +16,6 @@ timeout, so a failure on one rank becomes an error on every rank instead of a ha
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import math
 import os
@@ -27,10 +26,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from . import _core, settings
+from . import _engine, settings
+from ._engine import string_to_dtype
+from ._process_group import agree as _agree
+from ._process_group import control_group as _control_group
+from ._process_group import maybe_init_distributed as maybe_init_distributed  # this module's public name too
 from .constants import DEFAULT_SHARD_STRATEGY, SHARD_ALIGN_BYTES, SHARD_STRATEGIES
 from .storage import FlashTensorStorage, footer_metadata, view_bytes
-from .utils import string_to_dtype, timer
+from .utils import timer
 
 STRATEGIES = ("broadcast", "sharded")
 # Shard boundaries fall on this grid: whole checksum chunks (so shards can be verified) and
@@ -38,74 +41,6 @@ STRATEGIES = ("broadcast", "sharded")
 SHARD_GRID = SHARD_ALIGN_BYTES
 # Largest single broadcast message.
 BROADCAST_PIECE = 256 << 20
-
-
-def _timeout() -> datetime.timedelta:
-    return datetime.timedelta(seconds=settings.dist_timeout_s())
-
-
-def maybe_init_distributed(
-    rank: int | None = None,
-    local_rank: int | None = None,
-    world_size: int | None = None,
-    device: torch.device | None = None,
-) -> tuple[int, int, int]:
-    """Join the default process group, initialising it from torchrun's variables (``RANK``,
-    ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or the arguments when it
-    does not exist yet. Returns ``(rank, local_rank, world_size)``.
-
-    A ``world_size`` (or ``rank``) that disagrees with an existing group is reported on every
-    rank by the load's status exchange; a group that cannot form (e.g. a world size larger than
-    the number of processes) fails after ``FLASHPACK_DIST_TIMEOUT`` seconds (default 300).
-    """
-    if local_rank is None:
-        local_rank = settings.torchrun_local_rank()
-    asked = (rank, world_size)
-    if not dist.is_initialized():
-        rank = rank if rank is not None else settings.torchrun_rank()
-        world_size = world_size if world_size is not None else settings.torchrun_world_size()
-        if rank < 0 or world_size < 1:
-            raise RuntimeError(
-                "distributed loading needs a process group: run under torchrun, call "
-                "torch.distributed.init_process_group, or pass rank= and world_size= (with MASTER_ADDR "
-                "and MASTER_PORT set)"
-            )
-        backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        try:
-            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=_timeout())
-        except Exception as e:  # a store timeout, a refused connection...
-            raise RuntimeError(
-                f"rank {rank}: could not form the process group of {world_size} ranks "
-                f"(timeout {_timeout().total_seconds():.0f} s): {e}"
-            ) from e
-    actual = (dist.get_rank(), dist.get_world_size())
-    problem = None
-    if asked[1] is not None and asked[1] != actual[1]:
-        problem = f"asked for world_size={asked[1]} but the process group has {actual[1]} ranks"
-    elif asked[0] is not None and asked[0] != actual[0]:
-        problem = f"asked for rank={asked[0]} but is rank {actual[0]} of the process group"
-    _agree(problem, "checking the process group", _control_group())
-    return actual[0], local_rank, actual[1]
-
-
-def _control_group() -> Any:
-    """A gloo group for small control messages (works beside NCCL, honours the timeout).
-
-    Not cached: a process group object kept alive in a module global past
-    ``destroy_process_group`` is torn down at interpreter exit after the C++ runtime it needs,
-    which aborted about one process exit in five in the tests."""
-    return dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=_timeout())
-
-
-def _agree(ok: str | None, what: str, group: Any) -> None:
-    """Every rank says whether its part went well; every rank raises if any did not."""
-    statuses: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(statuses, ok, group=group)
-    failed = [f"rank {r}: {s}" for r, s in enumerate(statuses) if s is not None]
-    if failed:
-        raise RuntimeError(f"distributed load failed while {what}: " + "; ".join(failed))
 
 
 @dataclass
@@ -163,10 +98,8 @@ def read_storage_distributed(
 ) -> FlashTensorStorage:
     """:func:`read_flashpack_file_distributed` without the metadata dict: the storage carries the
     footer (rank ``src``'s, decoded and validated by the engine on every rank) and its records."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
     path = os.fsdecode(path)
+    device = _engine.resolve_device(device, path)
     group = _control_group()
     config = _decide(src, sharded, shard_strategy, verify, group)
     handle = _open_everywhere(path, src, config["strategy"] == "sharded", silent, group)
@@ -175,14 +108,11 @@ def read_storage_distributed(
     with timer("alloc", silent):
         padded = max(footer.payload_len, plan.rounds * dist.get_world_size() * plan.shard_bytes)
         buffer = torch.empty(padded, dtype=torch.uint8, device=device)
-        if device.type == "cuda":
-            torch.cuda.current_stream(device).synchronize()
     if plan.strategy == "broadcast":
         bytes_read = _broadcast_payload(handle, buffer, footer.payload_len, src, plan, silent, group)
     else:
         bytes_read = _gather_shards(handle, buffer, footer.payload_len, plan, silent, group)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _engine.synchronize(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tensors = [buffer[off : off + n].view(string_to_dtype(dt)) for dt, off, n, _ in footer.blocks]
@@ -217,7 +147,7 @@ def _open_everywhere(path: str, src: int, sharded: bool, silent: bool, group: An
     if need_file:
         try:
             with timer("read_metadata", silent):
-                handle = _core.open(path)
+                handle = _engine.open_file(path)
             digest = hashlib.sha256(handle.footer.json).hexdigest()
         except Exception as e:  # noqa: BLE001 - reported on every rank below
             status = f"{type(e).__name__}: {e}"
@@ -232,7 +162,7 @@ def _open_everywhere(path: str, src: int, sharded: bool, silent: bool, group: An
     return handle
 
 
-def _share_footer(handle: Any, src: int, group: Any) -> _core.Footer:
+def _share_footer(handle: Any, src: int, group: Any) -> _engine.Footer:
     """Rank ``src``'s footer on every rank: its own where a rank opened the file (the same, as
     checked), else decoded and validated from what ``src`` broadcast."""
     box: list[Any] = [
@@ -240,20 +170,13 @@ def _share_footer(handle: Any, src: int, group: Any) -> _core.Footer:
     ]
     dist.broadcast_object_list(box, src=src, group=group)
     footer_json, payload_len = box[0]
-    return handle.footer if handle is not None else _core.Footer.decode(footer_json, payload_len)
+    return handle.footer if handle is not None else _engine.decode_footer(footer_json, payload_len)
 
 
 def _read_range(handle: Any, offset: int, length: int, into: torch.Tensor, verify: bool) -> int:
     """Read payload bytes [offset, offset+length) into ``into`` (a uint8 tensor of that length);
     returns the bytes read from the disk."""
-    if length <= 0:
-        return 0
-    io_kw = settings.reader_options()
-    if into.device.type == "cuda":
-        _, io = handle.to_cuda(into.device.index, [(offset, length, into.data_ptr())], verify=verify, **io_kw)
-    else:
-        io = handle.read_into(offset, into.numpy(), verify=verify, **io_kw)
-    return int(io["direct_bytes"]) + int(io["buffered_bytes"])
+    return _engine.read_range(handle, offset, into[:length] if length > 0 else into[:0], verify)
 
 
 def _broadcast_payload(
@@ -299,7 +222,7 @@ def _gather_shards(handle: Any, buffer: torch.Tensor, payload_len: int, plan: _P
     return bytes_read
 
 
-def _plan(config: dict[str, Any], payload_len: int, world: int, footer: _core.Footer) -> _Plan:
+def _plan(config: dict[str, Any], payload_len: int, world: int, footer: _engine.Footer) -> _Plan:
     strategy = config["strategy"]
     if strategy == "broadcast":
         return _Plan("broadcast", 0, 0, config["verify"])
@@ -365,8 +288,7 @@ def load_weights_distributed(
     with timer("broadcast", silent):
         for start in range(0, total, BROADCAST_PIECE):
             dist.broadcast(buffer[start : min(total, start + BROADCAST_PIECE)], src=src)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _engine.synchronize(device)
     out = {}
     for name, dtype_name, shape, off, n in layout:
         dtype, shape = string_to_dtype(dtype_name), tuple(shape)

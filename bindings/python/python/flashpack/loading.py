@@ -18,54 +18,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
 
-from . import _core, settings
-from .settings import reader_options
+from . import _engine
+from ._engine import DeviceArg as DeviceArg
+from ._engine import TensorNotFoundError as TensorNotFoundError  # public here and in flashpack
+from ._engine import UnsupportedTensorError as UnsupportedTensorError
+from ._engine import check_backend, check_loadable, dtype_to_string, resolve_device, string_to_dtype
+from ._engine import open_weights as open_weights  # with entries_of and load_entries: one file's tensors
+from ._process_group import maybe_init_distributed
+from .distributed import load_weights_distributed
 from .storage import view_bytes
-from .utils import dtype_to_string, string_to_dtype
 
 PathArg = str | os.PathLike[str]
-DeviceArg = str | int | torch.device
 
 __all__ = ["TensorNotFoundError", "UnsupportedTensorError", "load_checkpoint", "load_file"]
-
-#: The ``backend=`` values safetensors 0.8 accepts, and what each means here: ``"mmap"`` (the
-#: default) loads on CPU lazily, as views of a copy-on-write mapping of the file (unless
-#: ``eager=True``); ``"pread"`` reads the bytes now, into owned memory, with the engine's reader
-#: pool (``eager=True``). CUDA loads stream through the pinned staging pool and URLs are read
-#: with ranged GETs whichever it is.
-BACKENDS = ("mmap", "pread")
-
-
-def check_backend(backend: str) -> bool:
-    """True when ``backend`` asks for an eager read (``"pread"``); an unknown one is refused as
-    safetensors refuses it (its ``SafetensorError``, the same words)."""
-    if backend not in BACKENDS:
-        expected = ", ".join(f'"{b}"' for b in BACKENDS)
-        raise SafetensorError(f'backend "{backend}" is invalid (expected one of: {expected})')
-    return backend == "pread"
-
-
-class TensorNotFoundError(KeyError, ValueError, SafetensorError):
-    """A tensor asked for by name that the file or checkpoint does not hold.
-
-    A ``KeyError`` (a lookup by name that failed, as in a dict), for code written against
-    earlier releases a ``ValueError``, and for code written against safetensors its
-    ``SafetensorError`` (what ``safetensors.safe_open(...).get_tensor`` raises here). The message
-    names the file and the tensor (``str()`` gives it without ``KeyError``'s quotes).
-    """
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-class UnsupportedTensorError(NotImplementedError, SafetensorError):
-    """A tensor the file holds that torch cannot hold: a dtype torch lacks (safetensors'
-    ``F6_E2M3``, ``F6_E3M2``), or ``F4`` with an odd last dimension (torch's
-    ``float4_e2m1fn_x2`` holds two values per byte). The file opens and its other tensors load;
-    the message (the engine's) names the file, the tensor, its dtype and why. A
-    ``NotImplementedError`` and safetensors' ``SafetensorError`` (what safetensors raises)."""
 
 
 @dataclass(frozen=True)
@@ -86,12 +52,7 @@ class TensorEntry:
         return self.end - self.start
 
 
-def open_weights(path: PathArg) -> _core.WeightFile:
-    """The engine's handle of a FlashPack or safetensors file (validated)."""
-    return _core.open_weights(os.fsdecode(path))
-
-
-def entries_of(handle: _core.WeightFile, file: int = 0) -> list[TensorEntry]:
+def entries_of(handle: _engine.WeightFile, file: int = 0) -> list[TensorEntry]:
     """The tensors of an open file in file order."""
     out = []
     for name, dtype, st_dtype, shape, start, end, st_shape in handle.tensors:
@@ -104,64 +65,9 @@ def entries_of(handle: _core.WeightFile, file: int = 0) -> list[TensorEntry]:
     return out
 
 
-@dataclass(frozen=True)
-class UnloadableEntry:
-    """A tensor of an open file that cannot be loaded (see :class:`UnsupportedTensorError`):
-    its safetensors dtype and header shape, its bytes, and the engine's message."""
-
-    name: str
-    st_dtype: str
-    st_shape: tuple[int, ...]
-    start: int
-    end: int
-    message: str
-
-    def error(self) -> UnsupportedTensorError:
-        return UnsupportedTensorError(self.message)
-
-
-def unloadable_of(handle: _core.WeightFile) -> list[UnloadableEntry]:
-    """The tensors of an open file that cannot be loaded, in file order."""
-    return [UnloadableEntry(n, d, tuple(shape), s, e, m) for n, d, shape, s, e, m in handle.unloadable]
-
-
-def check_loadable(handles: Sequence[_core.WeightFile], names: Iterable[str] | None = None) -> None:
-    """Raises the first unloadable tensor's error: of all of ``handles``' tensors (``names``
-    None: a whole-file load, which fails as ``safetensors.torch.load_file`` does), or of
-    ``names``."""
-    wanted = None if names is None else set(names)
-    for h in handles:
-        for u in unloadable_of(h):
-            if wanted is None or u.name in wanted:
-                raise u.error()
-
-
-def resolve_device(device: DeviceArg | None) -> torch.device:
-    """``"cpu"``, ``"cuda[:N]"``, ``N`` (a CUDA ordinal, as safetensors takes) or ``"mps"``."""
-    if device is None:
-        return torch.device("cpu")
-    dev = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"Unsupported device: {dev} (cpu, cuda[:N] and mps are)")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"cannot load to {dev}: torch sees no CUDA device")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise RuntimeError(f"cannot load to {dev}: torch sees no MPS device")
-    return dev
-
-
 def view_of(memory: Any, offset: int, entry: TensorEntry) -> torch.Tensor:
     """A tensor viewing ``entry.nbytes`` bytes of ``memory`` from ``offset`` (no copy)."""
     return view_bytes(memory, offset, entry.nbytes, entry.dtype, entry.shape)
-
-
-def job_options() -> dict[str, Any]:
-    """The reader settings of an eager job into new host memory: ``reader_options()`` and
-    ``FLASHPACK_HUGE_PAGES`` (huge pages for that memory, as for FlashPack loads)."""
-    return {**reader_options(), "huge_pages": settings.huge_pages()}
 
 
 def _progress(progress: bool | None) -> bool:
@@ -169,7 +75,7 @@ def _progress(progress: bool | None) -> bool:
 
 
 def load_entries(
-    handles: Sequence[_core.WeightFile],
+    handles: Sequence[_engine.WeightFile],
     entries: Sequence[TensorEntry],
     device: torch.device,
     eager: bool,
@@ -189,8 +95,7 @@ def load_entries(
         return [view_of(maps[e.file], e.start, e) for e in entries]
     if device.type == "cuda":
         return _load_cuda(handles, entries, device, progress)
-    pieces = [(e.file, e.start, e.end) for e in entries]
-    memory, offsets, _phases, _io = _core.read_job(list(handles), pieces, progress=progress, **job_options())
+    memory, offsets = _engine.read_host(handles, [(e.file, e.start, e.end) for e in entries], progress)
     tensors = [view_of(memory, off, e) for off, e in zip(offsets, entries, strict=True)]
     if device.type == "cpu":
         return tensors
@@ -218,17 +123,12 @@ def _one_per_range(
 
 
 def _load_cuda(
-    handles: Sequence[_core.WeightFile], entries: Sequence[TensorEntry], device: torch.device, progress: bool
+    handles: Sequence[_engine.WeightFile], entries: Sequence[TensorEntry], device: torch.device, progress: bool
 ) -> list[torch.Tensor]:
     """One CUDA tensor per distinct byte range (tied tensors of a FlashPack file stay one
     tensor), filled by one engine job through the pinned staging pool."""
     out, made = _one_per_range(entries, lambda _, e: torch.empty(e.shape, dtype=e.dtype, device=device))
-    # The caching allocator may hand out memory that kernels queued on torch's stream still use;
-    # the engine copies on its own streams, so that work must be finished first.
-    torch.cuda.current_stream(device).synchronize()
-    pieces = [(f, s, e, t.data_ptr()) for (f, s, e), t in made.items() if e > s]
-    if pieces:
-        _core.read_job_to_cuda(list(handles), pieces, device.index, progress=progress, **reader_options())
+    _engine.read_to_cuda(handles, [(f, s, e, t) for (f, s, e), t in made.items()], device, progress)
     return out
 
 
@@ -308,14 +208,14 @@ def load_checkpoint(
     dev = resolve_device(device)
     if use_distributed_loading:
         return _distributed(lambda: _open_checkpoint(path, variant, keys), dev, _progress(progress))
-    where, handles = _core.open_checkpoint(os.fsdecode(path), variant)
+    where, handles = _engine.open_checkpoint(path, variant)
     entries = select_entries(where, handles, keys)
     tensors = load_entries(handles, entries, dev, eager, _progress(progress))
     return {e.name: t for e, t in zip(entries, tensors, strict=True)}
 
 
 def select_entries(
-    where: PathArg, handles: Sequence[_core.WeightFile], keys: Iterable[str] | None
+    where: PathArg, handles: Sequence[_engine.WeightFile], keys: Iterable[str] | None
 ) -> list[TensorEntry]:
     """The tensors to load from a checkpoint's shards (the engine checked that each tensor is in
     exactly one of them): all, or only ``keys`` (TensorNotFoundError naming any the checkpoint lacks)."""
@@ -333,16 +233,14 @@ def select_entries(
 
 def _open_checkpoint(
     path: PathArg, variant: str | None, keys: Iterable[str] | None
-) -> tuple[list[_core.WeightFile], list[TensorEntry]]:
-    where, handles = _core.open_checkpoint(os.fsdecode(path), variant)
+) -> tuple[list[_engine.WeightFile], list[TensorEntry]]:
+    where, handles = _engine.open_checkpoint(path, variant)
     return handles, select_entries(where, handles, keys)
 
 
 def _distributed(open_: Any, device: torch.device, progress: bool = False) -> dict[str, torch.Tensor]:
     """Rank 0 opens (``open_()`` gives the handles and the entries, or None for all of the
     handles' tensors) and reads as one job; every rank gets the tensors by broadcast."""
-    from .distributed import load_weights_distributed, maybe_init_distributed
-
     maybe_init_distributed(device=device)
 
     def read() -> tuple[Any, list[tuple[str, str, list[int], int, int]]]:
@@ -350,8 +248,7 @@ def _distributed(open_: Any, device: torch.device, progress: bool = False) -> di
         if entries is None:
             check_loadable(handles)
             entries = [e for k, h in enumerate(handles) for e in entries_of(h, k)]
-        pieces = [(e.file, e.start, e.end) for e in entries]
-        memory, offsets, _phases, _io = _core.read_job(handles, pieces, progress=progress, **job_options())
+        memory, offsets = _engine.read_host(handles, [(e.file, e.start, e.end) for e in entries], progress)
         layout = [
             (e.name, dtype_to_string(e.dtype), list(e.shape), off, e.nbytes)
             for e, off in zip(entries, offsets, strict=True)

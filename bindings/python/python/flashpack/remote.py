@@ -1,7 +1,7 @@
 """URLs wherever flashpack takes a path: ``http://``, ``https://``, ``s3://bucket/key`` and
 ``hf://org/repo[@revision]/path/in/repo`` (the Hub's file URL).
 
-The engine recognises them (``_core.is_remote``) and reads them: an open fetches only the index
+The engine recognises them (``_engine.is_remote``) and reads them: an open fetches only the index
 (a FlashPack footer, a safetensors header) with ranged GETs; a load fetches the tensors' bytes
 with parallel ranged GETs into owned host memory (a URL is never mapped: CPU loads from a URL are
 eager), or through the pinned staging pool straight into CUDA memory (never the whole file in
@@ -30,11 +30,9 @@ from typing import Any
 
 import torch
 
-from . import _core
-from .loading import job_options
-from .settings import reader_options
-from .storage import FlashTensorStorage, view_bytes
-from .utils import string_to_dtype
+from . import _engine
+from ._engine import string_to_dtype
+from .storage import FlashTensorStorage, block_views
 
 __all__ = ["is_url", "read_url", "url_exists"]
 
@@ -44,20 +42,20 @@ SMALL_OBJECT_LIMIT = 64 << 20
 
 def is_url(path: object) -> bool:
     """True when ``path`` is a URL the engine reads (a ``str``; paths and bytes are local)."""
-    return isinstance(path, str) and _core.is_remote(path)
+    return isinstance(path, str) and _engine.is_remote(path)
 
 
 def read_url(url: str, limit: int = SMALL_OBJECT_LIMIT) -> bytes:
     """The whole object at ``url`` (a config, an index json): at most ``limit`` bytes, else a
     ValueError naming the URL and its size."""
-    return bytes(_core.read_url(url, limit))
+    return _engine.read_url(url, limit)
 
 
 def url_exists(url: str) -> bool:
     """True when there is an object at ``url`` (one HEAD request), False when there is none;
     any other failure (refused access, an unreachable host) raises, naming the URL."""
     try:
-        _core.url_size(url)
+        _engine.url_size(url)
     except FileNotFoundError:
         return False
     return True
@@ -99,20 +97,20 @@ def model_folder_url(name: str | os.PathLike[str]) -> str | None:
     return name.rstrip("/")
 
 
-def flashpack_url_footer(url: str) -> _core.Footer:
+def flashpack_url_footer(url: str) -> _engine.Footer:
     """The validated footer of the FlashPack file at ``url`` (ValueError naming it when the
     object is another format)."""
-    handle = _core.open_weights(url)
+    handle = _engine.open_weights(url)
     if handle.footer is None:  # a safetensors object
         raise ValueError(f"{url}: not a FlashPack file (it is a {handle.format} file)")
     return handle.footer
 
 
 def read_flashpack_url(
-    handle: _core.WeightFile, device: torch.device, silent: bool, verify: bool
+    handle: _engine.WeightFile, device: torch.device, silent: bool, verify: bool
 ) -> FlashTensorStorage:
-    """``read_storage`` of a FlashPack file at a URL (``handle``: its ``_core.open_weights``):
-    one block tensor per macroblock, with the engine's footer. CPU: the payload fetched into
+    """``read_storage`` of a FlashPack file at a URL (``handle``: its ``_engine.open_weights``):
+    one block tensor per macroblock, with the engine's footer, on ``device`` (resolved). CPU: the payload fetched into
     owned memory (a URL is never mapped); CUDA: each block streamed into its own device tensor;
     MPS: the CPU load, then one copy per block."""
     url = handle.path
@@ -121,25 +119,15 @@ def read_flashpack_url(
         raise ValueError(f"{url}: not a FlashPack file (it is a {handle.format} file)")
     blocks = footer.blocks
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"{url}: cannot load to {device}: torch sees no CUDA device")
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        raw = [torch.empty(length, dtype=torch.uint8, device=torch.device("cuda", index)) for _, _, length, _ in blocks]
-        # The engine copies on its own streams: torch's queued work on this memory must be done.
-        torch.cuda.current_stream(index).synchronize()
-        pieces = [
-            (0, off, off + length, t.data_ptr()) for (_, off, length, _), t in zip(blocks, raw, strict=True) if length
-        ]
-        if pieces:
-            _core.read_job_to_cuda([handle], pieces, index, progress=not silent, verify=verify, **reader_options())
+        raw = [torch.empty(length, dtype=torch.uint8, device=device) for _, _, length, _ in blocks]
+        pieces = [(0, off, off + length, t) for (_, off, length, _), t in zip(blocks, raw, strict=True)]
+        _engine.read_to_cuda([handle], pieces, device, progress=not silent, verify=verify)
         views = [t.view(string_to_dtype(d)) for (d, _, _, _), t in zip(blocks, raw, strict=True)]
         return FlashTensorStorage(blocks=views, footer=footer, records=footer.records)
     memory: Any = None
     if footer.payload_len:
-        memory, _offsets, _phases, _io = _core.read_job(
-            [handle], [(0, 0, footer.payload_len)], progress=not silent, verify=verify, **job_options()
-        )
-    host = [view_bytes(memory, off, length, string_to_dtype(d), (elems,)) for d, off, length, elems in blocks]
+        memory, _offsets = _engine.read_host([handle], [(0, 0, footer.payload_len)], not silent, verify)
+    host = block_views(memory, blocks)
     if device.type == "mps":
         return FlashTensorStorage(blocks=[b.to(device) for b in host], footer=footer, records=footer.records)
     return FlashTensorStorage(blocks=host, backing=memory, footer=footer, records=footer.records)

@@ -25,20 +25,17 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
-from . import _core
-from .loading import (
+from . import _engine
+from ._engine import (
     DeviceArg,
-    PathArg,
-    TensorEntry,
     TensorNotFoundError,
     UnloadableEntry,
     check_backend,
-    entries_of,
-    load_entries,
     open_weights,
     resolve_device,
     unloadable_of,
 )
+from .loading import PathArg, TensorEntry, entries_of, load_entries
 
 __all__ = ["TensorSlice", "safe_open"]
 
@@ -73,7 +70,7 @@ class safe_open:  # noqa: N801 - the name safetensors users know
         self._entries = {e.name: e for e in entries_of(handle)}
         self._unloadable = {u.name: u for u in unloadable_of(handle)}
         self._metadata = handle.metadata
-        self._handle: _core.WeightFile | None = handle
+        self._handle: _engine.WeightFile | None = handle
 
     def __enter__(self) -> safe_open:
         return self
@@ -86,7 +83,7 @@ class safe_open:  # noqa: N801 - the name safetensors users know
         returned stay valid. Later calls raise ``SafetensorError("File is closed")``."""
         self._handle = None
 
-    def _open(self) -> _core.WeightFile:
+    def _open(self) -> _engine.WeightFile:
         if self._handle is None:
             raise SafetensorError(f"File is closed: {self._path}")
         return self._handle

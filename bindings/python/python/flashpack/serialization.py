@@ -12,9 +12,10 @@ import time
 
 import torch
 
-from . import _core
+from . import _engine
+from ._engine import dtype_to_string
 from .constants import DEFAULT_ALIGN_BYTES, DEFAULT_NUM_WRITE_WORKERS
-from .utils import dtype_to_string, print_phases
+from .utils import print_phases
 
 _Entry = tuple[str, str, list[int], "memoryview | None", "int | None"]
 
@@ -103,7 +104,7 @@ def pack_to_file(
     if not names:
         raise ValueError(f"{destination}: no tensors to pack")
     names = [_check_name(name, destination) for name in names]
-    _core.prepare_pack_destination(destination)
+    _engine.prepare_pack_destination(destination)
 
     entries: list[_Entry] = []
     first_by_key: dict[tuple[object, ...], int] = {}
@@ -127,7 +128,7 @@ def pack_to_file(
     prepare = time.perf_counter() - start
 
     threads = max(1, min(num_workers, os.cpu_count() or 1))
-    phases = _core.pack(
+    phases = _engine.pack(
         destination,
         entries,
         align_bytes=align_bytes,

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from . import _core
+from . import _engine
+from ._engine import string_to_dtype
 from .utils import is_ignored_tensor_name
 
 
@@ -28,9 +29,9 @@ class FlashTensorStorage:
     # What a distributed load did on this rank (strategy, bytes read), else None.
     io: dict[str, Any] | None = None
     # The file's footer as the engine decoded it (None for a checkpoint or a bare tensor).
-    footer: _core.Footer | None = field(default=None, repr=False)
+    footer: _engine.Footer | None = field(default=None, repr=False)
     # Where each tensor sits in ``blocks``: the footer's records, or one per block for a checkpoint.
-    records: list[_core.Record] | None = field(default=None, repr=False)
+    records: list[_engine.Record] | None = field(default=None, repr=False)
 
     def block(self, idx: int) -> torch.Tensor:
         return self.blocks[idx]
@@ -43,9 +44,9 @@ class FlashTensorStorage:
         return self.blocks[0].device if self.blocks else torch.device("cpu")
 
 
-def footer_metadata(footer: _core.Footer) -> dict[str, Any]:
+def footer_metadata(footer: _engine.Footer) -> dict[str, Any]:
     """The footer as the original API's dict (its JSON as stored). The one place Python reads
-    footer JSON; everything else uses the engine's decoded :class:`flashpack._core.Footer`."""
+    footer JSON; everything else uses the engine's decoded :class:`flashpack._engine.Footer`."""
     metadata: dict[str, Any] = json.loads(footer.json)
     return metadata
 
@@ -67,7 +68,7 @@ def metadata_of(storage: FlashTensorStorage, path: str) -> dict[str, Any]:
 _Placement = tuple[str, int, int, int, tuple[int, ...], Any]
 
 
-def placements(records: list[_core.Record]) -> Iterator[_Placement]:
+def placements(records: list[_engine.Record]) -> Iterator[_Placement]:
     """The placements of a footer's (or a checkpoint's) records, for :func:`views`."""
     return ((r.name, r.block, r.offset, r.length, tuple(r.shape), r) for r in records)
 
@@ -107,3 +108,9 @@ def view_bytes(memory: Any, offset: int, nbytes: int, dtype: torch.dtype, shape:
         warnings.simplefilter("ignore")
         raw = torch.frombuffer(memory, dtype=torch.uint8, count=nbytes, offset=offset)
     return raw.view(dtype).view(shape)
+
+
+def block_views(memory: Any, blocks: list[tuple[str, int, int, int]]) -> list[torch.Tensor]:
+    """One 1-D tensor per block of a footer (``(dtype name, offset, bytes, elements)``), viewing
+    ``memory`` (loaded payload bytes, anything with the buffer protocol) without a copy."""
+    return [view_bytes(memory, off, n, string_to_dtype(d), (-1,) if n else (0,)) for d, off, n, _ in blocks]

@@ -16,32 +16,13 @@ from typing import Any
 
 import torch
 
-from . import _core
+from ._engine import DTYPE_TO_NAME as DTYPE_TO_NAME  # the engine's dtype names, re-exported here (their old home)
+from ._engine import NAME_TO_DTYPE as NAME_TO_DTYPE
+from ._engine import dtype_to_string as dtype_to_string
+from ._engine import string_to_dtype as string_to_dtype
+from ._process_group import maybe_init_distributed as _maybe_init_distributed
 
 logger = logging.getLogger("flashpack")
-
-# Every stored dtype the engine knows, mapped to this torch build's dtype (older torch builds
-# lack a few fp8 / unsigned types; those names simply cannot be loaded there).
-NAME_TO_DTYPE: dict[str, torch.dtype] = {
-    name: dt for name in _core.dtype_names() if isinstance(dt := getattr(torch, name, None), torch.dtype)
-}
-DTYPE_TO_NAME: dict[torch.dtype, str] = {dt: name for name, dt in NAME_TO_DTYPE.items()}
-
-
-def string_to_dtype(string: str) -> torch.dtype:
-    """The torch dtype for a footer dtype name."""
-    try:
-        return NAME_TO_DTYPE[string]
-    except KeyError:
-        raise ValueError(f"Unsupported dtype string in metadata: {string!r}") from None
-
-
-def dtype_to_string(dtype: torch.dtype) -> str:
-    """The footer name of a torch dtype."""
-    try:
-        return DTYPE_TO_NAME[dtype]
-    except KeyError:
-        raise ValueError(f"Unsupported dtype for packing: {dtype}") from None
 
 
 def human_duration(seconds: float) -> str:
@@ -166,7 +147,6 @@ def maybe_init_distributed(
 ) -> tuple[int, int, int]:
     """Join (or create from torchrun's variables) the default process group; see
     :func:`flashpack.distributed.maybe_init_distributed`."""
-    # The original's `flashpack.utils` path; `distributed` builds on this module, hence the late import.
-    from .distributed import maybe_init_distributed as init
-
-    return init(rank=rank, local_rank=local_rank, world_size=world_size, **kwargs)
+    # The original's `flashpack.utils` path (and signature) of the function that lives in the low
+    # module `_process_group`, which `distributed` uses too.
+    return _maybe_init_distributed(rank=rank, local_rank=local_rank, world_size=world_size, **kwargs)

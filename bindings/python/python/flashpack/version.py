@@ -1,7 +1,7 @@
 """The package version, under the original package's names (``flashpack.version``,
 ``version_tuple``, ``commit_id``, and their dunder forms)."""
 
-from ._core import __version__
+from ._engine import __version__
 
 version = __version__
 version_tuple = __version_tuple__ = tuple(int(p) if p.isdigit() else p for p in __version__.split("."))

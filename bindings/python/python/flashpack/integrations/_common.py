@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .. import _core, deserialization, serialization
+from .. import _engine, deserialization, serialization
 from ..mixin import parameters_on_meta
 from ..options import PACK_OPTIONS, Options, with_options
 from ..remote import (
@@ -264,14 +264,14 @@ def model_folder(
         yield Path(tmp), where
 
 
-def read_footer(path: str | os.PathLike[str]) -> _core.Footer:
+def read_footer(path: str | os.PathLike[str]) -> _engine.Footer:
     """The validated footer of the FlashPack file ``path`` (or URL): read once per model load,
     then passed to :func:`build_dtype` and :func:`load_into_model`."""
     path = os.fsdecode(path)
-    return flashpack_url_footer(path) if is_url(path) else _core.read_footer(path)
+    return flashpack_url_footer(path) if is_url(path) else _engine.read_footer(path)
 
 
-def file_float_dtype(footer: _core.Footer) -> torch.dtype | None:
+def file_float_dtype(footer: _engine.Footer) -> torch.dtype | None:
     """The floating-point dtype holding most of the file's elements (None if it stores no floats)."""
     counts = [(dtype, elems) for dtype, _, _, elems in footer.blocks]
     floats = [(n, string_to_dtype(d)) for d, n in counts if string_to_dtype(d).is_floating_point]
@@ -288,7 +288,7 @@ def requested_dtype(requested: torch.dtype | str | None) -> torch.dtype | None:
     return dtype
 
 
-def build_dtype(footer: _core.Footer) -> torch.dtype:
+def build_dtype(footer: _engine.Footer) -> torch.dtype:
     """The dtype to construct a model in before filling it from the file of ``footer``: the
     file's own floating dtype, so that float buffers created in ``__init__`` match the stored
     ones."""
@@ -337,7 +337,7 @@ def _shared_parameter_groups(model: torch.nn.Module) -> list[list[str]]:
 def load_into_model(
     model: ModuleT,
     path: str | os.PathLike[str],
-    footer: _core.Footer,
+    footer: _engine.Footer,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,

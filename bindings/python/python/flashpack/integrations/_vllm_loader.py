@@ -42,10 +42,10 @@ from vllm.logger import init_logger
 from vllm.model_executor.model_loader import BaseModelLoader, DefaultModelLoader
 from vllm.model_executor.model_loader.weight_utils import download_weights_from_hf
 
-from .. import _core, serialization
-from ..deserialization import set_pinned_pool_limit
-from ..loading import entries_of, load_checkpoint, open_weights, view_of
-from ..settings import EnvironmentOverrides, reader_options
+from .. import _engine, serialization
+from .._engine import open_weights, set_pinned_pool_limit
+from ..loading import entries_of, load_checkpoint, view_of
+from ..settings import EnvironmentOverrides
 from ..version import __version__ as flashpack_version
 from ._checkpoint import TRANSFORMERS_NAMES, find_weights
 
@@ -135,14 +135,14 @@ def model_folder(model_config: ModelConfig, load_config: LoadConfig, patterns: l
 def verify_checkpoint(where: os.PathLike[str] | str) -> None:
     """Check every FlashPack checksum of the checkpoint's files (the engine's ``verify``; a
     ValueError naming the file and tensors on a mismatch). Safetensors files have none: refused."""
-    _, handles = _core.open_checkpoint(os.fsdecode(where), None)
+    _, handles = _engine.open_checkpoint(where)
     for h in handles:
         if h.format != "flashpack":
             raise ValueError(
                 f"{h.path}: verify needs FlashPack checksums, and a safetensors file has none (convert the "
                 "folder with `flashpack convert`, or load without verify)"
             )
-        _core.verify(os.fsdecode(h.path))
+        _engine.verify(h.path)
 
 
 def parallel_layout() -> dict[str, int]:
@@ -354,7 +354,7 @@ class FlashPackRestartLoader(BaseModelLoader):  # type: ignore[misc]
             handle = open_weights(path)
             check_restart(manifest, want, state, handle)
             if self.options.get("verify"):
-                _core.verify(os.fsdecode(path))
+                _engine.verify(path)
             self._stream(handle, state)
         load_timing(start)
 
@@ -375,10 +375,8 @@ class FlashPackRestartLoader(BaseModelLoader):  # type: ignore[misc]
                 if t.data_ptr() in seen or e.nbytes == 0:
                     continue  # tied: the same memory, written once
                 seen.add(t.data_ptr())
-                pieces.append((0, e.start, e.end, t.data_ptr()))
-            device = cuda[0].device
-            torch.cuda.current_stream(device).synchronize()
-            _core.read_job_to_cuda([handle], pieces, device.index, progress=False, **reader_options())
+                pieces.append((0, e.start, e.end, t))
+            _engine.read_to_cuda([handle], pieces, cuda[0].device, progress=False)
             return
         memory = handle.map()
         with torch.no_grad():

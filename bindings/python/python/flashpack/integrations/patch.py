@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..utils import diffusers_is_available, transformers_is_available
+from ._patches import undo_patches
 
 
 def patch_integrations() -> None:
@@ -25,6 +26,4 @@ def patch_integrations() -> None:
 def unpatch_integrations() -> None:
     """Restore every library attribute the patches changed (models already loaded keep their
     FlashPack mixin)."""
-    from ._patches import undo_patches
-
     undo_patches()
