@@ -41,8 +41,6 @@
 //! ```
 pub mod index;
 pub mod locate;
-pub mod shards;
-mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -52,9 +50,9 @@ use crate::format::digest;
 use crate::weights::{Format, TensorInfo, WeightFile};
 use crate::{Error, Result};
 
+pub use crate::convert::write_index;
 pub use index::{IndexFile, IndexKind, ShardRecord};
 pub use locate::{locate, Located};
-pub use write::write_index;
 
 /// FlashPack footer key of a pack converted from a checkpoint of several files: the source
 /// index's `metadata` and `weight_map` (tensor -> shard file name), so converting back restores

@@ -1,20 +1,34 @@
 //! Writing an index json for a set of weight files: a safetensors index (as transformers writes
 //! it) or a multi-file FlashPack index (`format`, `version`, and per shard its size and footer
 //! digest, so a replaced shard is noticed on open). The index is written atomically, like a pack.
+//!
+//! ```
+//! use flashpack::checkpoint::{Checkpoint, IndexKind};
+//! use flashpack::convert::write_index;
+//! use flashpack::write::{pack, PackEntry, PackOptions};
+//! use flashpack::Dtype;
+//! let dir = tempfile::tempdir().unwrap();
+//! let (a, b) = (dir.path().join("a.flashpack"), dir.path().join("b.flashpack"));
+//! pack(&a, &[PackEntry::new("x", Dtype::U8, vec![2], &[1, 2])], &PackOptions::default()).unwrap();
+//! pack(&b, &[PackEntry::new("y", Dtype::U8, vec![1], &[3])], &PackOptions::default()).unwrap();
+//! let index = dir.path().join("model.flashpack.index.json");
+//! write_index(&index, IndexKind::FlashPack, &[a, b], serde_json::Map::new()).unwrap();
+//! assert_eq!(Checkpoint::open(&index).unwrap().total_size(), 3);
+//! ```
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
+use super::ConvertError;
+use crate::checkpoint::index::{
+    check_shard_name, ShardRecord, FLASHPACK_INDEX_FORMAT, FLASHPACK_INDEX_VERSION,
+};
+use crate::checkpoint::{footer_digest, IndexKind};
 use crate::error::CheckpointError;
 use crate::weights::WeightFile;
 use crate::write::{prepare_destination, Staged};
 use crate::{Error, Result};
-
-use super::index::{
-    check_shard_name, ShardRecord, FLASHPACK_INDEX_FORMAT, FLASHPACK_INDEX_VERSION,
-};
-use super::{footer_digest, IndexKind};
 
 /// Writes the index `dest` for `files` (each inside `dest`'s folder; for
 /// [`IndexKind::FlashPack`] each a FlashPack file). `metadata` is written as the index's
@@ -40,9 +54,8 @@ pub fn write_index(
             "files": contents.records,
         }),
     };
-    let mut text = serde_json::to_vec_pretty(&doc).map_err(|e| {
-        Error::Internal(format!("{}: cannot encode the index: {e}", dest.display()))
-    })?;
+    let mut text = serde_json::to_vec_pretty(&doc)
+        .map_err(|source| Error::convert(dest, ConvertError::EncodeIndex { source }))?;
     text.push(b'\n');
     write_atomically(dest, &text)
 }
@@ -120,11 +133,12 @@ impl IndexContents {
 /// same folder); the file's own name is kept as given (a shard may be a symlink).
 fn shard_name(folder: &Path, path: &Path) -> Result<String> {
     let outside = || {
-        Error::Invalid(format!(
-            "{}: not inside the index's folder {}",
-            path.display(),
-            folder.display()
-        ))
+        Error::convert(
+            path,
+            ConvertError::OutsideIndexFolder {
+                folder: folder.to_path_buf(),
+            },
+        )
     };
     let resolve = |dir: &Path| {
         let dir = if dir.as_os_str().is_empty() {
@@ -147,7 +161,7 @@ fn shard_name(folder: &Path, path: &Path) -> Result<String> {
 }
 
 /// Writes `bytes` as `dest`: complete and synced before it replaces what was there.
-pub(crate) fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
     use crate::os::Positioned;
     let dir = prepare_destination(dest)?;
     let tmp = Staged::create(&dir, dest)?;
