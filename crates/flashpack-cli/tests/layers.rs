@@ -1,7 +1,8 @@
-//! The CLI's modules import each other one way only: every `crate::` edge in `src/*.rs` runs
-//! from a higher layer to a lower one of the table below, so there is no import circle (as the
-//! Python package's import-graph test holds for the package). A new module must be given a
-//! layer here; an edge against the table, or any circle, fails with the edges named.
+//! The CLI's modules import each other one way only: every `crate::` edge in the code (not the
+//! comments) of `src/*.rs` runs from a higher layer to a lower one of the table below, so there
+//! is no import circle (as the Python package's import-graph test holds for the package). A new
+//! module must be given a layer here; an edge against the table, or any circle, fails with the
+//! edges named.
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -39,7 +40,13 @@ fn edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&path).unwrap();
+        // Code only: a doc link to a higher module (`[`crate::run::Outcome`]`) is no import.
+        let text: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
         let mut used = BTreeSet::new();
         for prefix in ["crate::", "flashpack_cli::"] {
             for (at, _) in text.match_indices(prefix) {
