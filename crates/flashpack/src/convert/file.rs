@@ -243,7 +243,7 @@ pub(super) fn convert(
     {
         return Err(Error::convert(&dst, ConvertError::FlashPackOnlyOptions));
     }
-    let data_bytes = |tensors: &[TensorInfo], keep: &dyn Fn(&str) -> bool| -> u64 {
+    let bytes_of = |tensors: &[TensorInfo], keep: &dyn Fn(&str) -> bool| -> u64 {
         tensors
             .iter()
             .filter(|t| keep(&t.name))
@@ -261,7 +261,7 @@ pub(super) fn convert(
                 cancel: opts.cancel.clone(),
                 ..PackOptions::default()
             };
-            let bytes = data_bytes(src.tensors(), &|name| !opts.ignore.drops(name));
+            let bytes = bytes_of(src.tensors(), &|name| !opts.ignore.drops(name));
             let report = if opts.ignore.is_empty() {
                 src.to_flashpack(&dst, &pack_opts)?
             } else {
@@ -283,7 +283,7 @@ pub(super) fn convert(
             let file_len = std::fs::metadata(&dst)
                 .map_err(|e| Error::io(&dst, "stat", e))?
                 .len();
-            let bytes = data_bytes(src.tensors(), &|_| true);
+            let bytes = bytes_of(src.tensors(), &|_| true);
             (
                 Output::Safetensors { file_len },
                 src.tensors().len(),

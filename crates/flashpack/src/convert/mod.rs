@@ -239,3 +239,130 @@ pub fn convert(src: Checkpoint, dest: Option<&Path>, opts: &ConvertOptions) -> R
     done.elapsed = t.elapsed();
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::{pack, PackEntry, PackOptions};
+    use crate::Dtype;
+
+    /// `Error::Convert` for `path`, its `ConvertError`; panics on any other error.
+    fn refusal(e: Error, path: &Path) -> ConvertError {
+        match e {
+            Error::Convert { path: p, source } if p == path => *source,
+            other => panic!("not a conversion refusal for {}: {other}", path.display()),
+        }
+    }
+
+    #[test]
+    fn refusals_are_typed_and_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp = dir.path().join("m.flashpack");
+        let w: Vec<u8> = (0..16u8).collect();
+        pack(
+            &fp,
+            &[PackEntry::new("w", Dtype::U8, vec![16], &w)],
+            &PackOptions::default(),
+        )
+        .unwrap();
+        let open = || Checkpoint::open(&fp).unwrap();
+
+        let st = dir.path().join("x.safetensors");
+        let opts = ConvertOptions {
+            to: Some(Target::Flashpack),
+            ..ConvertOptions::default()
+        };
+        let e = convert(open(), Some(&st), &opts).unwrap_err();
+        assert!(matches!(
+            refusal(e, &st),
+            ConvertError::TargetMismatch {
+                to: Target::Flashpack,
+                extension: Target::Safetensors
+            }
+        ));
+
+        let opts = ConvertOptions {
+            checksums: false,
+            ..ConvertOptions::default()
+        };
+        let e = convert(open(), Some(&st), &opts).unwrap_err();
+        assert!(matches!(
+            refusal(e, &st),
+            ConvertError::FlashPackOnlyOptions
+        ));
+
+        let opts = ConvertOptions {
+            ignore: Filter {
+                prefixes: vec![String::new()],
+                ..Filter::default()
+            },
+            ..ConvertOptions::default()
+        };
+        let out = dir.path().join("y.flashpack");
+        let e = convert(open(), Some(&out), &opts).unwrap_err();
+        assert!(matches!(refusal(e, &fp), ConvertError::EverythingIgnored));
+
+        let opts = ConvertOptions {
+            sharded: true,
+            ..ConvertOptions::default()
+        };
+        let e = convert(open(), None, &opts).unwrap_err();
+        assert!(matches!(
+            refusal(e, &fp),
+            ConvertError::NeedsDestinationFolder
+        ));
+        let e = convert(open(), Some(&dir.path().join("new")), &opts).unwrap_err();
+        assert!(matches!(refusal(e, &fp), ConvertError::NoSplitToKeep));
+        let opts = ConvertOptions {
+            max_shard_size: Some(8),
+            ..ConvertOptions::default()
+        };
+        let e = convert(open(), Some(dir.path()), &opts).unwrap_err();
+        assert!(matches!(
+            refusal(e, dir.path()),
+            ConvertError::DestinationNotEmpty
+        ));
+        assert!(!out.exists() && !st.exists() && !dir.path().join("new").exists());
+    }
+
+    #[test]
+    fn a_single_file_round_trips_and_reports_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let fp = dir.path().join("m.flashpack");
+        let w: Vec<u8> = (0..32u8).collect();
+        pack(
+            &fp,
+            &[PackEntry::new("w", Dtype::F32, vec![8], &w)],
+            &PackOptions::default(),
+        )
+        .unwrap();
+        // No destination: beside the source, the other format.
+        let done = convert(
+            Checkpoint::open(&fp).unwrap(),
+            None,
+            &ConvertOptions::default(),
+        )
+        .unwrap();
+        let st = dir.path().join("m.safetensors");
+        assert_eq!(done.written, st);
+        assert_eq!(
+            (done.source_format, done.source_shards),
+            (Format::FlashPack, 1)
+        );
+        assert!(!done.source_indexed);
+        assert_eq!((done.tensors, done.data_bytes), (1, 32));
+        assert!(matches!(done.output, Output::Safetensors { file_len } if file_len > 32));
+
+        let again = dir.path().join("again.flashpack");
+        let done = convert(
+            Checkpoint::open(&st).unwrap(),
+            Some(&again),
+            &ConvertOptions::default(),
+        )
+        .unwrap();
+        assert!(
+            matches!(done.output, Output::FlashPack { ref footer, .. } if footer.records().len() == 1)
+        );
+        assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&fp).unwrap());
+    }
+}
