@@ -13,7 +13,7 @@
 //! [`Error::Checkpoint`] naming the index file, the shard and the tensor. The result is a
 //! read-only value: shards in order (sorted by name, as transformers loads them), tensor name
 //! to shard, the index's `metadata`, the total tensor bytes. [`write_index`] writes an index
-//! for a set of files; [`shards`] splits tensors into shards and writes them.
+//! for a set of files; [`crate::convert`] splits tensors into shards and writes them.
 //!
 //! [`Checkpoint::open_location`] also takes a URL (feature `remote`, see [`crate::remote`]) of
 //! a weight file or of an index json, whose shards are the objects of the same names beside it

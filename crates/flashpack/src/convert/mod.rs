@@ -12,7 +12,7 @@
 //! under a hidden name and renamed into place once every shard and the index are complete and
 //! the result opens as a valid checkpoint. [`ConvertOptions::cancel`] stops it between chunks
 //! with the destination as it was. What cannot be done as asked is an
-//! [`Error::Convert`](crate::Error::Convert) holding a [`ConvertError`].
+//! [`crate::Error::Convert`] holding a [`ConvertError`].
 //!
 //! The pieces are public too: [`WeightFile::to_flashpack`](crate::weights::WeightFile::to_flashpack)
 //! and [`to_safetensors`](crate::weights::WeightFile::to_safetensors) for one file,
