@@ -171,3 +171,95 @@ fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
     file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
     tmp.commit(dest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+    use crate::write::{pack, PackEntry, PackOptions};
+    use crate::Dtype;
+
+    /// Two FlashPack shards in `dir`: x in the first; y, z in the second.
+    fn packs(dir: &Path) -> Vec<PathBuf> {
+        let opts = PackOptions::default();
+        let a = dir.join("m-00001-of-00002.flashpack");
+        let b = dir.join("m-00002-of-00002.flashpack");
+        pack(
+            &a,
+            &[PackEntry::new("x", Dtype::F32, vec![2], &[0; 8])],
+            &opts,
+        )
+        .unwrap();
+        pack(
+            &b,
+            &[
+                PackEntry::new("y", Dtype::U8, vec![3], &[1, 2, 3]),
+                PackEntry::new("z", Dtype::I64, vec![], &[7; 8]),
+            ],
+            &opts,
+        )
+        .unwrap();
+        vec![a, b]
+    }
+
+    /// The index's folder and its files spelled differently (`..` in one of them, a symlink to the
+    /// folder) are still the same folder, and the names written stay relative.
+    #[test]
+    fn write_index_compares_folders_not_spellings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("ck");
+        std::fs::create_dir(&ck).unwrap();
+        let files = packs(&ck);
+        let names = ["m-00001-of-00002.flashpack", "m-00002-of-00002.flashpack"];
+        let dotted = dir.path().join("ck/../ck/m.flashpack.index.json");
+        #[cfg(unix)]
+        let indexes = {
+            std::os::unix::fs::symlink(&ck, dir.path().join("link")).unwrap();
+            vec![dotted, dir.path().join("link/m.flashpack.index.json")]
+        };
+        #[cfg(not(unix))]
+        let indexes = vec![dotted];
+        for index in indexes {
+            write_index(&index, IndexKind::FlashPack, &files, serde_json::Map::new())
+                .unwrap_or_else(|e| panic!("{}: {e}", index.display()));
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+            let mut listed: Vec<&str> = doc["weight_map"]
+                .as_object()
+                .unwrap()
+                .values()
+                .filter_map(|v| v.as_str())
+                .collect();
+            listed.dedup();
+            assert_eq!(listed, names, "{}", index.display());
+            assert_eq!(Checkpoint::open(&index).unwrap().len(), 3);
+        }
+    }
+
+    /// A file outside the index's folder is a typed refusal naming the file and the folder,
+    /// and nothing is written.
+    #[test]
+    fn a_file_outside_the_index_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("ck");
+        std::fs::create_dir(&ck).unwrap();
+        let files = packs(dir.path());
+        let index = ck.join("m.flashpack.index.json");
+        let e = write_index(&index, IndexKind::FlashPack, &files, Map::new()).unwrap_err();
+        match &e {
+            Error::Convert { path, source } => {
+                assert_eq!(path, &files[0]);
+                assert!(
+                    matches!(**source, ConvertError::OutsideIndexFolder { ref folder } if folder == &ck),
+                    "{e}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        assert!(
+            e.to_string().contains("not inside the index's folder"),
+            "{e}"
+        );
+        assert!(!index.exists());
+    }
+}
