@@ -8,7 +8,8 @@ use std::os::raw::{c_int, c_void};
 use std::path::{Path, PathBuf};
 
 use flashpack::cancel::Cancel;
-use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
+use flashpack::checkpoint::{Checkpoint, IndexKind, OpenOptions};
+use flashpack::convert::write_index;
 use flashpack::read::job::{self, JobPlan, JobRegion, Piece};
 use flashpack::read::{self, LoadOptions};
 use flashpack::remote::{self, RemoteError};

@@ -198,11 +198,8 @@ impl Cli {
     /// [`crate::run::Outcome::NeedsPython`]): `{"quiet", "verbose", "command": {"command":
     /// "convert", "path_or_repo_id", ...}}`, paths as strings.
     pub fn to_json(&self) -> crate::error::Result<String> {
-        serde_json::to_string(self).map_err(|e| {
-            crate::error::CliError::Invalid(format!(
-                "cannot pass these arguments to Python (a path that is not UTF-8?): {e}"
-            ))
-        })
+        serde_json::to_string(self)
+            .map_err(|source| crate::error::CliError::ArgumentsToPython { source })
     }
 }
 

@@ -91,15 +91,17 @@ fn warm(path: &Path) -> Result<()> {
 
 /// The best (shortest call + touch) of `repeats` runs of `f`.
 fn best_of(repeats: usize, bar: &ProgressBar, mut f: impl FnMut() -> Result<Run>) -> Result<Run> {
-    let mut best: Option<Run> = None;
-    for _ in 0..repeats.max(1) {
+    // At least one run, so there is always a best.
+    let mut best = f()?;
+    bar.inc(1);
+    for _ in 1..repeats.max(1) {
         let r = f()?;
         bar.inc(1);
-        if best.is_none_or(|b| r.total() < b.total()) {
-            best = Some(r);
+        if r.total() < best.total() {
+            best = r;
         }
     }
-    best.ok_or_else(|| CliError::Invalid("bench: no run".into()))
+    Ok(best)
 }
 
 fn ours(path: &Path, eager: bool) -> Result<Run> {
@@ -242,17 +244,14 @@ mod candle_peer {
         range: (usize, usize),
     ) -> Result<Elems<'a>> {
         let (a, b) = range;
-        let bad = || {
-            CliError::Invalid(format!(
-                "{}: candle tensor '{name}': storage does not hold elements {a}..{b}",
-                path.display()
-            ))
+        let problem = |problem: String| CliError::CandleTensor {
+            path: path.to_path_buf(),
+            tensor: name.to_string(),
+            problem,
         };
+        let bad = || problem(format!("storage does not hold elements {a}..{b}"));
         let Storage::Cpu(cpu) = storage else {
-            return Err(CliError::Invalid(format!(
-                "{}: candle tensor '{name}' is not in CPU memory",
-                path.display()
-            )));
+            return Err(problem("not in CPU memory".into()));
         };
         Ok(match cpu {
             CpuStorage::U8(v)
@@ -292,11 +291,10 @@ mod candle_peer {
             .collect();
         let mut views = Vec::with_capacity(guards.len());
         for (name, storage, range) in &guards {
-            let range = range.ok_or_else(|| {
-                CliError::Invalid(format!(
-                    "{}: candle tensor '{name}' is not contiguous",
-                    path.display()
-                ))
+            let range = range.ok_or_else(|| CliError::CandleTensor {
+                path: path.to_path_buf(),
+                tensor: name.to_string(),
+                problem: "not contiguous".into(),
             })?;
             views.push(elems(path, name, storage, range)?);
         }
@@ -582,9 +580,12 @@ fn measure(req: &Request) -> Result<Results> {
 pub fn run(req: &Request) -> Result<()> {
     let results = measure(req)?;
     if req.json {
-        let text = serde_json::to_string_pretty(&results.to_json()).map_err(|e| {
-            CliError::Invalid(format!("{}: cannot encode JSON: {e}", req.file.display()))
-        })?;
+        let text =
+            serde_json::to_string_pretty(&results.to_json()).map_err(|source| CliError::Json {
+                path: req.file.clone(),
+                what: "cannot encode JSON",
+                source,
+            })?;
         print_line(&text)?;
     } else {
         print_line(&results.render())?;

@@ -38,9 +38,52 @@ pub enum CliError {
         #[source]
         source: candle_core::Error,
     },
-    /// Options that do not fit together, or a request that cannot be done.
-    #[error("{0}")]
-    Invalid(String),
+    /// candle handed back a tensor whose storage the bench cannot sum (bench peer).
+    #[cfg(feature = "candle")]
+    #[error("{}: candle tensor '{tensor}': {problem}", path.display())]
+    CandleTensor {
+        path: PathBuf,
+        tensor: String,
+        problem: String,
+    },
+    /// Options that apply to other sources than `path`: `options` (as typed) `why`.
+    #[error("{}: {options} {why}", path.display())]
+    OptionsDoNotApply {
+        path: PathBuf,
+        options: &'static str,
+        why: &'static str,
+    },
+    /// A source that is neither a regular file nor a folder (and that the engine did not refuse).
+    #[error("{}: not a regular file or a folder", path.display())]
+    NotAFileOrFolder { path: PathBuf },
+    /// A command that reads FlashPack files only was given another file; `hint` says which
+    /// command reads it.
+    #[error("{}: not a FlashPack file ({hint})", path.display())]
+    NotAFlashPack { path: PathBuf, hint: &'static str },
+    /// `revert` to a destination that is no safetensors file, torch file or folder of shards.
+    #[error(
+        "{}: write .safetensors or a torch file (.pt, .bin, .pth, .ckpt), or a folder of shards \
+         with --sharded or --max-shard-size",
+        path.display()
+    )]
+    RevertDestination { path: PathBuf },
+    /// A checkpoint without a weight file.
+    #[error("{}: no weight file", path.display())]
+    NoWeightFile { path: PathBuf },
+    /// JSON about `path` could not be read or written: `what` says which.
+    #[error("{}: {what}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The parsed command line could not be encoded for the Python command.
+    #[error("cannot pass these arguments to Python (a path that is not UTF-8?): {source}")]
+    ArgumentsToPython {
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl CliError {

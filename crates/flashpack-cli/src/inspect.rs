@@ -155,10 +155,9 @@ pub fn inspect(path: &Path, with_index: bool, json: bool, cancel: &Cancel) -> Re
     let ckpt = open_checkpoint(path, cancel)?;
     let Some(index) = ckpt.index_path() else {
         let Some(shard) = ckpt.shards().first() else {
-            return Err(CliError::Invalid(format!(
-                "{}: no weight file",
-                path.display()
-            )));
+            return Err(CliError::NoWeightFile {
+                path: path.to_path_buf(),
+            });
         };
         let s = summary_of(shard.file(), with_index);
         return if json {
@@ -212,8 +211,11 @@ pub fn inspect(path: &Path, with_index: bool, json: bool, cancel: &Cancel) -> Re
 
 /// Pretty JSON, an error naming `path` if it cannot be encoded.
 fn to_json(value: &impl Serialize, path: &Path) -> Result<String> {
-    serde_json::to_string_pretty(value)
-        .map_err(|e| CliError::Invalid(format!("{}: cannot encode JSON: {e}", path.display())))
+    serde_json::to_string_pretty(value).map_err(|source| CliError::Json {
+        path: path.to_path_buf(),
+        what: "cannot encode JSON",
+        source,
+    })
 }
 
 /// Reads the file's footer or header (validated by the engine) into a [`Summary`]; `path` may

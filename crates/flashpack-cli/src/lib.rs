@@ -17,7 +17,6 @@
 //! ```
 pub mod args;
 pub mod bench;
-pub mod checkpoint;
 pub mod convert;
 pub mod error;
 pub mod format;

@@ -26,13 +26,17 @@ use crate::location::open_file;
 pub fn render(path: &Path, show_index: bool, json: bool, cancel: &Cancel) -> Result<String> {
     let wf = open_file(path, cancel)?;
     let (Some(f), Some(footer_json)) = (wf.footer(), wf.footer_json()) else {
-        return Err(CliError::Invalid(format!(
-            "{}: not a FlashPack file (`flashpack inspect` reads safetensors headers)",
-            path.display()
-        )));
+        return Err(CliError::NotAFlashPack {
+            path: path.to_path_buf(),
+            hint: "`flashpack inspect` reads safetensors headers",
+        });
     };
-    let mut footer: serde_json::Map<String, Value> = serde_json::from_slice(footer_json)
-        .map_err(|e| CliError::Invalid(format!("{}: footer JSON: {e}", path.display())))?;
+    let mut footer: serde_json::Map<String, Value> =
+        serde_json::from_slice(footer_json).map_err(|source| CliError::Json {
+            path: path.to_path_buf(),
+            what: "footer JSON",
+            source,
+        })?;
     let index = footer.remove("index");
     if json {
         if show_index {
@@ -40,8 +44,10 @@ pub fn render(path: &Path, show_index: bool, json: bool, cancel: &Cancel) -> Res
                 footer.insert("index".into(), index);
             }
         }
-        return serde_json::to_string_pretty(&footer).map_err(|e| {
-            CliError::Invalid(format!("{}: cannot encode JSON: {e}", path.display()))
+        return serde_json::to_string_pretty(&footer).map_err(|source| CliError::Json {
+            path: path.to_path_buf(),
+            what: "cannot encode JSON",
+            source,
         });
     }
 

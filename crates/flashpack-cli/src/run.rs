@@ -105,11 +105,11 @@ fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
     if crate::location::url(src).is_some() {
         // A URL names a weight file or an index: read by the engine, like a local file.
         if a.use_transformers || a.use_diffusers || a.subfolder.is_some() {
-            return Err(CliError::Invalid(format!(
-                "{}: --use-transformers, --use-diffusers and --subfolder need a model folder or \
-                 a Hub id, not a URL",
-                src.display()
-            )));
+            return Err(CliError::OptionsDoNotApply {
+                path: src.clone(),
+                options: "--use-transformers, --use-diffusers and --subfolder",
+                why: "need a model folder or a Hub id, not a URL",
+            });
         }
     } else {
         match std::fs::metadata(src) {
@@ -120,27 +120,24 @@ fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
             // A FIFO, socket or device: the engine's own refusal (never opened blocking).
             Ok(m) if !m.is_file() => {
                 return Err(flashpack::read::open_regular(src).err().map_or_else(
-                    || {
-                        CliError::Invalid(format!(
-                            "{}: not a regular file or a folder",
-                            src.display()
-                        ))
-                    },
+                    || CliError::NotAFileOrFolder { path: src.clone() },
                     CliError::from,
                 ))
             }
             Ok(_) => {
                 if a.use_transformers || a.use_diffusers {
-                    return Err(CliError::Invalid(format!(
-                        "{}: --use-transformers/--use-diffusers need a model folder or a Hub id, not a file",
-                        src.display()
-                    )));
+                    return Err(CliError::OptionsDoNotApply {
+                        path: src.clone(),
+                        options: "--use-transformers/--use-diffusers",
+                        why: "need a model folder or a Hub id, not a file",
+                    });
                 }
                 if a.subfolder.is_some() || a.variant.is_some() {
-                    return Err(CliError::Invalid(format!(
-                        "{}: --subfolder and --variant apply to model folders and Hub ids, not a file",
-                        src.display()
-                    )));
+                    return Err(CliError::OptionsDoNotApply {
+                        path: src.clone(),
+                        options: "--subfolder and --variant",
+                        why: "apply to model folders and Hub ids, not a file",
+                    });
                 }
                 if has_suffix(src, &TORCH_SUFFIXES) {
                     return Outcome::python(format!("{}: reading a torch file", src.display()));
@@ -250,10 +247,10 @@ fn revert(cli: &Cli, a: &RevertArgs, cancel: &Cancel) -> Result<Outcome> {
     let src = &a.path;
     let ckpt = Checkpoint::open(src)?;
     if !ckpt.is_all(Format::FlashPack) {
-        return Err(CliError::Invalid(format!(
-            "{}: not a FlashPack file (`flashpack convert` converts safetensors files)",
-            ckpt.path().display()
-        )));
+        return Err(CliError::NotAFlashPack {
+            path: ckpt.path().to_path_buf(),
+            hint: "`flashpack convert` converts safetensors files",
+        });
     }
     let sharded = a.sharded || a.max_shard_size.is_some();
     let single = ckpt.index_path().is_none();
@@ -268,11 +265,7 @@ fn revert(cli: &Cli, a: &RevertArgs, cancel: &Cancel) -> Result<Outcome> {
             return Outcome::python(format!("{}: writing a torch file", dst.display()));
         }
         if !sharded && !dst.is_dir() && Target::by_extension(dst) != Some(Target::Safetensors) {
-            return Err(CliError::Invalid(format!(
-                "{}: write .safetensors or a torch file (.pt, .bin, .pth, .ckpt), or a folder of \
-                 shards with --sharded or --max-shard-size",
-                dst.display()
-            )));
+            return Err(CliError::RevertDestination { path: dst.clone() });
         }
     }
     engine_convert(convert::Request {

@@ -35,10 +35,9 @@ pub fn check(path: &Path, progress: bool, cancel: &Cancel) -> Result<String> {
     let ckpt = open_checkpoint(path, cancel)?;
     let Some(index) = ckpt.index_path() else {
         let Some(shard) = ckpt.shards().first() else {
-            return Err(CliError::Invalid(format!(
-                "{}: no weight file",
-                path.display()
-            )));
+            return Err(CliError::NoWeightFile {
+                path: path.to_path_buf(),
+            });
         };
         return check_weight_file(shard.file(), progress, cancel);
     };

@@ -87,6 +87,16 @@ pub enum Error {
         #[source]
         source: Box<crate::remote::RemoteError>,
     },
+    /// A conversion (see [`crate::convert`]) cannot be done as asked: `path` is the source,
+    /// the destination or the file concerned, `source` says what is wrong.
+    #[error("{}: {source}", path.display())]
+    Convert {
+        /// The file (or folder) concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: Box<crate::convert::ConvertError>,
+    },
     /// The caller asked for something that cannot be done: a bad option or setting, a range
     /// outside the payload, a check the file has no data for. The text names what and where.
     #[error("{0}")]
@@ -344,6 +354,14 @@ impl Error {
         }
     }
 
+    /// Wraps a conversion problem with the file (or folder) it concerns.
+    pub fn convert(path: impl AsRef<Path>, source: crate::convert::ConvertError) -> Self {
+        Error::Convert {
+            path: path.as_ref().to_path_buf(),
+            source: Box::new(source),
+        }
+    }
+
     /// Wraps a safetensors problem with the file (or URL) it was found in.
     pub fn safetensors(path: impl AsRef<Path>, source: SafetensorsError) -> Self {
         Error::Safetensors {
@@ -396,6 +414,7 @@ impl Error {
             | Error::OutOfMemory { .. }
             | Error::Internal(_) => false,
             Error::Remote { source, .. } => source.is_data_error(),
+            Error::Convert { source, .. } => source.is_data_error(),
             Error::Checkpoint { source, .. } => match source.as_ref() {
                 CheckpointError::BadShard { source, .. } => source.is_data_error(),
                 _ => true,

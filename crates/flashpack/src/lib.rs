@@ -40,6 +40,7 @@ pub mod cancel;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod checkpoint;
+pub mod convert;
 pub mod error;
 pub mod format;
 pub mod os;

@@ -13,7 +13,7 @@
 //! [`Error::Checkpoint`] naming the index file, the shard and the tensor. The result is a
 //! read-only value: shards in order (sorted by name, as transformers loads them), tensor name
 //! to shard, the index's `metadata`, the total tensor bytes. [`write_index`] writes an index
-//! for a set of files; [`shards`] splits tensors into shards and writes them.
+//! for a set of files; [`crate::convert`] splits tensors into shards and writes them.
 //!
 //! [`Checkpoint::open_location`] also takes a URL (feature `remote`, see [`crate::remote`]) of
 //! a weight file or of an index json, whose shards are the objects of the same names beside it
@@ -41,8 +41,6 @@
 //! ```
 pub mod index;
 pub mod locate;
-pub mod shards;
-mod write;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -52,9 +50,9 @@ use crate::format::digest;
 use crate::weights::{Format, TensorInfo, WeightFile};
 use crate::{Error, Result};
 
+pub use crate::convert::write_index;
 pub use index::{IndexFile, IndexKind, ShardRecord};
 pub use locate::{locate, Located};
-pub use write::write_index;
 
 /// FlashPack footer key of a pack converted from a checkpoint of several files: the source
 /// index's `metadata` and `weight_map` (tensor -> shard file name), so converting back restores

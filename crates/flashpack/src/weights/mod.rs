@@ -26,7 +26,7 @@
 //!
 //! One concept per file: this module opens a file and answers what it holds;
 //! `safetensors_file` parses and writes safetensors headers, `load` holds loaded tensors,
-//! `convert` writes either format from the other, `cuda` loads straight to a GPU.
+//! `cuda` loads straight to a GPU; writing either format from the other is [`crate::convert`].
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -39,20 +39,19 @@ use crate::read::{open_regular, DataFile, FlashFile, TensorNames};
 use crate::remote::weights::{RemoteIndex, RemoteSource};
 use crate::{Dtype, Error, Footer, Result};
 
-mod convert;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod load;
 mod safetensors_file;
 
-pub use convert::SafetensorsOptions;
+pub use crate::convert::SafetensorsOptions;
 #[cfg(feature = "cuda")]
 pub use cuda::CudaWeights;
 pub use load::{TensorView, Weights};
-pub(crate) use safetensors_file::write_safetensors_file;
 #[cfg(feature = "remote")]
 pub(crate) use safetensors_file::{explain_bad_entry, tensor_entry, MAX_SAFETENSORS_HEADER};
 pub use safetensors_file::{from_safetensors_dtype, safetensors_shape, to_safetensors_dtype};
+pub(crate) use safetensors_file::{safetensors_entry, write_safetensors_file};
 
 /// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
 pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";
@@ -479,7 +478,7 @@ impl WeightFile {
 
     /// A read-only mapping of the whole file, at least as long as the data it had when opened
     /// (every tensor range was checked against that), so tensor slices of it cannot fail.
-    fn map_readonly(&self) -> Result<Mmap> {
+    pub(crate) fn map_readonly(&self) -> Result<Mmap> {
         let file = self.local_file()?;
         // SAFETY: a read-only mapping of a file we only read; as for every mapping, truncating
         // the file while it is mapped would fault on access (checked against just below, for

@@ -1,20 +1,34 @@
 //! Writing an index json for a set of weight files: a safetensors index (as transformers writes
 //! it) or a multi-file FlashPack index (`format`, `version`, and per shard its size and footer
 //! digest, so a replaced shard is noticed on open). The index is written atomically, like a pack.
+//!
+//! ```
+//! use flashpack::checkpoint::{Checkpoint, IndexKind};
+//! use flashpack::convert::write_index;
+//! use flashpack::write::{pack, PackEntry, PackOptions};
+//! use flashpack::Dtype;
+//! let dir = tempfile::tempdir().unwrap();
+//! let (a, b) = (dir.path().join("a.flashpack"), dir.path().join("b.flashpack"));
+//! pack(&a, &[PackEntry::new("x", Dtype::U8, vec![2], &[1, 2])], &PackOptions::default()).unwrap();
+//! pack(&b, &[PackEntry::new("y", Dtype::U8, vec![1], &[3])], &PackOptions::default()).unwrap();
+//! let index = dir.path().join("model.flashpack.index.json");
+//! write_index(&index, IndexKind::FlashPack, &[a, b], serde_json::Map::new()).unwrap();
+//! assert_eq!(Checkpoint::open(&index).unwrap().total_size(), 3);
+//! ```
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
+use super::ConvertError;
+use crate::checkpoint::index::{
+    check_shard_name, ShardRecord, FLASHPACK_INDEX_FORMAT, FLASHPACK_INDEX_VERSION,
+};
+use crate::checkpoint::{footer_digest, IndexKind};
 use crate::error::CheckpointError;
 use crate::weights::WeightFile;
 use crate::write::{prepare_destination, Staged};
 use crate::{Error, Result};
-
-use super::index::{
-    check_shard_name, ShardRecord, FLASHPACK_INDEX_FORMAT, FLASHPACK_INDEX_VERSION,
-};
-use super::{footer_digest, IndexKind};
 
 /// Writes the index `dest` for `files` (each inside `dest`'s folder; for
 /// [`IndexKind::FlashPack`] each a FlashPack file). `metadata` is written as the index's
@@ -40,9 +54,8 @@ pub fn write_index(
             "files": contents.records,
         }),
     };
-    let mut text = serde_json::to_vec_pretty(&doc).map_err(|e| {
-        Error::Internal(format!("{}: cannot encode the index: {e}", dest.display()))
-    })?;
+    let mut text = serde_json::to_vec_pretty(&doc)
+        .map_err(|source| Error::convert(dest, ConvertError::EncodeIndex { source }))?;
     text.push(b'\n');
     write_atomically(dest, &text)
 }
@@ -120,11 +133,12 @@ impl IndexContents {
 /// same folder); the file's own name is kept as given (a shard may be a symlink).
 fn shard_name(folder: &Path, path: &Path) -> Result<String> {
     let outside = || {
-        Error::Invalid(format!(
-            "{}: not inside the index's folder {}",
-            path.display(),
-            folder.display()
-        ))
+        Error::convert(
+            path,
+            ConvertError::OutsideIndexFolder {
+                folder: folder.to_path_buf(),
+            },
+        )
     };
     let resolve = |dir: &Path| {
         let dir = if dir.as_os_str().is_empty() {
@@ -147,7 +161,7 @@ fn shard_name(folder: &Path, path: &Path) -> Result<String> {
 }
 
 /// Writes `bytes` as `dest`: complete and synced before it replaces what was there.
-pub(crate) fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
+fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
     use crate::os::Positioned;
     let dir = prepare_destination(dest)?;
     let tmp = Staged::create(&dir, dest)?;
@@ -156,4 +170,96 @@ pub(crate) fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(dest, "write", e))?;
     file.sync_all().map_err(|e| Error::io(dest, "fsync", e))?;
     tmp.commit(dest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+    use crate::write::{pack, PackEntry, PackOptions};
+    use crate::Dtype;
+
+    /// Two FlashPack shards in `dir`: x in the first; y, z in the second.
+    fn packs(dir: &Path) -> Vec<PathBuf> {
+        let opts = PackOptions::default();
+        let a = dir.join("m-00001-of-00002.flashpack");
+        let b = dir.join("m-00002-of-00002.flashpack");
+        pack(
+            &a,
+            &[PackEntry::new("x", Dtype::F32, vec![2], &[0; 8])],
+            &opts,
+        )
+        .unwrap();
+        pack(
+            &b,
+            &[
+                PackEntry::new("y", Dtype::U8, vec![3], &[1, 2, 3]),
+                PackEntry::new("z", Dtype::I64, vec![], &[7; 8]),
+            ],
+            &opts,
+        )
+        .unwrap();
+        vec![a, b]
+    }
+
+    /// The index's folder and its files spelled differently (`..` in one of them, a symlink to the
+    /// folder) are still the same folder, and the names written stay relative.
+    #[test]
+    fn write_index_compares_folders_not_spellings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("ck");
+        std::fs::create_dir(&ck).unwrap();
+        let files = packs(&ck);
+        let names = ["m-00001-of-00002.flashpack", "m-00002-of-00002.flashpack"];
+        let dotted = dir.path().join("ck/../ck/m.flashpack.index.json");
+        #[cfg(unix)]
+        let indexes = {
+            std::os::unix::fs::symlink(&ck, dir.path().join("link")).unwrap();
+            vec![dotted, dir.path().join("link/m.flashpack.index.json")]
+        };
+        #[cfg(not(unix))]
+        let indexes = vec![dotted];
+        for index in indexes {
+            write_index(&index, IndexKind::FlashPack, &files, serde_json::Map::new())
+                .unwrap_or_else(|e| panic!("{}: {e}", index.display()));
+            let doc: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+            let mut listed: Vec<&str> = doc["weight_map"]
+                .as_object()
+                .unwrap()
+                .values()
+                .filter_map(|v| v.as_str())
+                .collect();
+            listed.dedup();
+            assert_eq!(listed, names, "{}", index.display());
+            assert_eq!(Checkpoint::open(&index).unwrap().len(), 3);
+        }
+    }
+
+    /// A file outside the index's folder is a typed refusal naming the file and the folder,
+    /// and nothing is written.
+    #[test]
+    fn a_file_outside_the_index_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("ck");
+        std::fs::create_dir(&ck).unwrap();
+        let files = packs(dir.path());
+        let index = ck.join("m.flashpack.index.json");
+        let e = write_index(&index, IndexKind::FlashPack, &files, Map::new()).unwrap_err();
+        match &e {
+            Error::Convert { path, source } => {
+                assert_eq!(path, &files[0]);
+                assert!(
+                    matches!(**source, ConvertError::OutsideIndexFolder { ref folder } if folder == &ck),
+                    "{e}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+        assert!(
+            e.to_string().contains("not inside the index's folder"),
+            "{e}"
+        );
+        assert!(!index.exists());
+    }
 }

@@ -3,15 +3,16 @@
 //! from tensors in memory, and putting a whole folder in place at once ([`StagedFolder`]).
 //!
 //! ```
-//! use flashpack::checkpoint::shards::{plan, shard_file_name};
+//! use flashpack::convert::{plan_shards, shard_file_name};
 //! // a tensor larger than the limit gets a shard of its own; order is kept
-//! assert_eq!(plan(&[4, 4, 10, 1], 8), vec![0..2, 2..3, 3..4]);
+//! assert_eq!(plan_shards(&[4, 4, 10, 1], 8), vec![0..2, 2..3, 3..4]);
 //! assert_eq!(shard_file_name("model", 0, 3, "safetensors"), "model-00001-of-00003.safetensors");
 //! ```
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use super::ConvertError;
 use crate::cancel::Cancel;
 use crate::weights::{write_safetensors_file, TensorView};
 use crate::{Error, Result};
@@ -19,7 +20,7 @@ use crate::{Error, Result};
 /// Splits tensors of byte sizes `sizes` (in order) into consecutive shards of at most
 /// `max_bytes` each, as transformers' `save_pretrained` does: a tensor that does not fit in the
 /// current shard starts the next one; a tensor larger than `max_bytes` is a shard of its own.
-pub fn plan(sizes: &[u64], max_bytes: u64) -> Vec<Range<usize>> {
+pub fn plan_shards(sizes: &[u64], max_bytes: u64) -> Vec<Range<usize>> {
     let mut shards = Vec::new();
     let (mut start, mut bytes) = (0usize, 0u64);
     for (i, &size) in sizes.iter().enumerate() {
@@ -48,7 +49,7 @@ pub fn shard_file_name(stem: &str, i: usize, n: usize, ext: &str) -> String {
 /// `safetensors` crate lays a file out (by dtype alignment, then name), with `metadata` as its
 /// `__metadata__`. Atomic like a pack; `cancel` stops it between 4 MiB pieces with `dest` as it
 /// was (its commit is this file's: pass a [`Cancel::step`] when the file is one of several).
-pub fn write_safetensors(
+pub(crate) fn write_safetensors(
     dest: &Path,
     tensors: &[TensorView<'_>],
     metadata: Option<HashMap<String, String>>,
@@ -62,22 +63,18 @@ pub fn write_safetensors(
 /// [`commit`](Self::commit) (an error, a cancellation), it is removed; a process killed
 /// outright can leave the hidden folder behind, never a partial destination.
 #[derive(Debug)]
-pub struct StagedFolder {
+pub(crate) struct StagedFolder {
     dir: tempfile::TempDir,
     dest: PathBuf,
 }
 
 impl StagedFolder {
     /// Starts a folder that will become `dest`, which must not exist or be an empty folder.
-    pub fn create(dest: &Path) -> Result<StagedFolder> {
+    pub(crate) fn create(dest: &Path) -> Result<StagedFolder> {
         match std::fs::read_dir(dest) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
-                    return Err(Error::Invalid(format!(
-                        "{}: the destination folder is not empty (a checkpoint of several files \
-                         is written into a new or empty folder)",
-                        dest.display()
-                    )));
+                    return Err(Error::convert(dest, ConvertError::DestinationNotEmpty));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -100,18 +97,13 @@ impl StagedFolder {
     }
 
     /// Where to write the files.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
-    }
-
-    /// The destination.
-    pub fn dest(&self) -> &Path {
-        &self.dest
     }
 
     /// Renames the folder into place (over an empty destination folder) unless `cancel` was
     /// cancelled first; afterwards the operation counts as done.
-    pub fn commit(self, cancel: Option<&Cancel>) -> Result<()> {
+    pub(crate) fn commit(self, cancel: Option<&Cancel>) -> Result<()> {
         let dest = self.dest.clone();
         let rename = move || {
             let tmp = self.dir.keep();
@@ -143,17 +135,17 @@ mod tests {
 
     #[test]
     fn plans_keep_order_and_bound_sizes() {
-        assert_eq!(plan(&[], 8), Vec::<Range<usize>>::new());
-        assert_eq!(plan(&[1, 2, 3], 100), vec![0..3]);
-        assert_eq!(plan(&[9, 9], 8), vec![0..1, 1..2]);
-        assert_eq!(plan(&[0, 0, 8, 0], 8), vec![0..4]);
+        assert_eq!(plan_shards(&[], 8), Vec::<Range<usize>>::new());
+        assert_eq!(plan_shards(&[1, 2, 3], 100), vec![0..3]);
+        assert_eq!(plan_shards(&[9, 9], 8), vec![0..1, 1..2]);
+        assert_eq!(plan_shards(&[0, 0, 8, 0], 8), vec![0..4]);
     }
 
     proptest::proptest! {
         #[test]
         fn plans_cover_every_tensor_once(sizes in proptest::collection::vec(0u64..100, 0..40),
                                          max in 1u64..200) {
-            let shards = plan(&sizes, max);
+            let shards = plan_shards(&sizes, max);
             let mut next = 0;
             for r in &shards {
                 proptest::prop_assert_eq!(r.start, next);

@@ -1,12 +1,13 @@
-//! `convert` and `revert` of checkpoints of several files: a sharded safetensors checkpoint (or a
+//! Checkpoints of several files: a sharded safetensors checkpoint (or a
 //! multi-file FlashPack one) to one pack or one safetensors file, and any checkpoint to a folder
-//! of shards with their index (`--sharded`: the source's own split; `--max-shard-size`: a new
-//! one). Tensor bytes, names, dtypes and shapes are copied unchanged.
+//! of shards with their index ([`ConvertOptions::sharded`](super::ConvertOptions::sharded): the
+//! source's own split; [`max_shard_size`](super::ConvertOptions::max_shard_size): a new one).
+//! Tensor bytes, names, dtypes and shapes are copied unchanged.
 //!
 //! What is kept: the shards' safetensors `__metadata__` (in a pack's footer key
 //! `safetensors_metadata`, as for one file; shards whose metadata differ cannot be merged into
 //! one file), and for a pack made from an index, the index's name, `metadata` and `weight_map`
-//! (footer key `checkpoint_index`), so `revert --sharded` writes the same shard files again:
+//! (footer key `checkpoint_index`), so a sharded conversion back writes the same shard files again:
 //! byte for byte when the shards were written by the `safetensors` library with a
 //! `__metadata__` of at most one key (transformers writes `{"format": "pt"}`). With several
 //! keys the same keys, values and tensor bytes come back, but the library writes
@@ -19,36 +20,35 @@
 //! checkpoint. A cancellation stops it between chunks and removes what was written.
 //!
 //! ```text
-//! $ flashpack convert ./llama model.flashpack
-//! ./llama/model.safetensors.index.json (safetensors, 2 shards) -> model.flashpack (FlashPack flashpack_v4): 291 tensors, 6,738,415,616 bytes, 4.1 s
-//! $ flashpack revert model.flashpack ./llama-again --sharded
+//! flashpack convert ./llama model.flashpack                 # this module, to one file
+//! flashpack revert model.flashpack ./llama-again --sharded  # this module, to shards and index
 //! ```
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use flashpack::checkpoint::index::check_shard_name;
-use flashpack::checkpoint::shards::{plan, shard_file_name, write_safetensors, StagedFolder};
-use flashpack::checkpoint::{locate, write_index, Checkpoint, IndexKind, CHECKPOINT_INDEX_KEY};
-use flashpack::format::DEFAULT_ALIGN_BYTES;
-use flashpack::read::LoadOptions;
-use flashpack::weights::{Format, TensorView, Weights, SAFETENSORS_METADATA_KEY};
-use flashpack::write::{pack, PackEntry, PackOptions};
 use serde_json::{Map, Value};
 
-use crate::convert::{format_name, Converted, Request, Target};
-use crate::error::{CliError, Result};
-use crate::format::grouped;
+use super::file::insert_json;
+use super::shards::{plan_shards, shard_file_name, write_safetensors, StagedFolder};
+use super::{write_index, ConvertError, ConvertOptions, Converted, Output, Target};
+use crate::checkpoint::index::check_shard_name;
+use crate::checkpoint::{locate, Checkpoint, IndexKind, CHECKPOINT_INDEX_KEY};
+use crate::format::DEFAULT_ALIGN_BYTES;
+use crate::read::LoadOptions;
+use crate::weights::{Format, TensorView, Weights, SAFETENSORS_METADATA_KEY};
+use crate::write::{pack, PackEntry, PackOptions};
+use crate::{Error, Result};
 
 /// What a pack remembers of the index it was converted from (footer key
 /// [`CHECKPOINT_INDEX_KEY`]).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct RememberedIndex {
+struct RememberedIndex {
     /// The index's file name, e.g. `model.safetensors.index.json`.
-    pub index: String,
-    pub metadata: Option<Map<String, Value>>,
+    index: String,
+    /// The index's `metadata`.
+    metadata: Option<Map<String, Value>>,
     /// Tensor -> shard file name.
-    pub weight_map: BTreeMap<String, String>,
+    weight_map: BTreeMap<String, String>,
 }
 
 /// One source shard, loaded lazily (a mapping: only the pages written out are read).
@@ -62,9 +62,11 @@ struct Part {
 struct Source {
     /// The index json or the single file, named in errors.
     path: PathBuf,
-    /// "safetensors, 2 shards", for the report.
-    label: String,
+    /// The first shard's format.
+    first_format: Format,
+    /// FlashPack when every shard is; else safetensors.
     format: Format,
+    indexed: bool,
     parts: Vec<Part>,
     /// The index's name, metadata and split (from the source's index, or remembered by a pack).
     index: Option<RememberedIndex>,
@@ -73,18 +75,16 @@ struct Source {
 impl Source {
     fn open(ckpt: Checkpoint) -> Result<Source> {
         let path = ckpt.path().to_path_buf();
-        let label = match ckpt.shards().len() {
-            1 => format_name(ckpt.shards()[0].file().format()).to_string(),
-            n => format!(
-                "{}, {n} shards",
-                format_name(ckpt.shards()[0].file().format())
-            ),
+        let first_format = match ckpt.shards().first() {
+            Some(s) => s.file().format(),
+            None => return Err(Error::convert(&path, ConvertError::NoWeightFile)),
         };
         let format = if ckpt.is_all(Format::FlashPack) {
             Format::FlashPack
         } else {
             Format::Safetensors
         };
+        let indexed = ckpt.index_path().is_some();
         let index = match ckpt.index_path() {
             Some(path) => Some(RememberedIndex {
                 index: file_name(path),
@@ -110,8 +110,9 @@ impl Source {
         }
         Ok(Source {
             path,
-            label,
+            first_format,
             format,
+            indexed,
             parts,
             index,
         })
@@ -130,17 +131,17 @@ impl Source {
     /// The shards' `__metadata__` when they all agree (one file can hold only one).
     fn common_metadata(&self) -> Result<Option<HashMap<String, String>>> {
         let first = self.parts.first().and_then(|p| p.st_metadata.clone());
-        for p in &self.parts[1..] {
+        for p in self.parts.iter().skip(1) {
             if p.st_metadata != first {
-                return Err(CliError::Invalid(format!(
-                    "{}: shard '{}' has other safetensors __metadata__ than shard '{}' ({:?} vs \
-                     {:?}), and one file can keep only one; convert with --sharded to keep each",
-                    self.path.display(),
-                    p.name,
-                    self.parts[0].name,
-                    p.st_metadata,
-                    first
-                )));
+                return Err(Error::convert(
+                    &self.path,
+                    ConvertError::MixedMetadata {
+                        shard: p.name.clone(),
+                        first: self.parts[0].name.clone(),
+                        metadata: p.st_metadata.clone(),
+                        first_metadata: first,
+                    },
+                ));
             }
         }
         Ok(first)
@@ -155,12 +156,7 @@ fn remembered(ckpt: &Checkpoint) -> Result<Option<RememberedIndex>> {
     let Some(value) = flash.footer().extra().get(CHECKPOINT_INDEX_KEY) else {
         return Ok(None);
     };
-    let bad = |why: String| {
-        CliError::Invalid(format!(
-            "{}: footer key '{CHECKPOINT_INDEX_KEY}' is not a remembered index: {why}",
-            ckpt.path().display()
-        ))
-    };
+    let bad = |why: String| Error::convert(ckpt.path(), ConvertError::BadRememberedIndex { why });
     let index: RememberedIndex =
         serde_json::from_value(value.clone()).map_err(|e| bad(e.to_string()))?;
     // The names become paths of the files written: validated like an index's own shard names,
@@ -187,7 +183,7 @@ fn file_name(path: &Path) -> String {
 
 /// `(stem, variant)` of the output's file names: from the index's name
 /// (`model.safetensors.index.fp16.json` -> `model`, `fp16`) or the single file's stem.
-fn stem_and_variant(src: &Source, path: &Path) -> (String, Option<String>) {
+fn stem_and_variant(src: &Source) -> (String, Option<String>) {
     if let Some(index) = &src.index {
         let variant = locate::index_variant(&index.index)
             .flatten()
@@ -198,76 +194,74 @@ fn stem_and_variant(src: &Source, path: &Path) -> (String, Option<String>) {
             }
         }
     }
-    let stem = path
+    let stem = src
+        .path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     (stem, None)
 }
 
-/// Converts the checkpoint `ckpt` as `req` asks (see the module doc).
-pub fn convert(req: &Request, ckpt: Checkpoint) -> Result<Converted> {
-    let t = Instant::now();
-    let src_path = ckpt.path().to_path_buf();
+/// Converts the checkpoint `ckpt` as `opts` asks (see the module doc); `dest` as for
+/// [`super::convert`].
+pub(super) fn convert(
+    ckpt: Checkpoint,
+    dest: Option<&Path>,
+    opts: &ConvertOptions,
+) -> Result<Converted> {
+    let source_shards = ckpt.shards().len();
     let src = Source::open(ckpt)?;
-    let target = req.to.unwrap_or(
-        match (
-            req.dst.as_deref().and_then(Target::by_extension),
-            src.format,
-        ) {
-            (Some(ext), _) if !req.sharded_output() => ext,
-            (_, Format::FlashPack) => Target::Safetensors,
-            (_, Format::Safetensors) => Target::Flashpack,
-        },
-    );
+    let target = opts
+        .to
+        .unwrap_or(match (dest.and_then(Target::by_extension), src.format) {
+            (Some(ext), _) if !opts.sharded_output() => ext,
+            (_, format) => Target::other_than(format),
+        });
     if target == Target::Safetensors
-        && (!req.checksums || req.align_bytes.is_some() || !req.ignore.is_empty())
+        && (!opts.checksums || opts.align_bytes.is_some() || !opts.ignore.is_empty())
     {
-        return Err(CliError::Invalid(format!(
-            "{}: --no-checksums, --align-bytes and --ignore-* apply to FlashPack output only",
-            src_path.display()
-        )));
+        return Err(Error::convert(
+            &src.path,
+            ConvertError::FlashPackOnlyOptions,
+        ));
     }
-    let (stem, variant) = stem_and_variant(&src, &src_path);
-    let (written, details) = if req.sharded_output() {
-        let dst = req.dst.clone().ok_or_else(|| {
-            CliError::Invalid(format!(
-                "{}: --sharded and --max-shard-size write a folder: give it as the destination",
-                src_path.display()
-            ))
-        })?;
-        let details = write_sharded(req, &src, target, &dst, &stem, variant.as_deref())?;
-        (dst, details)
+    let (stem, variant) = stem_and_variant(&src);
+    let (written, written_out) = if opts.sharded_output() {
+        let dst =
+            dest.ok_or_else(|| Error::convert(&src.path, ConvertError::NeedsDestinationFolder))?;
+        let out = write_sharded(opts, &src, target, dst, &stem, variant.as_deref())?;
+        (dst.to_path_buf(), out)
     } else {
-        let dst = single_destination(req, &src_path, target, &stem, variant.as_deref())?;
-        let details = write_single(req, &src, target, &dst)?;
-        (dst, details)
-    };
-    let kind = match target {
-        Target::Flashpack => "FlashPack",
-        Target::Safetensors => "safetensors",
-    };
-    let shape = if req.sharded_output() {
-        ", sharded"
-    } else {
-        ""
+        let dst = single_destination(dest, &src.path, target, &stem, variant.as_deref())?;
+        let out = write_single(opts, &src, target, &dst)?;
+        (dst, out)
     };
     Ok(Converted {
-        report: format!(
-            "{} ({}) -> {} ({kind}{shape}): {details}, {:.2} s",
-            src_path.display(),
-            src.label,
-            written.display(),
-            t.elapsed().as_secs_f64()
-        ),
+        source: src.path.clone(),
+        source_format: src.first_format,
+        source_shards,
+        source_indexed: src.indexed,
         written,
+        target,
+        output: written_out.output,
+        tensors: written_out.tensors,
+        data_bytes: written_out.data_bytes,
+        phases: Vec::new(),
+        elapsed: Default::default(),
     })
 }
 
-/// One output file: DST if it names a weight file, else `{stem}.{ext}` in DST (a folder,
+/// What one of the writers wrote.
+struct Written {
+    output: Output,
+    tensors: usize,
+    data_bytes: u64,
+}
+
+/// One output file: `dest` if it names a weight file, else `{stem}.{ext}` in `dest` (a folder,
 /// created if missing) or beside the source.
 fn single_destination(
-    req: &Request,
+    dest: Option<&Path>,
     src_path: &Path,
     target: Target,
     stem: &str,
@@ -277,18 +271,22 @@ fn single_destination(
         Some(v) => format!("{stem}.{v}.{}", target.extension()),
         None => format!("{stem}.{}", target.extension()),
     };
-    let folder = match &req.dst {
+    let folder = match dest {
         Some(dst) if !dst.is_dir() && Target::by_extension(dst).is_some() => {
-            if Target::by_extension(dst) != Some(target) {
-                return Err(CliError::Invalid(format!(
-                    "{}: --to {} does not match the destination's extension",
-                    dst.display(),
-                    target.extension()
-                )));
+            match Target::by_extension(dst) {
+                Some(extension) if extension != target => {
+                    return Err(Error::convert(
+                        dst,
+                        ConvertError::TargetMismatch {
+                            to: target,
+                            extension,
+                        },
+                    ))
+                }
+                _ => return Ok(dst.to_path_buf()),
             }
-            return Ok(dst.clone());
         }
-        Some(dst) => dst.clone(),
+        Some(dst) => dst.to_path_buf(),
         None => match src_path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -297,71 +295,75 @@ fn single_destination(
     Ok(folder.join(name))
 }
 
-fn pack_options(req: &Request) -> PackOptions {
+fn pack_options(opts: &ConvertOptions) -> PackOptions {
     PackOptions {
-        align_bytes: req.align_bytes.unwrap_or(DEFAULT_ALIGN_BYTES),
-        checksums: req.checksums,
-        progress: req.progress,
-        cancel: req.cancel.clone(),
+        align_bytes: opts.align_bytes.unwrap_or(DEFAULT_ALIGN_BYTES),
+        checksums: opts.checksums,
+        progress: opts.progress,
+        cancel: opts.cancel.clone(),
         ..PackOptions::default()
     }
 }
 
-fn insert_json(opts: &mut PackOptions, key: &str, value: &impl serde::Serialize) -> Result<()> {
-    let value = serde_json::to_value(value)
-        .map_err(|e| CliError::Invalid(format!("cannot encode footer key '{key}': {e}")))?;
-    opts.extra.insert(key.into(), value);
-    Ok(())
-}
-
-/// The source's tensors that the `--ignore-*` options keep (with their part), or an error when
-/// they keep none.
-fn kept_tensors<'s>(req: &Request, src: &'s Source) -> Result<Vec<(usize, TensorView<'s>)>> {
-    let keep = |name: &str| !req.ignore.drops(name);
+/// The source's tensors that the filter keeps (with their part), or an error when it keeps
+/// none.
+fn kept_tensors<'s>(
+    opts: &ConvertOptions,
+    src: &'s Source,
+) -> Result<Vec<(usize, TensorView<'s>)>> {
+    let keep = |name: &str| !opts.ignore.drops(name);
     let tensors = src.tensors(&keep);
     if tensors.is_empty() {
-        return Err(CliError::Invalid(format!(
-            "{}: every tensor was left out by --ignore-names/--ignore-prefixes/--ignore-suffixes",
-            src.path.display()
-        )));
+        return Err(Error::convert(&src.path, ConvertError::EverythingIgnored));
     }
     Ok(tensors)
 }
 
-fn write_single(req: &Request, src: &Source, target: Target, dst: &Path) -> Result<String> {
-    let tensors = kept_tensors(req, src)?;
+fn write_single(
+    opts: &ConvertOptions,
+    src: &Source,
+    target: Target,
+    dst: &Path,
+) -> Result<Written> {
+    let tensors = kept_tensors(opts, src)?;
     let metadata = src.common_metadata()?;
-    let bytes: u64 = tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
+    let data_bytes: u64 = tensors.iter().map(|(_, t)| t.data.len() as u64).sum();
     match target {
         Target::Flashpack => {
-            let mut opts = pack_options(req);
+            let mut pack_opts = pack_options(opts);
             if let Some(meta) = &metadata {
-                insert_json(&mut opts, SAFETENSORS_METADATA_KEY, meta)?;
+                insert_json(&mut pack_opts, &src.path, SAFETENSORS_METADATA_KEY, meta)?;
             }
             if let Some(index) = &src.index {
                 let mut kept = index.clone();
-                kept.weight_map.retain(|name, _| !req.ignore.drops(name));
-                insert_json(&mut opts, CHECKPOINT_INDEX_KEY, &kept)?;
+                kept.weight_map.retain(|name, _| !opts.ignore.drops(name));
+                insert_json(&mut pack_opts, &src.path, CHECKPOINT_INDEX_KEY, &kept)?;
             }
             let entries: Vec<PackEntry<'_>> = tensors
                 .iter()
                 .map(|(_, t)| PackEntry::new(t.name, t.dtype, t.shape.to_vec(), t.data))
                 .collect();
-            let report = pack(dst, &entries, &opts)?;
-            Ok(format!(
-                "{} tensors, {} bytes",
-                report.footer.records().len(),
-                grouped(report.file_len)
-            ))
+            let report = pack(dst, &entries, &pack_opts)?;
+            Ok(Written {
+                tensors: report.footer.records().len(),
+                output: Output::FlashPack {
+                    footer: Box::new(report.footer),
+                    file_len: report.file_len,
+                },
+                data_bytes,
+            })
         }
         Target::Safetensors => {
             let views: Vec<TensorView<'_>> = tensors.into_iter().map(|(_, t)| t).collect();
-            write_safetensors(dst, &views, metadata, req.cancel.as_ref())?;
-            Ok(format!(
-                "{} tensors, {} data bytes",
-                views.len(),
-                grouped(bytes)
-            ))
+            write_safetensors(dst, &views, metadata, opts.cancel.as_ref())?;
+            let file_len = std::fs::metadata(dst)
+                .map_err(|e| Error::io(dst, "stat", e))?
+                .len();
+            Ok(Written {
+                output: Output::Safetensors { file_len },
+                tensors: views.len(),
+                data_bytes,
+            })
         }
     }
 }
@@ -382,25 +384,25 @@ fn with_extension(name: &str, ext: &str) -> String {
     format!("{stem}.{ext}")
 }
 
-/// The output shards: `--max-shard-size` splits the tensors anew; `--sharded` keeps the
-/// source's shards (each with its own `__metadata__`) or the split a pack remembers.
+/// The output shards: `max_shard_size` splits the tensors anew; `sharded` keeps the source's
+/// shards (each with its own `__metadata__`) or the split a pack remembers.
 fn out_shards<'a>(
-    req: &Request,
+    opts: &ConvertOptions,
     src: &'a Source,
     target: Target,
     stem: &str,
     variant: Option<&str>,
 ) -> Result<Vec<OutShard<'a>>> {
-    let tensors = kept_tensors(req, src)?;
+    let tensors = kept_tensors(opts, src)?;
     let ext = target.extension();
     let stem = match variant {
         Some(v) => format!("{stem}.{v}"),
         None => stem.to_string(),
     };
-    if let Some(max) = req.max_shard_size {
+    if let Some(max) = opts.max_shard_size {
         let metadata = src.common_metadata()?;
         let sizes: Vec<u64> = tensors.iter().map(|(_, t)| t.data.len() as u64).collect();
-        let groups = plan(&sizes, max);
+        let groups = plan_shards(&sizes, max);
         let n = groups.len();
         return Ok(groups
             .into_iter()
@@ -423,28 +425,26 @@ fn out_shards<'a>(
             })
             .collect();
         for (i, t) in tensors {
-            out[i].tensors.push(t);
+            if let Some(shard) = out.get_mut(i) {
+                shard.tensors.push(t);
+            }
         }
         out.retain(|s| !s.tensors.is_empty());
         return Ok(out);
     }
     let Some(index) = &src.index else {
-        return Err(CliError::Invalid(format!(
-            "{}: one file, and not converted from a sharded checkpoint, so it has no split to \
-             keep: give --max-shard-size",
-            src.path.display()
-        )));
+        return Err(Error::convert(&src.path, ConvertError::NoSplitToKeep));
     };
     let metadata = src.common_metadata()?;
     let mut by_shard: BTreeMap<&str, Vec<TensorView<'a>>> = BTreeMap::new();
     for (_, t) in tensors {
         let shard = index.weight_map.get(t.name).ok_or_else(|| {
-            CliError::Invalid(format!(
-                "{}: tensor '{}' is not in the remembered shard split (footer key \
-                 '{CHECKPOINT_INDEX_KEY}'): give --max-shard-size",
-                src.path.display(),
-                t.name
-            ))
+            Error::convert(
+                &src.path,
+                ConvertError::NotInRememberedSplit {
+                    tensor: t.name.to_string(),
+                },
+            )
         })?;
         by_shard.entry(shard).or_default().push(t);
     }
@@ -459,34 +459,34 @@ fn out_shards<'a>(
 }
 
 fn write_sharded(
-    req: &Request,
+    opts: &ConvertOptions,
     src: &Source,
     target: Target,
     dst: &Path,
     stem: &str,
     variant: Option<&str>,
-) -> Result<String> {
-    let shards = out_shards(req, src, target, stem, variant)?;
+) -> Result<Written> {
+    let shards = out_shards(opts, src, target, stem, variant)?;
     let staged = StagedFolder::create(dst)?;
-    let step = || req.cancel.as_ref().map(|c| c.step());
+    let step = || opts.cancel.as_ref().map(|c| c.step());
     let mut files = Vec::with_capacity(shards.len());
     for shard in &shards {
         let path = inside(staged.path(), &shard.name, dst)?;
         match target {
             Target::Flashpack => {
-                let mut opts = PackOptions {
+                let mut pack_opts = PackOptions {
                     cancel: step(),
-                    ..pack_options(req)
+                    ..pack_options(opts)
                 };
                 if let Some(meta) = &shard.metadata {
-                    insert_json(&mut opts, SAFETENSORS_METADATA_KEY, meta)?;
+                    insert_json(&mut pack_opts, &src.path, SAFETENSORS_METADATA_KEY, meta)?;
                 }
                 let entries: Vec<PackEntry<'_>> = shard
                     .tensors
                     .iter()
                     .map(|t| PackEntry::new(t.name, t.dtype, t.shape.to_vec(), t.data))
                     .collect();
-                pack(&path, &entries, &opts).map_err(|e| in_dest(e, dst, &shard.name))?;
+                pack(&path, &entries, &pack_opts).map_err(|e| in_dest(e, dst, &shard.name))?;
             }
             Target::Safetensors => {
                 write_safetensors(
@@ -518,13 +518,16 @@ fn write_sharded(
     write_index(&index, kind, &files, metadata).map_err(|e| in_dest(e, dst, &index_name))?;
     // The result must open as a checkpoint before it is put in place.
     let written = Checkpoint::open(&index).map_err(|e| in_dest(e, dst, &index_name))?;
-    let (count, bytes) = (written.len(), written.total_size());
-    staged.commit(req.cancel.as_ref())?;
-    Ok(format!(
-        "{} shards and {index_name}, {count} tensors, {} data bytes",
-        shards.len(),
-        grouped(bytes)
-    ))
+    let (tensors, data_bytes) = (written.len(), written.total_size());
+    staged.commit(opts.cancel.as_ref())?;
+    Ok(Written {
+        output: Output::Sharded {
+            shards: shards.len(),
+            index: index_name,
+        },
+        tensors,
+        data_bytes,
+    })
 }
 
 /// `folder/name`, refused unless `name` is relative and made of plain components only (so the
@@ -539,35 +542,30 @@ fn inside(folder: &Path, name: &str, dst: &Path) -> Result<PathBuf> {
     if plain {
         Ok(folder.join(rel))
     } else {
-        Err(CliError::Invalid(format!(
-            "{}: refusing to write '{name}': not a file name inside the destination",
-            dst.display()
-        )))
+        Err(Error::convert(
+            dst,
+            ConvertError::NotInsideDestination {
+                name: name.to_string(),
+            },
+        ))
     }
 }
 
 /// An error about a file in the staging folder, told as the destination's (the temporary
 /// folder's name means nothing to the user and is gone once this returns).
-fn in_dest(e: flashpack::Error, dst: &Path, name: &str) -> CliError {
-    if let flashpack::Error::Cancelled { .. } = e {
-        return CliError::Engine(flashpack::Error::Cancelled {
+fn in_dest(e: Error, dst: &Path, name: &str) -> Error {
+    if let Error::Cancelled { .. } = e {
+        return Error::Cancelled {
             path: dst.to_path_buf(),
-        });
+        };
     }
-    CliError::Invalid(format!(
-        "{}: writing {name}: {}",
-        dst.display(),
-        one_line(&e)
-    ))
-}
-
-fn one_line(e: &flashpack::Error) -> String {
-    let text = e.to_string();
-    // Drop the staging folder's path where the engine names the file it wrote.
-    match text.split_once(": ") {
-        Some((path, rest)) if path.contains(".packtmp_") => rest.to_string(),
-        _ => text,
-    }
+    Error::convert(
+        dst,
+        ConvertError::Writing {
+            file: name.to_string(),
+            source: Box::new(e),
+        },
+    )
 }
 
 #[cfg(test)]
