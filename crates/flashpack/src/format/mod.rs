@@ -20,6 +20,8 @@ mod checksum;
 mod dtype;
 mod footer;
 mod layout;
+pub(crate) mod safetensors_header;
+pub(crate) mod tensors;
 
 pub use checksum::{
     digest, Checksums, ChunkMismatch, Hasher, CHECKSUMS_KEY, CHECKSUM_CHUNK_ALIGN,

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 
 use crate::format::FormatError;
 
+pub(crate) mod remote;
+use remote::RemoteError;
+
 /// Crate-wide result alias.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -85,7 +88,7 @@ pub enum Error {
         url: String,
         /// The underlying error.
         #[source]
-        source: Box<crate::remote::RemoteError>,
+        source: Box<RemoteError>,
     },
     /// The caller asked for something that cannot be done: a bad option or setting, a range
     /// outside the payload, a check the file has no data for. The text names what and where.
@@ -353,7 +356,7 @@ impl Error {
     }
 
     /// Wraps a remote-read problem with the object's URL.
-    pub fn remote(url: impl Into<String>, source: crate::remote::RemoteError) -> Self {
+    pub fn remote(url: impl Into<String>, source: RemoteError) -> Self {
         Error::Remote {
             url: url.into(),
             source: Box::new(source),
