@@ -189,11 +189,10 @@ fn code_lines(text: &str) -> Vec<String> {
         }
         if c == '\'' {
             // A char literal ('x', '\n', '\u{..}') — not a lifetime ('a).
-            let is_char = match (next, chars.get(i + 2)) {
-                (Some('\\'), _) => true,
-                (Some(_), Some('\'')) => true,
-                _ => false,
-            };
+            let is_char = matches!(
+                (next, chars.get(i + 2)),
+                (Some('\\'), _) | (Some(_), Some('\''))
+            );
             if is_char {
                 out.push(' ');
                 i += 1;
@@ -297,8 +296,7 @@ fn expand_use(tree: &str) -> Vec<(Vec<String>, String)> {
         out: &mut Vec<(Vec<String>, String)>,
     ) {
         let mut path = prefix;
-        loop {
-            let Some(t) = toks.get(*pos) else { break };
+        while let Some(t) = toks.get(*pos) {
             match t.as_str() {
                 "{" => {
                     *pos += 1;

@@ -49,6 +49,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::CheckpointError;
 use crate::format::digest;
+use crate::remote::LocationOptions;
 use crate::weights::{Format, TensorInfo, WeightFile};
 use crate::{Error, Result};
 
@@ -150,19 +151,27 @@ impl Checkpoint {
     /// lists in the same folder; the index object is refused unread when larger than
     /// [`index::MAX_INDEX_BYTES`].
     pub fn open_location(location: &str, opts: &OpenOptions) -> Result<Checkpoint> {
-        if !crate::remote::is_remote(location) {
-            return Self::open_with(location, opts);
-        }
-        #[cfg(feature = "remote")]
-        {
-            remote::open(location, crate::remote::RemoteSettings::from_env()?)
-        }
-        #[cfg(not(feature = "remote"))]
-        {
-            Err(Error::remote(
-                location,
-                crate::remote::RemoteError::NotBuilt,
-            ))
+        Self::open_location_with(location, opts, &LocationOptions::default())
+    }
+
+    /// As [`open_location`](Self::open_location), a URL opened with `location_opts` (its
+    /// settings and cancellation). Local or remote is decided here, once: the one entry point
+    /// for callers (the CLI, the Python extension) that take either.
+    pub fn open_location_with(
+        location: impl AsRef<Path>,
+        opts: &OpenOptions,
+        location_opts: &LocationOptions,
+    ) -> Result<Checkpoint> {
+        let location = location.as_ref();
+        match crate::remote::url_of(location) {
+            None => Self::open_with(location, opts),
+            #[cfg(feature = "remote")]
+            Some(url) => remote::open(url, location_opts.settings()?),
+            #[cfg(not(feature = "remote"))]
+            Some(url) => {
+                let _ = location_opts;
+                Err(Error::remote(url, crate::remote::RemoteError::NotBuilt))
+            }
         }
     }
 

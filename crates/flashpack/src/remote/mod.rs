@@ -47,5 +47,6 @@ pub(crate) mod weights;
 pub use crate::error::remote::RemoteError;
 #[cfg(feature = "remote")]
 pub use object::{RemoteFile, VersionPin};
-pub use settings::RemoteSettings;
+pub use settings::{LocationOptions, RemoteSettings};
+pub(crate) use url::url_of;
 pub use url::{is_remote, RemoteUrl, Scheme, DEFAULT_HF_ENDPOINT};

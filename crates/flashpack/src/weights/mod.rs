@@ -37,6 +37,7 @@ use crate::format::MAGIC;
 use crate::read::{open_regular, Backing, DataFile, FlashFile, TensorNames};
 #[cfg(feature = "remote")]
 use crate::remote::weights::{RemoteIndex, RemoteSource};
+use crate::remote::LocationOptions;
 use crate::{Error, Footer, Result};
 
 mod convert;
@@ -90,19 +91,26 @@ impl WeightFile {
     /// from the environment) or else a local path. A URL needs the `remote` cargo feature:
     /// without it, opening one is [`RemoteError::NotBuilt`](crate::remote::RemoteError).
     pub fn open_location(location: &str) -> Result<WeightFile> {
-        if !crate::remote::is_remote(location) {
-            return Self::open(location);
-        }
-        #[cfg(feature = "remote")]
-        {
-            Self::open_url(location, crate::remote::RemoteSettings::from_env()?)
-        }
-        #[cfg(not(feature = "remote"))]
-        {
-            Err(Error::remote(
-                location,
-                crate::remote::RemoteError::NotBuilt,
-            ))
+        Self::open_location_with(location, &LocationOptions::default())
+    }
+
+    /// As [`open_location`](Self::open_location), a URL opened with `opts` (its settings and
+    /// cancellation). Local or remote is decided here, once: the one entry point for callers
+    /// (the CLI, the Python extension) that take either.
+    pub fn open_location_with(
+        location: impl AsRef<Path>,
+        opts: &LocationOptions,
+    ) -> Result<WeightFile> {
+        let location = location.as_ref();
+        match crate::remote::url_of(location) {
+            None => Self::open(location),
+            #[cfg(feature = "remote")]
+            Some(url) => Self::open_url(url, opts.settings()?),
+            #[cfg(not(feature = "remote"))]
+            Some(url) => {
+                let _ = opts;
+                Err(Error::remote(url, crate::remote::RemoteError::NotBuilt))
+            }
         }
     }
 
