@@ -463,10 +463,12 @@ fn read_crate(src: &Path) -> Crate {
                 let word_start = i == 0
                     || !(cs[i - 1].is_alphanumeric() || cs[i - 1] == '_' || cs[i - 1] == ':');
                 let rest: String = cs[i..].iter().collect();
-                let kw = ["crate::", "super::", "self::"]
-                    .iter()
-                    .find(|k| rest.starts_with(**k));
-                if let (true, Some(_)) = (word_start, kw) {
+                // `crate::…`, `super::…`, `self::…`, or a child module's `name::…`.
+                let kw = ["crate", "super", "self"]
+                    .into_iter()
+                    .chain(children.iter().map(String::as_str))
+                    .any(|k| rest.strip_prefix(k).is_some_and(|r| r.starts_with("::")));
+                if word_start && kw {
                     let mut segs = Vec::new();
                     let mut cur = String::new();
                     let mut j = i;

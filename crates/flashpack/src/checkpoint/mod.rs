@@ -49,7 +49,6 @@ use std::path::{Path, PathBuf};
 
 use crate::error::CheckpointError;
 use crate::format::digest;
-use crate::remote::LocationOptions;
 use crate::weights::{Format, TensorInfo, WeightFile};
 use crate::{Error, Result};
 
@@ -117,70 +116,6 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens a weight file, an index json or a folder holding exactly one of those.
-    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
-        Self::open_with(path, &OpenOptions::default())
-    }
-
-    /// As [`open`](Self::open), choosing a variant in a folder.
-    pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Checkpoint> {
-        match locate(path.as_ref(), opts.variant.as_deref())? {
-            Located::File(file) => {
-                let wf = WeightFile::open(&file)?;
-                Ok(Self::single(file, wf))
-            }
-            Located::Index(index) => {
-                let parsed = read_index(&index)?;
-                let folder = match index.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
-                let names = shard_names(&parsed);
-                let files = names
-                    .iter()
-                    .map(|name| WeightFile::open(folder.join(name)))
-                    .collect();
-                Self::from_index(index, parsed, files)
-            }
-        }
-    }
-
-    /// Opens a URL (`http(s)://`, `s3://`, `hf://`; feature `remote`) of a weight file or of
-    /// an index json (a name ending in `.json`), or else a local path as
-    /// [`open_with`](Self::open_with) does. An index's shards are the objects of the names it
-    /// lists in the same folder; the index object is refused unread when larger than
-    /// [`index::MAX_INDEX_BYTES`].
-    pub fn open_location(location: &str, opts: &OpenOptions) -> Result<Checkpoint> {
-        Self::open_location_with(location, opts, &LocationOptions::default())
-    }
-
-    /// As [`open_location`](Self::open_location), a URL opened with `location_opts` (its
-    /// settings and cancellation). Local or remote is decided here, once: the one entry point
-    /// for callers (the CLI, the Python extension) that take either.
-    pub fn open_location_with(
-        location: impl AsRef<Path>,
-        opts: &OpenOptions,
-        location_opts: &LocationOptions,
-    ) -> Result<Checkpoint> {
-        let location = location.as_ref();
-        match crate::remote::url_of(location) {
-            None => Self::open_with(location, opts),
-            #[cfg(feature = "remote")]
-            Some(url) => remote::open(url, location_opts.settings()?),
-            #[cfg(not(feature = "remote"))]
-            Some(url) => {
-                let _ = location_opts;
-                Err(Error::remote(url, crate::remote::RemoteError::NotBuilt))
-            }
-        }
-    }
-
-    /// As [`open_location`](Self::open_location) for a URL, with `settings`.
-    #[cfg(feature = "remote")]
-    pub fn open_url(url: &str, settings: crate::remote::RemoteSettings) -> Result<Checkpoint> {
-        remote::open(url, settings)
-    }
-
     fn single(path: PathBuf, file: WeightFile) -> Checkpoint {
         let name = path
             .file_name()
@@ -358,40 +293,6 @@ fn positions(shard: usize, file: &WeightFile) -> HashMap<String, (usize, usize)>
         .collect()
 }
 
-/// Reads and parses an index json, its size bounded before it is read.
-fn read_index(path: &Path) -> Result<IndexFile> {
-    use std::io::Read;
-    let file = crate::read::open_regular(path)?;
-    let size = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat", e))?
-        .len();
-    if size > index::MAX_INDEX_BYTES {
-        return Err(Error::checkpoint(
-            path,
-            CheckpointError::IndexTooLarge {
-                size,
-                limit: index::MAX_INDEX_BYTES,
-            },
-        ));
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    // `take`: a file that grew since the stat still cannot make this read unbounded.
-    file.take(index::MAX_INDEX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, "read", e))?;
-    if bytes.len() as u64 > index::MAX_INDEX_BYTES {
-        return Err(Error::checkpoint(
-            path,
-            CheckpointError::IndexTooLarge {
-                size: bytes.len() as u64,
-                limit: index::MAX_INDEX_BYTES,
-            },
-        ));
-    }
-    IndexFile::parse(&bytes).map_err(|e| Error::checkpoint(path, e))
-}
-
 /// The shard names an index lists, sorted (the order [`Checkpoint::from_index`] takes their
 /// files in).
 fn shard_names(index: &IndexFile) -> Vec<String> {
@@ -471,8 +372,7 @@ fn check_flashpack_shard(
     Ok(())
 }
 
-#[cfg(feature = "remote")]
-mod remote;
+mod open;
 
 /// Checks shard `shard`'s tensors against the index: every tensor the index lists in it
 /// (`listed`) is there, and none it holds is listed in another shard or was already found,

@@ -30,7 +30,8 @@ pub struct TensorInfo {
 /// A tensor of a safetensors file that the engine lists but cannot load: its dtype has no
 /// torch type (`F6_E2M3`, `F6_E3M2`), or it is `F4` with an odd last dimension (torch's
 /// `float4_e2m1fn_x2` holds two values per byte). The file still opens, its other tensors
-/// load, and asking for this one is [`WeightFile::unloadable_error`](crate::weights::WeightFile::unloadable_error).
+/// load, and asking for this one is
+/// [`WeightFile::unloadable_error`](crate::weights::WeightFile::unloadable_error).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnloadableTensor {
     /// The tensor's name.

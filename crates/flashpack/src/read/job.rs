@@ -1,19 +1,21 @@
 //! Loads of many byte ranges from many files as one job: one reader pool (and, for a device
 //! load, one set of pinned staging buffers) for every file, the files read in parallel.
 //!
-//! A job is a list of [`Piece`]s: byte ranges of [`WeightFile`]s (whole tensors, or the rows of
-//! one). [`JobPlan`] merges the pieces of each file into spans and lays the spans out one after
-//! another in the job's memory, each on a `DIRECT_ALIGN` (4096-byte) boundary (so the reads can use
-//! `O_DIRECT`); the chunks of every span, interleaved across files, go to the reader threads.
-//! [`read_host`] fills owned host memory; `read_device` streams through the pinned pool into
-//! device memory, bounded by the pool's limit however many files there are.
+//! A job is a list of [`Piece`]s: byte ranges of [`JobFile`]s such as
+//! [`WeightFile`](crate::weights::WeightFile)s (whole tensors, or the rows of one). [`JobPlan`]
+//! merges the pieces of each file into spans and lays the spans out one after another in the job's
+//! memory, each on a `DIRECT_ALIGN` (4096-byte) boundary (so the reads can use `O_DIRECT`); the
+//! chunks of every span, interleaved across files, go to the reader threads. [`read_host`] fills
+//! owned host memory; `read_device` streams through the pinned pool into device memory, bounded by
+//! the pool's limit however many files there are.
 //!
-//! Files may be remote ([`WeightFile::open_location`] with a URL, feature `remote`), alone or
-//! mixed with local ones: a remote file's chunks are ranged GETs of its pinned version (of
-//! [`RemoteSettings::part_bytes`](crate::remote::RemoteSettings) each, as many in flight as
-//! its `concurrency`), landing in the same sinks, so a device load of a URL never holds more
-//! than the pinned pool's buffers in host memory. A plan made with [`JobPlan::verified`] reads
-//! whole checksum chunks of the FlashPack files, checked as they arrive when `opts.verify`.
+//! Files may be remote ([`WeightFile::open_location`](crate::weights::WeightFile::open_location)
+//! with a URL, feature `remote`), alone or mixed with local ones: a remote file's chunks are ranged
+//! GETs of its pinned version (of [`RemoteSettings::part_bytes`](crate::remote::RemoteSettings)
+//! each, as many in flight as its `concurrency`), landing in the same sinks, so a device load of a
+//! URL never holds more than the pinned pool's buffers in host memory. A plan made with
+//! [`JobPlan::verified`] reads whole checksum chunks of the FlashPack files, checked as they arrive
+//! when `opts.verify`.
 //!
 //! ```
 //! use flashpack::read::job::{read_host, JobPlan, Piece};

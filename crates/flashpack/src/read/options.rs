@@ -26,7 +26,7 @@ pub struct LoadOptions {
     /// the file has none). Reads then go in the checksum chunks' size.
     pub verify: bool,
     /// Checked between chunks: once cancelled, the load stops its threads and returns
-    /// [`Error::Cancelled`].
+    /// [`Error::Cancelled`](crate::Error::Cancelled).
     pub cancel: Option<Cancel>,
 }
 
