@@ -415,7 +415,8 @@ fn read_crate(src: &Path) -> Crate {
             .collect();
         let info = files.get_mut(m).expect("known file");
         let is_folder = info.is_folder;
-        // `use` statements (possibly over several lines).
+        // `use` statements (possibly over several lines), and the lines they take.
+        let mut use_lines = BTreeSet::new();
         let mut n = 0;
         while n < lines.len() {
             let t = lines[n].trim_start();
@@ -431,6 +432,7 @@ fn read_crate(src: &Path) -> Crate {
                     stmt.push(' ');
                     stmt.push_str(lines[n].trim());
                 }
+                use_lines.extend(start..=n);
                 let stmt = stmt.split(';').next().unwrap_or_default();
                 for (path, alias) in expand_use(stmt) {
                     let Some(abs) = absolute(&path, m, is_folder, &children) else {
@@ -447,14 +449,11 @@ fn read_crate(src: &Path) -> Crate {
             }
             n += 1;
         }
-        // Paths in code: `crate::a::b`, `super::a`, `self::a` (not inside `use` statements,
-        // which were read above; reading them twice adds nothing).
+        // Paths in code: `crate::a::b`, `super::a`, `self::a`, `child::a` (not on the lines of
+        // `use` statements, read above: a continued line of `use crate::{…}` may start with a
+        // module name that is not this file's child).
         for (idx, line) in lines.iter().enumerate() {
-            let t = line.trim_start();
-            if ["use ", "pub use ", "pub(crate) use ", "pub(super) use "]
-                .iter()
-                .any(|p| t.starts_with(p))
-            {
+            if use_lines.contains(&idx) {
                 continue;
             }
             let cs: Vec<char> = line.chars().collect();
@@ -496,9 +495,6 @@ fn read_crate(src: &Path) -> Crate {
                 }
             }
         }
-        // Lines continuing a multi-line `use` were skipped by the code scan only if they start
-        // with `use`; their paths start with a module name, not `crate::`, so nothing is counted
-        // twice in a way that matters (a duplicate edge is still one edge).
     }
     Crate { files }
 }
