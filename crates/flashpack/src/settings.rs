@@ -124,10 +124,16 @@ fn byte_count(name: &str, default: usize) -> Result<usize> {
             .parse::<usize>()
             .ok()
             .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                Error::Invalid(format!("{name}={v:?} is not a positive number of bytes"))
+            .ok_or_else(|| Error::BadSetting {
+                name: name.to_string(),
+                value: Some(v.clone()),
+                why: "is not a positive number of bytes".to_string(),
             }),
-        Err(e) => Err(Error::Invalid(format!("{name}: {e}"))),
+        Err(e) => Err(Error::BadSetting {
+            name: name.to_string(),
+            value: None,
+            why: e.to_string(),
+        }),
     }
 }
 

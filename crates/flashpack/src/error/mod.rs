@@ -90,10 +90,21 @@ pub enum Error {
         #[source]
         source: Box<RemoteError>,
     },
-    /// The caller asked for something that cannot be done: a bad option or setting, a range
-    /// outside the payload, a check the file has no data for. The text names what and where.
+    /// The caller asked for something that cannot be done: a bad option, a range outside the
+    /// payload, a check the file has no data for. The text names what and where.
     #[error("{0}")]
     Invalid(String),
+    /// An environment setting (`FLASHPACK_*`) the engine cannot use: the variable, its value
+    /// as set (`None` when it is not valid Unicode) and why.
+    #[error("{}", bad_setting(name, value.as_deref(), why))]
+    BadSetting {
+        /// The environment variable.
+        name: String,
+        /// Its value, where it is valid Unicode.
+        value: Option<String>,
+        /// What is wrong with it (e.g. "is not a positive number of bytes").
+        why: String,
+    },
     /// A device (GPU) call failed, or no usable device driver was found.
     #[error("{0}")]
     Device(String),
@@ -405,6 +416,14 @@ impl Error {
             },
             _ => true,
         }
+    }
+}
+
+/// `NAME="value" why`, or `NAME: why` for a value that is not Unicode.
+fn bad_setting(name: &str, value: Option<&str>, why: &str) -> String {
+    match value {
+        Some(v) => format!("{name}={v:?} {why}"),
+        None => format!("{name}: {why}"),
     }
 }
 

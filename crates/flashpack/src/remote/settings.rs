@@ -147,8 +147,16 @@ fn number(name: &str) -> Result<Option<usize>> {
             .ok()
             .filter(|&n| n > 0)
             .map(Some)
-            .ok_or_else(|| Error::Invalid(format!("{name}={v:?} is not a positive whole number"))),
-        Err(e) => Err(Error::Invalid(format!("{name}: {e}"))),
+            .ok_or_else(|| Error::BadSetting {
+                name: name.to_string(),
+                value: Some(v.clone()),
+                why: "is not a positive whole number".to_string(),
+            }),
+        Err(e) => Err(Error::BadSetting {
+            name: name.to_string(),
+            value: None,
+            why: e.to_string(),
+        }),
     }
 }
 
