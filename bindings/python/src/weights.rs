@@ -162,20 +162,19 @@ fn url_of(path: &Path) -> Option<&str> {
 
 /// Opens a FlashPack or safetensors file (told apart by content) and validates its index:
 /// a local path, or a URL (`http(s)://`, `s3://`, `hf://`), of which only the index is fetched.
+/// The engine decides which ([`WeightFile::open_location_with`]); Ctrl-C stops a URL's requests
+/// at once (a stalled server included).
 #[pyfunction]
 pub(crate) fn open_weights(py: Python<'_>, path: PathBuf) -> PyResult<PyWeightFile> {
-    let f = match url_of(&path) {
-        // Ctrl-C stops the requests at once (a stalled server included).
-        Some(url) => {
-            let cancel = Cancel::new();
-            interruptible(py, &cancel, || open_file_url(url, &cancel))?
-        }
-        None => py.detach(|| WeightFile::open(&path)).map_err(to_py)?,
-    };
+    let cancel = Cancel::new();
+    let location = remote::LocationOptions::cancelled_by(&cancel);
+    let f = interruptible(py, &cancel, || {
+        WeightFile::open_location_with(&path, &location)
+    })?;
     Ok(PyWeightFile { f })
 }
 
-/// Opens the weight file at `url`, its requests stopped by `cancel`.
+/// Opens the weight file at `url` (a URL only: `verify_url`'s), its requests stopped by `cancel`.
 #[cfg(feature = "remote")]
 fn open_file_url(url: &str, cancel: &Cancel) -> flashpack::Result<WeightFile> {
     WeightFile::open_url(url, settings(cancel)?)
@@ -184,17 +183,6 @@ fn open_file_url(url: &str, cancel: &Cancel) -> flashpack::Result<WeightFile> {
 #[cfg(not(feature = "remote"))]
 fn open_file_url(url: &str, _cancel: &Cancel) -> flashpack::Result<WeightFile> {
     WeightFile::open_location(url)
-}
-
-/// Opens the checkpoint at `url`, its requests stopped by `cancel`.
-#[cfg(feature = "remote")]
-fn open_checkpoint_url(url: &str, cancel: &Cancel) -> flashpack::Result<Checkpoint> {
-    Checkpoint::open_url(url, settings(cancel)?)
-}
-
-#[cfg(not(feature = "remote"))]
-fn open_checkpoint_url(url: &str, _cancel: &Cancel) -> flashpack::Result<Checkpoint> {
-    Checkpoint::open_location(url, &OpenOptions::default())
 }
 
 /// Remote settings from the environment, stopped by `cancel` (a Ctrl-C during the call).
@@ -216,18 +204,14 @@ pub(crate) fn open_checkpoint<'py>(
     variant: Option<String>,
 ) -> PyResult<(Bound<'py, PyAny>, Vec<PyWeightFile>)> {
     let opts = OpenOptions { variant };
-    let url = url_of(&path);
-    let ckpt = match url {
-        Some(url) => {
-            let cancel = Cancel::new();
-            interruptible(py, &cancel, || open_checkpoint_url(url, &cancel))?
-        }
-        None => py
-            .detach(|| Checkpoint::open_with(&path, &opts))
-            .map_err(to_py)?,
-    };
-    let resolved = match url {
-        Some(_) => ckpt.path().to_string_lossy().into_pyobject(py)?.into_any(),
+    let cancel = Cancel::new();
+    let location = remote::LocationOptions::cancelled_by(&cancel);
+    let ckpt = interruptible(py, &cancel, || {
+        Checkpoint::open_location_with(&path, &opts, &location)
+    })?;
+    // A URL's resolved location is the URL (a `str`), a local one a path.
+    let resolved = match url_of(ckpt.path()) {
+        Some(url) => url.into_pyobject(py)?.into_any(),
         None => ckpt.path().into_pyobject(py)?.into_any(),
     };
     let shards = ckpt

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use flashpack::cancel::Cancel;
 use flashpack::checkpoint::{Checkpoint, OpenOptions};
+use flashpack::remote::LocationOptions;
 use flashpack::weights::WeightFile;
 
 use crate::error::Result;
@@ -26,45 +27,13 @@ pub fn open_checkpoint_with(
     opts: &OpenOptions,
     cancel: &Cancel,
 ) -> Result<Checkpoint> {
-    Ok(match url(path) {
-        Some(u) => open_checkpoint_url(u, cancel)?,
-        None => Checkpoint::open_with(path, opts)?,
-    })
+    let location = LocationOptions::cancelled_by(cancel);
+    Ok(Checkpoint::open_location_with(path, opts, &location)?)
 }
 
 /// Opens one weight file, local or at a URL (only its footer or header is read; `cancel` stops
 /// the requests at once).
 pub fn open_file(path: &Path, cancel: &Cancel) -> Result<WeightFile> {
-    Ok(match url(path) {
-        Some(u) => open_file_url(u, cancel)?,
-        None => WeightFile::open(path)?,
-    })
-}
-
-/// Settings from the environment, stopped by `cancel`.
-#[cfg(feature = "remote")]
-fn settings(cancel: &Cancel) -> flashpack::Result<flashpack::remote::RemoteSettings> {
-    Ok(flashpack::remote::RemoteSettings::from_env()?.with_cancel(Some(cancel.clone())))
-}
-
-#[cfg(feature = "remote")]
-fn open_checkpoint_url(url: &str, cancel: &Cancel) -> flashpack::Result<Checkpoint> {
-    Checkpoint::open_url(url, settings(cancel)?)
-}
-
-#[cfg(feature = "remote")]
-fn open_file_url(url: &str, cancel: &Cancel) -> flashpack::Result<WeightFile> {
-    WeightFile::open_url(url, settings(cancel)?)
-}
-
-/// Without the `remote` feature a URL is an error saying so.
-#[cfg(not(feature = "remote"))]
-fn open_checkpoint_url(url: &str, _cancel: &Cancel) -> flashpack::Result<Checkpoint> {
-    Checkpoint::open_location(url, &OpenOptions::default())
-}
-
-/// Without the `remote` feature a URL is an error saying so.
-#[cfg(not(feature = "remote"))]
-fn open_file_url(url: &str, _cancel: &Cancel) -> flashpack::Result<WeightFile> {
-    WeightFile::open_location(url)
+    let location = LocationOptions::cancelled_by(cancel);
+    Ok(WeightFile::open_location_with(path, &location)?)
 }

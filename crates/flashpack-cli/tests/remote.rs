@@ -7,7 +7,8 @@ mod server;
 
 use std::process::{Command, Output};
 
-use flashpack::checkpoint::{write_index, IndexKind};
+use flashpack::checkpoint::IndexKind;
+use flashpack::convert::write_index;
 use flashpack::weights::WeightFile;
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::Dtype;

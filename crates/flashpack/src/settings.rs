@@ -10,9 +10,25 @@
 //! The reader policy ([`read_plan`]) is chosen per load from [`LoadOptions`](crate::read::LoadOptions)
 //! (`io`, `threads`) and the file's page-cache residency; the Python package maps
 //! `FLASHPACK_DIRECT_IO=0`, `FLASHPACK_READ_THREADS` and `FLASHPACK_READ_CHUNK_BYTES` onto those.
-use crate::read::{IoMode, HOT_FRACTION};
-use crate::sink::DEFAULT_PINNED_LIMIT;
 use crate::{Error, Result};
+
+/// Share of the payload that must be in the page cache for it to count as hot (plain buffered reads).
+pub(crate) const HOT_FRACTION: f64 = 0.9;
+/// How the eager reader talks to the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IoMode {
+    /// `O_DIRECT` unless the payload is mostly in the page cache (the policy and its
+    /// measurements: the crate's settings).
+    #[default]
+    Auto,
+    /// `O_DIRECT` wherever the filesystem allows it.
+    Direct,
+    /// Always through the page cache (asking the OS to read ahead when the data is cold).
+    Buffered,
+}
+
+/// Default bound on pinned staging memory: 1 GiB.
+pub const DEFAULT_PINNED_LIMIT: usize = 1 << 30;
 
 /// How much of a file's data the page cache holds, as far as the OS can say.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -108,17 +124,23 @@ fn byte_count(name: &str, default: usize) -> Result<usize> {
             .parse::<usize>()
             .ok()
             .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                Error::Invalid(format!("{name}={v:?} is not a positive number of bytes"))
+            .ok_or_else(|| Error::BadSetting {
+                name: name.to_string(),
+                value: Some(v.clone()),
+                why: "is not a positive number of bytes".to_string(),
             }),
-        Err(e) => Err(Error::Invalid(format!("{name}: {e}"))),
+        Err(e) => Err(Error::BadSetting {
+            name: name.to_string(),
+            value: None,
+            why: e.to_string(),
+        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::IoMode;
     use super::{byte_count, read_plan, ReadPlan, Residency};
-    use crate::read::IoMode;
 
     fn plan(direct: bool, readahead: bool, threads: usize) -> ReadPlan {
         ReadPlan {

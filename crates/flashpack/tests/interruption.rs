@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::{Arc, Barrier};
 
 use flashpack::cancel::{Cancel, Poll};
+use flashpack::convert::SafetensorsOptions;
 use flashpack::read::{self, IoMode, LoadOptions};
-use flashpack::weights::{SafetensorsOptions, WeightFile};
+use flashpack::weights::WeightFile;
 use flashpack::write::{pack, PackEntry, PackOptions};
 use flashpack::{Dtype, Error};
 

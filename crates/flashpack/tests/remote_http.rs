@@ -561,7 +561,7 @@ fn hub_urls_resolve_send_the_token_and_follow_the_redirect() {
     )
     .unwrap();
     let index = dir.path().join("model.safetensors.index.json");
-    flashpack::checkpoint::write_index(
+    flashpack::convert::write_index(
         &index,
         flashpack::checkpoint::IndexKind::Safetensors,
         &[a.clone(), b.clone()],
@@ -597,7 +597,8 @@ fn hub_urls_resolve_send_the_token_and_follow_the_redirect() {
 /// Checkpoints at a URL: an index json and its shards beside it, served by nginx.
 mod checkpoints {
     use super::*;
-    use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
+    use flashpack::checkpoint::{Checkpoint, IndexKind, OpenOptions};
+    use flashpack::convert::write_index;
     use flashpack::read::job::{read_host, JobPlan, Piece};
     use flashpack::CheckpointError;
     use std::collections::BTreeMap;

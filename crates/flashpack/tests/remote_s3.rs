@@ -184,7 +184,8 @@ fn s3_objects_load_bit_exact_in_both_formats() {
 /// `ckpt/`, load bit-exact (the FlashPack one verified); an index naming a shard the bucket does
 /// not hold is ShardMissing.
 fn sharded_checkpoints(port: u16, tensors: &[(String, Vec<u8>)]) {
-    use flashpack::checkpoint::{write_index, Checkpoint, IndexKind, OpenOptions};
+    use flashpack::checkpoint::{Checkpoint, IndexKind, OpenOptions};
+    use flashpack::convert::write_index;
     let dir = tempfile::tempdir().unwrap();
     let mut st_files = Vec::new();
     let mut fp_files = Vec::new();

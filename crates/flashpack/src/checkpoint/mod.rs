@@ -12,7 +12,7 @@
 //! [`Checkpoint::unlisted`] names them (`flashpack verify` refuses them). Each failure is an
 //! [`Error::Checkpoint`] naming the index file, the shard and the tensor. The result is a
 //! read-only value: shards in order (sorted by name, as transformers loads them), tensor name
-//! to shard, the index's `metadata`, the total tensor bytes. [`write_index`] writes an index
+//! to shard, the index's `metadata`, the total tensor bytes. [`write_index`](crate::convert::write_index) writes an index
 //! for a set of files; [`crate::convert`] splits tensors into shards and writes them.
 //!
 //! [`Checkpoint::open_location`] also takes a URL (feature `remote`, see [`crate::remote`]) of
@@ -22,7 +22,8 @@
 //! folder (there is no listing to choose an index from).
 //!
 //! ```
-//! use flashpack::checkpoint::{write_index, Checkpoint, IndexKind};
+//! use flashpack::checkpoint::{Checkpoint, IndexKind};
+//! use flashpack::convert::write_index;
 //! use flashpack::write::{pack, PackEntry, PackOptions};
 //! use flashpack::Dtype;
 //! let dir = tempfile::tempdir().unwrap();
@@ -50,14 +51,10 @@ use crate::format::digest;
 use crate::weights::{Format, TensorInfo, WeightFile};
 use crate::{Error, Result};
 
-pub use crate::convert::write_index;
 pub use index::{IndexFile, IndexKind, ShardRecord};
 pub use locate::{locate, Located};
 
-/// FlashPack footer key of a pack converted from a checkpoint of several files: the source
-/// index's `metadata` and `weight_map` (tensor -> shard file name), so converting back restores
-/// the same shards (see docs/FORMAT.md).
-pub const CHECKPOINT_INDEX_KEY: &str = "checkpoint_index";
+pub use crate::format::CHECKPOINT_INDEX_KEY;
 
 /// How [`Checkpoint::open_with`] chooses in a folder.
 #[derive(Clone, Debug, Default)]
@@ -114,62 +111,6 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens a weight file, an index json or a folder holding exactly one of those.
-    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
-        Self::open_with(path, &OpenOptions::default())
-    }
-
-    /// As [`open`](Self::open), choosing a variant in a folder.
-    pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Checkpoint> {
-        match locate(path.as_ref(), opts.variant.as_deref())? {
-            Located::File(file) => {
-                let wf = WeightFile::open(&file)?;
-                Ok(Self::single(file, wf))
-            }
-            Located::Index(index) => {
-                let parsed = read_index(&index)?;
-                let folder = match index.parent() {
-                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                    _ => PathBuf::from("."),
-                };
-                let names = shard_names(&parsed);
-                let files = names
-                    .iter()
-                    .map(|name| WeightFile::open(folder.join(name)))
-                    .collect();
-                Self::from_index(index, parsed, files)
-            }
-        }
-    }
-
-    /// Opens a URL (`http(s)://`, `s3://`, `hf://`; feature `remote`) of a weight file or of
-    /// an index json (a name ending in `.json`), or else a local path as
-    /// [`open_with`](Self::open_with) does. An index's shards are the objects of the names it
-    /// lists in the same folder; the index object is refused unread when larger than
-    /// [`index::MAX_INDEX_BYTES`].
-    pub fn open_location(location: &str, opts: &OpenOptions) -> Result<Checkpoint> {
-        if !crate::remote::is_remote(location) {
-            return Self::open_with(location, opts);
-        }
-        #[cfg(feature = "remote")]
-        {
-            remote::open(location, crate::remote::RemoteSettings::from_env()?)
-        }
-        #[cfg(not(feature = "remote"))]
-        {
-            Err(Error::remote(
-                location,
-                crate::remote::RemoteError::NotBuilt,
-            ))
-        }
-    }
-
-    /// As [`open_location`](Self::open_location) for a URL, with `settings`.
-    #[cfg(feature = "remote")]
-    pub fn open_url(url: &str, settings: crate::remote::RemoteSettings) -> Result<Checkpoint> {
-        remote::open(url, settings)
-    }
-
     fn single(path: PathBuf, file: WeightFile) -> Checkpoint {
         let name = path
             .file_name()
@@ -347,40 +288,6 @@ fn positions(shard: usize, file: &WeightFile) -> HashMap<String, (usize, usize)>
         .collect()
 }
 
-/// Reads and parses an index json, its size bounded before it is read.
-fn read_index(path: &Path) -> Result<IndexFile> {
-    use std::io::Read;
-    let file = crate::read::open_regular(path)?;
-    let size = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat", e))?
-        .len();
-    if size > index::MAX_INDEX_BYTES {
-        return Err(Error::checkpoint(
-            path,
-            CheckpointError::IndexTooLarge {
-                size,
-                limit: index::MAX_INDEX_BYTES,
-            },
-        ));
-    }
-    let mut bytes = Vec::with_capacity(size as usize);
-    // `take`: a file that grew since the stat still cannot make this read unbounded.
-    file.take(index::MAX_INDEX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, "read", e))?;
-    if bytes.len() as u64 > index::MAX_INDEX_BYTES {
-        return Err(Error::checkpoint(
-            path,
-            CheckpointError::IndexTooLarge {
-                size: bytes.len() as u64,
-                limit: index::MAX_INDEX_BYTES,
-            },
-        ));
-    }
-    IndexFile::parse(&bytes).map_err(|e| Error::checkpoint(path, e))
-}
-
 /// The shard names an index lists, sorted (the order [`Checkpoint::from_index`] takes their
 /// files in).
 fn shard_names(index: &IndexFile) -> Vec<String> {
@@ -460,8 +367,7 @@ fn check_flashpack_shard(
     Ok(())
 }
 
-#[cfg(feature = "remote")]
-mod remote;
+mod open;
 
 /// Checks shard `shard`'s tensors against the index: every tensor the index lists in it
 /// (`listed`) is there, and none it holds is listed in another shard or was already found,
@@ -501,4 +407,4 @@ fn check_shard_tensors(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

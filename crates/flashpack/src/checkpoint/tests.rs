@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::*;
+use crate::convert::write_index;
 use crate::write::{pack, PackEntry, PackOptions};
 use crate::Dtype;
 
@@ -293,7 +294,8 @@ fn a_shard_that_is_not_a_weight_file_is_named_with_why() {
     assert!(std::error::Error::source(&e).is_some());
 }
 
-fn packs(dir: &Path) -> Vec<PathBuf> {
+/// Two FlashPack shards in `dir`: x in the first; y, z in the second (also used by `convert`'s tests).
+pub(crate) fn packs(dir: &Path) -> Vec<PathBuf> {
     let opts = PackOptions::default();
     let a = dir.join("m-00001-of-00002.flashpack");
     let b = dir.join("m-00002-of-00002.flashpack");

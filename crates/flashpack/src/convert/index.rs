@@ -175,32 +175,8 @@ fn write_atomically(dest: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::tests::packs;
     use crate::checkpoint::Checkpoint;
-    use crate::write::{pack, PackEntry, PackOptions};
-    use crate::Dtype;
-
-    /// Two FlashPack shards in `dir`: x in the first; y, z in the second.
-    fn packs(dir: &Path) -> Vec<PathBuf> {
-        let opts = PackOptions::default();
-        let a = dir.join("m-00001-of-00002.flashpack");
-        let b = dir.join("m-00002-of-00002.flashpack");
-        pack(
-            &a,
-            &[PackEntry::new("x", Dtype::F32, vec![2], &[0; 8])],
-            &opts,
-        )
-        .unwrap();
-        pack(
-            &b,
-            &[
-                PackEntry::new("y", Dtype::U8, vec![3], &[1, 2, 3]),
-                PackEntry::new("z", Dtype::I64, vec![], &[7; 8]),
-            ],
-            &opts,
-        )
-        .unwrap();
-        vec![a, b]
-    }
 
     /// The index's folder and its files spelled differently (`..` in one of them, a symlink to the
     /// folder) are still the same folder, and the names written stay relative.

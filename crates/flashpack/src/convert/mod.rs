@@ -46,182 +46,24 @@
 //! let ckpt = Checkpoint::open(&out).unwrap();
 //! assert_eq!((ckpt.len(), ckpt.shards().len()), (2, 2));
 //! ```
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
-use crate::cancel::Cancel;
 use crate::checkpoint::{Checkpoint, Shard};
-use crate::weights::Format;
-use crate::{Error, Footer, Result};
+use crate::{Error, Result};
 
 mod checkpoint;
-mod error;
 mod file;
 mod index;
+mod options;
 mod shards;
 
-pub use error::ConvertError;
+pub use crate::error::ConvertError;
+pub use crate::format::tensors::Target;
 pub use file::SafetensorsOptions;
 pub use index::write_index;
+pub use options::{ConvertOptions, Converted, Filter, Output};
 pub use shards::{plan_shards, shard_file_name};
-
-/// An output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Target {
-    /// A FlashPack file (`.flashpack`).
-    Flashpack,
-    /// A safetensors file (`.safetensors`).
-    Safetensors,
-}
-
-impl Target {
-    /// The file extension of this format, without the dot.
-    pub fn extension(self) -> &'static str {
-        match self {
-            Target::Flashpack => "flashpack",
-            Target::Safetensors => "safetensors",
-        }
-    }
-
-    /// The format `path`'s extension names (any case), if it names one.
-    pub fn by_extension(path: &Path) -> Option<Target> {
-        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        match ext.as_str() {
-            "flashpack" => Some(Target::Flashpack),
-            "safetensors" => Some(Target::Safetensors),
-            _ => None,
-        }
-    }
-
-    /// The other format than `format`'s (what a conversion writes when nothing says).
-    pub fn other_than(format: Format) -> Target {
-        match format {
-            Format::FlashPack => Target::Safetensors,
-            Format::Safetensors => Target::Flashpack,
-        }
-    }
-}
-
-/// Tensor names to leave out: exact names, prefixes, suffixes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
-    /// Names left out.
-    pub names: Vec<String>,
-    /// Names starting with one of these are left out.
-    pub prefixes: Vec<String>,
-    /// Names ending with one of these are left out.
-    pub suffixes: Vec<String>,
-}
-
-impl Filter {
-    /// True when nothing is left out.
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty() && self.prefixes.is_empty() && self.suffixes.is_empty()
-    }
-
-    /// True when the tensor `name` is left out.
-    pub fn drops(&self, name: &str) -> bool {
-        self.names.iter().any(|n| n == name)
-            || self.prefixes.iter().any(|p| name.starts_with(p.as_str()))
-            || self.suffixes.iter().any(|s| name.ends_with(s.as_str()))
-    }
-}
-
-/// How [`convert`] writes (the `flashpack convert` flags of the same names).
-#[derive(Clone, Debug)]
-pub struct ConvertOptions {
-    /// The output format; `None`: the destination's extension, else the other format than the
-    /// source's.
-    pub to: Option<Target>,
-    /// FlashPack output: with xxh3-64 checksums (default true).
-    pub checksums: bool,
-    /// FlashPack output: the block alignment (`None`: the format's default).
-    pub align_bytes: Option<u64>,
-    /// Tensors to leave out (FlashPack output only).
-    pub ignore: Filter,
-    /// Show progress bars on stderr for large files.
-    pub progress: bool,
-    /// Stops the conversion between chunks, leaving the destination as it was.
-    pub cancel: Option<Cancel>,
-    /// Write a folder of shards with the source's own split (or the split a pack remembers).
-    pub sharded: bool,
-    /// Write a folder of shards of at most this many bytes each.
-    pub max_shard_size: Option<u64>,
-}
-
-impl Default for ConvertOptions {
-    fn default() -> Self {
-        ConvertOptions {
-            to: None,
-            checksums: true,
-            align_bytes: None,
-            ignore: Filter::default(),
-            progress: false,
-            cancel: None,
-            sharded: false,
-            max_shard_size: None,
-        }
-    }
-}
-
-impl ConvertOptions {
-    /// True when the output is a checkpoint of several files (a folder).
-    pub fn sharded_output(&self) -> bool {
-        self.sharded || self.max_shard_size.is_some()
-    }
-}
-
-/// What was written.
-#[derive(Clone, Debug)]
-pub enum Output {
-    /// One FlashPack file: its footer as written, and its length.
-    FlashPack {
-        /// The footer written (version, alignment, checksums, tensors).
-        footer: Box<Footer>,
-        /// Bytes of the whole file.
-        file_len: u64,
-    },
-    /// One safetensors file, of `file_len` bytes.
-    Safetensors {
-        /// Bytes of the whole file.
-        file_len: u64,
-    },
-    /// A folder of `shards` files and their index json `index` (a name inside the folder).
-    Sharded {
-        /// How many shard files.
-        shards: usize,
-        /// The index's file name.
-        index: String,
-    },
-}
-
-/// A finished conversion.
-#[derive(Clone, Debug)]
-pub struct Converted {
-    /// The source as opened: the single weight file, or the index json.
-    pub source: PathBuf,
-    /// The source's format (its first shard's).
-    pub source_format: Format,
-    /// How many files the source has.
-    pub source_shards: usize,
-    /// True when the source is a checkpoint with an index json (not a single file).
-    pub source_indexed: bool,
-    /// The file (or folder, for a sharded output) written.
-    pub written: PathBuf,
-    /// The format written.
-    pub target: Target,
-    /// What was written.
-    pub output: Output,
-    /// Tensors written.
-    pub tensors: usize,
-    /// Tensor bytes written.
-    pub data_bytes: u64,
-    /// The pack's phases and how long each took, in order (a single FlashPack output from a
-    /// single file; empty otherwise).
-    pub phases: Vec<(&'static str, Duration)>,
-    /// How long the conversion took.
-    pub elapsed: Duration,
-}
 
 /// Converts `src` as `opts` asks, writing `dest`: a weight file, or a folder (which receives
 /// `{source stem}.{ext}`, or the shards and index of a sharded output); `None`: beside the
@@ -243,6 +85,7 @@ pub fn convert(src: Checkpoint, dest: Option<&Path>, opts: &ConvertOptions) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::Format;
     use crate::write::{pack, PackEntry, PackOptions};
     use crate::Dtype;
 

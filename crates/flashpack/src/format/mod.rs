@@ -20,6 +20,8 @@ mod checksum;
 mod dtype;
 mod footer;
 mod layout;
+pub(crate) mod safetensors_header;
+pub(crate) mod tensors;
 
 pub use checksum::{
     digest, Checksums, ChunkMismatch, Hasher, CHECKSUMS_KEY, CHECKSUM_CHUNK_ALIGN,
@@ -38,6 +40,10 @@ pub const TRAILER_LEN: u64 = 16;
 /// 100 TB). A longer claimed length is refused before anything is allocated for it, so a sparse
 /// or crafted file cannot make the reader allocate its apparent size.
 pub const MAX_FOOTER_BYTES: u64 = 256 << 20;
+/// FlashPack footer key of a pack converted from a checkpoint of several files: the source
+/// index's `metadata` and `weight_map` (tensor -> shard file name), so converting back restores
+/// the same shards (see docs/FORMAT.md).
+pub const CHECKPOINT_INDEX_KEY: &str = "checkpoint_index";
 /// Where the footer JSON of a `file_len`-byte FlashPack file lies, from its trailer (the last
 /// [`TRAILER_LEN`] bytes, magic already checked): `(payload_len, json_len)`, the JSON being
 /// bytes `payload_len..payload_len + json_len`. A length past the file or over

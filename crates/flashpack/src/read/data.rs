@@ -4,6 +4,8 @@ use std::fs::File;
 use std::path::Path;
 
 use super::{resident_fraction, FlashFile, LoadOptions};
+#[cfg(feature = "remote")]
+use crate::remote::weights::RemoteSource;
 use crate::{Error, Footer};
 
 /// The reader policy for `d` ([`crate::settings::read_plan`]: direct or buffered reads,
@@ -44,7 +46,7 @@ pub(crate) struct DataFile<'a> {
 #[derive(Clone, Copy)]
 pub(crate) enum TensorNames<'a> {
     Footer(&'a Footer),
-    Tensors(&'a [crate::weights::TensorInfo]),
+    Tensors(&'a [crate::format::tensors::TensorInfo]),
 }
 
 impl TensorNames<'_> {
@@ -99,4 +101,43 @@ impl FlashFile {
             names: TensorNames::Footer(&self.footer),
         }
     }
+}
+
+/// How a file's tensor bytes are read (for the reader pool and the job planner): a local file,
+/// or a remote object with its index.
+pub(crate) enum Backing<'a> {
+    Local(DataFile<'a>),
+    #[cfg(feature = "remote")]
+    Remote {
+        path: &'a Path,
+        source: &'a RemoteSource,
+        names: TensorNames<'a>,
+    },
+}
+
+impl Backing<'_> {
+    pub fn path(&self) -> &Path {
+        match self {
+            Backing::Local(d) => d.path,
+            #[cfg(feature = "remote")]
+            Backing::Remote { path, .. } => path,
+        }
+    }
+
+    pub fn names(&self) -> TensorNames<'_> {
+        match self {
+            Backing::Local(d) => d.names,
+            #[cfg(feature = "remote")]
+            Backing::Remote { names, .. } => *names,
+        }
+    }
+}
+
+/// The error of a verified load of a file without checksums (a safetensors file): the caller
+/// asked for a check the file has no data for.
+pub(crate) fn no_checksums(path: &Path) -> Error {
+    Error::Invalid(format!(
+        "{}: safetensors files carry no checksums to verify",
+        path.display()
+    ))
 }

@@ -6,9 +6,11 @@ use std::time::{Duration, Instant};
 use memmap2::MmapOptions;
 
 use super::data::{reader_setup, DataFile};
+use super::loaded::{Loaded, Memory};
+use super::options::{LoadOptions, LoadReport};
 use super::pool::{self, plan_chunks};
 use super::verify::{verifier, verify_in_memory};
-use super::{FlashFile, LoadOptions, LoadReport, Loaded, Memory};
+use super::FlashFile;
 use crate::progress::progress_bar;
 use crate::sink::{HostBuffer, HostSink};
 use crate::{Error, Result};

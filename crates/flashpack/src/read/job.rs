@@ -1,19 +1,21 @@
 //! Loads of many byte ranges from many files as one job: one reader pool (and, for a device
 //! load, one set of pinned staging buffers) for every file, the files read in parallel.
 //!
-//! A job is a list of [`Piece`]s: byte ranges of [`WeightFile`]s (whole tensors, or the rows of
-//! one). [`JobPlan`] merges the pieces of each file into spans and lays the spans out one after
-//! another in the job's memory, each on a `DIRECT_ALIGN` (4096-byte) boundary (so the reads can use
-//! `O_DIRECT`); the chunks of every span, interleaved across files, go to the reader threads.
-//! [`read_host`] fills owned host memory; `read_device` streams through the pinned pool into
-//! device memory, bounded by the pool's limit however many files there are.
+//! A job is a list of [`Piece`]s: byte ranges of [`JobFile`]s such as
+//! [`WeightFile`](crate::weights::WeightFile)s (whole tensors, or the rows of one). [`JobPlan`]
+//! merges the pieces of each file into spans and lays the spans out one after another in the job's
+//! memory, each on a `DIRECT_ALIGN` (4096-byte) boundary (so the reads can use `O_DIRECT`); the
+//! chunks of every span, interleaved across files, go to the reader threads. [`read_host`] fills
+//! owned host memory; `read_device` streams through the pinned pool into device memory, bounded by
+//! the pool's limit however many files there are.
 //!
-//! Files may be remote ([`WeightFile::open_location`] with a URL, feature `remote`), alone or
-//! mixed with local ones: a remote file's chunks are ranged GETs of its pinned version (of
-//! [`RemoteSettings::part_bytes`](crate::remote::RemoteSettings) each, as many in flight as
-//! its `concurrency`), landing in the same sinks, so a device load of a URL never holds more
-//! than the pinned pool's buffers in host memory. A plan made with [`JobPlan::verified`] reads
-//! whole checksum chunks of the FlashPack files, checked as they arrive when `opts.verify`.
+//! Files may be remote ([`WeightFile::open_location`](crate::weights::WeightFile::open_location)
+//! with a URL, feature `remote`), alone or mixed with local ones: a remote file's chunks are ranged
+//! GETs of its pinned version (of [`RemoteSettings::part_bytes`](crate::remote::RemoteSettings)
+//! each, as many in flight as its `concurrency`), landing in the same sinks, so a device load of a
+//! URL never holds more than the pinned pool's buffers in host memory. A plan made with
+//! [`JobPlan::verified`] reads whole checksum chunks of the FlashPack files, checked as they arrive
+//! when `opts.verify`.
 //!
 //! ```
 //! use flashpack::read::job::{read_host, JobPlan, Piece};
@@ -38,16 +40,42 @@
 //! let (memory, _report) = read_host(&files, &plan, &LoadOptions::default()).unwrap();
 //! assert_eq!(plan.bytes(&memory, 1), &[2, 2, 2]);
 //! ```
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::pool::{self, plan_chunks, IoCounts, Item, Reader, Source, Verifier, DIRECT_ALIGN};
-use super::{device_error_in, fit_staging, footer_verifier, reader_setup, LoadOptions, LoadReport};
+use super::data::{device_error_in, reader_setup};
+use super::data::{no_checksums, Backing};
+use super::device::fit_staging;
+use super::options::{IoCounts, LoadOptions, LoadReport};
+use super::pool::{self, plan_chunks, Item, Reader, Source, Verifier, DIRECT_ALIGN};
+use super::verify::footer_verifier;
+use crate::format::tensors::Format;
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
 use crate::sink::{Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, Regions, Sink};
-use crate::weights::{no_checksums, Backing, Format, WeightFile};
-use crate::{Error, Result};
+use crate::{Error, Footer, Result};
+
+/// A file a job reads: what [`JobPlan`] and the runs need of it.
+/// [`WeightFile`](crate::weights::WeightFile) is one (and the only one: the trait's
+/// `backing` names an engine-internal type, so it cannot be implemented outside the engine).
+/// Jobs take it rather than a `WeightFile` so that the job runner sits below the weights layer.
+pub trait JobFile {
+    /// The file's path (a remote file's URL), for messages and to match a plan with its files.
+    fn path(&self) -> &Path;
+    /// The file's format.
+    fn format(&self) -> Format;
+    /// A FlashPack file's footer.
+    fn footer(&self) -> Option<&Footer>;
+    /// File offsets `[start, end)` of the tensor data.
+    fn data_range(&self) -> (u64, u64);
+    /// Whether every load checks the file's checksums, `verify` or not (see
+    /// [`WeightFile::checks_by_default`](crate::weights::WeightFile::checks_by_default)).
+    fn checks_by_default(&self) -> bool;
+    /// How its bytes are read.
+    #[doc(hidden)]
+    #[allow(private_interfaces)]
+    fn backing(&self) -> Backing<'_>;
+}
 
 /// File bytes `[start, end)` of the job's file number `file`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,13 +118,13 @@ impl JobPlan {
     /// overlapping, e.g. tied tensors) are read as one span; every span starts on the
     /// `DIRECT_ALIGN` grid of its file, so up to 4095 bytes before a span are read too.
     /// A piece outside its file's tensor data is an error naming the file.
-    pub fn new(files: &[&WeightFile], pieces: &[Piece]) -> Result<JobPlan> {
+    pub fn new<F: JobFile>(files: &[&F], pieces: &[Piece]) -> Result<JobPlan> {
         // A remote FlashPack file whose version is not pinned by a strong ETag is checked
         // against its checksums on every load (see `WeightFile::checks_by_default`).
         let grids = files
             .iter()
             .map(|f| match f.checks_by_default() {
-                true => grid(f).map(Some),
+                true => grid(*f).map(Some),
                 false => Ok(None),
             })
             .collect::<Result<_>>()?;
@@ -106,15 +134,19 @@ impl JobPlan {
     /// As [`new`](Self::new), for a load that checks the FlashPack checksums (`opts.verify`):
     /// the spans of each file grow to whole checksum chunks. A file that has no checksums
     /// (or is a safetensors file) is an error naming it, as for a verified load of one file.
-    pub fn verified(files: &[&WeightFile], pieces: &[Piece]) -> Result<JobPlan> {
+    pub fn verified<F: JobFile>(files: &[&F], pieces: &[Piece]) -> Result<JobPlan> {
         let grids = files
             .iter()
-            .map(|f| grid(f).map(Some))
+            .map(|f| grid(*f).map(Some))
             .collect::<Result<_>>()?;
         Self::plan(files, pieces, grids)
     }
 
-    fn plan(files: &[&WeightFile], pieces: &[Piece], grids: Vec<Option<u64>>) -> Result<JobPlan> {
+    fn plan<F: JobFile>(
+        files: &[&F],
+        pieces: &[Piece],
+        grids: Vec<Option<u64>>,
+    ) -> Result<JobPlan> {
         for p in pieces {
             let f = files.get(p.file).ok_or_else(|| {
                 Error::Invalid(format!(
@@ -219,7 +251,7 @@ impl JobPlan {
 
     /// Refuses `files` unless they are the files this plan was made for (the same count, paths
     /// and tensor-data ranges, in order): the plan's spans index them.
-    fn check_files(&self, files: &[&WeightFile]) -> Result<()> {
+    fn check_files<F: JobFile>(&self, files: &[&F]) -> Result<()> {
         if files.len() != self.files.len() {
             return Err(Error::Invalid(format!(
                 "a job planned for {} files run with {}",
@@ -332,8 +364,8 @@ impl JobMemory {
 }
 
 /// Reads every piece of `plan` into new owned host memory with one reader pool.
-pub fn read_host(
-    files: &[&WeightFile],
+pub fn read_host<F: JobFile>(
+    files: &[&F],
     plan: &JobPlan,
     opts: &LoadOptions,
 ) -> Result<(JobMemory, LoadReport)> {
@@ -362,7 +394,7 @@ pub fn read_host(
 /// without keeping them: each reader thread reads into its own scratch buffer (one chunk), so
 /// a file of any size, local or remote, is checked in bounded memory (`flashpack verify` of a
 /// URL). The first bad chunk is an error naming the file and the tensors it holds.
-pub fn verify(files: &[&WeightFile], plan: &JobPlan, opts: &LoadOptions) -> Result<LoadReport> {
+pub fn verify<F: JobFile>(files: &[&F], plan: &JobPlan, opts: &LoadOptions) -> Result<LoadReport> {
     plan.check_files(files)?;
     let opts = LoadOptions {
         verify: true,
@@ -401,8 +433,8 @@ pub struct JobRegion {
 /// As for [`super::load_to_device`]: every region's destination (`dst`, the piece's length) is
 /// device memory the caller owns and that nothing else touches until this returns.
 #[cfg(feature = "cuda")]
-pub unsafe fn read_cuda(
-    files: &[&WeightFile],
+pub unsafe fn read_cuda<F: JobFile>(
+    files: &[&F],
     plan: &JobPlan,
     device: &CudaDevice,
     regions: &[JobRegion],
@@ -413,8 +445,8 @@ pub unsafe fn read_cuda(
 
 /// [`read_cuda`] for any [`Device`]; the caller upholds `read_cuda`'s contract (the copies are
 /// enqueued through [`Device::copy_async`]).
-pub(crate) fn read_device<D: Device>(
-    files: &[&WeightFile],
+pub(crate) fn read_device<D: Device, F: JobFile>(
+    files: &[&F],
     plan: &JobPlan,
     device: &D,
     regions: &[JobRegion],
@@ -481,7 +513,7 @@ pub(crate) fn read_device<D: Device>(
 
 /// The grid a verified read of `f` is cut on: its checksum chunks and the `O_DIRECT` alignment.
 /// A file without checksums (or a safetensors file) is an error naming it.
-fn grid(f: &WeightFile) -> Result<u64> {
+fn grid<F: JobFile>(f: &F) -> Result<u64> {
     let footer = match (f.format(), f.footer()) {
         (Format::FlashPack, Some(footer)) => footer,
         _ => return Err(no_checksums(f.path())),
@@ -517,8 +549,8 @@ fn lcm(a: u64, b: u64) -> Option<u64> {
 /// Per file, its checksum verifier when the load verifies (`opts.verify`, which needs a plan
 /// made by [`JobPlan::verified`]), or, without `opts.verify`, for each file checked by default
 /// (a remote FlashPack file not pinned by a strong ETag, its plan cut on its checksum grid).
-fn verifiers<'a>(
-    files: &[&'a WeightFile],
+fn verifiers<'a, F: JobFile>(
+    files: &[&'a F],
     plan: &JobPlan,
     opts: &LoadOptions,
 ) -> Result<Vec<Option<Verifier<'a>>>> {
@@ -634,6 +666,7 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::WeightFile;
     use crate::write::{pack, PackEntry, PackOptions};
     use crate::Dtype;
 

@@ -24,201 +24,37 @@ mod device;
 mod file;
 mod host;
 pub mod job;
+mod loaded;
+mod options;
 mod pool;
 mod residency;
 mod verify;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use memmap2::MmapMut;
-
-pub(crate) use data::{device_error_in, DataFile, TensorNames};
+pub(crate) use data::{no_checksums, Backing, DataFile, TensorNames};
 pub(crate) use device::stream_to_device;
 pub use file::{is_flashpack_file, open_regular, FlashFile};
+use host::load_file;
 pub(crate) use host::read_owned;
+pub use loaded::Loaded;
+pub use options::{IoCounts, LoadOptions, LoadReport, DEFAULT_READ_CHUNK_BYTES};
 #[cfg(any(fuzzing, test))]
 pub(crate) use pool::plan_chunks;
-pub use pool::IoCounts;
 #[cfg(fuzzing)]
 pub(crate) use pool::{chunk_step, Chunk};
 pub(crate) use residency::resident_fraction;
 pub use verify::VerifyReport;
-// For the job reader (`job.rs`), which shares these steps.
-use data::reader_setup;
-use device::fit_staging;
-use host::load_file;
-use verify::footer_verifier;
 
-use crate::cancel::Cancel;
-use crate::format::Record;
+pub use crate::settings::IoMode;
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
 #[cfg(feature = "cuda")]
 use crate::sink::DeviceRegion;
-use crate::sink::HostBuffer;
-use crate::{Error, Footer, Result};
+use crate::{Error, Result};
 use host::read_into;
 use verify::verifier;
-
-/// Share of the payload that must be in the page cache for it to count as hot (plain buffered reads).
-pub(crate) const HOT_FRACTION: f64 = 0.9;
-/// Default eager chunk size.
-pub const DEFAULT_READ_CHUNK_BYTES: usize = 16 << 20;
-
-/// How the eager reader talks to the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum IoMode {
-    /// `O_DIRECT` unless the payload is mostly in the page cache (the policy and its
-    /// measurements: the crate's settings).
-    #[default]
-    Auto,
-    /// `O_DIRECT` wherever the filesystem allows it.
-    Direct,
-    /// Always through the page cache (asking the OS to read ahead when the data is cold).
-    Buffered,
-}
-
-/// How to load.
-#[derive(Clone, Debug)]
-pub struct LoadOptions {
-    /// Fill owned memory now (true) or map the file copy-on-write (false).
-    pub eager: bool,
-    /// How the eager reader reads.
-    pub io: IoMode,
-    /// Reader threads (0 = chosen from the core count and the I/O mode).
-    pub threads: usize,
-    /// Bytes each reader thread reads at a time.
-    pub chunk_bytes: usize,
-    /// Show a progress bar on stderr for large loads.
-    pub progress: bool,
-    /// Ask for transparent huge pages on eager host memory (on Linux, for buffers of 2 MiB and more).
-    pub huge_pages: bool,
-    /// Check every payload chunk against the footer's checksums as it is loaded (an error if
-    /// the file has none). Reads then go in the checksum chunks' size.
-    pub verify: bool,
-    /// Checked between chunks: once cancelled, the load stops its threads and returns
-    /// [`Error::Cancelled`].
-    pub cancel: Option<Cancel>,
-}
-
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions {
-            eager: false,
-            io: IoMode::Auto,
-            threads: 0,
-            chunk_bytes: DEFAULT_READ_CHUNK_BYTES,
-            progress: false,
-            huge_pages: false,
-            verify: false,
-            cancel: None,
-        }
-    }
-}
-
-/// What a load did.
-#[derive(Clone, Debug, Default)]
-pub struct LoadReport {
-    /// Each phase and how long it took, in order.
-    pub phases: Vec<(&'static str, Duration)>,
-    /// Reader threads used (0 for a lazy load).
-    pub threads: usize,
-    /// Bytes read each way.
-    pub io: IoCounts,
-}
-
-#[derive(Debug)]
-enum Memory {
-    /// Private copy-on-write mapping of the whole file.
-    Mapped(MmapMut),
-    /// Owned memory holding the payload.
-    Owned(HostBuffer),
-}
-
-/// A loaded file: its footer and its payload in memory.
-#[derive(Debug)]
-pub struct Loaded {
-    pub(crate) path: PathBuf,
-    pub(crate) footer: Footer,
-    pub(crate) footer_json: Vec<u8>,
-    pub(crate) report: LoadReport,
-    /// Never more than the memory holds (checked when the memory was made).
-    payload_len: usize,
-    memory: Memory,
-}
-
-impl Loaded {
-    /// The file it was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The file's validated footer.
-    pub fn footer(&self) -> &Footer {
-        &self.footer
-    }
-
-    /// The footer JSON exactly as stored.
-    pub fn footer_json(&self) -> &[u8] {
-        &self.footer_json
-    }
-
-    /// How the load went: its phases, threads and I/O counts.
-    pub fn report(&self) -> &LoadReport {
-        &self.report
-    }
-
-    /// The tensor names, in the footer's order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.footer.records.iter().map(|r| r.name.as_str())
-    }
-
-    /// Every tensor as `(record, stored bytes)`, in the footer's order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Record, &[u8])> {
-        let payload = self.payload();
-        self.footer.records.iter().map(move |r| {
-            let (start, end) = r.byte_range();
-            // In bounds by construction: the footer was validated against this payload's length.
-            (r, &payload[start as usize..end as usize])
-        })
-    }
-
-    /// Length of the payload in bytes.
-    pub fn payload_len(&self) -> u64 {
-        self.payload_len as u64
-    }
-
-    /// The payload bytes (every block lies inside).
-    pub fn payload(&self) -> &[u8] {
-        let n = self.payload_len;
-        match &self.memory {
-            Memory::Mapped(m) => &m[..n],
-            Memory::Owned(b) => &b.as_slice()[..n],
-        }
-    }
-
-    /// The payload, writable (a lazy load copies the touched pages privately).
-    pub fn payload_mut(&mut self) -> &mut [u8] {
-        let n = self.payload_len;
-        match &mut self.memory {
-            Memory::Mapped(m) => &mut m[..n],
-            Memory::Owned(b) => &mut b.as_mut_slice()[..n],
-        }
-    }
-
-    /// True when the payload is owned memory rather than a mapping.
-    pub fn is_eager(&self) -> bool {
-        matches!(self.memory, Memory::Owned(_))
-    }
-
-    /// The stored bytes of tensor `name`.
-    pub fn tensor_bytes(&self, name: &str) -> Option<&[u8]> {
-        let rec = self.footer.record(name)?;
-        let (start, end) = self.footer.byte_range(rec);
-        self.payload().get(start as usize..end as usize)
-    }
-}
 
 /// Loads `path` as `opts` says.
 pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {

@@ -10,6 +10,7 @@
 //! (retried and resumed by the client) into the same sinks; a cancellation drops the requests
 //! in flight, their retries and back-off waits at once (see [`crate::remote::RemoteFile`]), and
 //! a failed part's error names the URL and the tensors it holds.
+use super::options::IoCounts;
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -176,19 +177,6 @@ impl Verifier<'_> {
             )),
         }
     }
-}
-
-/// Bytes moved each way, for reports and tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IoCounts {
-    /// Bytes read with `O_DIRECT`.
-    pub direct_bytes: u64,
-    /// Bytes read through the page cache.
-    pub buffered_bytes: u64,
-    /// Bytes the OS was asked to read ahead into the page cache (0 where it has no such hint).
-    pub prefetched_bytes: u64,
-    /// Bytes fetched from remote objects (ranged GETs).
-    pub remote_bytes: u64,
 }
 
 /// Reads every chunk of one source into `sink`, each at its own file offset.

@@ -34,7 +34,6 @@
 //! let w = weights.get("w").unwrap();
 //! # }
 //! ```
-mod error;
 mod settings;
 mod url;
 
@@ -45,8 +44,9 @@ mod store;
 #[cfg(feature = "remote")]
 pub(crate) mod weights;
 
-pub use error::RemoteError;
+pub use crate::error::remote::RemoteError;
 #[cfg(feature = "remote")]
 pub use object::{RemoteFile, VersionPin};
-pub use settings::RemoteSettings;
+pub use settings::{LocationOptions, RemoteSettings};
+pub(crate) use url::url_of;
 pub use url::{is_remote, RemoteUrl, Scheme, DEFAULT_HF_ENDPOINT};

@@ -103,6 +103,40 @@ impl RemoteSettings {
     }
 }
 
+/// How a location (a local path, or a URL: see [`is_remote`](super::is_remote)) is opened:
+/// what a URL's requests use. A local path ignores it.
+#[derive(Clone, Debug, Default)]
+pub struct LocationOptions {
+    /// The remote settings; `None`: [`RemoteSettings::from_env`], read only for a URL.
+    pub remote: Option<RemoteSettings>,
+    /// Stops a URL's requests, their retries and back-off waits; when set, it replaces the
+    /// settings' own [`cancel`](RemoteSettings::cancel).
+    pub cancel: Option<Cancel>,
+}
+
+impl LocationOptions {
+    /// Settings from the environment, stopped by `cancel`.
+    pub fn cancelled_by(cancel: &Cancel) -> LocationOptions {
+        LocationOptions {
+            remote: None,
+            cancel: Some(cancel.clone()),
+        }
+    }
+
+    /// The settings a URL is opened with.
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    pub(crate) fn settings(&self) -> Result<RemoteSettings> {
+        let settings = match &self.remote {
+            Some(s) => s.clone(),
+            None => RemoteSettings::from_env()?,
+        };
+        Ok(match &self.cancel {
+            Some(c) => settings.with_cancel(Some(c.clone())),
+            None => settings,
+        })
+    }
+}
+
 fn number(name: &str) -> Result<Option<usize>> {
     match std::env::var(name) {
         Err(std::env::VarError::NotPresent) => Ok(None),
@@ -113,8 +147,16 @@ fn number(name: &str) -> Result<Option<usize>> {
             .ok()
             .filter(|&n| n > 0)
             .map(Some)
-            .ok_or_else(|| Error::Invalid(format!("{name}={v:?} is not a positive whole number"))),
-        Err(e) => Err(Error::Invalid(format!("{name}: {e}"))),
+            .ok_or_else(|| Error::BadSetting {
+                name: name.to_string(),
+                value: Some(v.clone()),
+                why: "is not a positive whole number".to_string(),
+            }),
+        Err(e) => Err(Error::BadSetting {
+            name: name.to_string(),
+            value: None,
+            why: e.to_string(),
+        }),
     }
 }
 

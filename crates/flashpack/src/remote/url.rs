@@ -49,6 +49,12 @@ pub fn is_remote(s: &str) -> bool {
     scheme_of(s).is_some()
 }
 
+/// The URL that `location` spells, if it is one: where every open decides, once, between a
+/// local file and a remote object.
+pub(crate) fn url_of(location: &std::path::Path) -> Option<&str> {
+    location.to_str().filter(|s| is_remote(s))
+}
+
 fn scheme_of(s: &str) -> Option<(Scheme, &str)> {
     let (scheme, rest) = s.split_once("://")?;
     let scheme = match scheme.to_ascii_lowercase().as_str() {

@@ -6,13 +6,16 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use super::{RemoteFile, VersionPin};
+use crate::format::safetensors_header::{
+    explain_bad_entry, tensor_entry, MAX_SAFETENSORS_HEADER as MAX_HEADER,
+};
+use crate::format::tensors::{TensorInfo, UnloadableTensor};
 use crate::format::{footer_span, MAGIC, TRAILER_LEN};
-use crate::weights::{explain_bad_entry, tensor_entry, TensorInfo, UnloadableTensor};
 use crate::{Error, Footer, Result, SafetensorsError};
 
 /// A safetensors header longer than this is refused before it is fetched (the `safetensors`
 /// crate's own limit).
-const MAX_SAFETENSORS_HEADER: u64 = crate::weights::MAX_SAFETENSORS_HEADER as u64;
+const MAX_SAFETENSORS_HEADER: u64 = MAX_HEADER as u64;
 
 /// What the index of a remote weight file says.
 #[derive(Debug)]

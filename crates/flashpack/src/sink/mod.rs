@@ -29,10 +29,11 @@ mod device;
 mod host;
 mod pool;
 
+pub use crate::settings::DEFAULT_PINNED_LIMIT;
 pub use device::DeviceRegion;
 pub(crate) use device::{Device, DeviceSink, Regions, SLOTS_PER_WORKER};
 pub(crate) use host::{HostBuffer, HostSink, ScratchSink};
-pub use pool::{PinnedPool, PoolStats, DEFAULT_PINNED_LIMIT};
+pub use pool::{PinnedPool, PoolStats};
 
 /// Reads a chunk's file bytes into the slice it is given. Its error is already the one to
 /// report (naming the file and what failed); a sink returns it unchanged.

@@ -84,9 +84,6 @@ pub struct PinnedPool {
     wait: Duration,
 }
 
-/// Default bound on pinned staging memory: 1 GiB.
-pub const DEFAULT_PINNED_LIMIT: usize = 1 << 30;
-
 impl PinnedPool {
     pub(crate) fn new(alloc: Box<dyn HostAllocator>, limit: usize) -> Self {
         PinnedPool {

@@ -92,7 +92,7 @@ impl WeightFile {
         match &self.inner {
             // SAFETY: the caller upholds this function's contract, which is load_to_device's.
             Inner::Flash(f) => unsafe { read::load_to_device(f, device, regions, opts) },
-            Inner::Safetensors { .. } if opts.verify => Err(super::no_checksums(&self.path)),
+            Inner::Safetensors { .. } if opts.verify => Err(crate::read::no_checksums(&self.path)),
             Inner::Safetensors { file, file_len, .. } => {
                 let d = DataFile {
                     path: &self.path,

@@ -125,7 +125,7 @@ impl WeightFile {
     /// no chunks checked; a safetensors file (no checksums at all) is an error.
     pub fn verify(&self, opts: &LoadOptions) -> Result<read::VerifyReport> {
         let Some(footer) = self.footer() else {
-            return Err(super::no_checksums(&self.path));
+            return Err(crate::read::no_checksums(&self.path));
         };
         if !self.is_remote() {
             return read::verify(&self.path, opts);
@@ -241,7 +241,7 @@ fn load_safetensors(
     opts: &LoadOptions,
 ) -> Result<(Memory, u64, LoadReport)> {
     if opts.verify {
-        return Err(super::no_checksums(data.path));
+        return Err(crate::read::no_checksums(data.path));
     }
     if opts.eager {
         let (buf, report) = read::read_owned(data, data_start, data.end, opts)?;

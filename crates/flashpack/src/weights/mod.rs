@@ -34,71 +34,28 @@ use std::path::{Path, PathBuf};
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
 use crate::format::MAGIC;
-use crate::read::{open_regular, DataFile, FlashFile, TensorNames};
+use crate::read::{open_regular, Backing, DataFile, FlashFile, TensorNames};
 #[cfg(feature = "remote")]
 use crate::remote::weights::{RemoteIndex, RemoteSource};
-use crate::{Dtype, Error, Footer, Result};
+use crate::remote::LocationOptions;
+use crate::{Error, Footer, Result};
 
 #[cfg(feature = "cuda")]
 mod cuda;
 mod load;
 mod safetensors_file;
 
-pub use crate::convert::SafetensorsOptions;
+pub use crate::format::safetensors_header::{
+    from_safetensors_dtype, safetensors_shape, to_safetensors_dtype,
+};
+pub use crate::format::tensors::{Format, TensorInfo, UnloadableTensor};
 #[cfg(feature = "cuda")]
 pub use cuda::CudaWeights;
 pub use load::{TensorView, Weights};
-#[cfg(feature = "remote")]
-pub(crate) use safetensors_file::{explain_bad_entry, tensor_entry, MAX_SAFETENSORS_HEADER};
-pub use safetensors_file::{from_safetensors_dtype, safetensors_shape, to_safetensors_dtype};
 pub(crate) use safetensors_file::{safetensors_entry, write_safetensors_file};
 
 /// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
 pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";
-
-/// A weight file's format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// A FlashPack file.
-    FlashPack,
-    /// A safetensors file.
-    Safetensors,
-}
-
-/// One tensor of a file: where its bytes are (file offsets `[start, end)`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorInfo {
-    /// The tensor's name.
-    pub name: String,
-    /// Its stored element type.
-    pub dtype: Dtype,
-    /// Its shape (`[]` for a scalar).
-    pub shape: Vec<u64>,
-    /// File offset of its first byte.
-    pub start: u64,
-    /// One past its last byte.
-    pub end: u64,
-}
-
-/// A tensor of a safetensors file that the engine lists but cannot load: its dtype has no
-/// torch type (`F6_E2M3`, `F6_E3M2`), or it is `F4` with an odd last dimension (torch's
-/// `float4_e2m1fn_x2` holds two values per byte). The file still opens, its other tensors
-/// load, and asking for this one is [`WeightFile::unloadable_error`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnloadableTensor {
-    /// The tensor's name.
-    pub name: String,
-    /// Its safetensors dtype name (`"F6_E2M3"`).
-    pub dtype: String,
-    /// Its shape as the header gives it.
-    pub shape: Vec<u64>,
-    /// File offset of its first byte.
-    pub start: u64,
-    /// One past its last byte.
-    pub end: u64,
-    /// Why it cannot be loaded.
-    pub reason: String,
-}
 
 enum Inner {
     Flash(FlashFile),
@@ -111,35 +68,6 @@ enum Inner {
     /// A remote object (either format): its index fetched at open, its tensors on load.
     #[cfg(feature = "remote")]
     Remote(Box<RemoteSource>),
-}
-
-/// How a weight file's tensor bytes are read (for the reader pool and the job planner).
-pub(crate) enum Backing<'a> {
-    Local(DataFile<'a>),
-    #[cfg(feature = "remote")]
-    Remote {
-        path: &'a Path,
-        source: &'a RemoteSource,
-        names: TensorNames<'a>,
-    },
-}
-
-impl Backing<'_> {
-    pub fn path(&self) -> &Path {
-        match self {
-            Backing::Local(d) => d.path,
-            #[cfg(feature = "remote")]
-            Backing::Remote { path, .. } => path,
-        }
-    }
-
-    pub fn names(&self) -> TensorNames<'_> {
-        match self {
-            Backing::Local(d) => d.names,
-            #[cfg(feature = "remote")]
-            Backing::Remote { names, .. } => *names,
-        }
-    }
 }
 
 /// An open, validated weight file (FlashPack or safetensors), local or remote.
@@ -161,19 +89,26 @@ impl WeightFile {
     /// from the environment) or else a local path. A URL needs the `remote` cargo feature:
     /// without it, opening one is [`RemoteError::NotBuilt`](crate::remote::RemoteError).
     pub fn open_location(location: &str) -> Result<WeightFile> {
-        if !crate::remote::is_remote(location) {
-            return Self::open(location);
-        }
-        #[cfg(feature = "remote")]
-        {
-            Self::open_url(location, crate::remote::RemoteSettings::from_env()?)
-        }
-        #[cfg(not(feature = "remote"))]
-        {
-            Err(Error::remote(
-                location,
-                crate::remote::RemoteError::NotBuilt,
-            ))
+        Self::open_location_with(location, &LocationOptions::default())
+    }
+
+    /// As [`open_location`](Self::open_location), a URL opened with `opts` (its settings and
+    /// cancellation). Local or remote is decided here, once: the one entry point for callers
+    /// (the CLI, the Python extension) that take either.
+    pub fn open_location_with(
+        location: impl AsRef<Path>,
+        opts: &LocationOptions,
+    ) -> Result<WeightFile> {
+        let location = location.as_ref();
+        match crate::remote::url_of(location) {
+            None => Self::open(location),
+            #[cfg(feature = "remote")]
+            Some(url) => Self::open_url(url, opts.settings()?),
+            #[cfg(not(feature = "remote"))]
+            Some(url) => {
+                let _ = opts;
+                Err(Error::remote(url, crate::remote::RemoteError::NotBuilt))
+            }
         }
     }
 
@@ -498,11 +433,24 @@ fn kept_safetensors_metadata(footer: &Footer) -> Option<HashMap<String, String>>
         .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
-/// The error of a verified load of a file without checksums (a safetensors file): the caller
-/// asked for a check the file has no data for.
-pub(crate) fn no_checksums(path: &Path) -> Error {
-    Error::Invalid(format!(
-        "{}: safetensors files carry no checksums to verify",
-        path.display()
-    ))
+impl crate::read::job::JobFile for WeightFile {
+    fn path(&self) -> &Path {
+        WeightFile::path(self)
+    }
+    fn format(&self) -> Format {
+        WeightFile::format(self)
+    }
+    fn footer(&self) -> Option<&Footer> {
+        WeightFile::footer(self)
+    }
+    fn data_range(&self) -> (u64, u64) {
+        WeightFile::data_range(self)
+    }
+    fn checks_by_default(&self) -> bool {
+        WeightFile::checks_by_default(self)
+    }
+    #[allow(private_interfaces)]
+    fn backing(&self) -> Backing<'_> {
+        WeightFile::backing(self)
+    }
 }

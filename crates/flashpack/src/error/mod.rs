@@ -9,9 +9,14 @@
 //! assert!(e.to_string().starts_with("model.flashpack: "));
 //! ```
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::format::FormatError;
+use crate::format::tensors::Target;
+use crate::format::{FormatError, CHECKPOINT_INDEX_KEY};
+
+pub(crate) mod remote;
+use remote::RemoteError;
 
 /// Crate-wide result alias.
 pub type Result<T> = std::result::Result<T, Error>;
@@ -85,7 +90,7 @@ pub enum Error {
         url: String,
         /// The underlying error.
         #[source]
-        source: Box<crate::remote::RemoteError>,
+        source: Box<RemoteError>,
     },
     /// A conversion (see [`crate::convert`]) cannot be done as asked: `path` is the source,
     /// the destination or the file concerned, `source` says what is wrong.
@@ -95,12 +100,23 @@ pub enum Error {
         path: PathBuf,
         /// The underlying error.
         #[source]
-        source: Box<crate::convert::ConvertError>,
+        source: Box<ConvertError>,
     },
-    /// The caller asked for something that cannot be done: a bad option or setting, a range
-    /// outside the payload, a check the file has no data for. The text names what and where.
+    /// The caller asked for something that cannot be done: a bad option, a range outside the
+    /// payload, a check the file has no data for. The text names what and where.
     #[error("{0}")]
     Invalid(String),
+    /// An environment setting (`FLASHPACK_*`) the engine cannot use: the variable, its value
+    /// as set (`None` when it is not valid Unicode) and why.
+    #[error("{}", bad_setting(name, value.as_deref(), why))]
+    BadSetting {
+        /// The environment variable.
+        name: String,
+        /// Its value, where it is valid Unicode.
+        value: Option<String>,
+        /// What is wrong with it (e.g. "is not a positive number of bytes").
+        why: String,
+    },
     /// A device (GPU) call failed, or no usable device driver was found.
     #[error("{0}")]
     Device(String),
@@ -355,7 +371,7 @@ impl Error {
     }
 
     /// Wraps a conversion problem with the file (or folder) it concerns.
-    pub fn convert(path: impl AsRef<Path>, source: crate::convert::ConvertError) -> Self {
+    pub fn convert(path: impl AsRef<Path>, source: ConvertError) -> Self {
         Error::Convert {
             path: path.as_ref().to_path_buf(),
             source: Box::new(source),
@@ -371,7 +387,7 @@ impl Error {
     }
 
     /// Wraps a remote-read problem with the object's URL.
-    pub fn remote(url: impl Into<String>, source: crate::remote::RemoteError) -> Self {
+    pub fn remote(url: impl Into<String>, source: RemoteError) -> Self {
         Error::Remote {
             url: url.into(),
             source: Box::new(source),
@@ -421,6 +437,169 @@ impl Error {
             },
             _ => true,
         }
+    }
+}
+
+/// `NAME="value" why`, or `NAME: why` for a value that is not Unicode.
+fn bad_setting(name: &str, value: Option<&str>, why: &str) -> String {
+    match value {
+        Some(v) => format!("{name}={v:?} {why}"),
+        None => format!("{name}: {why}"),
+    }
+}
+
+/// Why a conversion cannot be done as asked (see [`Error::Convert`], which names the file):
+/// options that do not fit the source or the destination, a source that cannot be written as
+/// asked, a destination that is not a new file or an empty folder. The texts name the options as
+/// the `flashpack` command spells them (`--to`, `--max-shard-size`, ...), which are
+/// [`ConvertOptions`](crate::convert::ConvertOptions)'s fields.
+///
+/// ```
+/// use flashpack::convert::{ConvertError, Target};
+/// use flashpack::Error;
+/// let e = Error::convert("out.safetensors", ConvertError::TargetMismatch {
+///     to: Target::Flashpack,
+///     extension: Target::Safetensors,
+/// });
+/// assert_eq!(
+///     e.to_string(),
+///     "out.safetensors: --to flashpack does not match the destination's .safetensors extension"
+/// );
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    /// The output format asked for (`to`) is not the one the destination's extension names.
+    #[error(
+        "--to {} does not match the destination's .{} extension",
+        to.extension(),
+        extension.extension()
+    )]
+    TargetMismatch {
+        /// The format asked for.
+        to: Target,
+        /// The format the destination's extension names.
+        extension: Target,
+    },
+    /// Checksums off, an alignment or tensors left out were asked of a safetensors output.
+    #[error("--no-checksums, --align-bytes and --ignore-* apply to FlashPack output only")]
+    FlashPackOnlyOptions,
+    /// A sharded output was asked for without a destination folder.
+    #[error("--sharded and --max-shard-size write a folder: give it as the destination")]
+    NeedsDestinationFolder,
+    /// The filter left no tensor to write.
+    #[error("every tensor was left out by --ignore-names/--ignore-prefixes/--ignore-suffixes")]
+    EverythingIgnored,
+    /// A sharded output keeping the source's split, of a single file that remembers none.
+    #[error(
+        "one file, and not converted from a sharded checkpoint, so it has no split to keep: \
+         give --max-shard-size"
+    )]
+    NoSplitToKeep,
+    /// A tensor the remembered split does not place.
+    #[error(
+        "tensor '{tensor}' is not in the remembered shard split (footer key \
+         '{CHECKPOINT_INDEX_KEY}'): give --max-shard-size"
+    )]
+    NotInRememberedSplit {
+        /// The tensor concerned.
+        tensor: String,
+    },
+    /// Shards with different safetensors `__metadata__` merged into one file.
+    #[error(
+        "shard '{shard}' has other safetensors __metadata__ than shard '{first}' ({metadata:?} \
+         vs {first_metadata:?}), and one file can keep only one; convert with --sharded to keep \
+         each"
+    )]
+    MixedMetadata {
+        /// The shard whose metadata differ.
+        shard: String,
+        /// The first shard.
+        first: String,
+        /// `shard`'s `__metadata__`.
+        metadata: Option<HashMap<String, String>>,
+        /// The first shard's `__metadata__`.
+        first_metadata: Option<HashMap<String, String>>,
+    },
+    /// A pack's footer key [`CHECKPOINT_INDEX_KEY`] is not an index it could remember.
+    #[error("footer key '{CHECKPOINT_INDEX_KEY}' is not a remembered index: {why}")]
+    BadRememberedIndex {
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A file name to write (from a remembered index) that would leave the destination.
+    #[error("refusing to write '{name}': not a file name inside the destination")]
+    NotInsideDestination {
+        /// The name refused.
+        name: String,
+    },
+    /// Writing one file of a sharded output failed (`source`, told without the staging
+    /// folder's name, which is gone once the conversion returns).
+    #[error("writing {file}: {}", staged_text(source))]
+    Writing {
+        /// The file being written, as named inside the destination folder.
+        file: String,
+        /// The underlying error.
+        #[source]
+        source: Box<Error>,
+    },
+    /// The destination of a sharded output is a folder that already holds something.
+    #[error(
+        "the destination folder is not empty (a checkpoint of several files is written into a \
+         new or empty folder)"
+    )]
+    DestinationNotEmpty,
+    /// A file to index is not inside the index's folder.
+    #[error("not inside the index's folder {}", folder.display())]
+    OutsideIndexFolder {
+        /// The index's folder.
+        folder: std::path::PathBuf,
+    },
+    /// The source holds no weight file.
+    #[error("no weight file")]
+    NoWeightFile,
+    /// The source has no file name to name the output after.
+    #[error("has no file name")]
+    NoFileName,
+    /// A footer key could not be encoded as JSON.
+    #[error("cannot encode footer key '{key}': {source}")]
+    EncodeFooterKey {
+        /// The footer key.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The index could not be encoded as JSON.
+    #[error("cannot encode the index: {source}")]
+    EncodeIndex {
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ConvertError {
+    /// True unless the OS failed underneath (see [`Error::is_data_error`]).
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            ConvertError::Writing { source, .. } => source.is_data_error(),
+            _ => true,
+        }
+    }
+}
+
+/// `e` as one line, without the staging folder's path where the engine names the file it wrote.
+fn staged_text(e: &Error) -> String {
+    let text = e.to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let text = parts.join("; ");
+    match text.split_once(": ") {
+        Some((path, rest)) if path.contains(".packtmp_") => rest.to_string(),
+        _ => text,
     }
 }
 
