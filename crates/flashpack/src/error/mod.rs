@@ -117,6 +117,79 @@ pub enum Error {
         /// What is wrong with it (e.g. "is not a positive number of bytes").
         why: String,
     },
+    /// A check was asked of a file that carries no checksums: a FlashPack file written without
+    /// them (`safetensors: false`), or a safetensors file (`safetensors: true`).
+    #[error("{}: {}", path.display(), if *safetensors {
+        "safetensors files carry no checksums to verify"
+    } else {
+        "the file has no checksums to verify (it was written without them)"
+    })]
+    NoChecksums {
+        /// The file (or URL).
+        path: PathBuf,
+        /// Whether it is a safetensors file.
+        safetensors: bool,
+    },
+    /// A byte range asked of a file or buffer that does not lie inside it.
+    #[error("{}: range {offset}+{len} lies outside the {size}-byte {within}", path.display())]
+    OutOfRange {
+        /// The file, or the buffer's name.
+        path: PathBuf,
+        /// Where the range starts.
+        offset: u64,
+        /// Its length in bytes.
+        len: u64,
+        /// The size of what it should lie in.
+        size: u64,
+        /// What it should lie in: "payload", "buffer", "file's tensor data".
+        within: &'static str,
+    },
+    /// A tensor asked for by name is not in the file (or load).
+    #[error("{}: no tensor '{tensor}'", path.display())]
+    TensorNotFound {
+        /// The file.
+        path: PathBuf,
+        /// The name asked for.
+        tensor: String,
+    },
+    /// An option the caller passed cannot be used: which, its value, why.
+    #[error("{}: {option} {value} {why}", path.display())]
+    BadOption {
+        /// The file the call was about.
+        path: PathBuf,
+        /// The option's name (as the API spells it).
+        option: &'static str,
+        /// Its value, as given.
+        value: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// The pinned pool's limit (`FLASHPACK_PINNED_POOL_BYTES`, or
+    /// `PinnedPool::set_limit`) leaves too little for the staging buffers a device load needs:
+    /// raise the limit.
+    #[error(
+        "{buffers} staging buffers of {buffer_bytes} bytes need {need} bytes of pinned memory, \
+         over the {available} bytes the pinned pool limit of {limit} bytes leaves{}",
+        if *checksum_chunks {
+            " (the file's checksum chunks, which verified reads need whole)"
+        } else {
+            ""
+        }
+    )]
+    PinnedLimitTooSmall {
+        /// How many staging buffers.
+        buffers: usize,
+        /// Bytes of each.
+        buffer_bytes: usize,
+        /// Bytes they need together (saturating).
+        need: u64,
+        /// What the limit leaves (the limit less pinned memory leaked by failed device calls).
+        available: u64,
+        /// The limit.
+        limit: u64,
+        /// Whether the buffer size is the file's checksum chunk size (verified loads).
+        checksum_chunks: bool,
+    },
     /// A device (GPU) call failed, or no usable device driver was found.
     #[error("{0}")]
     Device(String),
