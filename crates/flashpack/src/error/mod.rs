@@ -169,7 +169,8 @@ pub enum Error {
     /// raise the limit.
     #[error(
         "{buffers} staging buffers of {buffer_bytes} bytes need {need} bytes of pinned memory, \
-         over the {available} bytes the pinned pool limit of {limit} bytes leaves{}",
+         over the pinned pool limit of {limit} bytes{}{}",
+        leaked_note(limit.saturating_sub(*available)),
         if *checksum_chunks {
             " (the file's checksum chunks, which verified reads need whole)"
         } else {
@@ -510,6 +511,19 @@ impl Error {
             },
             _ => true,
         }
+    }
+}
+
+/// The part of the pinned pool's limit given up after failed device operations, as a note to a
+/// message about the limit (empty when none was).
+pub(crate) fn leaked_note(leaked: u64) -> String {
+    if leaked == 0 {
+        String::new()
+    } else {
+        format!(
+            ", of which {leaked} bytes were given up after failed device operations (raise the \
+             limit, or restart the process)"
+        )
     }
 }
 

@@ -192,14 +192,21 @@ impl HostAllocator for CudaHostAlloc {
 /// `FLASHPACK_PINNED_POOL_BYTES` when the pool is first used (read once; an invalid value is an
 /// error here), else 1 GiB; change it with [`PinnedPool::set_limit`].
 pub fn pinned_pool() -> Result<&'static PinnedPool> {
-    static POOL: OnceLock<std::result::Result<PinnedPool, String>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        crate::settings::pinned_pool_bytes()
-            .map(|limit| PinnedPool::new(Box::new(CudaHostAlloc::default()), limit))
-            .map_err(|e| e.to_string())
+    // The setting's error is kept as its parts (an `Error` is not `Clone`) and given to every
+    // caller, as the pool is made once per process.
+    type Setting = (String, Option<String>, String);
+    static POOL: OnceLock<std::result::Result<PinnedPool, Setting>> = OnceLock::new();
+    POOL.get_or_init(|| match crate::settings::pinned_pool_bytes() {
+        Ok(limit) => Ok(PinnedPool::new(Box::new(CudaHostAlloc::default()), limit)),
+        Err(Error::BadSetting { name, value, why }) => Err((name, value, why)),
+        Err(e) => Err(("FLASHPACK_PINNED_POOL_BYTES".into(), None, e.to_string())),
     })
     .as_ref()
-    .map_err(|e| Error::Invalid(e.clone()))
+    .map_err(|(name, value, why)| Error::BadSetting {
+        name: name.clone(),
+        value: value.clone(),
+        why: why.clone(),
+    })
 }
 
 /// Frees the idle pinned staging buffers; returns the bytes freed.
@@ -379,12 +386,13 @@ impl DeviceBuffer {
             .checked_add(out.len())
             .is_none_or(|end| end > self.len)
         {
-            return Err(Error::Invalid(format!(
-                "{}: range {offset}+{} is outside a {}-byte buffer",
-                self.name,
-                out.len(),
-                self.len
-            )));
+            return Err(Error::OutOfRange {
+                path: self.name.clone().into(),
+                offset: offset as u64,
+                len: out.len() as u64,
+                size: self.len as u64,
+                within: "buffer",
+            });
         }
         if out.is_empty() {
             return Ok(());

@@ -51,10 +51,13 @@ impl Regions {
         for r in &regions {
             let end = r.offset.checked_add(r.len).filter(|&e| e <= data_len);
             let Some(end) = end else {
-                return Err(Error::Invalid(format!(
-                    "destination region {}+{} lies outside the {data_len}-byte payload",
-                    r.offset, r.len
-                )));
+                return Err(Error::OutOfRange {
+                    path: "destination region".into(),
+                    offset: r.offset,
+                    len: r.len,
+                    size: data_len,
+                    within: "payload",
+                });
             };
             if r.offset < prev_end {
                 return Err(Error::Invalid(format!(

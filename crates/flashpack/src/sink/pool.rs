@@ -20,6 +20,7 @@ use std::ptr::NonNull;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::error::leaked_note;
 use crate::{Error, Result};
 
 /// Allocates and frees page-locked host memory (for example `cuMemHostAlloc`).
@@ -182,12 +183,14 @@ impl PinnedPool {
             let budget = s.limit.saturating_sub(s.leaked);
             if need > budget {
                 s.idle.append(&mut out);
-                return Err(Error::Invalid(format!(
-                    "{min} staging buffers of {cap} bytes need {need} bytes of pinned memory, \
-                     over the pinned pool limit of {} bytes{}",
-                    s.limit,
-                    leaked_note(s.leaked)
-                )));
+                return Err(Error::PinnedLimitTooSmall {
+                    buffers: min,
+                    buffer_bytes: cap,
+                    need: need as u64,
+                    available: budget as u64,
+                    limit: s.limit as u64,
+                    checksum_chunks: false,
+                });
             }
             // An allocation failure after `min` buffers only means fewer of them.
             if let Err(e) = self.fill(&mut s, &mut out, max, cap) {
@@ -217,7 +220,7 @@ impl PinnedPool {
                         self.wait.as_secs(),
                         s.allocated - s.idle.iter().map(|b| b.cap).sum::<usize>(),
                         s.limit,
-                        leaked_note(s.leaked)
+                        leaked_note(s.leaked as u64)
                     ),
                 ));
             }
@@ -273,17 +276,6 @@ impl PinnedPool {
         s.allocated -= cap;
         s.leaked += cap;
         self.returned.notify_all();
-    }
-}
-
-fn leaked_note(leaked: usize) -> String {
-    if leaked == 0 {
-        String::new()
-    } else {
-        format!(
-            ", of which {leaked} bytes were given up after failed device operations (raise the \
-             limit, or restart the process)"
-        )
     }
 }
 

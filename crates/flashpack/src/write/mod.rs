@@ -307,17 +307,20 @@ fn layout_for(dest: &Path, entries: &[PackEntry<'_>], opts: &PackOptions) -> Res
         .keys()
         .find(|k| RESERVED_KEYS.contains(&k.as_str()))
     {
-        return Err(Error::Invalid(format!(
-            "{}: extra footer key {key:?} is one of the format's own keys",
-            dest.display()
-        )));
+        return Err(Error::BadOption {
+            path: dest.to_path_buf(),
+            option: "extra footer key",
+            value: format!("{key:?}"),
+            why: "is one of the format's own keys".into(),
+        });
     }
     if opts.chunk_bytes == 0 || opts.chunk_bytes % CHECKSUM_CHUNK_ALIGN != 0 {
-        return Err(Error::Invalid(format!(
-            "{}: chunk_bytes {} is not a positive multiple of {CHECKSUM_CHUNK_ALIGN}",
-            dest.display(),
-            opts.chunk_bytes
-        )));
+        return Err(Error::BadOption {
+            path: dest.to_path_buf(),
+            option: "chunk_bytes",
+            value: opts.chunk_bytes.to_string(),
+            why: format!("is not a positive multiple of {CHECKSUM_CHUNK_ALIGN}"),
+        });
     }
     layout.footer.extra = opts.extra.clone();
     Ok(layout)
