@@ -21,6 +21,8 @@
 //!   [`weights::WeightFile`], list its tensors, load them lazily, eagerly or onto a device,
 //!   verify it, convert it. [`weights::Weights`] is what a load gives, whatever the format.
 //! - A whole checkpoint (an index json and its shards): [`checkpoint`].
+//! - Conversion between the formats, one file or a sharded checkpoint, with new shards or the
+//!   source's: [`convert::convert`] (the `flashpack convert` command is a thin layer over it).
 //! - FlashPack files themselves: [`write::pack`] (or [`write::pack_to_writer`] /
 //!   [`write::pack_to_vec`], no file needed), [`read::load`] and [`read::verify`].
 //!   [`read::Loaded`] is the FlashPack-level result under [`weights::Weights`]: the footer and
