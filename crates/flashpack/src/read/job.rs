@@ -614,13 +614,13 @@ fn sources<'a>(
                 (reader, opts.chunk_bytes)
             }
             #[cfg(feature = "remote")]
-            Backing::Remote { source, names, .. } => {
-                let settings = source.file.settings();
+            Backing::Remote { file, names, .. } => {
+                let settings = file.settings();
                 if used {
                     threads = threads.max(settings.concurrency);
                 }
                 let reader = Reader::Remote {
-                    file: &source.file,
+                    file,
                     deadline: Instant::now() + settings.timeout,
                     names: *names,
                 };
