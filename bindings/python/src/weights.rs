@@ -14,9 +14,9 @@ use flashpack::read::job::{self, JobPlan, JobRegion, Piece};
 use flashpack::read::{self, LoadOptions};
 use flashpack::remote::{self, RemoteError};
 use flashpack::sink::cuda::CudaDevice;
-use flashpack::weights::{safetensors_shape, to_safetensors_dtype, Format, WeightFile};
 #[cfg(feature = "remote")]
 use flashpack::source::Source;
+use flashpack::weights::{safetensors_shape, to_safetensors_dtype, Format, WeightFile};
 use flashpack::{Error, FormatError};
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::ffi;
