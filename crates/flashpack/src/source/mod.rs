@@ -289,3 +289,31 @@ impl Source {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_file_that_grew_since_it_was_opened_is_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"0123").unwrap();
+        let src = Source::open(&path, &LocationOptions::default()).unwrap();
+        assert!(!src.is_remote());
+        assert!(matches!(src.identity(), Identity::Local { len: 4, .. }));
+        src.check_unchanged().unwrap();
+        let mut buf = [0u8; 2];
+        assert!(src.read_exact_at(&mut buf, 3).is_err(), "past the end");
+        std::fs::write(&path, b"012345").unwrap();
+        let e = src.check_unchanged().unwrap_err().to_string();
+        assert!(e.contains("changed since it was opened"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_or_a_missing_file_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Source::open_local(dir.path()).is_err());
+        assert!(Source::open_local(dir.path().join("absent")).is_err());
+    }
+}
