@@ -6,7 +6,7 @@
 //! object's pinned ETag / Last-Modified), so that "the file changed under us" is decided in one
 //! place ([`Source::check_unchanged`]). A weight file's index (a FlashPack trailer and footer,
 //! a safetensors header) is read through a source's ranged reads by one code path for local
-//! and remote files ([`header`]). Local files keep their mapped, positioned and `O_DIRECT`
+//! and remote files (`source::header`). Local files keep their mapped, positioned and `O_DIRECT`
 //! payload readers: [`Source::local_file`] hands them the open file.
 //!
 //! ```
