@@ -14,8 +14,10 @@ use flashpack::read::job::{self, JobPlan, JobRegion, Piece};
 use flashpack::read::{self, LoadOptions};
 use flashpack::remote::{self, RemoteError};
 use flashpack::sink::cuda::CudaDevice;
+#[cfg(feature = "remote")]
+use flashpack::source::Source;
 use flashpack::weights::{safetensors_shape, to_safetensors_dtype, Format, WeightFile};
-use flashpack::Error;
+use flashpack::{Error, FormatError};
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -473,7 +475,7 @@ pub(crate) fn url_size(py: Python<'_>, url: &str) -> PyResult<u64> {
 
 #[cfg(feature = "remote")]
 fn remote_size(url: &str, cancel: &Cancel) -> flashpack::Result<u64> {
-    remote::RemoteFile::open_with(url, settings(cancel)?).map(|f| f.len())
+    Source::open_url(url, settings(cancel)?).map(|s| s.len())
 }
 
 #[cfg(not(feature = "remote"))]
@@ -504,9 +506,8 @@ pub(crate) fn verify_url<'py>(
     let report = interruptible(py, &cancel, || {
         let wf = open_file_url(url, &cancel)?;
         if wf.format() != Format::FlashPack {
-            return Err(Error::Invalid(format!(
-                "{url}: not a FlashPack file (a safetensors file has no checksums to verify)"
-            )));
+            // What verifying a local safetensors file says (it has no FlashPack trailer).
+            return Err(Error::format(url, FormatError::BadMagic));
         }
         let report = wf.verify(&opts)?;
         Ok(report)
@@ -521,12 +522,17 @@ pub(crate) fn verify_url<'py>(
 
 #[cfg(feature = "remote")]
 fn read_small(url: &str, limit: u64, cancel: &Cancel) -> flashpack::Result<Vec<u8>> {
-    let file = remote::RemoteFile::open_with(url, settings(cancel)?)?;
+    let file = Source::open_url(url, settings(cancel)?)?;
     if file.len() > limit {
-        return Err(Error::Invalid(format!(
-            "{url}: the object is {} bytes, over the limit of {limit} for a whole-object read",
-            file.len()
-        )));
+        return Err(Error::BadOption {
+            path: url.into(),
+            option: "limit",
+            value: limit.to_string(),
+            why: format!(
+                "is too small: the object is {} bytes, over the limit for a whole-object read",
+                file.len()
+            ),
+        });
     }
     let len = usize::try_from(file.len()).map_err(|_| Error::OutOfMemory {
         bytes: file.len(),

@@ -51,6 +51,7 @@ pub mod read;
 pub mod remote;
 mod settings;
 pub mod sink;
+pub mod source;
 pub mod warning;
 pub mod weights;
 pub mod write;

@@ -14,8 +14,8 @@
 //! | 0 format | `format` | the file formats as values: footer, layout, dtypes, checksums, safetensors header entries, `TensorInfo`; no I/O |
 //! | 1 error | `error` | the one `Error` enum, and `RemoteError` (`error/remote.rs`) |
 //! | 2 leaves | `os`, `cancel`, `progress`, `warning` | OS calls, cancellation, progress bars, warnings; independent of each other |
-//! | 3 settings | `settings` | environment settings and the reader policy (`IoMode`, hot/cold, threads, the pinned pool's bound) |
-//! | 4 source | `remote` | where bytes come from that is not a local file: remote objects (HTTP(S), S3, Hub), pinned at open (a local file is opened in `read`) |
+//! | 3 settings | `settings`, `remote` | environment settings and the reader policy (`IoMode`, hot/cold, threads, the pinned pool's bound); remote objects (HTTP(S), S3, Hub), pinned at open |
+//! | 4 source | `source` | where every read's bytes come from: one `Source` over a local file or a remote object, opened once from a location; a weight file's index read through it |
 //! | 5 sink | `sink` | where bytes go: host memory, pinned staging, a device |
 //! | 6 read | `read` | plans and jobs: the reader pool from sources into sinks (a job reads any `read::job::JobFile`) |
 //! | 7 write | `write` | the FlashPack writer |
@@ -42,7 +42,8 @@ const LAYERS: &[(&str, u32)] = &[
     ("progress", 2),
     ("warning", 2),
     ("settings", 3),
-    ("remote", 4),
+    ("remote", 3),
+    ("source", 4),
     ("sink", 5),
     ("read", 6),
     ("write", 7),
@@ -384,13 +385,20 @@ fn absolute(
     Some(abs)
 }
 
-/// The children a folder file declares as test code: `#[cfg(test)]` followed by `mod name;`.
+/// The children a folder file declares as test code: `#[cfg(test)]` followed by `mod name;`
+/// (`pub(crate) mod name;` too).
 fn test_only_children(text: &str) -> Vec<String> {
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
     lines
         .windows(2)
         .filter(|w| w[0] == "#[cfg(test)]")
-        .filter_map(|w| w[1].strip_prefix("mod ")?.strip_suffix(';'))
+        .filter_map(|w| {
+            let decl = w[1]
+                .strip_prefix("pub(crate) ")
+                .or_else(|| w[1].strip_prefix("pub "))
+                .unwrap_or(w[1]);
+            decl.strip_prefix("mod ")?.strip_suffix(';')
+        })
         .map(str::to_string)
         .collect()
 }

@@ -196,7 +196,7 @@ fn a_remote_tensor_whose_shape_does_not_fit_its_bytes_is_named() {
         .expect("an error");
     assert!(
         matches!(&e, Error::Safetensors { source, .. }
-            if matches!(source.as_ref(), flashpack::SafetensorsError::BadTensor { tensor, .. } if tensor == "w")),
+            if matches!(source.as_ref(), flashpack::SafetensorsError::Header { tensor: Some(tensor), .. } if tensor == "w")),
         "{e:?}"
     );
 }

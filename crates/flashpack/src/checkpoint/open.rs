@@ -13,7 +13,8 @@ use super::{index, locate, shard_names, Checkpoint, IndexFile, Located, OpenOpti
 use crate::error::CheckpointError;
 use crate::remote::LocationOptions;
 #[cfg(feature = "remote")]
-use crate::remote::{RemoteFile, RemoteSettings, RemoteUrl};
+use crate::remote::{RemoteSettings, RemoteUrl};
+use crate::source::Source;
 use crate::weights::WeightFile;
 use crate::{Error, Result};
 
@@ -31,7 +32,7 @@ impl Checkpoint {
                 Ok(Self::single(file, wf))
             }
             Located::Index(index) => {
-                let parsed = read_index(&index)?;
+                let parsed = read_index(&Source::open_local(&index)?)?;
                 let folder = match index.parent() {
                     Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                     _ => PathBuf::from("."),
@@ -83,37 +84,21 @@ impl Checkpoint {
     }
 }
 
-/// Reads and parses an index json, its size bounded before it is read.
-fn read_index(path: &Path) -> Result<IndexFile> {
-    use std::io::Read;
-    let file = crate::read::open_regular(path)?;
-    let size = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat", e))?
-        .len();
-    if size > index::MAX_INDEX_BYTES {
+/// Reads and parses an index json (a local file or a remote object: one reader for both), its
+/// size bounded before it is read.
+fn read_index(src: &Source) -> Result<IndexFile> {
+    let path = src.location();
+    if src.len() > index::MAX_INDEX_BYTES {
         return Err(Error::checkpoint(
             path,
             CheckpointError::IndexTooLarge {
-                size,
+                size: src.len(),
                 limit: index::MAX_INDEX_BYTES,
             },
         ));
     }
-    let mut bytes = Vec::with_capacity(size as usize);
-    // `take`: a file that grew since the stat still cannot make this read unbounded.
-    file.take(index::MAX_INDEX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(path, "read", e))?;
-    if bytes.len() as u64 > index::MAX_INDEX_BYTES {
-        return Err(Error::checkpoint(
-            path,
-            CheckpointError::IndexTooLarge {
-                size: bytes.len() as u64,
-                limit: index::MAX_INDEX_BYTES,
-            },
-        ));
-    }
+    // Bounded just above.
+    let bytes = src.read_vec(0, src.len(), "read")?;
     IndexFile::parse(&bytes).map_err(|e| Error::checkpoint(path, e))
 }
 
@@ -131,30 +116,10 @@ fn open_remote(url: &str, settings: RemoteSettings) -> Result<Checkpoint> {
         let file = WeightFile::open_url(url, settings)?;
         return Ok(Checkpoint::single(PathBuf::from(url), file));
     }
-    let index = fetch_index(url, &settings)?;
+    let index = read_index(&Source::open_url(url, settings.clone())?)?;
     let names = shard_names(&index);
     let files = open_remote_shards(&parsed, &names, &settings);
     Checkpoint::from_index(PathBuf::from(url), index, files)
-}
-
-/// Fetches and parses an index object, refused unread when larger than
-/// [`index::MAX_INDEX_BYTES`].
-#[cfg(feature = "remote")]
-fn fetch_index(url: &str, settings: &RemoteSettings) -> Result<IndexFile> {
-    let file = RemoteFile::open_with(url, settings.clone())?;
-    if file.len() > index::MAX_INDEX_BYTES {
-        return Err(Error::checkpoint(
-            url,
-            CheckpointError::IndexTooLarge {
-                size: file.len(),
-                limit: index::MAX_INDEX_BYTES,
-            },
-        ));
-    }
-    // Bounded just above.
-    let mut bytes = vec![0u8; file.len() as usize];
-    file.read_exact_at(&mut bytes, 0)?;
-    IndexFile::parse(&bytes).map_err(|e| Error::checkpoint(url, e))
 }
 
 /// Opens the shards `names` beside `index` (their headers only), several at once; one result

@@ -4,8 +4,6 @@ use std::fs::File;
 use std::path::Path;
 
 use super::{resident_fraction, FlashFile, LoadOptions};
-#[cfg(feature = "remote")]
-use crate::remote::weights::RemoteSource;
 use crate::{Error, Footer};
 
 /// The reader policy for `d` ([`crate::settings::read_plan`]: direct or buffered reads,
@@ -110,7 +108,7 @@ pub(crate) enum Backing<'a> {
     #[cfg(feature = "remote")]
     Remote {
         path: &'a Path,
-        source: &'a RemoteSource,
+        file: &'a crate::remote::RemoteFile,
         names: TensorNames<'a>,
     },
 }

@@ -33,7 +33,7 @@ pub(crate) fn stream_to_device<D: Device>(
         e => d.device_error(e, None),
     })?;
     report.threads = sink.workers();
-    let src = pool::Source::local(
+    let src = pool::Input::local(
         d.path,
         d.file,
         plan.direct,

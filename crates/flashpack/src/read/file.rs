@@ -1,6 +1,7 @@
-//! Opening a FlashPack file: the footer is read from the tail with two positioned reads and
-//! validated before any of its numbers are used. Only regular files are opened: a FIFO, socket or
-//! device is refused without blocking on it (see [`open_regular`]).
+//! Opening a local FlashPack file: the footer is read from the tail with two positioned reads
+//! (through its [`Source`], as every weight file's index is) and validated before any of its
+//! numbers are used. Only regular files are opened: a FIFO, socket or device is refused without
+//! blocking on it (see [`open_regular`]).
 //!
 //! ```
 //! use flashpack::{read::FlashFile, write::{pack, PackEntry, PackOptions}, Dtype};
@@ -14,9 +15,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::format::{footer_span, FormatError, MAGIC, TRAILER_LEN};
-use crate::os::Positioned;
-use crate::{Error, Footer, Result};
+use crate::source::header::{read_flash, FlashIndex};
+pub use crate::source::open_regular;
+use crate::source::{Parts, Source};
+use crate::{Footer, Result};
 
 /// An open FlashPack file with its validated footer.
 #[derive(Debug)]
@@ -64,73 +66,44 @@ impl FlashFile {
 
     /// Opens `path` and reads and validates its footer.
     pub fn open(path: impl AsRef<Path>) -> Result<FlashFile> {
-        let path = path.as_ref();
-        Self::from_file(path, open_regular(path)?)
+        Self::from_source(Source::open_local(path)?)
     }
 
     /// Reads and validates the footer of `file`, already opened from `path` (named in errors).
     pub fn from_file(path: impl AsRef<Path>, file: File) -> Result<FlashFile> {
-        let path = path.as_ref();
-        let file_len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "stat", e))?
-            .len();
-        let fmt = |e| Error::format(path, e);
-        if file_len < TRAILER_LEN {
-            return Err(fmt(FormatError::TooSmall { size: file_len }));
+        Self::from_source(Source::from_file(path, file)?)
+    }
+
+    /// Reads and validates the footer of the local file `source` (the same reads as for any
+    /// weight file's index, see [`crate::source::header`]).
+    fn from_source(source: Source) -> Result<FlashFile> {
+        let index = read_flash(&source)?;
+        match source.into_parts() {
+            Parts::Local { path, file, len } => Ok(Self::from_index(path, file, len, index)),
+            #[cfg(feature = "remote")]
+            Parts::Remote(r) => Err(crate::Error::Internal(format!(
+                "{}: a FlashFile opened from a remote source",
+                r.url()
+            ))),
         }
-        let mut trailer = [0u8; TRAILER_LEN as usize];
-        file.read_exact_at(&mut trailer, file_len - TRAILER_LEN)
-            .map_err(|e| Error::io(path, "read footer", e))?;
-        if &trailer[8..] != MAGIC {
-            return Err(fmt(FormatError::BadMagic));
-        }
-        let (payload_len, json_len) = footer_span(&trailer, file_len).map_err(fmt)?;
-        // Bounded by MAX_FOOTER_BYTES (and by the file's length) in footer_span.
-        let mut footer_json = Vec::new();
-        footer_json
-            .try_reserve_exact(json_len as usize)
-            .map_err(|e| {
-                Error::out_of_memory(json_len, format!("the footer of {} ({e})", path.display()))
-            })?;
-        footer_json.resize(json_len as usize, 0);
-        file.read_exact_at(&mut footer_json, payload_len)
-            .map_err(|e| Error::io(path, "read footer", e))?;
-        let footer = Footer::decode(&footer_json, payload_len).map_err(fmt)?;
-        Ok(FlashFile {
-            path: path.to_path_buf(),
+    }
+
+    /// The file opened from `path`, `file_len` bytes long, with its validated footer.
+    pub(crate) fn from_index(
+        path: PathBuf,
+        file: File,
+        file_len: u64,
+        index: FlashIndex,
+    ) -> FlashFile {
+        FlashFile {
+            path,
             file,
             file_len,
-            payload_len,
-            footer,
-            footer_json,
-        })
+            payload_len: index.payload_len,
+            footer: index.footer,
+            footer_json: index.footer_json,
+        }
     }
-}
-
-/// Opens `path` for reading if it is a regular file. Anything else is refused before it could
-/// block a read: a FIFO (whose `open` would wait for a writer), a socket or a device is
-/// [`Error::NotAFile`], a directory the OS error `EISDIR` (on Windows an `IsADirectory` error). On
-/// Unix the file is opened non-blocking, checked with `fstat` (the same file that was opened,
-/// whatever the path points to meanwhile), and set back to blocking.
-pub fn open_regular(path: impl AsRef<Path>) -> Result<File> {
-    let path = path.as_ref();
-    let file = crate::os::open_nonblocking(path).map_err(|e| Error::io(path, "open", e))?;
-    let kind = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat", e))?
-        .file_type();
-    if kind.is_dir() {
-        return Err(Error::io(path, "open", crate::os::is_a_directory()));
-    }
-    if !kind.is_file() {
-        return Err(Error::NotAFile {
-            path: path.to_path_buf(),
-            kind: crate::os::special_kind(&kind),
-        });
-    }
-    crate::os::set_blocking(&file).map_err(|e| Error::io(path, "open", e))?;
-    Ok(file)
 }
 
 /// True when `path` opens as a valid FlashPack file.

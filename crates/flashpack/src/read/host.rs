@@ -138,7 +138,7 @@ pub(super) fn read_into(
         ..Default::default()
     };
     let bar = progress_bar(opts.progress, end - start, "loading");
-    let src = pool::Source::local(
+    let src = pool::Input::local(
         d.path,
         d.file,
         direct,

@@ -47,7 +47,7 @@ use super::data::{device_error_in, reader_setup};
 use super::data::{no_checksums, Backing};
 use super::device::fit_staging;
 use super::options::{IoCounts, LoadOptions, LoadReport};
-use super::pool::{self, plan_chunks, Item, Reader, Source, Verifier, DIRECT_ALIGN};
+use super::pool::{self, plan_chunks, Input, Item, Reader, Verifier, DIRECT_ALIGN};
 use super::verify::footer_verifier;
 use crate::format::tensors::Format;
 #[cfg(feature = "cuda")]
@@ -590,7 +590,7 @@ fn sources<'a>(
     verifiers: &'a [Option<Verifier<'a>>],
     plan: &JobPlan,
     opts: &'a LoadOptions,
-) -> (Vec<Source<'a>>, usize, Vec<usize>) {
+) -> (Vec<Input<'a>>, usize, Vec<usize>) {
     let mut threads = 1;
     let mut chunks = Vec::with_capacity(datas.len());
     let mut sources = Vec::with_capacity(datas.len());
@@ -614,13 +614,13 @@ fn sources<'a>(
                 (reader, opts.chunk_bytes)
             }
             #[cfg(feature = "remote")]
-            Backing::Remote { source, names, .. } => {
-                let settings = source.file.settings();
+            Backing::Remote { file, names, .. } => {
+                let settings = file.settings();
                 if used {
                     threads = threads.max(settings.concurrency);
                 }
                 let reader = Reader::Remote {
-                    file: &source.file,
+                    file,
                     deadline: Instant::now() + settings.timeout,
                     names: *names,
                 };
@@ -636,7 +636,7 @@ fn sources<'a>(
             _ => chunk,
         };
         chunks.push(chunk);
-        sources.push(Source {
+        sources.push(Input {
             path: d.path(),
             reader,
             cancel: opts.cancel.as_ref(),
@@ -648,7 +648,7 @@ fn sources<'a>(
 
 /// The reader pool over every file, with one progress bar for the job.
 fn run(
-    sources: &[Source<'_>],
+    sources: &[Input<'_>],
     items: &[Item],
     sink: &dyn Sink,
     threads: usize,

@@ -65,8 +65,10 @@ pub fn plan_chunks(start: u64, end: u64, chunk_bytes: usize) -> Vec<Chunk> {
     out
 }
 
-/// Where the reads come from.
-pub(crate) struct Source<'a> {
+/// One input of the reader pool: how one load reads one [`Source`](crate::source::Source)
+/// (its open local file with the reader policy chosen for it, or its pinned remote object),
+/// with the load's cancel and the source's verifier.
+pub(crate) struct Input<'a> {
     /// The file's path, or a remote object's URL (named in errors).
     pub path: &'a Path,
     pub reader: Reader<'a>,
@@ -95,7 +97,7 @@ pub(crate) enum Reader<'a> {
     },
 }
 
-impl<'a> Source<'a> {
+impl<'a> Input<'a> {
     /// True for a local file with a direct handle.
     fn reads_direct(&self) -> bool {
         matches!(
@@ -115,8 +117,8 @@ impl<'a> Source<'a> {
         readahead: bool,
         cancel: Option<&'a Cancel>,
         verify: Option<&'a Verifier<'a>>,
-    ) -> Source<'a> {
-        Source {
+    ) -> Input<'a> {
+        Input {
             path,
             reader: Reader::Local {
                 buffered,
@@ -162,7 +164,9 @@ impl Verifier<'_> {
             && (end % cs.chunk_bytes == 0 || end == self.payload_len)
             && end <= self.payload_len;
         if !on_grid {
-            return Err(Error::Invalid(format!(
+            // The planners cut verified reads on the checksum grid: this is a bug, not a
+            // caller's mistake.
+            return Err(Error::Internal(format!(
                 "{}: chunk {offset}+{} does not cover whole {}-byte checksum chunks",
                 path.display(),
                 bytes.len(),
@@ -181,7 +185,7 @@ impl Verifier<'_> {
 
 /// Reads every chunk of one source into `sink`, each at its own file offset.
 pub(crate) fn read_chunks(
-    src: &Source<'_>,
+    src: &Input<'_>,
     chunks: &[Chunk],
     sink: &dyn Sink,
     threads: usize,
@@ -204,7 +208,7 @@ pub(crate) fn read_chunks(
 /// cancellation. Each thread returns its error as a value; the first one raised wins. It names
 /// the item's file (a device error is left to the caller, which knows the failed chunk).
 pub(crate) fn read_items(
-    sources: &[Source<'_>],
+    sources: &[Input<'_>],
     items: &[Item],
     sink: &dyn Sink,
     threads: usize,
@@ -250,7 +254,7 @@ const NONE_FAILED: usize = usize::MAX;
 
 /// The shared state of one [`read_items`] call.
 struct Pool<'a, 's> {
-    sources: &'a [Source<'s>],
+    sources: &'a [Input<'s>],
     items: &'a [Item],
     sink: &'a dyn Sink,
     threads: usize,
@@ -363,7 +367,7 @@ impl Pool<'_, '_> {
 
 /// The error for a failed local read of `src`: cancellation when the read stopped for it, the
 /// file shrinking when it ran out of bytes, otherwise the OS error.
-fn read_error(src: &Source<'_>, e: std::io::Error) -> Error {
+fn read_error(src: &Input<'_>, e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::Interrupted => crate::cancel::check(src.cancel, src.path)
             .err()
@@ -387,7 +391,7 @@ fn remote_context(e: Error, what: &str) -> Error {
 }
 
 /// Sequential advice on a source that reads ahead (nothing for the others).
-pub(super) fn start_readahead(src: &Source<'_>) {
+pub(super) fn start_readahead(src: &Input<'_>) {
     if let Reader::Local {
         buffered,
         readahead: true,
@@ -400,7 +404,7 @@ pub(super) fn start_readahead(src: &Source<'_>) {
 
 /// Asks the OS to start reading `[offset, offset + len)` of a source that reads ahead (a reader
 /// thread does this for the chunk `threads` places after the one it takes), counting the bytes.
-pub(super) fn prefetch(src: &Source<'_>, offset: u64, len: usize, counted: &AtomicU64) {
+pub(super) fn prefetch(src: &Input<'_>, offset: u64, len: usize, counted: &AtomicU64) {
     if let Reader::Local {
         buffered,
         readahead: true,
@@ -416,7 +420,7 @@ pub(super) fn prefetch(src: &Source<'_>, offset: u64, len: usize, counted: &Atom
 /// Reads `dst` from `offset` in [`READ_PIECE`]s, stopping with `ErrorKind::Interrupted` between
 /// two pieces once the source's [`Cancel`] is cancelled.
 pub(super) fn read_pieces(
-    src: &Source<'_>,
+    src: &Input<'_>,
     direct_ok: &AtomicBool,
     offset: u64,
     dst: &mut [u8],
@@ -439,7 +443,7 @@ pub(super) fn read_pieces(
 
 #[cfg_attr(not(feature = "remote"), allow(irrefutable_let_patterns))]
 fn read_one(
-    src: &Source<'_>,
+    src: &Input<'_>,
     direct_ok: &AtomicBool,
     offset: u64,
     dst: &mut [u8],

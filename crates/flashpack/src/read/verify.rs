@@ -112,7 +112,7 @@ pub(super) fn verify_file(path: &Path, opts: &LoadOptions) -> Result<VerifyRepor
     let threads = threads.clamp(1, chunks.len().max(1));
     let sink = crate::sink::ScratchSink::new(threads, chunk)?;
     let bar = progress_bar(opts.progress, f.payload_len, "verifying");
-    let src = pool::Source::local(
+    let src = pool::Input::local(
         &f.path,
         &f.file,
         direct,

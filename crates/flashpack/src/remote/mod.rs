@@ -20,7 +20,9 @@
 //! Without the `remote` cargo feature only URL recognition is built, and opening a URL is
 //! [`RemoteError::NotBuilt`].
 //!
-//! A remote weight file is a [`WeightFile`](crate::weights::WeightFile) like a local one
+//! An object is opened as a [`Source`](crate::source::Source) like a local file, and its index
+//! read by the same code ([`crate::source`]). A remote weight file is a
+//! [`WeightFile`](crate::weights::WeightFile) like a local one
 //! ([`WeightFile::open_location`](crate::weights::WeightFile::open_location) takes a URL or a
 //! path), and its tensors go through the engine's reader pool and job planner
 //! ([`crate::read::job`]) like a local file's, alone or mixed with local files.
@@ -41,8 +43,6 @@ mod url;
 mod object;
 #[cfg(feature = "remote")]
 mod store;
-#[cfg(feature = "remote")]
-pub(crate) mod weights;
 
 pub use crate::error::remote::RemoteError;
 #[cfg(feature = "remote")]

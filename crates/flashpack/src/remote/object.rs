@@ -227,6 +227,21 @@ impl RemoteFile {
         run_until(self.url(), deadline, self.settings.timeout, cancels, fetch)
     }
 
+    /// One HEAD: fails with [`RemoteError::Changed`] when the object is no longer the pinned
+    /// version (its size or validators differ), within the settings' timeout and cancel.
+    pub fn check_unchanged(&self) -> Result<()> {
+        let deadline = Instant::now() + self.settings.timeout;
+        let cancels = [self.settings.cancel.as_ref(), None];
+        let head = run_until(
+            self.url(),
+            deadline,
+            self.settings.timeout,
+            cancels,
+            async { self.store.head(&self.path).await.map_err(classify) },
+        )?;
+        self.check_version(&head).map_err(|e| self.error(e))
+    }
+
     /// Refuses a response whose object is not the pinned version: another total size, another
     /// ETag (or one where there was none, or none where there was one), or, without a strong
     /// ETag, another Last-Modified.

@@ -33,11 +33,10 @@ use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
-use crate::format::MAGIC;
-use crate::read::{open_regular, Backing, DataFile, FlashFile, TensorNames};
-#[cfg(feature = "remote")]
-use crate::remote::weights::{RemoteIndex, RemoteSource};
+use crate::read::{Backing, DataFile, FlashFile, TensorNames};
 use crate::remote::LocationOptions;
+use crate::source::header::{flash_tensors, read_index, WeightIndex};
+use crate::source::{Parts, Source};
 use crate::{Error, Footer, Result};
 
 #[cfg(feature = "cuda")]
@@ -57,17 +56,38 @@ pub(crate) use safetensors_file::{safetensors_entry, write_safetensors_file};
 /// FlashPack footer key holding a converted safetensors file's `__metadata__` strings.
 pub const SAFETENSORS_METADATA_KEY: &str = "safetensors_metadata";
 
+/// An open weight file: a local source taken apart for the local readers (mapped, positioned,
+/// `O_DIRECT`), a remote one kept whole.
 enum Inner {
+    /// A local FlashPack file (the local readers and [`WeightFile::flashpack`] take it).
     Flash(FlashFile),
+    /// A local safetensors file.
     Safetensors {
         file: File,
         file_len: u64,
         data_start: u64,
         metadata: Option<HashMap<String, String>>,
     },
-    /// A remote object (either format): its index fetched at open, its tensors on load.
+    /// A remote object (either format): its index read at open, its tensors on load.
     #[cfg(feature = "remote")]
-    Remote(Box<RemoteSource>),
+    Remote(Box<Remote>),
+}
+
+/// A remote weight file: its pinned object and index.
+#[cfg(feature = "remote")]
+struct Remote {
+    file: Box<crate::remote::RemoteFile>,
+    index: Index,
+}
+
+/// The index of a remote weight file.
+#[cfg(feature = "remote")]
+enum Index {
+    Flash(crate::source::header::FlashIndex),
+    Safetensors {
+        data_start: u64,
+        metadata: Option<HashMap<String, String>>,
+    },
 }
 
 /// An open, validated weight file (FlashPack or safetensors), local or remote.
@@ -99,29 +119,57 @@ impl WeightFile {
         location: impl AsRef<Path>,
         opts: &LocationOptions,
     ) -> Result<WeightFile> {
-        let location = location.as_ref();
-        match crate::remote::url_of(location) {
-            None => Self::open(location),
-            #[cfg(feature = "remote")]
-            Some(url) => Self::open_url(url, opts.settings()?),
-            #[cfg(not(feature = "remote"))]
-            Some(url) => {
-                let _ = opts;
-                Err(Error::remote(url, crate::remote::RemoteError::NotBuilt))
-            }
-        }
+        Self::from_source(Source::open(location, opts)?)
     }
 
     /// Opens the remote object at `url` with `settings`: one HEAD (pinning its size and ETag)
     /// and at most three small ranged GETs for its index, validated as a local file's is.
     #[cfg(feature = "remote")]
     pub fn open_url(url: &str, settings: crate::remote::RemoteSettings) -> Result<WeightFile> {
-        let file = crate::remote::RemoteFile::open_with(url, settings)?;
-        let (source, tensors, unloadable) = RemoteSource::open(file)?;
-        Ok(
-            Self::new(Path::new(url), Inner::Remote(Box::new(source)), tensors)
-                .with_unloadable(unloadable),
-        )
+        Self::from_source(Source::open_url(url, settings)?)
+    }
+
+    /// Reads `source`'s index (a FlashPack footer or a safetensors header: the same ranged
+    /// reads for a local file and a remote object) and validates it against the source's size.
+    pub fn from_source(source: Source) -> Result<WeightFile> {
+        let path = source.location().to_path_buf();
+        let index = read_index(&source)?;
+        let (inner, tensors, unloadable) = match (source.into_parts(), index) {
+            (Parts::Local { path, file, len }, WeightIndex::Flash(f)) => {
+                let tensors = flash_tensors(&f.footer);
+                let flash = FlashFile::from_index(path, file, len, f);
+                (Inner::Flash(flash), tensors, Vec::new())
+            }
+            (Parts::Local { file, len, .. }, WeightIndex::Safetensors(st)) => {
+                let inner = Inner::Safetensors {
+                    file,
+                    file_len: len,
+                    data_start: st.data_start,
+                    metadata: st.metadata,
+                };
+                (inner, st.tensors, st.unloadable)
+            }
+            #[cfg(feature = "remote")]
+            (Parts::Remote(file), WeightIndex::Flash(f)) => {
+                let tensors = flash_tensors(&f.footer);
+                let index = Index::Flash(f);
+                (
+                    Inner::Remote(Box::new(Remote { file, index })),
+                    tensors,
+                    Vec::new(),
+                )
+            }
+            #[cfg(feature = "remote")]
+            (Parts::Remote(file), WeightIndex::Safetensors(st)) => {
+                let index = Index::Safetensors {
+                    data_start: st.data_start,
+                    metadata: st.metadata,
+                };
+                let inner = Inner::Remote(Box::new(Remote { file, index }));
+                (inner, st.tensors, st.unloadable)
+            }
+        };
+        Ok(Self::new(&path, inner, tensors).with_unloadable(unloadable))
     }
 
     /// True for a remote object (opened from a URL).
@@ -139,12 +187,12 @@ impl WeightFile {
     /// replacement the validators cannot see is still an error, never a mix of versions.
     pub fn checks_by_default(&self) -> bool {
         #[cfg(feature = "remote")]
-        if let Inner::Remote(r) = &self.inner {
+        if let Some(r) = self.remote() {
             let has_checksums = self
                 .footer()
                 .and_then(|f| f.checksums.as_ref())
                 .is_some_and(|c| c.is_supported());
-            return has_checksums && r.file.version_pin() != crate::remote::VersionPin::ETag;
+            return has_checksums && r.version_pin() != crate::remote::VersionPin::ETag;
         }
         false
     }
@@ -161,37 +209,7 @@ impl WeightFile {
     /// Opens a FlashPack file (recognised by its trailing magic) or a safetensors file, and
     /// validates its index against the file's size before anything trusts it.
     pub fn open(path: impl AsRef<Path>) -> Result<WeightFile> {
-        let path = path.as_ref();
-        let file = open_regular(path)?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| Error::io(path, "stat", e))?
-            .len();
-        let mut tail = [0u8; 8];
-        let is_flash = file_len >= 16 && {
-            use crate::os::Positioned;
-            file.read_exact_at(&mut tail, file_len - 8).is_ok() && &tail == MAGIC
-        };
-        if is_flash {
-            let f = FlashFile::from_file(path, file)?;
-            let tensors = f
-                .footer
-                .records
-                .iter()
-                .map(|r| {
-                    let (start, end) = f.footer.byte_range(r);
-                    TensorInfo {
-                        name: r.name.clone(),
-                        dtype: f.footer.blocks[r.block].dtype,
-                        shape: r.shape.clone(),
-                        start,
-                        end,
-                    }
-                })
-                .collect();
-            return Ok(Self::new(path, Inner::Flash(f), tensors));
-        }
-        Self::open_safetensors(path, file, file_len)
+        Self::from_source(Source::open_local(path)?)
     }
 
     fn new(path: &Path, inner: Inner, tensors: Vec<TensorInfo>) -> WeightFile {
@@ -226,8 +244,8 @@ impl WeightFile {
             Inner::Safetensors { .. } => Format::Safetensors,
             #[cfg(feature = "remote")]
             Inner::Remote(r) => match r.index {
-                RemoteIndex::Flash { .. } => Format::FlashPack,
-                RemoteIndex::Safetensors { .. } => Format::Safetensors,
+                Index::Flash(_) => Format::FlashPack,
+                Index::Safetensors { .. } => Format::Safetensors,
             },
         }
     }
@@ -249,8 +267,8 @@ impl WeightFile {
             Inner::Safetensors { .. } => None,
             #[cfg(feature = "remote")]
             Inner::Remote(r) => match &r.index {
-                RemoteIndex::Flash { footer, .. } => Some(footer),
-                RemoteIndex::Safetensors { .. } => None,
+                Index::Flash(f) => Some(&f.footer),
+                Index::Safetensors { .. } => None,
             },
         }
     }
@@ -262,8 +280,8 @@ impl WeightFile {
             Inner::Safetensors { .. } => None,
             #[cfg(feature = "remote")]
             Inner::Remote(r) => match &r.index {
-                RemoteIndex::Flash { footer_json, .. } => Some(footer_json),
-                RemoteIndex::Safetensors { .. } => None,
+                Index::Flash(f) => Some(&f.footer_json),
+                Index::Safetensors { .. } => None,
             },
         }
     }
@@ -325,8 +343,8 @@ impl WeightFile {
             Inner::Safetensors { metadata, .. } => metadata.clone(),
             #[cfg(feature = "remote")]
             Inner::Remote(r) => match &r.index {
-                RemoteIndex::Safetensors { metadata, .. } => metadata.clone(),
-                RemoteIndex::Flash { .. } => self.footer().and_then(kept_safetensors_metadata),
+                Index::Safetensors { metadata, .. } => metadata.clone(),
+                Index::Flash(f) => kept_safetensors_metadata(&f.footer),
             },
             Inner::Flash(f) => kept_safetensors_metadata(&f.footer),
         }
@@ -342,7 +360,10 @@ impl WeightFile {
                 ..
             } => (*data_start, *file_len),
             #[cfg(feature = "remote")]
-            Inner::Remote(r) => r.data_range(),
+            Inner::Remote(r) => match &r.index {
+                Index::Flash(f) => (0, f.payload_len),
+                Index::Safetensors { data_start, .. } => (*data_start, r.file.len()),
+            },
         }
     }
 
@@ -359,10 +380,10 @@ impl WeightFile {
             #[cfg(feature = "remote")]
             Inner::Remote(r) => Backing::Remote {
                 path: &self.path,
-                source: r,
+                file: &r.file,
                 names: match &r.index {
-                    RemoteIndex::Flash { footer, .. } => TensorNames::Footer(footer),
-                    RemoteIndex::Safetensors { .. } => TensorNames::Tensors(&self.tensors),
+                    Index::Flash(f) => TensorNames::Footer(&f.footer),
+                    Index::Safetensors { .. } => TensorNames::Tensors(&self.tensors),
                 },
             },
         }

@@ -1,16 +1,12 @@
-//! safetensors headers: the dtype mapping, a local file's header parsed (by the `safetensors`
-//! crate) into the tensor list, a corrupt header's tensor named, and a header written.
+//! safetensors files written: a tensor's safetensors entry, a header built, a file written (a
+//! file's header is read by [`crate::source::header`], local or remote).
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::Path;
 
-use memmap2::{Mmap, MmapOptions};
-
-use super::{Inner, TensorView, WeightFile};
+use super::TensorView;
 use crate::cancel::{self, Cancel};
 use crate::format::safetensors_header::{
-    explain_bad_entry, safetensors_shape, tensor_entry, to_safetensors_dtype,
-    MAX_SAFETENSORS_HEADER,
+    safetensors_shape, to_safetensors_dtype, MAX_SAFETENSORS_HEADER,
 };
 use crate::progress::progress_bar;
 use crate::write::{prepare_destination, Staged};
@@ -36,88 +32,6 @@ pub(crate) fn safetensors_entry(
         ))
     })?;
     Ok((st, shape))
-}
-
-impl WeightFile {
-    /// Opens a local safetensors file (`file`, `file_len` bytes long) at `path`.
-    pub(super) fn open_safetensors(path: &Path, file: File, file_len: u64) -> Result<WeightFile> {
-        if file_len < 8 {
-            let e = SafetensorsError::TooSmall { len: file_len };
-            return Err(Error::safetensors(path, e));
-        }
-        // SAFETY: a read-only private mapping used only to hand the safetensors parser a slice of
-        // the whole file (it checks the header and every offset against the file's length); only
-        // the header's pages are read here.
-        let map: Mmap =
-            unsafe { MmapOptions::new().map(&file) }.map_err(|e| Error::io(path, "mmap", e))?;
-        let (n, meta) = safetensors::SafeTensors::read_metadata(&map)
-            .map_err(|e| Error::safetensors(path, header_error(e, &map)))?;
-        let data_start = 8 + n as u64;
-        let mut tensors = Vec::new();
-        let mut unloadable = Vec::new();
-        for (name, info) in meta.tensors() {
-            let start = data_start + info.data_offsets.0 as u64;
-            let end = data_start + info.data_offsets.1 as u64;
-            match tensor_entry(name, info, start, end) {
-                Ok(t) => tensors.push(t),
-                Err(u) => unloadable.push(u),
-            }
-        }
-        // By start, then end (as safetensors orders them: an empty tensor shares its start with
-        // the tensor after it and comes first), then name.
-        tensors.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
-        unloadable.sort_by(|a, b| (a.start, a.end, &a.name).cmp(&(b.start, b.end, &b.name)));
-        let inner = Inner::Safetensors {
-            file,
-            file_len,
-            data_start,
-            metadata: meta.metadata().clone(),
-        };
-        Ok(Self::new(path, inner, tensors).with_unloadable(unloadable))
-    }
-}
-
-/// The `safetensors` crate's refusal of `file`'s header, with the tensor at fault named where
-/// the crate's error does not name it (see [`explain_safetensors_error`]).
-fn header_error(source: safetensors::SafeTensorError, file: &[u8]) -> SafetensorsError {
-    let (tensor, detail) = match explain_safetensors_error(&source, file) {
-        Some((tensor, detail)) => (Some(tensor), Some(detail)),
-        None => (None, None),
-    };
-    SafetensorsError::Header {
-        tensor,
-        detail,
-        source,
-    }
-}
-
-/// The tensor a `safetensors` error is about and what is wrong with it, for the errors that do
-/// not name it (a bad tensor entry, a range past the end of the file); `None` for every other
-/// error, so that the header is parsed again only where the crate already accepted its size.
-fn explain_safetensors_error(
-    e: &safetensors::SafeTensorError,
-    file: &[u8],
-) -> Option<(String, String)> {
-    use safetensors::SafeTensorError as E;
-    match e {
-        E::TensorInvalidInfo | E::MetadataIncompleteBuffer | E::ValidationOverflow => {
-            explain_bad_tensor(file)
-        }
-        _ => None,
-    }
-}
-
-/// Names the first tensor (by offset) of a safetensors header that makes it invalid, and why:
-/// a shape and dtype that do not match its byte range, or a range past the end of the file
-/// (the `safetensors` crate's errors for these do not name the tensor). A header longer than
-/// [`MAX_SAFETENSORS_HEADER`] is not parsed.
-fn explain_bad_tensor(file: &[u8]) -> Option<(String, String)> {
-    let n = usize::try_from(u64::from_le_bytes(file.get(..8)?.try_into().ok()?)).ok()?;
-    if n > MAX_SAFETENSORS_HEADER {
-        return None;
-    }
-    let data_start = 8usize.checked_add(n)?;
-    explain_bad_entry(file.get(8..data_start)?, data_start, file.len())
 }
 
 /// One tensor of a safetensors file to be written: its name, dtype, shape and byte length.
@@ -232,16 +146,6 @@ pub(crate) fn write_safetensors_file(
 mod tests {
     use super::*;
     use crate::format::safetensors_header::{from_safetensors_dtype, from_safetensors_entry};
-    use safetensors::SafeTensorError as E;
-
-    /// A safetensors file whose tensor 'w' says F32 [4] (16 bytes) over an 8-byte range.
-    fn bad_entry() -> Vec<u8> {
-        let header = br#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,8]}}"#;
-        let mut file = (header.len() as u64).to_le_bytes().to_vec();
-        file.extend_from_slice(header);
-        file.extend_from_slice(&[0; 8]);
-        file
-    }
 
     #[test]
     fn fp4_shapes_count_values_there_and_bytes_here() {
@@ -278,17 +182,6 @@ mod tests {
                 assert_eq!(from_safetensors_dtype(st), Some(*d));
                 assert_eq!(st.bitsize(), d.size() * 8 / if st == S::F4 { 2 } else { 1 });
             }
-        }
-    }
-
-    #[test]
-    fn only_the_errors_about_a_tensor_parse_the_header_again() {
-        let file = bad_entry();
-        let (tensor, why) = explain_safetensors_error(&E::TensorInvalidInfo, &file).unwrap();
-        assert_eq!(tensor, "w");
-        assert!(why.contains("do not fit its data_offsets 0..8"), "{why}");
-        for e in [E::HeaderTooLarge, E::HeaderTooSmall, E::InvalidHeaderLength] {
-            assert_eq!(explain_safetensors_error(&e, &file), None, "{e:?}");
         }
     }
 }
