@@ -7,7 +7,7 @@
 //! and an unknown FlashPack index version are errors, each naming the tensor and the shard.
 //!
 //! ```
-//! use flashpack::checkpoint::index::{IndexFile, IndexKind};
+//! use flashpack::checkpoint::{IndexFile, IndexKind};
 //! let json = br#"{"metadata": {"total_size": 8}, "weight_map": {"a": "m-1.safetensors"}}"#;
 //! let index = IndexFile::parse(json).unwrap();
 //! assert_eq!(index.kind, IndexKind::Safetensors);

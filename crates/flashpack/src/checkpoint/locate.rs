@@ -9,7 +9,7 @@
 //! content).
 //!
 //! ```
-//! use flashpack::checkpoint::locate::{locate, Located};
+//! use flashpack::checkpoint::{locate, Located};
 //! let dir = tempfile::tempdir().unwrap();
 //! std::fs::write(dir.path().join("model.safetensors.index.json"), "{}").unwrap();
 //! std::fs::write(dir.path().join("model.safetensors.index.fp16.json"), "{}").unwrap();

@@ -40,8 +40,8 @@
 //! assert_eq!(ckpt.total_size(), 5);
 //! assert_eq!(ckpt.metadata().unwrap()["total_size"], 5);
 //! ```
-pub mod index;
-pub mod locate;
+pub(crate) mod index;
+pub(crate) mod locate;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

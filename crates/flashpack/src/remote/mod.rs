@@ -1,5 +1,5 @@
 //! Remote sources: weight files read straight from `http://`, `https://`, `s3://bucket/key` and
-//! `hf://org/repo[@revision]/path` (a Hugging Face Hub file, see [`RemoteUrl`])
+//! `hf://org/repo[@revision]/path` (a Hugging Face Hub file)
 //! into memory, with no copy on local disk.
 //!
 //! An object is pinned when it is opened (`RemoteFile`, built with the `remote` feature: its size
@@ -48,5 +48,7 @@ pub use crate::error::remote::RemoteError;
 #[cfg(feature = "remote")]
 pub use object::{RemoteFile, VersionPin};
 pub use settings::{LocationOptions, RemoteSettings};
+pub use url::is_remote;
 pub(crate) use url::url_of;
-pub use url::{is_remote, RemoteUrl, Scheme, DEFAULT_HF_ENDPOINT};
+#[cfg(feature = "remote")]
+pub(crate) use url::RemoteUrl;

@@ -134,11 +134,6 @@ impl RemoteFile {
         &self.url.url
     }
 
-    /// The object's URL, parsed.
-    pub fn parsed_url(&self) -> &RemoteUrl {
-        &self.url
-    }
-
     /// The object's size when it was opened.
     pub fn len(&self) -> u64 {
         self.size
