@@ -168,8 +168,9 @@ pub enum Error {
     /// `PinnedPool::set_limit`) leaves too little for the staging buffers a device load needs:
     /// raise the limit.
     #[error(
-        "{buffers} staging buffers of {buffer_bytes} bytes need {need} bytes of pinned memory, \
+        "{}: {buffers} staging buffers of {buffer_bytes} bytes need {need} bytes of pinned memory, \
          over the {available} bytes the pinned pool limit of {limit} bytes leaves{}",
+        path.display(),
         if *checksum_chunks {
             " (the file's checksum chunks, which verified reads need whole)"
         } else {
@@ -177,6 +178,8 @@ pub enum Error {
         }
     )]
     PinnedLimitTooSmall {
+        /// The file loaded (a job's first file).
+        path: PathBuf,
         /// How many staging buffers.
         buffers: usize,
         /// Bytes of each.
