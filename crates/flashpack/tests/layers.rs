@@ -390,7 +390,10 @@ fn test_only_children(text: &str) -> Vec<String> {
     lines
         .windows(2)
         .filter(|w| w[0] == "#[cfg(test)]")
-        .filter_map(|w| w[1].strip_prefix("mod ")?.strip_suffix(';'))
+        .filter_map(|w| {
+            let decl = w[1].strip_prefix("pub(crate) ").unwrap_or(w[1]);
+            decl.strip_prefix("mod ")?.strip_suffix(';')
+        })
         .map(str::to_string)
         .collect()
 }

@@ -299,25 +299,31 @@ impl JobPlan {
     /// Refuses `files` unless they are the files this plan was made for (the same count, paths
     /// and tensor-data ranges, in order): the plan's spans index them.
     fn check_files<F: JobFile>(&self, files: &[&F]) -> Result<()> {
-        if files.len() != self.files.len() {
-            return Err(Error::Invalid(format!(
+        let wrong = if files.len() != self.files.len() {
+            Some(format!(
                 "a job planned for {} files run with {}",
                 self.files.len(),
                 files.len()
-            )));
-        }
-        for (k, (f, (path, range))) in files.iter().zip(&self.files).enumerate() {
-            if f.path() != path || f.data_range() != *range {
-                return Err(Error::Invalid(format!(
-                    "file {k} of the job is {} (tensor data {:?}), but the plan was made for {} \
-                     (tensor data {range:?})",
-                    f.path().display(),
-                    f.data_range(),
-                    path.display()
-                )));
-            }
-        }
-        Ok(())
+            ))
+        } else {
+            files
+                .iter()
+                .zip(&self.files)
+                .enumerate()
+                .find(|(_, (f, (path, range)))| f.path() != path || f.data_range() != *range)
+                .map(|(k, (f, (path, range)))| {
+                    format!(
+                        "file {k} of the job is {} (tensor data {:?}), but the plan was made \
+                         for {} (tensor data {range:?})",
+                        f.path().display(),
+                        f.data_range(),
+                        path.display()
+                    )
+                })
+        };
+        // A caller's contract broken (a plan run with other files): nothing to act on but fix
+        // the call.
+        wrong.map_or(Ok(()), |w| Err(Error::Invalid(w)))
     }
 
     /// A device error with where it happened: the file and tensors of the chunk being copied
