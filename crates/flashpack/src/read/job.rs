@@ -1,6 +1,15 @@
 //! Loads of many byte ranges from many files as one job: one reader pool (and, for a device
 //! load, one set of pinned staging buffers) for every file, the files read in parallel.
 //!
+//! Every load is such a job: plan (which files, which byte ranges) -> run -> result. A single
+//! file ([`crate::read::load`], [`WeightFile::load`](crate::weights::WeightFile::load)), a slice
+//! ([`crate::read::read_range`]), a check ([`crate::read::verify`]), a device load and a remote
+//! object are plans of one file; a sharded checkpoint is a plan of its shards. The runs:
+//! [`read_host`] (new owned memory) and `read_into` (the caller's memory, for an
+//! exact plan: the piece read straight into its final buffer), `map_private` (a lazy load's
+//! private copy-on-write mapping), [`verify`] (scratch buffers) and `read_device` (pinned
+//! staging -> device).
+//!
 //! A job is a list of [`Piece`]s: byte ranges of [`JobFile`]s such as
 //! [`WeightFile`](crate::weights::WeightFile)s (whole tensors, or the rows of one). [`JobPlan`]
 //! merges the pieces of each file into spans and lays the spans out one after another in the job's
@@ -1137,5 +1146,95 @@ mod tests {
         };
         let e = read_host(&[&a], &plan, &opts).unwrap_err();
         assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_exact_plan_reads_just_its_piece_into_the_callers_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.flashpack");
+        let data = bytes(20_000, 7);
+        let entry = PackEntry::new("w", Dtype::U8, vec![data.len() as u64], &data);
+        pack(&path, &[entry], &PackOptions::default()).unwrap();
+        let f = FlashFile::open(&path).unwrap();
+        let raw = std::fs::read(&path).unwrap();
+        let piece = [Piece {
+            file: 0,
+            start: 1,
+            end: 5001,
+        }];
+        let plan = JobPlan::exact(&[&f], &piece, false).unwrap();
+        // No alignment head, no padding: job memory is the piece.
+        assert_eq!(
+            (plan.len(), plan.bytes_to_read(), plan.offset(0)),
+            (5000, 5000, Some(0))
+        );
+        let mut dst = vec![0u8; 5000];
+        let opts = LoadOptions {
+            chunk_bytes: 4096,
+            threads: 2,
+            ..Default::default()
+        };
+        let report = read_into(&[&f], &plan, &mut dst, &opts).unwrap();
+        assert_eq!(dst, raw[1..5001]);
+        assert_eq!(report.io.direct_bytes + report.io.buffered_bytes, 5000);
+        // A piece past the payload is a typed OutOfRange naming the file.
+        let past = [Piece {
+            file: 0,
+            start: 0,
+            end: f.payload_len() + 1,
+        }];
+        let e = JobPlan::exact(&[&f], &past, false).unwrap_err();
+        assert!(
+            matches!(e, Error::OutOfRange { ref path, .. } if path == f.path()),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn verified_runs_of_a_file_without_checksums_are_no_checksums_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = file(dir.path(), "a", &[("x", bytes(100, 1))]);
+        let (lo, hi) = st.data_range();
+        let piece = [Piece {
+            file: 0,
+            start: lo,
+            end: hi,
+        }];
+        let safetensors = |e: Error| matches!(e, Error::NoChecksums { ref path, safetensors: true } if path == st.path());
+        assert!(safetensors(JobPlan::verified(&[&st], &piece).unwrap_err()));
+        assert!(safetensors(
+            JobPlan::exact(&[&st], &piece, true).unwrap_err()
+        ));
+        let opts = LoadOptions::default();
+        assert!(safetensors(map_private(&st, true, &opts).unwrap_err()));
+        assert!(safetensors(verify_one(&st, 1, &opts).unwrap_err()));
+    }
+
+    #[test]
+    fn staging_that_cannot_fit_the_pool_is_pinned_limit_too_small() {
+        assert_eq!(
+            fit_staging(4, 1 << 20, 4096, 64 << 20).ok(),
+            Some((4, 1 << 20))
+        );
+        let e = fit_staging(4, 1 << 20, 65536, 65536)
+            .unwrap_err()
+            .into_error(PathBuf::from("m.flashpack"), 1 << 20);
+        match e {
+            Error::PinnedLimitTooSmall {
+                ref path,
+                buffers,
+                buffer_bytes,
+                available,
+                limit,
+                checksum_chunks,
+                ..
+            } => {
+                assert_eq!(path, Path::new("m.flashpack"));
+                assert_eq!((buffers, buffer_bytes), (SLOTS_PER_WORKER, 65536));
+                assert_eq!((available, limit), (65536, 1 << 20));
+                assert!(checksum_chunks);
+            }
+            e => panic!("{e:?}"),
+        }
     }
 }
