@@ -1,5 +1,7 @@
 //! Loading: open and validate, then either map the file copy-on-write (lazy) or fill owned memory
-//! with a pool of reader threads (eager).
+//! with a pool of reader threads (eager). Each function here plans a job of one file (its
+//! payload, or the range asked for) and runs it with the one job runner in [`job`], as the
+//! weights and checkpoint loads do.
 //!
 //! Lazy loads are private mappings: tensors read straight from the page cache, writes to them
 //! make private copies of the touched pages and never reach the file. Eager loads return with every
