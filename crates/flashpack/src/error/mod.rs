@@ -168,8 +168,9 @@ pub enum Error {
     /// `PinnedPool::set_limit`) leaves too little for the staging buffers a device load needs:
     /// raise the limit.
     #[error(
-        "{buffers} staging buffers of {buffer_bytes} bytes need {need} bytes of pinned memory, \
-         over the pinned pool limit of {limit} bytes{}{}",
+        "{}: {buffers} staging buffers of {buffer_bytes} bytes need {need} bytes of pinned memory, \
+         over the {available} bytes the pinned pool limit of {limit} bytes leaves{}{}",
+        path.display(),
         leaked_note(limit.saturating_sub(*available)),
         if *checksum_chunks {
             " (the file's checksum chunks, which verified reads need whole)"
@@ -178,13 +179,16 @@ pub enum Error {
         }
     )]
     PinnedLimitTooSmall {
+        /// The file loaded (a job's first file).
+        path: PathBuf,
         /// How many staging buffers.
         buffers: usize,
         /// Bytes of each.
         buffer_bytes: usize,
         /// Bytes they need together (saturating).
         need: u64,
-        /// What the limit leaves (the limit less pinned memory leaked by failed device calls).
+        /// What the limit leaves: the limit less the pinned memory given up after failed device
+        /// calls (the message names that part).
         available: u64,
         /// The limit.
         limit: u64,

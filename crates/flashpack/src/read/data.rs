@@ -61,14 +61,6 @@ impl TensorNames<'_> {
     }
 }
 
-impl DataFile<'_> {
-    /// A device error with the file it happened in, and the tensors of the bytes being copied
-    /// when that is known.
-    pub(super) fn device_error(&self, e: Error, copying: Option<(u64, u64)>) -> Error {
-        device_error_in(self.path, &self.names, e, copying)
-    }
-}
-
 /// A device error with the file (or URL) it happened in, and the tensors of the bytes being
 /// copied when that is known; other errors unchanged.
 pub(crate) fn device_error_in(
@@ -134,8 +126,8 @@ impl Backing<'_> {
 /// The error of a verified load of a file without checksums (a safetensors file): the caller
 /// asked for a check the file has no data for.
 pub(crate) fn no_checksums(path: &Path) -> Error {
-    Error::Invalid(format!(
-        "{}: safetensors files carry no checksums to verify",
-        path.display()
-    ))
+    Error::NoChecksums {
+        path: path.to_path_buf(),
+        safetensors: true,
+    }
 }

@@ -1,6 +1,15 @@
 //! Loads of many byte ranges from many files as one job: one reader pool (and, for a device
 //! load, one set of pinned staging buffers) for every file, the files read in parallel.
 //!
+//! Every load is such a job: plan (which files, which byte ranges) -> run -> result. A single
+//! file ([`crate::read::load`], [`WeightFile::load`](crate::weights::WeightFile::load)), a slice
+//! ([`crate::read::read_range`]), a check ([`crate::read::verify`]), a device load and a remote
+//! object are plans of one file; a sharded checkpoint is a plan of its shards. The runs:
+//! [`read_host`] (new owned memory) and `read_into` (the caller's memory, for an
+//! exact plan: the piece read straight into its final buffer), `map_private` (a lazy load's
+//! private copy-on-write mapping), [`verify`] (scratch buffers) and `read_device` (pinned
+//! staging -> device).
+//!
 //! A job is a list of [`Piece`]s: byte ranges of [`JobFile`]s such as
 //! [`WeightFile`](crate::weights::WeightFile)s (whole tensors, or the rows of one). [`JobPlan`]
 //! merges the pieces of each file into spans and lays the spans out one after another in the job's
@@ -43,16 +52,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use memmap2::{MmapMut, MmapOptions};
+
 use super::data::{device_error_in, reader_setup};
 use super::data::{no_checksums, Backing};
-use super::device::fit_staging;
 use super::options::{IoCounts, LoadOptions, LoadReport};
 use super::pool::{self, plan_chunks, Input, Item, Reader, Verifier, DIRECT_ALIGN};
-use super::verify::footer_verifier;
+use super::verify::{footer_verifier, verify_in_memory, VerifyReport};
+use super::FlashFile;
 use crate::format::tensors::Format;
 #[cfg(feature = "cuda")]
 use crate::sink::cuda::CudaDevice;
-use crate::sink::{Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, Regions, Sink};
+use crate::sink::{
+    Device, DeviceRegion, DeviceSink, HostBuffer, HostSink, Regions, Sink, SLOTS_PER_WORKER,
+};
 use crate::{Error, Footer, Result};
 
 /// A file a job reads: what [`JobPlan`] and the runs need of it.
@@ -128,7 +141,40 @@ impl JobPlan {
                 false => Ok(None),
             })
             .collect::<Result<_>>()?;
-        Self::plan(files, pieces, grids)
+        Self::plan(files, pieces, grids, false)
+    }
+
+    /// The plan of a load into memory laid out like the file: each piece read exactly (no
+    /// alignment head, no checksum-grid growth), the pieces back to back in job memory. The
+    /// single-file loads use it to read straight into their final buffer (the whole payload,
+    /// a caller's slice), chunked on the file's own grid as every eager read is. With `verify`
+    /// every piece must cover whole checksum chunks (else the reader refuses it), and a file
+    /// without checksums is an error naming it.
+    pub(crate) fn exact<F: JobFile>(
+        files: &[&F],
+        pieces: &[Piece],
+        verify: bool,
+    ) -> Result<JobPlan> {
+        let grids = files
+            .iter()
+            .map(|f| match verify || f.checks_by_default() {
+                true => grid(*f).map(Some),
+                false => Ok(None),
+            })
+            .collect::<Result<_>>()?;
+        Self::plan(files, pieces, grids, true)
+    }
+
+    /// [`new`](Self::new) or, with `verify`, [`verified`](Self::verified).
+    pub(crate) fn for_load<F: JobFile>(
+        files: &[&F],
+        pieces: &[Piece],
+        verify: bool,
+    ) -> Result<JobPlan> {
+        match verify {
+            true => Self::verified(files, pieces),
+            false => Self::new(files, pieces),
+        }
     }
 
     /// As [`new`](Self::new), for a load that checks the FlashPack checksums (`opts.verify`):
@@ -139,13 +185,14 @@ impl JobPlan {
             .iter()
             .map(|f| grid(*f).map(Some))
             .collect::<Result<_>>()?;
-        Self::plan(files, pieces, grids)
+        Self::plan(files, pieces, grids, false)
     }
 
     fn plan<F: JobFile>(
         files: &[&F],
         pieces: &[Piece],
         grids: Vec<Option<u64>>,
+        exact: bool,
     ) -> Result<JobPlan> {
         for p in pieces {
             let f = files.get(p.file).ok_or_else(|| {
@@ -159,12 +206,13 @@ impl JobPlan {
             })?;
             let (lo, hi) = f.data_range();
             if p.start > p.end || p.start < lo.min(p.end) || p.end > hi {
-                return Err(Error::Invalid(format!(
-                    "{}: bytes {}..{} lie outside the file's tensor data ({lo}..{hi})",
-                    f.path().display(),
-                    p.start,
-                    p.end
-                )));
+                return Err(Error::OutOfRange {
+                    path: f.path().to_path_buf(),
+                    offset: p.start,
+                    len: p.end.wrapping_sub(p.start),
+                    size: hi,
+                    within: "file's tensor data",
+                });
             }
         }
         let mut order: Vec<usize> = (0..pieces.len())
@@ -179,19 +227,24 @@ impl JobPlan {
             // A verified file's spans are whole checksum chunks (the last one ends with the
             // payload), so every chunk read is checked whole.
             let (start, end) = match grids[p.file] {
-                Some(g) => {
+                Some(g) if !exact => {
                     let (_, hi) = files[p.file].data_range();
                     (p.start / g * g, p.end.div_ceil(g).saturating_mul(g).min(hi))
                 }
-                None => (p.start, p.end),
+                _ => (p.start, p.end),
             };
+            let gap = if exact { 0 } else { DIRECT_ALIGN };
             match spans.last_mut() {
-                Some(s) if s.file == p.file && start <= s.end.saturating_add(DIRECT_ALIGN) => {
+                Some(s) if s.file == p.file && start <= s.end.saturating_add(gap) => {
                     s.end = s.end.max(end)
                 }
                 _ => spans.push(Span {
                     file: p.file,
-                    start: start / DIRECT_ALIGN * DIRECT_ALIGN,
+                    start: if exact {
+                        start
+                    } else {
+                        start / DIRECT_ALIGN * DIRECT_ALIGN
+                    },
                     end,
                     at: 0,
                 }),
@@ -201,7 +254,10 @@ impl JobPlan {
         let mut at = 0u64;
         for s in &mut spans {
             s.at = at;
-            at = (at + (s.end - s.start)).next_multiple_of(DIRECT_ALIGN);
+            at += s.end - s.start;
+            if !exact {
+                at = at.next_multiple_of(DIRECT_ALIGN);
+            }
         }
         for &i in &order {
             let s = spans[span_of[i]];
@@ -252,25 +308,31 @@ impl JobPlan {
     /// Refuses `files` unless they are the files this plan was made for (the same count, paths
     /// and tensor-data ranges, in order): the plan's spans index them.
     fn check_files<F: JobFile>(&self, files: &[&F]) -> Result<()> {
-        if files.len() != self.files.len() {
-            return Err(Error::Invalid(format!(
+        let wrong = if files.len() != self.files.len() {
+            Some(format!(
                 "a job planned for {} files run with {}",
                 self.files.len(),
                 files.len()
-            )));
-        }
-        for (k, (f, (path, range))) in files.iter().zip(&self.files).enumerate() {
-            if f.path() != path || f.data_range() != *range {
-                return Err(Error::Invalid(format!(
-                    "file {k} of the job is {} (tensor data {:?}), but the plan was made for {} \
-                     (tensor data {range:?})",
-                    f.path().display(),
-                    f.data_range(),
-                    path.display()
-                )));
-            }
-        }
-        Ok(())
+            ))
+        } else {
+            files
+                .iter()
+                .zip(&self.files)
+                .enumerate()
+                .find(|(_, (f, (path, range)))| f.path() != path || f.data_range() != *range)
+                .map(|(k, (f, (path, range)))| {
+                    format!(
+                        "file {k} of the job is {} (tensor data {:?}), but the plan was made \
+                         for {} (tensor data {range:?})",
+                        f.path().display(),
+                        f.data_range(),
+                        path.display()
+                    )
+                })
+        };
+        // A caller's contract broken (a plan run with other files): nothing to act on but fix
+        // the call.
+        wrong.map_or(Ok(()), |w| Err(Error::Invalid(w)))
     }
 
     /// A device error with where it happened: the file and tensors of the chunk being copied
@@ -347,7 +409,6 @@ impl JobPlan {
 pub struct JobMemory(HostBuffer);
 
 impl JobMemory {
-    #[cfg(feature = "remote")]
     pub(crate) fn into_buffer(self) -> HostBuffer {
         self.0
     }
@@ -374,20 +435,135 @@ pub fn read_host<F: JobFile>(
     let len =
         usize::try_from(plan.len).map_err(|_| Error::out_of_memory(plan.len, "a job's pieces"))?;
     let mut buf = HostBuffer::with_pages(len, opts.huge_pages)?;
-    let mut report = LoadReport {
-        phases: vec![("alloc_cpu", t.elapsed())],
-        ..Default::default()
-    };
+    let alloc = t.elapsed();
+    let mut report = read_into(files, plan, buf.as_mut_slice(), opts)?;
+    report.phases.insert(0, ("alloc_cpu", alloc));
+    Ok((JobMemory(buf), report))
+}
+
+/// Reads every piece of `plan` into `dst` (job memory: at least [`JobPlan::len`] bytes) with
+/// one reader pool: the eager load's run, straight into the caller's final buffer.
+pub(crate) fn read_into<F: JobFile>(
+    files: &[&F],
+    plan: &JobPlan,
+    dst: &mut [u8],
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    plan.check_files(files)?;
+    if (dst.len() as u64) < plan.len {
+        return Err(Error::Internal(format!(
+            "a {}-byte job read into {} bytes",
+            plan.len,
+            dst.len()
+        )));
+    }
     let t = Instant::now();
     let datas: Vec<Backing<'_>> = files.iter().map(|f| f.backing()).collect();
     let verifiers = verifiers(files, plan, opts)?;
     let (sources, threads, chunks) = sources(&datas, &verifiers, plan, opts);
     let items = plan.items(|k| chunks[k]);
-    report.threads = threads.clamp(1, items.len().max(1));
-    let sink = HostSink::with_base(buf.as_mut_slice(), 0);
-    report.io = run(&sources, &items, &sink, report.threads, opts)?;
+    let mut report = LoadReport {
+        threads: threads.clamp(1, items.len().max(1)),
+        ..Default::default()
+    };
+    let sink = HostSink::with_base(dst, 0);
+    report.io = run(&sources, &items, &sink, report.threads, opts, "loading")?;
     report.phases.push(("read_payload", t.elapsed()));
-    Ok((JobMemory(buf), report))
+    Ok(report)
+}
+
+/// The lazy load's run: a private copy-on-write mapping of the whole file `f` (nothing is read
+/// until touched; writes never reach the file), checked to hold its tensor data, and checked
+/// in memory against the checksums with `verify` (a file without them is an error naming it).
+pub(crate) fn map_private<F: JobFile>(
+    f: &F,
+    verify: bool,
+    opts: &LoadOptions,
+) -> Result<(MmapMut, LoadReport)> {
+    #[cfg_attr(not(feature = "remote"), allow(clippy::infallible_destructuring_match))]
+    let d = match f.backing() {
+        Backing::Local(d) => d,
+        #[cfg(feature = "remote")]
+        Backing::Remote { path, .. } => {
+            return Err(Error::Unsupported(format!(
+                "{}: a URL cannot be mapped; load it eagerly",
+                path.display()
+            )))
+        }
+    };
+    let verifier = match (verify, f.footer()) {
+        (false, _) => None,
+        (true, Some(footer)) if f.format() == Format::FlashPack => {
+            Some(footer_verifier(d.path, footer, d.end)?)
+        }
+        (true, _) => return Err(no_checksums(d.path)),
+    };
+    let mut report = LoadReport::default();
+    let t = Instant::now();
+    // SAFETY: a private (copy-on-write) mapping: writes through it never reach the file. As with
+    // any mapping, another process truncating the file while it is mapped would fault; the
+    // file is only read here, and that risk is the documented contract of lazy loading.
+    let map =
+        unsafe { MmapOptions::new().map_copy(d.file) }.map_err(|e| Error::io(d.path, "mmap", e))?;
+    // The data range was checked against the file's size at open; a file that shrank since
+    // then maps shorter than its data.
+    if (map.len() as u64) < d.end {
+        // As for a read that runs out of bytes (see pool::read_error).
+        return Err(Error::io(
+            d.path,
+            format!(
+                "map (the file got shorter while loading: {} bytes mapped, the payload needs {})",
+                map.len(),
+                d.end
+            ),
+            std::io::ErrorKind::UnexpectedEof.into(),
+        ));
+    }
+    report.phases.push(("mmap_payload", t.elapsed()));
+    if let Some(v) = verifier {
+        let t = Instant::now();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // In bounds: d.end <= map.len() just above.
+        let data = &map[..d.end as usize];
+        verify_in_memory(d.path, data, &v, threads, opts.cancel.as_ref())?;
+        report.phases.push(("verify_checksums", t.elapsed()));
+    }
+    Ok((map, report))
+}
+
+/// The check of one whole file (`flashpack verify`, [`crate::read::verify`],
+/// [`WeightFile::verify`](crate::weights::WeightFile::verify)): its tensor data as one piece of
+/// a verified plan, checked by [`verify`]. A FlashPack file without checksums passes with no
+/// chunk checked; a safetensors file is an error ([`Error::NoChecksums`]).
+pub(crate) fn verify_one<F: JobFile>(
+    f: &F,
+    tensors: usize,
+    opts: &LoadOptions,
+) -> Result<VerifyReport> {
+    let Some(footer) = f.footer() else {
+        return Err(no_checksums(f.path()));
+    };
+    let (start, end) = f.data_range();
+    let mut report = VerifyReport {
+        tensors,
+        payload_len: end,
+        chunks_checked: 0,
+        algorithm: footer.checksums.as_ref().map(|c| c.algorithm.clone()),
+    };
+    let Some(checksums) = &footer.checksums else {
+        return Ok(report);
+    };
+    if end > start {
+        let pieces = [Piece {
+            file: 0,
+            start,
+            end,
+        }];
+        let plan = JobPlan::verified(&[f], &pieces)?;
+        verify(&[f], &plan, opts)?;
+    }
+    report.chunks_checked = checksums.digests.len();
+    Ok(report)
 }
 
 /// Checks the pieces of a plan made by [`JobPlan::verified`] against the files' checksums
@@ -411,7 +587,7 @@ pub fn verify<F: JobFile>(files: &[&F], plan: &JobPlan, opts: &LoadOptions) -> R
     };
     let largest = items.iter().map(|i| i.len).max().unwrap_or(0);
     let sink = crate::sink::ScratchSink::new(report.threads, largest)?;
-    report.io = run(&sources, &items, &sink, report.threads, &opts)?;
+    report.io = run(&sources, &items, &sink, report.threads, &opts, "verifying")?;
     report.phases.push(("verify_checksums", t.elapsed()));
     Ok(report)
 }
@@ -492,7 +668,13 @@ pub(crate) fn read_device<D: Device, F: JobFile>(
         DIRECT_ALIGN as usize
     };
     let largest = chunks.iter().copied().max().unwrap_or(opts.chunk_bytes);
-    let (threads, chunk) = fit_staging(threads, largest, grain, device.pool().budget())?;
+    let pool = device.pool();
+    let (threads, chunk) = fit_staging(threads, largest, grain, pool.budget()).map_err(|f| {
+        let path = files
+            .first()
+            .map_or_else(PathBuf::new, |f| f.path().to_path_buf());
+        f.into_error(path, pool.limit())
+    })?;
     // Both are multiples of a verified file's grid, so their minimum is too.
     let items = plan.items(|k| chunks[k].min(chunk));
     let threads = threads.clamp(1, items.len().max(1));
@@ -502,13 +684,133 @@ pub(crate) fn read_device<D: Device, F: JobFile>(
     let sink = DeviceSink::new(device, regions, threads, chunk)
         .map_err(|e| plan.device_error(&datas, e, None))?;
     report.threads = sink.workers();
-    let read = run(&sources, &items, &sink, report.threads, opts);
+    let read = run(&sources, &items, &sink, report.threads, opts, "loading");
     let copying = sink.failed_chunk();
     report.io = read.map_err(|e| plan.device_error(&datas, e, copying))?;
     sink.finish()
         .map_err(|e| plan.device_error(&datas, e, None))?;
     report.phases.push(("stream_to_device", t.elapsed()));
     Ok(report)
+}
+
+/// The device load of one file (local or remote, either format): `regions` (file offsets,
+/// checked: inside the tensor data, not overlapping) become the pieces of a plan, streamed by
+/// [`read_device`]. The caller upholds [`read_cuda`]'s contract on the destinations.
+pub(crate) fn regions_to_device<D: Device, F: JobFile>(
+    f: &F,
+    device: &D,
+    regions: Vec<DeviceRegion>,
+    opts: &LoadOptions,
+) -> Result<LoadReport> {
+    let (_, end) = f.data_range();
+    let regions = Regions::new(regions, end)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", f.path().display())))?;
+    let (pieces, dsts): (Vec<Piece>, Vec<JobRegion>) = regions
+        .as_slice()
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let piece = Piece {
+                file: 0,
+                start: r.offset,
+                end: r.offset + r.len, // checked by Regions::new
+            };
+            (
+                piece,
+                JobRegion {
+                    piece: k,
+                    dst: r.dst,
+                },
+            )
+        })
+        .unzip();
+    let plan = JobPlan::for_load(&[f], &pieces, opts.verify)?;
+    read_device(&[f], &plan, device, &dsts, opts)
+}
+
+/// Staging that cannot fit the pinned pool: what [`fit_staging`] found, made an error naming
+/// the file once the caller knows it.
+#[derive(Debug)]
+pub(super) struct StagingTooLarge {
+    budget: usize,
+    grain: usize,
+}
+
+impl StagingTooLarge {
+    fn into_error(self, path: PathBuf, limit: usize) -> Error {
+        Error::PinnedLimitTooSmall {
+            path,
+            buffers: SLOTS_PER_WORKER,
+            buffer_bytes: self.grain,
+            need: (SLOTS_PER_WORKER as u64).saturating_mul(self.grain as u64),
+            available: self.budget as u64,
+            limit: limit as u64,
+            checksum_chunks: self.grain > DIRECT_ALIGN as usize,
+        }
+    }
+}
+
+/// Fits `threads x SLOTS_PER_WORKER` staging buffers of `chunk_bytes` (rounded up to a multiple
+/// of `grain`) into `budget` bytes: shrinks the chunk (not below 1 MiB or one grain), then the
+/// thread count, then the chunk again. Returns (threads, chunk).
+pub(super) fn fit_staging(
+    threads: usize,
+    chunk_bytes: usize,
+    grain: usize,
+    budget: usize,
+) -> std::result::Result<(usize, usize), StagingTooLarge> {
+    const MIN_CHUNK: usize = 1 << 20;
+    let grain = grain.max(1);
+    let round = |n: usize| n.max(grain).div_ceil(grain).saturating_mul(grain);
+    let fits = |threads: usize, chunk: usize| {
+        threads
+            .saturating_mul(SLOTS_PER_WORKER)
+            .saturating_mul(chunk)
+            <= budget
+    };
+    let threads = threads.max(1);
+    let mut chunk = round(chunk_bytes);
+    if fits(threads, chunk) {
+        return Ok((threads, chunk));
+    }
+    let floor = round(MIN_CHUNK.min(chunk));
+    chunk = (budget / (threads * SLOTS_PER_WORKER) / grain * grain).max(floor);
+    if fits(threads, chunk) {
+        return Ok((threads, chunk));
+    }
+    let fitted = budget / chunk.saturating_mul(SLOTS_PER_WORKER);
+    if fitted >= 1 {
+        return Ok((fitted, chunk));
+    }
+    chunk = budget / SLOTS_PER_WORKER / grain * grain;
+    if chunk == 0 {
+        return Err(StagingTooLarge { budget, grain });
+    }
+    Ok((1, chunk))
+}
+
+/// A FlashPack file opened on its own ([`FlashFile::open`]) is a job's file like a
+/// [`WeightFile`](crate::weights::WeightFile): its tensor data is its payload.
+impl JobFile for FlashFile {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn format(&self) -> Format {
+        Format::FlashPack
+    }
+    fn footer(&self) -> Option<&Footer> {
+        Some(&self.footer)
+    }
+    fn data_range(&self) -> (u64, u64) {
+        (0, self.payload_len)
+    }
+    fn checks_by_default(&self) -> bool {
+        false
+    }
+    #[allow(private_interfaces)]
+    fn backing(&self) -> Backing<'_> {
+        Backing::Local(self.data())
+    }
 }
 
 /// The grid a verified read of `f` is cut on: its checksum chunks and the `O_DIRECT` alignment.
@@ -653,9 +955,10 @@ fn run(
     sink: &dyn Sink,
     threads: usize,
     opts: &LoadOptions,
+    what: &'static str,
 ) -> Result<IoCounts> {
     let total = items.iter().map(|i| i.len as u64).sum();
-    let bar = crate::progress::progress_bar(opts.progress, total, "loading");
+    let bar = crate::progress::progress_bar(opts.progress, total, what);
     let io = pool::read_items(sources, items, sink, threads, bar.as_ref());
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -843,5 +1146,95 @@ mod tests {
         };
         let e = read_host(&[&a], &plan, &opts).unwrap_err();
         assert!(matches!(e, Error::Cancelled { .. }), "{e}");
+    }
+
+    #[test]
+    fn an_exact_plan_reads_just_its_piece_into_the_callers_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.flashpack");
+        let data = bytes(20_000, 7);
+        let entry = PackEntry::new("w", Dtype::U8, vec![data.len() as u64], &data);
+        pack(&path, &[entry], &PackOptions::default()).unwrap();
+        let f = FlashFile::open(&path).unwrap();
+        let raw = std::fs::read(&path).unwrap();
+        let piece = [Piece {
+            file: 0,
+            start: 1,
+            end: 5001,
+        }];
+        let plan = JobPlan::exact(&[&f], &piece, false).unwrap();
+        // No alignment head, no padding: job memory is the piece.
+        assert_eq!(
+            (plan.len(), plan.bytes_to_read(), plan.offset(0)),
+            (5000, 5000, Some(0))
+        );
+        let mut dst = vec![0u8; 5000];
+        let opts = LoadOptions {
+            chunk_bytes: 4096,
+            threads: 2,
+            ..Default::default()
+        };
+        let report = read_into(&[&f], &plan, &mut dst, &opts).unwrap();
+        assert_eq!(dst, raw[1..5001]);
+        assert_eq!(report.io.direct_bytes + report.io.buffered_bytes, 5000);
+        // A piece past the payload is a typed OutOfRange naming the file.
+        let past = [Piece {
+            file: 0,
+            start: 0,
+            end: f.payload_len() + 1,
+        }];
+        let e = JobPlan::exact(&[&f], &past, false).unwrap_err();
+        assert!(
+            matches!(e, Error::OutOfRange { ref path, .. } if path == f.path()),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn verified_runs_of_a_file_without_checksums_are_no_checksums_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = file(dir.path(), "a", &[("x", bytes(100, 1))]);
+        let (lo, hi) = st.data_range();
+        let piece = [Piece {
+            file: 0,
+            start: lo,
+            end: hi,
+        }];
+        let safetensors = |e: Error| matches!(e, Error::NoChecksums { ref path, safetensors: true } if path == st.path());
+        assert!(safetensors(JobPlan::verified(&[&st], &piece).unwrap_err()));
+        assert!(safetensors(
+            JobPlan::exact(&[&st], &piece, true).unwrap_err()
+        ));
+        let opts = LoadOptions::default();
+        assert!(safetensors(map_private(&st, true, &opts).unwrap_err()));
+        assert!(safetensors(verify_one(&st, 1, &opts).unwrap_err()));
+    }
+
+    #[test]
+    fn staging_that_cannot_fit_the_pool_is_pinned_limit_too_small() {
+        assert_eq!(
+            fit_staging(4, 1 << 20, 4096, 64 << 20).ok(),
+            Some((4, 1 << 20))
+        );
+        let e = fit_staging(4, 1 << 20, 65536, 65536)
+            .unwrap_err()
+            .into_error(PathBuf::from("m.flashpack"), 1 << 20);
+        match e {
+            Error::PinnedLimitTooSmall {
+                ref path,
+                buffers,
+                buffer_bytes,
+                available,
+                limit,
+                checksum_chunks,
+                ..
+            } => {
+                assert_eq!(path, Path::new("m.flashpack"));
+                assert_eq!((buffers, buffer_bytes), (SLOTS_PER_WORKER, 65536));
+                assert_eq!((available, limit), (65536, 1 << 20));
+                assert!(checksum_chunks);
+            }
+            e => panic!("{e:?}"),
+        }
     }
 }

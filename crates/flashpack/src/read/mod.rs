@@ -1,5 +1,7 @@
 //! Loading: open and validate, then either map the file copy-on-write (lazy) or fill owned memory
-//! with a pool of reader threads (eager).
+//! with a pool of reader threads (eager). Each function here plans a job of one file (its
+//! payload, or the range asked for) and runs it with the one job runner in [`job`], as the
+//! weights and checkpoint loads do.
 //!
 //! Lazy loads are private mappings: tensors read straight from the page cache, writes to them
 //! make private copies of the touched pages and never reach the file. Eager loads return with every
@@ -20,7 +22,6 @@
 //! assert_eq!(eager.tensor_bytes("w").unwrap(), &bytes[..]);
 //! ```
 mod data;
-mod device;
 mod file;
 mod host;
 pub mod job;
@@ -34,10 +35,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub(crate) use data::{no_checksums, Backing, DataFile, TensorNames};
-pub(crate) use device::stream_to_device;
 pub use file::{is_flashpack_file, open_regular, FlashFile};
 use host::load_file;
-pub(crate) use host::read_owned;
 pub use loaded::Loaded;
 pub use options::{IoCounts, LoadOptions, LoadReport, DEFAULT_READ_CHUNK_BYTES};
 #[cfg(any(fuzzing, test))]
@@ -53,8 +52,7 @@ use crate::sink::cuda::CudaDevice;
 #[cfg(feature = "cuda")]
 use crate::sink::DeviceRegion;
 use crate::{Error, Result};
-use host::read_into;
-use verify::verifier;
+use job::{JobPlan, Piece};
 
 /// Loads `path` as `opts` says.
 pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Loaded> {
@@ -101,8 +99,7 @@ pub unsafe fn load_to_device(
     regions: Vec<DeviceRegion>,
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
-    let verifier = opts.verify.then(|| verifier(f)).transpose()?;
-    stream_to_device(&f.data(), verifier.as_ref(), device, regions, opts)
+    job::regions_to_device(f, device, regions, opts)
 }
 
 /// Checks a file without loading it anywhere: the footer and layout (as every open does), then
@@ -110,7 +107,8 @@ pub unsafe fn load_to_device(
 /// mode into small per-thread buffers. A file without checksums passes with
 /// `chunks_checked == 0`; a bad chunk is an error naming the first tensor it holds.
 pub fn verify(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<VerifyReport> {
-    verify::verify_file(path.as_ref(), opts)
+    let f = FlashFile::open(path.as_ref())?;
+    job::verify_one(&f, f.footer.records.len(), opts)
 }
 
 /// Reads payload bytes `[offset, offset + dst.len())` of an open file into `dst` with the eager
@@ -123,19 +121,24 @@ pub fn read_range(
     dst: &mut [u8],
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
-    offset
+    let end = offset
         .checked_add(dst.len() as u64)
         .filter(|&e| e <= f.payload_len)
-        .ok_or_else(|| {
-            Error::Invalid(format!(
-                "{}: range {offset}+{} lies outside the {}-byte payload",
-                f.path.display(),
-                dst.len(),
-                f.payload_len
-            ))
+        .ok_or_else(|| Error::OutOfRange {
+            path: f.path.clone(),
+            offset,
+            len: dst.len() as u64,
+            size: f.payload_len,
+            within: "payload",
         })?;
-    let verifier = opts.verify.then(|| verifier(f)).transpose()?;
-    read_into(&f.data(), offset, dst, opts, verifier.as_ref())
+    let range = [Piece {
+        file: 0,
+        start: offset,
+        end,
+    }];
+    // Exact: job memory is `dst`, read in place.
+    let plan = JobPlan::exact(&[f], &range, opts.verify)?;
+    job::read_into(&[f], &plan, dst, opts)
 }
 
 #[cfg(test)]

@@ -108,27 +108,6 @@ impl<'a> Input<'a> {
             }
         )
     }
-
-    /// A local file's source.
-    pub fn local(
-        path: &'a Path,
-        buffered: &'a File,
-        direct: Option<File>,
-        readahead: bool,
-        cancel: Option<&'a Cancel>,
-        verify: Option<&'a Verifier<'a>>,
-    ) -> Input<'a> {
-        Input {
-            path,
-            reader: Reader::Local {
-                buffered,
-                direct,
-                readahead,
-            },
-            cancel,
-            verify,
-        }
-    }
 }
 
 /// `len` bytes of source number `file` from `file_offset` on, landing at sink offset `at`.
@@ -149,13 +128,6 @@ pub(crate) struct Verifier<'a> {
 }
 
 impl Verifier<'_> {
-    /// Read chunks must start on the checksum grid and end on it (or at the payload's end);
-    /// `chunk_bytes` rounded up to a multiple of the checksum chunk gives such chunks.
-    pub fn read_chunk(&self, chunk_bytes: usize) -> usize {
-        let c = usize::try_from(self.checksums.chunk_bytes).unwrap_or(usize::MAX);
-        chunk_bytes.max(1).div_ceil(c).saturating_mul(c)
-    }
-
     /// Checks every checksum chunk inside `bytes` (payload bytes from `offset`).
     fn check(&self, path: &Path, offset: u64, bytes: &[u8]) -> Result<()> {
         let cs = self.checksums;
@@ -181,26 +153,6 @@ impl Verifier<'_> {
             )),
         }
     }
-}
-
-/// Reads every chunk of one source into `sink`, each at its own file offset.
-pub(crate) fn read_chunks(
-    src: &Input<'_>,
-    chunks: &[Chunk],
-    sink: &dyn Sink,
-    threads: usize,
-    bar: Option<&ProgressBar>,
-) -> Result<IoCounts> {
-    let items: Vec<Item> = chunks
-        .iter()
-        .map(|c| Item {
-            file: 0,
-            file_offset: c.offset,
-            at: c.offset,
-            len: c.len,
-        })
-        .collect();
-    read_items(std::slice::from_ref(src), &items, sink, threads, bar)
 }
 
 /// The reader pool: `threads` threads take the next item, read it from its source into the

@@ -1,17 +1,11 @@
 //! Checking payload bytes against the footer's checksums: the verifier the readers use, a
-//! payload already in memory, and [`verify`], which checks a file without loading it.
+//! payload already in memory (a lazy load), and what [`verify`](super::verify()) reports (the
+//! check itself is a job: [`super::job::verify`]).
 use std::path::Path;
 
-use super::data::reader_setup;
-use super::pool::{self, plan_chunks};
-use super::{FlashFile, LoadOptions};
+use super::pool;
 use crate::cancel::Cancel;
-use crate::progress::progress_bar;
 use crate::{Error, Footer, Result};
-
-pub(super) fn verifier(f: &FlashFile) -> Result<pool::Verifier<'_>> {
-    footer_verifier(&f.path, &f.footer, f.payload_len)
-}
 
 /// The checker of a FlashPack payload against its footer's checksums; an error naming `path`
 /// when the file has none or an algorithm this build does not know.
@@ -20,15 +14,16 @@ pub(crate) fn footer_verifier<'a>(
     footer: &'a Footer,
     payload_len: u64,
 ) -> Result<pool::Verifier<'a>> {
-    let path = path.display();
     let Some(cs) = &footer.checksums else {
-        return Err(Error::Invalid(format!(
-            "{path}: the file has no checksums to verify (it was written without them)"
-        )));
+        return Err(Error::NoChecksums {
+            path: path.to_path_buf(),
+            safetensors: false,
+        });
     };
     if !cs.is_supported() {
         return Err(Error::Unsupported(format!(
-            "{path}: checksum algorithm {:?} is not supported by this version",
+            "{}: checksum algorithm {:?} is not supported by this version",
+            path.display(),
             cs.algorithm
         )));
     }
@@ -91,39 +86,4 @@ pub struct VerifyReport {
     pub chunks_checked: usize,
     /// The checksum algorithm, when the file has checksums.
     pub algorithm: Option<String>,
-}
-
-/// [`super::verify`]'s body.
-pub(super) fn verify_file(path: &Path, opts: &LoadOptions) -> Result<VerifyReport> {
-    let f = FlashFile::open(path)?;
-    let mut report = VerifyReport {
-        tensors: f.footer.records.len(),
-        payload_len: f.payload_len,
-        chunks_checked: 0,
-        algorithm: f.footer.checksums.as_ref().map(|c| c.algorithm.clone()),
-    };
-    if f.footer.checksums.is_none() {
-        return Ok(report);
-    }
-    let v = verifier(&f)?;
-    let chunk = v.read_chunk(opts.chunk_bytes);
-    let (direct, threads, readahead) = reader_setup(&f.data(), opts);
-    let chunks = plan_chunks(0, f.payload_len, chunk);
-    let threads = threads.clamp(1, chunks.len().max(1));
-    let sink = crate::sink::ScratchSink::new(threads, chunk)?;
-    let bar = progress_bar(opts.progress, f.payload_len, "verifying");
-    let src = pool::Input::local(
-        &f.path,
-        &f.file,
-        direct,
-        readahead,
-        opts.cancel.as_ref(),
-        Some(&v),
-    );
-    pool::read_chunks(&src, &chunks, &sink, threads, bar.as_ref())?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    report.chunks_checked = v.checksums.digests.len();
-    Ok(report)
 }

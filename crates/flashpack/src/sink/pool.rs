@@ -184,6 +184,7 @@ impl PinnedPool {
             if need > budget {
                 s.idle.append(&mut out);
                 return Err(Error::PinnedLimitTooSmall {
+                    path: "pinned pool".into(),
                     buffers: min,
                     buffer_bytes: cap,
                     need: need as u64,
@@ -401,9 +402,21 @@ mod tests {
     fn a_request_over_the_limit_fails_at_once() {
         let (p, _) = pool(4096);
         let t = Instant::now();
-        let err = p.take(2, 2, 4096).unwrap_err().to_string();
+        let err = p.take(2, 2, 4096).unwrap_err();
         assert!(
-            err.contains("over the pinned pool limit of 4096 bytes"),
+            matches!(
+                err,
+                Error::PinnedLimitTooSmall {
+                    buffers: 2,
+                    buffer_bytes: 4096,
+                    limit: 4096,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("the pinned pool limit of 4096 bytes"),
             "{err}"
         );
         assert!(t.elapsed() < Duration::from_secs(5));

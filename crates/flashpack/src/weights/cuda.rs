@@ -2,14 +2,16 @@
 //! staging pool.
 use std::collections::HashMap;
 
-use super::{Inner, TensorInfo, WeightFile};
-use crate::read::{self, DataFile, LoadOptions, LoadReport, TensorNames};
+use super::{TensorInfo, WeightFile};
+use crate::read::{LoadOptions, LoadReport};
 use crate::sink::cuda::CudaDevice;
 use crate::sink::DeviceRegion;
 use crate::{Error, Result};
 
 /// Tensors loaded into one CUDA allocation (feature `cuda`), see [`WeightFile::load_cuda`].
 pub struct CudaWeights {
+    /// The file the tensors were loaded from.
+    path: std::path::PathBuf,
     /// The device memory holding the tensors.
     pub buffer: crate::sink::cuda::DeviceBuffer,
     /// File offset of the buffer's first byte.
@@ -36,7 +38,10 @@ impl CudaWeights {
     pub fn to_host(&self, name: &str) -> Result<Vec<u8>> {
         let t = self
             .tensor_info(name)
-            .ok_or_else(|| Error::Invalid(format!("no tensor '{name}'")))?;
+            .ok_or_else(|| Error::TensorNotFound {
+                path: self.path.clone(),
+                tensor: name.to_string(),
+            })?;
         let mut out = vec![0u8; (t.end - t.start) as usize];
         self.buffer
             .copy_to_host((t.start - self.base) as usize, &mut out)?;
@@ -68,6 +73,7 @@ impl WeightFile {
         // here; nothing else can reach it until this returns.
         let report = unsafe { self.load_to_device(&device, vec![region], opts)? };
         Ok(CudaWeights {
+            path: self.path.clone(),
             buffer,
             base: start,
             tensors: self.tensors.clone(),
@@ -80,7 +86,7 @@ impl WeightFile {
     /// [`TensorInfo::start`]); `opts.verify` checks FlashPack checksums on the way.
     ///
     /// # Safety
-    /// As for [`read::load_to_device`]: every region's destination is device memory the caller
+    /// As for [`crate::read::load_to_device`]: every region's destination is device memory the caller
     /// owns and nothing else touches until this returns. [`WeightFile::load_cuda`] is the safe
     /// form, into memory this crate allocates.
     pub unsafe fn load_to_device(
@@ -89,61 +95,8 @@ impl WeightFile {
         regions: Vec<DeviceRegion>,
         opts: &LoadOptions,
     ) -> Result<LoadReport> {
-        match &self.inner {
-            // SAFETY: the caller upholds this function's contract, which is load_to_device's.
-            Inner::Flash(f) => unsafe { read::load_to_device(f, device, regions, opts) },
-            Inner::Safetensors { .. } if opts.verify => Err(crate::read::no_checksums(&self.path)),
-            Inner::Safetensors { file, file_len, .. } => {
-                let d = DataFile {
-                    path: &self.path,
-                    file,
-                    end: *file_len,
-                    names: TensorNames::Tensors(&self.tensors),
-                };
-                read::stream_to_device(&d, None, device, regions, opts)
-            }
-            // SAFETY: the caller upholds this function's contract, which is read_cuda's for the
-            // regions' destinations.
-            #[cfg(feature = "remote")]
-            Inner::Remote(_) => unsafe { self.remote_to_device(device, &regions, opts) },
-        }
-    }
-
-    /// [`load_to_device`](Self::load_to_device) of a remote file: a job of one piece per
-    /// region, streamed through the pinned staging pool.
-    ///
-    /// # Safety
-    /// As for `load_to_device`.
-    #[cfg(feature = "remote")]
-    unsafe fn remote_to_device(
-        &self,
-        device: &CudaDevice,
-        regions: &[DeviceRegion],
-        opts: &LoadOptions,
-    ) -> Result<LoadReport> {
-        use crate::read::job::{read_cuda, JobPlan, JobRegion, Piece};
-        let mut pieces = Vec::with_capacity(regions.len());
-        let mut dsts = Vec::with_capacity(regions.len());
-        for (k, r) in regions.iter().enumerate() {
-            let end = r.offset.checked_add(r.len).ok_or_else(|| {
-                Error::Invalid(format!("{}: region {k} overflows", self.path.display()))
-            })?;
-            pieces.push(Piece {
-                file: 0,
-                start: r.offset,
-                end,
-            });
-            dsts.push(JobRegion {
-                piece: k,
-                dst: r.dst,
-            });
-        }
-        let plan = if opts.verify {
-            JobPlan::verified(&[self], &pieces)?
-        } else {
-            JobPlan::new(&[self], &pieces)?
-        };
-        // SAFETY: the caller upholds read_cuda's contract on every region's destination.
-        unsafe { read_cuda(&[self], &plan, device, &dsts, opts) }
+        // Local or remote, either format: a plan of one piece per region, run by the job
+        // runner through the pinned staging pool.
+        crate::read::job::regions_to_device(self, device, regions, opts)
     }
 }

@@ -2,14 +2,13 @@
 //! bytes in memory.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
-use memmap2::{MmapMut, MmapOptions};
+use memmap2::MmapMut;
 
 use super::{Inner, TensorInfo, WeightFile};
-use crate::read::{self, DataFile, LoadOptions, LoadReport, Loaded, TensorNames};
+use crate::read::{self, LoadOptions, LoadReport, Loaded};
 use crate::sink::HostBuffer;
-use crate::{Dtype, Error, Result};
+use crate::{Dtype, Result};
 
 /// A tensor's bytes in memory.
 #[derive(Clone, Copy, Debug)]
@@ -43,25 +42,20 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Tensors held in owned memory that starts at file byte `base` (a remote load).
-    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
-    pub(crate) fn from_owned(
+    /// Tensors held in `memory`, whose first byte is file byte `base`.
+    fn new(
         path: PathBuf,
         tensors: Vec<TensorInfo>,
-        memory: HostBuffer,
+        index: HashMap<String, usize>,
+        memory: Memory,
         base: u64,
         report: LoadReport,
     ) -> Weights {
-        let index = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
         Weights {
             path,
             tensors,
             index,
-            memory: Memory::Owned(memory),
+            memory,
             base,
             report,
         }
@@ -120,63 +114,11 @@ impl Weights {
 
 impl WeightFile {
     /// Checks a FlashPack file's payload against its footer's checksums without keeping it
-    /// (per-thread scratch buffers): a local file as [`read::verify`] does, a remote one with
-    /// parallel ranged GETs through the job reader. A file without checksums gets a report with
-    /// no chunks checked; a safetensors file (no checksums at all) is an error.
+    /// (per-thread scratch buffers), local or remote, as one verified job
+    /// ([`read::job::verify`]). A file without checksums gets a report with no chunks checked;
+    /// a safetensors file (no checksums at all) is an error.
     pub fn verify(&self, opts: &LoadOptions) -> Result<read::VerifyReport> {
-        let Some(footer) = self.footer() else {
-            return Err(crate::read::no_checksums(&self.path));
-        };
-        if !self.is_remote() {
-            return read::verify(&self.path, opts);
-        }
-        let (start, end) = self.data_range();
-        let checksums = footer.checksums();
-        let mut report = read::VerifyReport {
-            tensors: self.tensors.len(),
-            payload_len: end,
-            chunks_checked: 0,
-            algorithm: checksums.map(|c| c.algorithm.clone()),
-        };
-        if let (Some(checksums), true) = (checksums, end > start) {
-            use crate::read::job::{self, JobPlan, Piece};
-            let pieces = [Piece {
-                file: 0,
-                start,
-                end,
-            }];
-            let plan = JobPlan::verified(&[self], &pieces)?;
-            job::verify(&[self], &plan, opts)?;
-            report.chunks_checked = checksums.digests.len();
-        }
-        Ok(report)
-    }
-
-    /// A remote file's tensors fetched into owned host memory through the job reader.
-    #[cfg(feature = "remote")]
-    fn load_remote(self, opts: &LoadOptions) -> Result<Weights> {
-        use crate::read::job::{read_host, JobPlan, Piece};
-        let (start, end) = self.data_range();
-        let pieces = [Piece {
-            file: 0,
-            start,
-            end,
-        }];
-        let plan = if opts.verify {
-            JobPlan::verified(&[&self], &pieces)?
-        } else {
-            JobPlan::new(&[&self], &pieces)?
-        };
-        let (memory, report) = read_host(&[&self], &plan, opts)?;
-        // The piece lands at offset(0) of job memory: memory byte 0 is file byte `base`.
-        let base = start - plan.offset(0).unwrap_or(0);
-        Ok(Weights::from_owned(
-            self.path,
-            self.tensors,
-            memory.into_buffer(),
-            base,
-            report,
-        ))
+        read::job::verify_one(self, self.tensors.len(), opts)
     }
 
     /// Loads every tensor: lazily (a private copy-on-write mapping) or, with `opts.eager`, into
@@ -188,73 +130,67 @@ impl WeightFile {
     /// it, naming the tensor, as `safetensors.torch.load_file` fails.
     pub fn load(self, opts: &LoadOptions) -> Result<Weights> {
         self.check_loadable()?;
-        let (path, tensors, index) = (self.path, self.tensors, self.index);
-        let (memory, base, report) = match self.inner {
+        let WeightFile {
+            path,
+            inner,
+            tensors,
+            index,
+            unloadable,
+        } = self;
+        let inner = match inner {
             Inner::Flash(f) => {
                 let loaded = read::load_open(f, opts)?;
                 let report = loaded.report.clone();
-                (Memory::Flash(Box::new(loaded)), 0, report)
+                let memory = Memory::Flash(Box::new(loaded));
+                return Ok(Weights::new(path, tensors, index, memory, 0, report));
             }
-            Inner::Safetensors {
-                file,
-                file_len,
-                data_start,
-                ..
-            } => {
-                let data = DataFile {
-                    path: &path,
-                    file: &file,
-                    end: file_len,
-                    names: TensorNames::Tensors(&tensors),
-                };
-                load_safetensors(&data, data_start, opts)?
-            }
-            #[cfg(feature = "remote")]
-            inner @ Inner::Remote(_) => {
-                let file = WeightFile {
-                    path,
-                    inner,
-                    tensors,
-                    index,
-                    unloadable: Vec::new(),
-                };
-                return file.load_remote(opts);
-            }
+            inner => inner,
         };
-        Ok(Weights {
+        let file = WeightFile {
             path,
+            inner,
             tensors,
             index,
+            unloadable,
+        };
+        let (memory, base, report) = file.load_tensor_data(opts)?;
+        Ok(Weights::new(
+            file.path,
+            file.tensors,
+            file.index,
             memory,
             base,
             report,
-        })
+        ))
     }
-}
 
-/// A local safetensors file's tensors (file bytes `data_start..data.end`): a private mapping
-/// of the whole file, or with `opts.eager` owned memory read by the parallel reader. Returns
-/// the memory, the file offset of its first byte and the report.
-fn load_safetensors(
-    data: &DataFile<'_>,
-    data_start: u64,
-    opts: &LoadOptions,
-) -> Result<(Memory, u64, LoadReport)> {
-    if opts.verify {
-        return Err(crate::read::no_checksums(data.path));
+    /// A safetensors file's or a remote file's tensor data as one job: a private mapping of the
+    /// whole local file (lazy), or one piece, the tensor data, read into new owned memory.
+    /// Returns the memory, the file offset of its first byte and the report.
+    fn load_tensor_data(&self, opts: &LoadOptions) -> Result<(Memory, u64, LoadReport)> {
+        use crate::read::job::{self, JobPlan, Piece};
+        if !opts.eager && !self.is_remote() {
+            if opts.verify {
+                return Err(crate::read::no_checksums(&self.path));
+            }
+            let (map, report) = job::map_private(self, false, opts)?;
+            return Ok((Memory::Mapped(map), 0, report));
+        }
+        let (start, end) = self.data_range();
+        let data = [Piece {
+            file: 0,
+            start,
+            end,
+        }];
+        // A local file's data is read exactly into the final buffer; a remote one's on the
+        // plan's aligned grid (its checksum chunks when it is checked).
+        let plan = match self.is_remote() {
+            false => JobPlan::exact(&[self], &data, opts.verify)?,
+            true => JobPlan::for_load(&[self], &data, opts.verify)?,
+        };
+        let (memory, report) = job::read_host(&[self], &plan, opts)?;
+        // The piece lands at offset(0) of job memory: memory byte 0 is file byte `base`.
+        let base = start - plan.offset(0).unwrap_or(0);
+        Ok((Memory::Owned(memory.into_buffer()), base, report))
     }
-    if opts.eager {
-        let (buf, report) = read::read_owned(data, data_start, data.end, opts)?;
-        return Ok((Memory::Owned(buf), data_start, report));
-    }
-    let t = Instant::now();
-    // SAFETY: a private (copy-on-write) mapping, as for lazy FlashPack loads: writes never
-    // reach the file; truncating the file while mapped would fault.
-    let map = unsafe { MmapOptions::new().map_copy(data.file) }
-        .map_err(|e| Error::io(data.path, "mmap", e))?;
-    let report = LoadReport {
-        phases: vec![("mmap_payload", t.elapsed())],
-        ..Default::default()
-    };
-    Ok((Memory::Mapped(map), 0, report))
 }
