@@ -645,8 +645,7 @@ pub(crate) fn read_device<D: Device, F: JobFile>(
             dst: r.dst,
         });
     }
-    let regions = Regions::new(list, plan.len)
-        .map_err(|e| Error::Invalid(format!("device regions of the load: {e}")))?;
+    let regions = Regions::new(list, plan.len, Path::new("device regions"), "job memory")?;
     let datas: Vec<Backing<'_>> = files.iter().map(|f| f.backing()).collect();
     let verifiers = verifiers(files, plan, opts)?;
     let (sources, threads, chunks) = sources(&datas, &verifiers, plan, opts);
@@ -703,8 +702,7 @@ pub(crate) fn regions_to_device<D: Device, F: JobFile>(
     opts: &LoadOptions,
 ) -> Result<LoadReport> {
     let (_, end) = f.data_range();
-    let regions = Regions::new(regions, end)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", f.path().display())))?;
+    let regions = Regions::new(regions, end, f.path(), "payload")?;
     let (pieces, dsts): (Vec<Piece>, Vec<JobRegion>) = regions
         .as_slice()
         .iter()

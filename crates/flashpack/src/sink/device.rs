@@ -14,6 +14,7 @@
 //! The device is abstract, so the staging logic is the same for every backend; the CUDA backend
 //! (`sink::cuda`) is a thin layer of driver calls, exercised in `make test` against a strict
 //! stand-in for the driver (`crates/cuda-standin`).
+use std::path::Path;
 use std::sync::Mutex;
 
 use super::pool::{PinnedBuf, PinnedPool};
@@ -43,8 +44,14 @@ impl DeviceRegion {
 pub(crate) struct Regions(Vec<DeviceRegion>);
 
 impl Regions {
-    /// Checks `regions` against data of `data_len` bytes; empty regions are dropped.
-    pub fn new(mut regions: Vec<DeviceRegion>, data_len: u64) -> Result<Regions> {
+    /// Checks `regions` against data of `data_len` bytes (`within` says what that data is, `name`
+    /// where it comes from, both for errors); empty regions are dropped.
+    pub fn new(
+        mut regions: Vec<DeviceRegion>,
+        data_len: u64,
+        name: &Path,
+        within: &'static str,
+    ) -> Result<Regions> {
         regions.retain(|r| r.len > 0);
         regions.sort_by_key(|r| r.offset);
         let mut prev_end = 0u64;
@@ -52,23 +59,26 @@ impl Regions {
             let end = r.offset.checked_add(r.len).filter(|&e| e <= data_len);
             let Some(end) = end else {
                 return Err(Error::OutOfRange {
-                    path: "destination region".into(),
+                    path: name.to_path_buf(),
                     offset: r.offset,
                     len: r.len,
                     size: data_len,
-                    within: "payload",
+                    within,
                 });
             };
             if r.offset < prev_end {
                 return Err(Error::Invalid(format!(
-                    "destination regions overlap at payload offset {}",
+                    "{}: destination regions overlap at {within} offset {}",
+                    name.display(),
                     r.offset
                 )));
             }
             if r.dst.checked_add(r.len).is_none() {
                 return Err(Error::Invalid(format!(
-                    "destination address {:#x}+{} overflows",
-                    r.dst, r.len
+                    "{}: destination address {:#x}+{} overflows",
+                    name.display(),
+                    r.dst,
+                    r.len
                 )));
             }
             prev_end = end;

@@ -416,7 +416,8 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.to_string().contains("the pinned pool limit of 4096 bytes"),
+            err.to_string()
+                .contains("the pinned pool limit of 4096 bytes"),
             "{err}"
         );
         assert!(t.elapsed() < Duration::from_secs(5));
