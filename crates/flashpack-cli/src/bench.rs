@@ -187,7 +187,7 @@ mod candle_peer {
 
     use candle_core::{CpuStorage, Device, Storage};
 
-    use super::Run;
+    use crate::bench::Run;
     use crate::error::{CliError, Result};
     use crate::touch::{elem_sum, parallel_sum, pieces};
 
