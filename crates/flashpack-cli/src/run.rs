@@ -119,7 +119,7 @@ fn convert(cli: &Cli, a: &ConvertArgs, cancel: &Cancel) -> Result<Outcome> {
             },
             // A FIFO, socket or device: the engine's own refusal (never opened blocking).
             Ok(m) if !m.is_file() => {
-                return Err(flashpack::read::open_regular(src).err().map_or_else(
+                return Err(flashpack::source::open_regular(src).err().map_or_else(
                     || CliError::NotAFileOrFolder { path: src.clone() },
                     CliError::from,
                 ))

@@ -43,7 +43,7 @@ pub mod cancel;
 pub mod candle;
 pub mod checkpoint;
 pub mod convert;
-pub mod error;
+mod error;
 pub mod format;
 pub mod os;
 mod progress;
@@ -56,7 +56,7 @@ pub mod warning;
 pub mod weights;
 pub mod write;
 
-pub use error::{CheckpointError, Error, Result, SafetensorsError};
+pub use error::{CheckpointError, ConvertError, Error, Result, SafetensorsError};
 pub use format::{Dtype, Footer, FormatError};
 
 /// Internals the fuzz targets (crates/flashpack/fuzz) check directly. Built only under

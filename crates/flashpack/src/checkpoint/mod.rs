@@ -3,7 +3,7 @@
 //! (`model.flashpack.index.json`, specified in the section "Multi-file checkpoints" of
 //! `docs/FORMAT.md` in this repository), or a folder holding one of those.
 //!
-//! [`Checkpoint::open`] resolves the path ([`locate()`]), reads the index ([`index`]), opens every
+//! [`Checkpoint::open`] resolves the path ([`locate()`]), reads the index ([`IndexFile`]), opens every
 //! shard (each validated as a [`WeightFile`]: a FlashPack footer or a safetensors header, the
 //! format read from the content) and checks that the index and the shards agree: every listed
 //! tensor is in its shard, no tensor is in two shards, no shard name leaves the index's folder.
@@ -53,8 +53,6 @@ use crate::{Error, Result};
 
 pub use index::{IndexFile, IndexKind, ShardRecord};
 pub use locate::{locate, Located};
-
-pub use crate::format::CHECKPOINT_INDEX_KEY;
 
 /// How [`Checkpoint::open_with`] chooses in a folder.
 #[derive(Clone, Debug, Default)]
@@ -326,7 +324,7 @@ fn shard_error(
 }
 
 /// The footer digest a FlashPack index records for a shard.
-pub fn footer_digest(footer_json: &[u8]) -> String {
+pub(crate) fn footer_digest(footer_json: &[u8]) -> String {
     format!("{:016x}", digest(footer_json))
 }
 

@@ -51,7 +51,7 @@ impl Checkpoint {
     /// an index json (a name ending in `.json`), or else a local path as
     /// [`open_with`](Self::open_with) does. An index's shards are the objects of the names it
     /// lists in the same folder; the index object is refused unread when larger than
-    /// [`index::MAX_INDEX_BYTES`].
+    /// 100 MB (an index of millions of tensors is far smaller).
     pub fn open_location(location: &str, opts: &OpenOptions) -> Result<Checkpoint> {
         Self::open_location_with(location, opts, &LocationOptions::default())
     }

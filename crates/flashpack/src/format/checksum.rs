@@ -36,7 +36,7 @@ pub const CHECKSUM_CHUNK_ALIGN: u64 = 4096;
 /// Per-chunk payload digests.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Checksums {
-    /// The digest algorithm (only [`XXH3_64`] is verified).
+    /// The digest algorithm (only `"xxh3-64"` is verified).
     pub algorithm: String,
     /// Payload bytes per digest (the last chunk may be shorter).
     pub chunk_bytes: u64,

@@ -23,10 +23,8 @@ mod layout;
 pub(crate) mod safetensors_header;
 pub(crate) mod tensors;
 
-pub use checksum::{
-    digest, Checksums, ChunkMismatch, Hasher, CHECKSUMS_KEY, CHECKSUM_CHUNK_ALIGN,
-    DEFAULT_CHECKSUM_CHUNK, XXH3_64,
-};
+pub use checksum::{digest, Checksums, ChunkMismatch, CHECKSUMS_KEY};
+pub(crate) use checksum::{Hasher, CHECKSUM_CHUNK_ALIGN, DEFAULT_CHECKSUM_CHUNK, XXH3_64};
 pub use dtype::Dtype;
 pub(crate) use footer::describe_tensors;
 pub use footer::{Footer, FormatVersion, Macroblock, Record, FILE_FORMAT_V3, FILE_FORMAT_V4};
@@ -35,11 +33,11 @@ pub use layout::{plan, Layout, Order, Placement, TensorSpec};
 /// The 8 bytes that end every FlashPack file.
 pub const MAGIC: &[u8; 8] = b"FLASHPK\0";
 /// Bytes after the footer JSON: its u64 length and the magic.
-pub const TRAILER_LEN: u64 = 16;
+pub(crate) const TRAILER_LEN: u64 = 16;
 /// Largest footer JSON a reader accepts (256 MiB: over a million tensors with checksums for
 /// 100 TB). A longer claimed length is refused before anything is allocated for it, so a sparse
 /// or crafted file cannot make the reader allocate its apparent size.
-pub const MAX_FOOTER_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_FOOTER_BYTES: u64 = 256 << 20;
 /// FlashPack footer key of a pack converted from a checkpoint of several files: the source
 /// index's `metadata` and `weight_map` (tensor -> shard file name), so converting back restores
 /// the same shards (see docs/FORMAT.md).
@@ -96,7 +94,7 @@ pub enum FormatError {
     #[error(
         "footer JSON length {json_len} is over the {max}-byte limit (corrupt or crafted file)"
     )]
-    /// The trailer claims a footer longer than [`MAX_FOOTER_BYTES`].
+    /// The trailer claims a footer longer than a reader accepts (256 MiB).
     FooterTooLarge {
         /// The footer length the trailer claims.
         json_len: u64,

@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn a_directory_is_refused_as_a_directory_and_a_file_opens() {
         let dir = tempfile::tempdir().unwrap();
-        match crate::read::open_regular(dir.path()) {
+        match crate::source::open_regular(dir.path()) {
             Err(crate::Error::Io { source, .. }) => {
                 assert_eq!(source.kind(), io::ErrorKind::IsADirectory, "{source}")
             }
@@ -221,6 +221,6 @@ mod tests {
         }
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
-        crate::read::open_regular(&file).unwrap();
+        crate::source::open_regular(&file).unwrap();
     }
 }

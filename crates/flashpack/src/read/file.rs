@@ -1,7 +1,7 @@
 //! Opening a local FlashPack file: the footer is read from the tail with two positioned reads
 //! (through its [`Source`], as every weight file's index is) and validated before any of its
 //! numbers are used. Only regular files are opened: a FIFO, socket or device is refused without
-//! blocking on it (see [`open_regular`]).
+//! blocking on it (see [`open_regular`](crate::source::open_regular)).
 //!
 //! ```
 //! use flashpack::{read::FlashFile, write::{pack, PackEntry, PackOptions}, Dtype};
@@ -16,7 +16,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use crate::source::header::{read_flash, FlashIndex};
-pub use crate::source::open_regular;
 use crate::source::{Parts, Source};
 use crate::{Footer, Result};
 

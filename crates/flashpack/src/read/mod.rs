@@ -35,7 +35,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub(crate) use data::{no_checksums, Backing, DataFile, TensorNames};
-pub use file::{is_flashpack_file, open_regular, FlashFile};
+pub use file::{is_flashpack_file, FlashFile};
 use host::load_file;
 pub use loaded::Loaded;
 pub use options::{IoCounts, LoadOptions, LoadReport, DEFAULT_READ_CHUNK_BYTES};
