@@ -160,11 +160,9 @@ def child_load(loader: str, folder: str) -> dict:
     # Import the loader's module before the clock starts (import cost is not load cost).
     if base.startswith("ours"):
         import flashpack
-        import flashpack.loading
 
         if loader == "ours-eager-buffered":  # the page cache with readahead instead of O_DIRECT
-            options = flashpack.loading.reader_options
-            flashpack.loading.reader_options = lambda: {**options(), "io": "buffered"}
+            os.environ["FLASHPACK_DIRECT_IO"] = "0"  # read by flashpack.settings at each load
     elif base == "safetensors":
         from safetensors.torch import load_file
     elif base == "runai":
@@ -227,11 +225,6 @@ def skip_reason(loader: str, peers_py: str | None, missing: dict[str, str], has_
         return "InstantTensor loads to CUDA devices only ('only supports CUDA devices for now')"
     if base.startswith("ours"):
         import flashpack
-        import flashpack.loading
-
-        if loader == "ours-eager-buffered":  # the page cache with readahead instead of O_DIRECT
-            options = flashpack.loading.reader_options
-            flashpack.loading.reader_options = lambda: {**options(), "io": "buffered"}
 
         if not hasattr(flashpack, "load_checkpoint"):
             return "flashpack.load_checkpoint is not in this build (the loading API of issue 14)"
