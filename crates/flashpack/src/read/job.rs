@@ -134,14 +134,12 @@ impl JobPlan {
     pub fn new<F: JobFile>(files: &[&F], pieces: &[Piece]) -> Result<JobPlan> {
         // A remote FlashPack file whose version is not pinned by a strong ETag is checked
         // against its checksums on every load (see `WeightFile::checks_by_default`).
-        let grids = files
-            .iter()
-            .map(|f| match f.checks_by_default() {
-                true => grid(*f).map(Some),
-                false => Ok(None),
-            })
-            .collect::<Result<_>>()?;
-        Self::plan(files, pieces, grids, false)
+        Self::plan(
+            files,
+            pieces,
+            grids(files, |f| f.checks_by_default())?,
+            false,
+        )
     }
 
     /// The plan of a load into memory laid out like the file: each piece read exactly (no
@@ -155,14 +153,12 @@ impl JobPlan {
         pieces: &[Piece],
         verify: bool,
     ) -> Result<JobPlan> {
-        let grids = files
-            .iter()
-            .map(|f| match verify || f.checks_by_default() {
-                true => grid(*f).map(Some),
-                false => Ok(None),
-            })
-            .collect::<Result<_>>()?;
-        Self::plan(files, pieces, grids, true)
+        Self::plan(
+            files,
+            pieces,
+            grids(files, |f| verify || f.checks_by_default())?,
+            true,
+        )
     }
 
     /// [`new`](Self::new) or, with `verify`, [`verified`](Self::verified).
@@ -181,11 +177,7 @@ impl JobPlan {
     /// the spans of each file grow to whole checksum chunks. A file that has no checksums
     /// (or is a safetensors file) is an error naming it, as for a verified load of one file.
     pub fn verified<F: JobFile>(files: &[&F], pieces: &[Piece]) -> Result<JobPlan> {
-        let grids = files
-            .iter()
-            .map(|f| grid(*f).map(Some))
-            .collect::<Result<_>>()?;
-        Self::plan(files, pieces, grids, false)
+        Self::plan(files, pieces, grids(files, |_| true)?, false)
     }
 
     fn plan<F: JobFile>(
@@ -809,6 +801,17 @@ impl JobFile for FlashFile {
     fn backing(&self) -> Backing<'_> {
         Backing::Local(self.data())
     }
+}
+
+/// Per file, the checksum grid its spans are cut on where `wanted` (see [`grid`]), else `None`.
+fn grids<F: JobFile>(files: &[&F], wanted: impl Fn(&F) -> bool) -> Result<Vec<Option<u64>>> {
+    files
+        .iter()
+        .map(|f| match wanted(f) {
+            true => grid(*f).map(Some),
+            false => Ok(None),
+        })
+        .collect()
 }
 
 /// The grid a verified read of `f` is cut on: its checksum chunks and the `O_DIRECT` alignment.
