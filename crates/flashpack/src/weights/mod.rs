@@ -392,14 +392,9 @@ impl WeightFile {
     /// A private copy-on-write mapping of the whole file (a lazy load: nothing is read until
     /// touched; writes never reach the file), checked to hold every tensor.
     pub fn map_private(&self) -> Result<MmapMut> {
-        let file = self.local_file()?;
-        // SAFETY: a private (copy-on-write) mapping, as for lazy loads: writes never reach the
-        // file; truncating the file while it is mapped would fault on access (the documented
-        // contract of lazy loading), truncation before this point is checked just below.
-        let map = unsafe { MmapOptions::new().map_copy(file) }
-            .map_err(|e| Error::io(&self.path, "mmap", e))?;
-        self.check_mapped_len(map.len())?;
-        Ok(map)
+        // The lazy load's own mapping (one place that maps and checks the file's length).
+        let opts = crate::read::LoadOptions::default();
+        crate::read::job::map_private(self, false, &opts).map(|(map, _)| map)
     }
 
     /// The open local file; a remote one is an error (it cannot be mapped).
