@@ -45,7 +45,7 @@ pub struct RemoteSettings {
     pub max_backoff: Duration,
     /// Stops every open and read of objects opened with these settings once cancelled (a
     /// Ctrl-C handler's): the requests in flight, their retries and back-off waits are dropped
-    /// within 20 ms and the call returns [`Error::Cancelled`] naming the URL. A load
+    /// within 20 ms and the call returns [`Error::Cancelled`](crate::Error::Cancelled) naming the URL. A load
     /// also stops for its own [`LoadOptions::cancel`](crate::read::LoadOptions::cancel).
     pub cancel: Option<Cancel>,
 }

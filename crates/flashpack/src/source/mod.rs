@@ -7,7 +7,7 @@
 //! place ([`Source::check_unchanged`]). A weight file's index (a FlashPack trailer and footer,
 //! a safetensors header) is read through a source's ranged reads by one code path for local
 //! and remote files (`source::header`). Local files keep their mapped, positioned and `O_DIRECT`
-//! payload readers: [`Source::local_file`] hands them the open file.
+//! payload readers: a weight file takes its source apart and hands them the open file.
 //!
 //! ```
 //! use flashpack::source::Source;
@@ -113,7 +113,7 @@ impl Source {
     }
 
     /// A source over `file`, already opened from `path` (named in errors).
-    pub fn from_file(path: impl AsRef<Path>, file: File) -> Result<Source> {
+    pub(crate) fn from_file(path: impl AsRef<Path>, file: File) -> Result<Source> {
         let path = path.as_ref();
         let meta = file.metadata().map_err(|e| Error::io(path, "stat", e))?;
         Ok(Self::local(path, file, &meta))
@@ -139,7 +139,7 @@ impl Source {
 
     /// A source over an open remote object.
     #[cfg(feature = "remote")]
-    pub fn from_remote(file: RemoteFile) -> Source {
+    fn from_remote(file: RemoteFile) -> Source {
         Source {
             location: PathBuf::from(file.url()),
             kind: Kind::Remote(Box::new(file)),
@@ -170,16 +170,6 @@ impl Source {
         !matches!(self.kind, Kind::Local { .. })
     }
 
-    /// The open local file (for mapped, positioned and `O_DIRECT` reads); `None` for a remote
-    /// object.
-    pub fn local_file(&self) -> Option<&File> {
-        match &self.kind {
-            Kind::Local { file, .. } => Some(file),
-            #[cfg(feature = "remote")]
-            Kind::Remote(_) => None,
-        }
-    }
-
     /// The source taken apart: a local file's path, open file and length as opened, or the
     /// remote object.
     pub(crate) fn into_parts(self) -> Parts {
@@ -196,7 +186,7 @@ impl Source {
 
     /// The pinned remote object; `None` for a local file.
     #[cfg(feature = "remote")]
-    pub fn remote(&self) -> Option<&RemoteFile> {
+    pub(crate) fn remote(&self) -> Option<&RemoteFile> {
         match &self.kind {
             Kind::Remote(r) => Some(r),
             Kind::Local { .. } => None,
