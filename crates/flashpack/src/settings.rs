@@ -116,25 +116,18 @@ pub(crate) fn pinned_pool_bytes() -> Result<usize> {
 }
 
 fn byte_count(name: &str, default: usize) -> Result<usize> {
-    Ok(positive_number(name, "is not a positive number of bytes")?.unwrap_or(default))
-}
-
-/// A positive whole number from the environment variable `name`: `None` when it is unset or
-/// blank; any other value that is not one is [`Error::BadSetting`], saying `why`.
-pub(crate) fn positive_number(name: &str, why: &str) -> Result<Option<usize>> {
     match std::env::var(name) {
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Ok(v) if v.trim().is_empty() => Ok(None),
+        Err(std::env::VarError::NotPresent) => Ok(default),
+        Ok(v) if v.trim().is_empty() => Ok(default),
         Ok(v) => v
             .trim()
             .parse::<usize>()
             .ok()
             .filter(|&n| n > 0)
-            .map(Some)
             .ok_or_else(|| Error::BadSetting {
                 name: name.to_string(),
                 value: Some(v.clone()),
-                why: why.to_string(),
+                why: "is not a positive number of bytes".to_string(),
             }),
         Err(e) => Err(Error::BadSetting {
             name: name.to_string(),

@@ -7,8 +7,8 @@
 //! |---|---|---|
 //! | 0 format | `format` | the file formats as values: footer, layout, dtypes, checksums, safetensors header entries, `TensorInfo`; no I/O |
 //! | 1 error | `error` | the one `Error` enum, and `RemoteError` (`error/remote.rs`) |
-//! | 2 leaves | `os`, `cancel`, `progress`, `warning`, `settings` | OS calls, cancellation, progress bars, warnings, environment settings and the reader policy (`IoMode`, hot/cold, threads, the pinned pool's bound); independent of each other |
-//! | 3 remote | `remote` | remote objects (HTTP(S), S3, Hub), pinned at open; their settings parse through `settings` |
+//! | 2 leaves | `os`, `cancel`, `progress`, `warning` | OS calls, cancellation, progress bars, warnings; independent of each other |
+//! | 3 settings | `settings`, `remote` | environment settings and the reader policy (`IoMode`, hot/cold, threads, the pinned pool's bound); remote objects (HTTP(S), S3, Hub), pinned at open |
 //! | 4 source | `source` | where every read's bytes come from: one `Source` over a local file or a remote object, opened once from a location; a weight file's index read through it |
 //! | 5 sink | `sink` | where bytes go: host memory, pinned staging, a device |
 //! | 6 read | `read` | plans and jobs: the reader pool from sources into sinks (a job reads any `read::job::JobFile`) |
@@ -31,7 +31,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("cancel", 2),
     ("progress", 2),
     ("warning", 2),
-    ("settings", 2),
+    ("settings", 3),
     ("remote", 3),
     ("source", 4),
     ("sink", 5),

@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use crate::cancel::Cancel;
-use crate::Result;
+use crate::{Error, Result};
 
 /// Remote read settings (see the module documentation for the variables and defaults).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -138,7 +138,26 @@ impl LocationOptions {
 }
 
 fn number(name: &str) -> Result<Option<usize>> {
-    crate::settings::positive_number(name, "is not a positive whole number")
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .map(Some)
+            .ok_or_else(|| Error::BadSetting {
+                name: name.to_string(),
+                value: Some(v.clone()),
+                why: "is not a positive whole number".to_string(),
+            }),
+        Err(e) => Err(Error::BadSetting {
+            name: name.to_string(),
+            value: None,
+            why: e.to_string(),
+        }),
+    }
 }
 
 #[cfg(test)]
